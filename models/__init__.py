@@ -1,0 +1,28 @@
+"""Eva's data: SQLModel tables (one module per area) and the database engine (``models.db``).
+
+Importing this package registers every table on ``SQLModel.metadata``; Alembic migrations are generated from it.
+Vectors are not here: they live in Chroma (see ``rag/``).
+"""
+
+from models.base import utcnow
+from models.agents import Agent, Route
+from models.contacts import Contact, Conversation, Message
+from models.calls import Call, CallTurn
+from models.knowledge import KnowledgeChunk, KnowledgeDocument
+from models.users import ApiKey, RefreshToken, User
+
+__all__ = [
+    "Agent",
+    "ApiKey",
+    "Call",
+    "CallTurn",
+    "Contact",
+    "Conversation",
+    "KnowledgeChunk",
+    "KnowledgeDocument",
+    "Message",
+    "RefreshToken",
+    "Route",
+    "User",
+    "utcnow",
+]

@@ -1,0 +1,47 @@
+"""Agents (persona + model settings) and routes (DID/extension → agent or flow)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlmodel import Field, SQLModel
+
+from models.base import utcnow
+
+DEFAULT_FALLBACK = "I'm sorry, I'm having trouble answering right now. Could you say that again?"
+
+
+class Agent(SQLModel, table=True):
+    __tablename__ = "agents"
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(index=True, unique=True, max_length=80)
+    description: str = Field(default="", max_length=2000)
+    persona: str = Field(default="You are a helpful, concise phone assistant.", max_length=20000)
+    """The system prompt."""
+    language: str = Field(default="en", max_length=16)
+    voice: str = Field(default="", max_length=200)
+    """Piper voice path; empty → the default voice."""
+    llm_model: str = Field(default="", max_length=200)
+    """Model name for the LLM backend; empty → the backend's default."""
+    temperature: float = Field(default=0.3, ge=0.0, le=2.0)
+    max_tokens: int = Field(default=160, ge=1, le=8192)
+    greeting: str = Field(default="Hello, this is Eva. How can I help you?", max_length=2000)
+    fallback_message: str = Field(default=DEFAULT_FALLBACK, max_length=2000)
+    active: bool = Field(default=True)
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)
+
+
+class Route(SQLModel, table=True):
+    """Which agent (or conversation flow) answers a DID/extension."""
+
+    __tablename__ = "routes"
+
+    id: int | None = Field(default=None, primary_key=True)
+    did: str = Field(index=True, unique=True, max_length=64)
+    agent_id: int | None = Field(default=None, foreign_key="agents.id", index=True)
+    flow_id: int | None = Field(default=None, index=True)
+    description: str = Field(default="", max_length=500)
+    enabled: bool = Field(default=True)
+    created_at: datetime = Field(default_factory=utcnow)

@@ -1,0 +1,59 @@
+"""Calls and their turns, with per-stage timings (the voice loop writes these)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlmodel import Field, SQLModel
+
+from models.base import utcnow
+
+
+class Call(SQLModel, table=True):
+    __tablename__ = "calls"
+
+    id: int | None = Field(default=None, primary_key=True)
+    channel_id: str = Field(index=True, unique=True, max_length=128)
+    """Asterisk's channel uniqueid."""
+    direction: str = Field(default="inbound", max_length=16)
+    caller: str = Field(default="", index=True, max_length=64)
+    did: str = Field(default="", index=True, max_length=64)
+    agent_id: int | None = Field(default=None, foreign_key="agents.id", index=True)
+    conversation_id: int | None = Field(default=None, foreign_key="conversations.id")
+    started_at: datetime = Field(default_factory=utcnow, index=True)
+    answered_at: datetime | None = None
+    ended_at: datetime | None = None
+    outcome: str = Field(default="active", index=True, max_length=32)
+    """active | completed | caller_hangup | transferred | failed | no_route"""
+    hangup_cause: str = Field(default="", max_length=64)
+    recording_path: str = Field(default="", max_length=1024)
+    worker: str = Field(default="", max_length=128)
+    """Which Eva worker handles the call (scale-out)."""
+
+
+class CallTurn(SQLModel, table=True):
+    """One exchange: what the caller said, what the bot said, and how long each stage took.
+
+    Stage times are milliseconds after ``speech_end`` (the moment the turn detector decided the caller stopped).
+    """
+
+    __tablename__ = "call_turns"
+
+    id: int | None = Field(default=None, primary_key=True)
+    call_id: int = Field(foreign_key="calls.id", index=True)
+    index: int = 0
+    kind: str = Field(default="speech", max_length=16)
+    """speech | dtmf | greeting"""
+    user_text: str = ""
+    bot_text: str = ""
+    """What the agent generated."""
+    spoken_text: str = ""
+    """What was actually played before any interruption."""
+    interrupted: bool = False
+    speech_end: datetime | None = None
+    stt_done_ms: float | None = None
+    llm_first_token_ms: float | None = None
+    first_sentence_ready_ms: float | None = None
+    tts_first_audio_ms: float | None = None
+    first_frame_out_ms: float | None = None
+    created_at: datetime = Field(default_factory=utcnow)

@@ -1,0 +1,54 @@
+"""Contacts (one person across channels), conversations and messages."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, Column
+from sqlmodel import Field, SQLModel
+
+from models.base import utcnow
+
+
+class Contact(SQLModel, table=True):
+    __tablename__ = "contacts"
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(default="", max_length=200)
+    phone: str | None = Field(default=None, index=True, unique=True, max_length=64)
+    whatsapp_id: str | None = Field(default=None, index=True, unique=True, max_length=64)
+    email: str | None = Field(default=None, index=True, unique=True, max_length=320)
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class Conversation(SQLModel, table=True):
+    __tablename__ = "conversations"
+
+    id: int | None = Field(default=None, primary_key=True)
+    channel: str = Field(index=True, max_length=16)
+    """voice | whatsapp | email | chat"""
+    contact_id: int | None = Field(default=None, foreign_key="contacts.id", index=True)
+    agent_id: int | None = Field(default=None, foreign_key="agents.id", index=True)
+    external_id: str = Field(default="", index=True, max_length=255)
+    """Channel's own id: call id, email thread id, WhatsApp conversation."""
+    started_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)
+
+
+class Message(SQLModel, table=True):
+    __tablename__ = "messages"
+
+    id: int | None = Field(default=None, primary_key=True)
+    conversation_id: int = Field(foreign_key="conversations.id", index=True)
+    role: str = Field(max_length=16)
+    """user | assistant | system | tool"""
+    text: str = Field(default="")
+    created_at: datetime = Field(default_factory=utcnow, index=True)
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    timings: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
+    citations: list[dict[str, Any]] | None = Field(default=None, sa_column=Column(JSON))
+    tool_calls: list[dict[str, Any]] | None = Field(default=None, sa_column=Column(JSON))
+    external_id: str = Field(default="", index=True, max_length=255)
+    """Channel message id (WhatsApp wamid, email Message-ID) for de-duplication."""

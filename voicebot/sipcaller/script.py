@@ -1,0 +1,72 @@
+"""What a scripted call does (timed actions) and what came of it.  Plain data, JSON round-trippable."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+ActionKind = Literal["play", "dtmf", "hangup", "wait"]
+
+
+@dataclass(frozen=True)
+class Action:
+    """One step.  ``at`` is seconds after the call is answered (media up).
+
+    ``play``: stream ``path`` (a WAV file) into the call.  ``dtmf``: send ``digits`` (RFC 4733).
+    ``hangup``: end the call.  ``wait``: nothing; only keeps the script going until ``at``.
+    """
+
+    kind: ActionKind
+    at: float = 0.0
+    path: str = ""
+    digits: str = ""
+
+
+@dataclass(frozen=True)
+class CallScript:
+    uri: str
+    """Full SIP URI to call, e.g. ``sip:100@127.0.0.1:5060``."""
+    actions: tuple[Action, ...] = ()
+    record_path: str = ""
+    timeout: float = 30.0
+    """Hang up this many seconds after the call is answered (or give up ringing)."""
+    bind_ip: str = "127.0.0.1"
+    bind_port: int = 5070
+    from_user: str = "caller"
+    clock_rate: int = 16000
+    no_vad: bool = True
+    """Keep sending RTP in silence (pjsua's VAD would otherwise pause the stream)."""
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> CallScript:
+        data: dict[str, Any] = json.loads(text)
+        data["actions"] = tuple(Action(**a) for a in data.get("actions", ()))
+        return cls(**data)
+
+
+@dataclass
+class CallResult:
+    connected: bool = False
+    status_code: int = 0
+    """Final SIP status of the INVITE (200 when answered; 401/403/404/486/... when refused)."""
+    reason: str = ""
+    duration: float = 0.0
+    """Seconds from answer to disconnect."""
+    record_path: str = ""
+    record_offset: float = 0.0
+    """Seconds after answer at which the recording's first sample was taken."""
+    events: list[dict[str, Any]] = field(default_factory=list)
+    """What the caller did and when (seconds after answer): ``{"kind": "play", "at": 1.0, "end": 3.2}``."""
+    remote_hangup: bool = False
+    error: str = ""
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> CallResult:
+        return cls(**json.loads(text))

@@ -1,0 +1,194 @@
+"""The pjsua2 worker process: reads a CallScript (JSON) on stdin, places the call, prints a CallResult.
+
+Run as ``python -m voicebot.sipcaller.worker``.  Everything pjsua2 runs on this process's main thread
+(``libHandleEvents`` polling); pjsua2 objects (Call, players, recorder) are kept referenced for the whole
+call because the C++ side does not own them.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import time
+from typing import Any
+
+import pjsua2 as pj
+
+from voicebot.audio import read_wav, resample, write_wav
+from voicebot.sipcaller.script import Action, CallResult, CallScript
+
+
+class _Call(pj.Call):  # type: ignore[misc]
+    def __init__(self, account: Any, worker: Worker) -> None:
+        super().__init__(account)
+        self.worker = worker
+
+    def onCallState(self, prm: Any) -> None:  # noqa: N802 - pjsua2 callback name
+        info = self.getInfo()
+        self.worker.on_state(info)
+
+    def onCallMediaState(self, prm: Any) -> None:  # noqa: N802
+        info = self.getInfo()
+        for index, media in enumerate(info.media):
+            if media.type == pj.PJMEDIA_TYPE_AUDIO and media.status == pj.PJSUA_CALL_MEDIA_ACTIVE:
+                self.worker.on_media(self.getAudioMedia(index))
+
+
+class Worker:
+    def __init__(self, script: CallScript) -> None:
+        self.script = script
+        self.result = CallResult(record_path=script.record_path)
+        self.answered_at: float | None = None
+        self.ended = False
+        self.audio: Any = None
+        self.recorder: Any = None
+        self.players: list[Any] = []
+        self.tmpdir = tempfile.mkdtemp(prefix="eva-call-")
+        self.we_hung_up = False
+
+    # ------------------------------------------------------------------ callbacks
+    def on_state(self, info: Any) -> None:
+        if info.state == pj.PJSIP_INV_STATE_CONFIRMED and self.answered_at is None:
+            self.answered_at = time.monotonic()
+            self.result.connected = True
+        if info.lastStatusCode:
+            self.result.status_code = int(info.lastStatusCode)
+            self.result.reason = str(info.lastReason)
+        if info.state == pj.PJSIP_INV_STATE_DISCONNECTED:
+            self.ended = True
+            self.result.remote_hangup = not self.we_hung_up
+            if self.answered_at is not None:
+                self.result.duration = time.monotonic() - self.answered_at
+
+    def on_media(self, audio: Any) -> None:
+        if self.audio is not None:
+            return
+        self.audio = audio
+        if self.script.record_path:
+            self.recorder = pj.AudioMediaRecorder()
+            self.recorder.createRecorder(self.script.record_path)
+            audio.startTransmit(self.recorder)
+            self.result.record_offset = self.elapsed()
+
+    def elapsed(self) -> float:
+        return 0.0 if self.answered_at is None else time.monotonic() - self.answered_at
+
+    # ------------------------------------------------------------------ actions
+    def prepare(self, action: Action) -> str:
+        """Convert a WAV to the conference bridge's rate, mono, 16-bit (pjmedia plays it without resampling)."""
+        audio = resample(read_wav(action.path), self.script.clock_rate)
+        out = os.path.join(self.tmpdir, f"play{len(os.listdir(self.tmpdir))}.wav")
+        write_wav(out, audio)
+        return out
+
+    def do(self, call: _Call, action: Action, prepared: dict[int, tuple[str, float]], index: int) -> None:
+        event: dict[str, Any] = {"kind": action.kind, "at": round(self.elapsed(), 4)}
+        if action.kind == "play" and self.audio is not None:
+            path, seconds = prepared[index]
+            player = pj.AudioMediaPlayer()
+            player.createPlayer(path, pj.PJMEDIA_FILE_NO_LOOP)
+            player.startTransmit(self.audio)
+            self.players.append(player)
+            event["end"] = round(event["at"] + seconds, 4)
+        elif action.kind == "dtmf":
+            call.dialDtmf(action.digits)
+            event["digits"] = action.digits
+        elif action.kind == "hangup":
+            self.we_hung_up = True
+            call.hangup(pj.CallOpParam(True))
+        self.result.events.append(event)
+
+    # ------------------------------------------------------------------ main
+    def run(self) -> CallResult:
+        ep = pj.Endpoint()
+        ep.libCreate()
+        cfg = pj.EpConfig()
+        cfg.uaConfig.threadCnt = 0
+        cfg.uaConfig.mainThreadOnly = True
+        cfg.uaConfig.userAgent = "Eva test caller"
+        cfg.logConfig.level = 1
+        cfg.logConfig.consoleLevel = 1
+        cfg.medConfig.clockRate = self.script.clock_rate
+        cfg.medConfig.sndClockRate = self.script.clock_rate
+        cfg.medConfig.noVad = self.script.no_vad
+        cfg.medConfig.ecTailLen = 0
+        ep.libInit(cfg)
+        tcfg = pj.TransportConfig()
+        tcfg.port = self.script.bind_port
+        tcfg.boundAddress = self.script.bind_ip
+        tcfg.publicAddress = self.script.bind_ip
+        ep.transportCreate(pj.PJSIP_TRANSPORT_UDP, tcfg)
+        ep.libStart()
+        ep.audDevManager().setNullDev()
+        # Only G.711 (what a PSTN trunk offers); the order says PCMU first.
+        for codec in ep.codecEnum2():
+            priority = {"PCMU/8000/1": 255, "PCMA/8000/1": 254}.get(codec.codecId, 0)
+            ep.codecSetPriority(codec.codecId, priority)
+        acfg = pj.AccountConfig()
+        acfg.idUri = f"sip:{self.script.from_user}@{self.script.bind_ip}:{self.script.bind_port}"
+        acfg.mediaConfig.transportConfig.boundAddress = self.script.bind_ip
+        account = pj.Account()
+        account.create(acfg)
+        prepared: dict[int, tuple[str, float]] = {}
+        for index, action in enumerate(self.script.actions):
+            if action.kind == "play":
+                path = self.prepare(action)
+                prepared[index] = (path, read_wav(path).seconds)
+        call = _Call(account, self)
+        started = time.monotonic()
+        try:
+            call.makeCall(self.script.uri, pj.CallOpParam(True))
+            pending = sorted(enumerate(self.script.actions), key=lambda item: item[1].at)
+            while not self.ended:
+                ep.libHandleEvents(5)
+                now = time.monotonic()
+                if self.answered_at is None:
+                    if now - started > self.script.timeout:
+                        self.we_hung_up = True
+                        call.hangup(pj.CallOpParam(True))
+                        self.result.error = "not answered before the timeout"
+                        self._drain(ep, 2.0)
+                        break
+                    continue
+                while pending and pending[0][1].at <= self.elapsed() and self.audio is not None:
+                    index, action = pending.pop(0)
+                    self.do(call, action, prepared, index)
+                if self.elapsed() > self.script.timeout and not self.ended:
+                    self.we_hung_up = True
+                    call.hangup(pj.CallOpParam(True))
+                    self._drain(ep, 2.0)
+                    break
+        except pj.Error as exc:
+            self.result.error = f"pjsua2: {exc.info()}"
+        finally:
+            if self.recorder is not None and self.audio is not None:
+                try:
+                    self.audio.stopTransmit(self.recorder)
+                except pj.Error:
+                    pass
+            self.recorder = None
+            self.players.clear()
+            del call
+            ep.libDestroy()
+        return self.result
+
+    def _drain(self, ep: Any, seconds: float) -> None:
+        end = time.monotonic() + seconds
+        while not self.ended and time.monotonic() < end:
+            ep.libHandleEvents(10)
+
+
+def main() -> int:
+    script = CallScript.from_json(sys.stdin.read())
+    try:
+        result = Worker(script).run()
+    except Exception as exc:  # the parent needs a result line whatever happened
+        result = CallResult(error=f"{type(exc).__name__}: {exc}")
+    sys.stdout.write("\n" + result.to_json() + "\n")
+    sys.stdout.flush()
+    return 0 if result.connected or result.status_code else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

