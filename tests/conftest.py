@@ -18,16 +18,32 @@ from voicebot.config import Settings
 from voicebot.secrets import ensure_secrets
 from voicebot.sipcaller import Action, CallResult, CallScript, place_call
 
-TEST_PORTS = {
-    "sip_port": 15060,
-    "ari_port": 18088,
-    "ami_port": 15038,
-    "rtp_port_start": 32000,
-    "rtp_port_end": 32999,
-    "media_port_start": 34000,
-    "media_port_end": 34999,
-    "api_port": 18080,
-}
+def _port_free(port: int, kind: int) -> bool:
+    with socket.socket(socket.AF_INET, kind) as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def pick_test_ports() -> dict[str, int]:
+    """Ports for this test session's Asterisk: a free slot, so parallel test sessions never collide."""
+    for slot in range(40):
+        ports = {
+            "sip_port": 15060 + slot * 10,
+            "ari_port": 18088 + slot * 10,
+            "ami_port": 15038 + slot * 10,
+            "api_port": 18080 + slot * 10 + 1,
+            "rtp_port_start": 40000 + slot * 200,
+            "rtp_port_end": 40099 + slot * 200,
+            "media_port_start": 40100 + slot * 200,
+            "media_port_end": 40199 + slot * 200,
+        }
+        if (_port_free(ports["sip_port"], socket.SOCK_DGRAM) and _port_free(ports["ari_port"], socket.SOCK_STREAM)
+                and _port_free(ports["ami_port"], socket.SOCK_STREAM)):
+            return ports
+    raise RuntimeError("no free port slot for a test Asterisk")
 
 
 def free_udp_port() -> int:
@@ -41,7 +57,7 @@ def free_udp_port() -> int:
 def eva_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
     """Settings for the test instance: private data dir, shifted ports, generated secrets."""
     data = tmp_path_factory.mktemp("eva-data")
-    base = Settings.load({}).with_(data_dir=data, **TEST_PORTS)
+    base = Settings.load({}).with_(data_dir=data, **pick_test_ports())
     return ensure_secrets(base)
 
 

@@ -42,6 +42,7 @@ class Asterisk:
         self.mountpoint = self.root / self.inner.lstrip("/")
         self.pidfile = settings.asterisk_dir / "asterisk.pid"
         self.console_log = settings.asterisk_dir / "log" / "console.log"
+        self._proc: subprocess.Popen[bytes] | None = None
 
     # ------------------------------------------------------------------ helpers
     def _conf(self) -> str:
@@ -132,6 +133,7 @@ class Asterisk:
                 stdin=subprocess.DEVNULL, stdout=console, stderr=subprocess.STDOUT, start_new_session=True)
         finally:
             console.close()
+        self._proc = proc
         self.pidfile.write_text(str(proc.pid))
         deadline = time.monotonic() + self.settings.asterisk_boot_timeout
         while time.monotonic() < deadline:
@@ -163,6 +165,9 @@ class Asterisk:
                 os.killpg(pid, signal.SIGKILL)
                 while _alive(pid):
                     time.sleep(0.05)
+        if self._proc is not None:
+            self._proc.wait(timeout=timeout)
+            self._proc = None
         self.pidfile.unlink(missing_ok=True)
         self._umount()
 

@@ -1,0 +1,45 @@
+"""Real SIP calls (pjsua2) into the real Asterisk 22."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import Caller
+from voicebot.asterisk.process import Asterisk
+from voicebot.audio import read_wav, voiced_regions, voiced_seconds
+
+pytestmark = pytest.mark.asterisk
+
+
+def test_selftest_prompt_is_heard_by_the_caller(caller: Caller, asterisk: Asterisk) -> None:
+    # Extension 600 plays a Piper-made prompt of known length, then hangs up.
+    prompt = read_wav(asterisk.settings.sounds_dir / "eva-selftest.wav")
+    result = caller.call("600", timeout=prompt.seconds + 8)
+    assert result.connected, result
+    assert result.status_code == 200
+    assert result.remote_hangup, "Asterisk should hang up after the prompt"
+    heard = read_wav(result.record_path)
+    voiced = voiced_seconds(heard)
+    expected = voiced_seconds(prompt)
+    # G.711 and the jitter buffer blur edges a little; the bulk of the prompt must arrive.
+    assert expected * 0.8 <= voiced <= expected * 1.2 + 0.2, (voiced, expected)
+    regions = voiced_regions(heard)
+    assert regions and regions[0][0] < 1.0, regions  # audio starts right after answer: no dead air
+
+
+def test_unknown_source_address_is_not_answered(caller: Caller, asterisk: Asterisk) -> None:
+    # 127.0.0.2 is not the carrier's address and matches no endpoint: Asterisk must challenge, never answer.
+    result = caller.call("100", record=False, timeout=5, bind_ip="127.0.0.2")
+    assert not result.connected
+    assert result.status_code in (401, 403), result
+    assert "No matching endpoint found" in (asterisk.settings.asterisk_dir / "log" / "messages.log").read_text()
+
+
+def test_unknown_number_in_default_context_is_refused(asterisk: Asterisk) -> None:
+    # Nothing in the default context answers; the carrier context only reaches eva-inbound.
+    plan = asterisk.cli("dialplan show default")
+    assert "Hangup(21)" in plan
+    assert "Stasis" not in plan
+    endpoints = asterisk.cli("pjsip show endpoints")
+    assert "carrier" in endpoints
+    assert "anonymous" not in endpoints
