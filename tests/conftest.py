@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.pg import postgres_server, postgres_url  # noqa: F401 - shared fixtures: a real PostgreSQL
 from voicebot.asterisk.image import image_ready
 from voicebot.asterisk.process import Asterisk
 from voicebot.config import Settings

@@ -67,10 +67,15 @@ class Settings:
     media_host: str = "127.0.0.1"
     media_port_start: int = 20000
     media_port_end: int = 20999
-    media_format: str = "slin16"
+    media_format: str = "ulaw"
+    """ulaw (8 kHz, default) | slin16.  See voicebot/media/transport.py for why slin16 is not the default."""
 
     # --- speech ---
     vad_aggressiveness: int = 2
+    barge_in_ms: int = 60
+    """Caller speech this long during bot playout stops the bot (shorter: a click or a cough)."""
+    end_of_turn_ms: int = 500
+    """Silence after caller speech that ends the caller's turn."""
     stt_model: str = ""
     """Path to a CTranslate2 Whisper model; empty → the packaged tiny.en."""
     stt_compute_type: str = "int8"

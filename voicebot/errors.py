@@ -85,6 +85,20 @@ class LlmUnavailable(LlmError):
     http_status = 503
 
 
+class LlmModelMissing(LlmError):
+    """The LLM server is up but does not have the requested model (e.g. not pulled into Ollama)."""
+
+    code = "llm_model_missing"
+    http_status = 503
+
+
+class LlmTimeout(LlmError):
+    """The LLM did not answer (or stalled mid-reply) within its timeout."""
+
+    code = "llm_timeout"
+    http_status = 504
+
+
 class KnowledgeError(EvaError):
     code = "knowledge_error"
 
@@ -94,6 +108,13 @@ class DocumentError(KnowledgeError):
 
     code = "document_invalid"
     http_status = 422
+
+
+class EmbeddingError(KnowledgeError):
+    """The embedding model could not be loaded or reached (local model missing, Ollama down or too slow)."""
+
+    code = "embedding_failed"
+    http_status = 502
 
 
 class ChannelError(EvaError):
@@ -124,3 +145,51 @@ class AuthError(EvaError):
 class Forbidden(EvaError):
     code = "forbidden"
     http_status = 403
+
+
+# --- HTTP-facing errors (admin API); each maps to one status code -------------------------------------------
+class BadRequest(EvaError):
+    """The request itself is malformed (not JSON, not multipart, missing body)."""
+
+    code = "bad_request"
+    http_status = 400
+
+
+class TokenReused(AuthError):
+    """A refresh token was presented twice: the whole token family is revoked (likely theft)."""
+
+    code = "token_reused"
+
+
+class PayloadTooLarge(EvaError):
+    code = "payload_too_large"
+    http_status = 413
+
+
+class UnsupportedMediaType(EvaError):
+    code = "unsupported_media_type"
+    http_status = 415
+
+
+class RateLimited(EvaError):
+    code = "rate_limited"
+    http_status = 429
+
+    def __init__(self, message: str, *, retry_after: float, code: str | None = None,
+                 field: str | None = None) -> None:
+        super().__init__(message, code=code, field=field)
+        self.retry_after = retry_after
+
+
+class Unavailable(EvaError):
+    """A subsystem this request needs is not configured or not reachable right now."""
+
+    code = "unavailable"
+    http_status = 503
+
+
+class AsteriskRejected(AsteriskError):
+    """Asterisk refused a configuration we rendered (it was rolled back; the previous one is live)."""
+
+    code = "asterisk_rejected"
+    http_status = 422

@@ -111,16 +111,23 @@ def _models_run(settings: Settings) -> None:
     (settings.models_dir / ".checked").write_text("ok\n")
 
 
+PROMPTS = {
+    "eva-selftest": SELFTEST_TEXT,
+    "eva-no-route": "Sorry, this number is not in service. Goodbye.",
+}
+
+
 def _prompt_done(settings: Settings) -> bool:
-    return (settings.sounds_dir / "eva-selftest.wav").exists()
+    return all((settings.sounds_dir / f"{name}.wav").exists() for name in PROMPTS)
 
 
 def _prompt_run(settings: Settings) -> None:
     from voicebot.tts.piper import synthesize_to_wav
 
     settings.sounds_dir.mkdir(parents=True, exist_ok=True)
-    # 8 kHz: Asterisk plays .wav as 8 kHz signed linear without transcoding surprises.
-    synthesize_to_wav(SELFTEST_TEXT, settings.sounds_dir / "eva-selftest.wav", settings=settings, rate=8000)
+    for name, text in PROMPTS.items():
+        # 8 kHz: Asterisk plays .wav as 8 kHz signed linear without transcoding surprises.
+        synthesize_to_wav(text, settings.sounds_dir / f"{name}.wav", settings=settings, rate=8000)
 
 
 def _render_run(settings: Settings) -> None:
@@ -134,7 +141,7 @@ STEPS: list[Step] = [
     Step("Asterisk 22 image", _image_done, _image_run),
     Step("packaged models (Whisper tiny.en, Piper voice, MiniLM embeddings)", _models_done, _models_run),
     Step("embedded LLM (Gemma 3 270M GGUF)", _gguf_done, _gguf_run),
-    Step("self-test prompt", _prompt_done, _prompt_run),
+    Step("telephony prompts", _prompt_done, _prompt_run),
     Step("Asterisk configuration", lambda _s: False, _render_run),
 ]
 

@@ -73,3 +73,30 @@ def synthesize_to_wav(text: str, path: str | Path, *, settings: Settings | None 
     tts = PiperTts(settings.tts_voice)
     write_wav(path, tts.synthesize_blocking(text, rate))
     return Path(path)
+
+
+class PiperSpeaker:
+    """The pipeline's TTS stage: one loaded voice per voice path, synthesis on a dedicated worker thread."""
+
+    def __init__(self, default_voice: str = "") -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.default_voice = default_voice
+        self._voices: dict[str, PiperTts] = {}
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="piper")
+
+    def voice(self, path: str = "") -> PiperTts:
+        key = path or self.default_voice
+        if key not in self._voices:
+            self._voices[key] = PiperTts(key)
+        return self._voices[key]
+
+    def speak_blocking(self, text: str, rate: int, voice: str = "") -> Audio:
+        return self.voice(voice).synthesize_blocking(text, rate)
+
+    async def speak(self, text: str, rate: int, voice: str = "") -> Audio:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self.speak_blocking, text, rate, voice)
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,129 @@
+"""End-to-end voice fixtures: Eva's runtime (real ARI app, Whisper, Piper) against the session's real Asterisk.
+
+Pipeline-mechanics tests drive the agent with ``ScriptedResponder`` (same interface as the agent core); the
+knowledge test uses the real agent core with the embedded model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_asyncio
+
+from models.db import make_engine, session_scope, upgrade
+from voicebot.agent import store
+from voicebot.asterisk.process import Asterisk
+from voicebot.audio import Audio, read_wav, write_wav
+from voicebot.config import Settings
+from voicebot.pipeline.responder import CallContext, ReplyDone, ReplyEvent, TextDelta, ToolCall
+from voicebot.server import EvaRuntime
+from voicebot.stt.whisper import WhisperStt
+from voicebot.tts.piper import PiperTts
+
+Script = Callable[[str], Any]
+
+
+class ScriptedResponder:
+    """Replies by a per-test script: ``script(text)`` returns a str, a list of str deltas, a ToolCall list, or
+    raises.  ``delay`` seconds between deltas simulates a slow LLM."""
+
+    def __init__(self) -> None:
+        self.script: Script = lambda text: f"You said: {text}"
+        self.delay = 0.0
+        self.heard: list[str] = []
+        self.interrupted: list[tuple[int | None, str]] = []
+        self.cancelled = 0
+
+    async def respond(self, ctx: CallContext, text: str) -> AsyncIterator[ReplyEvent]:
+        self.heard.append(text)
+        result = self.script(text)
+        parts = result if isinstance(result, list) else [result]
+        try:
+            for part in parts:
+                if isinstance(part, ToolCall):
+                    yield part
+                    continue
+                if self.delay:
+                    await asyncio.sleep(self.delay)
+                yield TextDelta(part)
+            yield ReplyDone(text="".join(p for p in parts if isinstance(p, str)), message_id=len(self.heard))
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            raise
+
+    async def mark_interrupted(self, ctx: CallContext, message_id: int | None, spoken_text: str) -> None:
+        self.interrupted.append((message_id, spoken_text))
+
+
+@pytest.fixture(scope="session")
+def voice_settings(eva_settings: Settings, asterisk: Asterisk) -> Settings:
+    engine = make_engine(eva_settings.effective_database_url)
+    upgrade(engine)
+    with session_scope(engine) as session:
+        for name, greeting in (("demo", "Hello, this is Eva."), ("scripted", "Hi, scripted agent here.")):
+            try:
+                store.get_agent_by_name(session, name)
+            except Exception:
+                store.create_agent(session, {"name": name, "greeting": greeting})
+    engine.dispose()
+    return eva_settings
+
+
+@pytest.fixture(scope="session")
+def responder() -> ScriptedResponder:
+    return ScriptedResponder()
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def runtime(voice_settings: Settings, responder: ScriptedResponder) -> AsyncIterator[EvaRuntime]:
+    rt = EvaRuntime(voice_settings, responder=responder, with_api=False)
+    await rt.start()
+    try:
+        yield rt
+    finally:
+        await rt.close()
+
+
+@pytest.fixture(autouse=True)
+def _reset_responder(responder: ScriptedResponder) -> None:
+    responder.script = lambda text: f"You said: {text}"
+    responder.delay = 0.0
+    responder.heard.clear()
+    responder.interrupted.clear()
+    responder.cancelled = 0
+
+
+@pytest.fixture(scope="session")
+def whisper() -> WhisperStt:
+    return WhisperStt()
+
+
+@pytest.fixture(scope="session")
+def say(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
+    """Synthesize what the caller says (Piper) to a WAV file; cached per text."""
+    tts = PiperTts()
+    folder = tmp_path_factory.mktemp("say")
+    cache: dict[str, Path] = {}
+
+    def make(text: str) -> Path:
+        if text not in cache:
+            path = folder / f"say{len(cache)}.wav"
+            write_wav(path, tts.synthesize_blocking(text, 16000))
+            cache[text] = path
+        return cache[text]
+
+    return make
+
+
+def transcribe(whisper: WhisperStt, audio: Audio, start: float = 0.0, end: float | None = None) -> str:
+    a = int(start * audio.rate)
+    b = len(audio.samples) if end is None else int(end * audio.rate)
+    return str(whisper.transcribe_blocking(audio.samples[a:b], audio.rate).text)
+
+
+def load(path: str) -> Audio:
+    return read_wav(path)

@@ -1,0 +1,205 @@
+"""The voice loop on real calls: real Asterisk, real pjsua2 caller, real Whisper and Piper; scripted agent."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from sqlmodel import select
+
+from models import Call, CallTurn
+from models.db import session_scope
+from tests.conftest import Caller
+from tests.voice.conftest import ScriptedResponder, load, transcribe
+from voicebot.audio import voiced_regions
+from voicebot.server import EvaRuntime
+from voicebot.sipcaller import Action, place_call_async
+from voicebot.stt.whisper import WhisperStt
+
+pytestmark = [pytest.mark.asterisk, pytest.mark.slow, pytest.mark.asyncio(loop_scope="session")]
+
+
+def _call_row(runtime: EvaRuntime, call_id_hint: int | None = None) -> tuple[Call, list[CallTurn]]:
+    assert runtime.engine is not None
+    with session_scope(runtime.engine) as session:
+        call = session.exec(select(Call).order_by(Call.id.desc())).first()  # type: ignore[union-attr]
+        assert call is not None
+        turns = list(session.exec(select(CallTurn).where(CallTurn.call_id == call.id).order_by(CallTurn.index)))
+        return call, turns
+
+
+async def test_greeting_then_answer_to_what_the_caller_said(
+        runtime: EvaRuntime, caller: Caller, responder: ScriptedResponder, say: Callable[[str], Path],
+        whisper: WhisperStt) -> None:
+    question = say("What time do you open tomorrow?")
+    result = await place_call_async(caller.script("100", Action("play", at=2.5, path=str(question)), timeout=11))
+    assert result.connected, result
+    heard = load(result.record_path)
+    text = transcribe(whisper, heard).lower()
+    assert "hello, this is" in text  # tiny.en at 8 kHz hears "Eva" as many things
+    assert "you said" in text and "open tomorrow" in text, text
+    assert responder.heard and "open tomorrow" in responder.heard[0].lower()
+
+    call, turns = _call_row(runtime)
+    assert call.agent_id is not None and call.answered_at is not None
+    assert [t.kind for t in turns][:2] == ["greeting", "speech"]
+    turn = turns[1]
+    assert "open tomorrow" in turn.user_text.lower()
+    assert turn.bot_text.startswith("You said:")
+    assert not turn.interrupted
+    # Every stage is timed, in order, after the caller stopped speaking.
+    stages = [turn.stt_done_ms, turn.llm_first_token_ms, turn.first_sentence_ready_ms, turn.tts_first_audio_ms,
+              turn.first_frame_out_ms]
+    assert all(v is not None and v > 0 for v in stages), stages
+    assert stages == sorted(stages), stages  # type: ignore[type-var]
+    # The reply starts in the caller's ear after the question ended (no overlap with the question).
+    play = result.events[0]
+    reply_regions = [r for r in voiced_regions(heard) if r[0] + result.record_offset > play["end"]]
+    assert reply_regions, voiced_regions(heard)
+
+
+LONG_ANSWER = ("Our company was founded many years ago in a small town by the river. "
+               "Since then we have grown to serve customers in every region of the country. "
+               "We offer a wide range of services, from installation to maintenance and repair. "
+               "Our technicians are trained every year and carry the latest tools. "
+               "If you have any questions about our history, I am happy to tell you more.")
+
+
+def _first_voiced(audio_path: Path) -> float:
+    regions = voiced_regions(load(str(audio_path)))
+    assert regions, "the caller's prompt has no speech"
+    return regions[0][0]
+
+
+def _silence_after(heard_regions: list[tuple[float, float]], t: float) -> float:
+    """End of the bot's audio that was playing at time t (recording timeline)."""
+    for start, end in heard_regions:
+        if start <= t <= end:
+            return end
+    return t
+
+
+async def test_barge_in_stops_playout_and_marks_the_turn_interrupted(
+        runtime: EvaRuntime, caller: Caller, responder: ScriptedResponder, say: Callable[[str], Path]) -> None:
+    responder.script = lambda text: LONG_ANSWER
+    question = say("Tell me about your company.")
+    interruption = say("Wait, stop, I have another question.")
+    barge_at = 9.0
+    result = await place_call_async(caller.script(
+        "100", Action("play", at=2.5, path=str(question)), Action("play", at=barge_at, path=str(interruption)),
+        timeout=16))
+    assert result.connected, result
+    heard = load(result.record_path)
+    # Bot audio in the caller's ear; pauses under 0.3 s (between words and sentences) are bridged.
+    regions = voiced_regions(heard)
+    onset = barge_at + _first_voiced(interruption) - result.record_offset
+    playing = [r for r in regions if r[0] <= onset <= r[1]]
+    assert playing, f"bot was not speaking at the barge-in moment {onset:.2f}: {regions}"
+    stopped = _silence_after(regions, onset)
+    reaction = stopped - onset
+    print(f"\nbarge-in: bot audio stopped {reaction * 1000:.0f} ms after the caller's speech onset")
+    # 150 ms, plus one 20 ms analysis frame of measurement granularity.
+    assert reaction <= 0.150 + 0.02, f"playout stopped {reaction * 1000:.0f} ms after speech onset"
+    # The long answer would have run for ~20 s; the caller heard only a part of it.
+    reply_audio = sum(e - s for s, e in regions if s > onset + 0.3 and s < onset + 1.5)
+    assert reply_audio < 1.2
+    call, turns = _call_row(runtime)
+    interrupted = [t for t in turns if t.interrupted]
+    assert interrupted, [(t.kind, t.interrupted) for t in turns]
+    turn = interrupted[0]
+    assert turn.bot_text == LONG_ANSWER
+    assert turn.spoken_text and LONG_ANSWER.startswith(turn.spoken_text[:40])
+    assert len(turn.spoken_text) < len(LONG_ANSWER)
+    assert responder.interrupted and responder.interrupted[0][1] == turn.spoken_text
+    # The interruption itself became the caller's next turn.
+    assert any("another question" in t.user_text.lower() for t in turns if t.index > turn.index)
+
+
+async def test_dtmf_digits_reach_the_agent(
+        runtime: EvaRuntime, caller: Caller, responder: ScriptedResponder) -> None:
+    result = await place_call_async(caller.script(
+        "100", Action("dtmf", at=2.0, digits="4"), Action("dtmf", at=2.3, digits="2"),
+        Action("dtmf", at=2.6, digits="#"), timeout=6, record=False))
+    assert result.connected, result
+    assert any("DTMF: 42" in text for text in responder.heard), responder.heard
+    _, turns = _call_row(runtime)
+    assert any(t.kind == "dtmf" and "DTMF: 42" in t.user_text for t in turns)
+
+
+def _call_tasks() -> list[str]:
+    import asyncio
+
+    prefixes = ("call-", "turn-", "llm-", "media-clock-")
+    return [t.get_name() for t in asyncio.all_tasks() if t.get_name().startswith(prefixes) and not t.done()]
+
+
+async def test_hangup_mid_answer_leaves_nothing_running(
+        runtime: EvaRuntime, caller: Caller, responder: ScriptedResponder, say: Callable[[str], Path]) -> None:
+    import asyncio
+
+    assert runtime.voice is not None
+    question = say("Tell me everything about your company.")
+    responder.script = lambda text: LONG_ANSWER.split(" ")
+    responder.delay = 0.05  # a slow LLM: the hang-up lands while generation and playout are both in flight
+    before_ports = runtime.voice.ports.in_use
+    for hang_at in (4.6, 6.0, 7.5):
+        result = await place_call_async(caller.script(
+            "100", Action("play", at=2.5, path=str(question)), Action("hangup", at=hang_at), timeout=12,
+            record=False))
+        assert result.connected and not result.remote_hangup, result
+        for _ in range(50):  # teardown is asynchronous; give it a moment
+            if not runtime.voice.calls and not _call_tasks():
+                break
+            await asyncio.sleep(0.1)
+        assert _call_tasks() == []
+        assert runtime.voice.calls == {}
+        assert runtime.voice.ports.in_use == before_ports
+        call, turns = _call_row(runtime)
+        assert call.ended_at is not None
+        assert call.outcome == "caller_hangup", call.outcome
+    assert responder.cancelled >= 1  # at least one hang-up cancelled the LLM mid-stream
+
+
+async def test_two_simultaneous_calls_get_their_own_answers(
+        runtime: EvaRuntime, caller: Caller, say: Callable[[str], Path], whisper: WhisperStt) -> None:
+    import asyncio
+
+    first = caller.script("100", Action("play", at=2.5, path=str(say("I would like apples."))), timeout=10)
+    second = caller.script("100", Action("play", at=2.5, path=str(say("Please send me bananas."))), timeout=10)
+    one, two = await asyncio.gather(place_call_async(first), place_call_async(second))
+    assert one.connected and two.connected
+    text_one = transcribe(whisper, load(one.record_path)).lower()
+    text_two = transcribe(whisper, load(two.record_path)).lower()
+    assert "apple" in text_one and "banana" not in text_one, text_one
+    assert "banana" in text_two and "apple" not in text_two, text_two
+
+
+async def test_unknown_number_hears_an_apology(runtime: EvaRuntime, caller: Caller, whisper: WhisperStt) -> None:
+    result = await place_call_async(caller.script("555123", timeout=8))
+    assert result.connected and result.remote_hangup, result
+    assert "not in service" in transcribe(whisper, load(result.record_path)).lower()
+    call, _ = _call_row(runtime)
+    assert call.outcome == "no_route" and call.agent_id is None
+
+
+async def test_agent_failure_is_apologised_for_and_the_call_goes_on(
+        runtime: EvaRuntime, caller: Caller, responder: ScriptedResponder, say: Callable[[str], Path],
+        whisper: WhisperStt) -> None:
+    calls = 0
+
+    def flaky(text: str) -> str:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("model crashed")
+        return "Second time lucky."
+
+    responder.script = flaky
+    question = say("Are you there?")
+    result = await place_call_async(caller.script(
+        "100", Action("play", at=2.5, path=str(question)), Action("play", at=9.5, path=str(question)),
+        timeout=15))
+    text = transcribe(whisper, load(result.record_path)).lower()
+    assert "something went wrong" in text, text
+    assert "second time lucky" in text, text

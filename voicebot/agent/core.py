@@ -1,0 +1,535 @@
+"""The agent core: one incoming message in, one streamed, persisted and cited reply out.
+
+Every channel (voice loop, WhatsApp, e-mail, ``eva chat``) calls :meth:`AgentCore.reply`::
+
+    async with contextlib.aclosing(core.reply(agent, contact, "voice", text)) as events:
+        async for event in events:
+            match event:
+                case ReplyStarted():  ...  # ids of the conversation and both messages (already stored)
+                case TextDelta():     ...  # speak/print as it arrives (first sentence early)
+                case ToolCall():      ...  # the channel executes transfer_call / hang_up / send_*
+                case ReplyDone():     ...  # final text, citations, timings; the reply is persisted
+
+What happens per message: the conversation memory (the last ``memory_messages`` user/assistant messages
+between this contact and this agent, across all channels) is loaded and the user message stored, while the
+agent's knowledge is searched; then the prompt is built from the persona, channel guidance and knowledge,
+and the reply streamed from the LLM.  ``search_knowledge`` tool calls are run here (then the model continues);
+the other tools are surfaced to the channel.  The assistant message is stored with its timings
+(``retrieval_ms``, ``llm_first_token_ms``, ``total_ms``), token counts, citations and tool calls.
+
+Guarantees: the reply never exceeds the agent's ``max_tokens`` (the backend is told, and the core counts
+too); an LLM failure or timeout (``EVA_LLM_TIMEOUT`` to the first token and between tokens) is logged and
+yields the agent's ``fallback_message``, never an exception.  Cancelling the consumer (barge-in) stops the
+LLM at once and stores what was generated, marked ``cancelled``; the voice loop then records what the caller
+actually heard with :meth:`AgentCore.mark_interrupted`.  All database work runs in worker threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncGenerator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
+
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, col, select
+
+from models import Agent, Contact, Conversation, Message, utcnow
+from models.db import session_scope
+from rag.types import SearchHit
+from voicebot.config import Settings
+from voicebot.errors import EvaError, InvalidInput, LlmError, NotFound
+from voicebot.llm.base import (
+    ChatMessage,
+    Done,
+    GenerationOptions,
+    LanguageModel,
+    TextDelta,
+    ToolCall,
+    ToolSpec,
+)
+
+log = logging.getLogger(__name__)
+
+CHANNELS = ("voice", "whatsapp", "email", "chat")
+MAX_INPUT_CHARS = 8000
+RETRIEVAL_TIMEOUT = 10.0
+"""Seconds a knowledge search may take before the reply goes ahead without knowledge."""
+
+# ---------------------------------------------------------------------------------------------- tools
+TRANSFER_CALL = ToolSpec(
+    "transfer_call", "Transfer the phone call to a person or department.",
+    {"type": "object",
+     "properties": {"target": {"type": "string", "description": "A department or a phone number"}},
+     "required": ["target"]})
+HANG_UP = ToolSpec("hang_up", "End the phone call politely, after saying goodbye.")
+SEND_WHATSAPP = ToolSpec(
+    "send_whatsapp", "Send the caller a WhatsApp message (e.g. an address or a link).",
+    {"type": "object", "properties": {"text": {"type": "string", "description": "The message text"}},
+     "required": ["text"]})
+SEND_EMAIL = ToolSpec(
+    "send_email", "Send the caller an e-mail.",
+    {"type": "object", "properties": {"subject": {"type": "string"}, "body": {"type": "string"}},
+     "required": ["subject", "body"]})
+SEARCH_KNOWLEDGE = ToolSpec(
+    "search_knowledge", "Search the company knowledge base for facts to answer the caller.",
+    {"type": "object", "properties": {"query": {"type": "string", "description": "What to look up"}},
+     "required": ["query"]})
+
+TOOLS: dict[str, ToolSpec] = {t.name: t for t in (TRANSFER_CALL, HANG_UP, SEND_WHATSAPP, SEND_EMAIL,
+                                                  SEARCH_KNOWLEDGE)}
+"""Every tool, declared once.  ``search_knowledge`` runs in the core; channels execute the others."""
+
+CHANNEL_TOOLS: dict[str, tuple[ToolSpec, ...]] = {
+    "voice": (TRANSFER_CALL, HANG_UP, SEND_WHATSAPP, SEND_EMAIL, SEARCH_KNOWLEDGE),
+    "whatsapp": (SEND_EMAIL, SEARCH_KNOWLEDGE),
+    "email": (SEND_WHATSAPP, SEARCH_KNOWLEDGE),
+    "chat": (SEARCH_KNOWLEDGE,),
+}
+"""Tools offered by default per channel (a channel can pass its own list to :meth:`AgentCore.reply`)."""
+
+CHANNEL_GUIDANCE = {
+    "voice": "You are speaking on a phone call. Reply in one or two short spoken sentences, without lists, "
+             "markdown, links or emojis.",
+    "whatsapp": "You are chatting on WhatsApp. Keep replies short and in plain text.",
+    "email": "You are answering an e-mail. Write a complete, polite reply body (no subject line).",
+    "chat": "You are chatting in a text terminal. Keep replies short.",
+}
+
+
+# ---------------------------------------------------------------------------------------------- events
+@dataclass(frozen=True)
+class Citation:
+    """A knowledge chunk that was given to the model for this reply."""
+
+    chunk_id: str
+    document_id: int
+    title: str
+    page: int | None
+    ordinal: int
+    similarity: float
+
+    @classmethod
+    def from_hit(cls, hit: SearchHit) -> Citation:
+        return cls(hit.chunk_id, hit.document_id, hit.title, hit.page, hit.ordinal, hit.similarity)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class ReplyStarted:
+    """First event: both messages exist in the database (the assistant's is filled in at the end)."""
+
+    conversation_id: int
+    user_message_id: int
+    assistant_message_id: int
+
+
+@dataclass(frozen=True)
+class ReplyDone:
+    """Last event: the persisted reply."""
+
+    conversation_id: int
+    user_message_id: int
+    assistant_message_id: int
+    text: str
+    citations: tuple[Citation, ...] = ()
+    tool_calls: tuple[ToolCall, ...] = ()
+    timings: Mapping[str, Any] = field(default_factory=dict)
+    fallback: bool = False
+    """True when the LLM failed and ``text`` is the agent's fallback message."""
+    error: str | None = None
+    """Error code of an LLM failure (also set when partial text was kept), else None."""
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+
+
+ReplyEvent = ReplyStarted | TextDelta | ToolCall | ReplyDone
+
+
+class KnowledgeSearch(Protocol):
+    """What the core needs from the knowledge base (``rag.KnowledgeBase`` implements it)."""
+
+    async def search(self, agent_id: int, query: str, *, limit: int = 5,
+                     threshold: float = 0.0) -> list[SearchHit]: ...
+
+
+# ---------------------------------------------------------------------------------------------- DB work
+@dataclass(frozen=True)
+class _Opened:
+    conversation_id: int
+    user_message_id: int
+    assistant_message_id: int
+    memory: list[ChatMessage]
+
+
+def _load_memory(session: Session, agent_id: int, contact_id: int | None, conversation_id: int,
+                 limit: int) -> list[ChatMessage]:
+    query = (select(Message).join(Conversation, col(Message.conversation_id) == col(Conversation.id))
+             .where(col(Message.role).in_(("user", "assistant")), Message.text != "",
+                    Conversation.agent_id == agent_id))
+    if contact_id is not None:
+        query = query.where(Conversation.contact_id == contact_id)
+    else:  # an anonymous caller only has this conversation
+        query = query.where(Conversation.id == conversation_id)
+    rows = session.exec(query.order_by(col(Message.created_at).desc(), col(Message.id).desc())
+                        .limit(limit)).all()
+    return [ChatMessage("user" if m.role == "user" else "assistant", m.text) for m in reversed(rows)]
+
+
+def _open_turn(session: Session, *, agent_id: int, contact_id: int | None, channel: str,
+               conversation_id: int | None, external_id: str, text: str, memory_limit: int) -> _Opened:
+    if conversation_id is None:
+        conversation = Conversation(channel=channel, contact_id=contact_id, agent_id=agent_id,
+                                    external_id=external_id)
+        session.add(conversation)
+        session.flush()
+    else:
+        found = session.get(Conversation, conversation_id)
+        if found is None:
+            raise NotFound(f"conversation {conversation_id} does not exist", field="conversation_id")
+        conversation = found
+        conversation.updated_at = utcnow()
+        session.add(conversation)
+    assert conversation.id is not None
+    # Memory is read before this turn's messages are written, so it holds only earlier turns.
+    memory = (_load_memory(session, agent_id, contact_id, conversation.id, memory_limit)
+              if memory_limit else [])
+    user = Message(conversation_id=conversation.id, role="user", text=text, external_id=external_id)
+    session.add(user)
+    session.flush()
+    assistant = Message(conversation_id=conversation.id, role="assistant", text="")
+    session.add(assistant)
+    session.flush()
+    assert user.id is not None and assistant.id is not None
+    return _Opened(conversation.id, user.id, assistant.id, memory)
+
+
+def _close_turn(session: Session, message_id: int, changes: dict[str, Any]) -> None:
+    message = session.get(Message, message_id)
+    if message is None:  # deleted meanwhile (e.g. the conversation was purged): nothing to record
+        return
+    for key, value in changes.items():
+        setattr(message, key, value)
+    session.add(message)
+
+
+def _mark_interrupted(session: Session, message_id: int, spoken_text: str) -> None:
+    message = session.get(Message, message_id)
+    if message is None or message.role != "assistant":
+        raise NotFound(f"assistant message {message_id} does not exist", field="message_id")
+    timings = dict(message.timings or {})
+    timings["interrupted"] = True
+    timings["generated_text"] = message.text
+    message.timings = timings  # a new dict, so the JSON column is seen as changed
+    message.text = spoken_text
+    session.add(message)
+
+
+# ---------------------------------------------------------------------------------------------- the core
+class _Turn:
+    """Mutable state of one reply while it streams."""
+
+    def __init__(self, opened: _Opened) -> None:
+        self.opened = opened
+        self.pieces: list[str] = []
+        self.deltas = 0
+        self.citations: dict[str, Citation] = {}
+        self.tool_calls: list[ToolCall] = []
+        """Calls for the channel to execute."""
+        self.searches: list[ToolCall] = []
+        """``search_knowledge`` calls the core ran itself."""
+        self.timings: dict[str, Any] = {}
+        self.prompt_tokens: int | None = None
+        self.completion_tokens: int | None = None
+        self.finish_reason = "stop"
+        self.error: str | None = None
+        self.fallback = False
+
+    @property
+    def text(self) -> str:
+        return "".join(self.pieces)
+
+
+class AgentCore:
+    """Shared by all channels of one Eva process.  It does not own the LLM or the knowledge base: whoever
+    created them closes them."""
+
+    def __init__(self, settings: Settings, engine: Engine, llm: LanguageModel,
+                 knowledge: KnowledgeSearch | None = None, *, memory_messages: int = 12,
+                 knowledge_limit: int = 3, knowledge_threshold: float = 0.2,
+                 max_tool_rounds: int = 2) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.llm = llm
+        self.knowledge = knowledge
+        self.memory_messages = memory_messages
+        self.knowledge_limit = knowledge_limit
+        self.knowledge_threshold = knowledge_threshold
+        self.max_tool_rounds = max_tool_rounds
+        self.llm_timeout = settings.llm_timeout
+
+    # ------------------------------------------------------------------ small public helpers
+    async def start_conversation(self, agent_id: int, contact_id: int | None, channel: str,
+                                 external_id: str = "") -> int:
+        """A new conversation row (e.g. at call answer, before the first utterance); returns its id."""
+        _check_channel(channel)
+
+        def create(session: Session) -> int:
+            conversation = Conversation(channel=channel, contact_id=contact_id, agent_id=agent_id,
+                                        external_id=external_id)
+            session.add(conversation)
+            session.flush()
+            assert conversation.id is not None
+            return conversation.id
+
+        return await asyncio.to_thread(self._transaction, create)
+
+    async def mark_interrupted(self, message_id: int, spoken_text: str) -> None:
+        """Record that the caller interrupted assistant message ``message_id`` after hearing ``spoken_text``:
+        the message text becomes what was spoken (so memory matches what the caller heard); the full
+        generated text is kept in ``timings["generated_text"]`` with ``timings["interrupted"] = True``."""
+        await asyncio.to_thread(self._transaction, _mark_interrupted, message_id, spoken_text)
+
+    async def messages(self, conversation_id: int) -> list[Message]:
+        """The conversation's messages, oldest first."""
+        def load(session: Session) -> list[Message]:
+            return list(session.exec(select(Message).where(Message.conversation_id == conversation_id)
+                                     .order_by(col(Message.created_at), col(Message.id))).all())
+
+        return await asyncio.to_thread(self._transaction, load)
+
+    async def respond(self, agent: Agent, contact: Contact | None, channel: str, text: str, *,
+                      conversation_id: int | None = None, external_id: str = "",
+                      tools: Sequence[ToolSpec] | None = None) -> ReplyDone:
+        """:meth:`reply` without streaming, for channels that send whole messages (WhatsApp, e-mail).
+        Tool calls for the channel are in ``ReplyDone.tool_calls``."""
+        async with contextlib.aclosing(self.reply(agent, contact, channel, text,
+                                                  conversation_id=conversation_id, external_id=external_id,
+                                                  tools=tools)) as events:
+            async for event in events:
+                if isinstance(event, ReplyDone):
+                    return event
+        raise AssertionError("reply() ended without ReplyDone")  # pragma: no cover - reply() always ends so
+
+    def _transaction(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        with session_scope(self.engine) as session:
+            return fn(session, *args, **kwargs)
+
+    # ------------------------------------------------------------------ the reply
+    async def reply(self, agent: Agent, contact: Contact | None, channel: str, text: str, *,
+                    conversation_id: int | None = None, external_id: str = "",
+                    tools: Sequence[ToolSpec] | None = None) -> AsyncGenerator[ReplyEvent, None]:
+        """Stream the agent's reply to ``text`` (see the module docstring for the events).
+
+        Raises InvalidInput for an empty or oversized message or an unknown channel and NotFound for an
+        unknown ``conversation_id`` (before anything is stored); LLM trouble never raises."""
+        _check_channel(channel)
+        text = text.strip()
+        if not text:
+            raise InvalidInput("the message is empty", field="text")
+        if len(text) > MAX_INPUT_CHARS:
+            raise InvalidInput(f"the message is longer than {MAX_INPUT_CHARS} characters", field="text")
+        if agent.id is None:
+            raise InvalidInput("the agent has not been saved", field="agent_id")
+        started = time.monotonic()
+        offered = list(CHANNEL_TOOLS[channel] if tools is None else tools)
+        if self.knowledge is None:
+            offered = [t for t in offered if t.name != SEARCH_KNOWLEDGE.name]
+
+        opening = asyncio.to_thread(
+            self._transaction, _open_turn, agent_id=agent.id, contact_id=contact.id if contact else None,
+            channel=channel, conversation_id=conversation_id, external_id=external_id, text=text,
+            memory_limit=self.memory_messages)
+        opened, (hits, retrieval_ms, retrieval_error) = await asyncio.gather(opening,
+                                                                             self._retrieve(agent.id, text))
+        turn = _Turn(opened)
+        turn.timings["retrieval_ms"] = retrieval_ms
+        if retrieval_error:
+            turn.timings["retrieval_error"] = retrieval_error
+        for hit in hits:
+            turn.citations.setdefault(hit.chunk_id, Citation.from_hit(hit))
+        yield ReplyStarted(opened.conversation_id, opened.user_message_id, opened.assistant_message_id)
+
+        persisted = False
+        try:
+            generation = self._generate(agent, turn, channel=channel, text=text,
+                                        knowledge=[h.text for h in hits], offered=offered, started=started)
+            async with contextlib.aclosing(generation) as events:
+                async for event in events:
+                    yield event
+            if not turn.text.strip() and not turn.tool_calls:
+                # Nothing usable came back (an empty answer is a failure for the caller too).
+                turn.error = turn.error or "llm_empty_reply"
+            if turn.error and not turn.text.strip():
+                turn.pieces = [agent.fallback_message]
+                turn.fallback = True
+                yield TextDelta(agent.fallback_message)
+            turn.timings["total_ms"] = _ms_since(started)
+            await asyncio.to_thread(self._transaction, _close_turn, opened.assistant_message_id,
+                                    self._final_changes(turn))
+            persisted = True
+        finally:
+            if not persisted:
+                # Cancelled (barge-in, hang-up) or closed early: keep what was generated.  Shielded so a
+                # second cancellation cannot lose the write.
+                turn.timings["cancelled"] = True
+                turn.timings["total_ms"] = _ms_since(started)
+                await asyncio.shield(asyncio.to_thread(
+                    self._transaction, _close_turn, opened.assistant_message_id, self._final_changes(turn)))
+        yield ReplyDone(opened.conversation_id, opened.user_message_id, opened.assistant_message_id,
+                        turn.text, tuple(turn.citations.values()), tuple(turn.tool_calls), dict(turn.timings),
+                        turn.fallback, turn.error, turn.prompt_tokens, turn.completion_tokens)
+
+    def _final_changes(self, turn: _Turn) -> dict[str, Any]:
+        return {"text": turn.text, "timings": dict(turn.timings),
+                "citations": [c.to_dict() for c in turn.citations.values()] or None,
+                "tool_calls": [c.to_dict() for c in (*turn.tool_calls, *turn.searches)] or None,
+                "prompt_tokens": turn.prompt_tokens, "completion_tokens": turn.completion_tokens}
+
+    async def _retrieve(self, agent_id: int, query: str) -> tuple[list[SearchHit], float, str | None]:
+        """Knowledge for ``query``; a failing or slow knowledge base means no knowledge, not no reply."""
+        if self.knowledge is None:
+            return [], 0.0, None
+        started = time.monotonic()
+        try:
+            async with asyncio.timeout(RETRIEVAL_TIMEOUT):
+                hits = await self.knowledge.search(agent_id, query, limit=self.knowledge_limit,
+                                                   threshold=self.knowledge_threshold)
+        except TimeoutError:
+            log.warning("knowledge search for agent %s timed out after %.0fs", agent_id, RETRIEVAL_TIMEOUT)
+            return [], _ms_since(started), "retrieval_timeout"
+        except EvaError as exc:
+            log.warning("knowledge search for agent %s failed: [%s] %s", agent_id, exc.code, exc.message)
+            return [], _ms_since(started), exc.code
+        except Exception:
+            log.exception("knowledge search for agent %s failed unexpectedly", agent_id)
+            return [], _ms_since(started), "knowledge_error"
+        return hits, _ms_since(started), None
+
+    @staticmethod
+    def _messages(agent: Agent, channel: str, memory: list[ChatMessage], text: str) -> list[ChatMessage]:
+        # Persona first and on its own: backends for base models use only the first system message.
+        return [ChatMessage("system", agent.persona), ChatMessage("system", CHANNEL_GUIDANCE[channel]),
+                *memory, ChatMessage("user", text)]
+
+    async def _generate(self, agent: Agent, turn: _Turn, *, channel: str, text: str, knowledge: list[str],
+                        offered: list[ToolSpec],
+                        started: float) -> AsyncGenerator[TextDelta | ToolCall, None]:
+        """Run the LLM (plus ``search_knowledge`` rounds) and yield deltas and channel tool calls.  LLM
+        errors end up in ``turn.error``; only cancellation propagates."""
+        messages = self._messages(agent, channel, turn.opened.memory, text)
+        options = GenerationOptions(model=agent.llm_model, temperature=agent.temperature,
+                                    max_tokens=agent.max_tokens)
+        tools = offered if self.llm.supports_tools else []
+        allowed = {t.name for t in tools}
+        turn.timings["llm_backend"] = self.llm.name
+        turn.timings["llm_model"] = agent.llm_model or self.llm.default_model
+        for round_number in range(self.max_tool_rounds + 1):
+            searches: list[ToolCall] = []
+            round_text: list[str] = []
+            try:
+                async with contextlib.aclosing(self.llm.stream(messages, tools=tools, knowledge=knowledge,
+                                                               options=options)) as events:
+                    while True:
+                        # The timeout spans only the wait for the next event, never the consumer's work
+                        # between events (a cancel scope must not stay open across a yield).
+                        try:
+                            async with asyncio.timeout(self.llm_timeout):
+                                event = await anext(events)
+                        except StopAsyncIteration:
+                            break
+                        if isinstance(event, TextDelta):
+                            if "llm_first_token_ms" not in turn.timings:
+                                turn.timings["llm_first_token_ms"] = _ms_since(started)
+                            turn.pieces.append(event.text)
+                            round_text.append(event.text)
+                            turn.deltas += 1
+                            yield event
+                            if turn.deltas >= agent.max_tokens:
+                                # The backend was told max_tokens; this guards backends that ignore it.
+                                turn.finish_reason = "length"
+                                break
+                        elif isinstance(event, ToolCall):
+                            call = _checked_tool_call(event, allowed)
+                            if call is None:
+                                continue
+                            if call.name == SEARCH_KNOWLEDGE.name:
+                                searches.append(call)
+                                turn.searches.append(call)
+                            else:
+                                turn.tool_calls.append(call)
+                                yield call
+                        elif isinstance(event, Done):
+                            turn.prompt_tokens = _add(turn.prompt_tokens, event.prompt_tokens)
+                            turn.completion_tokens = _add(turn.completion_tokens, event.completion_tokens)
+                            turn.finish_reason = event.finish_reason
+            except TimeoutError:
+                turn.error = "llm_timeout"
+                log.warning("LLM (%s) for agent %s timed out after %.0fs without a token", self.llm.name,
+                            agent.id, self.llm_timeout)
+                return
+            except LlmError as exc:
+                turn.error = exc.code
+                log.warning("LLM (%s) for agent %s failed: [%s] %s", self.llm.name, agent.id, exc.code,
+                            exc.message)
+                return
+            except Exception:
+                turn.error = "llm_error"
+                log.exception("LLM (%s) for agent %s failed unexpectedly", self.llm.name, agent.id)
+                return
+            turn.timings["finish_reason"] = turn.finish_reason
+            if turn.finish_reason == "length" or not searches or round_number == self.max_tool_rounds:
+                return
+            # The model asked to look something up: run the searches, show it the results, let it go on.
+            messages.append(ChatMessage("assistant", "".join(round_text), tool_calls=tuple(searches)))
+            for call in searches:
+                messages.append(ChatMessage("tool", await self._search_tool(agent, call, turn),
+                                            tool_name=call.name))
+
+    async def _search_tool(self, agent: Agent, call: ToolCall, turn: _Turn) -> str:
+        assert agent.id is not None
+        hits, elapsed, error = await self._retrieve(agent.id, str(call.arguments["query"]))
+        turn.timings["tool_retrieval_ms"] = round(turn.timings.get("tool_retrieval_ms", 0.0) + elapsed, 1)
+        if error:
+            return f"The knowledge base is unavailable ({error})."
+        if not hits:
+            return "Nothing relevant was found."
+        for hit in hits:
+            turn.citations.setdefault(hit.chunk_id, Citation.from_hit(hit))
+        return "\n\n".join(f"[{hit.title}] {hit.text}" for hit in hits)
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+def _check_channel(channel: str) -> None:
+    if channel not in CHANNELS:
+        raise InvalidInput(f"channel must be one of {', '.join(CHANNELS)}", field="channel")
+
+
+def _checked_tool_call(call: ToolCall, allowed: set[str]) -> ToolCall | None:
+    """The call if it names an offered tool with its required string arguments, else None (logged)."""
+    spec = TOOLS.get(call.name)
+    if spec is None or call.name not in allowed:
+        log.warning("ignoring a call of tool %r, which was not offered", call.name)
+        return None
+    required = spec.parameters.get("required", ())
+    missing = [name for name in required if not isinstance(call.arguments.get(name), str)
+               or not str(call.arguments.get(name)).strip()]
+    if missing:
+        log.warning("ignoring a call of tool %s without %s", call.name, ", ".join(missing))
+        return None
+    return call
+
+
+def _add(total: int | None, value: int | None) -> int | None:
+    if value is None:
+        return total
+    return (total or 0) + value
+
+
+def _ms_since(started: float) -> float:
+    return round((time.monotonic() - started) * 1000.0, 1)

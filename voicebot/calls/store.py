@@ -1,0 +1,92 @@
+"""Blocking persistence of calls and turns (the async code calls these through ``asyncio.to_thread``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from sqlalchemy.engine import Engine
+from sqlmodel import select
+
+from models import Call, CallTurn, utcnow
+from models.db import session_scope
+
+
+@dataclass
+class TurnRecord:
+    index: int
+    kind: str = "speech"
+    user_text: str = ""
+    bot_text: str = ""
+    spoken_text: str = ""
+    interrupted: bool = False
+    speech_end: datetime | None = None
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+
+TIMING_FIELDS = ("stt_done", "llm_first_token", "first_sentence_ready", "tts_first_audio", "first_frame_out")
+
+
+def create_call(engine: Engine, *, channel_id: str, caller: str, did: str, agent_id: int | None,
+                direction: str = "inbound", worker: str = "") -> int:
+    with session_scope(engine) as session:
+        call = Call(channel_id=channel_id, caller=caller, did=did, agent_id=agent_id, direction=direction,
+                    worker=worker)
+        session.add(call)
+        session.flush()
+        assert call.id is not None
+        return call.id
+
+
+def mark_answered(engine: Engine, call_id: int, recording_path: str = "") -> None:
+    with session_scope(engine) as session:
+        call = session.get(Call, call_id)
+        if call is not None:
+            call.answered_at = utcnow()
+            call.recording_path = recording_path
+
+
+def add_turn(engine: Engine, call_id: int, turn: TurnRecord) -> int:
+    with session_scope(engine) as session:
+        row = CallTurn(call_id=call_id, index=turn.index, kind=turn.kind, user_text=turn.user_text,
+                       bot_text=turn.bot_text, spoken_text=turn.spoken_text, interrupted=turn.interrupted,
+                       speech_end=turn.speech_end)
+        for name in TIMING_FIELDS:
+            value = turn.timings_ms.get(name)
+            setattr(row, f"{name}_ms", None if value is None else round(value, 1))
+        session.add(row)
+        session.flush()
+        assert row.id is not None
+        return row.id
+
+
+def end_call(engine: Engine, call_id: int, *, outcome: str, cause: str = "") -> None:
+    """Close the call row.  An outcome already set to something final (e.g. transferred) is kept."""
+    with session_scope(engine) as session:
+        call = session.get(Call, call_id)
+        if call is None:
+            return
+        if call.ended_at is None:
+            call.ended_at = utcnow()
+        if call.outcome in ("active", "") or outcome in ("failed",):
+            call.outcome = outcome
+        if cause and not call.hangup_cause:
+            call.hangup_cause = cause
+
+
+def set_outcome(engine: Engine, call_id: int, outcome: str) -> None:
+    with session_scope(engine) as session:
+        call = session.get(Call, call_id)
+        if call is not None:
+            call.outcome = outcome
+
+
+def close_orphans(engine: Engine, worker: str) -> int:
+    """Calls this worker left 'active' (crash, kill -9) are closed as failed on start: nothing stays open."""
+    with session_scope(engine) as session:
+        rows = session.exec(select(Call).where(Call.worker == worker, Call.ended_at == None)).all()  # noqa: E711
+        for call in rows:
+            call.ended_at = utcnow()
+            call.outcome = "failed"
+            call.hangup_cause = call.hangup_cause or "eva_restart"
+        return len(rows)

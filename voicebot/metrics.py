@@ -1,0 +1,265 @@
+"""A small in-process metrics registry, rendered in the Prometheus text exposition format at ``/metrics``.
+
+Why not ``prometheus_client``: Eva needs a dozen series, no push gateway and no multiprocess mode; a hundred lines
+keep the dependency list short and the behaviour obvious.  Every metric is thread-safe (the voice loop updates
+some of them from executor threads).
+
+The voice loop, the agent core and the knowledge base import the module-level metrics below and update them::
+
+    from voicebot import metrics
+    metrics.CALLS_ACTIVE.inc()
+    metrics.TURN_STAGE_SECONDS.observe(0.42, stage="stt")
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import threading
+from collections.abc import Callable, Iterable, Sequence
+
+_NAME_RE = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
+_LABEL_RE = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+
+LabelKey = tuple[str, ...]
+
+DEFAULT_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
+"""Seconds; tuned for voice turn stages (a good turn is well under a second, a bad one several)."""
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _format_value(value: float) -> str:
+    if math.isinf(value):
+        return "+Inf" if value > 0 else "-Inf"
+    if math.isnan(value):
+        return "NaN"
+    if value == int(value) and abs(value) < 1e15:
+        return str(int(value))
+    return repr(value)
+
+
+def _labels_text(names: Sequence[str], values: Sequence[str], extra: str = "") -> str:
+    parts = [f'{name}="{_escape(value)}"' for name, value in zip(names, values, strict=True)]
+    if extra:
+        parts.append(extra)
+    return "{" + ",".join(parts) + "}" if parts else ""
+
+
+class _Metric:
+    kind = "untyped"
+
+    def __init__(self, name: str, documentation: str, labelnames: Sequence[str] = ()) -> None:
+        if not _NAME_RE.match(name):
+            raise ValueError(f"invalid metric name {name!r}")
+        for label in labelnames:
+            if not _LABEL_RE.match(label) or label == "le":
+                raise ValueError(f"invalid label name {label!r}")
+        self.name = name
+        self.documentation = documentation
+        self.labelnames = tuple(labelnames)
+        self._lock = threading.Lock()
+
+    def _key(self, labels: dict[str, str]) -> LabelKey:
+        if set(labels) != set(self.labelnames):
+            raise ValueError(f"{self.name} takes labels {self.labelnames}, got {tuple(labels)}")
+        return tuple(str(labels[name]) for name in self.labelnames)
+
+    def header(self) -> list[str]:
+        return [f"# HELP {self.name} {self.documentation}", f"# TYPE {self.name} {self.kind}"]
+
+    def samples(self) -> list[str]:
+        raise NotImplementedError
+
+
+class Counter(_Metric):
+    """A value that only goes up (resets only when the process restarts)."""
+
+    kind = "counter"
+
+    def __init__(self, name: str, documentation: str, labelnames: Sequence[str] = ()) -> None:
+        super().__init__(name, documentation, labelnames)
+        self._values: dict[LabelKey, float] = {}
+
+    def inc(self, amount: float = 1.0, **labels: str) -> None:
+        if amount < 0:
+            raise ValueError("a counter cannot decrease")
+        key = self._key(labels)
+        with self._lock:
+            self._values[key] = self._values.get(key, 0.0) + amount
+
+    def value(self, **labels: str) -> float:
+        with self._lock:
+            return self._values.get(self._key(labels), 0.0)
+
+    def samples(self) -> list[str]:
+        with self._lock:
+            items = sorted(self._values.items())
+        if not items and not self.labelnames:
+            items = [((), 0.0)]
+        return [f"{self.name}{_labels_text(self.labelnames, key)} {_format_value(v)}" for key, v in items]
+
+
+class Gauge(_Metric):
+    """A value that goes up and down.  ``set_function`` makes it computed at scrape time instead."""
+
+    kind = "gauge"
+
+    def __init__(self, name: str, documentation: str, labelnames: Sequence[str] = ()) -> None:
+        super().__init__(name, documentation, labelnames)
+        self._values: dict[LabelKey, float] = {}
+        self._function: Callable[[], float] | None = None
+
+    def set(self, value: float, **labels: str) -> None:
+        key = self._key(labels)
+        with self._lock:
+            self._values[key] = float(value)
+
+    def inc(self, amount: float = 1.0, **labels: str) -> None:
+        key = self._key(labels)
+        with self._lock:
+            self._values[key] = self._values.get(key, 0.0) + amount
+
+    def dec(self, amount: float = 1.0, **labels: str) -> None:
+        self.inc(-amount, **labels)
+
+    def set_function(self, function: Callable[[], float] | None) -> None:
+        """Compute the (label-less) value when scraped; ``None`` returns to stored values."""
+        if self.labelnames:
+            raise ValueError("only a gauge without labels can be computed")
+        self._function = function
+
+    def value(self, **labels: str) -> float:
+        if self._function is not None:
+            return float(self._function())
+        with self._lock:
+            return self._values.get(self._key(labels), 0.0)
+
+    def samples(self) -> list[str]:
+        if self._function is not None:
+            return [f"{self.name} {_format_value(float(self._function()))}"]
+        with self._lock:
+            items = sorted(self._values.items())
+        if not items and not self.labelnames:
+            items = [((), 0.0)]
+        return [f"{self.name}{_labels_text(self.labelnames, key)} {_format_value(v)}" for key, v in items]
+
+
+class Histogram(_Metric):
+    """Observations counted into cumulative buckets, with their sum and count."""
+
+    kind = "histogram"
+
+    def __init__(self, name: str, documentation: str, labelnames: Sequence[str] = (),
+                 buckets: Iterable[float] = DEFAULT_BUCKETS) -> None:
+        super().__init__(name, documentation, labelnames)
+        bounds = sorted(float(b) for b in buckets)
+        if not bounds or len(set(bounds)) != len(bounds):
+            raise ValueError("histogram buckets must be distinct and non-empty")
+        if not math.isinf(bounds[-1]):
+            bounds.append(math.inf)
+        self.buckets = tuple(bounds)
+        self._counts: dict[LabelKey, list[int]] = {}
+        self._sums: dict[LabelKey, float] = {}
+
+    def observe(self, value: float, **labels: str) -> None:
+        key = self._key(labels)
+        with self._lock:
+            counts = self._counts.setdefault(key, [0] * len(self.buckets))
+            for index, bound in enumerate(self.buckets):
+                if value <= bound:
+                    counts[index] += 1
+                    break
+            self._sums[key] = self._sums.get(key, 0.0) + value
+
+    def count(self, **labels: str) -> int:
+        with self._lock:
+            return sum(self._counts.get(self._key(labels), []))
+
+    def samples(self) -> list[str]:
+        with self._lock:
+            items = sorted((key, list(counts), self._sums[key]) for key, counts in self._counts.items())
+        lines = []
+        for key, counts, total in items:
+            cumulative = 0
+            for bound, count in zip(self.buckets, counts, strict=True):
+                cumulative += count
+                le = f'le="{_format_value(bound)}"'
+                lines.append(f"{self.name}_bucket{_labels_text(self.labelnames, key, le)} {cumulative}")
+            lines.append(f"{self.name}_sum{_labels_text(self.labelnames, key)} {_format_value(total)}")
+            lines.append(f"{self.name}_count{_labels_text(self.labelnames, key)} {cumulative}")
+        return lines
+
+
+class Registry:
+    """A named set of metrics rendered together."""
+
+    def __init__(self) -> None:
+        self._metrics: dict[str, _Metric] = {}
+        self._lock = threading.Lock()
+
+    def _add(self, metric: _Metric) -> None:
+        with self._lock:
+            if metric.name in self._metrics:
+                raise ValueError(f"metric {metric.name} is already registered")
+            self._metrics[metric.name] = metric
+
+    def counter(self, name: str, documentation: str, labelnames: Sequence[str] = ()) -> Counter:
+        metric = Counter(name, documentation, labelnames)
+        self._add(metric)
+        return metric
+
+    def gauge(self, name: str, documentation: str, labelnames: Sequence[str] = ()) -> Gauge:
+        metric = Gauge(name, documentation, labelnames)
+        self._add(metric)
+        return metric
+
+    def histogram(self, name: str, documentation: str, labelnames: Sequence[str] = (),
+                  buckets: Iterable[float] = DEFAULT_BUCKETS) -> Histogram:
+        metric = Histogram(name, documentation, labelnames, buckets)
+        self._add(metric)
+        return metric
+
+    def get(self, name: str) -> _Metric:
+        return self._metrics[name]
+
+    def render(self) -> str:
+        """The whole registry in the Prometheus text format (version 0.0.4)."""
+        with self._lock:
+            metrics = sorted(self._metrics.values(), key=lambda m: m.name)
+        lines: list[str] = []
+        for metric in metrics:
+            lines.extend(metric.header())
+            lines.extend(metric.samples())
+        return "\n".join(lines) + "\n"
+
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+REGISTRY = Registry()
+
+# --- calls (voice loop) ---------------------------------------------------------------------------------------
+CALLS_ACTIVE = REGISTRY.gauge("eva_calls_active", "Calls in progress on this worker.")
+CALLS_TOTAL = REGISTRY.counter("eva_calls_total", "Calls finished, by direction and outcome.",
+                               ("direction", "outcome"))
+TURN_STAGE_SECONDS = REGISTRY.histogram(
+    "eva_turn_stage_seconds",
+    "Per-turn latency of each stage, measured from the end of the caller's speech "
+    "(stage: stt, llm_first_token, first_sentence, tts_first_audio, first_frame_out).",
+    ("stage",))
+BARGE_INS_TOTAL = REGISTRY.counter("eva_barge_ins_total", "Times a caller interrupted the bot's playout.")
+
+# --- language model and knowledge -----------------------------------------------------------------------------
+LLM_ERRORS_TOTAL = REGISTRY.counter("eva_llm_errors_total", "LLM requests that failed, by backend and error code.",
+                                    ("backend", "code"))
+INGESTION_QUEUE = REGISTRY.gauge("eva_ingestion_queue",
+                                 "Knowledge documents accepted but not yet indexed (pending or processing).")
+
+# --- admin API --------------------------------------------------------------------------------------------------
+HTTP_REQUESTS_TOTAL = REGISTRY.counter("eva_http_requests_total", "Admin API requests, by route and status.",
+                                       ("method", "route", "status"))
+HTTP_REQUEST_SECONDS = REGISTRY.histogram(
+    "eva_http_request_seconds", "Admin API request latency, by route.", ("method", "route"),
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0))

@@ -1,0 +1,57 @@
+"""What the call pipeline needs from the agent core: a streaming reply for one caller turn.
+
+Kept as a tiny Protocol so the pipeline can be driven by the real agent core (``voicebot.agent``) in production
+and by a scripted responder in tests of the pipeline's mechanics.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True)
+class TextDelta:
+    text: str
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    name: str
+    arguments: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ReplyDone:
+    text: str
+    message_id: int | None = None
+    citations: tuple[dict[str, Any], ...] = ()
+
+
+ReplyEvent = TextDelta | ToolCall | ReplyDone
+
+
+@dataclass(frozen=True)
+class CallContext:
+    call_id: int
+    channel_id: str
+    caller: str
+    did: str
+    agent_id: int
+    agent_name: str
+    greeting: str
+    fallback: str
+    voice: str = ""
+    contact_id: int | None = None
+    conversation_id: int | None = None
+
+
+class Responder(Protocol):
+    def respond(self, ctx: CallContext, text: str) -> AsyncIterator[ReplyEvent]:
+        """Stream the agent's reply to ``text``.  Must not raise for LLM failures (yield the fallback instead)."""
+        ...
+
+    async def mark_interrupted(self, ctx: CallContext, message_id: int | None, spoken_text: str) -> None:
+        """Record that the reply was cut off by the caller after ``spoken_text``."""
+        ...

@@ -1,0 +1,410 @@
+"""One call's pipeline: media clock → VAD → turn detector → STT → agent → sentences → TTS → playout.
+
+``CallSession.run()`` is the call's single entry point and lives in one named asyncio task.  The media clock
+calls ``_on_frame``/``_next_frame`` every 20 ms; everything slow (STT, LLM, TTS, database) runs in executors or
+other tasks, so the clock is never held up.  A caller turn is processed by one cancellable task: barge-in (the
+caller speaking over the bot) clears the playout at once and cancels that task, LLM and TTS included.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
+
+import numpy as np
+
+from voicebot.audio import Audio, Pcm
+from voicebot.calls.store import TurnRecord
+from voicebot.errors import EvaError
+from voicebot.pipeline.frames import Sentence, SpeechStarted, UserUtterance
+from voicebot.pipeline.playout import Playout
+from voicebot.pipeline.responder import CallContext, ReplyDone, Responder, TextDelta, ToolCall
+from voicebot.pipeline.sentences import SentenceSplitter
+from voicebot.pipeline.turns import TurnConfig, TurnDetector
+from voicebot.pipeline.vad import Vad
+
+log = logging.getLogger(__name__)
+
+NOT_HEARD = "Sorry, I didn't catch that. Could you say it again?"
+TROUBLE = "I'm sorry, something went wrong on my side. Please try again."
+
+
+class Transport(Protocol):
+    rate: int
+    frame_samples: int
+
+    async def start(self, on_frame: Callable[[Pcm, float], None], next_frame: Callable[[], Pcm | None]) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+class Stt(Protocol):
+    async def transcribe(self, samples: Pcm, rate: int) -> Any: ...
+
+
+class Tts(Protocol):
+    async def speak(self, text: str, rate: int, voice: str) -> Audio: ...
+
+
+class CallControl(Protocol):
+    """What the session may ask of the telephony side (implemented over ARI)."""
+
+    async def transfer(self, target: str) -> None: ...
+
+    async def hangup(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class SessionConfig:
+    turn: TurnConfig = field(default_factory=TurnConfig)
+    vad_aggressiveness: int = 2
+    dtmf_timeout_s: float = 2.0
+    dtmf_terminator: str = "#"
+    not_heard: str = NOT_HEARD
+    max_silent_turns: int = 3
+
+
+Persist = Callable[[TurnRecord], Awaitable[None]]
+
+
+class CallSession:
+    def __init__(self, ctx: CallContext, transport: Transport, stt: Stt, tts: Tts, responder: Responder,
+                 control: CallControl, persist: Persist, config: SessionConfig | None = None) -> None:
+        self.ctx = ctx
+        self.transport = transport
+        self.stt = stt
+        self.tts = tts
+        self.responder = responder
+        self.control = control
+        self.persist = persist
+        self.config = config or SessionConfig()
+        self.vad = Vad(self.config.vad_aggressiveness)
+        self.detector = TurnDetector(self.config.turn)
+        self.playout = Playout(transport.frame_samples)
+        self.rate = transport.rate
+        self._inbox: asyncio.Queue[UserUtterance | str | None] = asyncio.Queue()
+        self._turn_task: asyncio.Task[None] | None = None
+        self._turn_index = 0
+        self._current: _Turn | None = None
+        self._carry = ""
+        self._carry_audio: list[Pcm] = []
+        self._digits = ""
+        self._dtmf_timer: asyncio.TimerHandle | None = None
+        self._ending: str | None = None
+        self._done = asyncio.Event()
+        self.barge_ins = 0
+        self.outcome = "completed"
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._background: set[asyncio.Task[Any]] = set()
+
+    # ------------------------------------------------------------------ entry point
+    async def run(self) -> str:
+        """Run the call until it ends; returns the outcome.  Always releases the media transport."""
+        self._loop = asyncio.get_running_loop()
+        try:
+            await self.transport.start(self._on_frame, self._next_frame)
+            if self.ctx.greeting:
+                self._start_turn(_Turn(index=self._next_index(), kind="greeting", reply_text=self.ctx.greeting))
+            while True:
+                item = await self._inbox.get()
+                if item is None:
+                    break
+                if self._turn_task is not None and not self._turn_task.done():
+                    await self._interrupt("new input")
+                if isinstance(item, str):
+                    self._start_turn(_Turn(index=self._next_index(), kind="dtmf", user_text=item,
+                                           speech_end=self._loop.time()))
+                else:
+                    self._start_turn(_Turn(index=self._next_index(), kind="speech", utterance=item,
+                                           speech_end=item.ended))
+        finally:
+            await self._shutdown()
+        return self.outcome
+
+    def end(self, reason: str = "hangup") -> None:
+        """The call is over (caller hung up, or we did): stop everything.  Idempotent, callable from any task."""
+        if self._ending is None:
+            self._ending = reason
+            self._inbox.put_nowait(None)
+
+    def dtmf(self, digit: str) -> None:
+        """A DTMF digit from the caller.  Stops playout (it is an interruption) and collects a sequence."""
+        if self._loop is None:
+            return
+        if self.playout.busy:
+            self._barge_in(self._loop.time(), reason="dtmf")
+        if self._dtmf_timer is not None:
+            self._dtmf_timer.cancel()
+            self._dtmf_timer = None
+        if digit == self.config.dtmf_terminator:
+            self._flush_digits()
+            return
+        self._digits += digit
+        self._dtmf_timer = self._loop.call_later(self.config.dtmf_timeout_s, self._flush_digits)
+
+    def _flush_digits(self) -> None:
+        self._dtmf_timer = None
+        if self._digits:
+            digits, self._digits = self._digits, ""
+            self._inbox.put_nowait(f"The caller pressed the keys {' '.join(digits)} on the phone keypad. "
+                                   f"(DTMF: {digits})")
+
+    # ------------------------------------------------------------------ media clock callbacks (every 20 ms)
+    def _on_frame(self, samples: Pcm, t: float) -> None:
+        voiced = self.vad.is_speech(samples, self.rate)
+        for event in self.detector.feed(samples, self.rate, voiced, t):
+            if isinstance(event, SpeechStarted):
+                if self._turn_task is not None and not self._turn_task.done():
+                    self._barge_in(t, reason="speech", onset=event.onset)
+            elif len(event.samples):
+                self._inbox.put_nowait(event)
+
+    def _next_frame(self) -> Pcm | None:
+        assert self._loop is not None
+        return self.playout.pop(self._loop.time())
+
+    # ------------------------------------------------------------------ turns
+    def _next_index(self) -> int:
+        index = self._turn_index
+        self._turn_index += 1
+        return index
+
+    def _start_turn(self, turn: _Turn) -> None:
+        self._current = turn
+        self.playout.new_turn(turn.first_frame_out)
+        self._turn_task = asyncio.create_task(self._run_turn(turn), name=f"turn-{self.ctx.channel_id}-{turn.index}")
+
+    def _barge_in(self, t: float, *, reason: str, onset: float | None = None) -> None:
+        """Stop the bot now: drop queued audio (synchronously, within this frame) and cancel the turn."""
+        turn = self._current
+        if turn is None or turn.finished:
+            return
+        heard = self.playout.clear()
+        turn.interrupted = True
+        turn.spoken = [s.text for s in heard]
+        if heard or self.playout.frames_out:
+            self.barge_ins += 1
+            log.info("barge-in (%s) on call %s after %d frames", reason, self.ctx.call_id, self.playout.frames_out)
+        elif not turn.first_frame_at and turn.kind == "speech":
+            # The caller kept talking before we said anything: their words carry into the next turn
+            # (as text when STT already ran, else as audio), so a pause mid-sentence loses nothing.
+            if turn.user_text:
+                self._carry = (self._carry + " " + turn.user_text).strip()
+            elif turn.utterance is not None:
+                self._carry_audio.append(turn.utterance.samples)
+        if self._turn_task is not None and not self._turn_task.done():
+            self._turn_task.cancel()
+
+    async def _interrupt(self, reason: str) -> None:
+        if self._loop is not None:
+            self._barge_in(self._loop.time(), reason=reason)
+        if self._turn_task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._turn_task
+
+    async def _run_turn(self, turn: _Turn) -> None:
+        try:
+            await self._process(turn)
+        except asyncio.CancelledError:
+            turn.interrupted = True
+            self._keep(self._record(turn))
+            raise
+        except Exception:
+            log.exception("turn %d of call %s failed", turn.index, self.ctx.call_id)
+            turn.bot_text = turn.bot_text or TROUBLE
+            with contextlib.suppress(Exception):
+                await self._speak_all(turn, [TROUBLE])
+        turn.finished = True
+        await self._record(turn)
+        if turn.after is not None:
+            await self._run_action(turn.after)
+
+    async def _process(self, turn: _Turn) -> None:
+        loop = asyncio.get_running_loop()
+        if turn.kind == "greeting":
+            await self._speak_all(turn, [turn.reply_text])
+            turn.bot_text = turn.reply_text
+            return
+        if turn.utterance is not None:
+            samples = turn.utterance.samples
+            if self._carry_audio:
+                gap = np.zeros(self.rate // 5, dtype=np.int16)
+                samples = concat([*(p for chunk in self._carry_audio for p in (chunk, gap)), samples])
+                self._carry_audio = []
+            result = await self.stt.transcribe(samples, turn.utterance.rate)
+            turn.mark("stt_done", loop.time())
+            turn.user_text = (self._carry + " " + str(result.text)).strip()
+            self._carry = ""
+            log.debug("call %s caller said: %r", self.ctx.call_id, turn.user_text)
+        if not turn.user_text:
+            turn.bot_text = self.config.not_heard
+            await self._speak_all(turn, [self.config.not_heard])
+            return
+        await self._converse(turn)
+
+    async def _converse(self, turn: _Turn) -> None:
+        """LLM → sentences (producer) overlapped with TTS → playout (consumer)."""
+        loop = asyncio.get_running_loop()
+        sentences: asyncio.Queue[Sentence | None] = asyncio.Queue()
+        splitter = SentenceSplitter()
+
+        async def produce() -> None:
+            try:
+                async for event in self.responder.respond(self.ctx, turn.user_text):
+                    if isinstance(event, TextDelta):
+                        turn.mark("llm_first_token", loop.time())
+                        turn.bot_text += event.text
+                        for text in splitter.push(event.text):
+                            await sentences.put(self._sentence(turn, text, loop.time()))
+                    elif isinstance(event, ToolCall):
+                        turn.tools.append(event)
+                    elif isinstance(event, ReplyDone):
+                        turn.message_id = event.message_id
+                        if event.text and not turn.bot_text:
+                            turn.bot_text = event.text
+                            for text in splitter.push(event.text):
+                                await sentences.put(self._sentence(turn, text, loop.time()))
+                for text in splitter.flush():
+                    await sentences.put(self._sentence(turn, text, loop.time()))
+            finally:
+                sentences.put_nowait(None)
+
+        producer = asyncio.create_task(produce(), name=f"llm-{self.ctx.channel_id}-{turn.index}")
+        try:
+            while (sentence := await sentences.get()) is not None:
+                await self._speak(turn, sentence)
+            await producer
+        finally:
+            if not producer.done():
+                producer.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await producer
+        if not turn.bot_text.strip():
+            turn.bot_text = self.ctx.fallback
+            await self._speak_all(turn, [self.ctx.fallback])
+        for tool in turn.tools:
+            if tool.name in ("transfer_call", "hang_up"):
+                turn.after = tool
+        await self.playout.idle.wait()
+
+    def _sentence(self, turn: _Turn, text: str, t: float) -> Sentence:
+        turn.mark("first_sentence_ready", t)
+        sentence = Sentence(text=text, index=len(turn.sentences), t=t)
+        turn.sentences.append(sentence)
+        return sentence
+
+    async def _speak(self, turn: _Turn, sentence: Sentence) -> None:
+        audio = await self.tts.speak(sentence.text, self.rate, self.ctx.voice)
+        turn.mark("tts_first_audio", asyncio.get_running_loop().time())
+        self.playout.enqueue(audio.samples, sentence)
+
+    async def _speak_all(self, turn: _Turn, texts: list[str]) -> None:
+        loop = asyncio.get_running_loop()
+        for text in texts:
+            await self._speak(turn, self._sentence(turn, text, loop.time()))
+        await self.playout.idle.wait()
+
+    async def _run_action(self, tool: ToolCall) -> None:
+        await self.playout.idle.wait()
+        if tool.name == "transfer_call":
+            target = str(tool.arguments.get("target", "")).strip()
+            if target:
+                self.outcome = "transferred"
+                await self.control.transfer(target)
+                self.end("transferred")
+        elif tool.name == "hang_up":
+            self.outcome = "completed"
+            await self.control.hangup()
+            self.end("bot_hangup")
+
+    async def _record(self, turn: _Turn) -> None:
+        if turn.recorded:
+            return
+        turn.recorded = True
+        if not turn.interrupted:
+            turn.spoken = [s.text for s in turn.sentences]
+        spoken = " ".join(turn.spoken)
+        record = TurnRecord(index=turn.index, kind=turn.kind, user_text=turn.user_text, bot_text=turn.bot_text,
+                            spoken_text=spoken, interrupted=turn.interrupted, speech_end=turn.speech_end_wall(),
+                            timings_ms=turn.timings_ms())
+        try:
+            await self.persist(record)
+            if turn.interrupted and turn.message_id is not None:
+                await self.responder.mark_interrupted(self.ctx, turn.message_id, spoken)
+        except EvaError:
+            log.exception("could not persist turn %d of call %s", turn.index, self.ctx.call_id)
+
+    def _keep(self, coro: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    # ------------------------------------------------------------------ teardown
+    async def _shutdown(self) -> None:
+        if self._dtmf_timer is not None:
+            self._dtmf_timer.cancel()
+        self.playout.clear()
+        if self._turn_task is not None and not self._turn_task.done():
+            self._turn_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._turn_task
+        await self.transport.close()
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
+        self._done.set()
+
+
+@dataclass
+class _Turn:
+    index: int
+    kind: str
+    utterance: UserUtterance | None = None
+    user_text: str = ""
+    reply_text: str = ""
+    bot_text: str = ""
+    speech_end: float | None = None
+    interrupted: bool = False
+    finished: bool = False
+    recorded: bool = False
+    message_id: int | None = None
+    sentences: list[Sentence] = field(default_factory=list)
+    spoken: list[str] = field(default_factory=list)
+    tools: list[ToolCall] = field(default_factory=list)
+    after: ToolCall | None = None
+    marks: dict[str, float] = field(default_factory=dict)
+    first_frame_at: float | None = None
+    wall_anchor: tuple[float, datetime] = field(default_factory=lambda: (_loop_now(), datetime.now(UTC)))
+
+    def mark(self, name: str, t: float) -> None:
+        self.marks.setdefault(name, t)
+
+    def first_frame_out(self, t: float) -> None:
+        self.first_frame_at = t
+        self.mark("first_frame_out", t)
+
+    def timings_ms(self) -> dict[str, float]:
+        if self.speech_end is None:
+            return {}
+        return {name: (t - self.speech_end) * 1000.0 for name, t in self.marks.items()}
+
+    def speech_end_wall(self) -> datetime | None:
+        if self.speech_end is None:
+            return None
+        loop_t, wall = self.wall_anchor
+        return wall + timedelta(seconds=self.speech_end - loop_t)
+
+
+def _loop_now() -> float:
+    try:
+        return asyncio.get_running_loop().time()
+    except RuntimeError:
+        return 0.0
+
+
+def concat(chunks: list[Pcm]) -> Pcm:
+    return np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.int16)

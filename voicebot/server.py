@@ -1,0 +1,174 @@
+"""``eva run``: Asterisk + Eva in one foreground process.
+
+``EvaRuntime`` assembles the pieces (database, speech models, LLM + agent core, ARI voice app, admin API) and is
+also what the end-to-end tests start inside their own event loop.  ``serve()`` adds the process concerns:
+starting and stopping Asterisk, signals, the ready banner.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from typing import Any
+
+from sqlalchemy.engine import Engine
+
+from voicebot.ari import AriClient
+from voicebot.config import Settings
+from voicebot.pipeline.responder import Responder
+from voicebot.secrets import ensure_secrets
+from voicebot.voiceapp import VoiceApp
+
+log = logging.getLogger(__name__)
+
+
+def _resolver(engine: Engine) -> Any:
+    from models.db import session_scope
+    from voicebot.agent import store
+    from voicebot.errors import NotFound
+
+    def resolve(agent_name: str, did: str) -> dict[str, Any] | None:
+        with session_scope(engine) as session:
+            agent = None
+            if agent_name:
+                with contextlib.suppress(NotFound):
+                    agent = store.get_agent_by_name(session, agent_name)
+            if agent is None and did:
+                agent = store.agent_for_did(session, did)
+            if agent is None or not agent.active:
+                return None
+            return agent.model_dump()
+
+    return resolve
+
+
+class EvaRuntime:
+    """Everything Eva runs, minus Asterisk itself.  ``start()`` then ``close()`` (idempotent)."""
+
+    def __init__(self, settings: Settings, *, responder: Responder | None = None, with_api: bool = True) -> None:
+        self.settings = settings
+        self._responder = responder
+        self.with_api = with_api
+        self.engine: Engine | None = None
+        self.voice: VoiceApp | None = None
+        self.closers: list[Any] = []
+        self._api_runner: Any = None
+        self.components: dict[str, Any] = {}
+
+    async def start(self) -> None:
+        from models.db import make_engine, upgrade
+        from voicebot.stt.whisper import WhisperStt
+        from voicebot.tts.piper import PiperSpeaker
+
+        settings = self.settings
+        started = time.monotonic()
+        self.engine = engine = make_engine(settings.effective_database_url)
+        await asyncio.to_thread(upgrade, engine)
+        stt = await asyncio.to_thread(WhisperStt, settings.stt_model, settings.stt_compute_type)
+        self.closers.append(stt.close)
+        tts = PiperSpeaker(settings.tts_voice)
+        self.closers.append(tts.close)
+        await tts.speak("Ready.", 8000)  # load the voice and warm ONNX before the first caller
+        responder = self._responder or await self._agent_responder(engine)
+        ari = AriClient(settings.ari_url, settings.ari_user, settings.ari_password, settings.ari_app)
+        self.voice = VoiceApp(settings, engine, ari, stt, tts, responder, _resolver(engine))
+        await self.voice.start()
+        if self.with_api:
+            await self._start_api(engine)
+        log.info("Eva is ready in %.1fs", time.monotonic() - started)
+
+    async def _agent_responder(self, engine: Engine) -> Responder:
+        from voicebot.agent.voice import AgentResponder
+        from voicebot.llm import create_llm
+
+        llm = await create_llm(self.settings)
+        self.components["llm"] = llm
+        self.closers.append(llm.close)
+        kb: Any = None
+        try:
+            from rag import KnowledgeBase
+
+            kb = KnowledgeBase(self.settings, engine)
+            self.components["kb"] = kb
+            self.closers.append(kb.close)
+        except ImportError:
+            log.warning("knowledge base unavailable; agents answer without it")
+        return AgentResponder(self.settings, engine, llm, kb)
+
+    async def _start_api(self, engine: Engine) -> None:
+        try:
+            from admin_api.app import create_app
+        except ImportError:
+            log.warning("admin API package unavailable")
+            return
+        from aiohttp import web
+
+        app = create_app(self.settings, engine, kb=self.components.get("kb"), call_control=self.voice,
+                         llm=self.components.get("llm"))
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, self.settings.api_host, self.settings.api_port)
+        await site.start()
+        self._api_runner = runner
+
+    async def close(self) -> None:
+        if self._api_runner is not None:
+            await self._api_runner.cleanup()
+            self._api_runner = None
+        if self.voice is not None:
+            await self.voice.close()
+            self.voice = None
+        for closer in reversed(self.closers):
+            result = closer()
+            if asyncio.iscoroutine(result):
+                with contextlib.suppress(Exception):
+                    await result
+        self.closers.clear()
+        if self.engine is not None:
+            self.engine.dispose()
+            self.engine = None
+
+
+def serve() -> int:
+    """Start Asterisk, then Eva; run until Ctrl-C / SIGTERM; stop both."""
+    from voicebot.asterisk.process import Asterisk
+    from voicebot.setup import setup
+
+    settings = setup(ensure_secrets(Settings.load()))
+    asterisk = Asterisk(settings)
+    print("Starting Asterisk ...", flush=True)
+    asterisk.start()
+    try:
+        asyncio.run(_run(settings))
+    except KeyboardInterrupt:
+        pass
+    finally:
+        print("Stopping Asterisk ...", flush=True)
+        asterisk.stop()
+    print("Eva stopped.")
+    return 0
+
+
+async def _run(settings: Settings) -> None:
+    runtime = EvaRuntime(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    print("Loading models and connecting to Asterisk ...", flush=True)
+    try:
+        await runtime.start()
+        print(f"""
+Eva is ready.
+  Call the demo agent:   .venv/bin/eva call 100 --say "What are your opening hours?" --record reply.wav
+  SIP (carrier trunk):   {settings.bind_host}:{settings.sip_port} (calls from {settings.local_carrier_ip})
+  Admin API:             http://{settings.api_host}:{settings.api_port}/api/v1  (docs: /api/v1/docs)
+  Stop:                  Ctrl-C
+""", flush=True)
+        await stop.wait()
+        print("Shutting down ...", flush=True)
+    finally:
+        await runtime.close()
