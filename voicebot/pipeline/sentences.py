@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 
 _ABBREVIATIONS = {"mr", "mrs", "ms", "dr", "prof", "sr", "jr", "st", "vs", "etc", "e.g", "i.e", "no", "approx",
-                  "mt", "ave", "dept", "inc", "ltd", "co"}
+                  "mt", "ave", "dept", "inc", "ltd", "co", "a.m", "p.m", "u.s"}
 _END = re.compile(r"[.!?…]+[\"')\]]*(?=\s)")
 _CLAUSE = re.compile(r"[,;:—–]\s")
 _SPACE = re.compile(r"\s+")
