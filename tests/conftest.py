@@ -57,8 +57,12 @@ def free_udp_port() -> int:
 @pytest.fixture(scope="session")
 def eva_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
     """Settings for the test instance: private data dir, shifted ports, generated secrets."""
+    from voicebot.setup import _gguf_path
+
     data = tmp_path_factory.mktemp("eva-data")
-    base = Settings.load({}).with_(data_dir=data, **pick_test_ports())
+    # Models are shared with the checkout's own data directory (assembled there by `make setup`).
+    base = Settings.load({}).with_(data_dir=data, llm_model_path=_gguf_path(Settings.load({})),
+                                   **pick_test_ports())
     return ensure_secrets(base)
 
 

@@ -81,8 +81,9 @@ class EvaRuntime:
         log.info("Eva is ready in %.1fs", time.monotonic() - started)
 
     async def _agent_responder(self, engine: Engine) -> Responder:
-        from voicebot.agent.voice import AgentResponder
+        from voicebot.agent.core import AgentCore
         from voicebot.llm import create_llm
+        from voicebot.pipeline.agent_responder import AgentResponder
 
         llm = await create_llm(self.settings)
         self.components["llm"] = llm
@@ -96,7 +97,9 @@ class EvaRuntime:
             self.closers.append(kb.close)
         except ImportError:
             log.warning("knowledge base unavailable; agents answer without it")
-        return AgentResponder(self.settings, engine, llm, kb)
+        core = AgentCore(self.settings, engine, llm, kb)
+        self.components["core"] = core
+        return AgentResponder(engine, core)
 
     async def _start_api(self, engine: Engine) -> None:
         try:

@@ -237,6 +237,9 @@ class VoiceApp:
                 with contextlib.suppress(EvaError):
                     await coro
         self._media_channels.discard(live.media_channel_id)
+        forget = getattr(self.responder, "forget", None)
+        if callable(forget):
+            forget(live.channel_id)
         if live.call_id:
             with contextlib.suppress(Exception):
                 await asyncio.to_thread(calls.end_call, self.engine, live.call_id, outcome=outcome,

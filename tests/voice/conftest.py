@@ -14,11 +14,13 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from models.db import make_engine, session_scope, upgrade
-from voicebot.agent import store
+from models.db import make_engine, upgrade
+from voicebot.agent.core import AgentCore
+from voicebot.agent.demo import seed_demo
 from voicebot.asterisk.process import Asterisk
 from voicebot.audio import Audio, read_wav, write_wav
 from voicebot.config import Settings
+from voicebot.pipeline.agent_responder import AgentResponder
 from voicebot.pipeline.responder import CallContext, ReplyDone, ReplyEvent, TextDelta, ToolCall
 from voicebot.server import EvaRuntime
 from voicebot.stt.whisper import WhisperStt
@@ -61,14 +63,10 @@ class ScriptedResponder:
 
 @pytest.fixture(scope="session")
 def voice_settings(eva_settings: Settings, asterisk: Asterisk) -> Settings:
+    """The test instance's database with what `eva setup` seeds: the demo agent, route 100, its knowledge."""
     engine = make_engine(eva_settings.effective_database_url)
     upgrade(engine)
-    with session_scope(engine) as session:
-        for name, greeting in (("demo", "Hello, this is Eva."), ("scripted", "Hi, scripted agent here.")):
-            try:
-                store.get_agent_by_name(session, name)
-            except Exception:
-                store.create_agent(session, {"name": name, "greeting": greeting})
+    seed_demo(eva_settings, engine)
     engine.dispose()
     return eva_settings
 
@@ -86,6 +84,23 @@ async def runtime(voice_settings: Settings, responder: ScriptedResponder) -> Asy
         yield rt
     finally:
         await rt.close()
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def agent_responder(runtime: EvaRuntime) -> AsyncIterator[AgentResponder]:
+    """The real agent core (embedded Gemma 3 270M + Chroma knowledge) behind the voice channel."""
+    from rag import KnowledgeBase
+    from voicebot.llm import create_llm
+
+    settings = runtime.settings.with_(llm="embedded")
+    assert runtime.engine is not None
+    llm = await create_llm(settings)
+    kb = KnowledgeBase(settings, runtime.engine)
+    try:
+        yield AgentResponder(runtime.engine, AgentCore(settings, runtime.engine, llm, kb))
+    finally:
+        await kb.close()
+        await llm.close()
 
 
 @pytest.fixture(autouse=True)

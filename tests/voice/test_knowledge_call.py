@@ -1,0 +1,49 @@
+"""A real conversation: the demo agent answers from its knowledge with the real embedded LLM, on a real call."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from sqlmodel import select
+
+from models import Message
+from models.db import session_scope
+from tests.conftest import Caller
+from tests.voice.conftest import load, transcribe
+from voicebot.pipeline.agent_responder import AgentResponder
+from voicebot.server import EvaRuntime
+from voicebot.sipcaller import Action, place_call_async
+from voicebot.stt.whisper import WhisperStt
+
+pytestmark = [pytest.mark.asterisk, pytest.mark.slow, pytest.mark.asyncio(loop_scope="session")]
+
+
+@pytest.fixture
+def real_agent(runtime: EvaRuntime, agent_responder: AgentResponder) -> Iterator[None]:
+    assert runtime.voice is not None
+    scripted = runtime.voice.responder
+    runtime.voice.responder = agent_responder
+    try:
+        yield
+    finally:
+        runtime.voice.responder = scripted
+
+
+@pytest.mark.usefixtures("real_agent")
+async def test_caller_hears_the_greeting_and_an_answer_from_the_knowledge_base(
+        runtime: EvaRuntime, caller: Caller, say: Callable[[str], Path], whisper: WhisperStt) -> None:
+    question = say("How much does a flat tire repair cost?")
+    result = await place_call_async(caller.script("100", Action("play", at=4.5, path=str(question)), timeout=14))
+    assert result.connected, result
+    heard = transcribe(whisper, load(result.record_path)).lower()
+    assert "sunny side" in heard or "bike shop" in heard, heard  # the demo agent's greeting
+    assert re.search(r"\b15\b|fifteen", heard), heard  # "A flat tire repair costs 15 dollars."
+    assert runtime.engine is not None
+    with session_scope(runtime.engine) as session:
+        reply = session.exec(select(Message).where(Message.role == "assistant")
+                             .order_by(Message.id.desc())).first()  # type: ignore[union-attr]
+        assert reply is not None and reply.citations, "the answer must cite the knowledge it used"
+        assert any("Sunny Side" in c["title"] or c["document_id"] for c in reply.citations)

@@ -1,0 +1,70 @@
+"""The production :class:`~voicebot.pipeline.responder.Responder`: the shared agent core, on the voice channel.
+
+One conversation per call (created on the first caller turn, keyed by the channel id); the caller is one
+contact by phone number across channels, so the agent remembers them from WhatsApp or e-mail too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from sqlalchemy.engine import Engine
+
+from models import Agent, Contact
+from models.db import session_scope
+from voicebot.agent import store
+from voicebot.agent.core import AgentCore
+from voicebot.agent.core import ReplyDone as CoreDone
+from voicebot.errors import InvalidInput
+from voicebot.llm.base import TextDelta as LlmDelta
+from voicebot.llm.base import ToolCall as LlmToolCall
+from voicebot.pipeline.responder import CallContext, ReplyDone, ReplyEvent, TextDelta, ToolCall
+
+log = logging.getLogger(__name__)
+
+
+class AgentResponder:
+    def __init__(self, engine: Engine, core: AgentCore) -> None:
+        self.engine = engine
+        self.core = core
+        self._conversations: dict[str, int] = {}
+
+    def _load(self, ctx: CallContext) -> tuple[Agent, Contact | None]:
+        with session_scope(self.engine) as session:
+            agent = store.get_agent(session, ctx.agent_id)
+            contact = None
+            if ctx.caller:
+                try:
+                    contact = store.find_or_create_contact(session, phone=ctx.caller)
+                except InvalidInput:
+                    contact = None  # anonymous or a SIP user name instead of a number
+            return agent, contact
+
+    async def respond(self, ctx: CallContext, text: str) -> AsyncIterator[ReplyEvent]:
+        agent, contact = await asyncio.to_thread(self._load, ctx)
+        conversation_id = self._conversations.get(ctx.channel_id)
+        if conversation_id is None:
+            conversation_id = await self.core.start_conversation(
+                ctx.agent_id, contact.id if contact else None, "voice", external_id=ctx.channel_id)
+            self._conversations[ctx.channel_id] = conversation_id
+        async with contextlib.aclosing(self.core.reply(agent, contact, "voice", text,
+                                                       conversation_id=conversation_id)) as events:
+            async for event in events:
+                if isinstance(event, LlmDelta):
+                    yield TextDelta(event.text)
+                elif isinstance(event, LlmToolCall):
+                    yield ToolCall(event.name, dict(event.arguments))
+                elif isinstance(event, CoreDone):
+                    yield ReplyDone(text=event.text, message_id=event.assistant_message_id,
+                                    citations=tuple(c.to_dict() for c in event.citations))
+
+    async def mark_interrupted(self, ctx: CallContext, message_id: int | None, spoken_text: str) -> None:
+        if message_id is not None:
+            await self.core.mark_interrupted(message_id, spoken_text)
+
+    def forget(self, channel_id: str) -> None:
+        """The call ended: drop its conversation id (it stays in the database)."""
+        self._conversations.pop(channel_id, None)
