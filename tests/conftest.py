@@ -6,7 +6,6 @@ The test Asterisk uses its own data directory and its own ports, so it never dis
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,54 +15,14 @@ from tests.pg import postgres_server, postgres_url  # noqa: F401 - shared fixtur
 from voicebot.asterisk.image import image_ready
 from voicebot.asterisk.process import Asterisk
 from voicebot.config import Settings
-from voicebot.secrets import ensure_secrets
+from voicebot.harness import free_udp_port, isolated_settings
 from voicebot.sipcaller import Action, CallResult, CallScript, place_call
-
-def _port_free(port: int, kind: int) -> bool:
-    with socket.socket(socket.AF_INET, kind) as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def pick_test_ports() -> dict[str, int]:
-    """Ports for this test session's Asterisk: a free slot, so parallel test sessions never collide."""
-    for slot in range(40):
-        ports = {
-            "sip_port": 15060 + slot * 10,
-            "ari_port": 18088 + slot * 10,
-            "ami_port": 15038 + slot * 10,
-            "api_port": 18080 + slot * 10 + 1,
-            "rtp_port_start": 40000 + slot * 200,
-            "rtp_port_end": 40099 + slot * 200,
-            "media_port_start": 40100 + slot * 200,
-            "media_port_end": 40199 + slot * 200,
-        }
-        if (_port_free(ports["sip_port"], socket.SOCK_DGRAM) and _port_free(ports["ari_port"], socket.SOCK_STREAM)
-                and _port_free(ports["ami_port"], socket.SOCK_STREAM)):
-            return ports
-    raise RuntimeError("no free port slot for a test Asterisk")
-
-
-def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @pytest.fixture(scope="session")
 def eva_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
     """Settings for the test instance: private data dir, shifted ports, generated secrets."""
-    from voicebot.setup import _gguf_path
-
-    data = tmp_path_factory.mktemp("eva-data")
-    # Models are shared with the checkout's own data directory (assembled there by `make setup`).
-    base = Settings.load({}).with_(data_dir=data, llm_model_path=_gguf_path(Settings.load({})),
-                                   **pick_test_ports())
-    return ensure_secrets(base)
+    return isolated_settings(tmp_path_factory.mktemp("eva-data"))
 
 
 @pytest.fixture(scope="session")

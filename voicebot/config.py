@@ -74,7 +74,7 @@ class Settings:
     vad_aggressiveness: int = 2
     barge_in_ms: int = 60
     """Caller speech this long during bot playout stops the bot (shorter: a click or a cough)."""
-    end_of_turn_ms: int = 500
+    end_of_turn_ms: int = 400
     """Silence after caller speech that ends the caller's turn."""
     stt_model: str = ""
     """Path to a CTranslate2 Whisper model; empty → the packaged tiny.en."""

@@ -75,3 +75,21 @@ def test_too_short_utterance_comes_out_empty() -> None:
     events = run(d, "xxx......")
     utterance = events[-1][1]
     assert isinstance(utterance, UserUtterance) and len(utterance.samples) == 0
+
+
+def test_pause_invites_speculative_stt_once_per_pause() -> None:
+    from voicebot.pipeline.frames import SpeechPaused
+
+    d = TurnDetector(config(end_silence_ms=200, pause_ms=80, min_utterance_ms=60))
+    events = run(d, "xxxxx....xxxxx..........")
+    kinds = [(i, type(e).__name__) for i, e in events]
+    assert kinds == [(2, "SpeechStarted"), (8, "SpeechPaused"), (17, "SpeechPaused"), (23, "UserUtterance")]
+    first_pause = events[1][1]
+    assert isinstance(first_pause, SpeechPaused)
+    assert abs(first_pause.last_voiced - 0.10) < 1e-9
+    final = events[-1][1]
+    assert isinstance(final, UserUtterance)
+    second_pause = events[2][1]
+    assert isinstance(second_pause, SpeechPaused)
+    # The last pause saw the whole utterance: the session may reuse its transcript.
+    assert second_pause.last_voiced == final.ended

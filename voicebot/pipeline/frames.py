@@ -32,6 +32,19 @@ class SpeechStarted:
 
 
 @dataclass(frozen=True)
+class SpeechPaused:
+    """The caller has been silent for ``pause_ms`` mid-turn: STT may start speculatively on ``samples``.
+
+    If the turn then ends with no further speech (``UserUtterance.ended == last_voiced``), the speculative
+    transcript is the turn's transcript, and the end-of-turn wait has overlapped with STT."""
+
+    samples: Pcm
+    rate: int
+    last_voiced: float
+    t: float
+
+
+@dataclass(frozen=True)
 class UserUtterance:
     """End of the caller's turn: all audio of the turn (with a little pre-roll)."""
 

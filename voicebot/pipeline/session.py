@@ -21,7 +21,7 @@ import numpy as np
 from voicebot.audio import Audio, Pcm
 from voicebot.calls.store import TurnRecord
 from voicebot.errors import EvaError
-from voicebot.pipeline.frames import Sentence, SpeechStarted, UserUtterance
+from voicebot.pipeline.frames import Sentence, SpeechPaused, SpeechStarted, UserUtterance
 from voicebot.pipeline.playout import Playout
 from voicebot.pipeline.responder import CallContext, ReplyDone, Responder, TextDelta, ToolCall
 from voicebot.pipeline.sentences import SentenceSplitter
@@ -93,6 +93,7 @@ class CallSession:
         self._current: _Turn | None = None
         self._carry = ""
         self._carry_audio: list[Pcm] = []
+        self._speculative: tuple[float, asyncio.Future[Any]] | None = None
         self._digits = ""
         self._dtmf_timer: asyncio.TimerHandle | None = None
         self._ending: str | None = None
@@ -159,10 +160,31 @@ class CallSession:
         voiced = self.vad.is_speech(samples, self.rate)
         for event in self.detector.feed(samples, self.rate, voiced, t):
             if isinstance(event, SpeechStarted):
+                self._drop_speculative()
                 if self._turn_task is not None and not self._turn_task.done():
                     self._barge_in(t, reason="speech", onset=event.onset)
+            elif isinstance(event, SpeechPaused):
+                # Transcribe now, while we wait to be sure the caller has finished.
+                self._drop_speculative()
+                future = asyncio.ensure_future(self.stt.transcribe(event.samples, event.rate))
+                self._speculative = (event.last_voiced, future)
             elif len(event.samples):
                 self._inbox.put_nowait(event)
+
+    def _drop_speculative(self) -> None:
+        if self._speculative is not None:
+            self._speculative[1].cancel()
+            self._speculative = None
+
+    def _take_speculative(self, ended: float) -> asyncio.Future[Any] | None:
+        """The speculative transcript, if it covers exactly this utterance (no speech after the pause)."""
+        spec, self._speculative = self._speculative, None
+        if spec is None:
+            return None
+        if spec[0] == ended and not self._carry_audio:
+            return spec[1]
+        spec[1].cancel()
+        return None
 
     def _next_frame(self) -> Pcm | None:
         assert self._loop is not None
@@ -231,12 +253,16 @@ class CallSession:
             turn.bot_text = turn.reply_text
             return
         if turn.utterance is not None:
+            speculative = self._take_speculative(turn.utterance.ended)
             samples = turn.utterance.samples
             if self._carry_audio:
                 gap = np.zeros(self.rate // 5, dtype=np.int16)
                 samples = concat([*(p for chunk in self._carry_audio for p in (chunk, gap)), samples])
                 self._carry_audio = []
-            result = await self.stt.transcribe(samples, turn.utterance.rate)
+            if speculative is not None:
+                result = await speculative
+            else:
+                result = await self.stt.transcribe(samples, turn.utterance.rate)
             turn.mark("stt_done", loop.time())
             turn.user_text = (self._carry + " " + str(result.text)).strip()
             self._carry = ""
@@ -346,6 +372,7 @@ class CallSession:
 
     # ------------------------------------------------------------------ teardown
     async def _shutdown(self) -> None:
+        self._drop_speculative()
         if self._dtmf_timer is not None:
             self._dtmf_timer.cancel()
         self.playout.clear()

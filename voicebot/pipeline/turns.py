@@ -14,7 +14,7 @@ from enum import Enum
 import numpy as np
 
 from voicebot.audio import Pcm
-from voicebot.pipeline.frames import SpeechStarted, UserUtterance
+from voicebot.pipeline.frames import SpeechPaused, SpeechStarted, UserUtterance
 
 
 @dataclass(frozen=True)
@@ -22,13 +22,15 @@ class TurnConfig:
     frame_ms: int = 20
     min_speech_ms: int = 60
     """Voiced time in a row before the caller counts as speaking (also the barge-in threshold)."""
-    end_silence_ms: int = 500
+    end_silence_ms: int = 400
     """Unvoiced time after speech that ends the turn."""
     max_utterance_ms: int = 15000
     preroll_ms: int = 200
     """Audio kept from before the onset, so the first syllable reaches STT."""
     min_utterance_ms: int = 200
     """Voiced audio shorter than this is dropped (a click), not sent to STT."""
+    pause_ms: int = 200
+    """Silence after which a SpeechPaused event invites speculative STT (0 disables it)."""
 
 
 class State(Enum):
@@ -43,6 +45,7 @@ class TurnDetector:
         c = self.config
         self._min_frames = max(1, c.min_speech_ms // c.frame_ms)
         self._end_frames = max(1, c.end_silence_ms // c.frame_ms)
+        self._pause_frames = c.pause_ms // c.frame_ms if 0 < c.pause_ms < c.end_silence_ms else 0
         self._max_frames = max(1, c.max_utterance_ms // c.frame_ms)
         self._preroll: deque[tuple[Pcm, float]] = deque(maxlen=max(1, c.preroll_ms // c.frame_ms))
         self.state = State.IDLE
@@ -64,11 +67,12 @@ class TurnDetector:
     def speaking(self) -> bool:
         return self.state is State.SPEAKING
 
-    def feed(self, samples: Pcm, rate: int, voiced: bool, t: float) -> list[SpeechStarted | UserUtterance]:
+    def feed(self, samples: Pcm, rate: int, voiced: bool,
+             t: float) -> list[SpeechStarted | SpeechPaused | UserUtterance]:
         """Feed one frame (at time ``t``, the frame's end) and its VAD decision; returns 0..2 events."""
         self._rate = rate
         frame_s = self.config.frame_ms / 1000.0
-        events: list[SpeechStarted | UserUtterance] = []
+        events: list[SpeechStarted | SpeechPaused | UserUtterance] = []
         if self.state is State.IDLE:
             if voiced:
                 self.state = State.MAYBE
@@ -100,6 +104,10 @@ class TurnDetector:
                 self.state = State.IDLE
             return events
         speech_frames = len(self._frames)
+        if self._pause_frames and self._silent_run == self._pause_frames and (
+                self._voiced_total * self.config.frame_ms >= self.config.min_utterance_ms):
+            events.append(SpeechPaused(samples=np.concatenate(self._frames), rate=rate,
+                                       last_voiced=self._last_voiced, t=t))
         if self._silent_run >= self._end_frames or speech_frames >= self._max_frames:
             truncated = speech_frames >= self._max_frames and self._silent_run < self._end_frames
             events.append(self._finish(t, truncated))

@@ -1,0 +1,54 @@
+"""An isolated Eva instance for tests and benchmarks: its own data directory, generated secrets and a free slot
+of ports, so it never disturbs an Eva started with ``make run`` (or another test run) on the same machine."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+from voicebot.config import Settings
+from voicebot.secrets import ensure_secrets
+
+
+def _port_free(port: int, kind: int) -> bool:
+    with socket.socket(socket.AF_INET, kind) as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port_slot() -> dict[str, int]:
+    """SIP/ARI/AMI/API ports and RTP/media ranges of the first slot whose ports are all free."""
+    for slot in range(40):
+        ports = {
+            "sip_port": 15060 + slot * 10,
+            "ari_port": 18088 + slot * 10,
+            "ami_port": 15038 + slot * 10,
+            "api_port": 18080 + slot * 10 + 1,
+            "rtp_port_start": 40000 + slot * 200,
+            "rtp_port_end": 40099 + slot * 200,
+            "media_port_start": 40100 + slot * 200,
+            "media_port_end": 40199 + slot * 200,
+        }
+        if (_port_free(ports["sip_port"], socket.SOCK_DGRAM) and _port_free(ports["ari_port"], socket.SOCK_STREAM)
+                and _port_free(ports["ami_port"], socket.SOCK_STREAM)
+                and _port_free(ports["api_port"], socket.SOCK_STREAM)):
+            return ports
+    raise RuntimeError("no free port slot for an isolated Eva instance")
+
+
+def isolated_settings(data_dir: Path) -> Settings:
+    """Settings for a private instance in ``data_dir``; models are shared with the checkout's data directory."""
+    from voicebot.setup import _gguf_path
+
+    base = Settings.load({})
+    return ensure_secrets(base.with_(data_dir=data_dir, llm_model_path=_gguf_path(base), **free_port_slot()))
+
+
+def free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
