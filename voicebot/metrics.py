@@ -1,14 +1,15 @@
 """A small in-process metrics registry, rendered in the Prometheus text exposition format at ``/metrics``.
 
-Why not ``prometheus_client``: Eva needs a dozen series, no push gateway and no multiprocess mode; a hundred lines
-keep the dependency list short and the behaviour obvious.  Every metric is thread-safe (the voice loop updates
-some of them from executor threads).
+Why not ``prometheus_client``: Eva needs a dozen series, no push gateway and no multiprocess mode; a hundred
+lines keep the dependency list short and the behaviour obvious.  Every metric is thread-safe (the voice loop
+updates some of them from executor threads).
 
 The voice loop, the agent core and the knowledge base import the module-level metrics below and update them::
 
     from voicebot import metrics
     metrics.CALLS_ACTIVE.inc()
     metrics.TURN_STAGE_SECONDS.observe(0.42, stage="stt")
+
 """
 
 from __future__ import annotations
@@ -152,8 +153,13 @@ class Histogram(_Metric):
 
     kind = "histogram"
 
-    def __init__(self, name: str, documentation: str, labelnames: Sequence[str] = (),
-                 buckets: Iterable[float] = DEFAULT_BUCKETS) -> None:
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        labelnames: Sequence[str] = (),
+        buckets: Iterable[float] = DEFAULT_BUCKETS,
+    ) -> None:
         super().__init__(name, documentation, labelnames)
         bounds = sorted(float(b) for b in buckets)
         if not bounds or len(set(bounds)) != len(bounds):
@@ -216,8 +222,13 @@ class Registry:
         self._add(metric)
         return metric
 
-    def histogram(self, name: str, documentation: str, labelnames: Sequence[str] = (),
-                  buckets: Iterable[float] = DEFAULT_BUCKETS) -> Histogram:
+    def histogram(
+        self,
+        name: str,
+        documentation: str,
+        labelnames: Sequence[str] = (),
+        buckets: Iterable[float] = DEFAULT_BUCKETS,
+    ) -> Histogram:
         metric = Histogram(name, documentation, labelnames, buckets)
         self._add(metric)
         return metric
@@ -240,26 +251,34 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 REGISTRY = Registry()
 
-# --- calls (voice loop) ---------------------------------------------------------------------------------------
+# --- calls (voice loop) -----------------------------------------------------------------------------------
 CALLS_ACTIVE = REGISTRY.gauge("eva_calls_active", "Calls in progress on this worker.")
-CALLS_TOTAL = REGISTRY.counter("eva_calls_total", "Calls finished, by direction and outcome.",
-                               ("direction", "outcome"))
+CALLS_TOTAL = REGISTRY.counter(
+    "eva_calls_total", "Calls finished, by direction and outcome.", ("direction", "outcome")
+)
 TURN_STAGE_SECONDS = REGISTRY.histogram(
     "eva_turn_stage_seconds",
     "Per-turn latency of each stage, measured from the end of the caller's speech "
     "(stage: stt, llm_first_token, first_sentence, tts_first_audio, first_frame_out).",
-    ("stage",))
+    ("stage",),
+)
 BARGE_INS_TOTAL = REGISTRY.counter("eva_barge_ins_total", "Times a caller interrupted the bot's playout.")
 
-# --- language model and knowledge -----------------------------------------------------------------------------
-LLM_ERRORS_TOTAL = REGISTRY.counter("eva_llm_errors_total", "LLM requests that failed, by backend and error code.",
-                                    ("backend", "code"))
-INGESTION_QUEUE = REGISTRY.gauge("eva_ingestion_queue",
-                                 "Knowledge documents accepted but not yet indexed (pending or processing).")
+# --- language model and knowledge -------------------------------------------------------------------------
+LLM_ERRORS_TOTAL = REGISTRY.counter(
+    "eva_llm_errors_total", "LLM requests that failed, by backend and error code.", ("backend", "code")
+)
+INGESTION_QUEUE = REGISTRY.gauge(
+    "eva_ingestion_queue", "Knowledge documents accepted but not yet indexed (pending or processing)."
+)
 
-# --- admin API --------------------------------------------------------------------------------------------------
-HTTP_REQUESTS_TOTAL = REGISTRY.counter("eva_http_requests_total", "Admin API requests, by route and status.",
-                                       ("method", "route", "status"))
+# --- admin API --------------------------------------------------------------------------------------------
+HTTP_REQUESTS_TOTAL = REGISTRY.counter(
+    "eva_http_requests_total", "Admin API requests, by route and status.", ("method", "route", "status")
+)
 HTTP_REQUEST_SECONDS = REGISTRY.histogram(
-    "eva_http_request_seconds", "Admin API request latency, by route.", ("method", "route"),
-    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0))
+    "eva_http_request_seconds",
+    "Admin API request latency, by route.",
+    ("method", "route"),
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+)

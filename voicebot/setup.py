@@ -136,6 +136,49 @@ def _render_run(settings: Settings) -> None:
     render_config(settings)
 
 
+def _schema_done(settings: Settings) -> bool:
+    from models.db import make_engine, schema_revisions
+
+    engine = make_engine(settings.effective_database_url)
+    try:
+        current, head = schema_revisions(engine)
+    finally:
+        engine.dispose()
+    return current == head
+
+
+def _schema_run(settings: Settings) -> None:
+    from models.db import make_engine, upgrade
+
+    engine = make_engine(settings.effective_database_url)
+    try:
+        upgrade(engine)
+    finally:
+        engine.dispose()
+
+
+def _demo_done(settings: Settings) -> bool:
+    from models.db import make_engine
+    from voicebot.agent.demo import demo_seeded
+
+    engine = make_engine(settings.effective_database_url)
+    try:
+        return demo_seeded(engine)
+    finally:
+        engine.dispose()
+
+
+def _demo_run(settings: Settings) -> None:
+    from models.db import make_engine
+    from voicebot.agent.demo import seed_demo
+
+    engine = make_engine(settings.effective_database_url)
+    try:
+        seed_demo(settings, engine)
+    finally:
+        engine.dispose()
+
+
 STEPS: list[Step] = [
     Step("secrets (ARI, AMI, JWT)", _secrets_done, _secrets_run),
     Step("Asterisk 22 image", _image_done, _image_run),
@@ -143,6 +186,8 @@ STEPS: list[Step] = [
     Step("embedded LLM (Gemma 3 270M GGUF)", _gguf_done, _gguf_run),
     Step("telephony prompts", _prompt_done, _prompt_run),
     Step("Asterisk configuration", lambda _s: False, _render_run),
+    Step("database schema", _schema_done, _schema_run),
+    Step("demo agent (route 100, sample knowledge)", _demo_done, _demo_run),
 ]
 
 

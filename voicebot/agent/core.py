@@ -261,7 +261,7 @@ class AgentCore:
 
     def __init__(self, settings: Settings, engine: Engine, llm: LanguageModel,
                  knowledge: KnowledgeSearch | None = None, *, memory_messages: int = 12,
-                 knowledge_limit: int = 3, knowledge_threshold: float = 0.2,
+                 knowledge_limit: int = 3, knowledge_threshold: float = 0.1,
                  max_tool_rounds: int = 2) -> None:
         self.settings = settings
         self.engine = engine
@@ -391,15 +391,17 @@ class AgentCore:
                 "tool_calls": [c.to_dict() for c in (*turn.tool_calls, *turn.searches)] or None,
                 "prompt_tokens": turn.prompt_tokens, "completion_tokens": turn.completion_tokens}
 
-    async def _retrieve(self, agent_id: int, query: str) -> tuple[list[SearchHit], float, str | None]:
+    async def _retrieve(self, agent_id: int, query: str,
+                        threshold: float | None = None) -> tuple[list[SearchHit], float, str | None]:
         """Knowledge for ``query``; a failing or slow knowledge base means no knowledge, not no reply."""
         if self.knowledge is None:
             return [], 0.0, None
         started = time.monotonic()
         try:
             async with asyncio.timeout(RETRIEVAL_TIMEOUT):
-                hits = await self.knowledge.search(agent_id, query, limit=self.knowledge_limit,
-                                                   threshold=self.knowledge_threshold)
+                hits = await self.knowledge.search(
+                    agent_id, query, limit=self.knowledge_limit,
+                    threshold=self.knowledge_threshold if threshold is None else threshold)
         except TimeoutError:
             log.warning("knowledge search for agent %s timed out after %.0fs", agent_id, RETRIEVAL_TIMEOUT)
             return [], _ms_since(started), "retrieval_timeout"
@@ -413,7 +415,8 @@ class AgentCore:
 
     @staticmethod
     def _messages(agent: Agent, channel: str, memory: list[ChatMessage], text: str) -> list[ChatMessage]:
-        # Persona first and on its own: backends for base models use only the first system message.
+        # Persona first and on its own, then the channel's guidance: chat models see two system messages,
+        # the few-shot transcript backend joins them into its instructions line.
         return [ChatMessage("system", agent.persona), ChatMessage("system", CHANNEL_GUIDANCE[channel]),
                 *memory, ChatMessage("user", text)]
 
@@ -444,16 +447,17 @@ class AgentCore:
                         except StopAsyncIteration:
                             break
                         if isinstance(event, TextDelta):
+                            if turn.deltas >= agent.max_tokens:
+                                # The backend was told max_tokens and every delta is at least one token:
+                                # more deltas mean a backend that ignores the limit, so stop it here.
+                                turn.finish_reason = "length"
+                                break
                             if "llm_first_token_ms" not in turn.timings:
                                 turn.timings["llm_first_token_ms"] = _ms_since(started)
                             turn.pieces.append(event.text)
                             round_text.append(event.text)
                             turn.deltas += 1
                             yield event
-                            if turn.deltas >= agent.max_tokens:
-                                # The backend was told max_tokens; this guards backends that ignore it.
-                                turn.finish_reason = "length"
-                                break
                         elif isinstance(event, ToolCall):
                             call = _checked_tool_call(event, allowed)
                             if call is None:
@@ -493,7 +497,8 @@ class AgentCore:
 
     async def _search_tool(self, agent: Agent, call: ToolCall, turn: _Turn) -> str:
         assert agent.id is not None
-        hits, elapsed, error = await self._retrieve(agent.id, str(call.arguments["query"]))
+        # The model asked explicitly: give it the best matches, however weak (it judges relevance).
+        hits, elapsed, error = await self._retrieve(agent.id, str(call.arguments["query"]), threshold=0.0)
         turn.timings["tool_retrieval_ms"] = round(turn.timings.get("tool_retrieval_ms", 0.0) + elapsed, 1)
         if error:
             return f"The knowledge base is unavailable ({error})."

@@ -9,6 +9,7 @@ import asyncio
 import logging
 from pathlib import Path
 
+from sqlalchemy import inspect
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
@@ -46,6 +47,8 @@ def _ready_document(session: Session, agent_id: int) -> KnowledgeDocument | None
 
 def demo_seeded(engine: Engine) -> bool:
     """True when the demo agent, its route and its ready knowledge document all exist."""
+    if not inspect(engine).has_table(Agent.__tablename__):  # schema not created yet
+        return False
     with session_scope(engine) as session:
         agent = _demo_agent(session)
         if agent is None or agent.id is None:

@@ -16,6 +16,12 @@ COMMAND_MODULES = (
     "voicebot.cli.run_cmd",
     "voicebot.cli.asterisk_cmd",
     "voicebot.cli.call_cmd",
+    "voicebot.cli.db_cmd",
+    "voicebot.cli.agent_cmd",
+    "voicebot.cli.chat_cmd",
+    "voicebot.cli.kb_cmd",
+    "voicebot.cli.user_cmd",
+    "voicebot.cli.apikey_cmd",
 )
 
 

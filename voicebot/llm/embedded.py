@@ -123,8 +123,11 @@ def build_transcript_prompt(persona: str, knowledge: Sequence[str], history: Seq
 
 
 def _split_messages(messages: Sequence[ChatMessage]) -> tuple[str, list[ChatMessage], str]:
-    """→ (persona from system messages, earlier user/assistant turns, the last user message)."""
-    persona = "\n".join(m.content for m in messages if m.role == "system")
+    """→ (instructions from all system messages, earlier user/assistant turns, the last user message).
+
+    All system messages (persona, then channel guidance) form the one ``Instructions:`` line: measured on
+    the demo questions, the base model answered more of them right with the guidance than without."""
+    persona = " ".join(m.content for m in messages if m.role == "system")
     turns = [m for m in messages if m.role in ("user", "assistant")]
     question = ""
     if turns and turns[-1].role == "user":
@@ -232,7 +235,11 @@ class EmbeddedLLM(LanguageModel):
         if self._closed:
             return
         self._closed = True
-        self._executor.submit(self._free).result()
+        try:
+            self._executor.submit(self._free).result()
+        except RuntimeError:
+            # The executor is already shut down (interpreter exit): no generation can run, free it here.
+            self._free()
         self._executor.shutdown(wait=True)
 
     def _free(self) -> None:

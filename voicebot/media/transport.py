@@ -142,12 +142,15 @@ class RtpTransport:
                 self._ts = (self._ts + late_frames * self.frame_samples) & 0xFFFFFFFF
                 self.stats.skipped += late_frames
                 deadline = t0 + n * period
-            payload = self.jitter.pop()
-            incoming = self.format.decode(payload) if payload is not None else self._silence
+            # Normally one incoming frame per tick.  After a stall, also hand over the backlog, so what the
+            # pipeline hears (barge-in, end of turn) keeps up with real time instead of lagging behind it.
+            backlog = 1 + max(0, len(self.jitter) - self.jitter.depth - 1)
             try:
                 outgoing = next_frame()
                 self._send(outgoing if outgoing is not None else self._silence, now - deadline)
-                on_frame(incoming, now)
+                for _ in range(backlog):
+                    payload = self.jitter.pop()
+                    on_frame(self.format.decode(payload) if payload is not None else self._silence, now)
             except asyncio.CancelledError:
                 raise
             except Exception:

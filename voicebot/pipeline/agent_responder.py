@@ -18,10 +18,11 @@ from models.db import session_scope
 from voicebot.agent import store
 from voicebot.agent.core import AgentCore
 from voicebot.agent.core import ReplyDone as CoreDone
+from voicebot.agent.core import ReplyStarted as CoreStarted
 from voicebot.errors import InvalidInput
 from voicebot.llm.base import TextDelta as LlmDelta
 from voicebot.llm.base import ToolCall as LlmToolCall
-from voicebot.pipeline.responder import CallContext, ReplyDone, ReplyEvent, TextDelta, ToolCall
+from voicebot.pipeline.responder import CallContext, ReplyDone, ReplyEvent, ReplyStarted, TextDelta, ToolCall
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +54,9 @@ class AgentResponder:
         async with contextlib.aclosing(self.core.reply(agent, contact, "voice", text,
                                                        conversation_id=conversation_id)) as events:
             async for event in events:
-                if isinstance(event, LlmDelta):
+                if isinstance(event, CoreStarted):
+                    yield ReplyStarted(event.assistant_message_id)
+                elif isinstance(event, LlmDelta):
                     yield TextDelta(event.text)
                 elif isinstance(event, LlmToolCall):
                     yield ToolCall(event.name, dict(event.arguments))

@@ -12,6 +12,13 @@ from typing import Any, Protocol
 
 
 @dataclass(frozen=True)
+class ReplyStarted:
+    """The reply's message exists (its id lets an interruption be recorded even if the reply never finishes)."""
+
+    message_id: int
+
+
+@dataclass(frozen=True)
 class TextDelta:
     text: str
 
@@ -29,7 +36,7 @@ class ReplyDone:
     citations: tuple[dict[str, Any], ...] = ()
 
 
-ReplyEvent = TextDelta | ToolCall | ReplyDone
+ReplyEvent = ReplyStarted | TextDelta | ToolCall | ReplyDone
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from voicebot.calls.store import TurnRecord
 from voicebot.errors import EvaError
 from voicebot.pipeline.frames import Sentence, SpeechPaused, SpeechStarted, UserUtterance
 from voicebot.pipeline.playout import Playout
-from voicebot.pipeline.responder import CallContext, ReplyDone, Responder, TextDelta, ToolCall
+from voicebot.pipeline.responder import CallContext, ReplyDone, ReplyStarted, Responder, TextDelta, ToolCall
 from voicebot.pipeline.sentences import SentenceSplitter
 from voicebot.pipeline.turns import TurnConfig, TurnDetector
 from voicebot.pipeline.vad import Vad
@@ -211,7 +211,8 @@ class CallSession:
         turn.spoken = [s.text for s in heard]
         if heard or self.playout.frames_out:
             self.barge_ins += 1
-            log.info("barge-in (%s) on call %s after %d frames", reason, self.ctx.call_id, self.playout.frames_out)
+            log.info("barge-in (%s) on call %s after %d frames, %.0f ms after speech onset", reason, self.ctx.call_id,
+                     self.playout.frames_out, (t - onset) * 1000 if onset is not None else 0.0)
         elif not turn.first_frame_at and turn.kind == "speech":
             # The caller kept talking before we said anything: their words carry into the next turn
             # (as text when STT already ran, else as audio), so a pause mid-sentence loses nothing.
@@ -249,8 +250,8 @@ class CallSession:
     async def _process(self, turn: _Turn) -> None:
         loop = asyncio.get_running_loop()
         if turn.kind == "greeting":
-            await self._speak_all(turn, [turn.reply_text])
             turn.bot_text = turn.reply_text
+            await self._speak_all(turn, [turn.reply_text])
             return
         if turn.utterance is not None:
             speculative = self._take_speculative(turn.utterance.ended)
@@ -287,6 +288,8 @@ class CallSession:
                         turn.bot_text += event.text
                         for text in splitter.push(event.text):
                             await sentences.put(self._sentence(turn, text, loop.time()))
+                    elif isinstance(event, ReplyStarted):
+                        turn.message_id = event.message_id
                     elif isinstance(event, ToolCall):
                         turn.tools.append(event)
                     elif isinstance(event, ReplyDone):
