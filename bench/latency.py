@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 import socket
@@ -28,8 +29,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.stats import summary  # noqa: E402
-from voicebot.audio import read_wav, voiced_regions, write_wav  # noqa: E402
+from bench.stats import summary
+from voicebot.audio import read_wav, voiced_regions, write_wav
 
 QUESTIONS = [
     "What are your opening hours on Saturday?",
@@ -87,7 +88,7 @@ class LoopbackCapture:
     def jitter_ms(self) -> list[float]:
         deviations: list[float] = []
         for times in self.arrivals.values():
-            deltas = [(b - a) * 1000.0 for a, b in zip(times, times[1:], strict=False)]
+            deltas = [(b - a) * 1000.0 for a, b in itertools.pairwise(times)]
             deviations += [abs(d - 20.0) for d in deltas[5:]]  # skip stream start-up
         return deviations
 
@@ -164,9 +165,13 @@ async def run(calls: int, out: Path) -> dict[str, object]:
                      "media_format": settings.media_format, "llm": settings.llm, "cpus": os.cpu_count()},
         "per_call": results,
     }
+    await asyncio.to_thread(_write_json, out, report)
+    return report
+
+
+def _write_json(out: Path, report: dict[str, object]) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2))
-    return report
 
 
 def print_table(report: dict[str, object]) -> None:

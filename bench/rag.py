@@ -21,6 +21,7 @@ import asyncio
 import hashlib
 import json
 import logging
+import os
 import random
 import sys
 import tempfile
@@ -31,14 +32,14 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.stats import percentile  # noqa: E402
-from models import Agent  # noqa: E402
-from models.db import make_engine, session_scope, upgrade  # noqa: E402
-from rag import KnowledgeBase  # noqa: E402
-from rag.chunking import chunk_pages  # noqa: E402
-from rag.embeddings import Embedder, LocalEmbedder, Vector, normalize  # noqa: E402
-from rag.extract import Page  # noqa: E402
-from voicebot.config import Settings  # noqa: E402
+from bench.stats import percentile
+from models import Agent
+from models.db import make_engine, session_scope, upgrade
+from rag import KnowledgeBase
+from rag.chunking import chunk_pages
+from rag.embeddings import Embedder, LocalEmbedder, Vector, normalize
+from rag.extract import Page
+from voicebot.config import Settings
 
 CHUNKS_PER_DOCUMENT = 100
 PRODUCTS = ["tent", "kayak", "canoe", "backpack", "sleeping bag", "stove", "headlamp", "rain jacket", "boot",
@@ -61,7 +62,8 @@ def sentence(rng: random.Random) -> str:
                     f"provided the item is {rng.choice(ADJECTIVES)} and unused.")
         case 2:
             return (f"Store number {rng.randrange(1, 60)} in {rng.choice(CITIES)} stocks "
-                    f"{rng.randrange(2, 200)} units of the {product} and opens at {rng.randrange(7, 11)} a.m.")
+                    f"{rng.randrange(2, 200)} units of the {product} and opens at "
+                    f"{rng.randrange(7, 11)} a.m.")
         case _:
             return (f"Customers report that the {product} weighs {rng.randrange(1, 40) / 10:.1f} kilograms "
                     f"and lasts about {rng.randrange(2, 15)} seasons of {rng.choice(TOPICS)} use.")
@@ -70,9 +72,14 @@ def sentence(rng: random.Random) -> str:
 def document_text(rng: random.Random, chunk_size: int, overlap: int, target_chunks: int) -> str:
     """Synthetic prose that chunks into about ``target_chunks`` chunks."""
     paragraphs: list[str] = []
+    length = 0
+    # Chunking is only checked once the text is about long enough (each chunk advances ~size - overlap).
+    enough = target_chunks * (chunk_size - overlap) * 0.8
     while True:
-        paragraphs.append(" ".join(sentence(rng) for _ in range(rng.randrange(2, 6))))
-        if len(paragraphs) % 10 == 0:
+        paragraph = " ".join(sentence(rng) for _ in range(rng.randrange(2, 6)))
+        paragraphs.append(paragraph)
+        length += len(paragraph) + 2
+        if length >= enough and len(paragraphs) % 5 == 0:
             text = "\n\n".join(paragraphs)
             if len(chunk_pages([Page(None, text)], chunk_size, overlap)) >= target_chunks:
                 return text
@@ -87,8 +94,9 @@ def question(rng: random.Random) -> str:
         "When does the {city} store open?",
     ]
     # A unique suffix defeats the query cache: every search embeds its query.
-    return rng.choice(forms).format(adj=rng.choice(ADJECTIVES), product=rng.choice(PRODUCTS),
-                                    topic=rng.choice(TOPICS), city=rng.choice(CITIES)) + f" (#{rng.random():.6f})"
+    text = rng.choice(forms).format(adj=rng.choice(ADJECTIVES), product=rng.choice(PRODUCTS),
+                                    topic=rng.choice(TOPICS), city=rng.choice(CITIES))
+    return f"{text} (#{rng.random():.6f})"
 
 
 class PerturbedEmbedder(Embedder):
@@ -140,7 +148,7 @@ async def bench_size(size: int, *, settings: Settings, embedder: Embedder, queri
     kb = KnowledgeBase(settings, engine, embedder=embedder)
     try:
         documents: list[bytes] = []
-        while sum(1 for _ in documents) * CHUNKS_PER_DOCUMENT < size:
+        while len(documents) * CHUNKS_PER_DOCUMENT < size:
             remaining = size - len(documents) * CHUNKS_PER_DOCUMENT
             target = min(CHUNKS_PER_DOCUMENT, remaining)
             text = document_text(rng, settings.chunk_size, settings.chunk_overlap, target)
@@ -193,10 +201,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         await real.embed_query(question(rng))
         query_ms.append((time.perf_counter() - t0) * 1000)
     results: dict[str, Any] = {
-        "machine": {"cpus": __import__("os").cpu_count()},
+        "machine": {"cpus": os.cpu_count(), "load_average_at_start": list(os.getloadavg())},
         "settings": {"chunk_size": args.chunk_size, "chunk_overlap": args.chunk_overlap,
-                     "chunks_per_document": CHUNKS_PER_DOCUMENT, "store": "chroma embedded (PersistentClient)",
-                     "database": "sqlite"},
+                     "chunks_per_document": CHUNKS_PER_DOCUMENT,
+                     "store": "chroma embedded (PersistentClient)", "database": "sqlite"},
         "embedding": {"model": real.name, "sample_chunks": len(sample),
                       "chunks_per_s": round(embed_rate, 1),
                       "avg_chunk_chars": round(sum(map(len, sample)) / len(sample)),
@@ -242,7 +250,8 @@ def print_table(results: dict[str, Any]) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="1000,10000,100000", help="comma-separated index sizes (chunks)")
     parser.add_argument("--queries", type=int, default=200, help="searches per index size")
     parser.add_argument("--real-embed-max", type=int, default=1000,

@@ -10,6 +10,8 @@ from models.contacts import Contact, Conversation, Message
 from models.calls import Call, CallTurn
 from models.knowledge import KnowledgeChunk, KnowledgeDocument
 from models.users import ApiKey, RefreshToken, User
+from models.trunks import SipTrunk
+from models.flows import Flow
 
 __all__ = [
     "Agent",
@@ -18,11 +20,13 @@ __all__ = [
     "CallTurn",
     "Contact",
     "Conversation",
+    "Flow",
     "KnowledgeChunk",
     "KnowledgeDocument",
     "Message",
     "RefreshToken",
     "Route",
+    "SipTrunk",
     "User",
     "utcnow",
 ]

@@ -19,7 +19,11 @@ class User(SQLModel, table=True):
     password_hash: str = Field(max_length=200)
     role: str = Field(default="viewer", max_length=16)
     active: bool = True
+    token_version: int = 0
+    """Bumped on password change, role change, deactivation and "log out everywhere": access tokens carry the
+    version they were issued under and stop working as soon as it moves."""
     created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)
 
 
 class ApiKey(SQLModel, table=True):

@@ -34,5 +34,4 @@ def gguf_path() -> Path:
 def shared_embedded_llm() -> EmbeddedLLM:
     """Loaded once; usable from every test's event loop (generation runs on the model's own thread)."""
     llm = EmbeddedLLM.open(Settings().with_(llm_model_path=str(gguf_path())))
-    atexit.register(llm.close_sync)
     return llm

@@ -62,7 +62,7 @@ def rms_dbfs(samples: Pcm) -> float:
     if len(samples) == 0:
         return -120.0
     rms = float(np.sqrt(np.mean(samples.astype(np.float64) ** 2)))
-    return 20.0 * np.log10(max(rms, 1e-3) / 32768.0)
+    return float(20.0 * np.log10(max(rms, 1e-3) / 32768.0))
 
 
 def voiced_regions(audio: Audio, *, frame_ms: int = 20, threshold_dbfs: float = -45.0,

@@ -9,6 +9,7 @@ import os
 import secrets
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from voicebot.config import Settings, read_env_file
 
@@ -31,7 +32,7 @@ def ensure_secrets(settings: Settings) -> Settings:
             changed = True
     if changed:
         _write_private(path, "".join(f"{k}={v}\n" for k, v in sorted(existing.items())))
-    fill = {field: existing[key] for key, field in GENERATED.items() if not getattr(settings, field)}
+    fill: dict[str, Any] = {field: existing[key] for key, field in GENERATED.items() if not getattr(settings, field)}
     return replace(settings, **fill) if fill else settings
 
 

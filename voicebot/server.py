@@ -109,8 +109,11 @@ class EvaRuntime:
             return
         from aiohttp import web
 
-        app = create_app(self.settings, engine, kb=self.components.get("kb"), call_control=self.voice,
-                         llm=self.components.get("llm"))
+        from voicebot.callcontrol import AriCallControl
+
+        assert self.voice is not None
+        app = create_app(self.settings, engine, kb=self.components.get("kb"),
+                         call_control=AriCallControl(self.voice.ari), llm=self.components.get("llm"))
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, self.settings.api_host, self.settings.api_port)

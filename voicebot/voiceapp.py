@@ -123,10 +123,10 @@ class VoiceApp:
                 return
             if channel.id in self.calls:
                 return
-            live = LiveCall(call_id=0, channel_id=channel.id, caller=channel.caller_number,
-                            did=event.stasis_args().get("did", channel.exten), agent_name="")
-            self.calls[channel.id] = live
-            live.task = asyncio.create_task(self._handle_call(live, event), name=f"call-{channel.id}")
+            new = LiveCall(call_id=0, channel_id=channel.id, caller=channel.caller_number,
+                           did=event.stasis_args().get("did", channel.exten), agent_name="")
+            self.calls[channel.id] = new
+            new.task = asyncio.create_task(self._handle_call(new, event), name=f"call-{channel.id}")
         elif event.type == "ChannelDtmfReceived":
             live = self.calls.get(channel.id)
             if live is not None and live.session is not None:
@@ -148,9 +148,12 @@ class VoiceApp:
         transport: RtpTransport | None = None
         try:
             agent = await asyncio.to_thread(self.resolve_agent, args.get("agent", ""), live.did)
+            direction = "outbound" if args.get("direction") == "outbound" else "inbound"
+            if direction == "outbound":
+                live.caller = live.did  # we called them: the number is the contact
             live.call_id = await asyncio.to_thread(
                 calls.create_call, self.engine, channel_id=live.channel_id, caller=live.caller, did=live.did,
-                agent_id=agent["id"] if agent else None, worker=self.worker)
+                agent_id=agent["id"] if agent else None, direction=direction, worker=self.worker)
             log.info("call %d started (agent %s)", live.call_id, agent["name"] if agent else "-")
             log.debug("call %d from %r to DID %r", live.call_id, live.caller, live.did)
             await self.ari.answer(live.channel_id)
@@ -229,13 +232,14 @@ class VoiceApp:
         if live.recording:
             with contextlib.suppress(EvaError):
                 await self.ari.stop_recording(f"call-{live.call_id}")
-        for action in (lambda: self.ari.destroy_bridge(live.bridge_id) if live.bridge_id else None,
-                       lambda: self.ari.hangup(live.media_channel_id) if live.media_channel_id else None,
-                       lambda: self.ari.hangup(live.channel_id)):
-            coro = action()
-            if coro is not None:
-                with contextlib.suppress(EvaError):
-                    await coro
+        if live.bridge_id:
+            with contextlib.suppress(EvaError):
+                await self.ari.destroy_bridge(live.bridge_id)
+        if live.media_channel_id:
+            with contextlib.suppress(EvaError):
+                await self.ari.hangup(live.media_channel_id)
+        with contextlib.suppress(EvaError):
+            await self.ari.hangup(live.channel_id)
         self._media_channels.discard(live.media_channel_id)
         forget = getattr(self.responder, "forget", None)
         if callable(forget):

@@ -210,12 +210,17 @@ class FakeOllama:
             if not script.end_early:
                 await self._line(response, final)
             await response.write_eof()
-        except (ConnectionResetError, asyncio.CancelledError):
+        except ConnectionResetError:
             # The client went away mid-stream (a cancelled generation): that is what tests look for.
-            self.disconnects += 1
-            self.disconnected.set()
+            self._note_disconnect()
+        except asyncio.CancelledError:
+            self._note_disconnect()
             raise
         return response
+
+    def _note_disconnect(self) -> None:
+        self.disconnects += 1
+        self.disconnected.set()
 
     async def _line(self, response: web.StreamResponse, obj: Mapping[str, Any]) -> None:
         await response.write(json.dumps(obj).encode() + b"\n")

@@ -92,7 +92,8 @@ async def test_tool_results_and_earlier_tool_calls_are_sent_in_ollama_format(fak
                ChatMessage("tool", "Open 9 to 5.", tool_name="search_knowledge")]
     await collect(llm.stream(history, tools=[HANG_UP]))
     sent = fake.bodies("/api/chat")[0]["messages"]
-    assert sent[2]["tool_calls"] == [{"function": {"name": "search_knowledge", "arguments": {"query": "hours"}}}]
+    assert sent[2]["tool_calls"] == [
+        {"function": {"name": "search_knowledge", "arguments": {"query": "hours"}}}]
     assert sent[3] == {"role": "tool", "content": "Open 9 to 5.", "tool_name": "search_knowledge"}
 
 
@@ -178,7 +179,7 @@ async def test_server_down_raises_llm_unavailable() -> None:
 
 async def test_stalled_stream_raises_llm_timeout(fake: FakeOllama) -> None:
     backend = OllamaLLM(Settings(), url=fake.url, timeout=0.3)
-    fake.scripts.append(ChatScript(chunks=["slow"], delay=3.0))
+    fake.scripts.append(ChatScript(chunks=["slow"], delay=1.0))
     try:
         with pytest.raises(LlmTimeout) as info:
             await collect(backend.stream(MESSAGES))

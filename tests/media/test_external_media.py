@@ -43,7 +43,8 @@ async def _tone_call(settings: Settings, caller: Caller, media_format: str) -> t
             await ari.create_bridge(bridge_id)
             await ari.add_to_bridge(bridge_id, [channel_id])
             reply = await ari.external_media(media_id, f"127.0.0.1:{sock.getsockname()[1]}", media_format)
-            dest = (reply["channelvars"]["UNICASTRTP_LOCAL_ADDRESS"], int(reply["channelvars"]["UNICASTRTP_LOCAL_PORT"]))
+            variables = reply["channelvars"]
+            dest = (variables["UNICASTRTP_LOCAL_ADDRESS"], int(variables["UNICASTRTP_LOCAL_PORT"]))
             await asyncio.sleep(0.2)
             await ari.add_to_bridge(bridge_id, [media_id])
             loop = asyncio.get_running_loop()

@@ -74,7 +74,8 @@ def make_agent(engine: Engine) -> AgentFactory:
 
 
 @pytest.fixture
-async def kb(kb_settings: Settings, engine: Engine, local_embedder: LocalEmbedder) -> AsyncIterator[KnowledgeBase]:
+async def kb(kb_settings: Settings, engine: Engine,
+             local_embedder: LocalEmbedder) -> AsyncIterator[KnowledgeBase]:
     knowledge = KnowledgeBase(kb_settings, engine, embedder=local_embedder)
     try:
         yield knowledge

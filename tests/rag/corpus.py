@@ -10,19 +10,24 @@ from __future__ import annotations
 HANDBOOK_PAGES = [
     # page 1
     "Welcome to Northwind Outdoor Supply. Northwind was founded in 1987 in Duluth, Minnesota, by Ingrid "
-    "Halvorsen, who started by renting canoes to summer visitors. Today the company runs eleven stores across "
+    "Halvorsen, who started by renting canoes to summer visitors. Today the company runs eleven stores "
+    "across "
     "the upper Midwest and ships camping and paddling gear to all fifty states.\n\n"
-    "Our customer service line is staffed from 8 a.m. to 7 p.m. Central Time, Monday through Friday, and from "
+    "Our customer service line is staffed from 8 a.m. to 7 p.m. Central Time, Monday through Friday, and "
+    "from "
     "9 a.m. to 3 p.m. on Saturdays. The phone line is closed on Sundays. Email questions are answered within "
     "one business day.",
     # page 2
     "Store hours. All retail stores open at 10 a.m. and close at 8 p.m. from Monday to Saturday. On Sundays "
-    "stores open at noon and close at 5 p.m. The flagship store on Superior Street stays open until 9 p.m. on "
+    "stores open at noon and close at 5 p.m. The flagship store on Superior Street stays open until 9 "
+    "p.m. on "
     "Fridays during June, July and August.\n\n"
-    "Parking. Customers of the flagship store park free of charge in the Lakeview garage for up to two hours; "
+    "Parking. Customers of the flagship store park free of charge in the Lakeview garage for up to two "
+    "hours; "
     "ask the cashier to validate your ticket.",
     # page 3
-    "Membership. The Trailhead Club costs 25 dollars per year. Members earn 5 percent back in store credit on "
+    "Membership. The Trailhead Club costs 25 dollars per year. Members earn 5 percent back in store "
+    "credit on "
     "every purchase, get free standard shipping on all orders, and are invited to the annual members-only "
     "sale in October. Store credit expires 18 months after it is issued.\n\n"
     "Gift cards never expire and can be used online and in stores. Lost gift cards can be replaced only if "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import re
 
 import pytest
@@ -32,7 +33,7 @@ def test_chunks_respect_size_and_keep_sentences_whole() -> None:
 
 def test_overlap_repeats_the_previous_chunks_last_sentence() -> None:
     chunks = chunk_text(" ".join(SENTENCES), 200, 60)
-    for previous, current in zip(chunks, chunks[1:], strict=False):
+    for previous, current in itertools.pairwise(chunks):
         last_sentence = re.findall(r"Sentence number \d+ [^.]*\.", previous)[-1]
         assert current.startswith(last_sentence)
 
@@ -89,7 +90,7 @@ def test_bad_sizes_refused(size: int, overlap: int) -> None:
 
 
 _WORD = st.text(alphabet="abcdefghijklmnopqrstuvwxyzABCDEFGHIJ0123456789éü", min_size=1, max_size=30)
-_SENTENCE = st.lists(_WORD, min_size=1, max_size=25).map(lambda ws: " ".join(ws)) \
+_SENTENCE = st.lists(_WORD, min_size=1, max_size=25).map(" ".join) \
     .flatmap(lambda s: st.sampled_from([".", "!", "?", "", ","]).map(lambda end: s + end))
 
 

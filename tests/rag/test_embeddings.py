@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 from aiohttp import web
@@ -108,7 +108,8 @@ async def test_ollama_unreachable() -> None:
     assert info.value.code == "embedding_unavailable"
 
 
-async def _odd_server(handler: web.RequestHandler) -> tuple[web.AppRunner, str]:
+async def _odd_server(handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                      ) -> tuple[web.AppRunner, str]:
     app = web.Application()
     app.router.add_post("/api/embed", handler)
     runner = web.AppRunner(app, access_log=None)

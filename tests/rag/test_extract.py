@@ -91,8 +91,10 @@ def test_damaged_docx_is_corrupt() -> None:
 def test_html_drops_scripts_styles_and_head() -> None:
     page = """<!DOCTYPE html><html><head><title>Store policies</title><style>p{color:red}</style>
     <script>var secret = "do not index";</script></head>
-    <body><nav>Home</nav><h1>Returns</h1><p>Items can be returned within <b>30&nbsp;days</b> &amp; refunded.</p>
-    <ul><li>Keep the receipt</li><li>Use the original box</li></ul><noscript>enable js</noscript></body></html>"""
+    <body><nav>Home</nav><h1>Returns</h1>
+    <p>Items can be returned within <b>30&nbsp;days</b> &amp; refunded.</p>
+    <ul><li>Keep the receipt</li><li>Use the original box</li></ul>
+    <noscript>enable js</noscript></body></html>"""
     data = page.encode("utf-8")
     doc_type = detect_type(data, "policies.html")
     assert doc_type.kind == "html"

@@ -64,7 +64,7 @@ async def test_pdf_ingested_in_background_and_search_cites_the_page(kb: Knowledg
     document = await kb.ingest_bytes(agent, make_pdf(HANDBOOK), "handbook.pdf", description="store rules")
     assert document.status == "processing" and document.id is not None
     assert document.mime_type == "application/pdf" and document.title == "handbook"
-    assert Path(document.storage_path).is_file()
+    assert await asyncio.to_thread(Path(document.storage_path).is_file)
     assert Path(document.storage_path).is_relative_to(kb.settings.data_dir / "knowledge")
     await kb.wait_idle()
     ready = await kb.get_document(document.id)
@@ -85,7 +85,8 @@ async def test_pdf_ingested_in_background_and_search_cites_the_page(kb: Knowledg
 @pytest.mark.parametrize(("name", "data", "phrase"), [
     ("policies.docx", make_docx(HANDBOOK[1:2], heading="Refunds"), "thirty days"),
     ("faq.md", ("# Shipping\n\n" + HANDBOOK[2] + "\n\nSee [rates](https://example.com).").encode(), "Canada"),
-    ("page.html", f"<html><body><h1>Hours</h1><p>{HANDBOOK[0]}</p><script>x()</script></body></html>".encode(),
+    ("page.html",
+     f"<html><body><h1>Hours</h1><p>{HANDBOOK[0]}</p><script>x()</script></body></html>".encode(),
      "nine in the morning"),
     ("notes-cp1252.txt", ("Café opening: " + HANDBOOK[0] + " Prices in € only.").encode("cp1252"), "Café"),
     ("notes-utf16.txt", codecs.BOM_UTF16_LE + ("Grüße! " + HANDBOOK[1]).encode("utf-16-le"), "Grüße"),
@@ -122,8 +123,8 @@ async def test_ingest_file_from_disk(kb: KnowledgeBase, make_agent: AgentFactory
     ("scan.pdf", make_blank_pdf(), "document_empty"),
     ("broken.docx", b"PK\x03\x04" + b"\x00" * 200, "document_corrupt"),
 ])
-async def test_bad_documents_fail_with_the_error_stored(kb: KnowledgeBase, make_agent: AgentFactory, name: str,
-                                                        data: bytes, code: str) -> None:
+async def test_bad_documents_fail_with_the_error_stored(kb: KnowledgeBase, make_agent: AgentFactory,
+                                                        name: str, data: bytes, code: str) -> None:
     agent = make_agent("bad")
     good = await ingest_ready(kb, agent, make_pdf(HANDBOOK), "good.pdf")
     before = await assert_consistent(kb, agent)
@@ -206,12 +207,13 @@ async def test_unknown_agent_and_document(kb: KnowledgeBase) -> None:
 
 
 # ============================================================================== search
-async def test_search_limit_threshold_and_agent_isolation(kb: KnowledgeBase, make_agent: AgentFactory) -> None:
+async def test_search_limit_threshold_and_agent_isolation(kb: KnowledgeBase,
+                                                          make_agent: AgentFactory) -> None:
     shop, clinic = make_agent("shop"), make_agent("clinic")
     await ingest_ready(kb, shop, make_pdf(HANDBOOK), "shop.pdf")
     clinic_doc = await ingest_ready(
-        kb, clinic, b"The clinic opens at eight. Vaccinations need an appointment. Dr. Smith sees patients on "
-                    b"Mondays. Parking is free for patients.", "clinic.txt")
+        kb, clinic, b"The clinic opens at eight. Vaccinations need an appointment. Dr. Smith sees "
+                    b"patients on Mondays. Parking is free for patients.", "clinic.txt")
 
     hits = await kb.search(clinic, "when does it open?", limit=10)
     assert hits and {hit.document_id for hit in hits} == {clinic_doc}
@@ -268,7 +270,7 @@ async def test_delete_removes_rows_vectors_and_copy(kb: KnowledgeBase, make_agen
     await kb.delete_document(doc_id)
     with pytest.raises(NotFound):
         await kb.get_document(doc_id)
-    assert not copy.exists()
+    assert not await asyncio.to_thread(copy.exists)
     remaining = await assert_consistent(kb, agent)
     assert remaining == set(await asyncio.to_thread(kb.repo.chunk_ids, keep))
     assert {hit.document_id for hit in await kb.search(agent, "refund policy", limit=10)} == {keep}
@@ -283,7 +285,8 @@ async def test_reindex_with_new_chunking_replaces_everything(kb: KnowledgeBase, 
     doc_id = await ingest_ready(kb, agent, make_pdf(HANDBOOK), "h.pdf")
     old = await assert_consistent(kb, agent)
     await kb.close()
-    smaller = KnowledgeBase(kb.settings.with_(chunk_size=120, chunk_overlap=20), engine, embedder=local_embedder)
+    smaller = KnowledgeBase(kb.settings.with_(chunk_size=120, chunk_overlap=20), engine,
+                            embedder=local_embedder)
     try:
         document = await smaller.reindex(doc_id)
         assert document.status == "processing"
@@ -371,7 +374,10 @@ async def test_reindex_failing_halfway_keeps_the_old_index(kb: KnowledgeBase, ma
 async def test_vector_write_failure_fails_the_document_only(kb: KnowledgeBase, make_agent: AgentFactory,
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     agent = make_agent("chroma-down")
-    monkeypatch.setattr(kb.store, "upsert", lambda *_a, **_k: (_ for _ in ()).throw(StoreError("chroma down")))
+    def chroma_down(*_args: Any, **_kwargs: Any) -> None:
+        raise StoreError("chroma down")
+
+    monkeypatch.setattr(kb.store, "upsert", chroma_down)
     document = await kb.ingest_bytes(agent, make_pdf(HANDBOOK), "h.pdf")
     await kb.wait_idle()
     assert document.id is not None
@@ -390,7 +396,7 @@ async def test_delete_failing_in_sql_restores_the_vectors(kb: KnowledgeBase, mak
     with pytest.raises(Boom):
         await kb.delete_document(doc_id)
     assert await assert_consistent(kb, agent) == before
-    assert Path((await kb.get_document(doc_id)).storage_path).is_file()
+    assert await asyncio.to_thread(Path((await kb.get_document(doc_id)).storage_path).is_file)
     assert await kb.search(agent, "shipping to Canada", limit=3) == results_before
     monkeypatch.undo()
     await kb.delete_document(doc_id)
@@ -446,7 +452,8 @@ async def test_reconcile_reindexes_documents_with_missing_vectors(kb: KnowledgeB
 
 # ============================================================================== lifecycle
 async def test_close_interrupts_and_recover_resumes(kb_settings: Settings, engine: Engine,
-                                                    local_embedder: LocalEmbedder, make_agent: AgentFactory) -> None:
+                                                    local_embedder: LocalEmbedder,
+                                                    make_agent: AgentFactory) -> None:
     agent = make_agent("resume")
     first = KnowledgeBase(kb_settings, engine, embedder=local_embedder)
     document = await first.ingest_bytes(agent, make_pdf(HANDBOOK * 4), "long.pdf")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -52,7 +53,7 @@ def test_captured_asterisk_packets_decode() -> None:
     assert {len(p.payload) for p in packets} == {160}  # 20 ms of 8 kHz µ-law
     assert len({p.ssrc for p in packets}) == 1
     # Real traffic has gaps (here around the caller's DTMF digit): timestamps still advance 160 per sequence step.
-    for a, b in zip(packets, packets[1:], strict=False):
+    for a, b in itertools.pairwise(packets):
         steps = (b.sequence - a.sequence) & 0xFFFF
         assert 1 <= steps < 100
         assert (b.timestamp - a.timestamp) & 0xFFFFFFFF == 160 * steps
@@ -63,7 +64,7 @@ def test_captured_asterisk_packets_decode() -> None:
         jb.push(p)
     out = [jb.pop() for _ in range(len(packets) + 20)]
     assert sum(1 for o in out if o is not None) == len(packets)
-    assert jb.lost == sum(((b.sequence - a.sequence) & 0xFFFF) - 1 for a, b in zip(packets, packets[1:], strict=False))
+    assert jb.lost == sum(((b.sequence - a.sequence) & 0xFFFF) - 1 for a, b in itertools.pairwise(packets))
 
 
 def test_unpack_skips_csrc_extension_and_padding() -> None:

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from sqlmodel import select
+from sqlmodel import col, select
 
 from models import Call, CallTurn
 from models.db import session_scope
@@ -20,12 +20,12 @@ from voicebot.stt.whisper import WhisperStt
 pytestmark = [pytest.mark.asterisk, pytest.mark.slow, pytest.mark.asyncio(loop_scope="session")]
 
 
-def _call_row(runtime: EvaRuntime, call_id_hint: int | None = None) -> tuple[Call, list[CallTurn]]:
+def _call_row(runtime: EvaRuntime) -> tuple[Call, list[CallTurn]]:
     assert runtime.engine is not None
     with session_scope(runtime.engine) as session:
-        call = session.exec(select(Call).order_by(Call.id.desc())).first()  # type: ignore[union-attr]
+        call = session.exec(select(Call).order_by(col(Call.id).desc())).first()
         assert call is not None
-        turns = list(session.exec(select(CallTurn).where(CallTurn.call_id == call.id).order_by(CallTurn.index)))
+        turns = list(session.exec(select(CallTurn).where(CallTurn.call_id == call.id).order_by(col(CallTurn.index))))
         return call, turns
 
 
@@ -104,7 +104,7 @@ async def test_barge_in_stops_playout_and_marks_the_turn_interrupted(
     # The long answer would have run for ~20 s; the caller heard only a part of it.
     reply_audio = sum(e - s for s, e in regions if s > onset + 0.3 and s < onset + 1.5)
     assert reply_audio < 1.2
-    call, turns = _call_row(runtime)
+    _, turns = _call_row(runtime)
     interrupted = [t for t in turns if t.interrupted and t.kind == "speech"]
     assert interrupted, [(t.kind, t.interrupted) for t in turns]
     turn = interrupted[0]
@@ -156,7 +156,7 @@ async def test_hangup_mid_answer_leaves_nothing_running(
         assert _call_tasks() == []
         assert runtime.voice.calls == {}
         assert runtime.voice.ports.in_use == before_ports
-        call, turns = _call_row(runtime)
+        call, _ = _call_row(runtime)
         assert call.ended_at is not None
         assert call.outcome == "caller_hangup", call.outcome
     assert responder.cancelled >= 1  # at least one hang-up cancelled the LLM mid-stream

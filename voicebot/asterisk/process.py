@@ -8,6 +8,7 @@ for the CLI and test fixtures; the async server calls them through an executor.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -154,10 +155,8 @@ class Asterisk:
         """Stop Asterisk gracefully (then by signal) and unmount.  Idempotent."""
         pid = self.pid()
         if pid is not None:
-            try:
+            with contextlib.suppress(AsteriskError):
                 self.cli("core stop now", timeout=timeout)
-            except AsteriskError:
-                pass
             deadline = time.monotonic() + timeout
             while time.monotonic() < deadline and _alive(pid):
                 time.sleep(0.1)

@@ -63,7 +63,7 @@ class _Receiver(asyncio.DatagramProtocol):
     def __init__(self, transport: RtpTransport) -> None:
         self.owner = transport
 
-    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:  # type: ignore[override]
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
         self.owner._on_datagram(data, addr)
 
 

@@ -5,7 +5,7 @@ pjsua2 is not asyncio-friendly and keeps global state, so every call runs in its
 :class:`CallResult` back as JSON on the worker's stdout.
 """
 
-from voicebot.sipcaller.script import Action, CallResult, CallScript
 from voicebot.sipcaller.client import place_call, place_call_async
+from voicebot.sipcaller.script import Action, CallResult, CallScript
 
 __all__ = ["Action", "CallResult", "CallScript", "place_call", "place_call_async"]

@@ -7,6 +7,7 @@ call because the C++ side does not own them.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import tempfile
@@ -24,11 +25,11 @@ class _Call(pj.Call):  # type: ignore[misc]
         super().__init__(account)
         self.worker = worker
 
-    def onCallState(self, prm: Any) -> None:  # noqa: N802 - pjsua2 callback name
+    def onCallState(self, prm: Any) -> None:
         info = self.getInfo()
         self.worker.on_state(info)
 
-    def onCallMediaState(self, prm: Any) -> None:  # noqa: N802
+    def onCallMediaState(self, prm: Any) -> None:
         info = self.getInfo()
         for index, media in enumerate(info.media):
             if media.type == pj.PJMEDIA_TYPE_AUDIO and media.status == pj.PJSUA_CALL_MEDIA_ACTIVE:
@@ -163,10 +164,8 @@ class Worker:
             self.result.error = f"pjsua2: {exc.info()}"
         finally:
             if self.recorder is not None and self.audio is not None:
-                try:
+                with contextlib.suppress(pj.Error):
                     self.audio.stopTransmit(self.recorder)
-                except pj.Error:
-                    pass
             self.recorder = None
             self.players.clear()
             del call

@@ -1,0 +1,278 @@
+"""Calls: history with filters and pagination, detail with turns, recordings (Range), live calls, hangup,
+outbound calls; conversations and messages of every channel (read-only)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+from sqlalchemy import func
+from sqlmodel import Session, col, select
+
+from admin_api.control import OriginateRequest
+from admin_api.framework import ApiRouter, Ctx
+from admin_api.handlers.common import get_row, aware_utc
+from admin_api.schemas import (
+    CallDetail,
+    CallOut,
+    CallPage,
+    CallQuery,
+    CallTurnOut,
+    ConversationOut,
+    ConversationPage,
+    ConversationQuery,
+    LiveCallOut,
+    MessageOut,
+    MessagePage,
+    OutgoingCall,
+    OutgoingCallOut,
+    Pagination,
+)
+from admin_api.trunks import endpoint_name
+from models import Call, CallTurn, Conversation, Message
+from voicebot.asterisk.render import instance_path
+from voicebot.errors import Conflict, InvalidInput, NotFound
+
+router = ApiRouter("calls")
+conversations = ApiRouter("conversations")
+
+LOCAL_CARRIER_ENDPOINT = "carrier"
+"""The pjsip endpoint of Eva's local carrier (asterisk/config/pjsip.conf), used when no trunk is named."""
+
+
+def _call_out(call: Call) -> CallOut:
+    return CallOut.model_validate({**call.model_dump(), "has_recording": bool(call.recording_path)})
+
+
+@router.get("/calls", role="viewer", summary="Call history, newest first, with filters")
+async def list_calls(ctx: Ctx, query: CallQuery) -> CallPage:
+    if query.since and query.until and query.since >= query.until:
+        raise InvalidInput("since must be before until", field="since")
+
+    def load(session: Session) -> tuple[list[Call], int]:
+        conditions: list[Any] = []
+        if query.agent_id is not None:
+            conditions.append(col(Call.agent_id) == query.agent_id)
+        if query.caller is not None:
+            conditions.append(col(Call.caller).startswith(query.caller, autoescape=True))
+        if query.did is not None:
+            conditions.append(col(Call.did) == query.did)
+        if query.outcome is not None:
+            conditions.append(col(Call.outcome) == query.outcome)
+        if query.direction is not None:
+            conditions.append(col(Call.direction) == query.direction)
+        if query.since is not None:
+            conditions.append(col(Call.started_at) >= aware_utc(query.since))
+        if query.until is not None:
+            conditions.append(col(Call.started_at) < aware_utc(query.until))
+        rows = session.exec(
+            select(Call)
+            .where(*conditions)
+            .order_by(col(Call.started_at).desc(), col(Call.id).desc())
+            .offset(query.offset)
+            .limit(query.limit)
+        ).all()
+        total = session.exec(select(func.count()).select_from(Call).where(*conditions)).one()
+        return list(rows), int(total)
+
+    rows, total = await ctx.services.db(load)
+    return CallPage(items=[_call_out(c) for c in rows], total=total, limit=query.limit, offset=query.offset)
+
+
+@router.get("/calls/live", role="viewer", errors=(502, 503), summary="Calls up in Asterisk right now")
+async def live_calls(ctx: Ctx) -> list[LiveCallOut]:
+    live = await ctx.services.need_calls().live_calls()
+    ids = [c.channel_id for c in live if c.channel_id]
+
+    def rows(session: Session) -> dict[str, int]:
+        if not ids:
+            return {}
+        found = session.exec(select(Call.channel_id, Call.id).where(col(Call.channel_id).in_(ids))).all()
+        return {channel: call_id for channel, call_id in found if call_id is not None}
+
+    known = await ctx.services.db(rows)
+    return [
+        LiveCallOut(
+            channel_id=c.channel_id,
+            channel=c.channel,
+            state=c.state,
+            caller=c.caller,
+            did=c.did,
+            duration_s=c.duration_s,
+            call_id=known.get(c.channel_id),
+        )
+        for c in live
+    ]
+
+
+@router.post(
+    "/calls/outgoing",
+    role="admin",
+    status=202,
+    errors=(409, 502, 503),
+    summary="Call a number from an agent through a trunk",
+)
+async def outgoing_call(ctx: Ctx, body: OutgoingCall) -> OutgoingCallOut:
+    control = ctx.services.need_calls()
+    try:
+        agent = await ctx.services.agents.get_agent(body.agent_id)
+    except NotFound as exc:
+        raise InvalidInput(f"agent {body.agent_id} does not exist", field="agent_id") from exc
+    if not agent.active:
+        raise Conflict(f"agent {agent.name!r} is not active", field="agent_id")
+    endpoint = LOCAL_CARRIER_ENDPOINT
+    if body.trunk_id is not None:
+        try:
+            trunk = await ctx.services.trunks.get(body.trunk_id)
+        except NotFound as exc:
+            raise InvalidInput(f"trunk {body.trunk_id} does not exist", field="trunk_id") from exc
+        if not trunk.enabled:
+            raise Conflict(f"trunk {trunk.name!r} is disabled", field="trunk_id")
+        endpoint = endpoint_name(trunk.name)
+    assert agent.id is not None
+    channel_id = await control.originate(
+        OriginateRequest(
+            agent_id=agent.id,
+            agent_name=agent.name,
+            number=body.number,
+            endpoint=endpoint,
+            caller_id=body.caller_id,
+            timeout_s=body.timeout_s,
+        )
+    )
+    return OutgoingCallOut(channel_id=channel_id)
+
+
+@router.get("/calls/{call_id}", role="viewer", summary="A call with its turns and per-stage timings")
+async def get_call(ctx: Ctx, call_id: int) -> CallDetail:
+    call = await get_row(ctx, Call, call_id, "call")
+    turns = await ctx.services.db(
+        lambda s: list(
+            s.exec(
+                select(CallTurn)
+                .where(CallTurn.call_id == call_id)
+                .order_by(col(CallTurn.index), col(CallTurn.id))
+            ).all()
+        )
+    )
+    return CallDetail.model_validate(
+        {**_call_out(call).model_dump(), "turns": [CallTurnOut.model_validate(t) for t in turns]}
+    )
+
+
+def recording_file(ctx: Ctx, stored: str) -> Path:
+    """Where a call's recording is on this host.  The voice loop may store the path as Asterisk sees it
+    (inside the chroot) or as a host path; either way it must lie in the recordings folder."""
+    settings = ctx.services.settings
+    inner = instance_path(settings)
+    path = Path(stored)
+    if stored.startswith(inner + "/"):
+        path = settings.asterisk_dir / stored[len(inner) + 1 :]
+    elif not path.is_absolute():
+        path = settings.recordings_dir / path
+    base = settings.recordings_dir.resolve()
+    resolved = path.resolve()
+    if not resolved.is_relative_to(base):
+        raise NotFound("the recording is not in the recordings folder", field="recording")
+    return resolved
+
+
+@router.get(
+    "/calls/{call_id}/recording",
+    role="viewer",
+    errors=(416,),
+    response_media={"audio/wav": {"type": "string", "format": "binary"}},
+    summary="Download the call recording (streamed; Range requests supported)",
+)
+async def get_recording(ctx: Ctx, call_id: int) -> web.StreamResponse:
+    call = await get_row(ctx, Call, call_id, "call")
+    if not call.recording_path:
+        raise NotFound(f"call {call_id} has no recording", field="recording")
+    path = recording_file(ctx, call.recording_path)
+    if not path.is_file():
+        raise NotFound(f"the recording of call {call_id} is missing on disk", field="recording")
+    # FileResponse streams from disk in chunks and answers Range / If-Range itself (206, 416).
+    return web.FileResponse(
+        path,
+        headers={
+            "Content-Type": "audio/wav",
+            "Content-Disposition": f'attachment; filename="call-{call_id}.wav"',
+        },
+    )
+
+
+@router.post("/calls/{call_id}/hangup", role="admin", errors=(409, 502, 503), summary="Hang up a live call")
+async def hangup_call(ctx: Ctx, call_id: int) -> None:
+    control = ctx.services.need_calls()
+    call = await get_row(ctx, Call, call_id, "call")
+    if call.ended_at is not None:
+        raise Conflict(f"call {call_id} has already ended", field="call_id")
+    try:
+        await control.hangup(call.channel_id)
+    except NotFound as exc:
+        raise Conflict(f"call {call_id} is not live in Asterisk", field="call_id") from exc
+
+
+# ---------------------------------------------------------------------------------------------- conversatio
+@conversations.get("/conversations", role="viewer", summary="Conversations of every channel, newest first")
+async def list_conversations(ctx: Ctx, query: ConversationQuery) -> ConversationPage:
+    def load(session: Session) -> tuple[list[Conversation], int]:
+        conditions: list[Any] = []
+        if query.channel is not None:
+            conditions.append(col(Conversation.channel) == query.channel)
+        if query.agent_id is not None:
+            conditions.append(col(Conversation.agent_id) == query.agent_id)
+        if query.contact_id is not None:
+            conditions.append(col(Conversation.contact_id) == query.contact_id)
+        rows = session.exec(
+            select(Conversation)
+            .where(*conditions)
+            .order_by(col(Conversation.updated_at).desc(), col(Conversation.id).desc())
+            .offset(query.offset)
+            .limit(query.limit)
+        ).all()
+        total = session.exec(select(func.count()).select_from(Conversation).where(*conditions)).one()
+        return list(rows), int(total)
+
+    rows, total = await ctx.services.db(load)
+    return ConversationPage(
+        items=[ConversationOut.model_validate(r) for r in rows],
+        total=total,
+        limit=query.limit,
+        offset=query.offset,
+    )
+
+
+@conversations.get("/conversations/{conversation_id}", role="viewer", summary="Get a conversation")
+async def get_conversation(ctx: Ctx, conversation_id: int) -> ConversationOut:
+    return ConversationOut.model_validate(await get_row(ctx, Conversation, conversation_id, "conversation"))
+
+
+@conversations.get(
+    "/conversations/{conversation_id}/messages",
+    role="viewer",
+    summary="A conversation's messages, oldest first",
+)
+async def list_messages(ctx: Ctx, conversation_id: int, query: Pagination) -> MessagePage:
+    await get_row(ctx, Conversation, conversation_id, "conversation")
+
+    def load(session: Session) -> tuple[list[Message], int]:
+        condition = col(Message.conversation_id) == conversation_id
+        rows = session.exec(
+            select(Message)
+            .where(condition)
+            .order_by(col(Message.created_at), col(Message.id))
+            .offset(query.offset)
+            .limit(query.limit)
+        ).all()
+        total = session.exec(select(func.count()).select_from(Message).where(condition)).one()
+        return list(rows), int(total)
+
+    rows, total = await ctx.services.db(load)
+    return MessagePage(
+        items=[MessageOut.model_validate(r) for r in rows],
+        total=total,
+        limit=query.limit,
+        offset=query.offset,
+    )

@@ -1,0 +1,30 @@
+"""Small helpers shared by the handlers."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import TypeVar
+
+from sqlmodel import Session, SQLModel
+
+from admin_api.framework import Ctx
+from voicebot.errors import NotFound
+
+M = TypeVar("M", bound=SQLModel)
+
+
+async def get_row(ctx: Ctx, model: type[M], row_id: int, what: str) -> M:
+    """The row or NotFound (``what`` names it in the message and the field)."""
+
+    def load(session: Session) -> M | None:
+        return session.get(model, row_id)
+
+    row = await ctx.services.db(load)
+    if row is None:
+        raise NotFound(f"{what} {row_id} does not exist", field=f"{what}_id")
+    return row
+
+
+def aware_utc(value: datetime) -> datetime:
+    """A query bound as the database columns want it: timezone-aware UTC (a naive input is taken as UTC)."""
+    return value.astimezone(UTC) if value.tzinfo is not None else value.replace(tzinfo=UTC)

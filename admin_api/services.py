@@ -1,0 +1,77 @@
+"""The objects handlers work with, built once per application by ``create_app``."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from sqlalchemy.engine import Engine
+from sqlmodel import Session
+
+from admin_api.ami import AmiClient
+from admin_api.asterisk_link import AsteriskLink
+from admin_api.auth import AuthService
+from admin_api.control import CallControl
+from admin_api.dialplans import DialplanService
+from admin_api.flows import FlowService
+from admin_api.trunks import TrunkService
+from models.db import session_scope
+from voicebot.agent.store import AgentStore
+from voicebot.config import Settings
+from voicebot.errors import Unavailable
+
+if TYPE_CHECKING:
+    from rag import KnowledgeBase
+    from voicebot.llm.base import LanguageModel
+
+T = TypeVar("T")
+
+
+@dataclass
+class Services:
+    settings: Settings
+    engine: Engine
+    auth: AuthService
+    agents: AgentStore
+    link: AsteriskLink
+    trunks: TrunkService
+    dialplans: DialplanService
+    flows: FlowService
+    kb: KnowledgeBase | None = None
+    llm: LanguageModel | None = None
+    call_control: CallControl | None = None
+    ami: AmiClient | None = None
+    started: float = field(default_factory=time.monotonic)
+    owned: list[Any] = field(default_factory=list)
+    """Objects this app created and closes on shutdown (e.g. its AMI client)."""
+
+    async def db(self, fn: Callable[[Session], T]) -> T:
+        """Run ``fn(session)`` in one transaction on a worker thread."""
+
+        def transaction() -> T:
+            with session_scope(self.engine) as session:
+                return fn(session)
+
+        return await asyncio.to_thread(transaction)
+
+    def need_kb(self) -> KnowledgeBase:
+        if self.kb is None:
+            raise Unavailable(
+                "the knowledge base is not running in this process", code="knowledge_unavailable"
+            )
+        return self.kb
+
+    def need_llm(self) -> LanguageModel:
+        if self.llm is None:
+            raise Unavailable("no language model is configured in this process", code="llm_unavailable")
+        return self.llm
+
+    def need_calls(self) -> CallControl:
+        if self.call_control is None:
+            raise Unavailable(
+                "call control (Asterisk) is not available in this process", code="calls_unavailable"
+            )
+        return self.call_control

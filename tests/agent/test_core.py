@@ -1,0 +1,385 @@
+"""The agent core end to end: real SQLite, real Chroma knowledge (the demo document), the real embedded model;
+the Ollama backend (against the local NDJSON server) where a tool-calling or failing model is needed."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from sqlalchemy.engine import Engine
+
+from models import Agent, Contact
+from rag import KnowledgeBase
+from tests.agent.conftest import DemoWorld
+from tests.fakes.ollama_server import ChatScript, FakeOllama
+from voicebot.agent.core import (
+    HANG_UP,
+    SEARCH_KNOWLEDGE,
+    TRANSFER_CALL,
+    AgentCore,
+    ReplyDone,
+    ReplyEvent,
+    ReplyStarted,
+)
+from voicebot.agent.store import AgentStore
+from voicebot.config import Settings
+from voicebot.errors import InvalidInput, NotFound
+from voicebot.llm.base import (
+    ChatMessage,
+    GenerationOptions,
+    LanguageModel,
+    LlmEvent,
+    TextDelta,
+    ToolCall,
+    ToolSpec,
+)
+from voicebot.llm.embedded import EmbeddedLLM
+from voicebot.llm.ollama import OllamaLLM
+
+
+class Recording(LanguageModel):
+    """Delegates to a real backend and keeps what the core asked it (to check memory and prompts)."""
+
+    def __init__(self, inner: LanguageModel) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.supports_tools = inner.supports_tools
+        self.calls: list[tuple[list[ChatMessage], list[str], list[str], GenerationOptions | None]] = []
+
+    @property
+    def default_model(self) -> str:
+        return self.inner.default_model
+
+    async def stream(self, messages: Sequence[ChatMessage], *, tools: Sequence[ToolSpec] = (),
+                     knowledge: Sequence[str] = (),
+                     options: GenerationOptions | None = None) -> AsyncGenerator[LlmEvent, None]:
+        self.calls.append((list(messages), [t.name for t in tools], list(knowledge), options))
+        async with contextlib.aclosing(self.inner.stream(messages, tools=tools, knowledge=knowledge,
+                                                         options=options)) as events:
+            async for event in events:
+                yield event
+
+    async def list_models(self) -> list[str]:
+        return await self.inner.list_models()
+
+    async def close(self) -> None:
+        return None
+
+
+@dataclass(frozen=True)
+class Demo:
+    """The seeded demo world as one fixture: settings, an engine on its database, the demo agent."""
+
+    settings: Settings
+    engine: Engine
+    agent: Agent
+
+
+@pytest.fixture
+async def demo(demo_world: DemoWorld, demo_engine: Engine) -> Demo:
+    agent = await AgentStore(demo_engine).get_agent(demo_world.demo_agent_id)
+    return Demo(demo_world.settings, demo_engine, agent)
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeOllama]:
+    async with FakeOllama() as server:
+        yield server
+
+
+@pytest.fixture
+async def ollama_llm(fake: FakeOllama, demo_world: DemoWorld) -> AsyncIterator[OllamaLLM]:
+    llm = OllamaLLM(demo_world.settings, url=fake.url, model="llama3.2", timeout=5.0)
+    yield llm
+    await llm.close()
+
+
+async def contact(engine: Engine, **ids: str) -> Contact:
+    return await AgentStore(engine).find_or_create_contact(**ids)
+
+
+async def run(core: AgentCore, agent: Agent, who: Contact | None, channel: str, text: str,
+              **kwargs: Any) -> list[ReplyEvent]:
+    async with contextlib.aclosing(core.reply(agent, who, channel, text, **kwargs)) as events:
+        return [event async for event in events]
+
+
+def done_of(events: list[ReplyEvent]) -> ReplyDone:
+    assert isinstance(events[-1], ReplyDone)
+    return events[-1]
+
+
+async def test_reply_streams_persists_timings_and_cites_knowledge(
+        demo: Demo, knowledge: KnowledgeBase,
+        embedded_llm: EmbeddedLLM) -> None:
+    core = AgentCore(demo.settings, demo.engine, embedded_llm, knowledge)
+    who = await contact(demo.engine, phone="+15550001111")
+    events = await run(core, demo.agent, who, "voice", "How much is a flat tire repair?")
+    started = events[0]
+    assert isinstance(started, ReplyStarted)
+    deltas = [e for e in events if isinstance(e, TextDelta)]
+    assert len(deltas) >= 3
+    done = done_of(events)
+    assert done.text == "".join(d.text for d in deltas)
+    assert "15" in done.text
+    assert not done.fallback and done.error is None
+    assert done.citations and done.citations[0].title == "Sunny Side Bike Shop facts"
+    assert done.citations[0].chunk_id and done.citations[0].document_id > 0
+    assert {"retrieval_ms", "llm_first_token_ms", "total_ms"} <= set(done.timings)
+    assert done.timings["llm_first_token_ms"] <= done.timings["total_ms"]
+    assert done.completion_tokens and done.prompt_tokens
+
+    stored = await core.messages(started.conversation_id)
+    assert [(m.role, m.id) for m in stored] == [("user", started.user_message_id),
+                                                ("assistant", started.assistant_message_id)]
+    user, assistant = stored
+    assert user.text == "How much is a flat tire repair?"
+    assert assistant.text == done.text
+    assert assistant.timings is not None and assistant.timings["total_ms"] == done.timings["total_ms"]
+    assert assistant.citations is not None
+    assert assistant.citations[0]["chunk_id"] == done.citations[0].chunk_id
+    assert assistant.citations[0]["title"] == "Sunny Side Bike Shop facts"
+    assert assistant.completion_tokens == done.completion_tokens
+    # The knowledge reached the model: the whole demo chunk, not just the question.
+    assert done.timings["llm_backend"] == "embedded"
+
+
+async def test_memory_spans_channels_for_one_contact_and_only_that_contact(
+        demo: Demo, embedded_llm: EmbeddedLLM) -> None:
+    llm = Recording(embedded_llm)
+    core = AgentCore(demo.settings, demo.engine, llm, None)
+    carla = await contact(demo.engine, phone="+15550002222")
+    stranger = await contact(demo.engine, phone="+15550003333")
+    await run(core, demo.agent, stranger, "voice", "I am the stranger, remember me.")
+    first = done_of(await run(core, demo.agent, carla, "voice", "Hello, this is Carla calling."))
+    # Later Carla writes on WhatsApp: the WhatsApp id finds the same contact, and the call is in memory.
+    carla_wa = await contact(demo.engine, whatsapp_id="15550002222")
+    assert carla_wa.id == carla.id
+    second = done_of(await run(core, demo.agent, carla_wa, "whatsapp", "Do you remember me?"))
+    assert second.conversation_id != first.conversation_id
+    messages = llm.calls[-1][0]
+    turns = [(m.role, m.content) for m in messages if m.role != "system"]
+    assert turns == [("user", "Hello, this is Carla calling."), ("assistant", first.text),
+                     ("user", "Do you remember me?")]
+    assert messages[0] == ChatMessage("system", demo.agent.persona)  # persona first, on its own
+    assert "WhatsApp" in messages[1].content  # channel guidance
+
+
+async def test_memory_is_limited_to_the_last_messages(demo: Demo, embedded_llm: EmbeddedLLM) -> None:
+    llm = Recording(embedded_llm)
+    core = AgentCore(demo.settings, demo.engine, llm, None, memory_messages=2)
+    who = await contact(demo.engine, email="memory@example.org")
+    conversation: int | None = None
+    for text in ("first", "second", "third"):
+        conversation = done_of(await run(core, demo.agent, who, "email", f"Message {text}.",
+                                         conversation_id=conversation)).conversation_id
+    memory = [m.content for m in llm.calls[-1][0] if m.role != "system"]
+    assert memory[0] == "Message second." and memory[-1] == "Message third." and len(memory) == 3
+
+
+async def test_anonymous_caller_only_remembers_this_conversation(
+        demo: Demo, embedded_llm: EmbeddedLLM) -> None:
+    llm = Recording(embedded_llm)
+    core = AgentCore(demo.settings, demo.engine, llm, None)
+    await run(core, demo.agent, None, "voice", "Someone else entirely.")
+    conversation = await core.start_conversation(demo.agent.id or 0, None, "voice", external_id="call-1")
+    await run(core, demo.agent, None, "voice", "Hi there.", conversation_id=conversation)
+    await run(core, demo.agent, None, "voice", "Still me.", conversation_id=conversation)
+    users = [m.content for m in llm.calls[-1][0] if m.role == "user"]
+    assert users == ["Hi there.", "Still me."]
+
+
+async def test_llm_down_yields_the_fallback_message(demo: Demo, knowledge: KnowledgeBase,
+                                                    caplog: pytest.LogCaptureFixture) -> None:
+    llm = OllamaLLM(demo.settings, url="http://127.0.0.1:9", timeout=2.0)  # port 9: nothing listens
+    core = AgentCore(demo.settings, demo.engine, llm, knowledge)
+    events = await run(core, demo.agent, None, "voice", "Are you open on Sunday?")
+    done = done_of(events)
+    assert done.fallback and done.error == "llm_unavailable"
+    assert done.text == demo.agent.fallback_message
+    assert [e.text for e in events if isinstance(e, TextDelta)] == [demo.agent.fallback_message]
+    stored = await core.messages(done.conversation_id)
+    assert stored[-1].text == demo.agent.fallback_message
+    assert stored[0].text == "Are you open on Sunday?"  # the caller's words are never lost
+    assert any("llm_unavailable" in r.getMessage() for r in caplog.records)
+    await llm.close()
+
+
+@pytest.mark.parametrize(("script", "error"), [
+    (ChatScript(status=500, error="boom"), "llm_error"),
+    (ChatScript(chunks=[], error_after=0), "llm_error"),
+    (ChatScript(chunks=[""]), "llm_empty_reply"),
+])
+async def test_llm_errors_yield_the_fallback(demo: Demo,
+                                             fake: FakeOllama, ollama_llm: OllamaLLM, script: ChatScript,
+                                             error: str) -> None:
+    if script.error_after == 0:
+        script = ChatScript(chunks=["never"], error_after=0)
+    fake.scripts.append(script)
+    core = AgentCore(demo.settings, demo.engine, ollama_llm, None)
+    done = done_of(await run(core, demo.agent, None, "chat", "Hello?"))
+    assert done.fallback and done.error == error and done.text == demo.agent.fallback_message
+
+
+async def test_missing_model_yields_fallback(demo: Demo,
+                                             fake: FakeOllama, ollama_llm: OllamaLLM) -> None:
+    agent = demo.agent.model_copy(update={"llm_model": "not-pulled"})
+    core = AgentCore(demo.settings, demo.engine, ollama_llm, None)
+    done = done_of(await run(core, agent, None, "chat", "Hello?"))
+    assert done.fallback and done.error == "llm_model_missing"
+    assert fake.bodies("/api/chat")[0]["model"] == "not-pulled"
+
+
+async def test_llm_timeout_yields_fallback(demo: Demo,
+                                           fake: FakeOllama, ollama_llm: OllamaLLM) -> None:
+    fake.scripts.append(ChatScript(chunks=["too", " late"], delay=1.0))
+    core = AgentCore(demo.settings.with_(llm_timeout=0.3), demo.engine, ollama_llm, None)
+    done = done_of(await run(core, demo.agent, None, "voice", "Hello?"))
+    assert done.fallback and done.error == "llm_timeout"
+
+
+async def test_failure_after_partial_text_keeps_the_text(demo: Demo, fake: FakeOllama,
+                                                         ollama_llm: OllamaLLM) -> None:
+    fake.scripts.append(ChatScript(chunks=["We open", " at nine", " and"], error_after=2))
+    core = AgentCore(demo.settings, demo.engine, ollama_llm, None)
+    done = done_of(await run(core, demo.agent, None, "voice", "When do you open?"))
+    assert done.text == "We open at nine" and not done.fallback and done.error == "llm_error"
+
+
+async def test_reply_never_exceeds_max_tokens(demo: Demo,
+                                              fake: FakeOllama, ollama_llm: OllamaLLM,
+                                              embedded_llm: EmbeddedLLM) -> None:
+    agent = demo.agent.model_copy(update={"max_tokens": 5})
+    # A server that ignores num_predict: the core stops it.
+    fake.scripts.append(ChatScript(chunks=[f" word{i}" for i in range(300)]))
+    core = AgentCore(demo.settings, demo.engine, ollama_llm, None)
+    events = await run(core, agent, None, "chat", "Talk a lot.")
+    assert len([e for e in events if isinstance(e, TextDelta)]) == 5
+    assert done_of(events).timings["finish_reason"] == "length"
+    assert fake.bodies("/api/chat")[0]["options"]["num_predict"] == 5
+    # The real model is told the limit and keeps it.
+    real = AgentCore(demo.settings, demo.engine, embedded_llm, None)
+    done = done_of(await run(real, agent, None, "chat", "Tell me everything about the shop."))
+    assert done.completion_tokens is not None and done.completion_tokens <= 5
+
+
+async def test_tool_calls_are_surfaced_and_search_knowledge_runs_in_the_core(
+        demo: Demo, knowledge: KnowledgeBase,
+        fake: FakeOllama, ollama_llm: OllamaLLM) -> None:
+    fake.scripts.append(ChatScript(chunks=[], tool_calls=[{"name": "search_knowledge",
+                                                           "arguments": {"query": "tire repair price"}}]))
+    fake.scripts.append(ChatScript(chunks=["A flat tire repair costs 15 dollars.", " Transferring you."],
+                                   tool_calls=[{"name": "transfer_call", "arguments": {"target": "workshop"}},
+                                               {"name": "launch_rocket", "arguments": {}},
+                                               {"name": "send_email", "arguments": {"subject": "no body"}}]))
+    core = AgentCore(demo.settings, demo.engine, ollama_llm, knowledge, knowledge_threshold=0.99)
+    events = await run(core, demo.agent, None, "voice", "How much to fix my tire? Then put me through.")
+    calls = [e for e in events if isinstance(e, ToolCall)]
+    assert [(c.name, dict(c.arguments)) for c in calls] == [("transfer_call", {"target": "workshop"})]
+    done = done_of(events)
+    assert done.tool_calls == tuple(calls)
+    # Nothing passed the 0.99 threshold up front, so the citations come from the tool's search.
+    assert done.citations and done.citations[0].title == "Sunny Side Bike Shop facts"
+    first, second = fake.bodies("/api/chat")
+    assert {t["function"]["name"] for t in first["tools"]} == {
+        TRANSFER_CALL.name, HANG_UP.name, "send_whatsapp", "send_email", SEARCH_KNOWLEDGE.name}
+    tool_message = second["messages"][-1]
+    assert tool_message["role"] == "tool" and tool_message["tool_name"] == "search_knowledge"
+    assert "15 dollars" in tool_message["content"]
+    assert second["messages"][-2]["tool_calls"][0]["function"]["name"] == "search_knowledge"
+    stored = (await core.messages(done.conversation_id))[-1]
+    assert {c["name"] for c in stored.tool_calls or []} == {"transfer_call", "search_knowledge"}
+
+
+async def test_tools_offered_depend_on_the_channel(demo: Demo, fake: FakeOllama,
+                                                  ollama_llm: OllamaLLM) -> None:
+    fake.scripts.append(ChatScript(chunks=["Bye."], tool_calls=[{"name": "hang_up", "arguments": {}}]))
+    core = AgentCore(demo.settings, demo.engine, ollama_llm, None)
+    events = await run(core, demo.agent, None, "whatsapp", "Bye")
+    assert not [e for e in events if isinstance(e, ToolCall)]  # hang_up is not a WhatsApp tool
+    offered = {t["function"]["name"] for t in fake.bodies("/api/chat")[0]["tools"]}
+    assert offered == {"send_email"}  # search_knowledge only with a knowledge base
+    await run(core, demo.agent, None, "voice", "Hi", tools=[])
+    assert "tools" not in fake.bodies("/api/chat")[1] or not fake.bodies("/api/chat")[1]["tools"]
+
+
+async def test_cancellation_stores_partial_reply_and_mark_interrupted(
+        demo: Demo, fake: FakeOllama,
+        ollama_llm: OllamaLLM) -> None:
+    fake.scripts.append(ChatScript(chunks=["Our shop", " is open", *[" and more"] * 100], delay=0.05))
+    core = AgentCore(demo.settings, demo.engine, ollama_llm, None)
+    started: list[ReplyStarted] = []
+    spoken = asyncio.Event()
+
+    async def speak() -> None:
+        async with contextlib.aclosing(core.reply(demo.agent, None, "voice", "When are you open?")) as events:
+            async for event in events:
+                if isinstance(event, ReplyStarted):
+                    started.append(event)
+                elif isinstance(event, TextDelta) and event.text == " is open":
+                    spoken.set()
+
+    task = asyncio.create_task(speak())
+    await asyncio.wait_for(spoken.wait(), 10)
+    task.cancel()  # barge-in
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await asyncio.wait_for(fake.disconnected.wait(), 5)  # the LLM stream was closed
+    message_id = started[0].assistant_message_id
+    stored = (await core.messages(started[0].conversation_id))[-1]
+    assert stored.id == message_id and stored.timings and stored.timings["cancelled"] is True
+    assert stored.text.startswith("Our shop is open") and len(stored.text) < 60
+    await core.mark_interrupted(message_id, "Our shop")
+    stored = (await core.messages(started[0].conversation_id))[-1]
+    assert stored.text == "Our shop"
+    assert stored.timings and stored.timings["interrupted"] is True
+    assert stored.timings["generated_text"].startswith("Our shop is open")
+    with pytest.raises(NotFound):
+        await core.mark_interrupted(started[0].user_message_id, "x")  # not an assistant message
+
+
+async def test_knowledge_failure_still_answers(demo: Demo,
+                                               embedded_llm: EmbeddedLLM) -> None:
+    kb = KnowledgeBase(demo.settings, demo.engine)
+    await kb.close()  # every search now fails
+    core = AgentCore(demo.settings, demo.engine, embedded_llm, kb)
+    done = done_of(await run(core, demo.agent, None, "voice", "Where is the shop?"))
+    assert done.text and not done.fallback and not done.citations
+    assert done.timings["retrieval_error"] == "knowledge_closed"
+
+
+BAD_INPUT = [
+    ("voice", "   ", None, InvalidInput, "text"),
+    ("voice", "x" * 8001, None, InvalidInput, "text"),
+    ("fax", "hello", None, InvalidInput, "channel"),
+    ("voice", "hello", 987654, NotFound, "conversation_id"),
+]
+
+
+@pytest.mark.parametrize("case", BAD_INPUT, ids=["blank", "too-long", "channel", "conversation"])
+async def test_bad_input_is_rejected_and_nothing_stored(
+        demo: Demo, embedded_llm: EmbeddedLLM,
+        case: tuple[str, str, int | None, type[Exception], str]) -> None:
+    channel, text, conversation_id, error, field = case
+    core = AgentCore(demo.settings, demo.engine, embedded_llm, None)
+    who = await contact(demo.engine, phone="+15550009999")
+    with pytest.raises(error) as info:
+        await run(core, demo.agent, who, channel, text, conversation_id=conversation_id)
+    assert getattr(info.value, "field", None) == field
+    from sqlmodel import Session, select
+
+    from models import Conversation
+
+    with Session(demo.engine) as session:
+        assert not session.exec(select(Conversation).where(Conversation.contact_id == who.id)).all()
+
+
+async def test_respond_collects_the_reply(demo: Demo,
+                                          knowledge: KnowledgeBase, embedded_llm: EmbeddedLLM) -> None:
+    core = AgentCore(demo.settings, demo.engine, embedded_llm, knowledge)
+    done = await core.respond(demo.agent, None, "email", "How much does a bike service cost?")
+    assert "49" in done.text and done.citations

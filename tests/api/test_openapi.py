@@ -1,0 +1,153 @@
+"""The OpenAPI document, checked against the live server by schemathesis (property-based), plus its docs page.
+
+The server is the whole API in a thread of its own (schemathesis calls it synchronously over real HTTP): a real
+SQLite database, the real knowledge base (MiniLM + embedded Chroma), the real embedded LLM (for the model list),
+call control through AMI of the session's real Asterisk.  Trunk and dialplan changes run *offline* here (written
+to this server's own data directory, not into the shared Asterisk, which random input must not reconfigure).
+
+Excluded from generation, each covered by its own test: ``POST /agents/{id}/test`` (a generated agent may ask
+for 8192 tokens: minutes of CPU per example) and ``POST /calls/outgoing`` (it would place real calls).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+import schemathesis
+from aiohttp import web
+from hypothesis import HealthCheck, settings
+from schemathesis.specs.openapi.checks import positive_data_acceptance
+
+from admin_api.ami import AmiCallControl, AmiClient
+from admin_api.app import create_app
+from models.db import make_engine, upgrade
+from rag import KnowledgeBase
+from rag.embeddings import LocalEmbedder
+from tests.api.conftest import offline_settings, seed_principals
+from tests.embedded_model import shared_embedded_llm
+from voicebot.asterisk.process import Asterisk
+from voicebot.config import Settings
+
+EXAMPLES = 12
+"""Examples per operation and phase: bounded so the whole run stays well under a minute on two cores."""
+EXCLUDED = ("/api/v1/agents/{agent_id}/test", "/api/v1/calls/outgoing")
+
+
+class LiveServer(threading.Thread):
+    """The admin API served by its own event loop in a background thread."""
+
+    def __init__(self, settings: Settings, ami_settings: Settings) -> None:
+        super().__init__(name="eva-api-under-test", daemon=True)
+        self.settings = settings
+        self.ami_settings = ami_settings
+        self.ready = threading.Event()
+        self.error: BaseException | None = None
+        self.url = ""
+        self.keys: dict[str, str] = {}
+        self.loop = asyncio.new_event_loop()
+
+    def run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        try:
+            runner, kb, ami = self.loop.run_until_complete(self._start())
+        except BaseException as exc:  # reported to the fixture, which fails the test with it
+            self.error = exc
+            self.ready.set()
+            return
+        self.ready.set()
+        self.loop.run_forever()
+        self.loop.run_until_complete(self._shutdown(runner, kb, ami))
+        self.loop.close()
+
+    async def _start(self) -> tuple[web.AppRunner, KnowledgeBase, AmiClient]:
+        engine = make_engine(self.settings.effective_database_url)
+        await asyncio.to_thread(upgrade, engine)
+        _users, self.keys = await asyncio.to_thread(seed_principals, engine)
+        kb = KnowledgeBase(self.settings, engine, embedder=LocalEmbedder())
+        ami = AmiClient(self.ami_settings)
+        app = create_app(self.settings, engine, kb=kb, llm=shared_embedded_llm(), offline_asterisk=True,
+                         call_control=AmiCallControl(ami, self.ami_settings))
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        host, port = runner.addresses[0][:2]
+        self.url = f"http://{host}:{port}"
+        return runner, kb, ami
+
+    async def _shutdown(self, runner: web.AppRunner, kb: KnowledgeBase, ami: AmiClient) -> None:
+        await runner.cleanup()
+        await kb.wait_idle()
+        await kb.close()
+        await ami.close()
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.join(timeout=60)
+
+
+@pytest.fixture(scope="module")
+def live_server(tmp_path_factory: pytest.TempPathFactory, asterisk: Asterisk,
+                eva_settings: Settings) -> Iterator[LiveServer]:
+    data: Path = tmp_path_factory.mktemp("eva-api-schemathesis")
+    server = LiveServer(offline_settings(data, max_upload_mb=1), eva_settings)
+    server.start()
+    server.ready.wait(timeout=120)
+    if server.error is not None:
+        raise server.error
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def api_schema(live_server: LiveServer) -> Any:
+    loaded = schemathesis.openapi.from_url(f"{live_server.url}/api/v1/openapi.json")
+    return loaded.exclude(path=list(EXCLUDED))
+
+
+schema = schemathesis.pytest.from_fixture("api_schema")
+
+
+@pytest.mark.asterisk
+@pytest.mark.slow
+@schema.parametrize()
+@settings(max_examples=EXAMPLES, deadline=None, derandomize=True,
+          suppress_health_check=list(HealthCheck))
+def test_openapi_document_holds_against_the_live_server(case: schemathesis.Case, live_server: LiveServer) -> None:
+    """Every operation: no 5xx, responses match the documented schemas, statuses and content types, invalid
+    input is rejected, secured operations refuse anonymous calls.  Positive-data acceptance is not required:
+    schema-valid input can still be refused for what it refers to (a missing agent, a duplicate name: 404/409/
+    422 are the right answers there)."""
+    case.call_and_validate(base_url=live_server.url, headers={"X-API-Key": live_server.keys["admin"]},
+                           excluded_checks=[positive_data_acceptance])
+
+
+@pytest.mark.asterisk
+def test_document_and_docs_page(live_server: LiveServer) -> None:
+    spec = requests.get(f"{live_server.url}/api/v1/openapi.json", timeout=10).json()
+    assert spec["openapi"].startswith("3.")
+    operations = [(method, path) for path, item in spec["paths"].items() for method in item]
+    assert len(operations) >= 60
+    for path, item in spec["paths"].items():
+        for method, operation in item.items():
+            assert operation["summary"], (method, path)
+            assert operation["x-eva-role"] in ("public", "viewer", "designer", "admin")
+            if operation["x-eva-role"] != "public":
+                assert {"401", "403"} <= set(operation["responses"]), (method, path)
+                assert operation["security"] == [{"bearerAuth": []}, {"apiKey": []}]
+    agent = spec["components"]["schemas"]["AgentCreate"]
+    assert agent["additionalProperties"] is False
+    assert "password" not in spec["components"]["schemas"]["TrunkOut"]["properties"]
+    page = requests.get(f"{live_server.url}/api/v1/docs", timeout=10)
+    assert page.status_code == 200 and page.headers["Content-Type"].startswith("text/html")
+    assert "<script" not in page.text and "http://" not in page.text.replace(live_server.url, "")
+    assert "/api/v1/sip/trunks/{trunk_id}/status" in page.text
+
