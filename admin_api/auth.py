@@ -330,7 +330,11 @@ class AuthService:
     async def authenticate(self, request: web.Request) -> Principal:
         api_key = request.headers.get("X-API-Key", "").strip()
         header = request.headers.get("Authorization", "").strip()
-        if not api_key and header:
+        if api_key and header:
+            # Two credentials are ambiguous (and one may be a stale or forged one): refuse rather than pick.
+            raise AuthError("send either an Authorization header or an X-API-Key header, not both",
+                            code="ambiguous_credentials")
+        if header:
             scheme, _, value = header.partition(" ")
             if scheme.lower() != "bearer" or not value.strip():
                 raise AuthError(

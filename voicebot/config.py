@@ -62,6 +62,13 @@ class Settings:
     local_carrier_ip: str = "127.0.0.1"
     """Source address accepted as the local 'carrier' trunk (tests and `eva call` dial in from here)."""
     asterisk_boot_timeout: float = 60.0
+    manage_asterisk: bool = True
+    """True: ``eva run`` starts/stops Asterisk in the local chroot.  False: Asterisk runs elsewhere (a container,
+    another host); Eva only renders its configuration into ``<data_dir>/asterisk`` and talks ARI/AMI to it."""
+    asterisk_instance_path: str = ""
+    """Where Asterisk sees ``<data_dir>/asterisk`` (empty: ``/eva/<id>`` inside the local chroot)."""
+    asterisk_host: str = ""
+    """Host of ARI/AMI when Asterisk runs elsewhere (empty: bind_host)."""
 
     # --- media transport (ExternalMedia RTP between Asterisk and Eva) ---
     media_host: str = "127.0.0.1"
@@ -164,7 +171,7 @@ class Settings:
 
     @property
     def ari_url(self) -> str:
-        return f"http://{self.bind_host}:{self.ari_port}/ari"
+        return f"http://{self.asterisk_host or self.bind_host}:{self.ari_port}/ari"
 
     # ------------------------------------------------------------------ loading
     @classmethod

@@ -144,16 +144,18 @@ def serve() -> int:
     from voicebot.setup import setup
 
     settings = setup(ensure_secrets(Settings.load()))
-    asterisk = Asterisk(settings)
-    print("Starting Asterisk ...", flush=True)
-    asterisk.start()
+    asterisk = Asterisk(settings) if settings.manage_asterisk else None
+    if asterisk is not None:
+        print("Starting Asterisk ...", flush=True)
+        asterisk.start()
     try:
         asyncio.run(_run(settings))
     except KeyboardInterrupt:
         pass
     finally:
-        print("Stopping Asterisk ...", flush=True)
-        asterisk.stop()
+        if asterisk is not None:
+            print("Stopping Asterisk ...", flush=True)
+            asterisk.stop()
     print("Eva stopped.")
     return 0
 

@@ -65,7 +65,7 @@ def _secrets_run(settings: Settings) -> Settings:
 def _image_done(settings: Settings) -> bool:
     from voicebot.asterisk.image import image_ready
 
-    return image_ready(settings.asterisk_root)
+    return not settings.manage_asterisk or image_ready(settings.asterisk_root)
 
 
 def _image_run(settings: Settings) -> None:

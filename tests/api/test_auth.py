@@ -190,6 +190,9 @@ async def test_api_keys_both_headers_role_and_revocation(api: Api) -> None:
         assert (status, me["kind"], me["role"]) == (200, "api_key", "designer")
     status, _ = await api.call("GET", "/api/v1/users", role=None, headers={"X-API-Key": key})
     assert status == 403
+    # Two credentials at once are refused, whichever is valid.
+    status, error = await api.call("GET", "/api/v1/auth/me", role="admin", headers={"X-API-Key": key})
+    assert (status, error["error"]["code"]) == (401, "ambiguous_credentials")
     # Right prefix, wrong secret: refused (the digest is compared, not the prefix).
     tampered = key[:-4] + ("AAAA" if not key.endswith("AAAA") else "BBBB")
     assert (await api.call("GET", "/api/v1/auth/me", role=None, headers={"X-API-Key": tampered}))[0] == 401

@@ -27,8 +27,8 @@ def instance_id(settings: Settings) -> str:
 
 
 def instance_path(settings: Settings) -> str:
-    """Where the instance folder appears inside the chroot."""
-    return f"/eva/{instance_id(settings)}"
+    """Where the instance folder appears to Asterisk (inside the chroot, or as configured for a container)."""
+    return settings.asterisk_instance_path.rstrip("/") or f"/eva/{instance_id(settings)}"
 
 
 def template_values(settings: Settings) -> dict[str, str]:

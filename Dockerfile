@@ -1,0 +1,18 @@
+# Eva's application image (ARI app + admin API + models).  Asterisk runs in its own container (asterisk/Dockerfile).
+FROM python:3.11-slim-bookworm
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONUNBUFFERED=1 EVA_DATA_DIR=/var/lib/eva
+RUN apt-get update && apt-get install -y --no-install-recommends build-essential cmake && rm -rf /var/lib/apt/lists/*
+WORKDIR /opt/eva
+# CPU torch first, or a package that needs torch pulls a multi-GB CUDA build.
+RUN pip install --no-cache-dir torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu
+COPY pyproject.toml README.md ./
+COPY voicebot voicebot
+COPY rag rag
+COPY channels channels
+COPY admin_api admin_api
+COPY models models
+COPY asterisk asterisk
+COPY dialplan dialplan
+RUN pip install --no-cache-dir -e .
+VOLUME /var/lib/eva
+CMD ["eva", "run"]
