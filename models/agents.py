@@ -28,6 +28,10 @@ class Agent(SQLModel, table=True):
     max_tokens: int = Field(default=160, ge=1, le=8192)
     greeting: str = Field(default="Hello, this is Eva. How can I help you?", max_length=2000)
     fallback_message: str = Field(default=DEFAULT_FALLBACK, max_length=2000)
+    dtmf_terminator: str = Field(default="#", max_length=1, regex=r"^[0-9*#]?$")
+    """Key that ends a DTMF sequence on calls (empty: only the inter-digit timeout ends it)."""
+    dtmf_timeout_ms: int = Field(default=2000, ge=200, le=10000)
+    """Pause after the last key that ends a DTMF sequence."""
     active: bool = Field(default=True)
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)

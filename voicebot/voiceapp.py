@@ -18,7 +18,7 @@ import logging
 import socket
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from sqlalchemy.engine import Engine
@@ -173,11 +173,13 @@ class VoiceApp:
             async def persist(record: calls.TurnRecord) -> None:
                 await asyncio.to_thread(calls.add_turn, self.engine, live.call_id, record)
 
+            config = replace(self.session_config, dtmf_terminator=str(agent.get("dtmf_terminator", "#")),
+                             dtmf_timeout_s=int(agent.get("dtmf_timeout_ms", 2000)) / 1000.0)
             live.session = CallSession(ctx, transport, self.stt, self.tts, self.responder,
-                                       _AriCallControl(self, live), persist, self.session_config)
+                                       _AriCallControl(self, live), persist, config)
             transport = None  # the session owns (and closes) it now
             outcome = await live.session.run()
-            if outcome == "completed" and live.session._ending == "caller_hangup":
+            if outcome == "completed" and live.session.ending == "caller_hangup":
                 outcome = "caller_hangup"
         except asyncio.CancelledError:
             outcome = "caller_hangup"
@@ -238,8 +240,9 @@ class VoiceApp:
         if live.media_channel_id:
             with contextlib.suppress(EvaError):
                 await self.ari.hangup(live.media_channel_id)
-        with contextlib.suppress(EvaError):
-            await self.ari.hangup(live.channel_id)
+        if outcome != "transferred":  # a transferred caller lives on in the dialplan
+            with contextlib.suppress(EvaError):
+                await self.ari.hangup(live.channel_id)
         self._media_channels.discard(live.media_channel_id)
         forget = getattr(self.responder, "forget", None)
         if callable(forget):

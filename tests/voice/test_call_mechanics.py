@@ -12,6 +12,7 @@ from models import Call, CallTurn
 from models.db import session_scope
 from tests.conftest import Caller
 from tests.voice.conftest import ScriptedResponder, load, transcribe
+from voicebot.pipeline.responder import ToolCall
 from voicebot.audio import voiced_regions
 from voicebot.server import EvaRuntime
 from voicebot.sipcaller import Action, place_call_async
@@ -204,3 +205,31 @@ async def test_agent_failure_is_apologised_for_and_the_call_goes_on(
     text = transcribe(whisper, load(result.record_path)).lower()
     assert "something went wrong" in text, text
     assert "second time lucky" in text, text
+
+
+async def test_hang_up_tool_says_goodbye_then_ends_the_call(
+        runtime: EvaRuntime, caller: Caller, responder: ScriptedResponder, say: Callable[[str], Path],
+        whisper: WhisperStt) -> None:
+    responder.script = lambda text: ["Thank you for calling. Goodbye!", ToolCall("hang_up")]
+    result = await place_call_async(caller.script("100", Action("play", at=5.0, path=str(say("That is all."))),
+                                                  timeout=15))
+    assert result.connected and result.remote_hangup, result
+    assert result.duration < 13  # Eva hung up; the caller did not have to
+    heard = transcribe(whisper, load(result.record_path)).lower()
+    assert "goodbye" in heard, heard  # the goodbye finished playing before the hang-up
+    call, _ = _call_row(runtime)
+    assert call.outcome == "completed" and call.ended_at is not None
+
+
+async def test_transfer_tool_continues_the_call_in_the_dialplan(
+        runtime: EvaRuntime, caller: Caller, responder: ScriptedResponder, say: Callable[[str], Path],
+        whisper: WhisperStt) -> None:
+    # Extension 600 plays the self-test prompt: hearing it proves the caller landed there.
+    responder.script = lambda text: ["Let me transfer you.", ToolCall("transfer_call", {"target": "600"})]
+    result = await place_call_async(caller.script("100", Action("play", at=5.0, path=str(say("Operator please."))),
+                                                  timeout=20))
+    assert result.connected, result
+    heard = transcribe(whisper, load(result.record_path)).lower()
+    assert "transfer you" in heard and "self test" in heard.replace("-", " "), heard
+    call, _ = _call_row(runtime)
+    assert call.outcome == "transferred"

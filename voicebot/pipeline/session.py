@@ -133,6 +133,11 @@ class CallSession:
             self._ending = reason
             self._inbox.put_nowait(None)
 
+    @property
+    def ending(self) -> str | None:
+        """Why the call is ending (caller_hangup, bot_hangup, transferred, shutdown), or None while it runs."""
+        return self._ending
+
     def dtmf(self, digit: str) -> None:
         """A DTMF digit from the caller.  Stops playout (it is an interruption) and collects a sequence."""
         if self._loop is None:
@@ -142,7 +147,7 @@ class CallSession:
         if self._dtmf_timer is not None:
             self._dtmf_timer.cancel()
             self._dtmf_timer = None
-        if digit == self.config.dtmf_terminator:
+        if self.config.dtmf_terminator and digit == self.config.dtmf_terminator:
             self._flush_digits()
             return
         self._digits += digit
@@ -340,16 +345,17 @@ class CallSession:
 
     async def _run_action(self, tool: ToolCall) -> None:
         await self.playout.idle.wait()
+        # Claim the ending first: Asterisk's hang-up events for our own action must not read as the caller's.
         if tool.name == "transfer_call":
             target = str(tool.arguments.get("target", "")).strip()
             if target:
-                self.outcome = "transferred"
+                self._ending, self.outcome = "transferred", "transferred"
                 await self.control.transfer(target)
-                self.end("transferred")
+                self._inbox.put_nowait(None)
         elif tool.name == "hang_up":
-            self.outcome = "completed"
+            self._ending, self.outcome = "bot_hangup", "completed"
             await self.control.hangup()
-            self.end("bot_hangup")
+            self._inbox.put_nowait(None)
 
     async def _record(self, turn: _Turn) -> None:
         if turn.recorded:

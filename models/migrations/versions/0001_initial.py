@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-25 14:19:22.605366
+Create Date: 2026-11-25 14:39:00.752854
 """
 
 from __future__ import annotations
@@ -32,6 +32,8 @@ def upgrade() -> None:
         sa.Column("max_tokens", sa.Integer(), nullable=False),
         sa.Column("greeting", sqlmodel.sql.sqltypes.AutoString(length=2000), nullable=False),
         sa.Column("fallback_message", sqlmodel.sql.sqltypes.AutoString(length=2000), nullable=False),
+        sa.Column("dtmf_terminator", sqlmodel.sql.sqltypes.AutoString(length=1), nullable=False),
+        sa.Column("dtmf_timeout_ms", sa.Integer(), nullable=False),
         sa.Column("active", sa.Boolean(), nullable=False),
         sa.Column("created_at", sqlmodel.sql.sqltypes.UTCDateTime(), nullable=False),
         sa.Column("updated_at", sqlmodel.sql.sqltypes.UTCDateTime(), nullable=False),
