@@ -12,8 +12,8 @@ from models import Call, CallTurn
 from models.db import session_scope
 from tests.conftest import Caller
 from tests.voice.conftest import ScriptedResponder, load, transcribe
-from voicebot.pipeline.responder import ToolCall
 from voicebot.audio import voiced_regions
+from voicebot.pipeline.responder import ToolCall
 from voicebot.server import EvaRuntime
 from voicebot.sipcaller import Action, place_call_async
 from voicebot.stt.whisper import WhisperStt
