@@ -280,7 +280,8 @@ class KnowledgeBase:
         matches = await self._run(self.store.query, agent_id, vector, limit + 5, limit_s=CHROMA_READ_TIMEOUT)
         if not matches:
             return []
-        live = await self._run(self.repo.existing_chunk_ids, [match.id for match in matches])
+        # SQL decides what exists (and the title is the document's current one, not the indexed copy).
+        live = await self._run(self.repo.live_chunks, [match.id for match in matches])
         hits: list[SearchHit] = []
         for match in matches:
             similarity = 1.0 - match.distance
@@ -288,7 +289,7 @@ class KnowledgeBase:
                 continue
             page = match.metadata.get("page")
             hits.append(SearchHit(chunk_id=match.id, document_id=int(match.metadata.get("document_id", 0)),
-                                  title=str(match.metadata.get("title", "")),
+                                  title=live[match.id],
                                   page=int(page) if page is not None else None,
                                   ordinal=int(match.metadata.get("ordinal", 0)), text=match.text,
                                   similarity=round(similarity, 6)))

@@ -102,14 +102,17 @@ class KnowledgeRepository:
             statement = select(KnowledgeChunk.chroma_id).where(KnowledgeChunk.agent_id == agent_id)
             return set(session.exec(statement).all())
 
-    def existing_chunk_ids(self, ids: Iterable[str]) -> set[str]:
+    def live_chunks(self, ids: Iterable[str]) -> dict[str, str]:
+        """Of ``ids``, the chunks whose row exists, mapped to their document's current title."""
         wanted = list(ids)
-        found: set[str] = set()
+        found: dict[str, str] = {}
         with session_scope(self.engine) as session:
             for start in range(0, len(wanted), IN_CLAUSE_BATCH):
                 batch = wanted[start:start + IN_CLAUSE_BATCH]
-                statement = select(KnowledgeChunk.chroma_id).where(col(KnowledgeChunk.chroma_id).in_(batch))
-                found.update(session.exec(statement).all())
+                statement = (select(KnowledgeChunk.chroma_id, KnowledgeDocument.title)
+                             .join(KnowledgeDocument, col(KnowledgeDocument.id) == KnowledgeChunk.document_id)
+                             .where(col(KnowledgeChunk.chroma_id).in_(batch)))
+                found.update({chroma_id: title for chroma_id, title in session.exec(statement).all()})
         return found
 
     def replace_chunks(self, document_id: int, chunks: Sequence[KnowledgeChunk],

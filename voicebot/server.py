@@ -95,6 +95,9 @@ class EvaRuntime:
             kb = KnowledgeBase(self.settings, engine)
             self.components["kb"] = kb
             self.closers.append(kb.close)
+            resumed = await kb.recover()  # documents a previous run left half-indexed
+            if resumed:
+                log.info("resumed indexing of %d knowledge document(s)", len(resumed))
         except ImportError:
             log.warning("knowledge base unavailable; agents answer without it")
         core = AgentCore(self.settings, engine, llm, kb)

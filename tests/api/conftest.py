@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import secrets
 import socket
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -107,6 +107,22 @@ def sqlite_engine(tmp_path: Path) -> Iterator[Engine]:
     upgrade(engine)
     yield engine
     engine.dispose()
+
+
+@pytest.fixture
+def new_engine(tmp_path: Path) -> Iterator[Callable[[], Engine]]:
+    """Makes more fresh SQLite databases (for a second server in one test)."""
+    made: list[Engine] = []
+
+    def make() -> Engine:
+        engine = make_engine(f"sqlite:///{tmp_path / f'extra{len(made)}.db'}")
+        upgrade(engine)
+        made.append(engine)
+        return engine
+
+    yield make
+    for engine in made:
+        engine.dispose()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

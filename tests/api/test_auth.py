@@ -3,6 +3,7 @@ ended by password/role/status changes, signup switch."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import jwt
@@ -210,23 +211,19 @@ async def test_api_keys_both_headers_role_and_revocation(api: Api) -> None:
     assert (status, error["error"]["code"]) == (401, "api_key_invalid")
 
 
-async def test_signup_only_when_enabled(api: Api, tmp_path: Path, sqlite_engine: Engine) -> None:
+async def test_signup_only_when_enabled(api: Api, tmp_path: Path, new_engine: Callable[[], Engine]) -> None:
     response = await api.client.post("/api/v1/auth/signup", json={"username": "newbie", "password": "long enough"})
     assert response.status == 404
-    other = tmp_path / "open"
-    engine_url = f"sqlite:///{other / 'open.db'}"
-    from models.db import make_engine, upgrade
-
-    other.mkdir()
-    engine = make_engine(engine_url)
-    upgrade(engine)
-    open_api = await start_api(offline_settings(other / "data", open_signup=True), engine, offline_asterisk=True)
+    open_api = await start_api(offline_settings(tmp_path / "open", open_signup=True), new_engine(),
+                               offline_asterisk=True)
     try:
         response = await open_api.client.post("/api/v1/auth/signup",
                                                json={"username": "newbie", "password": "long enough"})
         body = await response.json()
         assert (response.status, body["role"]) == (201, "viewer")
         await open_api.login("newbie", "long enough")
+        response = await open_api.client.post("/api/v1/auth/signup",
+                                               json={"username": "newbie", "password": "long enough"})
+        assert response.status == 409
     finally:
         await open_api.client.close()
-        engine.dispose()

@@ -25,10 +25,7 @@ def local_embedder() -> LocalEmbedder:
 @pytest.fixture(params=["sqlite", "postgresql"])
 def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
     """A migrated, empty database: SQLite file or a fresh database on the session's real PostgreSQL."""
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'eva.db'}"
-    else:
-        url = request.getfixturevalue("postgres_url")
+    url = f"sqlite:///{tmp_path / 'eva.db'}" if request.param == "sqlite" else request.getfixturevalue("postgres_url")
     db = make_engine(url)
     upgrade(db)
     try:

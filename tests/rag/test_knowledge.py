@@ -217,6 +217,10 @@ async def test_search_limit_threshold_and_agent_isolation(kb: KnowledgeBase,
 
     hits = await kb.search(clinic, "when does it open?", limit=10)
     assert hits and {hit.document_id for hit in hits} == {clinic_doc}
+    assert hits[0].title == "clinic"
+    # Titles come from the document row, so a renamed document shows its new title at once.
+    await asyncio.to_thread(kb.repo.update_document, clinic_doc, title="Clinic FAQ")
+    assert (await kb.search(clinic, "when does it open?", limit=1))[0].title == "Clinic FAQ"
     shop_hits = await kb.search(shop, "when does it open?", limit=10)
     assert shop_hits and clinic_doc not in {hit.document_id for hit in shop_hits}
 
