@@ -48,7 +48,7 @@ def check_role(role: str) -> str:
     return role
 
 
-# ---------------------------------------------------------------------------------------------- users
+# ------------------------------ users -------------------------------------------------------------
 def list_users(session: Session) -> list[User]:
     return list(session.exec(select(User).order_by(col(User.username))).all())
 
@@ -155,7 +155,7 @@ def delete_user(session: Session, user_id: int) -> None:
     session.flush()
 
 
-# ---------------------------------------------------------------------------------------------- API keys
+# ------------------------------ API keys ----------------------------------------------------------
 def list_api_keys(session: Session, *, include_revoked: bool = True) -> Sequence[ApiKey]:
     query = select(ApiKey).order_by(col(ApiKey.id))
     if not include_revoked:

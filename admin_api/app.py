@@ -89,6 +89,11 @@ def create_app(
     """
     ami_client = None if offline_asterisk else (ami or AmiClient(settings))
     link = AsteriskLink(settings, ami_client)
+    if call_control is not None and not isinstance(call_control, CallControl):
+        # Better AMI than a 500 on every live-call request: say so once, at start.
+        log.warning("%s does not implement admin_api.control.CallControl (live_calls, hangup, originate); "
+                    "live calls go through AMI instead", type(call_control).__name__)
+        call_control = None
     if call_control is None and ami_client is not None:
         call_control = AmiCallControl(ami_client, settings)
     services = Services(

@@ -7,7 +7,7 @@ AMI implementation (:class:`admin_api.ami.AmiCallControl`) used when no other on
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 
 @dataclass(frozen=True)
@@ -41,6 +41,7 @@ class OriginateRequest:
         return f"PJSIP/{self.number}@{self.endpoint}"
 
 
+@runtime_checkable
 class CallControl(Protocol):
     async def live_calls(self) -> list[LiveCall]:
         """Every channel Asterisk has up now."""

@@ -229,7 +229,7 @@ class ApiRouter:
         return self.route("DELETE", path, **kwargs)
 
 
-# ---------------------------------------------------------------------------------------------- request par
+# ------------------------------ request parsing ---------------------------------------------------
 def validation_error(exc: ValidationError, *, where: str = "") -> EvaError:
     """The first pydantic error as our InvalidInput (422), or BadRequest (400) when the JSON is malformed."""
     first = exc.errors(include_url=False)[0]
@@ -273,11 +273,20 @@ def _parse_query(model: type[BaseModel], request: web.Request) -> BaseModel:
         raise validation_error(exc, where="query") from exc
 
 
+def body_optional(model: type[BaseModel]) -> bool:
+    """A body whose fields all have defaults may be left out (``POST /auth/logout`` with no body)."""
+    return not any(info.is_required() for info in model.model_fields.values())
+
+
 async def _parse_body(model: type[BaseModel], request: web.Request) -> BaseModel:
+    if not request.body_exists and body_optional(model):
+        return model()
     if request.content_type != "application/json":
         raise UnsupportedMediaType("send the body as application/json", field="Content-Type")
     raw = await request.read()
     if not raw.strip():
+        if body_optional(model):
+            return model()
         raise BadRequest("a JSON body is required", code="malformed_json")
     try:
         # strict: a JSON string is not silently an int, nor a number a string.
@@ -315,7 +324,7 @@ def make_handler(
     return handle
 
 
-# ---------------------------------------------------------------------------------------------- middlewares
+# ------------------------------ middlewares -------------------------------------------------------
 def error_body(code: str, message: str, field: str | None = None) -> dict[str, Any]:
     """``field`` is always present (null when the error is not about one input)."""
     return {"error": {"code": code, "message": message, "field": field}}

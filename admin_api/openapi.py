@@ -10,7 +10,7 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
-from admin_api.framework import MAX_ID, Endpoint, status_phrase
+from admin_api.framework import MAX_ID, Endpoint, body_optional, status_phrase
 from admin_api.schemas import ErrorBody
 
 REF = "#/components/schemas/{model}"
@@ -116,7 +116,7 @@ def build_openapi(
             operation["parameters"] = parameters
         if endpoint.body is not None:
             operation["requestBody"] = {
-                "required": True,
+                "required": not body_optional(endpoint.body),
                 "content": {"application/json": {"schema": _ref(endpoint.body, names, "validation")}},
             }
         elif endpoint.request_media:

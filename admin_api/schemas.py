@@ -67,7 +67,7 @@ class Pagination(Input):
     offset: int = Field(default=0, ge=0, le=MAX_OFFSET)
 
 
-# ---------------------------------------------------------------------------------------------- auth and us
+# ------------------------------ auth and users ----------------------------------------------------
 class LoginRequest(Input):
     username: str = Field(min_length=1, max_length=80)
     password: str = Field(min_length=1, max_length=1024)
@@ -151,7 +151,7 @@ class ApiKeyCreated(ApiKeyOut):
     """The key itself: shown this once, stored only as a hash."""
 
 
-# ---------------------------------------------------------------------------------------------- agents
+# ------------------------------ agents ------------------------------------------------------------
 class AgentCreate(Input):
     name: Slug
     description: Text2000 = ""
@@ -224,7 +224,7 @@ class BaseModelsOut(Output):
     models: list[str]
 
 
-# ---------------------------------------------------------------------------------------------- routes
+# ------------------------------ routes ------------------------------------------------------------
 class RouteCreate(Input):
     did: Did
     agent_id: Id | None = None
@@ -251,7 +251,7 @@ class RouteOut(Output):
     created_at: Timestamp
 
 
-# ---------------------------------------------------------------------------------------------- knowledge
+# ------------------------------ knowledge ---------------------------------------------------------
 class UploadForm(BaseModel):
     """multipart/form-data fields of ``POST /knowledge/upload`` (documentation only; parsed by hand)."""
 
@@ -319,7 +319,7 @@ class StatsOut(Output):
     avg_chunks_per_document: float
 
 
-# ---------------------------------------------------------------------------------------------- calls
+# ------------------------------ calls -------------------------------------------------------------
 CallOutcome = Literal["active", "completed", "caller_hangup", "transferred", "failed", "no_route"]
 
 
@@ -405,7 +405,7 @@ class OutgoingCallOut(Output):
     status: Literal["originating"] = "originating"
 
 
-# ---------------------------------------------------------------------------------------------- SIP trunks
+# ------------------------------ SIP trunks --------------------------------------------------------
 Hostname = Annotated[
     str,
     StringConstraints(
@@ -482,7 +482,7 @@ class TrunkStatusOut(Output):
     """Outbound registration status (Registered, Unregistered, Rejected, ...); null when not registering."""
 
 
-# ---------------------------------------------------------------------------------------------- conversatio
+# ------------------------------ conversations -----------------------------------------------------
 class ConversationQuery(Pagination):
     channel: Literal["voice", "whatsapp", "email", "chat"] | None = None
     agent_id: Id | None = None
@@ -526,7 +526,7 @@ class MessagePage(Output):
     offset: int
 
 
-# ---------------------------------------------------------------------------------------------- dialplans
+# ------------------------------ dialplans ---------------------------------------------------------
 class DialplanSummary(Output):
     name: str
     source: Literal["packaged", "override", "custom"]
@@ -548,7 +548,7 @@ class DialplanApplied(DialplanOut):
     """True when Asterisk reloaded it; false when this API runs without a live Asterisk."""
 
 
-# ---------------------------------------------------------------------------------------------- flows
+# ------------------------------ flows -------------------------------------------------------------
 StepId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
 
 
@@ -611,7 +611,7 @@ class FlowOut(Output):
     updated_at: Timestamp
 
 
-# ---------------------------------------------------------------------------------------------- health
+# ------------------------------ health ------------------------------------------------------------
 class HealthCheck(Output):
     name: str
     status: Literal["ok", "error", "unconfigured"]

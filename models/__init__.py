@@ -4,14 +4,14 @@ Importing this package registers every table on ``SQLModel.metadata``; Alembic m
 Vectors are not here: they live in Chroma (see ``rag/``).
 """
 
-from models.base import utcnow
 from models.agents import Agent, Route
-from models.contacts import Contact, Conversation, Message
+from models.base import utcnow
 from models.calls import Call, CallTurn
-from models.knowledge import KnowledgeChunk, KnowledgeDocument
-from models.users import ApiKey, RefreshToken, User
-from models.trunks import SipTrunk
+from models.contacts import Contact, Conversation, Message
 from models.flows import Flow
+from models.knowledge import KnowledgeChunk, KnowledgeDocument
+from models.trunks import SipTrunk
+from models.users import ApiKey, RefreshToken, User
 
 __all__ = [
     "Agent",

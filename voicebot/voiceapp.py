@@ -30,6 +30,7 @@ from voicebot.config import Settings
 from voicebot.errors import EvaError, MediaError
 from voicebot.media.ports import PortAllocator
 from voicebot.media.transport import RtpTransport
+from voicebot.metrics import CALLS_ACTIVE, CALLS_TOTAL
 from voicebot.pipeline.responder import CallContext, Responder
 from voicebot.pipeline.session import CallSession, SessionConfig, Stt, Tts
 from voicebot.pipeline.turns import TurnConfig
@@ -143,12 +144,14 @@ class VoiceApp:
     # ------------------------------------------------------------------ one call
     async def _handle_call(self, live: LiveCall, event: AriEvent) -> None:
         self.total_calls += 1
+        CALLS_ACTIVE.inc()
         args = event.stasis_args()
         outcome = "failed"
+        direction = "inbound"
         transport: RtpTransport | None = None
         try:
             agent = await asyncio.to_thread(self.resolve_agent, args.get("agent", ""), live.did)
-            direction = "outbound" if args.get("direction") == "outbound" else "inbound"
+            direction = "outbound" if args.get("direction") == "outbound" else direction
             if direction == "outbound":
                 live.caller = live.did  # we called them: the number is the contact
             live.call_id = await asyncio.to_thread(
@@ -189,6 +192,8 @@ class VoiceApp:
         except Exception:
             log.exception("call %s failed", live.call_id)
         finally:
+            CALLS_ACTIVE.dec()
+            CALLS_TOTAL.inc(direction=direction, outcome=outcome)
             await asyncio.shield(self._teardown(live, transport, outcome))
 
     async def _connect_media(self, live: LiveCall, transport: RtpTransport) -> None:

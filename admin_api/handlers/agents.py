@@ -117,7 +117,7 @@ async def test_agent(ctx: Ctx, agent_id: int, body: AgentTestRequest) -> AgentTe
     )
 
 
-# ---------------------------------------------------------------------------------------------- routes
+# ------------------------------ routes ------------------------------------------------------------
 async def _check_flow(ctx: Ctx, flow_id: int | None) -> None:
     if flow_id is not None and not await ctx.services.flows.exists(flow_id):
         raise InvalidInput(f"flow {flow_id} does not exist", field="flow_id")

@@ -110,7 +110,7 @@ async def signup(ctx: Ctx, body: SignupRequest) -> UserOut:
     return UserOut.model_validate(user)
 
 
-# ---------------------------------------------------------------------------------------------- users (admi
+# ------------------------------ users (admin) -----------------------------------------------------
 @users.get("/users", role="admin", summary="List users")
 async def list_users(ctx: Ctx) -> list[UserOut]:
     return [UserOut.model_validate(u) for u in await ctx.services.db(accounts.list_users)]

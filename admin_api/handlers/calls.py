@@ -12,7 +12,7 @@ from sqlmodel import Session, col, select
 
 from admin_api.control import OriginateRequest
 from admin_api.framework import ApiRouter, Ctx
-from admin_api.handlers.common import get_row, aware_utc
+from admin_api.handlers.common import aware_utc, get_row
 from admin_api.schemas import (
     CallDetail,
     CallOut,
@@ -214,7 +214,7 @@ async def hangup_call(ctx: Ctx, call_id: int) -> None:
         raise Conflict(f"call {call_id} is not live in Asterisk", field="call_id") from exc
 
 
-# ---------------------------------------------------------------------------------------------- conversatio
+# ------------------------------ conversations -----------------------------------------------------
 @conversations.get("/conversations", role="viewer", summary="Conversations of every channel, newest first")
 async def list_conversations(ctx: Ctx, query: ConversationQuery) -> ConversationPage:
     def load(session: Session) -> tuple[list[Conversation], int]:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import re
 import unicodedata
 from pathlib import PurePosixPath
-from urllib.parse import unquote
 from typing import Any
+from urllib.parse import unquote
 
 from aiohttp import BodyPartReader
 from aiohttp.http_exceptions import HttpProcessingError

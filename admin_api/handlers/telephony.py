@@ -76,7 +76,7 @@ async def trunk_status(ctx: Ctx, trunk_id: int) -> TrunkStatusOut:
     return TrunkStatusOut.model_validate(await ctx.services.trunks.status(trunk))
 
 
-# ---------------------------------------------------------------------------------------------- dialplans
+# ------------------------------ dialplans ---------------------------------------------------------
 _NAME = {"name": NAME_PATTERN}
 
 
@@ -113,7 +113,7 @@ async def delete_dialplan(ctx: Ctx, name: str) -> None:
     await ctx.services.dialplans.delete(name)
 
 
-# ---------------------------------------------------------------------------------------------- flows
+# ------------------------------ flows -------------------------------------------------------------
 @flows.get("/flows", role="viewer", summary="List conversation flows")
 async def list_flows(ctx: Ctx) -> list[FlowOut]:
     return [FlowOut.model_validate(f) for f in await ctx.services.flows.list_flows()]

@@ -51,6 +51,10 @@ async def live_api(asterisk: Asterisk, eva_settings: Settings, tmp_path: Path) -
         engine.dispose()
 
 
+def _exists(path: str) -> bool:
+    return Path(path).exists()
+
+
 async def cli(asterisk: Asterisk, command: str) -> str:
     """Asterisk's own CLI (not AMI): an independent view of what is loaded."""
     return await asyncio.to_thread(asterisk.cli, command)
@@ -168,7 +172,7 @@ async def test_dialplans_validated_applied_and_rolled_back(live_api: Api, asteri
         shown = await cli(asterisk, "dialplan show api-test-ctx")
         assert "7001" in shown and "7002" not in shown
     assert (await api.call("GET", "/api/v1/dialplans/api-test", role="viewer"))[1]["content"] == custom["content"]
-    assert not Path("/tmp/pwned").exists()
+    assert not _exists("/tmp/pwned")
 
     assert (await api.call("DELETE", "/api/v1/dialplans/api-test", role="designer"))[0] == 204
     assert "api-test-ctx" not in await cli(asterisk, "dialplan show")

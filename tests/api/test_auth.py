@@ -137,6 +137,13 @@ async def test_logout_ends_access_and_refresh(api: Api) -> None:
     assert response.status == 401
     # The fixture's own session of the same user is still alive.
     assert (await api.call("GET", "/api/v1/auth/me", role="designer"))[0] == 200
+    # A plain logout needs no body at all.
+    other = await api.login("designer")
+    response = await api.client.post("/api/v1/auth/logout",
+                                     headers={"Authorization": f"Bearer {other['access_token']}"})
+    assert response.status == 204
+    assert (await api.call("GET", "/api/v1/auth/me", role=None,
+                           headers={"Authorization": f"Bearer {other['access_token']}"}))[0] == 401
 
 
 async def test_logout_everywhere_and_password_change_end_all_sessions(api: Api) -> None:

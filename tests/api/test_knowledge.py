@@ -66,8 +66,8 @@ async def _agent(api: Api, name: str = "harbour") -> int:
 async def test_upload_processing_ready_searchable(kb_api: tuple[Api, KnowledgeBase]) -> None:
     api, kb = kb_api
     agent_id = await _agent(api)
-    status, document = await upload(api, {"agent_id": str(agent_id), "title": "Harbour office",
-                                          "description": "visitor info"}, ("harbour.md", FACTS.encode(), "text/markdown"))
+    fields = {"agent_id": str(agent_id), "title": "Harbour office", "description": "visitor info"}
+    status, document = await upload(api, fields, ("harbour.md", FACTS.encode(), "text/markdown"))
     assert status == 202, document
     assert (document["status"], document["title"], document["filename"]) == ("processing", "Harbour office",
                                                                              "harbour.md")
@@ -170,10 +170,15 @@ async def test_path_traversal_in_file_names_is_neutralised(kb_api: tuple[Api, Kn
         headers={**api.auth("designer"), "Content-Type": "multipart/form-data; boundary=b"})
     assert (response.status, (await response.json())["error"]["code"]) == (400, "malformed_multipart")
     await kb.wait_idle()
+    _check_stored_copies(api, len(names))
+
+
+def _check_stored_copies(api: Api, count: int) -> None:
+    """Every stored copy lies inside the knowledge folder; nothing was written where a name pointed."""
     root = (api.settings.data_dir / "knowledge").resolve()
     with session_scope(api.engine) as session:
         documents = session.exec(select(KnowledgeDocument)).all()
-        assert len(documents) == len(names)
+        assert len(documents) == count
         for document in documents:
             stored = Path(document.storage_path).resolve()
             assert stored.is_relative_to(root) and stored.is_file()

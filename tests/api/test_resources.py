@@ -111,7 +111,8 @@ async def test_routes_point_at_agents_or_flows(api_db: Api) -> None:
         assert (answer_status, _error(error)["field"]) == (status, field), body
     _, flow = await api.call("POST", "/api/v1/flows", role="designer", json={
         "name": "menu", "start_step": "ask", "steps": [{"id": "ask", "message": "Sales or support?"}]})
-    status, route = await api.call("POST", "/api/v1/routes", role="designer", json={"did": "200", "flow_id": flow["id"]})
+    status, route = await api.call("POST", "/api/v1/routes", role="designer",
+                                   json={"did": "200", "flow_id": flow["id"]})
     assert (status, route["flow_id"], route["agent_id"]) == (201, flow["id"], None)
     status, error = await api.call("DELETE", f"/api/v1/flows/{flow['id']}", role="designer")
     assert (status, _error(error)["field"]) == (409, "routes")
@@ -132,7 +133,7 @@ async def test_flows_are_validated(api: Api) -> None:
         {"id": "bye", "message": "Goodbye."}]}
     status, flow = await api.call("POST", "/api/v1/flows", role="designer", json=good)
     assert status == 201 and [s["id"] for s in flow["steps"]] == ["q1", "q2", "sorry", "bye"]
-    bad_cases = [
+    bad_cases: list[tuple[dict[str, Any], str]] = [
         ({"start_step": "nope"}, "start_step"),
         ({"steps": [{"id": "a", "message": "x", "next_step": "ghost"}], "start_step": "a"}, "steps.0.next_step"),
         ({"steps": [{"id": "a", "message": "x"}, {"id": "a", "message": "y"}], "start_step": "a"}, "steps.1.id"),
@@ -178,10 +179,11 @@ def _seed_calls(api: Api) -> dict[str, Any]:
         conversation = Conversation(channel="voice", contact_id=contact.id, agent_id=agent.id, external_id="c1")
         session.add(conversation)
         session.flush()
+        assert conversation.id is not None
         for index, (role, text) in enumerate((("user", "Hi"), ("assistant", "Hello, how can I help?"))):
             session.add(Message(conversation_id=conversation.id, role=role, text=text,
                                 created_at=now + timedelta(seconds=index), timings={"total_ms": 12.5}))
-        calls = []
+        calls: list[int] = []
         for index in range(7):
             call = Call(channel_id=f"chan-{index}", caller="+15550111" if index % 2 else "+4930123",
                         did="100", agent_id=agent.id if index < 5 else None, conversation_id=conversation.id,
@@ -189,6 +191,7 @@ def _seed_calls(api: Api) -> dict[str, Any]:
                         recording_path=f"call-{index}.wav" if index == 1 else "")
             session.add(call)
             session.flush()
+            assert call.id is not None
             calls.append(call.id)
         session.add(CallTurn(call_id=calls[1], index=0, kind="greeting", bot_text="Hello"))
         session.add(CallTurn(call_id=calls[1], index=1, user_text="opening hours?", bot_text="9 to 5",

@@ -8,6 +8,8 @@ with an API key), and neither for the role it names.
 
 from __future__ import annotations
 
+from typing import Any
+
 from admin_api.app import ENDPOINTS_KEY
 from admin_api.auth import ROLE_RANK
 from tests.api.conftest import ROLES, Api
@@ -107,7 +109,7 @@ async def test_router_walk_401_without_credentials_403_for_weaker_roles(api: Api
 
 async def test_role_matrix_on_real_operations(api: Api) -> None:
     """The same write, tried by each role: only the roles allowed succeed, the others change nothing."""
-    writes = [
+    writes: list[tuple[str, str, dict[str, Any], str]] = [
         ("POST", "/api/v1/agents", {"name": "matrix-{role}"}, D),
         ("POST", "/api/v1/flows", {"name": "flow-{role}", "start_step": "a",
                                    "steps": [{"id": "a", "message": "Hello"}]}, D),

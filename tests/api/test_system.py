@@ -117,3 +117,19 @@ async def test_cors_is_off_by_default_and_allows_only_configured_origins(
         assert response.headers["Access-Control-Allow-Origin"] == "https://admin.example"
     finally:
         await cors_api.client.close()
+
+
+async def test_call_control_that_does_not_fit_the_protocol_is_refused_at_start(
+        tmp_path: Path, new_engine: Callable[[], Engine], caplog: pytest.LogCaptureFixture) -> None:
+    class NotACallControl:
+        async def live_calls(self) -> list[object]:
+            return []
+
+    api = await start_api(offline_settings(tmp_path / "cc"), new_engine(), offline_asterisk=True,
+                          call_control=NotACallControl())
+    try:
+        assert "does not implement admin_api.control.CallControl" in caplog.text
+        status, error = await api.call("GET", "/api/v1/calls/live", role="viewer")
+        assert (status, error["error"]["code"]) == (503, "calls_unavailable")
+    finally:
+        await api.client.close()

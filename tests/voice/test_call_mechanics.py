@@ -233,3 +233,27 @@ async def test_transfer_tool_continues_the_call_in_the_dialplan(
     assert "transfer you" in heard and "self test" in heard.replace("-", " "), heard
     call, _ = _call_row(runtime)
     assert call.outcome == "transferred"
+
+
+async def test_admin_call_control_lists_and_hangs_up_live_calls(runtime: EvaRuntime, caller: Caller) -> None:
+    import asyncio
+
+    from voicebot.callcontrol import AriCallControl
+    from voicebot.errors import NotFound
+
+    assert runtime.voice is not None
+    control = AriCallControl(runtime.voice.ari)
+    call = asyncio.ensure_future(place_call_async(caller.script("100", timeout=20, record=False)))
+    live = []
+    for _ in range(50):
+        await asyncio.sleep(0.2)
+        live = [c for c in await control.live_calls() if c.did == "100"]
+        if live and live[0].state == "Up":
+            break
+    assert len(live) == 1 and live[0].channel.startswith("PJSIP/carrier-"), live
+    assert not any(c.channel.startswith("UnicastRTP/") for c in await control.live_calls())
+    await control.hangup(live[0].channel_id)
+    result = await call
+    assert result.connected and result.remote_hangup and result.duration < 15, result
+    with pytest.raises(NotFound):
+        await control.hangup(live[0].channel_id)

@@ -51,6 +51,7 @@ from voicebot.llm.base import (
     ToolCall,
     ToolSpec,
 )
+from voicebot.metrics import LLM_ERRORS_TOTAL
 
 log = logging.getLogger(__name__)
 
@@ -365,6 +366,8 @@ class AgentCore:
             if not turn.text.strip() and not turn.tool_calls:
                 # Nothing usable came back (an empty answer is a failure for the caller too).
                 turn.error = turn.error or "llm_empty_reply"
+            if turn.error:
+                LLM_ERRORS_TOTAL.inc(backend=self.llm.name, code=turn.error)
             if turn.error and not turn.text.strip():
                 turn.pieces = [agent.fallback_message]
                 turn.fallback = True

@@ -90,6 +90,10 @@ def render_config(settings: Settings, *, template_dir: Path = TEMPLATE_DIR,
         override = settings.data_dir / "dialplan" / source.name
         chosen = override if override.exists() else source
         _atomic_write(etc / "dialplan" / source.name, chosen.read_text(encoding="utf-8"), mode=0o640)
+    # Dialplans IVR designers added through the admin API (no packaged counterpart).
+    for custom in sorted((settings.data_dir / "dialplan").glob("*.conf")):
+        if custom.name not in wanted:
+            _atomic_write(etc / "dialplan" / custom.name, custom.read_text(encoding="utf-8"), mode=0o640)
     return etc
 
 

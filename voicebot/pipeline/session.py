@@ -21,6 +21,7 @@ import numpy as np
 from voicebot.audio import Audio, Pcm
 from voicebot.calls.store import TurnRecord
 from voicebot.errors import EvaError
+from voicebot.metrics import BARGE_INS_TOTAL, TURN_STAGE_SECONDS
 from voicebot.pipeline.frames import Sentence, SpeechPaused, SpeechStarted, UserUtterance
 from voicebot.pipeline.playout import Playout
 from voicebot.pipeline.responder import CallContext, ReplyDone, ReplyStarted, Responder, TextDelta, ToolCall
@@ -30,6 +31,7 @@ from voicebot.pipeline.vad import Vad
 
 log = logging.getLogger(__name__)
 
+STAGE_METRIC = {"stt_done": "stt", "first_sentence_ready": "first_sentence"}
 NOT_HEARD = "Sorry, I didn't catch that. Could you say it again?"
 TROUBLE = "I'm sorry, something went wrong on my side. Please try again."
 
@@ -216,6 +218,7 @@ class CallSession:
         turn.spoken = [s.text for s in heard]
         if heard or self.playout.frames_out:
             self.barge_ins += 1
+            BARGE_INS_TOTAL.inc()
             log.info("barge-in (%s) on call %s after %d frames, %.0f ms after speech onset", reason, self.ctx.call_id,
                      self.playout.frames_out, (t - onset) * 1000 if onset is not None else 0.0)
         elif not turn.first_frame_at and turn.kind == "speech":
@@ -367,6 +370,8 @@ class CallSession:
         record = TurnRecord(index=turn.index, kind=turn.kind, user_text=turn.user_text, bot_text=turn.bot_text,
                             spoken_text=spoken, interrupted=turn.interrupted, speech_end=turn.speech_end_wall(),
                             timings_ms=turn.timings_ms())
+        for name, value in record.timings_ms.items():
+            TURN_STAGE_SECONDS.observe(value / 1000.0, stage=STAGE_METRIC.get(name, name))
         try:
             await self.persist(record)
             if turn.interrupted and turn.message_id is not None:
