@@ -257,3 +257,22 @@ async def test_admin_call_control_lists_and_hangs_up_live_calls(runtime: EvaRunt
     assert result.connected and result.remote_hangup and result.duration < 15, result
     with pytest.raises(NotFound):
         await control.hangup(live[0].channel_id)
+
+
+async def test_noise_that_transcribes_to_nothing_gets_asked_again(
+        runtime: EvaRuntime, caller: Caller, responder: ScriptedResponder, say: Callable[[str], Path],
+        whisper: WhisperStt, tmp_path: Path) -> None:
+    import numpy as np
+
+    from voicebot.audio import Audio, write_wav
+
+    # One second of line noise: the VAD calls it speech, Whisper finds no words in it.
+    noise = tmp_path / "noise.wav"
+    write_wav(noise, Audio((np.random.default_rng(7).standard_normal(16000) * 3000).astype(np.int16), 16000))
+    result = await place_call_async(caller.script(
+        "100", Action("play", at=5.0, path=str(noise)),
+        Action("play", at=10.0, path=str(say("Can you hear me now?"))), timeout=16))
+    heard = transcribe(whisper, load(result.record_path)).lower()
+    assert "didn't catch that" in heard or "did not catch that" in heard, heard
+    assert "hear me now" in heard, heard  # the call went on: the next question was answered
+    assert responder.heard == ["Can you hear me now?"]  # the noise never reached the agent
