@@ -3,7 +3,10 @@ of ports, so it never disturbs an Eva started with ``make run`` (or another test
 
 from __future__ import annotations
 
+import fcntl
+import os
 import socket
+import tempfile
 from pathlib import Path
 
 from voicebot.config import Settings
@@ -19,8 +22,25 @@ def _port_free(port: int, kind: int) -> bool:
     return True
 
 
+_held_slots: list[int] = []
+"""Lock files of the slots this process holds (kept open until it exits)."""
+
+
+def _claim(slot: int) -> bool:
+    # Two test runs starting at the same moment would otherwise both find a slot free and collide.
+    fd = os.open(os.path.join(tempfile.gettempdir(), f"eva-port-slot-{slot}.lock"), os.O_CREAT | os.O_RDWR, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return False
+    _held_slots.append(fd)
+    return True
+
+
 def free_port_slot() -> dict[str, int]:
-    """SIP/ARI/AMI/API ports and RTP/media ranges of the first slot whose ports are all free."""
+    """SIP/ARI/AMI/API ports and RTP/media ranges of the first slot that is free and not claimed by another
+    process on this machine."""
     for slot in range(40):
         ports = {
             "sip_port": 15060 + slot * 10,
@@ -34,7 +54,7 @@ def free_port_slot() -> dict[str, int]:
         }
         if (_port_free(ports["sip_port"], socket.SOCK_DGRAM) and _port_free(ports["ari_port"], socket.SOCK_STREAM)
                 and _port_free(ports["ami_port"], socket.SOCK_STREAM)
-                and _port_free(ports["api_port"], socket.SOCK_STREAM)):
+                and _port_free(ports["api_port"], socket.SOCK_STREAM) and _claim(slot)):
             return ports
     raise RuntimeError("no free port slot for an isolated Eva instance")
 
