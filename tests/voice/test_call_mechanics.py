@@ -44,6 +44,11 @@ async def test_greeting_then_answer_to_what_the_caller_said(
 
     call, turns = _call_row(runtime)
     assert call.agent_id is not None and call.answered_at is not None
+    # Both sides of the call were recorded by Asterisk (caller's question and Eva's voice).
+    recording = load(call.recording_path)
+    assert recording.seconds > 8, recording.seconds
+    both = transcribe(whisper, recording).lower()
+    assert "open tomorrow" in both and "you said" in both, both
     assert [t.kind for t in turns][:2] == ["greeting", "speech"]
     turn = turns[1]
     assert "open tomorrow" in turn.user_text.lower()
