@@ -127,6 +127,8 @@ class Settings:
     whatsapp_verify_token: str = ""
     whatsapp_app_secret: str = ""
     whatsapp_api_url: str = "https://graph.facebook.com/v21.0"
+    whatsapp_agent: str = "demo"
+    """Name of the agent that answers WhatsApp messages."""
     smtp_host: str = ""
     smtp_port: int = 587
     smtp_user: str = ""
@@ -138,6 +140,10 @@ class Settings:
     imap_user: str = ""
     imap_password: str = ""
     imap_ssl: bool = True
+    imap_poll_interval: float = 30.0
+    """Seconds between checks of the IMAP inbox for unseen mail."""
+    email_agent: str = "demo"
+    """Name of the agent that answers e-mail."""
 
     # ------------------------------------------------------------------ derived paths
     @property

@@ -122,6 +122,43 @@ class ChannelError(EvaError):
     http_status = 502
 
 
+class WhatsAppError(ChannelError):
+    """The WhatsApp Cloud API failed or refused a request.  ``graph_code`` is Meta's error code (e.g. 131047:
+    the 24-hour window is closed), ``upstream_status`` the HTTP status it answered with, ``retryable`` whether
+    the same request may succeed later (rate limits, outages)."""
+
+    code = "whatsapp_error"
+
+    def __init__(self, message: str, *, code: str | None = None, field: str | None = None,
+                 graph_code: int | None = None, upstream_status: int | None = None,
+                 retryable: bool = False) -> None:
+        super().__init__(message, code=code, field=field)
+        self.graph_code = graph_code
+        self.upstream_status = upstream_status
+        self.retryable = retryable
+
+
+class EmailError(ChannelError):
+    """The mail server (IMAP in, SMTP out) could not be reached, refused the login or the message."""
+
+    code = "email_error"
+
+    def __init__(self, message: str, *, code: str | None = None, field: str | None = None,
+                 retryable: bool = True) -> None:
+        super().__init__(message, code=code, field=field)
+        self.retryable = retryable
+
+
+class EmailRecipientRefused(EmailError):
+    """The mail server refused the recipient address: the address is wrong, not the server (422)."""
+
+    code = "smtp_recipient_refused"
+    http_status = 422
+
+    def __init__(self, message: str, *, code: str | None = None, field: str | None = "to") -> None:
+        super().__init__(message, code=code, field=field, retryable=False)
+
+
 class NotFound(EvaError):
     code = "not_found"
     http_status = 404

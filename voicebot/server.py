@@ -76,6 +76,7 @@ class EvaRuntime:
         ari = AriClient(settings.ari_url, settings.ari_user, settings.ari_password, settings.ari_app)
         self.voice = VoiceApp(settings, engine, ari, stt, tts, responder, _resolver(engine))
         await self.voice.start()
+        await self._start_channels(engine)
         if self.with_api:
             await self._start_api(engine)
         log.info("Eva is ready in %.1fs", time.monotonic() - started)
@@ -104,6 +105,14 @@ class EvaRuntime:
         self.components["core"] = core
         return AgentResponder(engine, core)
 
+    async def _start_channels(self, engine: Engine) -> None:
+        """WhatsApp and e-mail (channels/): the IMAP poller runs when EVA_IMAP_HOST is set."""
+        from channels.runtime import start_channels
+
+        channels = await start_channels(self.settings, engine, self.components.get("core"))
+        self.components["channels"] = channels
+        self.closers.append(channels.close)  # runs before the LLM and knowledge base they answer with close
+
     async def _start_api(self, engine: Engine) -> None:
         try:
             from admin_api.app import create_app
@@ -115,8 +124,10 @@ class EvaRuntime:
         from voicebot.callcontrol import AriCallControl
 
         assert self.voice is not None
+        channels = self.components.get("channels")
         app = create_app(self.settings, engine, kb=self.components.get("kb"),
-                         call_control=AriCallControl(self.voice.ari), llm=self.components.get("llm"))
+                         call_control=AriCallControl(self.voice.ari), llm=self.components.get("llm"),
+                         whatsapp=channels.whatsapp if channels else None, email=channels.email if channels else None)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, self.settings.api_host, self.settings.api_port)

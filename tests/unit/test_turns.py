@@ -93,3 +93,14 @@ def test_pause_invites_speculative_stt_once_per_pause() -> None:
     assert isinstance(second_pause, SpeechPaused)
     # The last pause saw the whole utterance: the session may reuse its transcript.
     assert second_pause.last_voiced == final.ended
+
+
+def test_end_turn_early_only_in_a_pause() -> None:
+    d = TurnDetector(config(end_silence_ms=400, pause_ms=80))
+    run(d, "xxxxxx")
+    assert d.end_turn(1.0) is None  # still speaking: nothing to end
+    run(d, "...", start=0.12)
+    utterance = d.end_turn(1.0)
+    assert utterance is not None and len(utterance.samples) > 0 and utterance.ended == d.last_voiced
+    assert d.state is State.IDLE
+    assert d.end_turn(1.1) is None

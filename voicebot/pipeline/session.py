@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -69,6 +70,9 @@ class SessionConfig:
     dtmf_terminator: str = "#"
     not_heard: str = NOT_HEARD
     max_silent_turns: int = 3
+    early_end_of_turn: bool = True
+    """End the turn as soon as the speculative transcript is a complete sentence (ends in . ? !), instead of
+    waiting for the full end-of-turn silence."""
 
 
 Persist = Callable[[TurnRecord], Awaitable[None]]
@@ -175,8 +179,25 @@ class CallSession:
                 self._drop_speculative()
                 future = asyncio.ensure_future(self.stt.transcribe(event.samples, event.rate))
                 self._speculative = (event.last_voiced, future)
+                if self.config.early_end_of_turn:
+                    future.add_done_callback(functools.partial(self._maybe_end_turn, event.last_voiced))
             elif len(event.samples):
                 self._inbox.put_nowait(event)
+
+    def _maybe_end_turn(self, last_voiced: float, future: asyncio.Future[Any]) -> None:
+        """A speculative transcript arrived during the pause: a complete sentence ends the turn right away."""
+        if (self._loop is None or self._speculative is None or self._speculative[1] is not future
+                or future.cancelled() or future.exception() is not None):
+            return
+        text = str(future.result().text).rstrip()
+        log.debug("speculative transcript after %.0f ms of pause: complete=%s speaking=%s same=%s",
+                  (self._loop.time() - last_voiced) * 1000, text.endswith((".", "?", "!")), self.detector.speaking,
+                  self.detector.last_voiced == last_voiced)
+        if not text.endswith((".", "?", "!")) or not self.detector.speaking or self.detector.last_voiced != last_voiced:
+            return
+        utterance = self.detector.end_turn(self._loop.time())
+        if utterance is not None and len(utterance.samples):
+            self._inbox.put_nowait(utterance)
 
     def _drop_speculative(self) -> None:
         if self._speculative is not None:

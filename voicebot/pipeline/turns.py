@@ -113,6 +113,17 @@ class TurnDetector:
             events.append(self._finish(t, truncated))
         return events
 
+    @property
+    def last_voiced(self) -> float:
+        return self._last_voiced
+
+    def end_turn(self, t: float) -> UserUtterance | None:
+        """End the current turn now, before the full end-of-turn silence (the caller's words are known to be
+        a complete sentence).  None unless the caller is in a pause of a turn."""
+        if self.state is not State.SPEAKING or self._silent_run == 0:
+            return None
+        return self._finish(t, truncated=False)
+
     def _finish(self, t: float, truncated: bool) -> UserUtterance:
         # Drop most of the trailing silence: it only costs STT time.
         keep_tail = min(self._silent_run, 5)
