@@ -90,7 +90,7 @@ class AmiClient:
     """One AMI connection, opened on first use.  Every method raises AmiError on failure or timeout."""
 
     def __init__(self, settings: Settings, *, timeout: float = 10.0) -> None:
-        self.host = settings.bind_host
+        self.host = settings.asterisk_host or settings.bind_host
         self.port = settings.ami_port
         self.user = settings.ami_user
         self._secret = settings.ami_password

@@ -35,6 +35,8 @@ from voicebot.config import Settings
 from voicebot.errors import EvaError
 
 if TYPE_CHECKING:
+    from channels.email.service import EmailService
+    from channels.whatsapp.service import WhatsAppService
     from rag import KnowledgeBase
     from voicebot.llm.base import LanguageModel
 
@@ -48,7 +50,7 @@ MAX_JSON_BODY = 2 * 1024 * 1024
 
 
 def routers(settings: Settings) -> list[ApiRouter]:
-    from admin_api.handlers import agents, auth, calls, knowledge, system, telephony
+    from admin_api.handlers import agents, auth, calls, channels, knowledge, system, telephony
 
     mounted = [
         system.router,
@@ -62,6 +64,8 @@ def routers(settings: Settings) -> list[ApiRouter]:
         telephony.trunks,
         telephony.dialplans,
         telephony.flows,
+        channels.whatsapp,
+        channels.email,
     ]
     if settings.open_signup:
         mounted.append(auth.signup_router)
@@ -78,6 +82,8 @@ def create_app(
     ami: AmiClient | None = None,
     offline_asterisk: bool = False,
     login_limiter: LoginLimiter | None = None,
+    whatsapp: WhatsAppService | None = None,
+    email: EmailService | None = None,
 ) -> web.Application:
     """The admin API application.
 
@@ -85,7 +91,8 @@ def create_app(
     live-call control (endpoints that need a missing one answer 503).  Asterisk is reached through ``ami``
     (default: an AMI client built from ``settings``, closed with the app); ``offline_asterisk=True`` runs
     without Asterisk: trunk and dialplan changes are written and take effect when Asterisk next starts.
-    Without an explicit ``call_control``, live calls, hangup and originate go through AMI.
+    Without an explicit ``call_control``, live calls, hangup and originate go through AMI.  ``whatsapp`` and
+    ``email`` are the running text channels (their endpoints answer 503 without them); their owner closes them.
     """
     ami_client = None if offline_asterisk else (ami or AmiClient(settings))
     link = AsteriskLink(settings, ami_client)
@@ -109,6 +116,8 @@ def create_app(
         llm=llm,
         call_control=call_control,
         ami=ami_client,
+        whatsapp=whatsapp,
+        email=email,
     )
     if ami_client is not None and ami is None:
         services.owned.append(ami_client)

@@ -24,6 +24,8 @@ from voicebot.config import Settings
 from voicebot.errors import Unavailable
 
 if TYPE_CHECKING:
+    from channels.email.service import EmailService
+    from channels.whatsapp.service import WhatsAppService
     from rag import KnowledgeBase
     from voicebot.llm.base import LanguageModel
 
@@ -44,6 +46,8 @@ class Services:
     llm: LanguageModel | None = None
     call_control: CallControl | None = None
     ami: AmiClient | None = None
+    whatsapp: WhatsAppService | None = None
+    email: EmailService | None = None
     started: float = field(default_factory=time.monotonic)
     owned: list[Any] = field(default_factory=list)
     """Objects this app created and closes on shutdown (e.g. its AMI client)."""
@@ -68,6 +72,16 @@ class Services:
         if self.llm is None:
             raise Unavailable("no language model is configured in this process", code="llm_unavailable")
         return self.llm
+
+    def need_whatsapp(self) -> WhatsAppService:
+        if self.whatsapp is None:
+            raise Unavailable("the WhatsApp channel is not running in this process", code="whatsapp_unavailable")
+        return self.whatsapp
+
+    def need_email(self) -> EmailService:
+        if self.email is None:
+            raise Unavailable("the e-mail channel is not running in this process", code="email_unavailable")
+        return self.email
 
     def need_calls(self) -> CallControl:
         if self.call_control is None:

@@ -81,6 +81,7 @@ def render_trunks(trunks: Sequence[SipTrunk], *, bind_host: str, sip_port: int) 
             "force_rport = yes",
             "rewrite_contact = yes",
             "dtmf_mode = rfc4733",
+            "rtp_timeout = 60",
             f"aors = {name}",
         ]
         if _has_auth(trunk):
@@ -220,7 +221,8 @@ class TrunkService:
         async with self.link.lock:
             trunks = await asyncio.to_thread(self._all)
             text = render_trunks(
-                trunks, bind_host=self.link.settings.bind_host, sip_port=self.link.settings.sip_port
+                trunks, bind_host=self.link.settings.sip_bind_host or self.link.settings.bind_host,
+                sip_port=self.link.settings.sip_port
             )
             if only_if_changed and await asyncio.to_thread(self.link.read_text, self.path) == text:
                 return False
@@ -238,7 +240,8 @@ class TrunkService:
         except BaseException:
             trunks = await asyncio.to_thread(self._all)
             text = render_trunks(
-                trunks, bind_host=self.link.settings.bind_host, sip_port=self.link.settings.sip_port
+                trunks, bind_host=self.link.settings.sip_bind_host or self.link.settings.bind_host,
+                sip_port=self.link.settings.sip_port
             )
             await asyncio.to_thread(self.link.write_config, self.path, text)
             if self.link.live:
@@ -250,7 +253,8 @@ class TrunkService:
         self, trunks: list[SipTrunk], changed: SipTrunk | None, *, removed: SipTrunk | None
     ) -> None:
         settings = self.link.settings
-        new_text = render_trunks(trunks, bind_host=settings.bind_host, sip_port=settings.sip_port)
+        new_text = render_trunks(trunks, bind_host=settings.sip_bind_host or settings.bind_host,
+                                 sip_port=settings.sip_port)
         old_text = await asyncio.to_thread(self.link.read_text, self.path)
         await asyncio.to_thread(self.link.write_config, self.path, new_text)
         if not self.link.live:

@@ -93,7 +93,7 @@ class LoopbackCapture:
         return deviations
 
 
-async def run(calls: int, out: Path) -> dict[str, object]:
+async def run(calls: int, out: Path, end_of_turn_ms: int | None = None) -> dict[str, object]:
     from sqlmodel import select
 
     from models import CallTurn
@@ -108,6 +108,8 @@ async def run(calls: int, out: Path) -> dict[str, object]:
 
     workdir = Path(tempfile.mkdtemp(prefix="eva-bench-"))
     settings = isolated_settings(workdir / "data").with_(llm="embedded", record_calls=False)
+    if end_of_turn_ms is not None:
+        settings = settings.with_(end_of_turn_ms=end_of_turn_ms)
     print(f"[bench] preparing an isolated Eva in {workdir} ...", flush=True)
     _prompt_run(settings)
     engine = make_engine(settings.effective_database_url)
@@ -197,9 +199,10 @@ def print_table(report: dict[str, object]) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--calls", type=int, default=10)
+    parser.add_argument("--end-of-turn-ms", type=int, default=None, help="override EVA_END_OF_TURN_MS")
     parser.add_argument("--json", type=Path, default=Path(__file__).parent / "results" / "latency.json")
     args = parser.parse_args()
-    report = asyncio.run(run(args.calls, args.json))
+    report = asyncio.run(run(args.calls, args.json, args.end_of_turn_ms))
     print_table(report)
     print(f"\nJSON: {args.json}")
     return 0

@@ -7,6 +7,7 @@ Vectors are not here: they live in Chroma (see ``rag/``).
 from models.agents import Agent, Route
 from models.base import utcnow
 from models.calls import Call, CallTurn
+from models.channels import InboundMessage
 from models.contacts import Contact, Conversation, Message
 from models.flows import Flow
 from models.knowledge import KnowledgeChunk, KnowledgeDocument
@@ -21,6 +22,7 @@ __all__ = [
     "Contact",
     "Conversation",
     "Flow",
+    "InboundMessage",
     "KnowledgeChunk",
     "KnowledgeDocument",
     "Message",

@@ -50,7 +50,7 @@ class Caller:
         self.count = 0
 
     def script(self, number: str, *actions: Action, record: bool = True, timeout: float = 15.0,
-               bind_ip: str | None = None) -> CallScript:
+               bind_ip: str | None = None, from_user: str = "caller") -> CallScript:
         self.count += 1
         return CallScript(
             uri=f"sip:{number}@{self.settings.bind_host}:{self.settings.sip_port}",
@@ -59,11 +59,13 @@ class Caller:
             timeout=timeout,
             bind_ip=bind_ip or self.settings.local_carrier_ip,
             bind_port=free_udp_port(),
+            from_user=from_user,
         )
 
     def call(self, number: str, *actions: Action, record: bool = True, timeout: float = 15.0,
-             bind_ip: str | None = None) -> CallResult:
-        return place_call(self.script(number, *actions, record=record, timeout=timeout, bind_ip=bind_ip))
+             bind_ip: str | None = None, from_user: str = "caller") -> CallResult:
+        return place_call(self.script(number, *actions, record=record, timeout=timeout, bind_ip=bind_ip,
+                                      from_user=from_user))
 
 
 @pytest.fixture

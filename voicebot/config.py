@@ -49,6 +49,9 @@ class Settings:
     # --- Asterisk (runs in a Debian-unstable chroot; see voicebot/asterisk) ---
     asterisk_root: Path = Path("/var/cache/eva/asterisk-root")
     bind_host: str = "127.0.0.1"
+    """Address of ARI, AMI and Asterisk's HTTP server.  Keep it on loopback (or a private management network)."""
+    sip_bind_host: str = ""
+    """Address SIP listens on (empty: bind_host).  Set it to the public address a real carrier reaches."""
     sip_port: int = 5060
     ari_port: int = 8088
     ami_port: int = 5038
@@ -89,6 +92,8 @@ class Settings:
     tts_voice: str = ""
     """Path to a Piper .onnx voice; empty → the packaged en_US-joe-medium."""
     record_calls: bool = True
+    max_call_seconds: float = 3600.0
+    """A call is ended politely after this long (a stuck call never holds resources for ever)."""
 
     # --- language model ---
     llm: str = "auto"

@@ -159,10 +159,10 @@ def serve() -> int:
 
     settings = setup(ensure_secrets(Settings.load()))
     asterisk = Asterisk(settings) if settings.manage_asterisk else None
-    if asterisk is not None:
-        print("Starting Asterisk ...", flush=True)
-        asterisk.start()
     try:
+        if asterisk is not None:
+            print("Starting Asterisk ...", flush=True)
+            asterisk.start()
         asyncio.run(_run(settings))
     except KeyboardInterrupt:
         pass

@@ -194,4 +194,6 @@ STEPS: list[Step] = [
 def setup(settings: Settings | None = None, *, force: bool = False) -> Settings:
     settings = settings or Settings.load()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    # Transcripts, contacts, trunk credentials and recordings live here: nobody else may read them.
+    settings.data_dir.chmod(0o700)
     return run_steps(STEPS, settings, force=force)

@@ -96,8 +96,23 @@ class VoiceApp:
         closed = await asyncio.to_thread(calls.close_orphans, self.engine, self.worker)
         if closed:
             log.warning("closed %d call(s) left open by a previous run of this worker", closed)
-        self.ari.start(self.on_event)
+        self.ari.start(self.on_event, on_connect=self.resync)
         await self.ari.wait_connected(timeout=30)
+
+    async def resync(self) -> None:
+        """After a (re)connection: calls whose channel Asterisk no longer has (it restarted, or we missed the
+        hang-up while disconnected) are ended, so nothing waits for events that will never come."""
+        if not self.calls:
+            return
+        present = {str(c.get("id", "")) for c in await self.ari.channels()}
+        for live in list(self.calls.values()):
+            if live.channel_id not in present:
+                log.warning("call %s vanished while ARI was disconnected; ending it", live.call_id)
+                live.hangup_cause = live.hangup_cause or "asterisk_lost"
+                if live.session is not None:
+                    live.session.end("caller_hangup")
+                elif live.task is not None:
+                    live.task.cancel()
 
     async def close(self) -> None:
         """Hang up and clean every live call, then close ARI.  Idempotent."""
@@ -108,7 +123,11 @@ class VoiceApp:
                 await self.ari.hangup(live.channel_id)
         tasks = [live.task for live in self.calls.values() if live.task is not None]
         if tasks:
-            await asyncio.wait(tasks, timeout=10)
+            _, pending = await asyncio.wait(tasks, timeout=10)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending, timeout=5)
         await self.ari.close()
 
     # ------------------------------------------------------------------ events
@@ -181,7 +200,12 @@ class VoiceApp:
             live.session = CallSession(ctx, transport, self.stt, self.tts, self.responder,
                                        _AriCallControl(self, live), persist, config)
             transport = None  # the session owns (and closes) it now
-            outcome = await live.session.run()
+            limit = asyncio.get_running_loop().call_later(self.settings.max_call_seconds, live.session.end,
+                                                          "max_duration")
+            try:
+                outcome = await live.session.run()
+            finally:
+                limit.cancel()
             if outcome == "completed" and live.session.ending == "caller_hangup":
                 outcome = "caller_hangup"
         except asyncio.CancelledError:
@@ -252,9 +276,12 @@ class VoiceApp:
         forget = getattr(self.responder, "forget", None)
         if callable(forget):
             forget(live.channel_id)
-        if live.call_id:
-            with contextlib.suppress(Exception):
+        with contextlib.suppress(Exception):
+            if live.call_id:
                 await asyncio.to_thread(calls.end_call, self.engine, live.call_id, outcome=outcome,
+                                        cause=live.hangup_cause)
+            else:  # hung up while the row was being created: close it by channel
+                await asyncio.to_thread(calls.end_call_by_channel, self.engine, live.channel_id, outcome=outcome,
                                         cause=live.hangup_cause)
         self.calls.pop(live.channel_id, None)
         log.info("call %s ended: %s", live.call_id, outcome)

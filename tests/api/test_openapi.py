@@ -6,7 +6,8 @@ call control through AMI of the session's real Asterisk.  Trunk and dialplan cha
 to this server's own data directory, not into the shared Asterisk, which random input must not reconfigure).
 
 Excluded from generation, each covered by its own test: ``POST /agents/{id}/test`` (a generated agent may ask
-for 8192 tokens: minutes of CPU per example) and ``POST /calls/outgoing`` (it would place real calls).
+for 8192 tokens: minutes of CPU per example), ``POST /calls/outgoing`` (it would place real calls) and
+``POST /email/chat`` (a model reply per example; tests/channels covers it).
 """
 
 from __future__ import annotations
@@ -32,13 +33,15 @@ from models.db import make_engine, upgrade
 from rag import KnowledgeBase
 from rag.embeddings import LocalEmbedder
 from tests.api.conftest import offline_settings, seed_principals
+from tests.channels.live import LiveChannels, start_live_channels
 from tests.embedded_model import shared_embedded_llm
+from voicebot.agent.core import AgentCore
 from voicebot.asterisk.process import Asterisk
 from voicebot.config import Settings
 
 EXAMPLES = 12
 """Examples per operation and phase: bounded so the whole run stays well under a minute on two cores."""
-EXCLUDED = ("/api/v1/agents/{agent_id}/test", "/api/v1/calls/outgoing")
+EXCLUDED = ("/api/v1/agents/{agent_id}/test", "/api/v1/calls/outgoing", "/api/v1/email/chat")
 
 
 class LiveServer(threading.Thread):
@@ -53,6 +56,7 @@ class LiveServer(threading.Thread):
         self.url = ""
         self.keys: dict[str, str] = {}
         self.loop = asyncio.new_event_loop()
+        self.channels: LiveChannels
 
     def run(self) -> None:
         asyncio.set_event_loop(self.loop)
@@ -73,8 +77,12 @@ class LiveServer(threading.Thread):
         _users, self.keys = await asyncio.to_thread(seed_principals, engine)
         kb = KnowledgeBase(self.settings, engine, embedder=LocalEmbedder())
         ami = AmiClient(self.ami_settings)
-        app = create_app(self.settings, engine, kb=kb, llm=shared_embedded_llm(), offline_asterisk=True,
-                         call_control=AmiCallControl(ami, self.ami_settings))
+        # The text channels run against local stand-ins (Graph API server, SMTP server), so their endpoints work.
+        self.channels = await start_live_channels(self.settings, engine,
+                                                  AgentCore(self.settings, engine, shared_embedded_llm(), kb))
+        app = create_app(self.channels.settings, engine, kb=kb, llm=shared_embedded_llm(), offline_asterisk=True,
+                         call_control=AmiCallControl(ami, self.ami_settings), whatsapp=self.channels.whatsapp,
+                         email=self.channels.email)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -85,6 +93,7 @@ class LiveServer(threading.Thread):
 
     async def _shutdown(self, runner: web.AppRunner, kb: KnowledgeBase, ami: AmiClient) -> None:
         await runner.cleanup()
+        await self.channels.close()
         await kb.wait_idle()
         await kb.close()
         await ami.close()

@@ -57,6 +57,10 @@ EXPECTED: dict[tuple[str, str], str | None] = {
     ("DELETE", "/api/v1/dialplans/{name}"): D,
     ("GET", "/api/v1/flows"): V, ("POST", "/api/v1/flows"): D, ("GET", "/api/v1/flows/{flow_id}"): V,
     ("PATCH", "/api/v1/flows/{flow_id}"): D, ("DELETE", "/api/v1/flows/{flow_id}"): D,
+    # text channels: Meta calls the webhook (signed payloads, not credentials); designers send and chat
+    ("GET", "/api/v1/whatsapp/webhook"): P, ("POST", "/api/v1/whatsapp/webhook"): P,
+    ("POST", "/api/v1/whatsapp/send-message"): D, ("GET", "/api/v1/whatsapp/conversations"): V,
+    ("POST", "/api/v1/email/send"): D, ("POST", "/api/v1/email/chat"): D, ("GET", "/api/v1/email/conversations"): V,
 }
 NOT_FOR_API_KEYS = {("POST", "/api/v1/auth/password")}
 """A machine key has no password to change (403 by design, covered in test_auth)."""

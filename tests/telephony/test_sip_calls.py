@@ -35,6 +35,27 @@ def test_unknown_source_address_is_not_answered(caller: Caller, asterisk: Asteri
     assert "No matching endpoint found" in (asterisk.settings.asterisk_dir / "log" / "messages.log").read_text()
 
 
+@pytest.mark.parametrize("claimed", ["carrier", "trunk-acme"])
+def test_claiming_to_be_a_trunk_by_name_does_not_help(caller: Caller, asterisk: Asterisk, claimed: str) -> None:
+    # Endpoints are identified by source address only; a From user naming an endpoint changes nothing.
+    result = caller.call("600", record=False, timeout=5, bind_ip="127.0.0.2", from_user=claimed)
+    assert not result.connected
+    assert result.status_code in (401, 403), result
+
+
+def test_asterisk_runs_as_a_user_no_host_account_has(asterisk: Asterisk) -> None:
+    import os
+    import pwd
+
+    pid = asterisk.pid()
+    assert pid is not None
+    uid = os.stat(f"/proc/{pid}").st_uid
+    assert uid != 0
+    with pytest.raises(KeyError):
+        pwd.getpwuid(uid)  # not postgres, not anyone on the host
+    assert os.stat(asterisk.settings.asterisk_dir / "etc" / "pjsip.conf").st_uid == uid
+
+
 def test_unknown_number_in_default_context_is_refused(asterisk: Asterisk) -> None:
     # Nothing in the default context answers; the carrier context only reaches eva-inbound.
     plan = asterisk.cli("dialplan show default")

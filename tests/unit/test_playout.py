@@ -34,3 +34,18 @@ def test_new_turn_resets_and_idle_when_drained() -> None:
     assert p.idle.is_set()
     p.new_turn(None)
     assert p.started == [] and p.frames_out == 0
+
+
+def test_pause_holds_audio_and_resume_continues_where_it_stopped() -> None:
+    p = Playout(frame_samples=2)
+    p.enqueue(np.arange(6, dtype=np.int16), Sentence("a", 0, 0.0))
+    first = p.pop(0.0)
+    assert first is not None and first.tolist() == [0, 1]
+    p.pause()
+    assert p.pop(0.02) is None and p.busy and not p.idle.is_set()
+    p.resume()
+    nxt = p.pop(0.04)
+    assert nxt is not None and nxt.tolist() == [2, 3]
+    p.pause()
+    p.clear()
+    assert not p.paused and p.idle.is_set()

@@ -50,3 +50,8 @@ def test_runaway_text_without_punctuation_is_cut_at_a_space() -> None:
 def test_whitespace_and_empty_input() -> None:
     assert feed("   \n ") == []
     assert feed("Hi!\n\nBye.") == ["Hi!", "Bye."]
+
+
+def test_no_is_a_word_unless_a_number_follows() -> None:
+    assert feed("The answer is no. We are closed.") == ["The answer is no.", "We are closed."]
+    assert feed("Ask for No. 5 please. Thanks.") == ["Ask for No. 5 please.", "Thanks."]

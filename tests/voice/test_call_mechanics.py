@@ -281,3 +281,21 @@ async def test_noise_that_transcribes_to_nothing_gets_asked_again(
     assert "didn't catch that" in heard or "did not catch that" in heard, heard
     assert "hear me now" in heard, heard  # the call went on: the next question was answered
     assert responder.heard == ["Can you hear me now?"]  # the noise never reached the agent
+
+
+async def test_a_cough_pauses_the_bot_only_for_a_moment(
+        runtime: EvaRuntime, caller: Caller, responder: ScriptedResponder, whisper: WhisperStt,
+        tmp_path: Path) -> None:
+    import numpy as np
+
+    from voicebot.audio import Audio, write_wav
+
+    # 120 ms of noise during the greeting: long enough to pause playout, too short to be words.
+    cough = tmp_path / "cough.wav"
+    write_wav(cough, Audio((np.random.default_rng(3).standard_normal(1920) * 6000).astype(np.int16), 16000))
+    result = await place_call_async(caller.script("100", Action("play", at=1.5, path=str(cough)), timeout=8))
+    heard = transcribe(whisper, load(result.record_path)).lower()
+    assert "how can i help" in heard, heard  # the greeting went on to its end
+    _, turns = _call_row(runtime)
+    assert [t.kind for t in turns] == ["greeting"] and not turns[0].interrupted
+    assert responder.heard == []

@@ -34,17 +34,22 @@ class AriClient:
         self._connected = asyncio.Event()
         self._reader: asyncio.Task[None] | None = None
         self._closed = False
+        self._on_connect: Callable[[], Awaitable[None]] | None = None
         self.reconnects = 0
 
     # ------------------------------------------------------------------ lifecycle
     def _http(self) -> aiohttp.ClientSession:
+        if self._closed:
+            raise AriError("the ARI client is closed", code="ari_closed")
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(headers=self._headers, timeout=self._timeout)
         return self._session
 
-    def start(self, handler: EventHandler) -> None:
-        """Start the events reader; ``handler`` is awaited for every event, in order."""
+    def start(self, handler: EventHandler, on_connect: Callable[[], Awaitable[None]] | None = None) -> None:
+        """Start the events reader; ``handler`` is awaited for every event, in order.  ``on_connect`` is awaited
+        after every (re)connection, before events are read: the place to resynchronise state."""
         if self._reader is None:
+            self._on_connect = on_connect
             self._reader = asyncio.create_task(self._read_forever(handler), name="ari-events")
 
     async def wait_connected(self, timeout: float = 30.0) -> None:
@@ -81,6 +86,11 @@ class AriClient:
                     self._connected.set()
                     delay = 0.2
                     log.info("ARI events connected (app %s)", self.app)
+                    if self._on_connect is not None:
+                        try:
+                            await self._on_connect()
+                        except (AriError, aiohttp.ClientError, TimeoutError) as exc:
+                            log.warning("ARI resynchronisation after connect failed: %s", exc)
                     async for message in self._messages(ws):
                         await handler(message)
             except asyncio.CancelledError:
@@ -124,7 +134,7 @@ class AriClient:
                     code = "ari_not_found" if resp.status == 404 else "ari_request_failed"
                     raise AriError(f"ARI {method} /{path.lstrip('/')} → {resp.status}: {text[:200]}", code=code)
                 return json.loads(text) if text else None
-        except aiohttp.ClientError as exc:
+        except (aiohttp.ClientError, OSError) as exc:
             raise AriError(f"ARI {method} /{path.lstrip('/')} failed: {exc}", code="ari_unreachable") from exc
         except TimeoutError as exc:
             raise AriError(f"ARI {method} /{path.lstrip('/')} timed out", code="ari_timeout") from exc

@@ -7,6 +7,7 @@ instance on the machine (it lives in a cache folder, outside git); each instance
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -38,10 +39,55 @@ def build_image(root: Path, *, mirror: str = MIRROR) -> None:
         tail = "\n".join((result.stdout + result.stderr).splitlines()[-20:])
         raise SetupError(f"debootstrap failed (exit {result.returncode}); retry `eva setup`.\n{tail}")
     (tmp / "eva").mkdir(exist_ok=True)
+    ensure_private_uid(tmp)
     (tmp / MARKER).write_text("asterisk image built by eva setup\n", encoding="utf-8")
     if root.exists():
         shutil.rmtree(root)
     tmp.rename(root)
+
+
+def _ids(path: Path) -> dict[str, int]:
+    ids: dict[str, int] = {}
+    if path.exists():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            parts = line.split(":")
+            if len(parts) > 2 and parts[2].isdigit():
+                ids[parts[0]] = int(parts[2])
+    return ids
+
+
+def ensure_private_uid(root: Path) -> tuple[int, int]:
+    """Give the chroot's ``asterisk`` user a uid/gid that no host account has, and return them.
+
+    Debian assigns it a low system uid (101) that on the host often belongs to another service (postgres):
+    files Asterisk owns under the bind-mounted data folder would then belong to that host account.
+    """
+    inner_users, inner_groups = _ids(root / "etc" / "passwd"), _ids(root / "etc" / "group")
+    if "asterisk" not in inner_users or "asterisk" not in inner_groups:
+        raise SetupError("the Asterisk image has no asterisk user; rebuild it (`eva setup`)")
+    host_uids = set(_ids(Path("/etc/passwd")).values())
+    host_gids = set(_ids(Path("/etc/group")).values())
+    uid, gid = inner_users["asterisk"], inner_groups["asterisk"]
+    if uid >= 60000 and uid not in host_uids and gid not in host_gids:
+        return uid, gid
+    taken_u = host_uids | set(inner_users.values())
+    taken_g = host_gids | set(inner_groups.values())
+    new = next(n for n in range(60100, 65000) if n not in taken_u and n not in taken_g)
+    for cmd in (["groupmod", "-g", str(new), "asterisk"], ["usermod", "-u", str(new), "-g", str(new), "asterisk"]):
+        result = subprocess.run(["chroot", str(root), *cmd], capture_output=True, text=True, check=False)
+        if result.returncode != 0:
+            raise SetupError(f"cannot change the chroot's asterisk ids: {result.stderr.strip()}")
+    # Files the package created for its user (outside its home, which usermod already moved over).
+    for folder in ("etc/asterisk", "var/lib/asterisk", "var/spool/asterisk", "var/log/asterisk", "var/run/asterisk"):
+        target = root / folder
+        if target.exists():
+            for dirpath, dirnames, filenames in os.walk(target):
+                for name in [*dirnames, *filenames, "."]:
+                    path = os.path.join(dirpath, name)
+                    st = os.lstat(path)
+                    if st.st_uid == uid or st.st_gid == gid:
+                        os.lchown(path, new if st.st_uid == uid else -1, new if st.st_gid == gid else -1)
+    return new, new
 
 
 def asterisk_version(root: Path) -> str:

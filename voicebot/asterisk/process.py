@@ -17,10 +17,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from voicebot.asterisk.image import image_ready
+from voicebot.asterisk.image import ensure_private_uid, image_ready
 from voicebot.asterisk.render import instance_path, render_config
 from voicebot.config import Settings
-from voicebot.errors import AsteriskError
+from voicebot.errors import AsteriskError, SetupError
 
 log = logging.getLogger(__name__)
 
@@ -68,15 +68,11 @@ class Asterisk:
             subprocess.run(["umount", str(self.mountpoint)], capture_output=True, check=False)
 
     def _chown_for_asterisk(self) -> None:
-        # Asterisk drops to its own user inside the chroot; give it the writable folders.
-        uid = gid = None
-        passwd = self.root / "etc" / "passwd"
-        for line in passwd.read_text(encoding="utf-8").splitlines():
-            parts = line.split(":")
-            if parts[0] == "asterisk":
-                uid, gid = int(parts[2]), int(parts[3])
-        if uid is None or gid is None:
-            raise AsteriskError("the chroot image has no asterisk user; rebuild it with `eva setup`")
+        # Asterisk drops to its own user inside the chroot (with a uid no host account has); give it the folders.
+        try:
+            uid, gid = ensure_private_uid(self.root)
+        except SetupError as exc:
+            raise AsteriskError(exc.message) from exc
         os.chown(self.settings.asterisk_dir, uid, gid)
         for dirpath, dirnames, filenames in os.walk(self.settings.asterisk_dir):
             for name in dirnames + filenames:
@@ -88,9 +84,12 @@ class Asterisk:
             pid = int(self.pidfile.read_text().strip())
         except (OSError, ValueError):
             return None
+        # After a reboot or a kill -9 the pid may belong to another program now: only trust our Asterisk.
         try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            return None
+        if not any(arg.endswith(b"asterisk") for arg in cmdline) or self._conf().encode() not in cmdline:
             return None
         return pid
 
@@ -161,7 +160,8 @@ class Asterisk:
             while time.monotonic() < deadline and _alive(pid):
                 time.sleep(0.1)
             if _alive(pid):
-                os.killpg(pid, signal.SIGKILL)
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(pid, signal.SIGKILL)
                 while _alive(pid):
                     time.sleep(0.05)
         if self._proc is not None:

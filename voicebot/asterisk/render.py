@@ -35,6 +35,7 @@ def template_values(settings: Settings) -> dict[str, str]:
     values = {
         "instance": instance_path(settings),
         "bind_host": settings.bind_host,
+        "sip_bind_host": settings.sip_bind_host or settings.bind_host,
         "sip_port": str(settings.sip_port),
         "ari_port": str(settings.ari_port),
         "ami_port": str(settings.ami_port),
@@ -101,4 +102,8 @@ def _atomic_write(path: Path, text: str, *, mode: int) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text, encoding="utf-8")
     os.chmod(tmp, mode)
+    # A running Asterisk (its own uid) must still read what we re-render for a reload.
+    owner = os.stat(path.parent)
+    if os.geteuid() == 0 and (owner.st_uid, owner.st_gid) != (0, 0):
+        os.chown(tmp, owner.st_uid, owner.st_gid)
     shutil.move(str(tmp), str(path))

@@ -74,6 +74,14 @@ def end_call(engine: Engine, call_id: int, *, outcome: str, cause: str = "") -> 
             call.hangup_cause = cause
 
 
+def end_call_by_channel(engine: Engine, channel_id: str, *, outcome: str, cause: str = "") -> None:
+    with session_scope(engine) as session:
+        call = session.exec(select(Call).where(Call.channel_id == channel_id)).first()
+        call_id = call.id if call is not None else None
+    if call_id is not None:
+        end_call(engine, call_id, outcome=outcome, cause=cause)
+
+
 def set_outcome(engine: Engine, call_id: int, outcome: str) -> None:
     with session_scope(engine) as session:
         call = session.get(Call, call_id)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -35,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    os.umask(0o027)  # what Eva writes (database, knowledge, recordings) is not world-readable
     parser = build_parser()
     args = parser.parse_args(argv)
     from voicebot.logs import setup_logging

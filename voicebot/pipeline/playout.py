@@ -27,6 +27,7 @@ class Playout:
         self.idle.set()
         self.on_first_frame: Callable[[float], None] | None = None
         self.frames_out = 0
+        self.paused = False
 
     def enqueue(self, samples: Pcm, sentence: Sentence | None = None) -> None:
         step = self.frame_samples
@@ -39,6 +40,8 @@ class Playout:
             self.idle.clear()
 
     def pop(self, now: float) -> Pcm | None:
+        if self.paused:
+            return None  # holding: the caller may be interrupting (see CallSession)
         if not self._frames:
             self.idle.set()
             return None
@@ -60,8 +63,15 @@ class Playout:
     def clear(self) -> list[Sentence]:
         """Drop everything not yet played (barge-in); returns the sentences that were at least partly heard."""
         self._frames.clear()
+        self.paused = False
         self.idle.set()
         return list(self.started)
+
+    def pause(self) -> None:
+        self.paused = True
+
+    def resume(self) -> None:
+        self.paused = False
 
     def new_turn(self, on_first_frame: Callable[[float], None] | None) -> None:
         self.started = []

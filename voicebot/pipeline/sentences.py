@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 
-_ABBREVIATIONS = {"mr", "mrs", "ms", "dr", "prof", "sr", "jr", "st", "vs", "etc", "e.g", "i.e", "no", "approx",
+_ABBREVIATIONS = {"mr", "mrs", "ms", "dr", "prof", "sr", "jr", "st", "vs", "etc", "e.g", "i.e", "approx",
                   "mt", "ave", "dept", "inc", "ltd", "co", "a.m", "p.m", "u.s"}
 _END = re.compile(r"[.!?…]+[\"')\]]*(?=\s)")
 _CLAUSE = re.compile(r"[,;:—–]\s")
@@ -50,8 +50,12 @@ class SentenceSplitter:
         for match in _END.finditer(buf):
             end = match.end()
             word = buf[:match.start()].rsplit(None, 1)[-1].lower() if buf[:match.start()].strip() else ""
-            if match.group().startswith(".") and (word in _ABBREVIATIONS or (word[-1:].isdigit() and
-                                                                             buf[end:end + 2].strip()[:1].isdigit())):
+            # "No. 5", "item 3. 4 more": a number follows, so the period is not a sentence end.
+            number_like = match.group().startswith(".") and (word == "no" or word[-1:].isdigit())
+            if number_like and not buf[end:].strip():
+                return None  # what follows decides: wait for the next delta
+            numbered = number_like and buf[end:end + 2].strip()[:1].isdigit()
+            if match.group().startswith(".") and (word in _ABBREVIATIONS or numbered):
                 continue
             if len(word) == 1 and word.isalpha() and match.group() == ".":
                 continue  # an initial: "J. Smith"

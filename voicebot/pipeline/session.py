@@ -70,6 +70,9 @@ class SessionConfig:
     dtmf_terminator: str = "#"
     not_heard: str = NOT_HEARD
     max_silent_turns: int = 3
+    barge_in_confirm_ms: int = 300
+    """Voiced time that proves an interruption is words: the reply is cancelled.  Shorter sounds only pause the
+    bot until STT says whether they were words (a cough: the bot carries on where it paused)."""
     early_end_of_turn: bool = True
     """End the turn as soon as the speculative transcript is a complete sentence (ends in . ? !), instead of
     waiting for the full end-of-turn silence."""
@@ -100,6 +103,9 @@ class CallSession:
         self._carry = ""
         self._carry_audio: list[Pcm] = []
         self._speculative: tuple[float, asyncio.Future[Any]] | None = None
+        self._pending_barge: float | None = None
+        self._known: dict[float, Any] = {}
+        """Transcripts already made for an utterance (keyed by its end time)."""
         self._digits = ""
         self._dtmf_timer: asyncio.TimerHandle | None = None
         self._ending: str | None = None
@@ -173,16 +179,49 @@ class CallSession:
             if isinstance(event, SpeechStarted):
                 self._drop_speculative()
                 if self._turn_task is not None and not self._turn_task.done():
-                    self._barge_in(t, reason="speech", onset=event.onset)
+                    # Hold the bot's audio at once (the caller hears it stop), but only cancel the reply once the
+                    # caller's speech is long enough to be words, not a cough or a click on the line.
+                    self.playout.pause()
+                    self._pending_barge = event.onset
             elif isinstance(event, SpeechPaused):
-                # Transcribe now, while we wait to be sure the caller has finished.
+                # Transcribe now, while we wait to be sure the caller has finished -- unless the shared STT
+                # worker is busy (another call's final transcript must not wait behind our guess).
                 self._drop_speculative()
+                if getattr(self.stt, "busy", False):
+                    continue
                 future = asyncio.ensure_future(self.stt.transcribe(event.samples, event.rate))
                 self._speculative = (event.last_voiced, future)
                 if self.config.early_end_of_turn:
                     future.add_done_callback(functools.partial(self._maybe_end_turn, event.last_voiced))
+            elif self._pending_barge is not None:
+                # A short sound over the bot's voice: words, or a cough?  STT decides; the bot stays paused.
+                self._keep(self._check_interruption(event))
             elif len(event.samples):
                 self._inbox.put_nowait(event)
+        if self._pending_barge is not None and self.detector.voiced_ms >= self.config.barge_in_confirm_ms:
+            self._confirm_barge_in(t)
+
+    async def _check_interruption(self, utterance: UserUtterance) -> None:
+        text = ""
+        if len(utterance.samples):
+            result = await self.stt.transcribe(utterance.samples, utterance.rate)
+            text = str(result.text).strip()
+            if text:
+                self._known[utterance.ended] = result
+        if self._pending_barge is None:
+            return
+        if not text:
+            self._pending_barge = None
+            self.playout.resume()  # carry on where we paused
+            return
+        assert self._loop is not None
+        self._confirm_barge_in(self._loop.time())
+        self._inbox.put_nowait(utterance)
+
+    def _confirm_barge_in(self, t: float) -> None:
+        if self._pending_barge is not None:
+            onset, self._pending_barge = self._pending_barge, None
+            self._barge_in(t, reason="speech", onset=onset)
 
     def _maybe_end_turn(self, last_voiced: float, future: asyncio.Future[Any]) -> None:
         """A speculative transcript arrived during the pause: a complete sentence ends the turn right away."""
@@ -233,6 +272,7 @@ class CallSession:
         """Stop the bot now: drop queued audio (synchronously, within this frame) and cancel the turn."""
         turn = self._current
         if turn is None or turn.finished:
+            self.playout.resume()
             return
         heard = self.playout.clear()
         turn.interrupted = True
@@ -272,9 +312,11 @@ class CallSession:
             with contextlib.suppress(Exception):
                 await self._speak_all(turn, [TROUBLE])
         turn.finished = True
-        await self._record(turn)
-        if turn.after is not None:
-            await self._run_action(turn.after)
+        try:
+            await self._record(turn)
+        finally:
+            if turn.after is not None:
+                await self._run_action(turn.after)
 
     async def _process(self, turn: _Turn) -> None:
         loop = asyncio.get_running_loop()
@@ -289,7 +331,10 @@ class CallSession:
                 gap = np.zeros(self.rate // 5, dtype=np.int16)
                 samples = concat([*(p for chunk in self._carry_audio for p in (chunk, gap)), samples])
                 self._carry_audio = []
-            if speculative is not None:
+            known = self._known.pop(turn.utterance.ended, None)
+            if known is not None:
+                result = known
+            elif speculative is not None:
                 result = await speculative
             else:
                 result = await self.stt.transcribe(samples, turn.utterance.rate)
@@ -370,16 +415,22 @@ class CallSession:
     async def _run_action(self, tool: ToolCall) -> None:
         await self.playout.idle.wait()
         # Claim the ending first: Asterisk's hang-up events for our own action must not read as the caller's.
-        if tool.name == "transfer_call":
-            target = str(tool.arguments.get("target", "")).strip()
-            if target:
-                self._ending, self.outcome = "transferred", "transferred"
-                await self.control.transfer(target)
+        try:
+            if tool.name == "transfer_call":
+                target = str(tool.arguments.get("target", "")).strip()
+                if target:
+                    self._ending, self.outcome = "transferred", "transferred"
+                    await self.control.transfer(target)
+            elif tool.name == "hang_up":
+                self._ending, self.outcome = "bot_hangup", "completed"
+                await self.control.hangup()
+        except EvaError as exc:
+            # The action failed (e.g. ARI unreachable): end the call rather than leave it hanging.
+            log.error("call %s: %s failed: [%s] %s", self.ctx.call_id, tool.name, exc.code, exc.message)
+            self.outcome = "failed"
+        finally:
+            if self._ending is not None:
                 self._inbox.put_nowait(None)
-        elif tool.name == "hang_up":
-            self._ending, self.outcome = "bot_hangup", "completed"
-            await self.control.hangup()
-            self._inbox.put_nowait(None)
 
     async def _record(self, turn: _Turn) -> None:
         if turn.recorded:
@@ -397,7 +448,9 @@ class CallSession:
             await self.persist(record)
             if turn.interrupted and turn.message_id is not None:
                 await self.responder.mark_interrupted(self.ctx, turn.message_id, spoken)
-        except EvaError:
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # a locked or unreachable database must not take the call down
             log.exception("could not persist turn %d of call %s", turn.index, self.ctx.call_id)
 
     def _keep(self, coro: Awaitable[None]) -> None:

@@ -114,6 +114,11 @@ class TurnDetector:
         return events
 
     @property
+    def voiced_ms(self) -> int:
+        """Voiced time in the current utterance so far."""
+        return self._voiced_total * self.config.frame_ms if self.state is not State.IDLE else 0
+
+    @property
     def last_voiced(self) -> float:
         return self._last_voiced
 

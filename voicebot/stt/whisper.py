@@ -52,6 +52,7 @@ class WhisperStt:
             raise SttError(f"cannot load Whisper model {path}: {exc}", code="stt_model_invalid") from exc
         self.language = language
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="whisper")
+        self._in_flight = 0
 
     def transcribe_blocking(self, samples: Pcm, rate: int) -> SttResult:
         audio = resample(Audio(samples, rate), self.RATE).samples.astype(np.float32) / 32768.0
@@ -68,9 +69,20 @@ class WhisperStt:
         no_speech = min((p.no_speech_prob for p in parts), default=1.0)
         return SttResult(text=_clean(text), language=str(info.language), no_speech_prob=float(no_speech))
 
+    @property
+    def busy(self) -> bool:
+        """True while a transcription is queued or running."""
+        return self._in_flight > 0
+
     async def transcribe(self, samples: Pcm, rate: int) -> SttResult:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self.transcribe_blocking, samples, rate)
+        future = loop.run_in_executor(self._executor, self.transcribe_blocking, samples, rate)
+        self._in_flight += 1
+        future.add_done_callback(self._done)
+        return await future
+
+    def _done(self, _future: object) -> None:
+        self._in_flight -= 1
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-25 14:39:00.752854
+Create Date: 2026-11-25 14:54:55.757364
 """
 
 from __future__ import annotations
@@ -261,6 +261,34 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f("ix_calls_started_at"), ["started_at"], unique=False)
 
     op.create_table(
+        "inbound_messages",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("channel", sqlmodel.sql.sqltypes.AutoString(length=16), nullable=False),
+        sa.Column("external_id", sqlmodel.sql.sqltypes.AutoString(length=255), nullable=False),
+        sa.Column("sender", sqlmodel.sql.sqltypes.AutoString(length=320), nullable=False),
+        sa.Column("sender_name", sqlmodel.sql.sqltypes.AutoString(length=200), nullable=False),
+        sa.Column("kind", sqlmodel.sql.sqltypes.AutoString(length=32), nullable=False),
+        sa.Column("text", sqlmodel.sql.sqltypes.AutoString(), nullable=False),
+        sa.Column("payload", sa.JSON(), nullable=True),
+        sa.Column("status", sqlmodel.sql.sqltypes.AutoString(length=16), nullable=False),
+        sa.Column("attempts", sa.Integer(), nullable=False),
+        sa.Column("error", sqlmodel.sql.sqltypes.AutoString(length=500), nullable=False),
+        sa.Column("conversation_id", sa.Integer(), nullable=True),
+        sa.Column("received_at", sqlmodel.sql.sqltypes.UTCDateTime(), nullable=False),
+        sa.Column("updated_at", sqlmodel.sql.sqltypes.UTCDateTime(), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["conversation_id"],
+            ["conversations.id"],
+        ),
+        sa.PrimaryKeyConstraint("id"),
+        sa.UniqueConstraint("channel", "external_id", name="uq_inbound_messages_channel_external_id"),
+    )
+    with op.batch_alter_table("inbound_messages", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_inbound_messages_channel"), ["channel"], unique=False)
+        batch_op.create_index(batch_op.f("ix_inbound_messages_conversation_id"), ["conversation_id"], unique=False)
+        batch_op.create_index(batch_op.f("ix_inbound_messages_status"), ["status"], unique=False)
+
+    op.create_table(
         "knowledge_chunks",
         sa.Column("id", sa.Integer(), nullable=False),
         sa.Column("document_id", sa.Integer(), nullable=False),
@@ -359,6 +387,12 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f("ix_knowledge_chunks_agent_id"))
 
     op.drop_table("knowledge_chunks")
+    with op.batch_alter_table("inbound_messages", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_inbound_messages_status"))
+        batch_op.drop_index(batch_op.f("ix_inbound_messages_conversation_id"))
+        batch_op.drop_index(batch_op.f("ix_inbound_messages_channel"))
+
+    op.drop_table("inbound_messages")
     with op.batch_alter_table("calls", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_calls_started_at"))
         batch_op.drop_index(batch_op.f("ix_calls_outcome"))

@@ -1,0 +1,175 @@
+"""Text channels: the WhatsApp Cloud API webhook (public: Meta calls it, authenticated by the payload signature)
+and handshake, sending WhatsApp messages and e-mails, an e-mail turn with the agent, and each channel's
+conversations."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+from admin_api.framework import ApiRouter, Ctx
+from admin_api.schemas import Input, Output, Pagination, SourceOut, Timestamp
+from channels import store
+from channels.whatsapp.codec import MAX_TEXT_CHARS, SIGNATURE_HEADER
+
+whatsapp = ApiRouter("whatsapp")
+email = ApiRouter("email")
+
+_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+EmailAddress = Annotated[str, StringConstraints(pattern=rf"^{_ATOM}(?:\.{_ATOM})*@{_LABEL}(?:\.{_LABEL})+$",
+                                                max_length=254)]
+"""A plain address (dot-atom local part, host name): nothing that could break a header or an SMTP command."""
+WhatsAppId = Annotated[str, StringConstraints(pattern=r"^\+?[0-9]{4,20}$")]
+
+
+# ------------------------------ schemas -----------------------------------------------------------
+class WhatsAppWebhookPayload(BaseModel):
+    """A Cloud API notification (only documented here: the handler checks the signature over the raw bytes)."""
+
+    model_config = ConfigDict(extra="allow")
+    object: Literal["whatsapp_business_account"]
+    entry: list[dict[str, Any]]
+
+
+class WhatsAppVerifyQuery(Input):
+    mode: str = Field(alias="hub.mode", max_length=32)
+    verify_token: str = Field(alias="hub.verify_token", max_length=256)
+    challenge: str = Field(alias="hub.challenge", min_length=1, max_length=256)
+
+
+class WebhookAck(Output):
+    accepted: int
+    """New messages stored; each is answered in the background."""
+    duplicates: int
+    ignored: int
+    statuses: int
+
+
+class WhatsAppSendRequest(Input):
+    to: WhatsAppId
+    """The recipient's WhatsApp number, international format (``+15551234567`` or ``15551234567``)."""
+    text: str = Field(min_length=1, max_length=MAX_TEXT_CHARS)
+
+
+class WhatsAppSendOut(Output):
+    message_id: str
+    """The WhatsApp message id (wamid)."""
+    conversation_id: int
+    stored_message_id: int
+    contact_id: int
+
+
+class EmailSendRequest(Input):
+    to: EmailAddress
+    subject: str = Field(min_length=1, max_length=200)
+    body: str = Field(min_length=1, max_length=100_000)
+
+
+class EmailSendOut(Output):
+    message_id: str
+    """The e-mail's Message-ID header."""
+    conversation_id: int
+    stored_message_id: int
+    contact_id: int
+
+
+class EmailChatRequest(Input):
+    email: EmailAddress
+    """Who writes (the agent's answer is e-mailed there)."""
+    message: str = Field(min_length=1, max_length=8000)
+    subject: str = Field(default="", max_length=200)
+
+
+class EmailChatOut(Output):
+    reply: str
+    message_id: str
+    """The Message-ID of the e-mail that carried the reply."""
+    conversation_id: int
+    stored_message_id: int
+    sources: list[SourceOut]
+
+
+class ChannelConversationOut(Output):
+    id: int
+    contact_id: int | None
+    contact_name: str
+    address: str
+    """The contact's WhatsApp id or e-mail address."""
+    agent_id: int | None
+    external_id: str
+    messages: int
+    started_at: Timestamp
+    updated_at: Timestamp
+
+
+class ChannelConversationPage(Output):
+    items: list[ChannelConversationOut]
+    total: int
+    limit: int
+    offset: int
+
+
+async def _conversations(ctx: Ctx, channel: str, query: Pagination) -> ChannelConversationPage:
+    rows, total = await ctx.services.db(lambda s: store.list_conversations(s, channel, query.limit, query.offset))
+    return ChannelConversationPage(items=[ChannelConversationOut.model_validate(r) for r in rows], total=total,
+                                   limit=query.limit, offset=query.offset)
+
+
+# ------------------------------ WhatsApp ----------------------------------------------------------
+@whatsapp.get("/whatsapp/webhook", role=None, errors=(403, 503),
+              response_media={"text/plain": {"type": "string"}},
+              summary="Webhook verification handshake (Meta sends hub.mode, hub.verify_token, hub.challenge)")
+async def whatsapp_verify(ctx: Ctx, query: WhatsAppVerifyQuery) -> web.StreamResponse:
+    challenge = ctx.services.need_whatsapp().verify(query.mode, query.verify_token, query.challenge)
+    return web.Response(text=challenge, content_type="text/plain")
+
+
+@whatsapp.post("/whatsapp/webhook", role=None, errors=(400, 401, 403, 413, 422, 503),
+               request_media={"application/json": WhatsAppWebhookPayload},
+               summary=f"Cloud API notifications (signed with {SIGNATURE_HEADER}); answered in the background")
+async def whatsapp_webhook(ctx: Ctx) -> WebhookAck:
+    service = ctx.services.need_whatsapp()
+    body = await ctx.request.read()
+    accepted = await service.accept(body, ctx.request.headers.get(SIGNATURE_HEADER))
+    return WebhookAck(accepted=accepted.accepted, duplicates=accepted.duplicates, ignored=accepted.ignored,
+                      statuses=accepted.statuses)
+
+
+@whatsapp.post("/whatsapp/send-message", role="designer", errors=(502, 503),
+               summary="Send a WhatsApp text from the business number (stored in the contact's conversation)")
+async def whatsapp_send(ctx: Ctx, body: WhatsAppSendRequest) -> WhatsAppSendOut:
+    sent = await ctx.services.need_whatsapp().send_message(body.to, body.text)
+    return WhatsAppSendOut(message_id=sent.wamid, conversation_id=sent.conversation_id,
+                           stored_message_id=sent.message_id, contact_id=sent.contact_id)
+
+
+@whatsapp.get("/whatsapp/conversations", role="viewer", summary="WhatsApp conversations, most recent first")
+async def whatsapp_conversations(ctx: Ctx, query: Pagination) -> ChannelConversationPage:
+    return await _conversations(ctx, "whatsapp", query)
+
+
+# ------------------------------ e-mail ------------------------------------------------------------
+@email.post("/email/send", role="designer", errors=(502, 503), summary="Send an e-mail from the channel's address")
+async def email_send(ctx: Ctx, body: EmailSendRequest) -> EmailSendOut:
+    sent = await ctx.services.need_email().send(body.to, body.subject, body.body)
+    return EmailSendOut(message_id=sent.email_message_id, conversation_id=sent.conversation_id,
+                        stored_message_id=sent.message_id, contact_id=sent.contact_id)
+
+
+@email.post("/email/chat", role="designer", errors=(502, 503),
+            summary="One e-mail turn: the agent answers the message and the reply is e-mailed to the address")
+async def email_chat(ctx: Ctx, body: EmailChatRequest) -> EmailChatOut:
+    result = await ctx.services.need_email().chat(body.email, body.message, body.subject)
+    return EmailChatOut(
+        reply=result.reply, message_id=result.email_message_id, conversation_id=result.conversation_id,
+        stored_message_id=result.message_id,
+        sources=[SourceOut(document_id=c.document_id, title=c.title, page=c.page, similarity=c.similarity)
+                 for c in result.citations])
+
+
+@email.get("/email/conversations", role="viewer", summary="E-mail conversations, most recent first")
+async def email_conversations(ctx: Ctx, query: Pagination) -> ChannelConversationPage:
+    return await _conversations(ctx, "email", query)

@@ -1,0 +1,338 @@
+"""The e-mail channel: unseen mail in (IMAP), the agent core's reply out (SMTP), threaded.
+
+Every ``imap_poll_interval`` seconds the poller opens the inbox, and for each unseen message (oldest first):
+
+1. reads it without marking it seen (``BODY.PEEK``) and reduces it to its new text (:mod:`channels.email.message`);
+   auto-replies, bounces, list mail and our own mail are never answered (mail loops);
+2. finds the contact by address and the conversation by threading (In-Reply-To/References against the
+   Message-IDs already stored, ours and theirs), else starts one;
+3. gets the reply from the agent core (channel ``email``, external id = the Message-ID, which is how a message
+   seen twice is answered once) and sends it by SMTP with In-Reply-To/References and a ``Re:`` subject;
+4. only then marks the message seen.
+
+A crash anywhere before 4 leaves the mail unseen, so it is handled again; a reply that was generated but not sent
+is sent as stored rather than generated again.  When SMTP is down the round stops and the mail waits for the next
+poll.  A message that keeps failing for other reasons is marked seen after ``max_failures`` polls (and logged),
+so one poisonous mail cannot block the inbox.  All IMAP/SMTP I/O runs in worker threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from email.utils import parseaddr
+from typing import TypeVar
+
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, select
+
+from channels import store
+from channels.email.message import InboundEmail, build_message, build_reply, new_message_id, parse_email
+from channels.email.transport import ImapMailbox, SmtpSender
+from models import Agent, Contact
+from models.db import session_scope
+from voicebot.agent.core import SEARCH_KNOWLEDGE, AgentCore, Citation
+from voicebot.agent.store import AgentStore, normalize_email
+from voicebot.config import Settings
+from voicebot.errors import EmailError, InvalidInput, Unavailable
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+CHANNEL = "email"
+DEFAULT_CHAT_SUBJECT = "Your question"
+
+
+@dataclass
+class PollResult:
+    """What one pass over the inbox did."""
+
+    unseen: int = 0
+    answered: int = 0
+    duplicates: int = 0
+    skipped: int = 0
+    """Not to be answered (auto-replies, own mail, unreadable or empty mail); marked seen."""
+    failed: int = 0
+    """Left unseen for the next poll (or given up on after ``max_failures``)."""
+
+
+@dataclass(frozen=True)
+class EmailSent:
+    conversation_id: int
+    message_id: int
+    email_message_id: str
+    contact_id: int
+
+
+@dataclass(frozen=True)
+class EmailChatResult:
+    reply: str
+    conversation_id: int
+    message_id: int
+    email_message_id: str
+    citations: tuple[Citation, ...] = field(default_factory=tuple)
+
+
+class EmailService:
+    """One per process.  ``start()`` runs the poller when IMAP is configured; ``close()`` stops it after the
+    message in hand."""
+
+    def __init__(self, settings: Settings, engine: Engine, core: AgentCore | None, *,
+                 mailbox: Callable[[], ImapMailbox] | None = None, sender: SmtpSender | None = None,
+                 poll_interval: float | None = None, max_failures: int = 3, drain_timeout: float = 30.0) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.core = core
+        self.contacts = AgentStore(engine)
+        self._mailbox = mailbox or (lambda: ImapMailbox.from_settings(settings))
+        self._sender = sender
+        self.poll_interval = settings.imap_poll_interval if poll_interval is None else poll_interval
+        self.max_failures = max_failures
+        self.drain_timeout = drain_timeout
+        self._failures: dict[str, int] = {}
+        self._poll_lock = asyncio.Lock()
+        self._stop = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    # ------------------------------------------------------------------ configuration
+    @property
+    def receiving(self) -> bool:
+        return bool(self.settings.imap_host)
+
+    @property
+    def sender(self) -> SmtpSender:
+        if self._sender is None:
+            if not self.settings.smtp_host:
+                raise Unavailable("e-mail sending is not configured (set EVA_SMTP_HOST)",
+                                  code="email_not_configured")
+            self._sender = SmtpSender.from_settings(self.settings)
+        return self._sender
+
+    @property
+    def from_address(self) -> str:
+        """Our address: EVA_SMTP_FROM, else the SMTP or IMAP login when it is an address."""
+        for candidate in (self.settings.smtp_from, self.settings.smtp_user, self.settings.imap_user):
+            _name, address = parseaddr(candidate)
+            if "@" in address:
+                return address.strip()
+        raise Unavailable("set EVA_SMTP_FROM: the address e-mail replies come from", code="email_not_configured")
+
+    def _need_core(self) -> AgentCore:
+        if self.core is None:
+            raise Unavailable("no agent core (language model) runs in this process", code="llm_unavailable")
+        return self.core
+
+    # ------------------------------------------------------------------ lifecycle
+    async def start(self) -> None:
+        if self.receiving and self._task is None:
+            self._stop.clear()
+            self._task = asyncio.create_task(self._poll_forever(), name="email-poller")
+
+    async def close(self) -> None:
+        """Stop polling: the message being answered is finished (up to ``drain_timeout``), the rest stay unseen.
+        Idempotent."""
+        self._stop.set()
+        if self._task is not None:
+            _done, pending = await asyncio.wait([self._task], timeout=self.drain_timeout)
+            for task in pending:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            self._task = None
+
+    async def _poll_forever(self) -> None:
+        while not self._stop.is_set():
+            try:
+                result = await self.poll_once()
+                if result.unseen:
+                    log.info("e-mail poll: %d unseen, %d answered, %d duplicates, %d skipped, %d failed",
+                             result.unseen, result.answered, result.duplicates, result.skipped, result.failed)
+            except (EmailError, Unavailable) as exc:
+                log.warning("e-mail poll failed: [%s] %s", exc.code, exc.message)
+            except Exception:  # the poller must outlive any one bad round
+                log.exception("e-mail poll failed unexpectedly")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), timeout=self.poll_interval)
+
+    # ------------------------------------------------------------------ polling
+    async def poll_once(self) -> PollResult:
+        """One pass over the unseen mail of the inbox (see the module docstring)."""
+        if not self.receiving:
+            raise Unavailable("e-mail receiving is not configured (set EVA_IMAP_HOST)", code="email_not_configured")
+        self._need_core()
+        async with self._poll_lock:
+            result = PollResult()
+            mailbox = self._mailbox()
+            await asyncio.to_thread(mailbox.open)
+            try:
+                uids = await asyncio.to_thread(mailbox.unseen)
+                result.unseen = len(uids)
+                for uid in uids:
+                    if self._stop.is_set():
+                        break
+                    if not await self._poll_message(mailbox, uid, result):
+                        break
+            finally:
+                await asyncio.to_thread(mailbox.close)
+            return result
+
+    async def _poll_message(self, mailbox: ImapMailbox, uid: int, result: PollResult) -> bool:
+        """Handle one unseen message; False when the round should stop (the server side is down)."""
+        raw = await asyncio.to_thread(mailbox.fetch, uid)
+        if raw is None:
+            return True
+        key = f"{mailbox.mailbox}:{uid}"
+        try:
+            outcome = await self._handle(raw)
+        except InvalidInput as exc:
+            log.warning("e-mail %s cannot be answered (%s); marking it seen", uid, exc.message)
+            outcome = "skipped"
+        except Unavailable as exc:  # no agent, no sender address: nothing can be answered now
+            log.warning("e-mail %s not answered: [%s] %s", uid, exc.code, exc.message)
+            result.failed += 1
+            return False
+        except EmailError as exc:
+            result.failed += 1
+            if exc.retryable and exc.code.startswith("smtp"):
+                log.warning("e-mail %s not answered, SMTP is unavailable: %s", uid, exc.message)
+                return False
+            if not self._give_up(key, exc.code, exc.message):
+                return True
+            outcome = "failed"
+        except Exception as exc:
+            log.exception("e-mail %s failed unexpectedly", uid)
+            result.failed += 1
+            if not self._give_up(key, "internal_error", str(exc)):
+                return True
+            outcome = "failed"
+        self._failures.pop(key, None)
+        await asyncio.to_thread(mailbox.mark_seen, uid)
+        if outcome == "answered":
+            result.answered += 1
+        elif outcome == "duplicate":
+            result.duplicates += 1
+        elif outcome == "skipped":
+            result.skipped += 1
+        return True
+
+    def _give_up(self, key: str, code: str, message: str) -> bool:
+        failures = self._failures.get(key, 0) + 1
+        self._failures[key] = failures
+        if failures < self.max_failures:
+            log.warning("e-mail %s failed (%d of %d): [%s] %s", key, failures, self.max_failures, code, message)
+            return False
+        log.error("e-mail %s failed %d times ([%s] %s); marking it seen without an answer", key, failures, code,
+                  message)
+        return True
+
+    async def _db(self, fn: Callable[[Session], T]) -> T:
+        def transaction() -> T:
+            with session_scope(self.engine) as session:
+                return fn(session)
+
+        return await asyncio.to_thread(transaction)
+
+    async def _handle(self, raw: bytes) -> str:
+        """Answer one raw message; returns answered | duplicate | skipped."""
+        core = self._need_core()
+        mail = parse_email(raw)
+        own = self.from_address.lower()
+        if mail.auto_generated or mail.sender == own:
+            log.debug("not answering %s: automatic or our own mail", mail.message_id)
+            return "skipped"
+        text = mail.text.strip() or mail.subject.strip()
+        if not text:
+            return "skipped"
+        agent = await self._db(lambda s: store.channel_agent(s, self.settings.email_agent))
+        contact = await self.contacts.find_or_create_contact(email=normalize_email(mail.sender),
+                                                             name=mail.sender_name)
+        assert agent.id is not None and contact.id is not None
+        turn = await self._db(lambda s: store.find_turn(s, CHANNEL, mail.message_id))
+        if turn is not None and turn.answered:
+            return "duplicate"
+        if turn is not None and not turn.reply_complete:
+            unfinished = turn
+            await self._db(lambda s: store.discard_turn(s, unfinished))
+            turn = None
+        if turn is not None and turn.assistant_message_id is not None:
+            reply_text, assistant_id = turn.reply_text, turn.assistant_message_id
+        else:
+            conversation_id = await self._thread(agent, contact, mail)
+            done = await core.respond(agent, contact, CHANNEL, text[:8000], conversation_id=conversation_id,
+                                      external_id=mail.message_id, tools=(SEARCH_KNOWLEDGE,))
+            if done.tool_calls:
+                log.info("e-mail reply asked for tools %s, which this channel does not run",
+                         ", ".join(c.name for c in done.tool_calls))
+            reply_text, assistant_id = done.text, done.assistant_message_id
+        reply = build_reply(mail, reply_text, sender=own_display(self.settings, own))
+        await asyncio.to_thread(self.sender.send, reply)
+        await self._db(lambda s: store.record_sent(s, assistant_id, str(reply["Message-ID"])))
+        return "answered"
+
+    async def _thread(self, agent: Agent, contact: Contact, mail: InboundEmail) -> int:
+        assert agent.id is not None and contact.id is not None
+        agent_id, contact_id = agent.id, contact.id
+
+        def find_or_start(session: Session) -> int:
+            found = store.conversation_with_message(session, CHANNEL, contact_id, mail.thread_ids)
+            return found if found is not None else store.new_conversation(session, CHANNEL, agent_id, contact_id,
+                                                                          mail.thread_root)
+
+        return await self._db(find_or_start)
+
+    # ------------------------------------------------------------------ admin
+    async def send(self, to: str, subject: str, body: str) -> EmailSent:
+        """Send an e-mail from the channel (not generated) and store it as the start of a conversation."""
+        sender = self.sender
+        address = normalize_email(to)
+        if not body.strip():
+            raise InvalidInput("the body is empty", field="body")
+        own = self.from_address
+        contact = await self.contacts.find_or_create_contact(email=address)
+        assert contact.id is not None
+        contact_id = contact.id
+        message = build_message(sender=own_display(self.settings, own), to=address, subject=subject, body=body)
+        message_id = str(message["Message-ID"])
+        await asyncio.to_thread(sender.send, message)
+
+        def record(session: Session) -> tuple[int, int]:
+            agent = session.exec(select(Agent).where(Agent.name == self.settings.email_agent)).first()
+            conversation_id = store.new_conversation(session, CHANNEL, agent.id if agent else None, contact_id,
+                                                     message_id)
+            stored = store.add_message(session, conversation_id, "assistant", body, external_id=message_id,
+                                       timings={"sent_by": "admin_api", "subject": subject})
+            return conversation_id, stored
+
+        conversation_id, stored_id = await self._db(record)
+        return EmailSent(conversation_id, stored_id, message_id, contact_id)
+
+    async def chat(self, address: str, text: str, subject: str = "") -> EmailChatResult:
+        """Answer ``text`` as if ``address`` had written it, and e-mail the agent's reply there."""
+        core = self._need_core()
+        sender = self.sender
+        own = self.from_address
+        address = normalize_email(address)
+        agent = await self._db(lambda s: store.channel_agent(s, self.settings.email_agent))
+        contact = await self.contacts.find_or_create_contact(email=address)
+        assert agent.id is not None and contact.id is not None
+        message_id = new_message_id(own)
+        agent_id, contact_id = agent.id, contact.id
+        conversation_id = await self._db(
+            lambda s: store.new_conversation(s, CHANNEL, agent_id, contact_id, message_id))
+        done = await core.respond(agent, contact, CHANNEL, text, conversation_id=conversation_id,
+                                  tools=(SEARCH_KNOWLEDGE,))
+        message = build_message(sender=own_display(self.settings, own), to=address,
+                                subject=subject.strip() or DEFAULT_CHAT_SUBJECT, body=done.text,
+                                message_id=message_id)
+        await asyncio.to_thread(sender.send, message)
+        await self._db(lambda s: store.record_sent(s, done.assistant_message_id, message_id))
+        return EmailChatResult(done.text, conversation_id, done.assistant_message_id, message_id, done.citations)
+
+
+def own_display(settings: Settings, address: str) -> str:
+    """The From header: EVA_SMTP_FROM as configured (it may carry a display name), else the bare address."""
+    return settings.smtp_from.strip() or address

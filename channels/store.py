@@ -1,0 +1,189 @@
+"""Database work shared by the text channels (blocking functions on an open ``Session``; the channel services
+run them in worker threads).
+
+A channel turn is the pair of messages the agent core stores: the user's (``external_id`` = the channel's id of
+the inbound message) and the assistant's reply (``external_id`` = the channel's id of the reply once it was
+sent).  So "has this inbound message been answered?" is a question for the database, which is what makes
+redelivery and crash recovery safe: an answered message is never answered twice, and a reply that was generated
+but not sent is sent as it was stored, not generated again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import func
+from sqlmodel import Session, col, select
+
+from models import Agent, Contact, Conversation, Message, utcnow
+from voicebot.agent.store import get_agent_by_name
+from voicebot.errors import NotFound, Unavailable
+
+
+@dataclass(frozen=True)
+class StoredTurn:
+    """An inbound message already in the database and the reply stored after it (if any)."""
+
+    conversation_id: int
+    user_message_id: int
+    assistant_message_id: int | None
+    reply_text: str
+    reply_external_id: str
+    reply_complete: bool
+    """The reply was generated to its end (not cut off by a shutdown) and is not empty."""
+
+    @property
+    def answered(self) -> bool:
+        """The reply was sent (its channel id is recorded)."""
+        return bool(self.reply_external_id)
+
+
+@dataclass(frozen=True)
+class ConversationRow:
+    """A conversation of one channel with its contact's address (for the admin API)."""
+
+    id: int
+    contact_id: int | None
+    contact_name: str
+    address: str
+    agent_id: int | None
+    external_id: str
+    messages: int
+    started_at: datetime
+    updated_at: datetime
+
+
+def as_utc(value: datetime) -> datetime:
+    # SQLite returns datetimes without their zone; Eva stores UTC.
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
+
+
+def channel_agent(session: Session, name: str) -> Agent:
+    """The active agent named ``name``; Unavailable when it is missing or deactivated (the channel cannot
+    answer, which is a configuration problem, not the sender's)."""
+    try:
+        agent = get_agent_by_name(session, name)
+    except NotFound as exc:
+        raise Unavailable(f"the channel's agent {name!r} does not exist", code="channel_agent_missing",
+                          field="agent") from exc
+    if not agent.active:
+        raise Unavailable(f"the channel's agent {name!r} is not active", code="channel_agent_inactive",
+                          field="agent")
+    return agent
+
+
+def find_turn(session: Session, channel: str, external_id: str) -> StoredTurn | None:
+    """The stored turn whose user message has ``external_id`` on ``channel``, or None."""
+    user = session.exec(
+        select(Message).join(Conversation, col(Message.conversation_id) == col(Conversation.id))
+        .where(Conversation.channel == channel, Message.external_id == external_id, Message.role == "user")
+        .order_by(col(Message.id))
+    ).first()
+    if user is None or user.id is None:
+        return None
+    reply = session.exec(
+        select(Message).where(Message.conversation_id == user.conversation_id, Message.role == "assistant",
+                              col(Message.id) > user.id)
+        .order_by(col(Message.id))
+    ).first()
+    complete = reply is not None and bool(reply.text.strip()) and not (reply.timings or {}).get("cancelled")
+    return StoredTurn(user.conversation_id, user.id, reply.id if reply else None,
+                      reply.text if reply else "", reply.external_id if reply else "", complete)
+
+
+def discard_turn(session: Session, turn: StoredTurn) -> None:
+    """Delete an unfinished turn (a reply cut off by a shutdown), so the message is answered afresh."""
+    for message_id in (turn.user_message_id, turn.assistant_message_id):
+        message = session.get(Message, message_id) if message_id is not None else None
+        if message is not None:
+            session.delete(message)
+    session.flush()
+
+
+def recent_conversation(session: Session, channel: str, agent_id: int, contact_id: int,
+                        max_idle: timedelta) -> int | None:
+    """The contact's latest conversation with the agent on ``channel`` if it was active within ``max_idle``."""
+    conversation = session.exec(
+        select(Conversation).where(Conversation.channel == channel, Conversation.agent_id == agent_id,
+                                   Conversation.contact_id == contact_id)
+        .order_by(col(Conversation.updated_at).desc(), col(Conversation.id).desc())
+    ).first()
+    if conversation is None or as_utc(conversation.updated_at) < utcnow() - max_idle:
+        return None
+    return conversation.id
+
+
+def conversation_with_message(session: Session, channel: str, contact_id: int,
+                              external_ids: list[str]) -> int | None:
+    """The contact's conversation on ``channel`` holding a message with any of ``external_ids`` (newest)."""
+    ids = [i for i in external_ids if i]
+    if not ids:
+        return None
+    found = session.exec(
+        select(Message.conversation_id).join(Conversation, col(Message.conversation_id) == col(Conversation.id))
+        .where(Conversation.channel == channel, Conversation.contact_id == contact_id,
+               col(Message.external_id).in_(ids))
+        .order_by(col(Message.id).desc())
+    ).first()
+    return found
+
+
+def new_conversation(session: Session, channel: str, agent_id: int | None, contact_id: int | None,
+                     external_id: str) -> int:
+    conversation = Conversation(channel=channel, agent_id=agent_id, contact_id=contact_id,
+                                external_id=external_id[:255])
+    session.add(conversation)
+    session.flush()
+    assert conversation.id is not None
+    return conversation.id
+
+
+def add_message(session: Session, conversation_id: int, role: str, text: str, *, external_id: str = "",
+                timings: dict[str, Any] | None = None) -> int:
+    """Store a message the agent core did not write (a declined media message, an admin's message)."""
+    message = Message(conversation_id=conversation_id, role=role, text=text, external_id=external_id[:255],
+                      timings=timings)
+    session.add(message)
+    conversation = session.get(Conversation, conversation_id)
+    if conversation is not None:
+        conversation.updated_at = utcnow()
+        session.add(conversation)
+    session.flush()
+    assert message.id is not None
+    return message.id
+
+
+def record_sent(session: Session, message_id: int, external_id: str, extra: dict[str, Any] | None = None) -> None:
+    """Mark an assistant message as sent: its channel id (and e.g. the ids of further parts in ``timings``)."""
+    message = session.get(Message, message_id)
+    if message is None:
+        return
+    message.external_id = external_id[:255]
+    if extra:
+        message.timings = {**(message.timings or {}), **extra}  # a new dict, so the JSON column is seen changed
+    session.add(message)
+
+
+def list_conversations(session: Session, channel: str, limit: int, offset: int) -> tuple[list[ConversationRow], int]:
+    """One channel's conversations, most recently active first, with the contact's address and message count."""
+    address = Contact.whatsapp_id if channel == "whatsapp" else Contact.email
+    counts = (select(Message.conversation_id, func.count().label("n")).group_by(col(Message.conversation_id))
+              .subquery())
+    rows = session.exec(
+        select(Conversation, Contact.name, address, func.coalesce(counts.c.n, 0))
+        .join(Contact, col(Conversation.contact_id) == col(Contact.id), isouter=True)
+        .join(counts, counts.c.conversation_id == col(Conversation.id), isouter=True)
+        .where(Conversation.channel == channel)
+        .order_by(col(Conversation.updated_at).desc(), col(Conversation.id).desc())
+        .offset(offset).limit(limit)
+    ).all()
+    total = session.exec(select(func.count()).select_from(Conversation).where(Conversation.channel == channel)).one()
+    items = []
+    for conversation, name, addr, count in rows:
+        assert conversation.id is not None
+        items.append(ConversationRow(conversation.id, conversation.contact_id, name or "", addr or "",
+                                     conversation.agent_id, conversation.external_id, int(count),
+                                     as_utc(conversation.started_at), as_utc(conversation.updated_at)))
+    return items, int(total)

@@ -1,0 +1,127 @@
+"""Async client of the WhatsApp Cloud API (Graph API): sends messages from the business phone number.
+
+``POST {api_url}/{phone_number_id}/messages`` with ``Authorization: Bearer <token>``.  Every request has a
+timeout.  HTTP 429 and 5xx are retried (``max_attempts`` in all), waiting as long as ``Retry-After`` says (capped)
+or with exponential backoff; a connection that could not be opened is retried too, because nothing was sent.
+A timeout after the request went out is *not* retried: the message may have been delivered, and a duplicate is
+worse than a clear error.  Failures raise :class:`~voicebot.errors.WhatsAppError` with a stable code
+(``whatsapp_auth_failed``, ``whatsapp_rate_limited``, ``whatsapp_window_closed``, ``whatsapp_rejected``,
+``whatsapp_unavailable``, ``whatsapp_timeout``, ``whatsapp_bad_response``).  The token is never logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import aiohttp
+
+from channels.whatsapp.codec import SentMessage, build_text_message, parse_graph_error, parse_send_response, split_text
+from voicebot.config import Settings
+from voicebot.errors import WhatsAppError
+
+log = logging.getLogger(__name__)
+
+Sleep = Callable[[float], Awaitable[None]]
+
+
+class WhatsAppClient:
+    """One business phone number.  Create inside the event loop that uses it; :meth:`close` when done."""
+
+    def __init__(self, api_url: str, phone_number_id: str, token: str, *, timeout: float = 15.0,
+                 max_attempts: int = 3, backoff: float = 0.5, max_retry_after: float = 30.0,
+                 sleep: Sleep = asyncio.sleep) -> None:
+        if not phone_number_id or not token:
+            raise WhatsAppError("WhatsApp needs EVA_WHATSAPP_PHONE_NUMBER_ID and EVA_WHATSAPP_TOKEN",
+                                code="whatsapp_not_configured")
+        self.url = f"{api_url.rstrip('/')}/{phone_number_id}/messages"
+        self._token = token
+        self.timeout = timeout
+        self.max_attempts = max(1, max_attempts)
+        self.backoff = backoff
+        self.max_retry_after = max_retry_after
+        self._sleep = sleep
+        self._session: aiohttp.ClientSession | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **kwargs: Any) -> WhatsAppClient:
+        return cls(settings.whatsapp_api_url, settings.whatsapp_phone_number_id, settings.whatsapp_token, **kwargs)
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout))
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def send_text(self, to: str, text: str, *, reply_to: str | None = None) -> list[SentMessage]:
+        """Send ``text`` to WhatsApp id ``to``; a text over the Cloud API's 4096 characters goes as several
+        messages, cut at paragraph or sentence breaks.  Returns one :class:`SentMessage` per message sent."""
+        sent = []
+        for index, piece in enumerate(split_text(text)):
+            # Only the first piece quotes the message it answers; the rest follow it.
+            sent.append(await self.send(build_text_message(to, piece, reply_to=reply_to if index == 0 else None)))
+        if not sent:
+            raise WhatsAppError("the message text is empty", code="invalid_input", field="text")
+        return sent
+
+    async def send(self, payload: dict[str, Any]) -> SentMessage:
+        """POST one message payload (see :func:`~channels.whatsapp.codec.build_text_message`)."""
+        headers = {"Authorization": f"Bearer {self._token}"}
+        for attempt in range(1, self.max_attempts + 1):
+            try:
+                async with self._client().post(self.url, json=payload, headers=headers) as response:
+                    data = await _json_or_none(response)
+                    if response.status == 200:
+                        return parse_send_response(data)
+                    error = parse_graph_error(response.status, data)
+                    retry_after = _retry_after(response.headers.get("Retry-After"))
+            except aiohttp.ClientConnectorError as exc:
+                # Nothing reached the server: safe to try again.
+                error = WhatsAppError(f"cannot connect to the WhatsApp API: {exc.os_error or exc}",
+                                      code="whatsapp_unavailable", retryable=True)
+                error.__cause__ = exc
+                retry_after = None
+            except TimeoutError as exc:
+                raise WhatsAppError(f"the WhatsApp API did not answer within {self.timeout:g}s",
+                                    code="whatsapp_timeout", retryable=True) from exc
+            except aiohttp.ClientError as exc:
+                raise WhatsAppError(f"the WhatsApp API request failed: {exc}", code="whatsapp_unavailable",
+                                    retryable=True) from exc
+            automatic = error.upstream_status is None or error.upstream_status == 429 or error.upstream_status >= 500
+            if not automatic or attempt == self.max_attempts:
+                raise error
+            delay = min(retry_after, self.max_retry_after) if retry_after is not None \
+                else self.backoff * 2 ** (attempt - 1)
+            log.warning("WhatsApp send failed (%s, attempt %d of %d); retrying in %.1fs", error.code, attempt,
+                        self.max_attempts, delay)
+            await self._sleep(delay)
+        raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
+
+
+async def _json_or_none(response: aiohttp.ClientResponse) -> Any:
+    try:
+        return await response.json(content_type=None)
+    except ValueError:  # not JSON (an HTML error page from a proxy, an empty body)
+        return None
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Seconds from a ``Retry-After`` header (delta-seconds or an HTTP date), or None."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())

@@ -1,0 +1,292 @@
+"""Fixtures of the channel tests: migrated databases with the demo agent, a scripted language model for the
+mechanics (what the agent says is beside the point there; the real embedded model answers in the end-to-end
+tests), the local Graph API server, and real mail servers: aiosmtpd (SMTP) in-process and Debian's dovecot (IMAP)
+started once per session with a private configuration."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import imaplib
+import os
+import pwd
+import re
+import shutil
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from email import message_from_bytes, policy
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiosmtpd.controller import Controller
+from sqlalchemy.engine import Engine
+
+from models.db import make_engine, upgrade
+from tests.fakes.graph_server import FakeGraph
+from voicebot.agent.demo import seed_demo_rows
+from voicebot.llm.base import ChatMessage, Done, GenerationOptions, LanguageModel, LlmEvent, TextDelta, ToolSpec
+
+
+# ---------------------------------------------------------------------------------------------- a scripted model
+class ScriptedLLM(LanguageModel):
+    """Answers ``reply(messages)`` word by word and records every request (to check memory and call counts)."""
+
+    name = "scripted"
+    supports_tools = False
+
+    def __init__(self, reply: Callable[[Sequence[ChatMessage]], str] | None = None, *,
+                 delay: float = 0.0) -> None:
+        self.reply = reply or (lambda messages: f"You said: {messages[-1].content}")
+        self.delay = delay
+        self.calls: list[list[ChatMessage]] = []
+
+    @property
+    def default_model(self) -> str:
+        return "scripted"
+
+    async def stream(self, messages: Sequence[ChatMessage], *, tools: Sequence[ToolSpec] = (),
+                     knowledge: Sequence[str] = (),
+                     options: GenerationOptions | None = None) -> AsyncGenerator[LlmEvent, None]:
+        self.calls.append(list(messages))
+        pieces = re.findall(r"\S+\s*", self.reply(messages))
+        for piece in pieces:
+            if self.delay:
+                await asyncio.sleep(self.delay)
+            yield TextDelta(piece)
+        yield Done("stop", prompt_tokens=sum(len(m.content.split()) for m in messages), completion_tokens=len(pieces))
+
+    async def list_models(self) -> list[str]:
+        return ["scripted"]
+
+    async def close(self) -> None:
+        return None
+
+
+# ---------------------------------------------------------------------------------------------- databases
+def migrated(url: str) -> Engine:
+    engine = make_engine(url)
+    upgrade(engine)
+    seed_demo_rows(engine)
+    return engine
+
+
+@pytest.fixture
+def sqlite_db(tmp_path: Path) -> Iterator[Engine]:
+    engine = migrated(f"sqlite:///{tmp_path / 'channels.db'}")
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def any_db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
+    """The demo agent in a fresh SQLite file, then in a fresh real PostgreSQL database."""
+    url = f"sqlite:///{tmp_path / 'channels.db'}" if request.param == "sqlite" else request.getfixturevalue(
+        "postgres_url")
+    engine = migrated(url)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+async def graph() -> AsyncIterator[FakeGraph]:
+    async with FakeGraph() as fake:
+        yield fake
+
+
+# ---------------------------------------------------------------------------------------------- SMTP
+@dataclass
+class SmtpSink:
+    """A real SMTP server (aiosmtpd) on 127.0.0.1 that keeps every message it accepts."""
+
+    host: str
+    port: int
+    messages: list[EmailMessage] = field(default_factory=list)
+    envelopes: list[tuple[str, list[str]]] = field(default_factory=list)
+    received: threading.Event = field(default_factory=threading.Event)
+    """Set when a message arrives (the server runs in its own thread)."""
+
+    def by_recipient(self, address: str) -> list[EmailMessage]:
+        return [m for (_from, rcpts), m in zip(self.envelopes, self.messages, strict=True) if address in rcpts]
+
+
+class KeepMessages:
+    """aiosmtpd handler: refuses recipients named nobody@, keeps every accepted message in the sink."""
+
+    def __init__(self, sink: SmtpSink) -> None:
+        self.sink = sink
+
+    async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str,
+                          rcpt_options: list[str]) -> str:
+        if address.startswith("nobody@"):  # a recipient the server refuses for good
+            return "550 5.1.1 <" + address + ">: Recipient address rejected: User unknown"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        message = message_from_bytes(envelope.original_content or envelope.content, policy=policy.default)
+        assert isinstance(message, EmailMessage)
+        self.sink.envelopes.append((envelope.mail_from, list(envelope.rcpt_tos)))
+        self.sink.messages.append(message)
+        self.sink.received.set()
+        return "250 Message accepted for delivery"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@pytest.fixture
+def smtp_sink() -> Iterator[SmtpSink]:
+    sink = SmtpSink("127.0.0.1", free_port())
+    controller = Controller(KeepMessages(sink), hostname=sink.host, port=sink.port)
+    controller.start()
+    try:
+        yield sink
+    finally:
+        controller.stop()
+
+
+# ---------------------------------------------------------------------------------------------- IMAP (dovecot)
+DOVECOT = shutil.which("dovecot") or "/usr/sbin/dovecot"
+
+
+@dataclass
+class Dovecot:
+    """A private dovecot (IMAP only, plaintext on 127.0.0.1, any user with ``password``, maildir per user)."""
+
+    host: str
+    port: int
+    password: str
+    root: Path
+
+    def imap(self, user: str) -> imaplib.IMAP4:
+        connection = imaplib.IMAP4(self.host, self.port, timeout=10)
+        connection.login(user, self.password)
+        return connection
+
+    def deliver(self, user: str, raw: bytes, *, seen: bool = False) -> None:
+        """Put a message into ``user``'s INBOX (IMAP APPEND), unseen unless ``seen``."""
+        connection = self.imap(user)
+        try:
+            status, data = connection.append("INBOX", "(\\Seen)" if seen else None, None, raw)
+            assert status == "OK", data
+        finally:
+            connection.logout()
+
+    def flags(self, user: str) -> list[tuple[str, bool]]:
+        """(Message-ID, seen) of every message in ``user``'s INBOX, in order."""
+        connection = self.imap(user)
+        try:
+            connection.select("INBOX")
+            status, data = connection.uid("SEARCH", "ALL")
+            assert status == "OK"
+            result = []
+            for uid in (data[0] or b"").split():
+                status, fetched = connection.uid("FETCH", uid.decode(),
+                                                 "(FLAGS BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)])")
+                assert status == "OK"
+                head = next(item for item in fetched if isinstance(item, tuple))
+                header = message_from_bytes(head[1], policy=policy.default)
+                result.append((str(header.get("Message-ID", "")), b"\\Seen" in head[0]))
+            return result
+        finally:
+            connection.logout()
+
+
+def _dovecot_config(root: Path, port: int, password: str) -> str:
+    if os.geteuid() == 0:
+        # Dovecot refuses to run mail processes as root: the package's unprivileged users do the work.
+        internal, login, mail = "dovecot", "dovenull", "dovecot"
+    else:
+        internal = login = mail = pwd.getpwuid(os.geteuid()).pw_name
+    uid = pwd.getpwnam(mail).pw_uid
+    return f"""
+base_dir = {root}/run
+state_dir = {root}/state
+log_path = {root}/dovecot.log
+protocols = imap
+listen = 127.0.0.1
+ssl = no
+disable_plaintext_auth = no
+auth_mechanisms = plain login
+mail_location = maildir:{root}/mail/%u
+mail_uid = {mail}
+mail_gid = {pwd.getpwnam(mail).pw_gid}
+first_valid_uid = {uid}
+last_valid_uid = {uid}
+default_internal_user = {internal}
+default_login_user = {login}
+mail_fsync = never
+auth_failure_delay = 0
+passdb {{
+  driver = static
+  args = password={password}
+}}
+userdb {{
+  driver = static
+  args = home={root}/mail/%u
+}}
+service imap-login {{
+  inet_listener imap {{
+    address = 127.0.0.1
+    port = {port}
+  }}
+  inet_listener imaps {{
+    port = 0
+  }}
+}}
+service stats {{
+  inet_listener http {{
+    port = 0
+  }}
+}}
+"""
+
+
+@pytest.fixture(scope="session")
+def dovecot() -> Iterator[Dovecot]:
+    if not Path(DOVECOT).exists():
+        pytest.fail("dovecot is not installed: run `make setup` (Debian package dovecot-imapd)")
+    root = Path(tempfile.mkdtemp(prefix="eva-dovecot-"))
+    root.chmod(0o755)  # the unprivileged dovecot processes must reach their files
+    for sub in ("run", "state", "mail"):
+        (root / sub).mkdir()
+    if os.geteuid() == 0:
+        shutil.chown(root / "mail", "dovecot", "dovecot")
+    port = free_port()
+    server = Dovecot("127.0.0.1", port, "imap-test-password", root)
+    config = root / "dovecot.conf"
+    config.write_text(_dovecot_config(root, port, server.password))
+    process = subprocess.Popen([DOVECOT, "-F", "-c", str(config)], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+                break
+            if process.poll() is not None or time.monotonic() > deadline:
+                log = (root / "dovecot.log").read_text() if (root / "dovecot.log").exists() else ""
+                stderr = process.stderr.read().decode() if process.stderr and process.poll() is not None else ""
+                pytest.fail(f"dovecot did not start: {stderr} {log}")
+            time.sleep(0.05)
+        yield server
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        if process.stderr is not None:
+            process.stderr.close()
+        shutil.rmtree(root, ignore_errors=True)

@@ -1,0 +1,162 @@
+"""A local HTTP server that speaks the WhatsApp Cloud API's send-message wire format (the Graph API is a SaaS
+that cannot run here).
+
+``POST /{version}/{phone_number_id}/messages`` with ``Authorization: Bearer <token>`` and the documented body
+(``messaging_product: whatsapp``, ``recipient_type``, ``to``, ``type: text``, ``text: {preview_url, body}``)
+answers ``{"messaging_product": "whatsapp", "contacts": [{"input", "wa_id"}], "messages": [{"id": "wamid..."}]}``.
+What the real API refuses is refused here the same way: a wrong token (190, HTTP 401), a body that is not the
+documented shape or a text over 4096 characters (100, HTTP 400), an unknown phone number id (100, HTTP 400).
+A test can queue answers (:class:`Reply`): a documented Graph error JSON with its status, a ``Retry-After``,
+a body that is not JSON, or a delay (to trip the client's timeout).  Every accepted message is in ``sent``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import itertools
+import json
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+DATA = Path(__file__).resolve().parent.parent / "data" / "whatsapp"
+API_VERSION = "v21.0"
+
+
+def graph_error(name: str) -> dict[str, Any]:
+    """A documented Graph error body from tests/data/whatsapp (e.g. ``error_rate_limit``)."""
+    data: dict[str, Any] = json.loads((DATA / f"{name}.json").read_text())
+    return data
+
+
+@dataclass
+class Reply:
+    """One scripted answer instead of the normal behaviour."""
+
+    status: int = 200
+    body: Any = None
+    """JSON to answer (None with status 200: the normal success answer)."""
+    raw: bytes | None = None
+    """Bytes to answer instead of JSON (e.g. a proxy's HTML error page)."""
+    retry_after: str | None = None
+    delay: float = 0.0
+
+
+@dataclass
+class FakeGraph:
+    phone_number_id: str = "106540352242922"
+    token: str = "EAAtesttoken"
+    replies: deque[Reply] = field(default_factory=deque)
+    sent: list[dict[str, Any]] = field(default_factory=list)
+    """Bodies of the messages accepted (status 200), in order."""
+    requests: int = 0
+    message_arrived: asyncio.Event = field(default_factory=asyncio.Event)
+    _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+    _runner: web.AppRunner | None = None
+    _port: int = 0
+
+    @property
+    def api_url(self) -> str:
+        """What ``EVA_WHATSAPP_API_URL`` would be (the Graph base with its version)."""
+        return f"http://127.0.0.1:{self._port}/{API_VERSION}"
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_post(f"/{API_VERSION}/{{phone_number_id}}/messages", self._messages)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self._port = self._runner.addresses[0][1]
+
+    async def close(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def __aenter__(self) -> FakeGraph:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def wait_for_messages(self, count: int, timeout: float = 20.0) -> list[dict[str, Any]]:
+        async with asyncio.timeout(timeout):
+            while len(self.sent) < count:
+                self.message_arrived.clear()
+                await self.message_arrived.wait()
+        return self.sent
+
+    # ------------------------------------------------------------------ the endpoint
+    async def _messages(self, request: web.Request) -> web.StreamResponse:
+        self.requests += 1
+        if self.replies:
+            reply = self.replies.popleft()
+            if reply.delay:
+                await asyncio.sleep(reply.delay)
+            if reply.status != 200 or reply.body is not None or reply.raw is not None:
+                headers = {"Retry-After": reply.retry_after} if reply.retry_after else None
+                if reply.raw is not None:
+                    return web.Response(status=reply.status, body=reply.raw, content_type="text/html",
+                                        headers=headers)
+                return web.json_response(reply.body, status=reply.status, headers=headers)
+        if request.headers.get("Authorization") != f"Bearer {self.token}":
+            return web.json_response(graph_error("error_token_expired"), status=401)
+        if request.match_info["phone_number_id"] != self.phone_number_id:
+            return _invalid_parameter(f"Unsupported post request. Object with ID "
+                                      f"'{request.match_info['phone_number_id']}' does not exist")
+        try:
+            body = await request.json()
+        except ValueError:
+            return _invalid_parameter("The request body is not JSON")
+        problem = _check_text_message(body)
+        if problem:
+            return _invalid_parameter(problem)
+        to = body["to"]
+        wa_id = to.lstrip("+")
+        wamid = "wamid." + base64.b64encode(f"eva-test-{wa_id}-{next(self._ids):06d}".encode()).decode()
+        self.sent.append(body)
+        self.message_arrived.set()
+        return web.json_response({"messaging_product": "whatsapp", "contacts": [{"input": to, "wa_id": wa_id}],
+                                  "messages": [{"id": wamid}]})
+
+
+def _check_text_message(body: Any) -> str:
+    """What is wrong with a text-message body, per the send-message reference ('' when it is right)."""
+    if not isinstance(body, dict):
+        return "The request body must be a JSON object"
+    if body.get("messaging_product") != "whatsapp":
+        return "The parameter messaging_product is required and must be 'whatsapp'"
+    if body.get("recipient_type", "individual") != "individual":
+        return "recipient_type must be 'individual'"
+    to = body.get("to")
+    if not isinstance(to, str) or not to.lstrip("+").isdigit():
+        return "The parameter to is required and must be a phone number"
+    if body.get("type") != "text":
+        return "This fake only accepts type 'text'"
+    text = body.get("text")
+    if not isinstance(text, dict) or not isinstance(text.get("body"), str) or not text["body"].strip():
+        return "The parameter text['body'] is required"
+    if len(text["body"]) > 4096:
+        return "Param text['body'] must be at most 4096 characters long"
+    if "preview_url" in text and not isinstance(text["preview_url"], bool):
+        return "Param text['preview_url'] must be a boolean"
+    context = body.get("context")
+    if context is not None and (not isinstance(context, dict) or not isinstance(context.get("message_id"), str)):
+        return "Param context['message_id'] must be a string"
+    extra = set(body) - {"messaging_product", "recipient_type", "to", "type", "text", "context",
+                         "biz_opaque_callback_data"}
+    if extra:
+        return f"Unexpected parameters: {', '.join(sorted(extra))}"
+    return ""
+
+
+def _invalid_parameter(details: str) -> web.Response:
+    return web.json_response({"error": {"message": "(#100) Invalid parameter", "type": "OAuthException", "code": 100,
+                                        "error_data": {"messaging_product": "whatsapp", "details": details},
+                                        "fbtrace_id": "AfakeTraceId0000"}}, status=400)
