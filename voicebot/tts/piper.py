@@ -6,6 +6,7 @@ Synthesis is CPU-bound: the async API runs it in an executor so the event loop n
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -16,6 +17,8 @@ import numpy as np
 from voicebot.audio import Audio, resample, write_wav
 from voicebot.config import Settings
 from voicebot.errors import TtsError
+
+log = logging.getLogger(__name__)
 
 
 def default_voice_path() -> tuple[Path, Path]:
@@ -88,7 +91,15 @@ class PiperSpeaker:
     def voice(self, path: str = "") -> PiperTts:
         key = path or self.default_voice
         if key not in self._voices:
-            self._voices[key] = PiperTts(key)
+            try:
+                self._voices[key] = PiperTts(key)
+            except TtsError as exc:
+                if not key:
+                    raise
+                # A wrong voice on one agent must not silence its calls: speak with the default voice
+                # (remembered, so the broken path is not retried for every sentence).
+                log.error("agent voice unusable (%s); using the default voice", exc.message)
+                self._voices[key] = self.voice("")
         return self._voices[key]
 
     def speak_blocking(self, text: str, rate: int, voice: str = "") -> Audio:
