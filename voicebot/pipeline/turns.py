@@ -29,7 +29,7 @@ class TurnConfig:
     """Audio kept from before the onset, so the first syllable reaches STT."""
     min_utterance_ms: int = 200
     """Voiced audio shorter than this is dropped (a click), not sent to STT."""
-    pause_ms: int = 200
+    pause_ms: int = 120
     """Silence after which a SpeechPaused event invites speculative STT (0 disables it)."""
 
 
