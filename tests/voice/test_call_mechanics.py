@@ -172,14 +172,17 @@ async def test_two_simultaneous_calls_get_their_own_answers(
         runtime: EvaRuntime, caller: Caller, say: Callable[[str], Path], whisper: WhisperStt) -> None:
     import asyncio
 
-    first = caller.script("100", Action("play", at=5.0, path=str(say("I would like apples."))), timeout=12)
-    second = caller.script("100", Action("play", at=5.0, path=str(say("Please send me bananas."))), timeout=12)
+    first = caller.script("100", Action("play", at=5.0, path=str(say("Tell me the weather in London."))),
+                          timeout=12)
+    second = caller.script("100", Action("play", at=5.0, path=str(say("I want to order a large pizza."))),
+                           timeout=12)
     one, two = await asyncio.gather(place_call_async(first), place_call_async(second))
     assert one.connected and two.connected
     text_one = transcribe(whisper, load(one.record_path)).lower()
     text_two = transcribe(whisper, load(two.record_path)).lower()
-    assert "apple" in text_one and "banana" not in text_one, text_one
-    assert "banana" in text_two and "apple" not in text_two, text_two
+    # Each caller hears Eva repeat their own words, never the other caller's.
+    assert ("london" in text_one or "weather" in text_one) and "pizza" not in text_one, text_one
+    assert "pizza" in text_two and "london" not in text_two and "weather" not in text_two, text_two
 
 
 async def test_unknown_number_hears_an_apology(runtime: EvaRuntime, caller: Caller, whisper: WhisperStt) -> None:
