@@ -101,6 +101,7 @@ class EvaRuntime:
                 log.info("resumed indexing of %d knowledge document(s)", len(resumed))
         except ImportError:
             log.warning("knowledge base unavailable; agents answer without it")
+        await self._warm_up(llm, kb)
         core = AgentCore(self.settings, engine, llm, kb)
         self.components["core"] = core
         return AgentResponder(engine, core)
@@ -112,6 +113,22 @@ class EvaRuntime:
         channels = await start_channels(self.settings, engine, self.components.get("core"))
         self.components["channels"] = channels
         self.closers.append(channels.close)  # runs before the LLM and knowledge base they answer with close
+
+    async def _warm_up(self, llm: Any, kb: Any) -> None:
+        """Load the embedding model and run the LLM once now, so the first caller does not wait seconds for it."""
+        from voicebot.errors import EvaError
+        from voicebot.llm import ChatMessage, GenerationOptions
+
+        warm = getattr(getattr(kb, "embedder", None), "warm_up", None)
+        if warm is not None:
+            await warm()
+        try:
+            events = llm.stream([ChatMessage("user", "Hello")], options=GenerationOptions(max_tokens=2))
+            async with contextlib.aclosing(events) as stream:
+                async for _ in stream:
+                    pass
+        except EvaError as exc:
+            log.warning("LLM warm-up failed (%s); the first call will try again", exc.code)
 
     async def _start_api(self, engine: Engine) -> None:
         try:
