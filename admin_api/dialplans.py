@@ -37,6 +37,14 @@ _APP_RE = re.compile(r"^([A-Za-z][A-Za-z0-9_]*)\s*(?:\((.*)\))?$", re.DOTALL)
 _SHOW_LINE_RE = re.compile(r"\[([^\]:]+\.conf):(\d+)\]")
 RESERVED_CONTEXTS = frozenset({"general", "globals"})
 STATEMENTS = frozenset({"exten", "same", "include"})
+ALLOWED_APPLICATIONS = frozenset({
+    "answer", "hangup", "noop", "playback", "background", "wait", "waitexten", "goto", "gotoif", "gosub",
+    "gosubif", "return", "set", "stasis", "dial", "read", "saydigits", "saynumber", "sayalpha", "playtones",
+    "stopplaytones", "progress", "ringing", "busy", "congestion", "senddtmf", "echo", "milliwatt", "verbose",
+    "log", "transfer", "waitforsilence", "readexten",
+})
+"""What IVR designers may call.  Left out on purpose: anything that runs a shell command or writes files
+(MixMonitor's command argument, Record, System, AGI) and the indirections to them (Exec, ExecIf, TryExec)."""
 
 
 @dataclass
@@ -273,6 +281,10 @@ class DialplanService:
                 raise Conflict(
                     f"context [{context}] is already declared in {owners[context]}", field="content"
                 )
+        for app, line in sorted(parsed.applications.items(), key=lambda item: item[1]):
+            if app not in ALLOWED_APPLICATIONS:
+                raise _fail(line, f"application {app!r} is not allowed in Eva dialplans "
+                                  f"(allowed: {', '.join(sorted(ALLOWED_APPLICATIONS))})")
         known = set(owners) | set(parsed.contexts)
         for target, line in parsed.includes:
             if target not in known:

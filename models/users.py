@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 from datetime import datetime
 
 from sqlmodel import Field, SQLModel
@@ -13,13 +14,16 @@ ROLES = ("admin", "designer", "viewer")
 
 class User(SQLModel, table=True):
     __tablename__ = "users"
+    # Never hand a deleted user's id to a new user (SQLite reuses the last rowid otherwise): access tokens name
+    # the user by id.
+    __table_args__ = {"sqlite_autoincrement": True}
 
     id: int | None = Field(default=None, primary_key=True)
     username: str = Field(index=True, unique=True, max_length=80)
     password_hash: str = Field(max_length=200)
     role: str = Field(default="viewer", max_length=16)
     active: bool = True
-    token_version: int = 0
+    token_version: int = Field(default_factory=lambda: secrets.randbelow(2**31))
     """Bumped on password change, role change, deactivation and "log out everywhere": access tokens carry the
     version they were issued under and stop working as soon as it moves."""
     created_at: datetime = Field(default_factory=utcnow)

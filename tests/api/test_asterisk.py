@@ -155,6 +155,11 @@ async def test_dialplans_validated_applied_and_rolled_back(live_api: Api, asteri
         "[api-test-ctx]\nexten => 7001,1,NoSuchApplication()\n": (422, "invalid_input", "line 2"),
         "[api-test-ctx]\nexten => 7001,1,Answer(\n": (422, "invalid_input", "line 2"),
         "[api-test-ctx]\n#exec /bin/sh -c 'touch /tmp/pwned'\n": (422, "invalid_input", "#exec"),
+        # Loaded in Asterisk, but able to run shell commands or write anywhere: not for IVR designers.
+        "[api-test-ctx]\nexten => 7001,1,MixMonitor(/tmp/x.wav,,touch /tmp/pwned)\n": (422, "invalid_input",
+                                                                                      "not allowed"),
+        "[api-test-ctx]\nexten => 7001,1,Exec(MixMonitor(/tmp/x.wav,,touch /tmp/pwned))\n": (422, "invalid_input",
+                                                                                            "not allowed"),
         "[api-test-ctx]\nfoo bar\n": (422, "invalid_input", "line 2"),
         "[eva-inbound]\nexten => 1,1,Answer()\n": (409, "conflict", "eva-inbound"),
         "[api-test-ctx]\nexten => 1,1,Answer()\ninclude => no-such-context\n": (422, "invalid_input", "line 3"),

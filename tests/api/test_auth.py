@@ -234,3 +234,20 @@ async def test_signup_only_when_enabled(api: Api, tmp_path: Path, new_engine: Ca
         assert response.status == 409
     finally:
         await open_api.client.close()
+
+
+async def test_a_deleted_users_token_never_works_for_a_new_user(api: Api) -> None:
+    from admin_api import accounts
+    from models.db import session_scope
+    from tests.api.conftest import FAST_ROUNDS, PASSWORD
+
+    with session_scope(api.engine) as session:
+        bob = accounts.create_user(session, "bob", PASSWORD, "viewer", rounds=FAST_ROUNDS)
+    token = (await api.login("bob"))["access_token"]
+    with session_scope(api.engine) as session:
+        assert bob.id is not None
+        accounts.delete_user(session, bob.id)
+        alice = accounts.create_user(session, "alice", PASSWORD, "admin", rounds=FAST_ROUNDS)
+    assert alice.id != bob.id  # ids are never reused
+    response = await api.client.get("/api/v1/auth/me", headers={"Authorization": f"Bearer {token}"})
+    assert response.status == 401
