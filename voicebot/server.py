@@ -101,7 +101,7 @@ class EvaRuntime:
                 log.info("resumed indexing of %d knowledge document(s)", len(resumed))
         except ImportError:
             log.warning("knowledge base unavailable; agents answer without it")
-        await self._warm_up(llm, kb)
+        await self.warm_up(llm, kb)
         core = AgentCore(self.settings, engine, llm, kb)
         self.components["core"] = core
         return AgentResponder(engine, core)
@@ -114,7 +114,7 @@ class EvaRuntime:
         self.components["channels"] = channels
         self.closers.append(channels.close)  # runs before the LLM and knowledge base they answer with close
 
-    async def _warm_up(self, llm: Any, kb: Any) -> None:
+    async def warm_up(self, llm: Any, kb: Any) -> None:
         """Load the embedding model and run the LLM once now, so the first caller does not wait seconds for it."""
         from voicebot.errors import EvaError
         from voicebot.llm import ChatMessage, GenerationOptions

@@ -96,6 +96,7 @@ async def agent_responder(runtime: EvaRuntime) -> AsyncIterator[AgentResponder]:
     assert runtime.engine is not None
     llm = await create_llm(settings)
     kb = KnowledgeBase(settings, runtime.engine)
+    await runtime.warm_up(llm, kb)  # as `eva run` does: no model loading inside the first call
     try:
         yield AgentResponder(runtime.engine, AgentCore(settings, runtime.engine, llm, kb))
     finally:

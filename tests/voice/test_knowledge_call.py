@@ -36,7 +36,7 @@ def real_agent(runtime: EvaRuntime, agent_responder: AgentResponder) -> Iterator
 async def test_caller_hears_the_greeting_and_an_answer_from_the_knowledge_base(
         runtime: EvaRuntime, caller: Caller, say: Callable[[str], Path], whisper: WhisperStt) -> None:
     question = say("How much does a flat tire repair cost?")
-    result = await place_call_async(caller.script("100", Action("play", at=4.5, path=str(question)), timeout=14))
+    result = await place_call_async(caller.script("100", Action("play", at=5.0, path=str(question)), timeout=16))
     assert result.connected, result
     heard = transcribe(whisper, load(result.record_path)).lower()
     assert "sunny side" in heard or "bike shop" in heard, heard  # the demo agent's greeting
