@@ -89,7 +89,6 @@ class VoiceApp:
         self.session_config = SessionConfig(
             turn=TurnConfig(min_speech_ms=settings.barge_in_ms, end_silence_ms=settings.end_of_turn_ms),
             vad_aggressiveness=settings.vad_aggressiveness)
-        self.total_calls = 0
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -162,7 +161,6 @@ class VoiceApp:
 
     # ------------------------------------------------------------------ one call
     async def _handle_call(self, live: LiveCall, event: AriEvent) -> None:
-        self.total_calls += 1
         CALLS_ACTIVE.inc()
         args = event.stasis_args()
         outcome = "failed"
@@ -285,15 +283,3 @@ class VoiceApp:
                                         cause=live.hangup_cause)
         self.calls.pop(live.channel_id, None)
         log.info("call %s ended: %s", live.call_id, outcome)
-
-    # ------------------------------------------------------------------ admin hooks
-    def live(self) -> list[dict[str, Any]]:
-        return [{"call_id": c.call_id, "channel_id": c.channel_id, "caller": c.caller, "did": c.did,
-                 "agent": c.agent_name} for c in self.calls.values()]
-
-    async def hangup_call(self, call_id: int) -> bool:
-        for live in self.calls.values():
-            if live.call_id == call_id:
-                await self.ari.hangup(live.channel_id)
-                return True
-        return False

@@ -88,9 +88,3 @@ def ensure_private_uid(root: Path) -> tuple[int, int]:
                     if st.st_uid == uid or st.st_gid == gid:
                         os.lchown(path, new if st.st_uid == uid else -1, new if st.st_gid == gid else -1)
     return new, new
-
-
-def asterisk_version(root: Path) -> str:
-    result = subprocess.run(["chroot", str(root), "/usr/sbin/asterisk", "-V"], capture_output=True, text=True,
-                            check=False, timeout=30)
-    return result.stdout.strip()

@@ -181,9 +181,6 @@ class Asterisk:
             return AsteriskStatus(False, pid, "", "")
         return AsteriskStatus(True, pid, version, uptime)
 
-    def reload(self, module: str = "") -> str:
-        return self.cli(f"module reload {module}".strip() if module else "core reload")
-
 
 def _alive(pid: int) -> bool:
     try:
@@ -198,6 +195,3 @@ def _alive(pid: int) -> bool:
         return False
     return True
 
-
-def sounds_path(settings: Settings) -> Path:
-    return settings.sounds_dir

@@ -82,13 +82,6 @@ def end_call_by_channel(engine: Engine, channel_id: str, *, outcome: str, cause:
         end_call(engine, call_id, outcome=outcome, cause=cause)
 
 
-def set_outcome(engine: Engine, call_id: int, outcome: str) -> None:
-    with session_scope(engine) as session:
-        call = session.get(Call, call_id)
-        if call is not None:
-            call.outcome = outcome
-
-
 def close_orphans(engine: Engine, worker: str) -> int:
     """Calls this worker left 'active' (crash, kill -9) are closed as failed on start: nothing stays open."""
     with session_scope(engine) as session:

@@ -17,7 +17,6 @@ import asyncio
 import logging
 import random
 import socket
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -188,6 +187,3 @@ class RtpTransport:
             self._ports.release(self._sock)
             self._sock = None
 
-
-def monotonic_ms() -> float:
-    return time.monotonic() * 1000.0

@@ -78,7 +78,3 @@ class Playout:
         self._current = None
         self.frames_out = 0
         self.on_first_frame = on_first_frame
-
-    @property
-    def queued_seconds(self) -> float:
-        return len(self._frames) * self.frame_samples / (self.frame_samples * 50)

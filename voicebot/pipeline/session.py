@@ -69,7 +69,6 @@ class SessionConfig:
     dtmf_timeout_s: float = 2.0
     dtmf_terminator: str = "#"
     not_heard: str = NOT_HEARD
-    max_silent_turns: int = 3
     barge_in_confirm_ms: int = 300
     """Voiced time that proves an interruption is words: the reply is cancelled.  Shorter sounds only pause the
     bot until STT says whether they were words (a cough: the bot carries on where it paused)."""

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -63,12 +62,6 @@ class PiperTts:
             audio = Audio(np.asarray(chunk.audio_int16_array, dtype=np.int16).reshape(-1), int(chunk.sample_rate))
             out.append(resample(audio, rate) if rate else audio)
         return out
-
-    async def synthesize(self, text: str, rate: int) -> AsyncIterator[Audio]:
-        """Audio for ``text`` at ``rate`` Hz, produced off the event loop."""
-        loop = asyncio.get_running_loop()
-        audio = await loop.run_in_executor(None, self.synthesize_blocking, text, rate)
-        yield audio
 
 
 def synthesize_to_wav(text: str, path: str | Path, *, settings: Settings | None = None, rate: int = 16000) -> Path:
