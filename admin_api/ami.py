@@ -23,6 +23,7 @@ from panoramisk import Manager
 from panoramisk.message import Message
 
 from admin_api.control import LiveCall, OriginateRequest
+from voicebot.ari.origin import ORIGIN_VARIABLE, origin_token
 from voicebot.config import Settings
 from voicebot.errors import AmiError, NotFound
 
@@ -204,6 +205,7 @@ class AmiCallControl:
     def __init__(self, ami: AmiClient, settings: Settings) -> None:
         self.ami = ami
         self.app = settings.ari_app
+        self.origin_secret = settings.ari_password
 
     async def _channels(self) -> list[Message]:
         messages = await self.ami.action({"Action": "CoreShowChannels"})
@@ -246,6 +248,8 @@ class AmiCallControl:
             "ChannelId": channel_id,
             "Application": "Stasis",
             "Data": f"{self.app},did={request.number},agent={request.agent_name},direction=outbound",
+            # Proof for the voice app that Eva placed this call (Stasis arguments alone are forgeable).
+            "Variable": f"{ORIGIN_VARIABLE}={origin_token(self.origin_secret, channel_id)}",
         }
         if request.caller_id:
             fields["CallerID"] = request.caller_id

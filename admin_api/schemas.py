@@ -18,6 +18,10 @@ MAX_OFFSET = 1_000_000_000
 Id = Annotated[int, Field(ge=1, le=MAX_DB_INT)]
 Slug = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,79}$")]
 Did = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9+*#_.-]{1,64}$")]
+TransferName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9 _.-]{0,39}$")]
+Extension = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9*#+][A-Za-z0-9*#+_.-]{0,39}$")]
+"""A plain dialplan extension in ``eva-inbound`` (no pattern: it cannot start with ``_``)."""
+TransferTargets = Annotated[dict[TransferName, Extension], Field(max_length=50)]
 PhoneNumber = Annotated[str, StringConstraints(pattern=r"^\+?[0-9*#]{1,32}$")]
 RoleName = Literal["admin", "designer", "viewer"]
 Text200 = Annotated[str, StringConstraints(max_length=200)]
@@ -166,6 +170,8 @@ class AgentCreate(Input):
         default="I'm sorry, I'm having trouble answering right now. Could you say that again?",
         max_length=2000,
     )
+    transfer_targets: TransferTargets = Field(default_factory=dict)
+    """Where calls may be transferred: name → extension (e.g. ``{"sales": "201"}``); nothing else is."""
     active: bool = True
 
 
@@ -180,6 +186,7 @@ class AgentUpdate(Input):
     max_tokens: int = optional(ge=1, le=8192)
     greeting: Text2000 = optional()
     fallback_message: Text2000 = optional()
+    transfer_targets: TransferTargets = optional()
     active: bool = optional()
 
 
@@ -195,6 +202,7 @@ class AgentOut(Output):
     max_tokens: int
     greeting: str
     fallback_message: str
+    transfer_targets: dict[str, str]
     active: bool
     created_at: Timestamp
     updated_at: Timestamp
@@ -432,6 +440,8 @@ class TrunkCreate(Input):
     dids: list[Did] = Field(default_factory=list, max_length=200)
     from_user: SipUser = ""
     from_domain: Hostname | Literal[""] = ""
+    verified_caller_id: bool = False
+    """The provider attests caller numbers: callers are recognised (memory across calls and channels)."""
     enabled: bool = True
 
 
@@ -446,6 +456,7 @@ class TrunkUpdate(Input):
     dids: list[Did] = optional(max_length=200)
     from_user: SipUser = optional()
     from_domain: Hostname | Literal[""] = optional()
+    verified_caller_id: bool = optional()
     enabled: bool = optional()
 
 
@@ -464,6 +475,7 @@ class TrunkOut(Output):
     dids: list[str]
     from_user: str
     from_domain: str
+    verified_caller_id: bool
     enabled: bool
     created_at: Timestamp
     updated_at: Timestamp

@@ -25,6 +25,7 @@ from sqlmodel import col, select
 from admin_api.asterisk_link import AsteriskLink
 from models import SipTrunk, utcnow
 from models.db import session_scope
+from voicebot.asterisk.render import WILDCARD_HOSTS
 from voicebot.errors import AsteriskRejected, Conflict, InvalidInput, NotFound
 
 log = logging.getLogger(__name__)
@@ -84,6 +85,9 @@ def render_trunks(trunks: Sequence[SipTrunk], *, bind_host: str, sip_port: int) 
             "rtp_timeout = 60",
             f"aors = {name}",
         ]
+        if bind_host not in WILDCARD_HOSTS:
+            # RTP on the SIP address only, never the wildcard (chan_pjsip's default).
+            lines += [f"media_address = {bind_host}", "bind_rtp_to_media_address = yes"]
         if _has_auth(trunk):
             lines.append(f"outbound_auth = {name}")
         if trunk.from_user:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from sqlalchemy import JSON, Column
 from sqlmodel import Field, SQLModel
 
 from models.base import utcnow
@@ -32,6 +33,10 @@ class Agent(SQLModel, table=True):
     """Key that ends a DTMF sequence on calls (empty: only the inter-digit timeout ends it)."""
     dtmf_timeout_ms: int = Field(default=2000, ge=200, le=10000)
     """Pause after the last key that ends a DTMF sequence."""
+    transfer_targets: dict[str, str] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    """Where a call may be transferred: name (what the caller or the LLM says, e.g. "sales") → extension in
+    the ``eva-inbound`` dialplan context.  Empty: the agent cannot transfer.  The LLM's ``transfer_call``
+    target must name one of these (or be one of the extensions); anything else is refused and apologised for."""
     active: bool = Field(default=True)
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)

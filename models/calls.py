@@ -4,20 +4,30 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from sqlalchemy import UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 from models.base import utcnow
 
+CALLER_MAX = 64
+"""Characters of caller ID and DID stored (longer values, which a SIP peer controls, are cut)."""
+
 
 class Call(SQLModel, table=True):
+    """One Stasis session of a caller's channel.  A channel that Eva transfers to a number Eva handles
+    enters Stasis again: that is a new row (``generation`` + 1), so the first row keeps its outcome."""
+
     __tablename__ = "calls"
+    __table_args__ = (UniqueConstraint("channel_id", "generation", name="uq_calls_channel_generation"),)
 
     id: int | None = Field(default=None, primary_key=True)
-    channel_id: str = Field(index=True, unique=True, max_length=128)
+    channel_id: str = Field(index=True, max_length=128)
     """Asterisk's channel uniqueid."""
+    generation: int = 0
+    """How many earlier Stasis sessions this channel had (0: the call as it came in)."""
     direction: str = Field(default="inbound", max_length=16)
-    caller: str = Field(default="", index=True, max_length=64)
-    did: str = Field(default="", index=True, max_length=64)
+    caller: str = Field(default="", index=True, max_length=CALLER_MAX)
+    did: str = Field(default="", index=True, max_length=CALLER_MAX)
     agent_id: int | None = Field(default=None, foreign_key="agents.id", index=True)
     conversation_id: int | None = Field(default=None, foreign_key="conversations.id")
     started_at: datetime = Field(default_factory=utcnow, index=True)

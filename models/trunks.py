@@ -35,6 +35,10 @@ class SipTrunk(SQLModel, table=True):
     """Numbers this trunk delivers (informational; routing is by the routes table)."""
     from_user: str = Field(default="", max_length=128)
     from_domain: str = Field(default="", max_length=253)
+    verified_caller_id: bool = False
+    """The provider delivers verified caller numbers (e.g. STIR/SHAKEN-attested).  Only then is a caller on
+    this trunk recognised as a contact, with memory from other calls and channels; otherwise caller ID is
+    untrusted (trivially spoofed) and each call has only its own memory."""
     enabled: bool = True
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from datetime import UTC, datetime
 
 from admin_api.control import LiveCall, OriginateRequest
@@ -41,7 +42,11 @@ class AriCallControl:
     async def originate(self, request: OriginateRequest) -> str:
         """The callee's channel enters Stasis when answered and is handled like an inbound call, with
         ``direction=outbound`` and the requested agent."""
+        # The channel id is chosen here so the EVA_ORIGIN proof (bound to it) can be set at creation: without
+        # it the voice app treats direction/agent in the arguments as a caller's forgery.
+        channel_id = f"eva-out-{uuid.uuid4().hex[:16]}"
         reply = await self.ari.originate(
             request.dial_string, app_args=f"agent={request.agent_name},did={request.number},direction=outbound",
-            caller_id=request.caller_id, timeout=int(request.timeout_s))
-        return str(reply.get("id", ""))
+            caller_id=request.caller_id, timeout=int(request.timeout_s), channel_id=channel_id,
+            variables=self.ari.origin_variables(channel_id))
+        return str(reply.get("id", channel_id))

@@ -61,6 +61,18 @@ class MediaError(EvaError):
     code = "media_error"
 
 
+class TransferRefused(EvaError):
+    """A call transfer the agent asked for is not allowed (not on the agent's list, a loop, too many)."""
+
+    code = "transfer_refused"
+    http_status = 422
+
+    def __init__(self, message: str, *, code: str | None = None, options: tuple[str, ...] = ()) -> None:
+        super().__init__(message, code=code, field="target")
+        self.options = options
+        """The names the call may be transferred to instead."""
+
+
 class SpeechError(EvaError):
     """Base for speech-to-text and text-to-speech failures."""
 

@@ -1,10 +1,20 @@
 """The ARI application: turns Asterisk events into call sessions.
 
-For every caller channel entering ``Stasis(eva, ...)`` it resolves the agent (``agent=`` argument, else the route
-for the DID), records the call, answers, creates an ExternalMedia channel and a mixing bridge, optionally records
+For every caller channel entering ``Stasis(eva, ...)`` it resolves the agent (the route for the ``did=``
+argument), records the call, answers, creates an ExternalMedia channel and a mixing bridge, optionally records
 the bridge, and runs a :class:`~voicebot.pipeline.session.CallSession` in a task named ``call-<channel id>``.
 Channels Eva creates itself (UnicastRTP media channels) also enter Stasis and are ignored.  Whatever happens,
 teardown releases the media port, the bridge and the media channel and closes the call row.
+
+What is trusted: Stasis arguments and caller ID are the caller's to influence.  ``agent=`` and
+``direction=outbound`` are honoured only on channels Eva originated itself (proven by the ``EVA_ORIGIN``
+variable, see :mod:`voicebot.ari.origin`); on every other channel the call is inbound and routed by its DID.
+The caller ID names a contact (with memory across calls and channels) only when the call came in on a trunk
+the admin marked ``verified_caller_id``; otherwise the call remembers only itself.
+
+A channel can enter Stasis more than once: a transfer to a number Eva answers brings it back.  Each entry is
+its own session (a new call row, generation + 1), keyed by (channel id, Stasis generation), so the first
+session's row and outcome are never touched by the second.
 
 Eva keeps no call state that the database and Asterisk could not rebuild, so several workers can share one
 Asterisk (each ARI app name is a worker) and a restarted worker closes calls it left open.
@@ -14,20 +24,27 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
+import re
 import socket
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy.engine import Engine
 
+from models import utcnow
+from models.calls import CALLER_MAX
 from voicebot.ari import AriClient, AriEvent
+from voicebot.ari.events import ChannelInfo
+from voicebot.ari.origin import ORIGIN_VARIABLE
 from voicebot.asterisk.render import instance_path
 from voicebot.calls import store as calls
 from voicebot.config import Settings
-from voicebot.errors import EvaError, MediaError
+from voicebot.errors import AriError, EvaError, MediaError, TransferRefused
 from voicebot.media.ports import PortAllocator
 from voicebot.media.transport import RtpTransport
 from voicebot.metrics import CALLS_ACTIVE, CALLS_TOTAL
@@ -39,6 +56,10 @@ log = logging.getLogger(__name__)
 
 NO_ROUTE_PROMPT = "eva-no-route"
 NO_ROUTE_TEXT = "Sorry, this number is not in service. Goodbye."
+MAX_TRANSFERS = 4
+"""Transfers one channel may make into numbers Eva answers (a loop between agents ends here)."""
+EXTENSION_RE = re.compile(r"^[A-Za-z0-9*#+][A-Za-z0-9*#+_.-]{0,39}$")
+"""A transfer destination: a plain dialplan extension (no pattern, no comma, no context)."""
 
 
 @dataclass
@@ -48,6 +69,13 @@ class LiveCall:
     caller: str
     did: str
     agent_name: str
+    key: tuple[str, int] = ("", 0)
+    """(channel id, Stasis generation in this process): one per Stasis session of the channel."""
+    generation: int = 0
+    """The call row's generation (earlier Stasis sessions of this channel, from the database)."""
+    started: datetime = field(default_factory=utcnow)
+    agent_id: int | None = None
+    transfer_targets: dict[str, str] = field(default_factory=dict)
     session: CallSession | None = None
     task: asyncio.Task[None] | None = None
     bridge_id: str = ""
@@ -56,10 +84,45 @@ class LiveCall:
     hangup_cause: str = ""
 
 
+@dataclass(frozen=True)
+class CallIdentity:
+    """Who is calling whom, as far as Eva may believe it."""
+
+    direction: str
+    caller: str
+    did: str
+    agent_name: str
+    """Only for calls Eva placed: the agent it placed them for ('' → route by DID)."""
+    endpoint: str
+    """The PJSIP endpoint (trunk) the call came in on."""
+
+
+def claims_origin(args: dict[str, str]) -> bool:
+    """The Stasis arguments ask for what only Eva's own originate may ask for."""
+    return args.get("direction") == "outbound" or "agent" in args
+
+
+def call_identity(args: dict[str, str], channel: ChannelInfo, *, originated: bool) -> CallIdentity:
+    """Pure: the call's direction, caller, DID and agent from its Stasis arguments and channel.
+
+    ``originated`` says the channel carries Eva's origin proof; without it the call is inbound whatever the
+    arguments say, its agent comes from the DID's route, and the caller is the channel's caller ID.  Values
+    are cut to the sizes Eva stores."""
+    did = args.get("did", channel.exten)[:CALLER_MAX]
+    if originated and args.get("direction") == "outbound":
+        # We called them: the number we dialled is the contact.
+        return CallIdentity("outbound", did, did, args.get("agent", "")[:80], channel.endpoint)
+    return CallIdentity("inbound", channel.caller_number[:CALLER_MAX], did,
+                        args.get("agent", "")[:80] if originated else "", channel.endpoint)
+
+
 class _AriCallControl:
     def __init__(self, app: VoiceApp, live: LiveCall) -> None:
         self.app = app
         self.live = live
+
+    async def transfer_destination(self, target: str) -> str:
+        return await self.app.transfer_destination(self.live, target)
 
     async def transfer(self, target: str) -> None:
         await self.app.ari.continue_in_dialplan(self.live.channel_id, self.app.transfer_context, target)
@@ -81,7 +144,11 @@ class VoiceApp:
         self.responder = responder
         self.resolve_agent = resolve_agent
         self.ports = PortAllocator(settings.media_port_start, settings.media_port_end, settings.media_host)
-        self.calls: dict[str, LiveCall] = {}
+        self.calls: dict[tuple[str, int], LiveCall] = {}
+        """Every session still running or tearing down, by (channel id, Stasis generation)."""
+        self._in_stasis: dict[str, LiveCall] = {}
+        """Channel id → its newest session: where the channel's events go."""
+        self._generations = itertools.count(1)
         self._media_channels: set[str] = set()
         self._media_ready: dict[str, asyncio.Future[None]] = {}
         self.worker = f"{socket.gethostname()}:{settings.ari_app}"
@@ -140,23 +207,27 @@ class VoiceApp:
                 if waiter is not None and not waiter.done():
                     waiter.set_result(None)
                 return
-            if channel.id in self.calls:
-                return
+            # A channel already known here left Stasis (a transfer) and came back: a new session.  The old one
+            # is ending on its own; its row is left as it is.
             new = LiveCall(call_id=0, channel_id=channel.id, caller=channel.caller_number,
-                           did=event.stasis_args().get("did", channel.exten), agent_name="")
-            self.calls[channel.id] = new
+                           did=event.stasis_args().get("did", channel.exten), agent_name="",
+                           key=(channel.id, next(self._generations)))
+            self.calls[new.key] = new
+            self._in_stasis[channel.id] = new
             new.task = asyncio.create_task(self._handle_call(new, event), name=f"call-{channel.id}")
         elif event.type == "ChannelDtmfReceived":
-            live = self.calls.get(channel.id)
+            live = self._in_stasis.get(channel.id)
             if live is not None and live.session is not None:
                 live.session.dtmf(event.digit)
         elif event.type in ("StasisEnd", "ChannelHangupRequest", "ChannelDestroyed"):
-            if event.type != "StasisEnd" and event.cause_txt and channel.id in self.calls:
-                self.calls[channel.id].hangup_cause = event.cause_txt
-            live = self.calls.get(channel.id)
-            if live is not None and live.session is not None:
+            live = self._in_stasis.get(channel.id)
+            if live is None:
+                return
+            if event.type != "StasisEnd" and event.cause_txt:
+                live.hangup_cause = event.cause_txt
+            if live.session is not None:
                 live.session.end("caller_hangup")
-            elif live is not None and live.task is not None and event.type != "StasisEnd":
+            elif live.task is not None and event.type != "StasisEnd":
                 live.task.cancel()
 
     # ------------------------------------------------------------------ one call
@@ -167,11 +238,13 @@ class VoiceApp:
         direction = "inbound"
         transport: RtpTransport | None = None
         try:
-            agent = await asyncio.to_thread(self.resolve_agent, args.get("agent", ""), live.did)
-            direction = "outbound" if args.get("direction") == "outbound" else direction
-            if direction == "outbound":
-                live.caller = live.did  # we called them: the number is the contact
-            live.call_id = await asyncio.to_thread(
+            assert event.channel is not None
+            identity = call_identity(args, event.channel, originated=await self._originated_by_eva(live, args))
+            direction, live.caller, live.did = identity.direction, identity.caller, identity.did
+            agent = await asyncio.to_thread(self.resolve_agent, identity.agent_name, live.did)
+            verified = identity.direction == "outbound" or await asyncio.to_thread(
+                calls.caller_id_verified, self.engine, identity.endpoint)
+            live.call_id, live.generation = await asyncio.to_thread(
                 calls.create_call, self.engine, channel_id=live.channel_id, caller=live.caller, did=live.did,
                 agent_id=agent["id"] if agent else None, direction=direction, worker=self.worker)
             log.info("call %d started (agent %s)", live.call_id, agent["name"] if agent else "-")
@@ -182,13 +255,15 @@ class VoiceApp:
                 await self._play_and_hangup(live, NO_ROUTE_PROMPT)
                 return
             live.agent_name = str(agent["name"])
+            live.agent_id = int(agent["id"])
+            live.transfer_targets = {str(k): str(v) for k, v in dict(agent.get("transfer_targets") or {}).items()}
             transport = RtpTransport(self.ports, self.settings.media_format)
             await self._connect_media(live, transport)
             await asyncio.to_thread(calls.mark_answered, self.engine, live.call_id, live.recording)
             ctx = CallContext(call_id=live.call_id, channel_id=live.channel_id, caller=live.caller, did=live.did,
                               agent_id=int(agent["id"]), agent_name=live.agent_name,
                               greeting=str(agent.get("greeting", "")), fallback=str(agent.get("fallback_message", "")),
-                              voice=str(agent.get("voice", "")))
+                              voice=str(agent.get("voice", "")), caller_verified=verified)
 
             async def persist(record: calls.TurnRecord) -> None:
                 await asyncio.to_thread(calls.add_turn, self.engine, live.call_id, record)
@@ -272,14 +347,57 @@ class VoiceApp:
                 await self.ari.hangup(live.channel_id)
         self._media_channels.discard(live.media_channel_id)
         forget = getattr(self.responder, "forget", None)
-        if callable(forget):
-            forget(live.channel_id)
+        if callable(forget) and live.call_id:
+            forget(live.call_id)
         with contextlib.suppress(Exception):
             if live.call_id:
                 await asyncio.to_thread(calls.end_call, self.engine, live.call_id, outcome=outcome,
                                         cause=live.hangup_cause)
-            else:  # hung up while the row was being created: close it by channel
+            else:  # hung up while the row was being created: close this session's row, never an earlier one
                 await asyncio.to_thread(calls.end_call_by_channel, self.engine, live.channel_id, outcome=outcome,
-                                        cause=live.hangup_cause)
-        self.calls.pop(live.channel_id, None)
+                                        cause=live.hangup_cause, after=live.started)
+        self.calls.pop(live.key, None)
+        if self._in_stasis.get(live.channel_id) is live:
+            del self._in_stasis[live.channel_id]
         log.info("call %s ended: %s", live.call_id, outcome)
+
+    # ------------------------------------------------------------------ trust
+    async def _originated_by_eva(self, live: LiveCall, args: dict[str, str]) -> bool:
+        """True only for a channel Eva originated (its EVA_ORIGIN proof verifies).  Arguments that claim an
+        outbound call or pick an agent on any other channel are a forgery (e.g. commas in a dialled number
+        reaching an unfiltered ``${EXTEN}``): they are ignored and logged."""
+        if not claims_origin(args):
+            return False
+        try:
+            token = await self.ari.get_variable(live.channel_id, ORIGIN_VARIABLE, default="")
+        except AriError as exc:
+            log.warning("could not read %s of channel %s: [%s] %s", ORIGIN_VARIABLE, live.channel_id, exc.code,
+                        exc.message)
+            token = ""
+        if self.ari.is_eva_origin(live.channel_id, token):
+            return True
+        log.warning("channel %s: ignoring Stasis arguments agent/direction on a call Eva did not place "
+                    "(routing by DID)", live.channel_id)
+        log.debug("channel %s: Stasis arguments %r", live.channel_id, args)
+        return False
+
+    async def transfer_destination(self, live: LiveCall, target: str) -> str:
+        """Where ``target`` (the LLM's transfer request) may take this call, or TransferRefused.
+
+        Only the agent's ``transfer_targets`` (by name, or their extensions) are reachable: never an
+        arbitrary number the caller talked the model into (toll fraud), never Eva's catch-all by accident,
+        never back to the same agent, and at most MAX_TRANSFERS times per channel."""
+        options = tuple(live.transfer_targets)
+        wanted = " ".join(target.lower().split())
+        destination = next((ext for name, ext in live.transfer_targets.items()
+                            if wanted and wanted in (" ".join(name.lower().split()), ext.lower())), None)
+        if destination is None or not EXTENSION_RE.match(destination):
+            raise TransferRefused("the agent may not transfer calls there", code="transfer_target_unknown",
+                                  options=options)
+        if live.generation >= MAX_TRANSFERS:
+            raise TransferRefused("this call has been transferred too often", code="transfer_limit")
+        routed = await asyncio.to_thread(self.resolve_agent, "", destination)
+        if routed is not None and live.agent_id is not None and int(routed["id"]) == live.agent_id:
+            raise TransferRefused("the destination is this same agent", code="transfer_loop",
+                                  options=tuple(n for n, e in live.transfer_targets.items() if e != destination))
+        return destination

@@ -64,7 +64,7 @@ RETRIEVAL_TIMEOUT = 10.0
 TRANSFER_CALL = ToolSpec(
     "transfer_call", "Transfer the phone call to a person or department.",
     {"type": "object",
-     "properties": {"target": {"type": "string", "description": "A department or a phone number"}},
+     "properties": {"target": {"type": "string", "description": "The department or person to transfer to"}},
      "required": ["target"]})
 HANG_UP = ToolSpec("hang_up", "End the phone call politely, after saying goodbye.")
 SEND_WHATSAPP = ToolSpec(
@@ -338,7 +338,7 @@ class AgentCore:
         if agent.id is None:
             raise InvalidInput("the agent has not been saved", field="agent_id")
         started = time.monotonic()
-        offered = list(CHANNEL_TOOLS[channel] if tools is None else tools)
+        offered = [_for_agent(t, agent) for t in (CHANNEL_TOOLS[channel] if tools is None else tools)]
         if self.knowledge is None:
             offered = [t for t in offered if t.name != SEARCH_KNOWLEDGE.name]
 
@@ -516,6 +516,20 @@ class AgentCore:
 def _check_channel(channel: str) -> None:
     if channel not in CHANNELS:
         raise InvalidInput(f"channel must be one of {', '.join(CHANNELS)}", field="channel")
+
+
+def _for_agent(spec: ToolSpec, agent: Agent) -> ToolSpec:
+    """``transfer_call`` names the agent's own transfer targets, so the model asks for one of them.  (This is
+    only guidance: the voice loop refuses any other target, whatever the model says.)"""
+    if spec.name != TRANSFER_CALL.name:
+        return spec
+    names = sorted(agent.transfer_targets or {})
+    if not names:
+        return ToolSpec(spec.name, spec.description + " No transfer destinations are configured: do not use it.",
+                        spec.parameters)
+    target = {"type": "string", "enum": names, "description": "Where to transfer the call"}
+    return ToolSpec(spec.name, f"{spec.description} Possible targets: {', '.join(names)}.",
+                    {"type": "object", "properties": {"target": target}, "required": ["target"]})
 
 
 def _checked_tool_call(call: ToolCall, allowed: set[str]) -> ToolCall | None:

@@ -34,7 +34,7 @@ T = TypeVar("T")
 
 AGENT_FIELDS = frozenset({
     "name", "description", "persona", "language", "voice", "llm_model", "temperature", "max_tokens",
-    "greeting", "fallback_message", "dtmf_terminator", "dtmf_timeout_ms", "active",
+    "greeting", "fallback_message", "dtmf_terminator", "dtmf_timeout_ms", "transfer_targets", "active",
 })
 """Fields a caller may set on an agent (ids and timestamps are ours)."""
 

@@ -17,6 +17,7 @@ from typing import Any
 import aiohttp
 
 from voicebot.ari.events import AriEvent, parse_event
+from voicebot.ari.origin import ORIGIN_VARIABLE, is_eva_origin, origin_token
 from voicebot.errors import AriError
 
 log = logging.getLogger(__name__)
@@ -25,10 +26,20 @@ EventHandler = Callable[[AriEvent], Awaitable[None]]
 
 
 class AriClient:
-    def __init__(self, base_url: str, user: str, password: str, app: str, *, timeout: float = 10.0) -> None:
+    def __init__(self, base_url: str, user: str, password: str, app: str, *, timeout: float = 10.0,
+                 reconnect_initial: float = 0.2, reconnect_max: float = 5.0, stable_after: float = 10.0) -> None:
+        """``reconnect_initial`` doubles up to ``reconnect_max`` between reconnection attempts; it is reset only
+        once a connection has stayed up ``stable_after`` seconds (a server that accepts the websocket and
+        closes it at once must not be hammered, with a full resync each time)."""
         self.base_url = base_url.rstrip("/")
+        self.reconnect_initial = reconnect_initial
+        self.reconnect_max = reconnect_max
+        self.stable_after = stable_after
+        self.delays: list[float] = []
+        """The last backoff delays slept (newest last, at most 32): observable for tests and debugging."""
         self.app = app
         self._headers = {"Authorization": aiohttp.encode_basic_auth(user, password)}
+        self._origin_secret = password
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._session: aiohttp.ClientSession | None = None
         self._connected = asyncio.Event()
@@ -76,15 +87,17 @@ class AriClient:
 
     # ------------------------------------------------------------------ events
     async def _read_forever(self, handler: EventHandler) -> None:
-        delay = 0.2
+        loop = asyncio.get_running_loop()
+        delay = self.reconnect_initial
         ws_url = self.base_url.replace("http", "ws", 1) + "/events"
         while not self._closed:
+            connected_at: float | None = None
             try:
                 async with self._http().ws_connect(
                         ws_url, params={"app": self.app, "subscribeAll": "false"}, heartbeat=20,
                         timeout=aiohttp.ClientWSTimeout(ws_close=5)) as ws:
                     self._connected.set()
-                    delay = 0.2
+                    connected_at = loop.time()
                     log.info("ARI events connected (app %s)", self.app)
                     if self._on_connect is not None:
                         try:
@@ -103,9 +116,12 @@ class AriClient:
             self._connected.clear()
             if self._closed:
                 break
+            if connected_at is not None and loop.time() - connected_at >= self.stable_after:
+                delay = self.reconnect_initial  # it was a working connection: reconnect quickly
             self.reconnects += 1
+            self.delays = [*self.delays[-31:], delay]
             await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
+            delay = min(delay * 2, self.reconnect_max)
 
     @staticmethod
     async def _messages(ws: aiohttp.ClientWebSocketResponse) -> AsyncIterator[AriEvent]:
@@ -155,8 +171,15 @@ class AriClient:
             "encapsulation": "rtp", "transport": "udp", "direction": "both"})
         return result
 
-    async def get_variable(self, channel_id: str, name: str) -> str:
-        result = await self.request("GET", f"channels/{channel_id}/variable", params={"variable": name})
+    async def get_variable(self, channel_id: str, name: str, *, default: str | None = None) -> str:
+        """A channel variable (or dialplan function).  Asterisk answers 404 for an unset variable: that returns
+        ``default`` when given, else raises AriError(ari_not_found)."""
+        try:
+            result = await self.request("GET", f"channels/{channel_id}/variable", params={"variable": name})
+        except AriError as exc:
+            if exc.code == "ari_not_found" and default is not None:
+                return default
+            raise
         return str((result or {}).get("value", ""))
 
     async def create_bridge(self, bridge_id: str, kind: str = "mixing") -> None:
@@ -176,11 +199,20 @@ class AriClient:
         await self.request("POST", f"recordings/live/{name}/stop", ok_missing=True)
 
     async def originate(self, endpoint: str, *, app_args: str, caller_id: str = "", channel_id: str = "",
-                        timeout: int = 30) -> dict[str, Any]:
+                        timeout: int = 30, variables: dict[str, str] | None = None) -> dict[str, Any]:
+        """Place a call whose channel enters this app; ``variables`` are set on the new channel."""
         result: dict[str, Any] = await self.request("POST", "channels", params={
             "endpoint": endpoint, "app": self.app, "appArgs": app_args, "callerId": caller_id or None,
-            "channelId": channel_id or None, "timeout": timeout})
+            "channelId": channel_id or None, "timeout": timeout},
+            body={"variables": variables} if variables else None)
         return result
+
+    def origin_variables(self, channel_id: str) -> dict[str, str]:
+        """Channel variables that mark ``channel_id`` as originated by Eva (see :mod:`voicebot.ari.origin`)."""
+        return {ORIGIN_VARIABLE: origin_token(self._origin_secret, channel_id)}
+
+    def is_eva_origin(self, channel_id: str, token: str) -> bool:
+        return is_eva_origin(self._origin_secret, channel_id, token)
 
     async def channels(self) -> list[dict[str, Any]]:
         result: list[dict[str, Any]] = await self.request("GET", "channels")

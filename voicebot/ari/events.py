@@ -5,6 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+MAX_STASIS_ARGS = 16
+"""Stasis arguments looked at (the packaged dialplan passes one or two)."""
+MAX_STASIS_ARG_CHARS = 256
+"""Characters of one Stasis argument looked at."""
 
 @dataclass(frozen=True)
 class ChannelInfo:
@@ -23,6 +27,18 @@ class ChannelInfo:
         return cls(id=str(data.get("id", "")), name=str(data.get("name", "")), state=str(data.get("state", "")),
                    caller_number=str(caller.get("number", "")), caller_name=str(caller.get("name", "")),
                    exten=str(dialplan.get("exten", "")), context=str(dialplan.get("context", "")))
+
+    @property
+    def endpoint(self) -> str:
+        """The PJSIP endpoint the channel belongs to (``PJSIP/trunk-acme-0000002a`` → ``trunk-acme``), or ''
+        for other technologies.  Asterisk names the channel; neither the caller nor the dialplan can."""
+        tech, sep, rest = self.name.partition("/")
+        if tech != "PJSIP" or not sep:
+            return ""
+        endpoint, dash, sequence = rest.rpartition("-")
+        if not dash or not endpoint or not sequence or any(c not in "0123456789abcdef" for c in sequence):
+            return ""
+        return endpoint
 
     @property
     def is_media_channel(self) -> bool:
@@ -50,11 +66,19 @@ class AriEvent:
         return self.channel.id if self.channel else ""
 
     def stasis_args(self) -> dict[str, str]:
-        """``Stasis(app,did=100,agent=demo)`` → ``{"did": "100", "agent": "demo"}``; bare words map to ''."""
+        """``Stasis(app,did=100,agent=demo)`` → ``{"did": "100", "agent": "demo"}``; bare words map to ''.
+
+        The arguments are untrusted: a dialplan that passes an unfiltered ``${EXTEN}`` lets the caller append
+        ``,key=value`` pairs.  So the *first* occurrence of a key wins (what the dialplan author wrote comes
+        before anything a caller appends), keys are lower-cased, and at most ``MAX_STASIS_ARGS`` arguments of
+        ``MAX_STASIS_ARG_CHARS`` characters are looked at.  Which keys Eva honours, and from which channels, is
+        :mod:`voicebot.voiceapp`'s business (``agent``/``direction`` only from Eva's own originate)."""
         parsed: dict[str, str] = {}
-        for arg in self.args:
-            key, sep, value = arg.partition("=")
-            parsed[key.strip()] = value.strip() if sep else ""
+        for arg in self.args[:MAX_STASIS_ARGS]:
+            key, sep, value = arg[:MAX_STASIS_ARG_CHARS].partition("=")
+            key = key.strip().lower()
+            if key and key not in parsed:
+                parsed[key] = value.strip() if sep else ""
         return parsed
 
 

@@ -18,6 +18,7 @@ from voicebot.errors import ConfigError
 TEMPLATE_DIR = PROJECT_ROOT / "asterisk" / "config"
 DIALPLAN_DIR = PROJECT_ROOT / "dialplan"
 _PLACEHOLDER = re.compile(r"\{\{\s*([a-z_][a-z0-9_]*)\s*\}\}")
+WILDCARD_HOSTS = frozenset({"0.0.0.0", "::", "[::]", ""})
 SUBDIRS = ("etc", "etc/dialplan", "db", "spool", "spool/recording", "run", "log", "sounds")
 
 
@@ -48,6 +49,10 @@ def template_values(settings: Settings) -> dict[str, str]:
         "ami_password": settings.ami_password,
         "local_carrier_ip": settings.local_carrier_ip,
     }
+    # RTP follows the SIP address (a wildcard SIP bind cannot name a media address: leave pjsip's default).
+    wildcard = values["sip_bind_host"] in WILDCARD_HOSTS
+    values["media_address"] = "" if wildcard else values["sip_bind_host"]
+    values["bind_rtp_to_media_address"] = "no" if wildcard else "yes"
     for key in ("ari_password", "ami_password"):
         if not values[key]:
             raise ConfigError(f"{key} is empty: run `eva setup` to generate secrets", field=key)

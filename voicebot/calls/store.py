@@ -5,10 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from sqlalchemy import func
 from sqlalchemy.engine import Engine
-from sqlmodel import select
+from sqlmodel import col, select
 
-from models import Call, CallTurn, utcnow
+from models import Call, CallTurn, SipTrunk, utcnow
+from models.calls import CALLER_MAX
 from models.db import session_scope
 
 
@@ -28,14 +30,21 @@ TIMING_FIELDS = ("stt_done", "llm_first_token", "first_sentence_ready", "tts_fir
 
 
 def create_call(engine: Engine, *, channel_id: str, caller: str, did: str, agent_id: int | None,
-                direction: str = "inbound", worker: str = "") -> int:
+                direction: str = "inbound", worker: str = "") -> tuple[int, int]:
+    """A new call row for this Stasis session of ``channel_id``; returns (call id, generation).
+
+    The generation is one more than the channel's last session (a transfer into a number Eva handles brings
+    the same channel back), read from the database so any worker numbers it alike.  Caller ID and DID come
+    from the SIP peer and are cut to the column size: an over-long one must not stop the call being answered."""
     with session_scope(engine) as session:
-        call = Call(channel_id=channel_id, caller=caller, did=did, agent_id=agent_id, direction=direction,
-                    worker=worker)
+        last = session.exec(select(func.max(Call.generation)).where(Call.channel_id == channel_id)).one()
+        generation = 0 if last is None else int(last) + 1
+        call = Call(channel_id=channel_id, generation=generation, caller=caller[:CALLER_MAX],
+                    did=did[:CALLER_MAX], agent_id=agent_id, direction=direction, worker=worker)
         session.add(call)
         session.flush()
         assert call.id is not None
-        return call.id
+        return call.id, generation
 
 
 def mark_answered(engine: Engine, call_id: int, recording_path: str = "") -> None:
@@ -74,12 +83,29 @@ def end_call(engine: Engine, call_id: int, *, outcome: str, cause: str = "") -> 
             call.hangup_cause = cause
 
 
-def end_call_by_channel(engine: Engine, channel_id: str, *, outcome: str, cause: str = "") -> None:
+def end_call_by_channel(engine: Engine, channel_id: str, *, outcome: str, cause: str = "",
+                        after: datetime | None = None) -> None:
+    """Close the channel's still-open row created at or after ``after`` (the session that was hung up while
+    its row was being created).  Rows of the channel's earlier sessions are never touched: their outcome
+    (e.g. ``transferred``) is history."""
     with session_scope(engine) as session:
-        call = session.exec(select(Call).where(Call.channel_id == channel_id)).first()
+        query = select(Call).where(Call.channel_id == channel_id, Call.ended_at == None)  # noqa: E711
+        if after is not None:
+            query = query.where(Call.started_at >= after)
+        call = session.exec(query.order_by(col(Call.generation).desc())).first()
         call_id = call.id if call is not None else None
     if call_id is not None:
         end_call(engine, call_id, outcome=outcome, cause=cause)
+
+
+def caller_id_verified(engine: Engine, endpoint: str) -> bool:
+    """True when ``endpoint`` is an enabled admin-managed trunk marked as delivering verified caller IDs."""
+    name = endpoint.removeprefix("trunk-")
+    if not endpoint.startswith("trunk-") or not name:
+        return False
+    with session_scope(engine) as session:
+        trunk = session.exec(select(SipTrunk).where(SipTrunk.name == name)).first()
+        return bool(trunk is not None and trunk.enabled and trunk.verified_caller_id)
 
 
 def close_orphans(engine: Engine, worker: str) -> int:

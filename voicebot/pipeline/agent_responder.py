@@ -1,7 +1,9 @@
 """The production :class:`~voicebot.pipeline.responder.Responder`: the shared agent core, on the voice channel.
 
-One conversation per call (created on the first caller turn, keyed by the channel id); the caller is one
-contact by phone number across channels, so the agent remembers them from WhatsApp or e-mail too.
+One conversation per call session (created on the first caller turn, keyed by the call row's id, so a
+channel transferred back into Eva starts a new one).  SIP caller ID is trivially spoofed, so the caller is a
+contact (one person by phone number across channels, remembered from WhatsApp or e-mail too) only when the
+call's ``caller_verified`` is set; otherwise the conversation has no contact and its memory is this call alone.
 """
 
 from __future__ import annotations
@@ -31,26 +33,27 @@ class AgentResponder:
     def __init__(self, engine: Engine, core: AgentCore) -> None:
         self.engine = engine
         self.core = core
-        self._conversations: dict[str, int] = {}
+        self._conversations: dict[int, int] = {}
+        """Call id → conversation id."""
 
     def _load(self, ctx: CallContext) -> tuple[Agent, Contact | None]:
         with session_scope(self.engine) as session:
             agent = store.get_agent(session, ctx.agent_id)
             contact = None
-            if ctx.caller:
+            if ctx.caller and ctx.caller_verified:
                 try:
-                    contact = store.find_or_create_contact(session, phone=ctx.caller)
+                    contact = store.find_or_create_contact(session, phone=ctx.caller, verified=True)
                 except InvalidInput:
                     contact = None  # anonymous or a SIP user name instead of a number
             return agent, contact
 
     async def respond(self, ctx: CallContext, text: str) -> AsyncIterator[ReplyEvent]:
         agent, contact = await asyncio.to_thread(self._load, ctx)
-        conversation_id = self._conversations.get(ctx.channel_id)
+        conversation_id = self._conversations.get(ctx.call_id)
         if conversation_id is None:
             conversation_id = await self.core.start_conversation(
                 ctx.agent_id, contact.id if contact else None, "voice", external_id=ctx.channel_id)
-            self._conversations[ctx.channel_id] = conversation_id
+            self._conversations[ctx.call_id] = conversation_id
         async with contextlib.aclosing(self.core.reply(agent, contact, "voice", text,
                                                        conversation_id=conversation_id)) as events:
             async for event in events:
@@ -68,6 +71,6 @@ class AgentResponder:
         if message_id is not None:
             await self.core.mark_interrupted(message_id, spoken_text)
 
-    def forget(self, channel_id: str) -> None:
+    def forget(self, call_id: int) -> None:
         """The call ended: drop its conversation id (it stays in the database)."""
-        self._conversations.pop(channel_id, None)
+        self._conversations.pop(call_id, None)

@@ -52,6 +52,9 @@ class CallContext:
     voice: str = ""
     contact_id: int | None = None
     conversation_id: int | None = None
+    caller_verified: bool = False
+    """The caller ID is trustworthy (a trunk marked verified, or a call Eva placed): only then may it name a
+    contact and bring that contact's memory from other calls and channels."""
 
 
 class Responder(Protocol):

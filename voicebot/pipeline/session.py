@@ -21,8 +21,9 @@ import numpy as np
 
 from voicebot.audio import Audio, Pcm
 from voicebot.calls.store import TurnRecord
-from voicebot.errors import EvaError
+from voicebot.errors import EvaError, TransferRefused
 from voicebot.metrics import BARGE_INS_TOTAL, TURN_STAGE_SECONDS
+from voicebot.pipeline.dtmf import DtmfCollector, DtmfStep, dtmf_turn_text
 from voicebot.pipeline.frames import Sentence, SpeechPaused, SpeechStarted, UserUtterance
 from voicebot.pipeline.playout import Playout
 from voicebot.pipeline.responder import CallContext, ReplyDone, ReplyStarted, Responder, TextDelta, ToolCall
@@ -35,6 +36,7 @@ log = logging.getLogger(__name__)
 STAGE_METRIC = {"stt_done": "stt", "first_sentence_ready": "first_sentence"}
 NOT_HEARD = "Sorry, I didn't catch that. Could you say it again?"
 TROUBLE = "I'm sorry, something went wrong on my side. Please try again."
+TRANSFER_REFUSED = "I'm sorry, I can't transfer your call there."
 
 
 class Transport(Protocol):
@@ -57,7 +59,14 @@ class Tts(Protocol):
 class CallControl(Protocol):
     """What the session may ask of the telephony side (implemented over ARI)."""
 
-    async def transfer(self, target: str) -> None: ...
+    async def transfer_destination(self, target: str) -> str:
+        """The dialplan extension for the agent's transfer ``target`` (what the LLM asked for: untrusted), or
+        TransferRefused when the call may not go there."""
+        ...
+
+    async def transfer(self, target: str) -> None:
+        """Continue the call at extension ``target`` (one :meth:`transfer_destination` returned)."""
+        ...
 
     async def hangup(self) -> None: ...
 
@@ -75,6 +84,11 @@ class SessionConfig:
     early_end_of_turn: bool = True
     """End the turn as soon as the speculative transcript is a complete sentence (ends in . ? !), instead of
     waiting for the full end-of-turn silence."""
+    dtmf_min_interval_s: float = 1.0
+    """At most one DTMF turn (an LLM reply and two stored messages) per this many seconds: sequences that
+    end sooner (a ``1#1#1#...`` flood) are merged into the next turn rather than each starting one."""
+    max_dtmf_digits: int = 64
+    """Keys collected for one turn; further keys before it starts are ignored (logged)."""
 
 
 Persist = Callable[[TurnRecord], Awaitable[None]]
@@ -105,8 +119,11 @@ class CallSession:
         self._pending_barge: float | None = None
         self._known: dict[float, Any] = {}
         """Transcripts already made for an utterance (keyed by its end time)."""
-        self._digits = ""
+        self._dtmf = DtmfCollector(terminator=self.config.dtmf_terminator, timeout_s=self.config.dtmf_timeout_s,
+                                   min_interval_s=self.config.dtmf_min_interval_s,
+                                   max_digits=self.config.max_dtmf_digits)
         self._dtmf_timer: asyncio.TimerHandle | None = None
+        self._dtmf_refused = 0
         self._ending: str | None = None
         self._done = asyncio.Event()
         self.barge_ins = 0
@@ -155,21 +172,28 @@ class CallSession:
             return
         if self.playout.busy:
             self._barge_in(self._loop.time(), reason="dtmf")
+        self._dtmf_step(self._dtmf.press(digit, self._loop.time()))
+
+    def _dtmf_step(self, step: DtmfStep) -> None:
+        assert self._loop is not None
         if self._dtmf_timer is not None:
             self._dtmf_timer.cancel()
             self._dtmf_timer = None
-        if self.config.dtmf_terminator and digit == self.config.dtmf_terminator:
-            self._flush_digits()
-            return
-        self._digits += digit
-        self._dtmf_timer = self._loop.call_later(self.config.dtmf_timeout_s, self._flush_digits)
+        if step.refused:
+            self._dtmf_refused += 1
+            if self._dtmf_refused == 1:
+                log.warning("call %s: DTMF key refused (not a key, or more than %d waiting)", self.ctx.call_id,
+                            self.config.max_dtmf_digits)
+        if step.turn:
+            self._dtmf_refused = 0
+            self._inbox.put_nowait(dtmf_turn_text(step.turn))
+        if step.flush_at is not None:
+            self._dtmf_timer = self._loop.call_at(step.flush_at, self._flush_digits)
 
     def _flush_digits(self) -> None:
+        assert self._loop is not None
         self._dtmf_timer = None
-        if self._digits:
-            digits, self._digits = self._digits, ""
-            self._inbox.put_nowait(f"The caller pressed the keys {' '.join(digits)} on the phone keypad. "
-                                   f"(DTMF: {digits})")
+        self._dtmf_step(self._dtmf.flush(self._loop.time()))
 
     # ------------------------------------------------------------------ media clock callbacks (every 20 ms)
     def _on_frame(self, samples: Pcm, t: float) -> None:
@@ -286,6 +310,9 @@ class CallSession:
             # (as text when STT already ran, else as audio), so a pause mid-sentence loses nothing.
             if turn.user_text:
                 self._carry = (self._carry + " " + turn.user_text).strip()
+            elif turn.audio is not None:
+                # All of it: this turn's audio already includes what earlier interruptions carried.
+                self._carry_audio.append(turn.audio)
             elif turn.utterance is not None:
                 self._carry_audio.append(turn.utterance.samples)
         if self._turn_task is not None and not self._turn_task.done():
@@ -330,6 +357,7 @@ class CallSession:
                 gap = np.zeros(self.rate // 5, dtype=np.int16)
                 samples = concat([*(p for chunk in self._carry_audio for p in (chunk, gap)), samples])
                 self._carry_audio = []
+            turn.audio = samples
             known = self._known.pop(turn.utterance.ended, None)
             if known is not None:
                 result = known
@@ -390,8 +418,23 @@ class CallSession:
             turn.bot_text = self.ctx.fallback
             await self._speak_all(turn, [self.ctx.fallback])
         for tool in turn.tools:
-            if tool.name in ("transfer_call", "hang_up"):
+            if tool.name == "hang_up":
                 turn.after = tool
+            elif tool.name == "transfer_call":
+                # The target is the LLM's words (a caller can talk it into anything): only a destination the
+                # agent allows is dialled; a refusal is said, and the call goes on.
+                try:
+                    destination = await self.control.transfer_destination(str(tool.arguments.get("target", "")))
+                except TransferRefused as exc:
+                    log.info("call %s: transfer refused [%s]", self.ctx.call_id, exc.code)
+                    log.debug("call %s: refused transfer target %r", self.ctx.call_id, tool.arguments.get("target"))
+                    apology = TRANSFER_REFUSED
+                    if exc.options:
+                        apology += f" I can transfer you to {_spoken_list(exc.options)}."
+                    turn.bot_text = f"{turn.bot_text} {apology}".strip()
+                    await self._speak(turn, self._sentence(turn, apology, loop.time()))
+                    continue
+                turn.after = ToolCall("transfer_call", {"target": destination})
         await self.playout.idle.wait()
 
     def _sentence(self, turn: _Turn, text: str, t: float) -> Sentence:
@@ -478,6 +521,8 @@ class _Turn:
     index: int
     kind: str
     utterance: UserUtterance | None = None
+    audio: Pcm | None = None
+    """What is transcribed for this turn: the utterance plus any audio carried from interrupted turns."""
     user_text: str = ""
     reply_text: str = ""
     bot_text: str = ""
@@ -518,6 +563,11 @@ def _loop_now() -> float:
         return asyncio.get_running_loop().time()
     except RuntimeError:
         return 0.0
+
+
+def _spoken_list(names: tuple[str, ...]) -> str:
+    """``("sales", "billing", "support")`` → ``"sales, billing or support"``."""
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
 
 
 def concat(chunks: list[Pcm]) -> Pcm:

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-25 16:02:04.136669
+Create Date: 2026-12-01 08:58:14.331484
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ def upgrade() -> None:
         sa.Column("fallback_message", sqlmodel.sql.sqltypes.AutoString(length=2000), nullable=False),
         sa.Column("dtmf_terminator", sqlmodel.sql.sqltypes.AutoString(length=1), nullable=False),
         sa.Column("dtmf_timeout_ms", sa.Integer(), nullable=False),
+        sa.Column("transfer_targets", sa.JSON(), nullable=False),
         sa.Column("active", sa.Boolean(), nullable=False),
         sa.Column("created_at", sqlmodel.sql.sqltypes.UTCDateTime(), nullable=False),
         sa.Column("updated_at", sqlmodel.sql.sqltypes.UTCDateTime(), nullable=False),
@@ -41,21 +42,6 @@ def upgrade() -> None:
     )
     with op.batch_alter_table("agents", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_agents_name"), ["name"], unique=True)
-
-    op.create_table(
-        "api_keys",
-        sa.Column("id", sa.Integer(), nullable=False),
-        sa.Column("name", sqlmodel.sql.sqltypes.AutoString(length=120), nullable=False),
-        sa.Column("prefix", sqlmodel.sql.sqltypes.AutoString(length=16), nullable=False),
-        sa.Column("key_hash", sqlmodel.sql.sqltypes.AutoString(length=128), nullable=False),
-        sa.Column("role", sqlmodel.sql.sqltypes.AutoString(length=16), nullable=False),
-        sa.Column("created_at", sqlmodel.sql.sqltypes.UTCDateTime(), nullable=False),
-        sa.Column("last_used_at", sqlmodel.sql.sqltypes.UTCDateTime(), nullable=True),
-        sa.Column("revoked", sa.Boolean(), nullable=False),
-        sa.PrimaryKeyConstraint("id"),
-    )
-    with op.batch_alter_table("api_keys", schema=None) as batch_op:
-        batch_op.create_index(batch_op.f("ix_api_keys_prefix"), ["prefix"], unique=True)
 
     op.create_table(
         "contacts",
@@ -73,6 +59,15 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f("ix_contacts_whatsapp_id"), ["whatsapp_id"], unique=True)
 
     op.create_table(
+        "revoked_access_tokens",
+        sa.Column("jti", sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
+        sa.Column("expires_at", sqlmodel.sql.sqltypes.UTCDateTime(), nullable=False),
+        sa.PrimaryKeyConstraint("jti"),
+    )
+    with op.batch_alter_table("revoked_access_tokens", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_revoked_access_tokens_expires_at"), ["expires_at"], unique=False)
+
+    op.create_table(
         "sip_trunks",
         sa.Column("id", sa.Integer(), nullable=False),
         sa.Column("name", sqlmodel.sql.sqltypes.AutoString(length=40), nullable=False),
@@ -86,6 +81,7 @@ def upgrade() -> None:
         sa.Column("dids", sa.JSON(), nullable=False),
         sa.Column("from_user", sqlmodel.sql.sqltypes.AutoString(length=128), nullable=False),
         sa.Column("from_domain", sqlmodel.sql.sqltypes.AutoString(length=253), nullable=False),
+        sa.Column("verified_caller_id", sa.Boolean(), nullable=False),
         sa.Column("enabled", sa.Boolean(), nullable=False),
         sa.Column("created_at", sqlmodel.sql.sqltypes.UTCDateTime(), nullable=False),
         sa.Column("updated_at", sqlmodel.sql.sqltypes.UTCDateTime(), nullable=False),
@@ -109,6 +105,28 @@ def upgrade() -> None:
     )
     with op.batch_alter_table("users", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_users_username"), ["username"], unique=True)
+
+    op.create_table(
+        "api_keys",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("name", sqlmodel.sql.sqltypes.AutoString(length=120), nullable=False),
+        sa.Column("prefix", sqlmodel.sql.sqltypes.AutoString(length=16), nullable=False),
+        sa.Column("key_hash", sqlmodel.sql.sqltypes.AutoString(length=128), nullable=False),
+        sa.Column("role", sqlmodel.sql.sqltypes.AutoString(length=16), nullable=False),
+        sa.Column("owner_id", sa.Integer(), nullable=True),
+        sa.Column("expires_at", sqlmodel.sql.sqltypes.UTCDateTime(), nullable=True),
+        sa.Column("created_at", sqlmodel.sql.sqltypes.UTCDateTime(), nullable=False),
+        sa.Column("last_used_at", sqlmodel.sql.sqltypes.UTCDateTime(), nullable=True),
+        sa.Column("revoked", sa.Boolean(), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["owner_id"],
+            ["users.id"],
+        ),
+        sa.PrimaryKeyConstraint("id"),
+    )
+    with op.batch_alter_table("api_keys", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_api_keys_owner_id"), ["owner_id"], unique=False)
+        batch_op.create_index(batch_op.f("ix_api_keys_prefix"), ["prefix"], unique=True)
 
     op.create_table(
         "conversations",
@@ -231,6 +249,7 @@ def upgrade() -> None:
         "calls",
         sa.Column("id", sa.Integer(), nullable=False),
         sa.Column("channel_id", sqlmodel.sql.sqltypes.AutoString(length=128), nullable=False),
+        sa.Column("generation", sa.Integer(), nullable=False),
         sa.Column("direction", sqlmodel.sql.sqltypes.AutoString(length=16), nullable=False),
         sa.Column("caller", sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
         sa.Column("did", sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
@@ -252,11 +271,12 @@ def upgrade() -> None:
             ["conversations.id"],
         ),
         sa.PrimaryKeyConstraint("id"),
+        sa.UniqueConstraint("channel_id", "generation", name="uq_calls_channel_generation"),
     )
     with op.batch_alter_table("calls", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_calls_agent_id"), ["agent_id"], unique=False)
         batch_op.create_index(batch_op.f("ix_calls_caller"), ["caller"], unique=False)
-        batch_op.create_index(batch_op.f("ix_calls_channel_id"), ["channel_id"], unique=True)
+        batch_op.create_index(batch_op.f("ix_calls_channel_id"), ["channel_id"], unique=False)
         batch_op.create_index(batch_op.f("ix_calls_did"), ["did"], unique=False)
         batch_op.create_index(batch_op.f("ix_calls_outcome"), ["outcome"], unique=False)
         batch_op.create_index(batch_op.f("ix_calls_started_at"), ["started_at"], unique=False)
@@ -273,6 +293,10 @@ def upgrade() -> None:
         sa.Column("payload", sa.JSON(), nullable=True),
         sa.Column("status", sqlmodel.sql.sqltypes.AutoString(length=16), nullable=False),
         sa.Column("attempts", sa.Integer(), nullable=False),
+        sa.Column("claimed_by", sqlmodel.sql.sqltypes.AutoString(length=200), nullable=False),
+        sa.Column("lease_until", sqlmodel.sql.sqltypes.UTCDateTime(), nullable=True),
+        sa.Column("sent_parts", sa.JSON(), nullable=True),
+        sa.Column("sending_part", sa.Integer(), nullable=True),
         sa.Column("error", sqlmodel.sql.sqltypes.AutoString(length=500), nullable=False),
         sa.Column("conversation_id", sa.Integer(), nullable=True),
         sa.Column("received_at", sqlmodel.sql.sqltypes.UTCDateTime(), nullable=False),
@@ -287,6 +311,7 @@ def upgrade() -> None:
     with op.batch_alter_table("inbound_messages", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_inbound_messages_channel"), ["channel"], unique=False)
         batch_op.create_index(batch_op.f("ix_inbound_messages_conversation_id"), ["conversation_id"], unique=False)
+        batch_op.create_index(batch_op.f("ix_inbound_messages_lease_until"), ["lease_until"], unique=False)
         batch_op.create_index(batch_op.f("ix_inbound_messages_status"), ["status"], unique=False)
 
     op.create_table(
@@ -390,6 +415,7 @@ def downgrade() -> None:
     op.drop_table("knowledge_chunks")
     with op.batch_alter_table("inbound_messages", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_inbound_messages_status"))
+        batch_op.drop_index(batch_op.f("ix_inbound_messages_lease_until"))
         batch_op.drop_index(batch_op.f("ix_inbound_messages_conversation_id"))
         batch_op.drop_index(batch_op.f("ix_inbound_messages_channel"))
 
@@ -433,6 +459,11 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f("ix_conversations_agent_id"))
 
     op.drop_table("conversations")
+    with op.batch_alter_table("api_keys", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_api_keys_prefix"))
+        batch_op.drop_index(batch_op.f("ix_api_keys_owner_id"))
+
+    op.drop_table("api_keys")
     with op.batch_alter_table("users", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_users_username"))
 
@@ -441,16 +472,16 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f("ix_sip_trunks_name"))
 
     op.drop_table("sip_trunks")
+    with op.batch_alter_table("revoked_access_tokens", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_revoked_access_tokens_expires_at"))
+
+    op.drop_table("revoked_access_tokens")
     with op.batch_alter_table("contacts", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_contacts_whatsapp_id"))
         batch_op.drop_index(batch_op.f("ix_contacts_phone"))
         batch_op.drop_index(batch_op.f("ix_contacts_email"))
 
     op.drop_table("contacts")
-    with op.batch_alter_table("api_keys", schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f("ix_api_keys_prefix"))
-
-    op.drop_table("api_keys")
     with op.batch_alter_table("agents", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_agents_name"))
 
