@@ -5,7 +5,16 @@ A channel turn is the pair of messages the agent core stores: the user's (``exte
 the inbound message) and the assistant's reply (``external_id`` = the channel's id of the reply once it was
 sent).  So "has this inbound message been answered?" is a question for the database, which is what makes
 redelivery and crash recovery safe: an answered message is never answered twice, and a reply that was generated
-but not sent is sent as it was stored, not generated again.
+but not sent is sent as it was stored, not generated again.  A turn is always looked up within one contact's
+conversations: a message id is a claim made by the sender, and another sender reusing it must neither suppress
+nor receive someone else's reply.
+
+The inbox (``inbound_messages``) is shared by every worker on one database.  A worker answers a row only after
+claiming it with one conditional ``UPDATE`` (atomic on SQLite and PostgreSQL alike: on PostgreSQL a concurrent
+claim waits for the row lock and then re-checks the condition), holds the claim with a renewed lease, and
+writes each reply part's intent (``sending_part``) under that claim before the POST.  So two workers never
+generate or send the same reply, a crashed worker's rows come free when its lease runs out, and a part whose
+fate is unknown is never sent a second time.
 """
 
 from __future__ import annotations
@@ -14,10 +23,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func
+from sqlalchemy import and_, exists, func, or_, update
+from sqlalchemy.engine import CursorResult
+from sqlalchemy.orm import aliased
 from sqlmodel import Session, col, select
 
-from models import Agent, Contact, Conversation, Message, utcnow
+from models import Agent, Contact, Conversation, InboundMessage, Message, utcnow
 from voicebot.agent.store import get_agent_by_name
 from voicebot.errors import NotFound, Unavailable
 
@@ -74,11 +85,17 @@ def channel_agent(session: Session, name: str) -> Agent:
     return agent
 
 
-def find_turn(session: Session, channel: str, external_id: str) -> StoredTurn | None:
-    """The stored turn whose user message has ``external_id`` on ``channel``, or None."""
+def find_turn(session: Session, channel: str, external_id: str, *, contact_id: int | None) -> StoredTurn | None:
+    """The stored turn of contact ``contact_id`` whose user message has ``external_id`` on ``channel``, or None.
+
+    Scoped by contact: an id is only unique per sender as far as we can trust it (an e-mail Message-ID is
+    chosen by whoever sends the mail), so a turn of another contact with the same id is not this message's.
+    ``contact_id=None`` finds only turns of conversations without a contact."""
+    contact = (Conversation.contact_id == contact_id) if contact_id is not None \
+        else col(Conversation.contact_id).is_(None)
     user = session.exec(
         select(Message).join(Conversation, col(Message.conversation_id) == col(Conversation.id))
-        .where(Conversation.channel == channel, Message.external_id == external_id, Message.role == "user")
+        .where(Conversation.channel == channel, contact, Message.external_id == external_id, Message.role == "user")
         .order_by(col(Message.id))
     ).first()
     if user is None or user.id is None:
@@ -187,3 +204,110 @@ def list_conversations(session: Session, channel: str, limit: int, offset: int) 
                                      conversation.agent_id, conversation.external_id, int(count),
                                      as_utc(conversation.started_at), as_utc(conversation.updated_at)))
     return items, int(total)
+
+
+# ---------------------------------------------------------------------------------------------- the inbox
+def db_now() -> datetime:
+    """Now, as lease times are written and compared (aware UTC: the column type stores and compares UTC)."""
+    return utcnow()
+
+
+def _older_pending_of_sender() -> Any:
+    """SQL: an older pending row of the same sender exists (its messages are answered strictly in order, across
+    workers too, so the memory of the second message holds the first)."""
+    older = aliased(InboundMessage)
+    return exists().where(col(older.channel) == col(InboundMessage.channel),
+                          col(older.sender) == col(InboundMessage.sender), col(older.status) == "pending",
+                          col(older.id) < col(InboundMessage.id))
+
+
+def claimable_inbound(session: Session, channel: str, limit: int, exclude: set[int]) -> list[tuple[int, str]]:
+    """(id, sender) of pending rows nobody holds and none backs off, each its sender's oldest pending one,
+    oldest first, at most ``limit``; ``exclude``: rows this worker already has in hand."""
+    if limit <= 0:
+        return []
+    now = db_now()
+    query = (select(InboundMessage.id, InboundMessage.sender)
+             .where(InboundMessage.channel == channel, InboundMessage.status == "pending",
+                    or_(col(InboundMessage.lease_until).is_(None), col(InboundMessage.lease_until) < now),
+                    ~_older_pending_of_sender())
+             .order_by(col(InboundMessage.id)).limit(limit))
+    if exclude:
+        query = query.where(col(InboundMessage.id).not_in(exclude))
+    return [(row_id, sender) for row_id, sender in session.exec(query).all() if row_id is not None]
+
+
+def _rowcount(result: Any) -> int:
+    assert isinstance(result, CursorResult)
+    return int(result.rowcount)
+
+
+def claim_inbound(session: Session, row_id: int, worker: str, lease: timedelta) -> InboundMessage | None:
+    """Take row ``row_id`` for ``worker`` for ``lease`` (one atomic UPDATE); None when it is not pending, held or
+    backing off, or an older message of its sender is still pending."""
+    now = db_now()
+    claimed = session.execute(
+        update(InboundMessage)
+        .where(col(InboundMessage.id) == row_id, col(InboundMessage.status) == "pending",
+               or_(col(InboundMessage.lease_until).is_(None), col(InboundMessage.lease_until) < now),
+               ~_older_pending_of_sender())
+        .values(claimed_by=worker, lease_until=now + lease, updated_at=now)
+        .execution_options(synchronize_session=False))
+    if _rowcount(claimed) != 1:
+        return None
+    session.flush()
+    return session.get(InboundMessage, row_id, populate_existing=True)
+
+
+def _held(row_id: int, worker: str) -> Any:
+    return and_(col(InboundMessage.id) == row_id, col(InboundMessage.claimed_by) == worker,
+                col(InboundMessage.status) == "pending")
+
+
+def renew_claim(session: Session, row_id: int, worker: str, lease: timedelta) -> bool:
+    """Extend ``worker``'s lease on the row; False when it no longer holds it."""
+    now = db_now()
+    result = session.execute(update(InboundMessage).where(_held(row_id, worker))
+                             .values(lease_until=now + lease, updated_at=now)
+                             .execution_options(synchronize_session=False))
+    return _rowcount(result) == 1
+
+
+def begin_part(session: Session, row_id: int, worker: str, index: int, lease: timedelta) -> bool:
+    """Record that reply part ``index`` is about to be sent (and renew the lease).  False, and nothing may be
+    sent, when ``worker`` lost its claim or another part's outcome is still unknown."""
+    now = db_now()
+    result = session.execute(update(InboundMessage)
+                             .where(_held(row_id, worker), col(InboundMessage.sending_part).is_(None))
+                             .values(sending_part=index, lease_until=now + lease, updated_at=now)
+                             .execution_options(synchronize_session=False))
+    return _rowcount(result) == 1
+
+
+def finish_part(session: Session, row_id: int, worker: str, index: int, wamid: str | None) -> bool:
+    """The answer to part ``index`` is known: sent as ``wamid``, or (None) certainly not sent.  The sent part is
+    recorded whoever holds the row now (it is a fact); returns whether ``worker`` still holds its claim."""
+    row = session.get(InboundMessage, row_id, with_for_update=True)
+    if row is None:
+        return False
+    if row.sending_part == index:
+        row.sending_part = None
+        if wamid is not None:
+            row.sent_parts = [*(row.sent_parts or []), wamid]  # a new list, so the JSON column is seen changed
+        row.updated_at = utcnow()
+        session.add(row)
+    return row.claimed_by == worker and row.status == "pending"
+
+
+def settle_inbound(session: Session, row_id: int, worker: str, *, backoff: timedelta | None = None,
+                   **changes: Any) -> bool:
+    """Write the outcome of ``worker``'s attempt (status, attempts, error, ...) and release the claim; with
+    ``backoff`` nobody takes the row again before that time has passed.  False (nothing written) when the
+    worker no longer held the row."""
+    now = db_now()
+    values = {**changes, "claimed_by": "", "lease_until": now + backoff if backoff else None, "updated_at": now}
+    result = session.execute(update(InboundMessage)
+                             .where(col(InboundMessage.id) == row_id, col(InboundMessage.claimed_by) == worker)
+                             .values(**values).execution_options(synchronize_session=False))
+    return _rowcount(result) == 1
+

@@ -137,17 +137,20 @@ class ChannelError(EvaError):
 class WhatsAppError(ChannelError):
     """The WhatsApp Cloud API failed or refused a request.  ``graph_code`` is Meta's error code (e.g. 131047:
     the 24-hour window is closed), ``upstream_status`` the HTTP status it answered with, ``retryable`` whether
-    the same request may succeed later (rate limits, outages)."""
+    the same request may succeed later (rate limits, outages), ``maybe_delivered`` whether the request reached
+    WhatsApp and may have been delivered although no answer proves it (a timeout, a dropped connection): sending
+    it again could message the customer twice, so it is never retried automatically."""
 
     code = "whatsapp_error"
 
     def __init__(self, message: str, *, code: str | None = None, field: str | None = None,
                  graph_code: int | None = None, upstream_status: int | None = None,
-                 retryable: bool = False) -> None:
+                 retryable: bool = False, maybe_delivered: bool = False) -> None:
         super().__init__(message, code=code, field=field)
         self.graph_code = graph_code
         self.upstream_status = upstream_status
-        self.retryable = retryable
+        self.retryable = retryable and not maybe_delivered
+        self.maybe_delivered = maybe_delivered
 
 
 class EmailError(ChannelError):
@@ -194,6 +197,12 @@ class AuthError(EvaError):
 class Forbidden(EvaError):
     code = "forbidden"
     http_status = 403
+
+
+class OutboundDialForbidden(Forbidden):
+    """A dialplan change by a non-admin could place outbound calls (Dial to a trunk or URI, Transfer)."""
+
+    code = "outbound_dial_admin_only"
 
 
 # --- HTTP-facing errors (admin API); each maps to one status code -------------------------------------------

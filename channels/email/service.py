@@ -251,7 +251,8 @@ class EmailService:
         contact = await self.contacts.find_or_create_contact(email=normalize_email(mail.sender),
                                                              name=mail.sender_name)
         assert agent.id is not None and contact.id is not None
-        turn = await self._db(lambda s: store.find_turn(s, CHANNEL, mail.message_id))
+        contact_id = contact.id
+        turn = await self._db(lambda s: store.find_turn(s, CHANNEL, mail.message_id, contact_id=contact_id))
         if turn is not None and turn.answered:
             return "duplicate"
         if turn is not None and not turn.reply_complete:

@@ -3,10 +3,13 @@
 ``POST {api_url}/{phone_number_id}/messages`` with ``Authorization: Bearer <token>``.  Every request has a
 timeout.  HTTP 429 and 5xx are retried (``max_attempts`` in all), waiting as long as ``Retry-After`` says (capped)
 or with exponential backoff; a connection that could not be opened is retried too, because nothing was sent.
-A timeout after the request went out is *not* retried: the message may have been delivered, and a duplicate is
-worse than a clear error.  Failures raise :class:`~voicebot.errors.WhatsAppError` with a stable code
-(``whatsapp_auth_failed``, ``whatsapp_rate_limited``, ``whatsapp_window_closed``, ``whatsapp_rejected``,
-``whatsapp_unavailable``, ``whatsapp_timeout``, ``whatsapp_bad_response``).  The token is never logged.
+A timeout after the request went out, a connection dropped before the answer and a 200 without a message id
+are *not* retried, here or later: the message may have been delivered, and a duplicate is worse than a clear
+error.  They raise with ``maybe_delivered=True`` (and ``retryable=False``), which the channel records as an
+uncertain send (the Cloud API has no idempotency key that would make a resend safe).  Failures raise
+:class:`~voicebot.errors.WhatsAppError` with a stable code (``whatsapp_auth_failed``, ``whatsapp_rate_limited``,
+``whatsapp_window_closed``, ``whatsapp_rejected``, ``whatsapp_unavailable``, ``whatsapp_timeout``,
+``whatsapp_bad_response``).  The token is never logged.
 """
 
 from __future__ import annotations
@@ -80,21 +83,29 @@ class WhatsAppClient:
                 async with self._client().post(self.url, json=payload, headers=headers) as response:
                     data = await _json_or_none(response)
                     if response.status == 200:
-                        return parse_send_response(data)
+                        try:
+                            return parse_send_response(data)
+                        except WhatsAppError as exc:
+                            # Accepted (200) but no id to prove it: most likely sent, so never sent again.
+                            exc.maybe_delivered, exc.retryable = True, False
+                            raise
                     error = parse_graph_error(response.status, data)
                     retry_after = _retry_after(response.headers.get("Retry-After"))
-            except aiohttp.ClientConnectorError as exc:
-                # Nothing reached the server: safe to try again.
-                error = WhatsAppError(f"cannot connect to the WhatsApp API: {exc.os_error or exc}",
-                                      code="whatsapp_unavailable", retryable=True)
+            except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
+                # Nothing reached the server (refused, unresolvable, connect timed out): safe to try again.
+                error = WhatsAppError(f"cannot connect to the WhatsApp API: {exc}", code="whatsapp_unavailable",
+                                      retryable=True)
                 error.__cause__ = exc
                 retry_after = None
             except TimeoutError as exc:
-                raise WhatsAppError(f"the WhatsApp API did not answer within {self.timeout:g}s",
-                                    code="whatsapp_timeout", retryable=True) from exc
+                # The request went out; whether WhatsApp delivered it is unknown.
+                raise WhatsAppError(f"the WhatsApp API did not answer within {self.timeout:g}s; the message "
+                                    "may have been delivered", code="whatsapp_timeout",
+                                    maybe_delivered=True) from exc
             except aiohttp.ClientError as exc:
-                raise WhatsAppError(f"the WhatsApp API request failed: {exc}", code="whatsapp_unavailable",
-                                    retryable=True) from exc
+                raise WhatsAppError(f"the WhatsApp API request failed before its answer ({exc}); the message may "
+                                    "have been delivered", code="whatsapp_unavailable",
+                                    maybe_delivered=True) from exc
             automatic = error.upstream_status is None or error.upstream_status == 429 or error.upstream_status >= 500
             if not automatic or attempt == self.max_attempts:
                 raise error

@@ -12,10 +12,27 @@ expects a fast 200 and retries otherwise).  The answering runs in background tas
   assistant message, which is how a redelivered or recovered message is recognised as answered.
 
 Nothing accepted is lost: a row stays ``pending`` until its reply was sent; retryable failures (rate limits,
-outages) are tried again by a sweeper every ``retry_interval`` seconds, up to ``max_attempts``; pending rows
-left by a crash or a shutdown are picked up when the service starts.  :meth:`close` stops taking webhooks
-(503, so Meta redelivers later), lets running replies finish for a while, then cancels the rest (they stay
-pending).  Delivery receipts (``statuses``) are recorded on the sent message as ``timings["delivery"]``.
+outages) are tried again by a sweeper after ``retry_interval`` seconds, up to ``max_attempts``; pending rows
+left by a shutdown are picked up when the service starts, those of a crashed worker once its lease ran out.
+At most ``max_queued`` rows are in hand (tasks) at once; the rest wait in the database, and the sweeper takes
+more as soon as there is room (backpressure without losing anything).
+
+Exactly once, as far as it can be known: several workers may share one database.  A worker claims a row
+(:func:`channels.store.claim_inbound`) before it generates anything, and records each reply part before and
+after its POST (``sending_part``, ``sent_parts``), so a retry sends only the parts not yet sent.  A send whose
+outcome is unknown (a timeout, a dropped connection, a crash during the POST) may have reached the customer:
+the row becomes ``uncertain`` and is never resent automatically (the Cloud API has no idempotency key); the
+admin API's send-message is the way to follow up.
+
+Freshness: a message older than WhatsApp's 24-hour customer-service window when it arrives (Meta redelivers
+for days after an outage) is stored, so it is not lost and a redelivery stays a duplicate, but marked
+``expired`` and not answered: the Cloud API refuses a free-form reply outside the window, and a day-late answer
+is not one the customer waits for.  Replays are no threat here: the signature covers the body, and the wamid
+deduplicates.
+
+:meth:`close` stops taking webhooks (503, so Meta redelivers later), lets running replies finish for a while,
+then cancels the rest (they stay pending, released for the next start).  Delivery receipts (``statuses``) are
+recorded on the sent message as ``timings["delivery"]``.
 """
 
 from __future__ import annotations
@@ -23,9 +40,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import secrets
+import socket
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
+from functools import partial
 from typing import Any, TypeVar
 
 from sqlalchemy.engine import Engine
@@ -34,8 +56,16 @@ from sqlmodel import Session, col, select
 
 from channels import store
 from channels.whatsapp.client import WhatsAppClient
-from channels.whatsapp.codec import WaMessage, WaStatus, parse_webhook_body, verify_signature, verify_subscription
-from models import Agent, Contact, Conversation, InboundMessage, Message, utcnow
+from channels.whatsapp.codec import (
+    WaMessage,
+    WaStatus,
+    build_text_message,
+    parse_webhook_body,
+    split_text,
+    verify_signature,
+    verify_subscription,
+)
+from models import Agent, Contact, Conversation, InboundMessage, Message
 from models.db import session_scope
 from voicebot.agent.core import SEARCH_KNOWLEDGE, AgentCore
 from voicebot.agent.store import AgentStore, normalize_whatsapp_id
@@ -51,6 +81,8 @@ DECLINE_TEXT = ("Sorry, I can only read text messages. Please type your question
 """The answer to images, voice notes, documents, locations and other non-text messages."""
 CONVERSATION_WINDOW = timedelta(hours=24)
 """Messages within this time of the last one continue its conversation (WhatsApp's customer-service window)."""
+MAX_MESSAGE_AGE = CONVERSATION_WINDOW
+"""A message older than this when it arrives is stored as ``expired`` and not answered (see the module doc)."""
 
 
 @dataclass(frozen=True)
@@ -62,7 +94,8 @@ class Accepted:
     duplicates: int
     """Messages already received (a redelivery)."""
     ignored: int
-    """Messages that get no answer (reactions, system notices, another business number's) and malformed ones."""
+    """Messages that get no answer (reactions, system notices, another business number's, those stored as
+    expired) and malformed ones."""
     statuses: int
 
 
@@ -82,7 +115,8 @@ class WhatsAppService:
 
     def __init__(self, settings: Settings, engine: Engine, core: AgentCore | None, *,
                  client: WhatsAppClient | None = None, concurrency: int = 4, retry_interval: float = 60.0,
-                 max_attempts: int = 5, drain_timeout: float = 30.0) -> None:
+                 max_attempts: int = 5, drain_timeout: float = 30.0, max_queued: int = 200,
+                 claim_lease: float = 120.0, worker_id: str | None = None) -> None:
         self.settings = settings
         self.engine = engine
         self.core = core
@@ -92,11 +126,19 @@ class WhatsAppService:
         self.retry_interval = retry_interval
         self.max_attempts = max_attempts
         self.drain_timeout = drain_timeout
+        self.max_queued = max(0, max_queued)
+        """Rows in hand at most (each a task, most waiting for the semaphore or their sender's lock)."""
+        self.claim_lease = timedelta(seconds=claim_lease)
+        """How long a claim holds without renewal: how soon a crashed worker's rows are answered by another."""
+        self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         self._semaphore = asyncio.Semaphore(concurrency)
         self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._inflight: set[int] = set()
         self._sweeper: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+        self._backlog = False
+        """More pending rows may wait in the database than were taken in hand."""
         self._closing = False
 
     # ------------------------------------------------------------------ configuration
@@ -178,17 +220,23 @@ class WhatsAppService:
                 ignored += 1
             else:
                 wanted.append(message)
-        stored, duplicates = await asyncio.to_thread(self._store_inbound, wanted)
+        stored, duplicates, expired = await asyncio.to_thread(self._store_inbound, wanted, time.time())
         if batch.statuses:
             await asyncio.to_thread(self._record_statuses, batch.statuses)
         for row_id, sender in stored:
             self._spawn(row_id, sender)
-        return Accepted(len(stored), duplicates, ignored, len(batch.statuses))
+        return Accepted(len(stored), duplicates, ignored + expired, len(batch.statuses))
 
-    def _store_inbound(self, messages: Sequence[WaMessage]) -> tuple[list[tuple[int, str]], int]:
+    def _store_inbound(self, messages: Sequence[WaMessage],
+                       now: float) -> tuple[list[tuple[int, str]], int, int]:
+        """Store the new messages; returns (id, sender) of those to answer, the number of duplicates and the
+        number stored as expired."""
         stored: list[tuple[int, str]] = []
-        duplicates = 0
+        duplicates = expired_count = 0
+        oldest = now - MAX_MESSAGE_AGE.total_seconds()
         for message in messages:
+            # Meta's timestamp; 0 when it is missing or not a number (then the message is not judged stale).
+            expired = 0 < message.timestamp < oldest
             # One transaction per message: a duplicate (unique channel + wamid) must not undo the others.
             try:
                 with session_scope(self.engine) as session:
@@ -199,14 +247,21 @@ class WhatsAppService:
                         continue
                     row = InboundMessage(channel=CHANNEL, external_id=message.wamid, sender=message.wa_id[:320],
                                          sender_name=message.profile_name[:200], kind=message.kind[:32],
-                                         text=message.text, payload=dict(message.raw))
+                                         text=message.text, payload=dict(message.raw),
+                                         status="expired" if expired else "pending",
+                                         error="whatsapp_message_too_old" if expired else "")
                     session.add(row)
                     session.flush()
                     assert row.id is not None
-                    stored.append((row.id, message.wa_id))
+                    if expired:
+                        expired_count += 1
+                        log.warning("not answering WhatsApp message %s: it is more than %s old", row.id,
+                                    MAX_MESSAGE_AGE)
+                    else:
+                        stored.append((row.id, row.sender))
             except IntegrityError:  # the same message in a concurrent delivery won the insert
                 duplicates += 1
-        return stored, duplicates
+        return stored, duplicates, expired_count
 
     def _record_statuses(self, statuses: Sequence[WaStatus]) -> None:
         with session_scope(self.engine) as session:
@@ -227,9 +282,14 @@ class WhatsAppService:
                 session.add(message)
 
     # ------------------------------------------------------------------ background answering
-    def _spawn(self, row_id: int, sender: str) -> None:
+    def _spawn(self, row_id: int, sender: str) -> bool:
+        """Take a stored row in hand, unless ``max_queued`` are; then it waits in the database for the
+        sweeper (backpressure: nothing is lost, the queue in memory stays bounded)."""
         if row_id in self._inflight:
-            return
+            return False
+        if len(self._inflight) >= self.max_queued or self._closing:
+            self._backlog = True
+            return False
         self._inflight.add(row_id)
         task = asyncio.create_task(self._run(row_id, sender), name=f"whatsapp-inbound-{row_id}")
         self._tasks.add(task)
@@ -237,8 +297,11 @@ class WhatsAppService:
         def finished(done: asyncio.Task[None]) -> None:
             self._tasks.discard(done)
             self._inflight.discard(row_id)
+            if self._backlog:
+                self._wake.set()  # room again: the sweeper takes the next waiting rows now, not a minute later
 
         task.add_done_callback(finished)
+        return True
 
     async def _run(self, row_id: int, sender: str) -> None:
         lock, users = self._locks.get(sender, (asyncio.Lock(), 0))
@@ -260,47 +323,90 @@ class WhatsAppService:
 
         return await asyncio.to_thread(transaction)
 
+    async def _settle(self, row_id: int, *, backoff: timedelta | None = None, **changes: Any) -> None:
+        worker = self.worker_id
+        if not await self._db(lambda s: store.settle_inbound(s, row_id, worker, backoff=backoff, **changes)):
+            log.warning("WhatsApp message %s was taken over by another worker; its outcome is theirs", row_id)
+
     async def _process(self, row_id: int) -> None:
-        row = await self._db(lambda s: s.get(InboundMessage, row_id))
-        if row is None or row.status != "pending":
-            return
+        worker, lease = self.worker_id, self.claim_lease
+        row = await self._db(lambda s: store.claim_inbound(s, row_id, worker, lease))
+        if row is None:
+            return  # answered, held by another worker, backing off, or waiting for an older message
+        attempts = row.attempts + 1
+        keeper = asyncio.create_task(self._keep_claim(row_id), name=f"whatsapp-lease-{row_id}")
         try:
+            if row.sending_part is not None:
+                # A worker died (or was cancelled) during this part's POST: it may have been delivered.
+                log.warning("WhatsApp message %s: part %d of its reply may have been sent before an interruption; "
+                            "not sending it again", row_id, row.sending_part + 1)
+                await self._settle(row_id, status="uncertain", attempts=attempts, error="whatsapp_send_interrupted")
+                return
             conversation_id = await self._answer(row)
         except asyncio.CancelledError:
-            raise  # shutdown: the row stays pending
+            # Shutdown: the row stays pending and is released, so the next start answers it at once.
+            await asyncio.shield(self._settle(row_id))
+            raise
         except EvaError as exc:
-            retry = (isinstance(exc, WhatsAppError) and exc.retryable) or isinstance(exc, Unavailable)
-            attempts = row.attempts + 1
-            status = "pending" if retry and attempts < self.max_attempts else "failed"
-            log.warning("WhatsApp message %s not answered (attempt %d): [%s] %s%s", row_id, attempts, exc.code,
-                        exc.message, "; will retry" if status == "pending" else "")
-            code = exc.code
-            await self._db(lambda s: _update_row(s, row_id, status=status, attempts=attempts, error=code))
+            await self._failed(row_id, attempts, exc)
         except Exception:
             log.exception("WhatsApp message %s failed unexpectedly", row_id)
-            await self._db(lambda s: _update_row(s, row_id, status="failed", attempts=row.attempts + 1,
-                                                 error="internal_error"))
+            await self._settle(row_id, status="failed", attempts=attempts, error="internal_error")
         else:
-            await self._db(lambda s: _update_row(s, row_id, status="done", attempts=row.attempts + 1, error="",
-                                                 conversation_id=conversation_id))
+            if conversation_id is None:
+                log.warning("WhatsApp message %s: the claim was lost mid-reply; the new holder goes on", row_id)
+            else:
+                await self._settle(row_id, status="done", attempts=attempts, error="",
+                                   conversation_id=conversation_id)
+        finally:
+            keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await keeper
 
-    async def _answer(self, row: InboundMessage) -> int:
-        """Reply to one stored inbound message; returns its conversation id."""
-        assert self.core is not None
+    async def _failed(self, row_id: int, attempts: int, exc: EvaError) -> None:
+        if isinstance(exc, WhatsAppError) and exc.maybe_delivered:
+            log.warning("WhatsApp message %s: the reply may have been delivered ([%s] %s); it is not sent again "
+                        "automatically", row_id, exc.code, exc.message)
+            await self._settle(row_id, status="uncertain", attempts=attempts, error=exc.code)
+            return
+        retry = (isinstance(exc, WhatsAppError) and exc.retryable) or isinstance(exc, Unavailable)
+        status = "pending" if retry and attempts < self.max_attempts else "failed"
+        log.warning("WhatsApp message %s not answered (attempt %d): [%s] %s%s", row_id, attempts, exc.code,
+                    exc.message, "; will retry" if status == "pending" else "")
+        await self._settle(row_id, backoff=timedelta(seconds=self.retry_interval) if status == "pending" else None,
+                           status=status, attempts=attempts, error=exc.code)
+
+    async def _keep_claim(self, row_id: int) -> None:
+        """Renew the lease while the reply is generated and sent (a slow model must not let it lapse)."""
+        worker, lease = self.worker_id, self.claim_lease
+        while True:
+            await asyncio.sleep(lease.total_seconds() / 3)
+            try:
+                if not await self._db(lambda s: store.renew_claim(s, row_id, worker, lease)):
+                    return  # lost: begin_part refuses every further send
+            except Exception:  # a database hiccup: try again at the next beat, the lease has slack
+                log.exception("could not renew the claim on WhatsApp message %s", row_id)
+
+    async def _answer(self, row: InboundMessage) -> int | None:
+        """Reply to one claimed inbound message; returns its conversation id, None if the claim was lost."""
+        assert self.core is not None and row.id is not None
         wa_id = normalize_whatsapp_id(row.sender)
         agent = await self._db(lambda s: store.channel_agent(s, self.settings.whatsapp_agent))
-        contact = await self.contacts.find_or_create_contact(whatsapp_id=wa_id, name=row.sender_name)
+        # The wa_id is authenticated by Meta (the webhook is signed), so the contact may be shared across channels.
+        contact = await self.contacts.find_or_create_contact(whatsapp_id=wa_id, name=row.sender_name,
+                                                             verified=True)
         assert agent.id is not None and contact.id is not None
-        turn = await self._db(lambda s: store.find_turn(s, CHANNEL, row.external_id))
+        contact_id = contact.id
+        turn = await self._db(lambda s: store.find_turn(s, CHANNEL, row.external_id, contact_id=contact_id))
         if turn is not None and turn.answered:
             return turn.conversation_id  # answered before a crash, only the bookkeeping was lost
-        if turn is not None and not turn.reply_complete and row.text.strip():
+        if turn is not None and not turn.reply_complete and row.text.strip() and not row.sent_parts:
             # A reply cut off by a shutdown is not sent half-written: answer afresh.
             unfinished = turn
             await self._db(lambda s: store.discard_turn(s, unfinished))
             turn = None
         if turn is not None:
-            # Generated but not sent (a crash, a failed send): send what was stored, do not generate again.
+            # Generated but not (fully) sent (a crash, a failed send): send what was stored, do not generate again.
             conversation_id = turn.conversation_id
             text = turn.reply_text.strip() or agent.fallback_message
             stored_id = turn.assistant_message_id
@@ -319,10 +425,36 @@ class WhatsAppService:
             else:
                 text = DECLINE_TEXT
                 assistant_id = await self._db(lambda s: _store_declined(s, conversation_id, row))
-        sent = await self.client.send_text(wa_id, text)
-        extra = {"whatsapp_ids": [m.wamid for m in sent]} if len(sent) > 1 else None
-        await self._db(lambda s: store.record_sent(s, assistant_id, sent[0].wamid, extra))
+        sent = await self._send_parts(row.id, wa_id, text, list(row.sent_parts or []))
+        if sent is None:
+            return None
+        extra = {"whatsapp_ids": sent} if len(sent) > 1 else None
+        await self._db(lambda s: store.record_sent(s, assistant_id, sent[0], extra))
         return conversation_id
+
+    async def _send_parts(self, row_id: int, wa_id: str, text: str, already: list[str]) -> list[str] | None:
+        """Send the parts of ``text`` after the ``already`` sent ones, each recorded before and after its POST;
+        returns every part's wamid, or None when the claim was lost (nothing more was sent)."""
+        parts = split_text(text)
+        if not parts:
+            raise InvalidInput("the reply is empty", field="text")
+        worker, lease = self.worker_id, self.claim_lease
+        sent = list(already)
+        for index in range(len(sent), len(parts)):
+            if not await self._db(partial(store.begin_part, row_id=row_id, worker=worker, index=index, lease=lease)):
+                return None
+            try:
+                message = await self.client.send(build_text_message(wa_id, parts[index]))
+            except WhatsAppError as exc:
+                if not exc.maybe_delivered:  # certainly not sent: the part may go later
+                    await self._db(partial(store.finish_part, row_id=row_id, worker=worker, index=index, wamid=None))
+                raise  # maybe delivered: sending_part stays set, so it is never sent again
+            held = await self._db(partial(store.finish_part, row_id=row_id, worker=worker, index=index,
+                                          wamid=message.wamid))
+            sent.append(message.wamid)
+            if not held and index + 1 < len(parts):
+                return None
+        return sent
 
     async def _conversation(self, agent: Agent, contact: Contact, wa_id: str) -> int:
         assert agent.id is not None and contact.id is not None
@@ -336,28 +468,31 @@ class WhatsAppService:
         return await self._db(find_or_start)
 
     async def retry_pending(self) -> int:
-        """Start answering every pending message not already in hand (left by a crash, a shutdown or a
-        retryable failure); returns how many were started."""
-        rows = await self._db(lambda s: list(s.exec(
-            select(InboundMessage.id, InboundMessage.sender)
-            .where(InboundMessage.channel == CHANNEL, InboundMessage.status == "pending")
-            .order_by(col(InboundMessage.id))).all()))
-        started = 0
-        for row_id, sender in rows:
-            if row_id is not None and row_id not in self._inflight and not self._closing:
-                self._spawn(row_id, sender)
-                started += 1
-        return started
+        """Take in hand pending messages nobody holds (left by a crash, a shutdown or a retryable failure whose
+        back-off is over), as many as ``max_queued`` leaves room for; returns how many were started."""
+        if self._closing:
+            return 0
+        room = self.max_queued - len(self._inflight)
+        if room <= 0:
+            self._backlog = True
+            return 0
+        exclude = set(self._inflight)
+        rows = await self._db(lambda s: store.claimable_inbound(s, CHANNEL, room, exclude))
+        self._backlog = len(rows) >= room
+        return sum(1 for row_id, sender in rows if self._spawn(row_id, sender))
 
     async def _sweep_forever(self) -> None:
         while True:
+            self._wake.clear()
             try:
                 started = await self.retry_pending()
                 if started:
                     log.info("answering %d pending WhatsApp message(s)", started)
             except Exception:  # a database hiccup must not end the retries for good
                 log.exception("could not look for pending WhatsApp messages")
-            await asyncio.sleep(self.retry_interval)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.retry_interval):
+                    await self._wake.wait()
 
     # ------------------------------------------------------------------ admin
     async def send_message(self, to: str, text: str) -> AdminSent:
@@ -390,16 +525,6 @@ class WhatsAppService:
 
         conversation_id, message_id = await self._db(record)
         return AdminSent(conversation_id, message_id, sent[0].wamid, contact_id, len(sent))
-
-
-def _update_row(session: Session, row_id: int, **changes: Any) -> None:
-    row = session.get(InboundMessage, row_id)
-    if row is None:
-        return
-    for key, value in changes.items():
-        setattr(row, key, value)
-    row.updated_at = utcnow()
-    session.add(row)
 
 
 def _store_declined(session: Session, conversation_id: int, row: InboundMessage) -> int:

@@ -165,8 +165,8 @@ async def test_one_person_is_one_contact_across_channels(store: AgentStore) -> N
     assert caller.phone == "+15550102030"
     assert (await store.find_or_create_contact(phone="+15550102030")).id == caller.id
     assert (await store.find_or_create_contact(phone="0015550102030")).id == caller.id
-    # WhatsApp ids are the international number in digits: the same person.
-    on_whatsapp = await store.find_or_create_contact(whatsapp_id="15550102030")
+    # WhatsApp ids are the international number in digits: the same person, when the channel vouches for it.
+    on_whatsapp = await store.find_or_create_contact(whatsapp_id="15550102030", verified=True)
     assert on_whatsapp.id == caller.id and on_whatsapp.whatsapp_id == "15550102030"
     # An e-mail given together with a known number joins that contact.
     with_email = await store.find_or_create_contact(phone="+15550102030", email="Ada@Example.ORG")
@@ -175,9 +175,13 @@ async def test_one_person_is_one_contact_across_channels(store: AgentStore) -> N
     assert (await store.get_contact(caller.id or 0)).name == "Ada"
     stranger = await store.find_or_create_contact(email="bob@example.org")
     assert stranger.id != caller.id
-    # WhatsApp-first contacts are found again when they call.
-    first_on_whatsapp = await store.find_or_create_contact(whatsapp_id="+44 7700 900123")
-    assert (await store.find_or_create_contact(phone="+447700900123")).id == first_on_whatsapp.id
+    # WhatsApp-first contacts are found again when they call from a verified number, never from a bare
+    # (spoofable) caller ID.
+    first_on_whatsapp = await store.find_or_create_contact(whatsapp_id="+44 7700 900123", verified=True)
+    assert (await store.find_or_create_contact(phone="+447700900123", verified=True)).id == first_on_whatsapp.id
+    other_on_whatsapp = await store.find_or_create_contact(whatsapp_id="4915112345678", verified=True)
+    spoofed = await store.find_or_create_contact(phone="+4915112345678")
+    assert spoofed.id != other_on_whatsapp.id and spoofed.whatsapp_id is None
 
 
 async def test_identifiers_held_by_someone_else_are_not_stolen(store: AgentStore, engine: Engine) -> None:

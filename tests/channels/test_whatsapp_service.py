@@ -7,8 +7,10 @@ from __future__ import annotations
 import asyncio
 import copy
 import json
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +21,7 @@ from sqlmodel import col, select
 from channels.whatsapp.client import WhatsAppClient
 from channels.whatsapp.codec import signature
 from channels.whatsapp.service import DECLINE_TEXT, WhatsAppService
-from models import Contact, Conversation, InboundMessage, Message
+from models import Contact, Conversation, InboundMessage, Message, utcnow
 from models.db import session_scope
 from tests.api.conftest import Api, offline_settings, start_api
 from tests.channels.conftest import ScriptedLLM
@@ -33,8 +35,14 @@ WEBHOOK = "/api/v1/whatsapp/webhook"
 SENDER = "16505551234"
 
 
-def payload(name: str) -> dict[str, Any]:
+def payload(name: str, *, timestamp: int | None = None) -> dict[str, Any]:
+    """A documented notification, its messages sent just now (or at ``timestamp``): the documents' own
+    timestamps are years old, and a message older than a day is not answered."""
     data: dict[str, Any] = json.loads((DATA / f"{name}.json").read_text())
+    for entry in data.get("entry", []):
+        for change in entry.get("changes", []):
+            for message in change.get("value", {}).get("messages", []):
+                message["timestamp"] = str(int(time.time()) if timestamp is None else timestamp)
     return data
 
 
@@ -225,6 +233,13 @@ async def test_refused_send_is_recorded_retryable_one_is_retried_without_a_new_r
     await world.service.drain()
     row = world.rows(InboundMessage)[1]
     assert (row.status, row.attempts, row.error) == ("pending", 1, "whatsapp_unavailable")
+    assert row.claimed_by == "" and row.lease_until is not None  # released, backing off for retry_interval
+    assert await world.service.retry_pending() == 0
+    with session_scope(world.engine) as session:  # the back-off is over
+        backing_off = session.get(InboundMessage, row.id)
+        assert backing_off is not None
+        backing_off.lease_until = utcnow() - timedelta(seconds=1)
+        session.add(backing_off)
     assert await world.service.retry_pending() == 1
     await world.service.drain()
     row = world.rows(InboundMessage)[1]

@@ -303,22 +303,26 @@ def _contact_identity(phone: str | None, whatsapp_id: str | None,
 
 
 def find_contact(session: Session, *, phone: str | None = None, whatsapp_id: str | None = None,
-                 email: str | None = None) -> Contact | None:
+                 email: str | None = None, verified: bool = False) -> Contact | None:
     """The contact matching any of the identifiers, or None.
 
-    A WhatsApp id is the caller's international number, so ``whatsapp_id=15551234567`` also finds the contact
-    who called from ``+15551234567`` (and vice versa): one person, one contact across channels.  When several
+    ``verified``: the channel authenticated the identifiers (a signed WhatsApp webhook: Meta vouches for the
+    wa_id; a trunk that attests caller ID).  Only then does a WhatsApp id, which is the international number,
+    also find the contact who called from that number (``whatsapp_id=15551234567`` ↔ ``+15551234567``) and vice
+    versa: one person, one contact across channels, sharing conversation memory.  Unverified identifiers match
+    only their own kind: a spoofed caller ID must not open the WhatsApp contact's memory.  When several
     contacts match different identifiers, the phone match wins, then WhatsApp, then e-mail (we never merge
     contacts implicitly)."""
     phone, whatsapp_id, email = _contact_identity(phone, whatsapp_id, email)
     candidates: list[Any] = []
     if phone:
         candidates.append(Contact.phone == phone)
-        if phone.startswith("+"):
+        if phone.startswith("+") and verified:
             candidates.append(Contact.whatsapp_id == phone[1:])
     if whatsapp_id:
         candidates.append(Contact.whatsapp_id == whatsapp_id)
-        candidates.append(Contact.phone == "+" + whatsapp_id)
+        if verified:
+            candidates.append(Contact.phone == "+" + whatsapp_id)
     if email:
         candidates.append(Contact.email == email)
     found = list(session.exec(select(Contact).where(or_(*candidates))).all())
@@ -339,13 +343,14 @@ def find_contact(session: Session, *, phone: str | None = None, whatsapp_id: str
 
 
 def find_or_create_contact(session: Session, *, phone: str | None = None, whatsapp_id: str | None = None,
-                           email: str | None = None, name: str = "") -> Contact:
+                           email: str | None = None, name: str = "", verified: bool = False) -> Contact:
     """Return the one contact for this person, creating it if new.  Identifiers the contact lacks are filled
-    in when no other contact holds them (so a caller who later writes on WhatsApp stays one contact)."""
+    in when no other contact holds them (so a verified caller who later writes on WhatsApp stays one contact;
+    ``verified`` as for :func:`find_contact`)."""
     phone, whatsapp_id, email = _contact_identity(phone, whatsapp_id, email)
     if len(name) > 200:
         raise InvalidInput("name is longer than 200 characters", field="name")
-    contact = find_contact(session, phone=phone, whatsapp_id=whatsapp_id, email=email)
+    contact = find_contact(session, phone=phone, whatsapp_id=whatsapp_id, email=email, verified=verified)
     if contact is None:
         contact = Contact(name=name, phone=phone, whatsapp_id=whatsapp_id, email=email)
         session.add(contact)
@@ -427,12 +432,12 @@ class AgentStore:
         return await self._run(get_contact, contact_id)
 
     async def find_or_create_contact(self, *, phone: str | None = None, whatsapp_id: str | None = None,
-                                     email: str | None = None, name: str = "") -> Contact:
+                                     email: str | None = None, name: str = "", verified: bool = False) -> Contact:
         try:
             return await self._run(find_or_create_contact, phone=phone, whatsapp_id=whatsapp_id,
-                                   email=email, name=name)
+                                   email=email, name=name, verified=verified)
         except IntegrityError:
             # Two channels created the same new person at the same moment; the other insert won, so the
             # retry finds it.
             return await self._run(find_or_create_contact, phone=phone, whatsapp_id=whatsapp_id,
-                                   email=email, name=name)
+                                   email=email, name=name, verified=verified)
