@@ -203,7 +203,8 @@ async def test_identifiers_held_by_someone_else_are_not_stolen(store: AgentStore
 ])
 async def test_invalid_contacts(store: AgentStore, kwargs: dict[str, str], field: str) -> None:
     with pytest.raises(InvalidInput) as info:
-        await store.find_or_create_contact(**kwargs)
+        await store.find_or_create_contact(phone=kwargs.get("phone"), whatsapp_id=kwargs.get("whatsapp_id"),
+                                           email=kwargs.get("email"), name=kwargs.get("name", ""))
     assert info.value.field == field
     with pytest.raises(NotFound):
         await store.get_contact(1)
