@@ -1,8 +1,9 @@
 """Document type detection and text extraction: PDF (with page numbers), DOCX, Markdown, HTML and plain text.
 
 ``detect_type`` is cheap (magic bytes + extension) and runs while an upload is being accepted, so unsupported
-files are refused at once.  ``extract`` does the real parsing and runs in a worker thread; every way a file
-can be unusable (corrupt, encrypted, no text) becomes a ``DocumentError`` with a stable code, which the
+files are refused at once.  ``extract`` does the real parsing; the knowledge base runs it in a separate,
+resource-limited process (``rag.sandbox``), never in Eva's own.  Every way a file can be unusable (corrupt,
+encrypted, no text, beyond the page/size budgets) becomes a ``DocumentError`` with a stable code, which the
 knowledge base stores on the document.
 """
 
@@ -24,6 +25,19 @@ TEXT_EXTENSIONS = frozenset({"", ".txt", ".text", ".md", ".markdown", ".rst", ".
                              ".htm"})
 MARKDOWN_EXTENSIONS = frozenset({".md", ".markdown"})
 HTML_EXTENSIONS = frozenset({".html", ".htm"})
+
+DEFAULT_MAX_PDF_PAGES = 2000
+"""Pages a PDF may have (EVA_MAX_PDF_PAGES); longer ones are refused, not silently cut."""
+MAX_EXTRACTED_CHARS = 50 * 1024 * 1024
+"""Characters of text one document may yield (a small PDF or DOCX can unpack to far more than its size)."""
+MAX_DOCX_MEMBERS = 5000
+MAX_DOCX_UNPACKED = 256 * 1024 * 1024
+"""Total declared uncompressed size of a DOCX package; zipfile never inflates a member past its declared
+size (and fails on a CRC mismatch), so checking the directory bounds what python-docx can unpack."""
+MAX_COMPRESSION_RATIO = 200
+"""Real DOCX parts compress 5-30:1; zip bombs 1000:1 and more."""
+_RATIO_FLOOR = 1024 * 1024
+"""Members smaller than this may have any ratio (a few KB of repeated XML is harmless)."""
 
 # Well-known binary formats we refuse with a helpful message instead of indexing garbage.
 _BINARY_MAGIC: tuple[tuple[bytes, str], ...] = (
@@ -63,6 +77,11 @@ def _corrupt(message: str) -> DocumentError:
 
 def _empty(message: str) -> DocumentError:
     return DocumentError(message, code="document_empty")
+
+
+def too_complex(message: str) -> DocumentError:
+    """A document beyond what we agree to spend on reading it (pages, unpacked size, CPU, memory, time)."""
+    return DocumentError(message, code="document_too_complex")
 
 
 def detect_type(data: bytes, filename: str) -> DocType:
@@ -160,11 +179,17 @@ def _looks_binary(text: str) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------- extraction
-def extract(data: bytes, doc_type: DocType, filename: str = "") -> list[Page]:
-    """Text of the document, page by page.  Raises ``DocumentError`` when no usable text comes out."""
+def extract(data: bytes, doc_type: DocType, filename: str = "", *,
+            max_pdf_pages: int = DEFAULT_MAX_PDF_PAGES) -> list[Page]:
+    """Text of the document, page by page.  Raises ``DocumentError`` when no usable text comes out.
+
+    The work is bounded by the input for text formats (linear-time handling) and by ``max_pdf_pages``, the DOCX
+    package checks and ``MAX_EXTRACTED_CHARS`` for the others; CPU time and memory are bounded by the process
+    this runs in (``rag.sandbox``).
+    """
     name = filename or "the document"
     if doc_type.kind == "pdf":
-        pages = _extract_pdf(data, name)
+        pages = _extract_pdf(data, name, max_pdf_pages)
     elif doc_type.kind == "docx":
         pages = [Page(None, _extract_docx(data, name))]
     else:
@@ -176,6 +201,9 @@ def extract(data: bytes, doc_type: DocType, filename: str = "") -> list[Page]:
         elif doc_type.kind == "markdown":
             text = markdown_to_text(text)
         pages = [Page(None, text)]
+    if sum(len(page.text) for page in pages) > MAX_EXTRACTED_CHARS:
+        raise too_complex(f"{name} holds more than {MAX_EXTRACTED_CHARS // 1048576} M characters of text "
+                          "(split it into smaller files)")
     pages = [Page(page.number, clean_text(page.text)) for page in pages]
     pages = [page for page in pages if page.text]
     if not pages:
@@ -185,7 +213,7 @@ def extract(data: bytes, doc_type: DocType, filename: str = "") -> list[Page]:
     return pages
 
 
-def _extract_pdf(data: bytes, name: str) -> list[Page]:
+def _extract_pdf(data: bytes, name: str, max_pages: int) -> list[Page]:
     from pypdf import PasswordType, PdfReader
     from pypdf.errors import DependencyError, PdfReadError, PyPdfError
 
@@ -204,9 +232,21 @@ def _extract_pdf(data: bytes, name: str) -> list[Page]:
             if opened == PasswordType.NOT_DECRYPTED:
                 raise DocumentError(f"{name} is password-protected; remove the password and upload it again",
                                     code="document_encrypted")
+        declared = len(reader.pages)
+        if declared > max_pages:
+            raise too_complex(f"{name} has {declared} pages; the limit is {max_pages} "
+                              "(split it into smaller files)")
         pages: list[Page] = []
+        chars = 0
         for number, page in enumerate(reader.pages, start=1):
-            pages.append(Page(number, page.extract_text() or ""))
+            if number > max_pages:  # the page tree may hold more pages than its /Count claims
+                raise too_complex(f"{name} has more than {max_pages} pages (split it into smaller files)")
+            text = page.extract_text() or ""
+            chars += len(text)
+            if chars > MAX_EXTRACTED_CHARS:
+                raise too_complex(f"{name} holds more than {MAX_EXTRACTED_CHARS // 1048576} M characters "
+                                  "of text (split it into smaller files)")
+            pages.append(Page(number, text))
     except DocumentError:
         raise
     except (PdfReadError, PyPdfError, ValueError, KeyError, TypeError, AttributeError, IndexError,
@@ -224,6 +264,7 @@ def _extract_docx(data: bytes, name: str) -> str:
         from docx.opc.exceptions import PackageNotFoundError
     except ImportError as exc:  # pragma: no cover - a declared dependency
         raise DocumentError("python-docx is not installed", code="document_unsupported") from exc
+    check_docx_package(data, name)
     try:
         document = docx.Document(io.BytesIO(data))
         parts: list[str] = []
@@ -245,6 +286,26 @@ def _extract_docx(data: bytes, name: str) -> str:
         # lxml raises its own XMLSyntaxError for damaged XML parts.
         raise _corrupt(f"{name} is a damaged .docx file: {type(exc).__name__}: {exc}") from exc
     return "\n\n".join(parts)
+
+
+def check_docx_package(data: bytes, name: str) -> None:
+    """Refuse a DOCX whose ZIP directory promises too much unpacked data (a zip bomb) before opening it."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            members = archive.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
+        raise _corrupt(f"{name} is a damaged .docx file: {exc}") from exc
+    if len(members) > MAX_DOCX_MEMBERS:
+        raise too_complex(f"{name} is a package of {len(members)} parts; the limit is {MAX_DOCX_MEMBERS}")
+    unpacked = 0
+    for member in members:
+        unpacked += member.file_size
+        if unpacked > MAX_DOCX_UNPACKED:
+            raise too_complex(f"{name} unpacks to more than {MAX_DOCX_UNPACKED // 1048576} MB")
+        if (member.file_size > _RATIO_FLOOR
+                and member.file_size > MAX_COMPRESSION_RATIO * max(member.compress_size, 1)):
+            raise too_complex(f"{name}: part {member.filename[:100]!r} is compressed more than "
+                              f"{MAX_COMPRESSION_RATIO}:1 (a zip bomb?)")
 
 
 def _node_text(element: Any, separator: str) -> str:
@@ -320,23 +381,64 @@ def html_to_text(markup: str) -> str:
     return text
 
 
-_MD_IMAGE = re.compile(r"!\[([^\]]*)\]\([^)]*\)")
-_MD_LINK = re.compile(r"\[([^\]]+)\]\([^)]*\)")
-_MD_HEADING = re.compile(r"^\s{0,3}#{1,6}\s+(.*?)\s*#*\s*$", re.MULTILINE)
-_MD_EMPHASIS = re.compile(r"(\*\*|__)(.+?)\1")
-_MD_FENCE = re.compile(r"^\s*(```|~~~).*$", re.MULTILINE)
-_MD_HTML_COMMENT = re.compile(r"<!--.*?-->", re.DOTALL)
+# Linear-time patterns only (uploaded Markdown is untrusted, and ``re`` holds the GIL): every repeated class
+# excludes the delimiter that ends it and is bounded, so each character is scanned a bounded number of times
+# (``[^\]]+`` followed by ``\]\(`` made ``[[[[…`` quadratic: 20k characters took seconds).
+_MD_IMAGE = re.compile(r"!\[([^\[\]\n]{0,500})\]\([^()\n]{0,2000}\)")
+_MD_LINK = re.compile(r"\[([^\[\]\n]{1,500})\]\([^()\n]{0,2000}\)")
+_MD_STRONG = re.compile(r"\*\*([^*\n]{1,1000})\*\*|__([^_\n]{1,1000})__")
 
 
 def markdown_to_text(markdown: str) -> str:
-    """Markdown without the markup that hurts retrieval (link targets, heading hashes, emphasis marks)."""
-    text = _MD_HTML_COMMENT.sub("", markdown)
-    text = _MD_FENCE.sub("", text)
+    """Markdown without the markup that hurts retrieval (link targets, heading hashes, emphasis marks).
+
+    Runs in time linear in the input: plain string scanning for comments, fences and headings, and bounded
+    non-backtracking patterns for links and emphasis.
+    """
+    text = _strip_html_comments(markdown)
+    lines: list[str] = []
+    for line in text.split("\n"):
+        stripped = line.lstrip()
+        if stripped.startswith(("```", "~~~")):
+            lines.append("")
+            continue
+        heading = _heading(line)
+        # A heading is its own paragraph so that chunks break there.
+        lines.append(line if heading is None else f"\n{heading}\n")
+    text = "\n".join(lines)
     text = _MD_IMAGE.sub(r"\1", text)
     text = _MD_LINK.sub(r"\1", text)
-    # A heading is its own paragraph so that chunks break there.
-    text = _MD_HEADING.sub(lambda match: f"\n{match.group(1)}\n", text)
-    return _MD_EMPHASIS.sub(r"\2", text)
+    return _MD_STRONG.sub(lambda match: match.group(1) or match.group(2), text)
+
+
+def _strip_html_comments(text: str) -> str:
+    parts: list[str] = []
+    position = 0
+    while True:
+        start = text.find("<!--", position)
+        if start < 0:
+            break
+        end = text.find("-->", start + 4)
+        if end < 0:
+            break  # an unclosed comment stays text; no later one can be closed either
+        parts.append(text[position:start])
+        position = end + 3
+    parts.append(text[position:])
+    return "".join(parts)
+
+
+def _heading(line: str) -> str | None:
+    """The text of an ATX heading line (``## Title ##``), or None when ``line`` is not one."""
+    stripped = line.lstrip(" \t")
+    if len(line) - len(stripped) > 3:
+        return None
+    hashes = len(stripped) - len(stripped.lstrip("#"))
+    if not 1 <= hashes <= 6:
+        return None
+    rest = stripped[hashes:]
+    if rest and not rest[0].isspace():
+        return None  # "#hashtag" is text
+    return rest.strip().rstrip("#").rstrip()
 
 
 def clean_text(text: str) -> str:

@@ -14,20 +14,28 @@ Consistency rules (SQL is the source of truth; a chunk exists when its row exist
   (and reindexes any document whose vectors went missing).
 - Chroma writes run on one dedicated thread, so they happen in submission order: a compensation can never
   overtake the write it undoes, even when we stopped waiting for that write (timeout, cancellation).
+- The chunk rows are written in short batches with *staged* ordinals that search ignores (see
+  ``KnowledgeRepository.replace_chunks``), so a large document never holds the SQLite write lock for long
+  (call setup writes too); the switch to the new rows is still one small transaction.
 
-Everything blocking (SQL, Chroma, parsing, the embedding model) runs in executors; the event loop never
-blocks.
+Everything blocking (SQL, Chroma, the embedding model) runs in executors, and documents are read (detected,
+extracted, chunked) in a separate resource-limited process (``rag.sandbox``): the event loop never blocks.
+Cancelling a caller (a retrieval timeout, barge-in) stops its wait at once, even when the thread it was waiting
+for is stuck in a hung Chroma server; only the transaction whose outcome a compensation depends on is waited
+for.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import hashlib
 import logging
 import os
+import threading
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path, PurePath
@@ -36,10 +44,11 @@ from typing import Any, TypeVar
 from sqlalchemy.engine import Engine
 
 from models import KnowledgeChunk, KnowledgeDocument
-from rag.chunking import Chunk, check_sizes, chunk_pages
+from rag.chunking import Chunk, check_sizes
 from rag.embeddings import Embedder, make_embedder
-from rag.extract import detect_type, extract
+from rag.extract import detect_type
 from rag.repository import KnowledgeRepository
+from rag.sandbox import SandboxLimits, extract_chunks
 from rag.store import StoreError, VectorRecord, VectorStore, chunk_metadata
 from rag.types import KnowledgeStats, SearchHit
 from voicebot.config import Settings
@@ -75,6 +84,9 @@ class KnowledgeBase:
         self.embedder = embedder if embedder is not None else make_embedder(settings)
         self.store = VectorStore(settings, self.embedder.name)
         self._executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="eva-kb")
+        # Chroma reads on their own threads: a hung Chroma server blocks these, never the SQL work above.
+        self._chroma_reader = ThreadPoolExecutor(max_workers=4, thread_name_prefix="eva-kb-chroma-read")
+        self._limits = SandboxLimits.from_settings(settings)
         # One thread: Chroma writes (and their compensations) run strictly in submission order.
         self._chroma_writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="eva-kb-chroma")
         self._tasks: dict[int, asyncio.Task[None]] = {}
@@ -182,7 +194,9 @@ class KnowledgeBase:
             try:
                 await self._index(document_id)
             except asyncio.CancelledError:
-                await self._mark(document_id, status="pending", progress=0.0, error_code="interrupted",
+                # Only while still processing: if the new rows were committed meanwhile, the document is ready.
+                await self._mark(document_id, when_status="processing", status="pending", progress=0.0,
+                                 error_code="interrupted",
                                  error="indexing was interrupted; it resumes on the next start")
                 raise
             except EvaError as exc:
@@ -193,9 +207,9 @@ class KnowledgeBase:
                 await self._mark(document_id, status="failed", error_code="internal_error",
                                  error=f"internal error: {type(exc).__name__}: {exc}"[:2000])
 
-    async def _mark(self, document_id: int, **changes: Any) -> None:
+    async def _mark(self, document_id: int, *, when_status: str | None = None, **changes: Any) -> None:
         try:
-            await self._run(self.repo.update_document, document_id, **changes)
+            await self._run(self.repo.update_document, document_id, when_status=when_status, **changes)
         except NotFound:
             pass  # deleted meanwhile
         except EvaError:
@@ -208,10 +222,9 @@ class KnowledgeBase:
                                    error="", error_code="")
         agent_id = document.agent_id
         data = await self._read_copy(document)
-        doc_type = await self._run(detect_type, data, document.filename)
-        pages = await self._run(extract, data, doc_type, document.filename)
-        chunks: list[Chunk] = await self._run(chunk_pages, pages, self.settings.chunk_size,
-                                              self.settings.chunk_overlap)
+        chunks = await extract_chunks(data, document.filename, chunk_size=self.settings.chunk_size,
+                                      overlap=self.settings.chunk_overlap, limits=self._limits)
+        del data
         if not chunks:
             raise DocumentError(f"{document.filename} contains no text", code="document_empty")
         await self._run(self.repo.update_document, document_id, progress=0.1)
@@ -224,22 +237,26 @@ class KnowledgeBase:
             progress = round(0.1 + 0.8 * done / len(chunks), 3)
             await self._run(self.repo.update_document, document_id, progress=progress)
 
-        records = [VectorRecord(id=uuid.uuid4().hex, embedding=vector, text=chunk.text,
-                                metadata=chunk_metadata(agent_id=agent_id, document_id=document_id,
-                                                        title=document.title, page=chunk.page,
-                                                        ordinal=chunk.ordinal))
-                   for chunk, vector in zip(chunks, vectors, strict=True)]
-        rows = [KnowledgeChunk(document_id=document_id, agent_id=agent_id, ordinal=chunk.ordinal,
-                               page=chunk.page, text_hash=chunk.text_hash, chroma_id=record.id,
-                               chars=len(chunk.text))
-                for chunk, record in zip(chunks, records, strict=True)]
+        # Built on a thread: tens of thousands of objects are too much work for the event loop.
+        records, rows = await self._run(_records_and_rows, document, chunks, vectors)
         new_ids = [record.id for record in records]
+        stop = threading.Event()
+        commit: asyncio.Future[list[str]] | None = None
         try:
             await self._write(self.store.upsert, agent_id, records)
-            replaced = await self._run(self.repo.replace_chunks, document_id, rows, status="ready",
-                                       progress=1.0, chunk_count=len(rows), error="", error_code="")
-        except BaseException:
-            await self._compensate(agent_id, new_ids, f"indexing document {document_id}")
+            commit = self._submit(self.repo.replace_chunks, document_id, rows, stop=stop, status="ready",
+                                  progress=1.0, chunk_count=len(rows), error="", error_code="")
+            replaced = await asyncio.shield(commit)
+        except BaseException as exc:
+            if commit is not None and isinstance(exc, asyncio.CancelledError):
+                stop.set()  # the batched write stops at the next batch and removes its staged rows
+                await _settle(commit)
+            if commit is not None and commit.done() and not commit.cancelled() and commit.exception() is None:
+                # The switch committed before the cancellation took effect: the new version is live, so
+                # nothing is undone; only the replaced vectors are left to delete (in writer order).
+                self._chroma_writer.submit(self._delete_quietly, agent_id, commit.result())
+            else:
+                await self._compensate(agent_id, new_ids, f"indexing document {document_id}")
             raise
         try:
             await self._write(self.store.delete, agent_id, replaced)
@@ -254,6 +271,13 @@ class KnowledgeBase:
         except OSError as exc:
             raise DocumentError(f"the stored copy of {document.filename} is missing ({exc.strerror}); "
                                 "upload the file again", code="document_missing") from exc
+
+    def _delete_quietly(self, agent_id: int, ids: list[str]) -> None:
+        """Delete replaced vectors on the writer thread without anyone waiting (reconcile() sweeps failures)."""
+        try:
+            self.store.delete(agent_id, ids)
+        except EvaError as exc:
+            log.warning("old vectors of agent %s stay until the next reconcile: %s", agent_id, exc.message)
 
     async def _compensate(self, agent_id: int, ids: list[str], what: str) -> None:
         """Undo a Chroma write whose SQL half did not happen.  Never raises (the original error matters)."""
@@ -277,7 +301,7 @@ class KnowledgeBase:
             raise InvalidInput("the query is empty", field="query")
         vector = await self.embedder.embed_query(query.strip())
         # A few extra candidates make up for vectors whose row is gone (orphans awaiting reconcile).
-        matches = await self._run(self.store.query, agent_id, vector, limit + 5, limit_s=CHROMA_READ_TIMEOUT)
+        matches = await self._read(self.store.query, agent_id, vector, limit + 5)
         if not matches:
             return []
         # SQL decides what exists (and the title is the document's current one, not the indexed copy).
@@ -311,10 +335,10 @@ class KnowledgeBase:
         await self._cancel_processing(doc_id)
         agent_id = document.agent_id
         row_ids = await self._run(self.repo.chunk_ids, doc_id)
-        stray_ids = await self._run(self.store.ids, agent_id, document_id=doc_id, limit_s=CHROMA_READ_TIMEOUT)
+        stray_ids = await self._read(self.store.ids, agent_id, document_id=doc_id)
         all_ids = list(dict.fromkeys([*row_ids, *stray_ids]))
         # Undo snapshot: only vectors whose rows exist need restoring if the SQL delete fails.
-        snapshot = await self._run(self.store.get, agent_id, row_ids, limit_s=CHROMA_READ_TIMEOUT)
+        snapshot = await self._read(self.store.get, agent_id, row_ids)
         await self._write(self.store.delete, agent_id, all_ids)
         try:
             await self._run(self.repo.delete_document, doc_id)
@@ -347,7 +371,7 @@ class KnowledgeBase:
         """Reindex every document of an agent; also the way to move an agent to a new embedding model."""
         self._check_open()
         try:
-            await self._run(self.store.collection, agent_id, create=False, limit_s=CHROMA_READ_TIMEOUT)
+            await self._read(self.store.collection, agent_id, create=False)
         except KnowledgeError as exc:
             if exc.code != "embedder_mismatch":
                 raise
@@ -406,11 +430,11 @@ class KnowledgeBase:
         busy = set(self._tasks)
         for agent in agents:
             rows = await self._run(self.repo.agent_chunk_ids, agent)
-            vectors = set(await self._run(self.store.ids, agent, limit_s=CHROMA_READ_TIMEOUT))
+            vectors = set(await self._read(self.store.ids, agent))
             candidates = sorted(vectors - rows)
             if busy and candidates:
                 # Vectors of documents being indexed right now are not orphans yet.
-                records = await self._run(self.store.get, agent, candidates, limit_s=CHROMA_READ_TIMEOUT)
+                records = await self._read(self.store.get, agent, candidates)
                 candidates = [r.id for r in records if int(r.metadata.get("document_id", -1)) not in busy]
             if candidates:
                 await self._write(self.store.delete, agent, candidates)
@@ -437,6 +461,8 @@ class KnowledgeBase:
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
         await asyncio.to_thread(self._chroma_writer.shutdown, wait=True)
+        # Reads may still be stuck in a hung server (their callers stopped waiting); do not wait for them.
+        self._chroma_reader.shutdown(wait=False, cancel_futures=True)
         await asyncio.to_thread(self.store.close)
         await asyncio.to_thread(self._executor.shutdown, wait=True)
         if self._own_embedder:
@@ -447,29 +473,72 @@ class KnowledgeBase:
             raise KnowledgeError("the knowledge base is closed", code="knowledge_closed")
 
     # ================================================================== executors
-    async def _run(self, func: Callable[..., T], /, *args: Any, limit_s: float | None = None,
-                   **kwargs: Any) -> T:
-        """``func`` on the general worker pool; ``limit_s`` bounds the wait (Chroma server calls)."""
-        return await self._in_executor(self._executor, func, args, kwargs, limit_s)
+    async def _run(self, func: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+        """``func`` on the general worker pool (SQL, files)."""
+        return await self._in_executor(self._executor, func, args, kwargs, None)
+
+    async def _read(self, func: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+        """A Chroma read on the reader pool, bounded by ``CHROMA_READ_TIMEOUT``."""
+        return await self._in_executor(self._chroma_reader, func, args, kwargs, CHROMA_READ_TIMEOUT)
 
     async def _write(self, func: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
         return await self._in_executor(self._chroma_writer, func, args, kwargs, CHROMA_WRITE_TIMEOUT)
 
+    def _submit(self, func: Callable[..., T], /, *args: Any, **kwargs: Any) -> asyncio.Future[T]:
+        """``func`` started on the general pool; the caller decides how to wait (see ``_index``)."""
+        future = asyncio.get_running_loop().run_in_executor(self._executor,
+                                                            functools.partial(func, *args, **kwargs))
+        future.add_done_callback(_consume)
+        return future
+
     async def _in_executor(self, executor: Executor, func: Callable[..., T], args: tuple[Any, ...],
                            kwargs: dict[str, Any], limit_s: float | None) -> T:
         loop = asyncio.get_running_loop()
-        future: Awaitable[T] = loop.run_in_executor(executor, functools.partial(func, *args, **kwargs))
+        future = loop.run_in_executor(executor, functools.partial(func, *args, **kwargs))
+        future.add_done_callback(_consume)
         try:
             async with asyncio.timeout(limit_s):
+                # Shielded: a timeout or a cancellation ends our wait at once, while the thread (which cannot be
+                # interrupted) finishes on its own.  Waiting for it here would make a hung Chroma server hold
+                # up a call's retrieval timeout and barge-in.  Writes stay safe: Chroma writes (and their
+                # compensations) run in submission order on one thread, and the one SQL write a compensation
+                # depends on is settled explicitly (``_index``).
                 return await asyncio.shield(future)
         except TimeoutError as exc:
             name = getattr(func, "__name__", "operation")
             raise StoreError(f"knowledge store operation {name} timed out after {limit_s:.0f}s") from exc
-        except asyncio.CancelledError:
-            # A thread cannot be interrupted: let it finish so that whatever it wrote is settled before the
-            # caller's cleanup runs, then deliver the cancellation.
-            await asyncio.wait({asyncio.ensure_future(future)})
-            raise
+
+
+def _consume(future: asyncio.Future[Any]) -> None:
+    """Retrieve an abandoned job's outcome, so that asyncio does not log it as never retrieved."""
+    if not future.cancelled():
+        future.exception()
+
+
+async def _settle(future: asyncio.Future[Any]) -> None:
+    """Wait until a started thread job has ended, through further cancellations.
+
+    Only for the transaction whose outcome decides the compensation; the caller re-raises the cancellation
+    that brought it here, so none is lost (the job is short: it stops at its next batch).
+    """
+    while not future.done():
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait({future})
+
+
+def _records_and_rows(document: KnowledgeDocument, chunks: list[Chunk],
+                      vectors: list[list[float]]) -> tuple[list[VectorRecord], list[KnowledgeChunk]]:
+    assert document.id is not None
+    records = [VectorRecord(id=uuid.uuid4().hex, embedding=vector, text=chunk.text,
+                            metadata=chunk_metadata(agent_id=document.agent_id, document_id=document.id,
+                                                    title=document.title, page=chunk.page,
+                                                    ordinal=chunk.ordinal))
+               for chunk, vector in zip(chunks, vectors, strict=True)]
+    rows = [KnowledgeChunk(document_id=document.id, agent_id=document.agent_id, ordinal=chunk.ordinal,
+                           page=chunk.page, text_hash=chunk.text_hash, chroma_id=record.id,
+                           chars=len(chunk.text))
+            for chunk, record in zip(chunks, records, strict=True)]
+    return records, rows
 
 
 def _unlink_quietly(path: Path) -> None:

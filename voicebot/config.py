@@ -119,6 +119,14 @@ class Settings:
 
     # --- admin API ---
     api_host: str = "127.0.0.1"
+    extract_memory_mb: int = 1024
+    """Address-space limit (RLIMIT_AS) of the child process that reads one uploaded document."""
+    extract_cpu_seconds: int = 60
+    """CPU-time limit (RLIMIT_CPU) of that process; beyond it the document fails as document_too_complex."""
+    extract_timeout: float = 120.0
+    """Wall-clock limit for reading one document; the reader process is killed after it."""
+    max_pdf_pages: int = 2000
+    """PDFs with more pages are refused (document_too_complex), not silently cut."""
     api_port: int = 8080
     api_cors_origins: str = ""
     jwt_secret: str = ""
