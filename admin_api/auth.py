@@ -7,7 +7,14 @@
   one in the same *family*; presenting a spent token again means it was copied, so the whole family is
   revoked (OAuth 2.0 Security BCP, "refresh token rotation").
 * API keys (``eva_...``) for machines, via ``X-API-Key`` or ``Authorization: Bearer``.
-* Login is rate limited per client IP and per username (failed attempts in a sliding window) → 429.
+* Password checks (login, password change) are counted *before* bcrypt runs, per (user, address), per address
+  and per user with an exception for addresses the user signed in from (see :class:`LoginLimiter`) → 429;
+  bcrypt runs on its own bounded pool (:class:`admin_api.passwords.PasswordWorker`), never on the default
+  executor that call setup uses.  The client address honours X-Forwarded-For only from configured proxies.
+* Logged-out access tokens are denied through the database (they stay dead across restarts); expired
+  refresh-token and deny-list rows are purged.
+* An API key made through the API belongs to its creator: it stops working when the creator is deactivated,
+  deleted or loses the key's role; keys may expire.
 
 Roles are ordered: ``viewer`` < ``designer`` < ``admin``; an endpoint names the least role it needs.
 """
@@ -19,32 +26,47 @@ import logging
 import math
 import secrets
 import time
+import weakref
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from ipaddress import IPv4Network, IPv6Network, ip_address, ip_network
+from typing import Any, Literal, TypeVar
 
 import jwt
 from aiohttp import web
-from sqlalchemy import update
+from sqlalchemy import delete, update
 from sqlalchemy.engine import Engine
 from sqlmodel import col, select
 
-from admin_api.passwords import api_key_matches, burn_password_check, parse_api_key, verify_password
-from models import ApiKey, RefreshToken, User, utcnow
+from admin_api.passwords import (
+    PasswordWorker,
+    api_key_matches,
+    burn_password_check,
+    hash_password,
+    needs_rehash,
+    parse_api_key,
+    rehash_password,
+    verify_password,
+)
+from models import ApiKey, RefreshToken, RevokedAccessToken, User, utcnow
 from models.db import session_scope
+from models.users import ROLE_RANK
 from voicebot.config import Settings
 from voicebot.errors import AuthError, ConfigError, Forbidden, RateLimited, TokenReused
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 Role = Literal["viewer", "designer", "admin"]
-ROLE_RANK: dict[str, int] = {"viewer": 0, "designer": 1, "admin": 2}
+# ROLE_RANK: ``pending`` (open signup) is below every role an endpoint names: such a user may only sign in.
 ISSUER = "eva"
 ALGORITHM = "HS256"
 API_KEY_TOUCH_INTERVAL = 60.0
 """Seconds between ``last_used_at`` writes for one key (a write per request would serialise SQLite)."""
+PURGE_INTERVAL = 600.0
+"""Seconds between purges of expired refresh-token and deny-list rows (done by a login, at most this often)."""
 
 
 @dataclass(frozen=True)
@@ -76,28 +98,55 @@ class TokenPair:
 
 
 class LoginLimiter:
-    """Sliding-window counters of failed logins per client IP and per username.
+    """Counts password checks (logins and password changes) and refuses them before bcrypt runs.
+
+    Every attempt is *reserved* (counted) synchronously on the event loop before any hashing starts, so N
+    concurrent requests cannot all slip past the check while the first ones are still hashing.  Three budgets
+    over a sliding window, all spent by the reservation:
+
+    * per (username, client address) pair (``per_pair``, 5): a guesser from one address gets 5 tries;
+    * per client address (``per_ip``, 20): one address cannot spray many usernames;
+    * per username across all addresses (``per_user``, 50): a ceiling against distributed guessing.
+
+    Why not a plain per-username lockout: anyone could then keep a named admin locked out for ever by
+    sending 5 wrong passwords every window.  Here the attacker's own pair and address budgets run out
+    first, and the real admin on another address is unaffected.  Only an attacker with many addresses can
+    reach the per-user ceiling, and even then it does not apply to an address this user signed in from
+    successfully within ``known_s`` (30 days): the admin's usual workstation or office still gets in.  A
+    success clears its pair budget and is not counted against the address or the user.
 
     In memory: one API process serves the admin API (the voice workers scale out, the admin API need not).
-    Both maps are bounded, so a flood of distinct usernames cannot grow memory without limit.
+    Every map is bounded (``max_keys``), so a flood of distinct usernames or addresses cannot grow memory.
     """
 
     def __init__(
         self,
         *,
-        per_user: int = 5,
+        per_pair: int = 5,
         per_ip: int = 20,
+        per_user: int = 50,
         window_s: float = 300.0,
+        known_s: float = 30 * 86400.0,
         max_keys: int = 10_000,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.per_user = per_user
+        self.per_pair = per_pair
         self.per_ip = per_ip
+        self.per_user = per_user
         self.window_s = window_s
+        self.known_s = known_s
         self.max_keys = max_keys
         self.clock = clock
-        self._users: OrderedDict[str, deque[float]] = OrderedDict()
+        self._pairs: OrderedDict[str, deque[float]] = OrderedDict()
         self._ips: OrderedDict[str, deque[float]] = OrderedDict()
+        self._users: OrderedDict[str, deque[float]] = OrderedDict()
+        self._known: OrderedDict[str, float] = OrderedDict()
+        """``pair key`` → when that user last signed in successfully from that address."""
+
+    @staticmethod
+    def _keys(ip: str, username: str) -> tuple[str, str, str]:
+        user = username.lower()[:80]
+        return f"{user}\x00{ip}", ip, user
 
     def _recent(self, table: OrderedDict[str, deque[float]], key: str) -> deque[float]:
         now = self.clock()
@@ -110,34 +159,132 @@ class LoginLimiter:
             del table[key]
         return hits
 
-    def check(self, ip: str, username: str) -> None:
-        """Raise RateLimited when either counter is exhausted (checked before the password is looked at)."""
-        now = self.clock()
-        for table, key, limit, what in (
-            (self._ips, ip, self.per_ip, "from this address"),
-            (self._users, username.lower()[:80], self.per_user, "for this user"),
-        ):
-            hits = self._recent(table, key)
-            if len(hits) >= limit:
-                retry = max(1.0, hits[0] + self.window_s - now)
-                raise RateLimited(
-                    f"too many failed logins {what}; retry in {math.ceil(retry)} s",
-                    retry_after=retry,
-                    field="username" if table is self._users else None,
-                )
+    def _record(self, table: OrderedDict[str, deque[float]], key: str, stamp: float) -> None:
+        hits = self._recent(table, key)
+        hits.append(stamp)
+        table[key] = hits
+        table.move_to_end(key)
+        while len(table) > self.max_keys:
+            table.popitem(last=False)
 
-    def failure(self, ip: str, username: str) -> None:
-        now = self.clock()
-        for table, key in ((self._ips, ip), (self._users, username.lower()[:80])):
-            hits = self._recent(table, key)
-            hits.append(now)
-            table[key] = hits
-            table.move_to_end(key)
-            while len(table) > self.max_keys:
-                table.popitem(last=False)
+    def _refuse(self, hits: deque[float], what: str, field: str | None) -> RateLimited:
+        retry = max(1.0, hits[0] + self.window_s - self.clock())
+        return RateLimited(
+            f"too many password attempts {what}; retry in {math.ceil(retry)} s", retry_after=retry, field=field
+        )
 
-    def success(self, username: str) -> None:
-        self._users.pop(username.lower()[:80], None)
+    def known(self, ip: str, username: str) -> bool:
+        pair, _ip, _user = self._keys(ip, username)
+        seen = self._known.get(pair)
+        return seen is not None and self.clock() - seen < self.known_s
+
+    def reserve(self, ip: str, username: str) -> Attempt:
+        """Count one attempt now, or raise RateLimited (before the password is looked at)."""
+        pair, ip_key, user = self._keys(ip, username)
+        hits = self._recent(self._pairs, pair)
+        if len(hits) >= self.per_pair:
+            raise self._refuse(hits, "for this user from this address", "username")
+        hits = self._recent(self._ips, ip_key)
+        if len(hits) >= self.per_ip:
+            raise self._refuse(hits, "from this address", None)
+        hits = self._recent(self._users, user)
+        if len(hits) >= self.per_user and not self.known(ip, username):
+            raise self._refuse(hits, "for this user", "username")
+        stamp = self.clock()
+        for table, key in ((self._pairs, pair), (self._ips, ip_key), (self._users, user)):
+            self._record(table, key, stamp)
+        return Attempt(self, pair, ip_key, user, stamp)
+
+    def _forget(self, pair: str, ip_key: str, user: str, stamp: float, *, clear_pair: bool) -> None:
+        for table, key in ((self._ips, ip_key), (self._users, user), (self._pairs, pair)):
+            hits = table.get(key)
+            if hits is None:
+                continue
+            if clear_pair and table is self._pairs:
+                hits.clear()
+            elif stamp in hits:
+                hits.remove(stamp)
+            if not hits:
+                del table[key]
+
+    def _succeeded(self, pair: str, ip_key: str, user: str, stamp: float) -> None:
+        self._forget(pair, ip_key, user, stamp, clear_pair=True)
+        self._known[pair] = self.clock()
+        self._known.move_to_end(pair)
+        while len(self._known) > self.max_keys:
+            self._known.popitem(last=False)
+
+
+@dataclass
+class Attempt:
+    """One reserved password check; say how it ended (a failure simply stays counted)."""
+
+    limiter: LoginLimiter
+    pair: str
+    ip: str
+    user: str
+    stamp: float
+
+    def failed(self) -> None:
+        """The password was wrong: the reservation stays counted until it leaves the window."""
+
+    def succeeded(self) -> None:
+        self.limiter._succeeded(self.pair, self.ip, self.user, self.stamp)
+
+    def cancelled(self) -> None:
+        """No password was checked (the hashing pool was full): give the budget back."""
+        self.limiter._forget(self.pair, self.ip, self.user, self.stamp, clear_pair=False)
+
+
+def parse_networks(spec: str) -> tuple[IPv4Network | IPv6Network, ...]:
+    """``"10.0.0.1, 192.168.0.0/24"`` → networks; a bad entry is a ConfigError naming it."""
+    networks = []
+    for item in (part.strip() for part in spec.split(",")):
+        if not item:
+            continue
+        try:
+            networks.append(ip_network(item, strict=False))
+        except ValueError as exc:
+            raise ConfigError(f"api_trusted_proxies: {item!r} is not an address or network",
+                              field="api_trusted_proxies") from exc
+    return tuple(networks)
+
+
+MAX_FORWARDED_HOPS = 16
+"""X-Forwarded-For entries looked at (from the right); a longer header is the client's own invention."""
+
+
+def client_address(
+    remote: str | None, forwarded_for: list[str], trusted: tuple[IPv4Network | IPv6Network, ...]
+) -> str:
+    """The client's address: the socket peer, unless that peer is a trusted proxy.
+
+    Then X-Forwarded-For is read from the right (each proxy appends the address it got the request from), and
+    the first address that is not itself a trusted proxy is the client.  Everything left of it was written by
+    the client and is never believed.  With no trusted proxies configured the header is ignored.
+    """
+    peer = remote or "unknown"
+
+    def is_trusted(address: str) -> bool:
+        try:
+            parsed = ip_address(address)
+        except ValueError:
+            return False
+        return any(parsed in network for network in trusted)
+
+    if not trusted or not is_trusted(peer):
+        return peer
+    hops = [hop.strip() for value in forwarded_for for hop in value.split(",")][-MAX_FORWARDED_HOPS:]
+    client = peer
+    for hop in reversed(hops):
+        try:
+            ip_address(hop)
+        except ValueError:
+            return client  # garbage from a hop we trust less than the one that handed it on
+        client = hop
+        if not is_trusted(hop):
+            return hop
+    return client
 
 
 class _Reused(Exception):
@@ -158,12 +305,18 @@ class AuthService:
         self.settings = settings
         self.engine = engine
         self.limiter = limiter or LoginLimiter()
+        self.trusted_proxies = parse_networks(settings.api_trusted_proxies)
+        self.hasher = PasswordWorker(threads=settings.password_hash_threads, queue=settings.password_hash_queue)
+        weakref.finalize(self, self.hasher.close)
         self._secret = settings.jwt_secret
         self.access_ttl = max(1, settings.access_token_minutes) * 60
         self.refresh_ttl = max(1, settings.refresh_token_days) * 86400
-        self._denied: dict[str, float] = {}
-        """Access-token ids logged out before they expire (jti → exp)."""
         self._key_touched: dict[int, float] = {}
+        self._purged_at = -math.inf
+
+    def client_ip(self, request: web.Request) -> str:
+        """The caller's address for limits and logs (X-Forwarded-For only from ``api_trusted_proxies``)."""
+        return client_address(request.remote, request.headers.getall("X-Forwarded-For", []), self.trusted_proxies)
 
     # ------------------------------------------------------------------ tokens
     def _encode(self, claims: dict[str, Any]) -> str:
@@ -224,31 +377,88 @@ class AuthService:
         return TokenPair(access, refresh, self.access_ttl, self.refresh_ttl)
 
     # ------------------------------------------------------------------ login / refresh / logout
-    async def login(self, ip: str, username: str, password: str) -> tuple[TokenPair, User]:
-        self.limiter.check(ip, username)
+    async def checked(self, attempt: Attempt, check: Callable[[], T]) -> T:
+        """Run a password check on the bcrypt pool for a reserved ``attempt`` (given back if the pool is full)."""
+        try:
+            return await self.hasher.run(check)
+        except RateLimited:
+            attempt.cancelled()
+            raise
 
-        def check() -> User | None:
+    async def hash_new_password(self, password: str) -> str:
+        """Validate and hash a new password on the bcrypt pool (not in a database thread)."""
+        from admin_api.accounts import check_password
+
+        check_password(password)
+        return await self.hasher.run(lambda: hash_password(password))
+
+    async def login(self, ip: str, username: str, password: str) -> tuple[TokenPair, User]:
+        attempt = self.limiter.reserve(ip, username)
+
+        def check() -> tuple[User | None, str | None]:
+            # The lookup runs on the bcrypt pool too: a login touches no shared worker until it succeeds.
             with session_scope(self.engine) as session:
                 user = session.exec(select(User).where(User.username == username)).first()
             if user is None or not user.active:
                 burn_password_check(password)
-                return None
-            return user if verify_password(password, user.password_hash) else None
+                return None, None
+            if not verify_password(password, user.password_hash):
+                return None, None
+            upgraded = rehash_password(password, user.password_hash) if needs_rehash(user.password_hash) else None
+            return user, upgraded
 
-        user = await asyncio.to_thread(check)
+        user, upgraded = await self.checked(attempt, check)
         if user is None:
-            self.limiter.failure(ip, username)
+            attempt.failed()
             log.info("failed login from %s", ip)
             raise AuthError("invalid username or password", code="invalid_credentials")
-        self.limiter.success(username)
+        attempt.succeeded()
+        purge = time.monotonic() - self._purged_at > PURGE_INTERVAL
+        if purge:
+            self._purged_at = time.monotonic()
 
         def issue() -> TokenPair:
             with session_scope(self.engine) as session:
+                if upgraded is not None:
+                    # Only if the hash is still the one we checked (a concurrent password change wins).
+                    session.exec(
+                        update(User)
+                        .where(col(User.id) == user.id, col(User.password_hash) == user.password_hash)
+                        .values(password_hash=upgraded)
+                    )
+                if purge:
+                    _purge_expired(session)
                 return self._issue_pair(session, user)
 
         pair = await asyncio.to_thread(issue)
         log.info("user %d logged in", user.id)
         return pair, user
+
+    async def change_password(self, principal: Principal, ip: str, current: str, new: str) -> None:
+        """Check ``current`` (limited like a login: it is a password oracle too) and set ``new``."""
+        from admin_api import accounts
+
+        accounts.check_password(new, field="new_password")
+        attempt = self.limiter.reserve(ip, f"#{principal.id}")  # '#' cannot start a username
+
+        def check() -> str | None:
+            with session_scope(self.engine) as session:
+                user = accounts.get_user(session, principal.id)
+            if not verify_password(current, user.password_hash):
+                return None
+            return hash_password(new)
+
+        new_hash = await self.checked(attempt, check)
+        if new_hash is None:
+            attempt.failed()
+            raise AuthError("the current password is wrong", code="invalid_credentials", field="current_password")
+        attempt.succeeded()
+
+        def store() -> None:
+            with session_scope(self.engine) as session:
+                accounts.update_user(session, principal.id, password_hash=new_hash)
+
+        await asyncio.to_thread(store)
 
     async def refresh(self, token: str) -> tuple[TokenPair, User]:
         claims = self._decode(token, "refresh")
@@ -293,7 +503,7 @@ class AuthService:
     async def logout(self, principal: Principal, refresh_token: str | None, *, everywhere: bool) -> None:
         """Revoke the refresh family (or every session of the user) and deny the current access token."""
         if principal.token_id:
-            self._deny(principal.token_id, principal.token_expires_at)
+            await asyncio.to_thread(self._deny, principal.token_id, principal.token_expires_at)
         if principal.kind != "user":
             return
         family: str | None = None
@@ -321,10 +531,10 @@ class AuthService:
         await asyncio.to_thread(revoke)
 
     def _deny(self, jti: str, expires_at: float) -> None:
-        now = time.time()
-        for old in [k for k, exp in self._denied.items() if exp < now]:
-            del self._denied[old]
-        self._denied[jti] = expires_at
+        """Blocking: record a logged-out access token until it would have expired anyway."""
+        with session_scope(self.engine) as session:
+            if session.get(RevokedAccessToken, jti) is None:
+                session.add(RevokedAccessToken(jti=jti, expires_at=datetime.fromtimestamp(expires_at, UTC)))
 
     # ------------------------------------------------------------------ per-request authentication
     async def authenticate(self, request: web.Request) -> Principal:
@@ -351,18 +561,19 @@ class AuthService:
 
     async def _from_access_token(self, token: str) -> Principal:
         claims = self._decode(token, "access")
-        if claims["jti"] in self._denied:
-            raise AuthError("this access token was logged out", code="token_revoked")
         try:
             user_id = int(claims["sub"])
+            jti = str(claims["jti"])
         except (TypeError, ValueError) as exc:
             raise AuthError("the access token is not valid", code="token_invalid") from exc
 
-        def load() -> User | None:
+        def load() -> tuple[User | None, bool]:
             with session_scope(self.engine) as session:
-                return session.get(User, user_id)
+                return session.get(User, user_id), session.get(RevokedAccessToken, jti) is not None
 
-        user = await asyncio.to_thread(load)
+        user, denied = await asyncio.to_thread(load)
+        if denied:
+            raise AuthError("this access token was logged out", code="token_revoked")
         if user is None or not user.active:
             raise AuthError("the account is disabled or deleted", code="account_disabled")
         if claims.get("ver") != user.token_version:
@@ -390,6 +601,14 @@ class AuthService:
                 row = session.exec(select(ApiKey).where(ApiKey.prefix == prefix)).first()
                 if row is None or row.revoked or not api_key_matches(key, row.key_hash):
                     return None
+                if row.expires_at is not None and _aware(row.expires_at) <= utcnow():
+                    return None
+                if row.owner_id is not None:
+                    # A key never outranks the user who made it: demoting, deactivating or deleting that
+                    # user ends every key of a higher role at once.
+                    owner = session.get(User, row.owner_id)
+                    if owner is None or not owner.active or ROLE_RANK.get(owner.role, -1) < ROLE_RANK[row.role]:
+                        return None
                 assert row.id is not None
                 if now - self._key_touched.get(row.id, -math.inf) > API_KEY_TOUCH_INTERVAL:
                     row.last_used_at = utcnow()
@@ -401,3 +620,16 @@ class AuthService:
             raise AuthError("the API key is not valid or was revoked", code="api_key_invalid")
         self._key_touched[row.id] = now
         return Principal("api_key", row.id, row.name, row.role)
+
+
+def _aware(moment: datetime) -> datetime:
+    # SQLite hands datetimes back without their zone; Eva stores UTC.
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+def _purge_expired(session: Any) -> None:
+    """Delete refresh-token and deny-list rows whose tokens have expired (they can never be presented again:
+    the JWT's own ``exp`` refuses them first)."""
+    now = utcnow()
+    session.exec(delete(RefreshToken).where(col(RefreshToken.expires_at) < now))
+    session.exec(delete(RevokedAccessToken).where(col(RevokedAccessToken.expires_at) < now))

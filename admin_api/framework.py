@@ -81,7 +81,8 @@ class Ctx:
 
     @property
     def client_ip(self) -> str:
-        return self.request.remote or "unknown"
+        """The client's address (X-Forwarded-For is believed only from ``api_trusted_proxies``)."""
+        return self.services.auth.client_ip(self.request)
 
 
 Handler = Callable[..., Awaitable[Any]]

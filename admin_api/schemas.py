@@ -23,7 +23,8 @@ Extension = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9*#+][A-Za-z0-9
 """A plain dialplan extension in ``eva-inbound`` (no pattern: it cannot start with ``_``)."""
 TransferTargets = Annotated[dict[TransferName, Extension], Field(max_length=50)]
 PhoneNumber = Annotated[str, StringConstraints(pattern=r"^\+?[0-9*#]{1,32}$")]
-RoleName = Literal["admin", "designer", "viewer"]
+RoleName = Literal["admin", "designer", "viewer", "pending"]
+"""``pending``: signed up (open signup), no access until an admin grants a role."""
 Text200 = Annotated[str, StringConstraints(max_length=200)]
 Text2000 = Annotated[str, StringConstraints(max_length=2000)]
 
@@ -138,6 +139,9 @@ class UserUpdate(Input):
 class ApiKeyCreate(Input):
     name: str = Field(min_length=1, max_length=120)
     role: RoleName = "viewer"
+    expires_in_days: int | None = Field(default=None, ge=1, le=3650)
+    """The key stops working after this many days (default: never).  It also stops when its owner (the
+    caller) is deactivated, deleted or loses the key's role."""
 
 
 class ApiKeyOut(Output):
@@ -145,6 +149,9 @@ class ApiKeyOut(Output):
     name: str
     prefix: str
     role: RoleName
+    owner_id: int | None
+    """The user who made it (null: made on the host with ``eva apikey create``)."""
+    expires_at: Timestamp | None
     created_at: Timestamp
     last_used_at: Timestamp | None
     revoked: bool

@@ -12,7 +12,7 @@ from models.contacts import Contact, Conversation, Message
 from models.flows import Flow
 from models.knowledge import KnowledgeChunk, KnowledgeDocument
 from models.trunks import SipTrunk
-from models.users import ApiKey, RefreshToken, User
+from models.users import ApiKey, RefreshToken, RevokedAccessToken, User
 
 __all__ = [
     "Agent",
@@ -27,6 +27,7 @@ __all__ = [
     "KnowledgeDocument",
     "Message",
     "RefreshToken",
+    "RevokedAccessToken",
     "Route",
     "SipTrunk",
     "User",

@@ -1,4 +1,4 @@
-"""Admin users, machine API keys and refresh tokens (rotation with reuse detection)."""
+"""Admin users, machine API keys, refresh tokens (rotation with reuse detection) and logged-out access tokens."""
 
 from __future__ import annotations
 
@@ -9,7 +9,10 @@ from sqlmodel import Field, SQLModel
 
 from models.base import utcnow
 
-ROLES = ("admin", "designer", "viewer")
+ROLES = ("admin", "designer", "viewer", "pending")
+"""``pending``: an account made by open signup; it may sign in but reads nothing until an admin grants a role."""
+ROLE_RANK: dict[str, int] = {"pending": -1, "viewer": 0, "designer": 1, "admin": 2}
+"""Roles are ordered; an endpoint (or an API key) names the least one it needs."""
 
 
 class User(SQLModel, table=True):
@@ -38,6 +41,10 @@ class ApiKey(SQLModel, table=True):
     prefix: str = Field(index=True, unique=True, max_length=16)
     key_hash: str = Field(max_length=128)
     role: str = Field(default="viewer", max_length=16)
+    owner_id: int | None = Field(default=None, foreign_key="users.id", index=True)
+    """The user who made the key through the API: it works only while that user is active and still holds
+    the key's role.  None for keys made on the host with ``eva apikey create`` (the operator's)."""
+    expires_at: datetime | None = None
     created_at: datetime = Field(default_factory=utcnow)
     last_used_at: datetime | None = None
     revoked: bool = False
@@ -55,3 +62,13 @@ class RefreshToken(SQLModel, table=True):
     used_at: datetime | None = None
     revoked: bool = False
     created_at: datetime = Field(default_factory=utcnow)
+
+
+class RevokedAccessToken(SQLModel, table=True):
+    """Access tokens logged out before they expire.  In the database, not in memory, so a restart (or
+    another API process) does not bring a logged-out token back; rows are purged once the token expires."""
+
+    __tablename__ = "revoked_access_tokens"
+
+    jti: str = Field(primary_key=True, max_length=64)
+    expires_at: datetime = Field(index=True)

@@ -133,6 +133,19 @@ class Settings:
     access_token_minutes: int = 15
     refresh_token_days: int = 7
     open_signup: bool = False
+    """Anyone may create an account (role ``pending``: it reads nothing until an admin grants a role)."""
+    api_trusted_proxies: str = ""
+    """Comma-separated addresses or CIDRs of reverse proxies whose X-Forwarded-For is believed (login limits,
+    /metrics); empty: the header is ignored and the socket's peer is the client."""
+    metrics_token: str = ""
+    """Bearer token a Prometheus scraper must send to /metrics; empty: only loopback clients not coming
+    through a proxy may scrape."""
+    password_hash_threads: int = 1
+    """Threads that run bcrypt (logins, password changes): its own pool, never the one call setup uses."""
+    password_hash_queue: int = 8
+    """bcrypt jobs that may wait for a thread; beyond it logins get 429 at once."""
+    health_cache_s: float = 5.0
+    """Seconds one round of dependency probes (ARI, AMI, LLM, Chroma, database) serves /api/v1/health."""
 
     # --- channels ---
     whatsapp_token: str = ""

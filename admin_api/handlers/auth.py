@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 from sqlmodel import Session
 
 from admin_api import accounts
 from admin_api.framework import ApiRouter, Ctx
-from admin_api.passwords import verify_password
 from admin_api.schemas import (
     ApiKeyCreate,
     ApiKeyCreated,
@@ -24,8 +24,8 @@ from admin_api.schemas import (
     UserOut,
     UserUpdate,
 )
-from models import User
-from voicebot.errors import AuthError, Forbidden
+from models import ApiKey, User, utcnow
+from voicebot.errors import Forbidden
 
 router = ApiRouter("auth")
 users = ApiRouter("users")
@@ -37,7 +37,12 @@ def _me(user: User) -> dict[str, Any]:
     return {"kind": "user", "id": user.id, "name": user.username, "role": user.role}
 
 
-@router.post("/auth/login", role=None, errors=(401, 429), summary="Log in: access + refresh token")
+@router.post(
+    "/auth/login",
+    role=None,
+    errors=(401, 429),
+    summary="Log in: access + refresh token (429 when this user/address is out of attempts or the server is busy)",
+)
 async def login(ctx: Ctx, body: LoginRequest) -> TokenOut:
     pair, user = await ctx.services.auth.login(ctx.client_ip, body.username, body.password)
     return TokenOut(
@@ -80,33 +85,33 @@ async def logout(ctx: Ctx, body: LogoutRequest) -> None:
 
 
 @router.post(
-    "/auth/password", role="viewer", errors=(401,), summary="Change my password (ends my other sessions)"
+    "/auth/password",
+    role="viewer",
+    errors=(401, 429),
+    summary="Change my password (ends my other sessions; limited like logins)",
 )
 async def change_password(ctx: Ctx, body: PasswordChange) -> None:
     principal = ctx.user
     if principal.kind != "user":
         raise Forbidden("API keys have no password", field="current_password")
-
-    def change(session: Session) -> None:
-        user = accounts.get_user(session, principal.id)
-        if not verify_password(body.current_password, user.password_hash):
-            raise AuthError(
-                "the current password is wrong", code="invalid_credentials", field="current_password"
-            )
-        accounts.update_user(session, principal.id, password=body.new_password)
-
-    await ctx.services.db(change)
+    await ctx.services.auth.change_password(principal, ctx.client_ip, body.current_password, body.new_password)
 
 
 @signup_router.post(
     "/auth/signup",
     role=None,
     status=201,
-    errors=(409,),
-    summary="Create a viewer account (only when EVA_OPEN_SIGNUP is on)",
+    errors=(409, 429),
+    summary="Create an account with no access (role pending) until an admin grants a role (EVA_OPEN_SIGNUP)",
 )
 async def signup(ctx: Ctx, body: SignupRequest) -> UserOut:
-    user = await ctx.services.db(lambda s: accounts.create_user(s, body.username, body.password, "viewer"))
+    # Open signup must not open the recordings and transcripts (personal data) to anyone who asks: the
+    # account can sign in and nothing more until an admin gives it a role.
+    accounts.check_username(body.username)
+    password_hash = await ctx.services.auth.hash_new_password(body.password)
+    user = await ctx.services.db(
+        lambda s: accounts.create_user(s, body.username, None, "pending", password_hash=password_hash)
+    )
     return UserOut.model_validate(user)
 
 
@@ -118,7 +123,11 @@ async def list_users(ctx: Ctx) -> list[UserOut]:
 
 @users.post("/users", role="admin", status=201, errors=(409,), summary="Create a user")
 async def create_user(ctx: Ctx, body: UserCreate) -> UserOut:
-    user = await ctx.services.db(lambda s: accounts.create_user(s, body.username, body.password, body.role))
+    accounts.check_username(body.username)
+    password_hash = await ctx.services.auth.hash_new_password(body.password)
+    user = await ctx.services.db(
+        lambda s: accounts.create_user(s, body.username, None, body.role, password_hash=password_hash)
+    )
     return UserOut.model_validate(user)
 
 
@@ -135,6 +144,8 @@ async def get_user(ctx: Ctx, user_id: int) -> UserOut:
 )
 async def update_user(ctx: Ctx, user_id: int, body: UserUpdate) -> UserOut:
     changes = body.model_dump(exclude_unset=True)
+    if "password" in changes:  # hashed on the bcrypt pool, not in the database thread
+        changes["password_hash"] = await ctx.services.auth.hash_new_password(changes.pop("password"))
     return UserOut.model_validate(
         await ctx.services.db(lambda s: accounts.update_user(s, user_id, **changes))
     )
@@ -153,10 +164,24 @@ async def list_api_keys(ctx: Ctx) -> list[ApiKeyOut]:
 
 
 @users.post(
-    "/apikeys", role="admin", status=201, summary="Create an API key (the key is in this response only)"
+    "/apikeys",
+    role="admin",
+    status=201,
+    summary="Create an API key owned by me (the key is in this response only; it dies with my admin role)",
 )
 async def create_api_key(ctx: Ctx, body: ApiKeyCreate) -> ApiKeyCreated:
-    row, key = await ctx.services.db(lambda s: accounts.create_api_key(s, body.name, body.role))
+    principal = ctx.user
+    expires_at = utcnow() + timedelta(days=body.expires_in_days) if body.expires_in_days else None
+
+    def create(session: Session) -> tuple[ApiKey, str]:
+        # A key made with another key inherits that key's owner, so it cannot outlive the person either.
+        owner_id: int | None = principal.id
+        if principal.kind == "api_key":
+            maker = session.get(ApiKey, principal.id)
+            owner_id = maker.owner_id if maker is not None else None
+        return accounts.create_api_key(session, body.name, body.role, owner_id=owner_id, expires_at=expires_at)
+
+    row, key = await ctx.services.db(create)
     return ApiKeyCreated.model_validate({**row.model_dump(), "key": key})
 
 

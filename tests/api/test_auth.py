@@ -59,8 +59,9 @@ async def test_bad_tokens_are_401_with_codes(api: Api) -> None:
     assert (status, body["error"]["code"]) == (401, "token_expired")
 
 
-async def test_login_is_rate_limited_per_user_and_per_ip(tmp_path: Path, sqlite_engine: Engine) -> None:
-    limiter = LoginLimiter(per_user=3, per_ip=5, window_s=600)
+async def test_login_is_rate_limited_per_user_address_pair_and_per_address(
+        tmp_path: Path, sqlite_engine: Engine) -> None:
+    limiter = LoginLimiter(per_pair=3, per_ip=5, window_s=600)
     api = await start_api(offline_settings(tmp_path / "data"), sqlite_engine, offline_asterisk=True,
                           login_limiter=limiter)
     try:
@@ -86,17 +87,16 @@ async def test_login_is_rate_limited_per_user_and_per_ip(tmp_path: Path, sqlite_
 
 def test_limiter_window_slides() -> None:
     now = [1000.0]
-    limiter = LoginLimiter(per_user=2, per_ip=100, window_s=60, clock=lambda: now[0])
-    limiter.failure("1.2.3.4", "bob")
-    limiter.failure("1.2.3.4", "Bob")  # usernames are case-insensitive for counting
+    limiter = LoginLimiter(per_pair=2, per_ip=100, window_s=60, clock=lambda: now[0])
+    limiter.reserve("1.2.3.4", "bob").failed()
+    limiter.reserve("1.2.3.4", "Bob").failed()  # usernames are case-insensitive for counting
     with pytest.raises(RateLimited) as raised:
-        limiter.check("1.2.3.4", "bob")
+        limiter.reserve("1.2.3.4", "bob")
     assert 59 <= raised.value.retry_after <= 60
     now[0] += 61
-    limiter.check("1.2.3.4", "bob")
-    limiter.failure("1.2.3.4", "bob")
-    limiter.success("bob")
-    limiter.check("1.2.3.4", "bob")
+    limiter.reserve("1.2.3.4", "bob").failed()
+    limiter.reserve("1.2.3.4", "bob").succeeded()
+    limiter.reserve("1.2.3.4", "bob")
 
 
 async def test_refresh_rotates_and_reuse_revokes_the_family(api_db: Api) -> None:
@@ -227,7 +227,7 @@ async def test_signup_only_when_enabled(api: Api, tmp_path: Path, new_engine: Ca
         response = await open_api.client.post("/api/v1/auth/signup",
                                                json={"username": "newbie", "password": "long enough"})
         body = await response.json()
-        assert (response.status, body["role"]) == (201, "viewer")
+        assert (response.status, body["role"]) == (201, "pending")  # no access until an admin grants a role
         await open_api.login("newbie", "long enough")
         response = await open_api.client.post("/api/v1/auth/signup",
                                                json={"username": "newbie", "password": "long enough"})

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from admin_api.app import ENDPOINTS_KEY
-from admin_api.auth import ROLE_RANK
+from models.users import ROLE_RANK
 from tests.api.conftest import ROLES, Api
 
 V, D, A = "viewer", "designer", "admin"

@@ -25,7 +25,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
-from models import Agent, Contact, Conversation, KnowledgeDocument, Route, utcnow
+from models import Agent, Contact, Conversation, Flow, KnowledgeDocument, Route, utcnow
 from models.calls import Call
 from models.db import session_scope
 from voicebot.errors import Conflict, InvalidInput, NotFound
@@ -62,14 +62,15 @@ def _check_keys(data: Mapping[str, Any], allowed: frozenset[str]) -> None:
 
 
 def _check_name(name: Any) -> str:
-    if not isinstance(name, str) or not _NAME_RE.match(name):
+    # fullmatch, not match: with match, `$` also matches before a trailing newline ("demo\n").
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
         raise InvalidInput("name must be 1-80 letters, digits, '_', '-' or '.', starting with a letter or "
                            "digit", field="name")
     return name
 
 
 def _check_did(did: Any) -> str:
-    if not isinstance(did, str) or not _DID_RE.match(did):
+    if not isinstance(did, str) or not _DID_RE.fullmatch(did):
         raise InvalidInput("did must be 1-64 characters of digits, letters, + * # _ . -", field="did")
     return did
 
@@ -96,7 +97,7 @@ def normalize_whatsapp_id(raw: str) -> str:
 
 def normalize_email(raw: str) -> str:
     value = raw.strip().lower()
-    if len(value) > 320 or not _EMAIL_RE.match(value):
+    if len(value) > 320 or not _EMAIL_RE.fullmatch(value):
         raise InvalidInput("email must be an e-mail address", field="email")
     return value
 
@@ -182,6 +183,10 @@ def delete_agent(session: Session, agent_id: int) -> None:
     if docs:
         raise Conflict(f"agent {agent.name!r} still has {docs} knowledge document(s); remove them first",
                        field="knowledge")
+    flows = session.exec(select(func.count()).select_from(Flow).where(Flow.agent_id == agent_id)).one()
+    if flows:
+        raise Conflict(f"agent {agent.name!r} is used by {flows} flow(s); delete or re-point them first",
+                       field="flows")
     for conversation in session.exec(select(Conversation).where(Conversation.agent_id == agent_id)).all():
         conversation.agent_id = None
         session.add(conversation)
@@ -190,7 +195,11 @@ def delete_agent(session: Session, agent_id: int) -> None:
         session.add(call)
     session.flush()
     session.delete(agent)
-    session.flush()
+    try:
+        session.flush()
+    except IntegrityError as exc:  # a reference added since the checks above (or one they do not know)
+        raise Conflict(f"agent {agent.name!r} is still referenced; remove what uses it first",
+                       field="agent_id") from exc
 
 
 # ---------------------------------------------------------------------------------------------- routes (sync)
