@@ -237,6 +237,14 @@ def claimable_inbound(session: Session, channel: str, limit: int, exclude: set[i
     return [(row_id, sender) for row_id, sender in session.exec(query).all() if row_id is not None]
 
 
+def next_pending_of_sender(session: Session, channel: str, sender: str) -> int | None:
+    """The id of ``sender``'s oldest pending row (the one to answer next), or None."""
+    return session.exec(select(InboundMessage.id)
+                        .where(InboundMessage.channel == channel, InboundMessage.sender == sender,
+                               InboundMessage.status == "pending")
+                        .order_by(col(InboundMessage.id)).limit(1)).first()
+
+
 def _rowcount(result: Any) -> int:
     assert isinstance(result, CursorResult)
     return int(result.rowcount)

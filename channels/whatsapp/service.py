@@ -308,7 +308,12 @@ class WhatsAppService:
         self._locks[sender] = (lock, users + 1)
         try:
             async with lock, self._semaphore:
-                await self._process(row_id)
+                if await self._process(row_id):
+                    # The sender's next message may have waited for this one (it was not claimable while an
+                    # older one was pending): take it now rather than at the next sweep.
+                    following = await self._db(lambda s: store.next_pending_of_sender(s, CHANNEL, sender))
+                    if following is not None and following != row_id:
+                        self._spawn(following, sender)
         finally:
             lock, users = self._locks[sender]
             if users <= 1:
@@ -328,11 +333,12 @@ class WhatsAppService:
         if not await self._db(lambda s: store.settle_inbound(s, row_id, worker, backoff=backoff, **changes)):
             log.warning("WhatsApp message %s was taken over by another worker; its outcome is theirs", row_id)
 
-    async def _process(self, row_id: int) -> None:
+    async def _process(self, row_id: int) -> bool:
+        """Answer one row if it can be claimed; True when this worker settled it (no longer pending)."""
         worker, lease = self.worker_id, self.claim_lease
         row = await self._db(lambda s: store.claim_inbound(s, row_id, worker, lease))
         if row is None:
-            return  # answered, held by another worker, backing off, or waiting for an older message
+            return False  # answered, held by another worker, backing off, or waiting for an older message
         attempts = row.attempts + 1
         keeper = asyncio.create_task(self._keep_claim(row_id), name=f"whatsapp-lease-{row_id}")
         try:
@@ -341,40 +347,43 @@ class WhatsAppService:
                 log.warning("WhatsApp message %s: part %d of its reply may have been sent before an interruption; "
                             "not sending it again", row_id, row.sending_part + 1)
                 await self._settle(row_id, status="uncertain", attempts=attempts, error="whatsapp_send_interrupted")
-                return
+                return True
             conversation_id = await self._answer(row)
         except asyncio.CancelledError:
             # Shutdown: the row stays pending and is released, so the next start answers it at once.
             await asyncio.shield(self._settle(row_id))
             raise
         except EvaError as exc:
-            await self._failed(row_id, attempts, exc)
+            return await self._failed(row_id, attempts, exc)
         except Exception:
             log.exception("WhatsApp message %s failed unexpectedly", row_id)
             await self._settle(row_id, status="failed", attempts=attempts, error="internal_error")
+            return True
         else:
             if conversation_id is None:
                 log.warning("WhatsApp message %s: the claim was lost mid-reply; the new holder goes on", row_id)
-            else:
-                await self._settle(row_id, status="done", attempts=attempts, error="",
-                                   conversation_id=conversation_id)
+                return False
+            await self._settle(row_id, status="done", attempts=attempts, error="", conversation_id=conversation_id)
+            return True
         finally:
             keeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await keeper
 
-    async def _failed(self, row_id: int, attempts: int, exc: EvaError) -> None:
+    async def _failed(self, row_id: int, attempts: int, exc: EvaError) -> bool:
+        """Record a failed attempt; True when the row is settled for good (not to be retried)."""
         if isinstance(exc, WhatsAppError) and exc.maybe_delivered:
             log.warning("WhatsApp message %s: the reply may have been delivered ([%s] %s); it is not sent again "
                         "automatically", row_id, exc.code, exc.message)
             await self._settle(row_id, status="uncertain", attempts=attempts, error=exc.code)
-            return
+            return True
         retry = (isinstance(exc, WhatsAppError) and exc.retryable) or isinstance(exc, Unavailable)
         status = "pending" if retry and attempts < self.max_attempts else "failed"
         log.warning("WhatsApp message %s not answered (attempt %d): [%s] %s%s", row_id, attempts, exc.code,
                     exc.message, "; will retry" if status == "pending" else "")
         await self._settle(row_id, backoff=timedelta(seconds=self.retry_interval) if status == "pending" else None,
                            status=status, attempts=attempts, error=exc.code)
+        return status != "pending"
 
     async def _keep_claim(self, row_id: int) -> None:
         """Renew the lease while the reply is generated and sent (a slow model must not let it lapse)."""

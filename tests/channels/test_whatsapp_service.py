@@ -80,14 +80,14 @@ class World:
             return list(session.exec(select(model).order_by(col(model.id))).all())
 
 
-async def make_world(engine: Engine, graph: FakeGraph, tmp_path: Path, llm: ScriptedLLM | None = None,
-                     **service_kwargs: Any) -> World:
+async def make_world(engine: Engine, graph: FakeGraph, tmp_path: Path, llm: ScriptedLLM | None = None, *,
+                     client_timeout: float = 15.0, **service_kwargs: Any) -> World:
     settings = offline_settings(tmp_path / "data", whatsapp_app_secret=APP_SECRET, whatsapp_verify_token=VERIFY_TOKEN,
                                 whatsapp_token=graph.token, whatsapp_phone_number_id=graph.phone_number_id,
                                 whatsapp_api_url=graph.api_url)
     llm = llm or ScriptedLLM()
     core = AgentCore(settings, engine, llm)
-    client = WhatsAppClient.from_settings(settings, sleep=no_sleep)
+    client = WhatsAppClient.from_settings(settings, sleep=no_sleep, timeout=client_timeout)
     service = WhatsAppService(settings, engine, core, client=client, **service_kwargs)
     api = await start_api(settings, engine, offline_asterisk=True, whatsapp=service)
     return World(api, service, graph, llm, engine)

@@ -7,7 +7,9 @@ answers ``{"messaging_product": "whatsapp", "contacts": [{"input", "wa_id"}], "m
 What the real API refuses is refused here the same way: a wrong token (190, HTTP 401), a body that is not the
 documented shape or a text over 4096 characters (100, HTTP 400), an unknown phone number id (100, HTTP 400).
 A test can queue answers (:class:`Reply`): a documented Graph error JSON with its status, a ``Retry-After``,
-a body that is not JSON, or a delay (to trip the client's timeout).  Every accepted message is in ``sent``.
+a body that is not JSON, or a delay (to trip the client's timeout; a delayed success is recorded as sent before
+the delay, as a real send that is answered late has reached the customer).  Every accepted message is in
+``sent``.
 """
 
 from __future__ import annotations
@@ -95,11 +97,13 @@ class FakeGraph:
     # ------------------------------------------------------------------ the endpoint
     async def _messages(self, request: web.Request) -> web.StreamResponse:
         self.requests += 1
+        await request.read()  # the whole request is in before any delay: a late answer is to a message received
+        delay = 0.0
         if self.replies:
             reply = self.replies.popleft()
-            if reply.delay:
-                await asyncio.sleep(reply.delay)
+            delay = reply.delay
             if reply.status != 200 or reply.body is not None or reply.raw is not None:
+                await asyncio.sleep(delay)
                 headers = {"Retry-After": reply.retry_after} if reply.retry_after else None
                 if reply.raw is not None:
                     return web.Response(status=reply.status, body=reply.raw, content_type="text/html",
@@ -122,6 +126,9 @@ class FakeGraph:
         wamid = "wamid." + base64.b64encode(f"eva-test-{wa_id}-{next(self._ids):06d}".encode()).decode()
         self.sent.append(body)
         self.message_arrived.set()
+        # A delayed success is delivered at once and only answered late (what a client that times out meets:
+        # the customer has the message although the sender saw no answer).
+        await asyncio.sleep(delay)
         return web.json_response({"messaging_product": "whatsapp", "contacts": [{"input": to, "wa_id": wa_id}],
                                   "messages": [{"id": wamid}]})
 
