@@ -66,7 +66,7 @@ from channels.whatsapp.codec import (
     verify_subscription,
 )
 from models import Agent, Contact, Conversation, InboundMessage, Message
-from models.db import session_scope
+from models.db import durable_session_scope, session_scope
 from voicebot.agent.core import SEARCH_KNOWLEDGE, AgentCore
 from voicebot.agent.store import AgentStore, normalize_whatsapp_id
 from voicebot.config import Settings
@@ -239,7 +239,8 @@ class WhatsAppService:
             expired = 0 < message.timestamp < oldest
             # One transaction per message: a duplicate (unique channel + wamid) must not undo the others.
             try:
-                with session_scope(self.engine) as session:
+                # Durable before the 200: Meta does not deliver an acknowledged webhook again.
+                with durable_session_scope(self.engine) as session:
                     exists = session.exec(select(InboundMessage.id).where(
                         InboundMessage.channel == CHANNEL, InboundMessage.external_id == message.wamid)).first()
                     if exists is not None:
