@@ -229,18 +229,7 @@ async def test_hang_up_tool_says_goodbye_then_ends_the_call(
     assert call.outcome == "completed" and call.ended_at is not None
 
 
-async def test_transfer_tool_continues_the_call_in_the_dialplan(
-        runtime: EvaRuntime, caller: Caller, responder: ScriptedResponder, say: Callable[[str], Path],
-        whisper: WhisperStt) -> None:
-    # Extension 600 plays the self-test prompt: hearing it proves the caller landed there.
-    responder.script = lambda text: ["Let me transfer you.", ToolCall("transfer_call", {"target": "600"})]
-    result = await place_call_async(caller.script("100", Action("play", at=5.0, path=str(say("Operator please."))),
-                                                  timeout=20))
-    assert result.connected, result
-    heard = transcribe(whisper, load(result.record_path)).lower()
-    assert "transfer you" in heard and "self test" in heard.replace("-", " "), heard
-    call, _ = _call_row(runtime)
-    assert call.outcome == "transferred"
+# The transfer tests (allowlisted targets, refusals, a number Eva answers) are in test_call_security.py.
 
 
 async def test_admin_call_control_lists_and_hangs_up_live_calls(runtime: EvaRuntime, caller: Caller) -> None:
