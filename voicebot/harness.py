@@ -60,11 +60,17 @@ def free_port_slot() -> dict[str, int]:
 
 
 def isolated_settings(data_dir: Path) -> Settings:
-    """Settings for a private instance in ``data_dir``; models are shared with the checkout's data directory."""
-    from voicebot.setup import _gguf_path
+    """Settings for a private instance in ``data_dir``, with defaults for everything else.
 
-    base = Settings.load({})
-    return ensure_secrets(base.with_(data_dir=data_dir, llm_model_path=_gguf_path(base), **free_port_slot()))
+    Only what the installation shares comes from the environment (``EVA_ASTERISK_ROOT``, ``EVA_DATA_DIR`` for the
+    assembled models), so CI can point the whole run at a freshly built image and data folder.
+    """
+    from voicebot.llm.embedded import default_gguf_path
+
+    installed = Settings.load()
+    base = Settings.load({}).with_(asterisk_root=installed.asterisk_root)
+    return ensure_secrets(base.with_(data_dir=data_dir, llm_model_path=str(default_gguf_path(installed)),
+                                     **free_port_slot()))
 
 
 def free_udp_port() -> int:

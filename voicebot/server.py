@@ -180,7 +180,7 @@ def serve() -> int:
         if asterisk is not None:
             print("Starting Asterisk ...", flush=True)
             asterisk.start()
-        asyncio.run(_run(settings))
+        asyncio.run(_run(settings, asterisk))
     except KeyboardInterrupt:
         pass
     finally:
@@ -191,8 +191,15 @@ def serve() -> int:
     return 0
 
 
-async def _run(settings: Settings) -> None:
+async def _run(settings: Settings, asterisk: Any = None) -> None:
+    from voicebot.asterisk.supervisor import AsteriskSupervisor
+    from voicebot.backup import run_daily_backups
+
     runtime = EvaRuntime(settings)
+    supervisor = AsteriskSupervisor(asterisk) if asterisk is not None else None
+    if supervisor is not None:
+        runtime.components["asterisk_supervisor"] = supervisor  # /health reports its state
+    backups: asyncio.Task[None] | None = None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -200,6 +207,12 @@ async def _run(settings: Settings) -> None:
     print("Loading models and connecting to Asterisk ...", flush=True)
     try:
         await runtime.start()
+        if supervisor is not None:
+            supervisor.start()
+        if settings.backup_every_hours > 0:
+            backups = asyncio.create_task(run_daily_backups(
+                settings.effective_database_url, settings.backup_dir, every_s=settings.backup_every_hours * 3600,
+                keep=settings.backup_keep), name="eva-daily-backup")
         print(f"""
 Eva is ready.
   Call the demo agent:   .venv/bin/eva call 100 --say "What are your opening hours?" --record reply.wav
@@ -210,4 +223,10 @@ Eva is ready.
         await stop.wait()
         print("Shutting down ...", flush=True)
     finally:
+        if backups is not None:
+            backups.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await backups
+        if supervisor is not None:
+            await supervisor.close()  # before Asterisk is stopped on purpose: that is not a crash
         await runtime.close()

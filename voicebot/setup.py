@@ -63,16 +63,18 @@ def _secrets_run(settings: Settings) -> Settings:
 
 
 def _image_done(settings: Settings) -> bool:
-    from voicebot.asterisk.image import image_ready
+    from voicebot.asterisk.image import image_modes_ok, image_ready
 
-    return not settings.manage_asterisk or image_ready(settings.asterisk_root)
+    root = settings.asterisk_root
+    return not settings.manage_asterisk or (image_ready(root) and image_modes_ok(root))
 
 
 def _image_run(settings: Settings) -> None:
-    from voicebot.asterisk.image import build_image
+    from voicebot.asterisk.image import build_image, image_ready
 
-    print("        debootstrap of Debian unstable with Asterisk 22 (about a minute) ...", flush=True)
-    build_image(settings.asterisk_root)
+    if not image_ready(settings.asterisk_root):
+        print("        debootstrap of Debian unstable with Asterisk 22 (about a minute) ...", flush=True)
+    build_image(settings.asterisk_root)  # an existing image only gets its folder modes repaired
 
 
 def _gguf_path(settings: Settings) -> str:

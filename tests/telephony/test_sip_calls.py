@@ -53,7 +53,10 @@ def test_asterisk_runs_as_a_user_no_host_account_has(asterisk: Asterisk) -> None
     assert uid != 0
     with pytest.raises(KeyError):
         pwd.getpwuid(uid)  # not postgres, not anyone on the host
-    assert os.stat(asterisk.settings.asterisk_dir / "etc" / "pjsip.conf").st_uid == uid
+    # It reads its configuration (root's, its group) and owns only what it writes.
+    conf = os.stat(asterisk.settings.asterisk_dir / "etc" / "pjsip.conf")
+    assert (conf.st_uid, conf.st_gid) == (0, os.stat(f"/proc/{pid}").st_gid)
+    assert os.stat(asterisk.settings.asterisk_dir / "log").st_uid == uid
 
 
 def test_unknown_number_in_default_context_is_refused(asterisk: Asterisk) -> None:

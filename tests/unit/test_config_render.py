@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from voicebot.asterisk.render import SUBDIRS, instance_path, render_config, render_text
+from voicebot.asterisk.files import SUBDIRS
+from voicebot.asterisk.render import instance_path, render_config, render_text
 from voicebot.config import Settings
 from voicebot.errors import ConfigError
 from voicebot.secrets import ensure_secrets

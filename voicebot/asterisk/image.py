@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 import subprocess
 from pathlib import Path
 
@@ -19,13 +20,55 @@ PACKAGES = ("asterisk", "asterisk-modules")
 MARKER = ".eva-image-ok"
 
 
+MOUNT_PARENT = "eva"
+"""Folder inside the image under which each instance folder is bind-mounted (``/eva/<id>``)."""
+PUBLIC_DIR_MODE = 0o755
+"""The image's root and ``/eva``: every uid inside the chroot (Asterisk's above all) must traverse them."""
+
+
 def image_ready(root: Path) -> bool:
     return (root / MARKER).exists() and (root / "usr" / "sbin" / "asterisk").exists()
 
 
+def _public_dirs(root: Path) -> tuple[Path, ...]:
+    return (root, root / MOUNT_PARENT)
+
+
+def image_modes_ok(root: Path) -> bool:
+    """True when the folders Asterisk must traverse are root-owned and 0755 (whatever umask created them)."""
+    for folder in _public_dirs(root):
+        try:
+            st = folder.lstat()
+        except FileNotFoundError:
+            return False
+        if stat.S_ISLNK(st.st_mode) or stat.S_IMODE(st.st_mode) != PUBLIC_DIR_MODE or st.st_uid != 0:
+            return False
+    return True
+
+
+def repair_image_modes(root: Path) -> None:
+    """Give the image's root and mount parent explicit modes.
+
+    An image built by an earlier Eva under ``umask 027`` has ``/eva`` as 0750 root, so Asterisk's uid cannot reach
+    its own instance folder; this repairs it in place (no rebuild, nothing for the user to delete).
+    """
+    mount_parent = root / MOUNT_PARENT
+    if mount_parent.is_symlink():
+        mount_parent.unlink()
+    mount_parent.mkdir(exist_ok=True)
+    for folder in _public_dirs(root):
+        os.chmod(folder, PUBLIC_DIR_MODE)
+        if os.geteuid() == 0:
+            os.chown(folder, 0, 0, follow_symlinks=False)
+
+
 def build_image(root: Path, *, mirror: str = MIRROR) -> None:
-    """debootstrap the chroot into ``root`` (atomically: a half-built image is never mistaken for a good one)."""
+    """debootstrap the chroot into ``root`` (atomically: a half-built image is never mistaken for a good one).
+
+    An image that is already there only has its folder modes repaired.
+    """
     if image_ready(root):
+        repair_image_modes(root)
         return
     if shutil.which("debootstrap") is None:
         raise SetupError("debootstrap is not installed (apt-get install debootstrap)")
@@ -34,11 +77,12 @@ def build_image(root: Path, *, mirror: str = MIRROR) -> None:
         shutil.rmtree(tmp)
     tmp.parent.mkdir(parents=True, exist_ok=True)
     cmd = ["debootstrap", "--variant=minbase", f"--include={','.join(PACKAGES)}", "sid", str(tmp), mirror]
-    result = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    # A system image: the folders debootstrap itself creates must not inherit Eva's private umask.
+    result = subprocess.run(cmd, capture_output=True, text=True, check=False, umask=0o022)
     if result.returncode != 0:
         tail = "\n".join((result.stdout + result.stderr).splitlines()[-20:])
         raise SetupError(f"debootstrap failed (exit {result.returncode}); retry `eva setup`.\n{tail}")
-    (tmp / "eva").mkdir(exist_ok=True)
+    repair_image_modes(tmp)
     ensure_private_uid(tmp)
     (tmp / MARKER).write_text("asterisk image built by eva setup\n", encoding="utf-8")
     if root.exists():

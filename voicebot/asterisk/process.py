@@ -17,10 +17,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from voicebot.asterisk.image import ensure_private_uid, image_ready
+from voicebot.asterisk.files import open_append, read_tail
+from voicebot.asterisk.image import image_ready, repair_image_modes
 from voicebot.asterisk.render import instance_path, render_config
 from voicebot.config import Settings
-from voicebot.errors import AsteriskError, SetupError
+from voicebot.errors import AsteriskError
 
 log = logging.getLogger(__name__)
 
@@ -67,18 +68,6 @@ class Asterisk:
         if self._mounted():
             subprocess.run(["umount", str(self.mountpoint)], capture_output=True, check=False)
 
-    def _chown_for_asterisk(self) -> None:
-        # Asterisk drops to its own user inside the chroot (with a uid no host account has); give it the folders.
-        try:
-            uid, gid = ensure_private_uid(self.root)
-        except SetupError as exc:
-            raise AsteriskError(exc.message) from exc
-        os.chown(self.settings.asterisk_dir, uid, gid)
-        for dirpath, dirnames, filenames in os.walk(self.settings.asterisk_dir):
-            for name in dirnames + filenames:
-                os.chown(os.path.join(dirpath, name), uid, gid, follow_symlinks=False)
-            del dirpath
-
     def pid(self) -> int | None:
         try:
             pid = int(self.pidfile.read_text().strip())
@@ -92,6 +81,12 @@ class Asterisk:
         if not any(arg.endswith(b"asterisk") for arg in cmdline) or self._conf().encode() not in cmdline:
             return None
         return pid
+
+    def alive(self) -> bool:
+        """Is the Asterisk this object started (or the one its pidfile names) still running?"""
+        if self._proc is not None:
+            return self._proc.poll() is None  # also reaps a crashed child
+        return self.pid() is not None
 
     def cli(self, command: str, *, timeout: float = 30.0) -> str:
         """Run one Asterisk CLI command and return its output."""
@@ -108,9 +103,9 @@ class Asterisk:
     def log_tail(self, lines: int = 40) -> str:
         chunks = []
         for path in (self.console_log, self.settings.asterisk_dir / "log" / "messages.log"):
-            if path.exists():
-                chunks.append(f"--- {path.name}\n" + "\n".join(
-                    path.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:]))
+            text = read_tail(path, offset=-200 * lines).decode("utf-8", errors="replace")
+            if text:
+                chunks.append(f"--- {path.name}\n" + "\n".join(text.splitlines()[-lines:]))
         return "\n".join(chunks) or "(no Asterisk log yet)"
 
     # ------------------------------------------------------------------ lifecycle
@@ -122,17 +117,16 @@ class Asterisk:
         if existing is not None:
             self.cli("core waitfullybooted", timeout=self.settings.asterisk_boot_timeout)
             return existing
-        render_config(self.settings)
-        self._chown_for_asterisk()
+        repair_image_modes(self.root)  # an image built under a private umask could not reach /eva/<id>
+        render_config(self.settings)  # also gives every instance folder its owner and mode
         self._mount()
-        (self.settings.asterisk_dir / "log").mkdir(exist_ok=True)
-        console = open(self.console_log, "ab")  # noqa: SIM115 - handed to the child, closed below
+        console = open_append(self.console_log)  # log/ is Asterisk's: no link followed
         try:
             proc = subprocess.Popen(
                 ["chroot", str(self.root), "/usr/sbin/asterisk", "-C", self._conf(), "-f", "-n", "-q"],
                 stdin=subprocess.DEVNULL, stdout=console, stderr=subprocess.STDOUT, start_new_session=True)
         finally:
-            console.close()
+            os.close(console)
         self._proc = proc
         self.pidfile.write_text(str(proc.pid))
         deadline = time.monotonic() + self.settings.asterisk_boot_timeout

@@ -7,19 +7,17 @@ must be known: an unknown one is a bug and raises instead of leaving a half-rend
 from __future__ import annotations
 
 import hashlib
-import os
 import re
-import shutil
 from pathlib import Path
 
+from voicebot.asterisk.files import ensure_tree, write_atomic
 from voicebot.config import PROJECT_ROOT, Settings
-from voicebot.errors import ConfigError
+from voicebot.errors import ConfigError, SetupError
 
 TEMPLATE_DIR = PROJECT_ROOT / "asterisk" / "config"
 DIALPLAN_DIR = PROJECT_ROOT / "dialplan"
 _PLACEHOLDER = re.compile(r"\{\{\s*([a-z_][a-z0-9_]*)\s*\}\}")
 WILDCARD_HOSTS = frozenset({"0.0.0.0", "::", "[::]", ""})
-SUBDIRS = ("etc", "etc/dialplan", "db", "spool", "spool/recording", "run", "log", "sounds")
 
 
 def instance_id(settings: Settings) -> str:
@@ -69,18 +67,34 @@ def render_text(template: str, values: dict[str, str], *, source: str = "templat
     return _PLACEHOLDER.sub(sub, template)
 
 
+def asterisk_ids(settings: Settings) -> tuple[int | None, int | None]:
+    """The local Asterisk image's user and group (None, None when Asterisk runs elsewhere or is not built yet)."""
+    from voicebot.asterisk.image import ensure_private_uid, image_ready
+
+    if not settings.manage_asterisk or not image_ready(settings.asterisk_root):
+        return None, None
+    try:
+        return ensure_private_uid(settings.asterisk_root)
+    except SetupError as exc:
+        raise ConfigError(exc.message) from exc
+
+
 def render_config(settings: Settings, *, template_dir: Path = TEMPLATE_DIR,
                   dialplan_dir: Path = DIALPLAN_DIR) -> Path:
     """Render all config into ``settings.asterisk_dir/etc`` and return that folder.
 
     Files are written to a temporary name and renamed, so a running Asterisk never reads a half-written file.
-    Dialplan files are copied verbatim (they are Asterisk syntax, edited by people).
+    Dialplan files are copied verbatim (they are Asterisk syntax, edited by people).  Owners and modes come from
+    :mod:`voicebot.asterisk.files` (root-owned, readable by Asterisk's group, never by the umask's say).
     """
     base = settings.asterisk_dir
-    for sub in SUBDIRS:
-        (base / sub).mkdir(parents=True, exist_ok=True)
-    os.chmod(base, 0o750)
+    uid, gid = asterisk_ids(settings)
+    ensure_tree(base, uid, gid)
     etc = base / "etc"
+
+    def _atomic_write(path: Path, text: str, *, mode: int) -> None:
+        write_atomic(path, text, mode=mode, gid=gid)
+
     values = template_values(settings)
     for template in sorted(template_dir.glob("*.conf")):
         text = render_text(template.read_text(encoding="utf-8"), values, source=template.name)
@@ -102,13 +116,3 @@ def render_config(settings: Settings, *, template_dir: Path = TEMPLATE_DIR,
             _atomic_write(etc / "dialplan" / custom.name, custom.read_text(encoding="utf-8"), mode=0o640)
     return etc
 
-
-def _atomic_write(path: Path, text: str, *, mode: int) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.chmod(tmp, mode)
-    # A running Asterisk (its own uid) must still read what we re-render for a reload.
-    owner = os.stat(path.parent)
-    if os.geteuid() == 0 and (owner.st_uid, owner.st_gid) != (0, 0):
-        os.chown(tmp, owner.st_uid, owner.st_gid)
-    shutil.move(str(tmp), str(path))

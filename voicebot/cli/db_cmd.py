@@ -1,4 +1,5 @@
-"""``eva db upgrade|status``: the database schema (Alembic migrations in ``models/migrations``)."""
+"""``eva db upgrade|status|backup|restore``: the database schema (Alembic migrations in ``models/migrations``)
+and its backups (see :mod:`voicebot.backup`)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     actions.add_parser("upgrade", help="apply pending migrations (idempotent)").set_defaults(func=upgrade)
     actions.add_parser("status", help="show the schema revision of the database and of the code"
                        ).set_defaults(func=status)
+    backup = actions.add_parser("backup", help="write a consistent backup of the database (safe while Eva runs)")
+    backup.add_argument("path", nargs="?", help="backup file to write (default: <data dir>/backups/eva-<time>.db)")
+    backup.set_defaults(func=backup_cmd)
+    restore = actions.add_parser("restore", help="replace the database with a backup (stop Eva first); the "
+                                 "current contents are backed up before")
+    restore.add_argument("path", help="a file written by `eva db backup`")
+    restore.set_defaults(func=restore_cmd)
 
 
 def _redacted(url: str) -> str:
@@ -68,3 +76,38 @@ def status(args: argparse.Namespace) -> int:
     print(f"database: {_redacted(settings.effective_database_url)}\nrevision: {current or 'none'} "
           f"(code: {head}) - {state}")
     return 0 if current == head else 1
+
+
+def backup_cmd(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from sqlalchemy.engine import make_url
+
+    from voicebot.backup import _stamp, backup
+
+    settings = Settings.load()
+    suffix = ".db" if make_url(settings.effective_database_url).get_backend_name() == "sqlite" else ".dump"
+    target = Path(args.path) if args.path else settings.backup_dir / f"eva-{_stamp()}{suffix}"
+    made = backup(settings.effective_database_url, target.resolve())
+    print(f"database backed up to {made} ({made.stat().st_size} bytes)")
+    return 0
+
+
+def restore_cmd(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from models.db import make_engine
+    from models.db import upgrade as alembic_upgrade
+    from voicebot.backup import restore
+
+    settings = Settings.load()
+    safety = restore(settings.effective_database_url, Path(args.path).resolve(), safety_dir=settings.backup_dir)
+    if safety is not None:
+        print(f"the previous contents were saved to {safety}")
+    engine = make_engine(settings.effective_database_url)
+    try:
+        alembic_upgrade(engine)  # a backup from an older Eva is brought to this version's schema
+    finally:
+        engine.dispose()
+    print(f"database restored from {args.path}")
+    return 0

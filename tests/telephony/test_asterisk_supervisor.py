@@ -1,0 +1,97 @@
+"""F15: a crashed Asterisk is noticed and restarted, calls work again; its logs are rotated and pruned.
+
+Each test boots its own Asterisk (it gets killed), on a private port slot and data folder.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from voicebot.asterisk.image import image_ready
+from voicebot.asterisk.process import Asterisk
+from voicebot.asterisk.supervisor import AsteriskSupervisor
+from voicebot.harness import free_udp_port, isolated_settings
+from voicebot.setup import _prompt_run
+from voicebot.sipcaller import Action, CallScript, place_call_async
+
+pytestmark = [pytest.mark.asterisk, pytest.mark.asyncio]
+
+
+@pytest.fixture
+async def own_asterisk(tmp_path: Path) -> AsyncIterator[Asterisk]:
+    settings = isolated_settings(tmp_path / "data")
+    if not image_ready(settings.asterisk_root):
+        pytest.fail(f"no Asterisk image at {settings.asterisk_root}: run `make setup`")
+    await asyncio.to_thread(_prompt_run, settings)
+    instance = Asterisk(settings)
+    await asyncio.to_thread(instance.start)
+    try:
+        yield instance
+    finally:
+        await asyncio.to_thread(instance.stop)
+
+
+async def _wait(predicate: object, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():  # type: ignore[operator]
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.05)
+
+
+async def test_a_killed_asterisk_is_noticed_restarted_and_takes_calls_again(own_asterisk: Asterisk,
+                                                                            tmp_path: Path) -> None:
+    supervisor = AsteriskSupervisor(own_asterisk, interval=0.5)
+    supervisor.start()
+    try:
+        pid = own_asterisk.pid()
+        assert pid is not None
+        seen: list[str] = []
+
+        def watch() -> bool:
+            seen.append(supervisor.state)
+            return supervisor.restarts == 1 and supervisor.state == "running"
+
+        os.kill(pid, signal.SIGKILL)
+        await _wait(watch, 60)
+        assert "restarting" in seen  # it noticed (within one interval), and said so while it worked
+        new_pid = own_asterisk.pid()
+        assert new_pid is not None and new_pid != pid
+        assert supervisor.snapshot()["state"] == "running"
+        settings = own_asterisk.settings
+        result = await place_call_async(CallScript(
+            uri=f"sip:600@{settings.bind_host}:{settings.sip_port}", actions=(Action("wait", at=2.0),),
+            record_path=str(tmp_path / "after.wav"), timeout=4, bind_ip=settings.local_carrier_ip,
+            bind_port=free_udp_port()))
+        assert result.connected, result
+    finally:
+        await supervisor.close()
+        await supervisor.close()  # idempotent
+
+
+async def test_logs_past_the_limit_are_rotated_and_old_ones_pruned(own_asterisk: Asterisk) -> None:
+    supervisor = AsteriskSupervisor(own_asterisk)
+    supervisor.max_log_bytes = 4096
+    supervisor.log_keep = 2
+    folder = own_asterisk.settings.asterisk_dir / "log"
+    with (folder / "messages.log").open("a") as handle:
+        handle.write("x" * 10_000 + "\n")
+    with (folder / "console.log").open("a") as handle:
+        handle.write("y" * 10_000 + "\n")
+    (folder / "messages.log.5").write_text("ancient")
+    rotated = await asyncio.to_thread(supervisor.rotate_logs)
+    assert "messages.log" in rotated and "console.log" in rotated
+    assert (folder / "messages.log.0").stat().st_size > 10_000
+    assert not (folder / "messages.log.5").exists()
+    assert (folder / "console.log").stat().st_size < 4096  # truncated in place; Asterisk keeps writing to it
+    assert 0 < (folder / "console.log.1").stat().st_size <= 4096
+    # Asterisk still logs into a fresh messages.log after its own rotation.
+    await asyncio.to_thread(own_asterisk.cli, "logger reload")
+    assert (folder / "messages.log").exists()
