@@ -72,6 +72,9 @@ class Settings:
     """Where Asterisk sees ``<data_dir>/asterisk`` (empty: ``/eva/<id>`` inside the local chroot)."""
     asterisk_host: str = ""
     """Host of ARI/AMI when Asterisk runs elsewhere (empty: bind_host)."""
+    dialplan_dial_targets: str = ""
+    """Comma-separated dial strings (e.g. ``PJSIP/reception``) that IVR designers may use in ``Dial()``; besides
+    them designers may only Dial ``Local/<exten>@<context>`` of the dialplan.  Admins may dial anything."""
 
     # --- media transport (ExternalMedia RTP between Asterisk and Eva) ---
     media_host: str = "127.0.0.1"
@@ -117,8 +120,6 @@ class Settings:
     chunk_overlap: int = 50
     max_upload_mb: int = 50
 
-    # --- admin API ---
-    api_host: str = "127.0.0.1"
     extract_memory_mb: int = 1024
     """Address-space limit (RLIMIT_AS) of the child process that reads one uploaded document."""
     extract_cpu_seconds: int = 60
@@ -127,6 +128,22 @@ class Settings:
     """Wall-clock limit for reading one document; the reader process is killed after it."""
     max_pdf_pages: int = 2000
     """PDFs with more pages are refused (document_too_complex), not silently cut."""
+
+    # --- operations ---
+    backup_every_hours: float = 24.0
+    """``eva run`` backs the database up this often into ``<data_dir>/backups`` (0: never)."""
+    backup_keep: int = 7
+    """How many scheduled backups are kept (the oldest are deleted)."""
+    supervise_interval: float = 2.0
+    """Seconds between checks that the local Asterisk is alive (it is restarted when it is not)."""
+    log_max_mb: int = 50
+    """Asterisk's logs are rotated past this size; ``log_keep`` old files are kept."""
+    log_keep: int = 5
+    log_file: str = ""
+    """Also write Eva's log to this file, rotated past ``log_max_mb`` (empty: standard error only)."""
+
+    # --- admin API ---
+    api_host: str = "127.0.0.1"
     api_port: int = 8080
     api_cors_origins: str = ""
     jwt_secret: str = ""
@@ -170,6 +187,17 @@ class Settings:
     """Seconds between checks of the IMAP inbox for unseen mail."""
     email_agent: str = "demo"
     """Name of the agent that answers e-mail."""
+    email_max_bytes: int = 10 * 1024 * 1024
+    """Largest inbound e-mail read, in bytes (checked with RFC822.SIZE before it is downloaded); a larger one is
+    marked seen without an answer and logged."""
+    email_parse_timeout: float = 10.0
+    """Seconds one inbound e-mail may take to parse (in a child process); a slower one is refused and logged."""
+    email_replies_per_sender_hour: int = 20
+    """Inbound e-mails answered per sender per hour (all workers together); the excess is stored unanswered and
+    logged.  0: no limit."""
+    email_replies_per_hour: int = 200
+    """Inbound e-mails answered per hour from everyone (all workers together); the excess is stored unanswered and
+    logged.  0: no limit."""
 
     # ------------------------------------------------------------------ derived paths
     @property
@@ -188,6 +216,10 @@ class Settings:
     @property
     def sounds_dir(self) -> Path:
         return self.asterisk_dir / "sounds"
+
+    @property
+    def backup_dir(self) -> Path:
+        return self.data_dir / "backups"
 
     @property
     def models_dir(self) -> Path:
