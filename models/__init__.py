@@ -9,6 +9,7 @@ from models.base import utcnow
 from models.calls import Call, CallTurn
 from models.channels import InboundMessage
 from models.contacts import Contact, Conversation, Message
+from models.email import EmailReceipt
 from models.flows import Flow
 from models.knowledge import KnowledgeChunk, KnowledgeDocument
 from models.trunks import SipTrunk
@@ -21,6 +22,7 @@ __all__ = [
     "CallTurn",
     "Contact",
     "Conversation",
+    "EmailReceipt",
     "Flow",
     "InboundMessage",
     "KnowledgeChunk",

@@ -5,34 +5,66 @@ What the agent reads: the ``text/plain`` body when there is one, else the ``text
 are never read.  The quoted history a mail client appends ("On Mon, … wrote:" and ``>`` lines, Outlook's
 "-----Original Message-----" block, Gmail's ``gmail_quote``/``<blockquote>``) and the signature after ``-- ``
 are removed, because the conversation memory already holds the earlier turns.
+
+Mail is untrusted input from anyone on the internet, so every step here is linear in the size of the message and
+bounded: the message (:data:`MAX_MESSAGE_BYTES`) and its header section are capped, the body read is cut at
+:data:`MAX_BODY_CHARS`, HTML at :data:`MAX_HTML_CHARS`, the text handed on at :data:`MAX_TEXT`, and the quote
+markers are found by plain string tests plus patterns without nested unbounded repetition (the earlier
+``^On.*wrote.*:$`` patterns took minutes on one long line).  The only error :func:`parse_email` raises is
+:class:`~voicebot.errors.InvalidInput`.  The service still runs it in a separate process with a time and memory
+limit (:mod:`channels.email.parse_worker`): the stdlib parsers are not ours to prove linear.
 """
 
 from __future__ import annotations
 
+import codecs
 import email
+import email.errors
 import email.policy
 import hashlib
 import html
 import re
 import unicodedata
+from collections.abc import Iterator
 from dataclasses import dataclass
 from email.headerregistry import Address
 from email.message import EmailMessage, MIMEPart
 from email.utils import formatdate, getaddresses, make_msgid, parseaddr
-from html.parser import HTMLParser
 
 from voicebot.errors import InvalidInput
 
 MAX_SUBJECT = 200
 """Characters of a subject kept (a longer one is cut; headers fold anyway)."""
+MAX_MESSAGE_BYTES = 10 * 1024 * 1024
+"""The largest message parsed by default (the service passes EVA_EMAIL_MAX_BYTES)."""
+MAX_HEADER_BYTES = 256 * 1024
+"""The largest header section: real mail carries a few KB; the stdlib header parser is the slow part."""
+MAX_BODY_CHARS = 200_000
+"""Characters of the chosen body part read at all (the new text is at the top of a reply)."""
+MAX_HTML_CHARS = 1_000_000
+"""Characters of an HTML body converted to text."""
+MAX_TEXT = 20_000
+"""Characters of new text handed on (the agent reads far less)."""
+MAX_REFERENCES = 20
+"""Message-IDs of References kept: the root and the nearest ancestors (each one is a database lookup key)."""
+MAX_RECIPIENTS = 50
+MAX_MARKER_LINE = 1_000
+"""A line longer than this is never a quote marker ("On … wrote:", a separator, a header): marker lines are short,
+and skipping long ones keeps every test on them cheap."""
+MAX_COURTESY_LINE = 200
+"""A greeting or sign-off line is short."""
+_UNSAFE_CODECS = frozenset({"punycode", "idna"})
+"""Text codecs with super-linear decoders: a body declared in them is read as UTF-8 instead."""
 
 _MSGID_RE = re.compile(r"<[^<>\s]+>")
-_REPLY_PREFIX_RE = re.compile(r"^\s*((re|aw|sv|antw|fwd?|wg)\s*(\[\d+\])?\s*:\s*)+", re.IGNORECASE)
+# One whitespace run per prefix (two adjacent \s* would split a run every possible way).
+_REPLY_PREFIX_RE = re.compile(r"^\s*((re|aw|sv|antw|fwd?|wg)\s*(\[\d+\]\s*)?:\s*)+", re.IGNORECASE)
 # "On <date>, <name> wrote:" and its translations (the verb may come before the name: "Am …, schrieb X:").
-_VERBS = r"(wrote|schrieb|a écrit|escribió|ha scritto|schreef)"
-_ATTRIBUTION_RE = re.compile(rf"^\s*(On|Am|Le|El|Il|Op)\b.*\b{_VERBS}\b.*:\s*$", re.IGNORECASE)
-_ATTRIBUTION_START_RE = re.compile(r"^\s*(On|Am|Le|El|Il|Op)\s", re.IGNORECASE)
-_ATTRIBUTION_END_RE = re.compile(rf"\b{_VERBS}\b.*:\s*$", re.IGNORECASE)
+# Found without ".*": the opening word is matched at the start, the colon tested with endswith(), and the verb
+# searched between them (a literal alternation: linear).
+_VERB_RE = re.compile(r"\b(wrote|schrieb|a écrit|escribió|ha scritto|schreef)\b", re.IGNORECASE)
+_ATTRIBUTION_OPEN_RE = re.compile(r"\s*(On|Am|Le|El|Il|Op)\b", re.IGNORECASE)
+_ATTRIBUTION_START_RE = re.compile(r"\s*(On|Am|Le|El|Il|Op)\s", re.IGNORECASE)
 _SEPARATOR_RE = re.compile(
     r"^\s*(-{2,}\s*(Original Message|Ursprüngliche Nachricht|Message d'origine|Forwarded message)\s*-{2,}|_{10,})\s*$",
     re.IGNORECASE)
@@ -56,8 +88,11 @@ class InboundEmail:
     sender: str
     """The From address, lower-cased."""
     sender_name: str
-    reply_to: str
-    """Where the answer goes (Reply-To, else From)."""
+    reply_to_header: str
+    """The Reply-To address, lower-cased ('' when absent).  Only logged: the answer always goes to :attr:`sender`,
+    the contact whose conversation memory wrote it (F4: From victim + Reply-To attacker must not mail the victim's
+    history to the attacker).  Nothing here authenticates From either; replying to it at least sends what is
+    known about an address only to that address."""
     to: tuple[str, ...]
     subject: str
     text: str
@@ -77,37 +112,71 @@ class InboundEmail:
         return self.references[0] if self.references else (self.in_reply_to or self.message_id)
 
 
-def parse_email(raw: bytes) -> InboundEmail:
-    """Parse a whole RFC 5322 message.  InvalidInput when it has no usable From address."""
+def parse_email(raw: bytes, *, max_bytes: int = MAX_MESSAGE_BYTES) -> InboundEmail:
+    """Parse a whole RFC 5322 message.  InvalidInput (and only that) when it is larger than ``max_bytes``, its
+    header section is too large, it cannot be parsed, or it has no usable From address."""
+    if len(raw) > max_bytes:
+        raise InvalidInput(f"the e-mail is {len(raw)} bytes, more than the {max_bytes} allowed",
+                           code="email_too_large")
+    if _header_section_size(raw) > MAX_HEADER_BYTES:
+        raise InvalidInput(f"the e-mail's headers are more than {MAX_HEADER_BYTES} bytes", code="email_too_large")
+    try:
+        return _parse(raw)
+    except RecursionError as exc:  # the stdlib walks nested multiparts recursively
+        raise InvalidInput("the e-mail's MIME parts are nested too deeply", code="email_unparseable") from exc
+    except (ValueError, LookupError, TypeError, AttributeError, IndexError, email.errors.MessageError) as exc:
+        # Hostile input that trips the stdlib parser: the mail is refused with a reason, the poller lives on.
+        raise InvalidInput(f"the e-mail cannot be parsed ({type(exc).__name__})", code="email_unparseable") from exc
+
+
+def _header_section_size(raw: bytes) -> int:
+    end = raw.find(b"\n\n")
+    crlf = raw.find(b"\r\n\r\n")
+    ends = [e for e in (end, crlf) if e >= 0]
+    return min(ends) if ends else len(raw)
+
+
+def _parse(raw: bytes) -> InboundEmail:
     message = email.message_from_bytes(raw, policy=email.policy.default)
     assert isinstance(message, EmailMessage)
-    name, sender = parseaddr(str(message.get("From", "")))
-    if "@" not in sender:
+    name, sender = parseaddr(_header(message, "From"))
+    if "@" not in sender or len(sender) > 320:
         raise InvalidInput("the e-mail has no sender address", field="From")
-    _reply_name, reply_to = parseaddr(str(message.get("Reply-To", "")))
-    message_ids = _MSGID_RE.findall(str(message.get("Message-ID", "")))
+    sender = sender.strip().lower()
+    message_ids = _MSGID_RE.findall(_header(message, "Message-ID"))
     message_id = message_ids[0] if message_ids else f"<{hashlib.sha256(raw).hexdigest()[:40]}@eva.invalid>"
-    in_reply_to = _MSGID_RE.findall(str(message.get("In-Reply-To", "")))
-    references = tuple(_MSGID_RE.findall(str(message.get("References", ""))))
-    recipients = tuple(addr.lower() for _n, addr in getaddresses([str(v) for v in message.get_all("To", [])])
-                       if addr)
+    in_reply_to = _MSGID_RE.findall(_header(message, "In-Reply-To"))
+    references = [r[:255] for r in _MSGID_RE.findall(_header(message, "References"))]
+    if len(references) > MAX_REFERENCES:
+        references = references[:1] + references[-(MAX_REFERENCES - 1):]
+    recipients = tuple(addr.lower()[:320] for _n, addr in getaddresses(_all_headers(message, "To"))
+                       if addr)[:MAX_RECIPIENTS]
+    _reply_name, reply_to = parseaddr(_header(message, "Reply-To"))
     return InboundEmail(
         message_id=message_id[:255],
         in_reply_to=in_reply_to[0][:255] if in_reply_to else "",
-        references=tuple(r[:255] for r in references),
-        sender=sender.strip().lower(),
-        sender_name=name.strip()[:200],
-        reply_to=(reply_to if "@" in reply_to else sender).strip(),
+        references=tuple(references),
+        sender=sender,
+        sender_name=" ".join(name.split())[:200],
+        reply_to_header=reply_to.strip().lower()[:320] if "@" in reply_to else "",
         to=recipients,
-        subject=" ".join(str(message.get("Subject", "")).split())[:MAX_SUBJECT],
+        subject=" ".join(_header(message, "Subject")[:MAX_SUBJECT * 4].split())[:MAX_SUBJECT],
         text=extract_text(message),
         auto_generated=_auto_generated(message, sender),
     )
 
 
+def _header(message: EmailMessage, name: str) -> str:
+    return str(message.get(name, ""))
+
+
+def _all_headers(message: EmailMessage, name: str) -> list[str]:
+    return [str(value) for value in message.get_all(name, [])]
+
+
 def _auto_generated(message: EmailMessage, sender: str) -> bool:
-    auto = str(message.get("Auto-Submitted", "no")).strip().lower()
-    precedence = str(message.get("Precedence", "")).strip().lower()
+    auto = _header(message, "Auto-Submitted").strip().lower()
+    precedence = _header(message, "Precedence").strip().lower()
     local = sender.split("@", 1)[0].lower()
     return (auto not in ("", "no") or precedence in ("bulk", "junk", "list", "auto_reply")
             or "List-Id" in message or "X-Autoreply" in message or "X-Autorespond" in message
@@ -115,38 +184,144 @@ def _auto_generated(message: EmailMessage, sender: str) -> bool:
 
 
 def extract_text(message: EmailMessage) -> str:
-    """The readable new text of ``message``: plain text preferred, HTML converted, quotes removed."""
+    """The readable new text of ``message`` (at most :data:`MAX_TEXT` characters): plain text preferred, HTML
+    converted, quotes removed."""
     body = message.get_body(preferencelist=("plain", "html"))
     if body is None:
         return ""
-    content = _decoded(body)
     if body.get_content_subtype() == "html":
-        content = html_to_text(content)
-    return strip_courtesies(strip_quoted(content))
+        content = html_to_text(_decoded(body, MAX_HTML_CHARS))
+    else:
+        content = _decoded(body, MAX_BODY_CHARS)
+    return strip_courtesies(strip_quoted(content[:MAX_BODY_CHARS]))[:MAX_TEXT]
 
 
-def _decoded(part: MIMEPart) -> str:
+def _decoded(part: MIMEPart, limit: int) -> str:
+    """The part's text, at most ``limit`` characters, in its declared charset when that is a safe text codec."""
+    payload = part.get_payload(decode=True)
+    if not isinstance(payload, bytes):
+        return ""
+    # Four bytes per character at most in any charset mail uses: decode no more than the limit can need.
+    payload = payload[:limit * 4]
+    charset = part.get_content_charset("utf-8") or "utf-8"
     try:
-        content = part.get_content()
-    except (LookupError, UnicodeDecodeError):
+        codec = codecs.lookup(charset)
+        if codec.name in _UNSAFE_CODECS or not getattr(codec, "_is_text_encoding", True):
+            codec = codecs.lookup("utf-8")
+        return codec.decode(payload, "replace")[0][:limit]
+    except (LookupError, UnicodeError, ValueError, TypeError):
         # An unknown or wrong charset: the bytes as well as they decode.
-        payload = part.get_payload(decode=True)
-        content = payload.decode("utf-8", errors="replace") if isinstance(payload, bytes) else ""
-    return content if isinstance(content, str) else ""
+        return payload.decode("utf-8", errors="replace")[:limit]
 
 
-class _TextExtractor(HTMLParser):
-    """HTML to plain text: block elements become line breaks; scripts, styles and quoted history are dropped."""
+_TAG_NAME_RE = re.compile(r"[A-Za-z][A-Za-z0-9:_-]*")
+_ATTR_NAME_RE = re.compile(r"[^\s/>=]+")
+_SPACE_RE = re.compile(r"[\s/]*")
+_EQUALS_RE = re.compile(r"\s*=\s*")
+_UNQUOTED_RE = re.compile(r"[^\s>]*")
+_RAW_TEXT_END = {"script": re.compile(r"</script", re.IGNORECASE), "style": re.compile(r"</style", re.IGNORECASE)}
+_MAX_ATTRIBUTES = 64
+HtmlToken = tuple[str, str, list[tuple[str, str | None]]]
+
+
+def _html_tokens(markup: str) -> Iterator[HtmlToken]:
+    """("data", text, []), ("start", tag, attributes) and ("end", tag, []) of ``markup``, in one forward pass.
+
+    Written here rather than taken from ``html.parser`` because that one is quadratic on hostile markup (25 s for
+    30 KB of ``<a ``): every search below either finds its end or consumes the rest of the document, so no
+    character is looked at more than a few times.  Sloppy HTML is read as browsers roughly do; what matters is
+    the text, not a faithful tree."""
+    n, i = len(markup), 0
+    while i < n:
+        lt = markup.find("<", i)
+        if lt < 0:
+            yield "data", markup[i:], []
+            return
+        if lt > i:
+            yield "data", markup[i:lt], []
+        i = lt
+        for opener, closer in (("<!--", "-->"), ("<![CDATA[", "]]>"), ("<!", ">"), ("<?", ">")):
+            if markup.startswith(opener, i):
+                end = markup.find(closer, i + len(opener))
+                i = n if end < 0 else end + len(closer)
+                break
+        else:
+            closing = markup.startswith("</", i)
+            name = _TAG_NAME_RE.match(markup, i + (2 if closing else 1))
+            if name is None:  # a "<" that opens no tag is text
+                yield "data", "<", []
+                i += 1
+                continue
+            tag = name.group().lower()
+            attributes, i = _html_attributes(markup, name.end())
+            if closing:
+                yield "end", tag, []
+                continue
+            yield "start", tag, attributes
+            raw_end = _RAW_TEXT_END.get(tag)
+            if raw_end is not None:  # script and style: nothing inside is markup
+                found = raw_end.search(markup, i)
+                i = n if found is None else found.start()
+
+
+def _html_attributes(markup: str, i: int) -> tuple[list[tuple[str, str | None]], int]:
+    """The attributes of a tag from ``i`` and the position after its ``>`` (the end when it has none)."""
+    n = len(markup)
+    attributes: list[tuple[str, str | None]] = []
+    while i < n:
+        i = _SPACE_RE.match(markup, i).end()  # type: ignore[union-attr]  # [\s/]* always matches
+        if i >= n:
+            break
+        if markup[i] == ">":
+            return attributes, i + 1
+        name = _ATTR_NAME_RE.match(markup, i)
+        if name is None:  # a stray "="
+            i += 1
+            continue
+        key, i = name.group().lower(), name.end()
+        value: str | None = None
+        equals = _EQUALS_RE.match(markup, i)
+        if equals is not None:
+            i = equals.end()
+            if i < n and markup[i] in "\"'":
+                end = markup.find(markup[i], i + 1)
+                value, i = (markup[i + 1:], n) if end < 0 else (markup[i + 1:end], end + 1)
+            else:
+                unquoted = _UNQUOTED_RE.match(markup, i)
+                assert unquoted is not None  # [^\s>]* always matches
+                value, i = unquoted.group(), unquoted.end()
+        if len(attributes) < _MAX_ATTRIBUTES:
+            attributes.append((key, value))
+    return attributes, n
+
+
+class _TextExtractor:
+    """HTML to plain text: block elements become line breaks; scripts, styles and quoted history are dropped.
+    Open tags are counted as well as stacked, so a closing tag never scans the stack (deeply nested markup stays
+    linear)."""
 
     _SKIP = frozenset({"script", "style", "head", "title", "blockquote"})
     _BLOCK = frozenset({"p", "div", "br", "li", "tr", "h1", "h2", "h3", "h4", "h5", "h6", "table", "ul", "ol",
                         "hr", "pre", "section", "article"})
 
     def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
         self.parts: list[str] = []
         self.skip_depth = 0
         self._stack: list[str] = []
+        self._open: dict[str, int] = {}
+
+    def feed(self, markup: str) -> None:
+        for kind, value, attributes in _html_tokens(markup):
+            if kind == "data":
+                self.handle_data(value)
+            elif kind == "start":
+                self.handle_starttag(value, attributes)
+            else:
+                self.handle_endtag(value)
+
+    def _push(self, tag: str) -> None:
+        self._stack.append(tag)
+        self._open[tag] = self._open.get(tag, 0) + 1
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         classes = " ".join(v or "" for k, v in attrs if k == "class")
@@ -158,17 +333,18 @@ class _TextExtractor(HTMLParser):
             return
         if self.skip_depth or tag in self._SKIP or quoted:
             self.skip_depth += 1
-            self._stack.append(tag)
+            self._push(tag)
             return
-        self._stack.append(tag)
+        self._push(tag)
         if tag in self._BLOCK:
             self.parts.append("\n")
 
     def handle_endtag(self, tag: str) -> None:
-        if tag not in self._stack:
+        if not self._open.get(tag):
             return
         while self._stack:  # close everything left open inside (sloppy HTML)
             open_tag = self._stack.pop()
+            self._open[open_tag] -= 1
             if self.skip_depth:
                 self.skip_depth -= 1
             if open_tag == tag:
@@ -182,12 +358,29 @@ class _TextExtractor(HTMLParser):
 
 
 def html_to_text(markup: str) -> str:
+    """The text of an HTML body (the first :data:`MAX_HTML_CHARS` characters of it)."""
     parser = _TextExtractor()
-    parser.feed(markup)
-    parser.close()
+    parser.feed(markup[:MAX_HTML_CHARS])
     text = html.unescape("".join(parser.parts)).replace("\xa0", " ")
     lines = [" ".join(line.split()) for line in text.splitlines()]
     return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
+
+
+def _is_attribution(line: str) -> bool:
+    """``On <date>, <name> wrote:`` on one line."""
+    if len(line) > MAX_MARKER_LINE:
+        return False
+    opening = _ATTRIBUTION_OPEN_RE.match(line)
+    body = line.rstrip()
+    return (opening is not None and body.endswith(":")
+            and _VERB_RE.search(body, opening.end(), len(body) - 1) is not None)
+
+
+def _ends_attribution(line: str) -> bool:
+    """The second line of an attribution wrapped in two: ``<name> wrote:``."""
+    body = line.rstrip()
+    return (len(line) <= MAX_MARKER_LINE and body.endswith(":") and not line.lstrip().startswith(">")
+            and _VERB_RE.search(body, 0, len(body) - 1) is not None)
 
 
 def strip_quoted(text: str) -> str:
@@ -197,12 +390,14 @@ def strip_quoted(text: str) -> str:
     for index, line in enumerate(lines):
         if line.rstrip() == "--" and line.startswith("--"):  # "-- " signature separator (RFC 3676)
             break
-        if _ATTRIBUTION_RE.match(line) or _SEPARATOR_RE.match(line):
+        short = len(line) <= MAX_MARKER_LINE
+        if _is_attribution(line) or (short and _SEPARATOR_RE.match(line)):
             break
-        if _ATTRIBUTION_START_RE.match(line) and index + 1 < len(lines) and \
-                _ATTRIBUTION_END_RE.search(lines[index + 1]) and not lines[index + 1].lstrip().startswith(">"):
+        if short and _ATTRIBUTION_START_RE.match(line) and index + 1 < len(lines) and \
+                _ends_attribution(lines[index + 1]):
             break  # an attribution line wrapped in two
-        if _HEADER_BLOCK_RE.match(line) and kept and not kept[-1].strip() and _looks_like_header_block(lines, index):
+        if short and _HEADER_BLOCK_RE.match(line) and kept and not kept[-1].strip() and \
+                _looks_like_header_block(lines, index):
             break  # Outlook's quoted header block without a separator line
         if line.lstrip().startswith(">"):
             continue
@@ -217,21 +412,23 @@ def strip_courtesies(text: str) -> str:
     content = [i for i, line in enumerate(lines) if line.strip()]
     if len(content) < 2:
         return text
-    if _GREETING_RE.match(lines[content[0]]):
+    first = lines[content[0]]
+    if len(first) <= MAX_COURTESY_LINE and _GREETING_RE.match(first):
         lines[content[0]] = ""
         content = content[1:]
     # A sign-off is one of the last lines, followed only by a short name (no sentence after it).
     for position in range(max(1, len(content) - 3), len(content)):
         index = content[position]
         after = [lines[i].strip() for i in content[position + 1:]]
-        if _SIGNOFF_RE.match(lines[index]) and all(len(a) <= 40 and len(a.split()) <= 4 for a in after):
+        if len(lines[index]) <= MAX_COURTESY_LINE and _SIGNOFF_RE.match(lines[index]) and \
+                all(len(a) <= 40 and len(a.split()) <= 4 for a in after):
             lines = lines[:index]
             break
     return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
 
 
 def _looks_like_header_block(lines: list[str], index: int) -> bool:
-    following = " ".join(lines[index:index + 5]).lower()
+    following = " ".join(line[:MAX_MARKER_LINE] for line in lines[index:index + 5]).lower()
     return ("sent:" in following or "gesendet:" in following or "date:" in following) and (
         "subject:" in following or "betreff:" in following)
 
@@ -271,13 +468,14 @@ def build_message(*, sender: str, to: str, subject: str, body: str, in_reply_to:
 
 
 def build_reply(inbound: InboundEmail, body: str, *, sender: str, message_id: str = "") -> EmailMessage:
-    """The reply to ``inbound``: same thread, ``Re:`` subject, to its Reply-To (else From)."""
-    recipient = inbound.reply_to
+    """The reply to ``inbound``: same thread, ``Re:`` subject, to its From address (never to a Reply-To: see
+    :attr:`InboundEmail.reply_to_header`)."""
+    recipient = inbound.sender
     if inbound.sender_name:
         try:
-            recipient = str(Address(inbound.sender_name, addr_spec=inbound.reply_to))
+            recipient = str(Address(inbound.sender_name, addr_spec=inbound.sender))
         except (ValueError, IndexError):  # an address the header registry cannot format: send to it bare
-            recipient = inbound.reply_to
+            recipient = inbound.sender
     return build_message(sender=sender, to=recipient, subject=reply_subject(inbound.subject), body=body,
                          in_reply_to=inbound.message_id,
                          references=inbound.references or ((inbound.in_reply_to,) if inbound.in_reply_to else ()),

@@ -2,18 +2,27 @@
 
 Every ``imap_poll_interval`` seconds the poller opens the inbox, and for each unseen message (oldest first):
 
-1. reads it without marking it seen (``BODY.PEEK``) and reduces it to its new text (:mod:`channels.email.message`);
-   auto-replies, bounces, list mail and our own mail are never answered (mail loops);
-2. finds the contact by address and the conversation by threading (In-Reply-To/References against the
+1. reads it without marking it seen (``BODY.PEEK``), unless the server says it is larger than
+   ``EVA_EMAIL_MAX_BYTES``, and reduces it to its new text (:mod:`channels.email.message`) in a child process with
+   a time limit (:mod:`channels.email.parse_worker`): mail is written by anyone, and nothing it contains may stall
+   the event loop that clocks the calls' audio.  A message too large, unparseable or too slow to parse is refused:
+   logged with the reason and marked seen.  Auto-replies, bounces, list mail and our own mail are never answered
+   (mail loops);
+2. claims it in the database (:mod:`channels.email.receipts`, keyed by sender and Message-ID), so of several
+   workers polling one inbox exactly one answers it, and a Message-ID reused by another sender is a new message;
+   over the per-sender or global hourly limit it is stored there unanswered (logged) instead;
+3. finds the contact by its From address and the conversation by threading (In-Reply-To/References against the
    Message-IDs already stored, ours and theirs), else starts one;
-3. gets the reply from the agent core (channel ``email``, external id = the Message-ID, which is how a message
-   seen twice is answered once) and sends it by SMTP with In-Reply-To/References and a ``Re:`` subject;
-4. only then marks the message seen.
+4. gets the reply from the agent core (channel ``email``, external id = the Message-ID) and sends it by SMTP, to
+   the From address only (never to a Reply-To: the reply is written with From's memory), with
+   In-Reply-To/References and a ``Re:`` subject;
+5. only then marks the message seen.
 
-A crash anywhere before 4 leaves the mail unseen, so it is handled again; a reply that was generated but not sent
-is sent as stored rather than generated again.  When SMTP is down the round stops and the mail waits for the next
-poll.  A message that keeps failing for other reasons is marked seen after ``max_failures`` polls (and logged),
-so one poisonous mail cannot block the inbox.  All IMAP/SMTP I/O runs in worker threads.
+A crash anywhere before 5 leaves the mail unseen, so it is handled again (by any worker once the claim's lease
+ends); a reply that was generated but not sent is sent as stored rather than generated again.  When SMTP or IMAP is
+down the round stops and the mail waits for the next poll.  A message that keeps failing for other reasons is
+marked seen after ``max_failures`` polls (and logged), so one poisonous mail cannot block the inbox.  All
+IMAP/SMTP/database I/O runs in worker threads.
 """
 
 from __future__ import annotations
@@ -21,18 +30,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import socket
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from email.utils import parseaddr
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
 from channels import store
-from channels.email.message import InboundEmail, build_message, build_reply, new_message_id, parse_email
+from channels.email import receipts
+from channels.email.message import InboundEmail, build_message, build_reply, new_message_id
+from channels.email.parse_worker import ParseWorker
 from channels.email.transport import ImapMailbox, SmtpSender
-from models import Agent, Contact
+from models import Agent, Contact, utcnow
 from models.db import session_scope
 from voicebot.agent.core import SEARCH_KNOWLEDGE, AgentCore, Citation
 from voicebot.agent.store import AgentStore, normalize_email
@@ -45,6 +60,10 @@ T = TypeVar("T")
 
 CHANNEL = "email"
 DEFAULT_CHAT_SUBJECT = "Your question"
+DEFAULT_CLAIM_LEASE = timedelta(minutes=30)
+"""How long a worker's claim on a message holds: longer than any reply takes to generate (a worker that dies
+holding one delays that message by this much)."""
+RATE_WINDOW = timedelta(hours=1)
 
 
 @dataclass
@@ -58,6 +77,23 @@ class PollResult:
     """Not to be answered (auto-replies, own mail, unreadable or empty mail); marked seen."""
     failed: int = 0
     """Left unseen for the next poll (or given up on after ``max_failures``)."""
+    refused: int = 0
+    """Refused with a logged reason (too large, unparseable, too slow to parse, no sender); marked seen."""
+    limited: int = 0
+    """Over a rate limit: stored unanswered (``email_receipts``) with a logged reason; marked seen."""
+    busy: int = 0
+    """Claimed by another worker, which answers it and marks it seen; left as it is."""
+
+
+Outcome = Literal["answered", "duplicate", "skipped", "refused", "limited", "busy", "failed"]
+
+
+@dataclass(frozen=True)
+class Handled:
+    """What became of one message, and why when it was not answered (an error code)."""
+
+    outcome: Outcome
+    reason: str = ""
 
 
 @dataclass(frozen=True)
@@ -83,7 +119,8 @@ class EmailService:
 
     def __init__(self, settings: Settings, engine: Engine, core: AgentCore | None, *,
                  mailbox: Callable[[], ImapMailbox] | None = None, sender: SmtpSender | None = None,
-                 poll_interval: float | None = None, max_failures: int = 3, drain_timeout: float = 30.0) -> None:
+                 poll_interval: float | None = None, max_failures: int = 3, drain_timeout: float = 30.0,
+                 claim_lease: timedelta = DEFAULT_CLAIM_LEASE) -> None:
         self.settings = settings
         self.engine = engine
         self.core = core
@@ -93,6 +130,9 @@ class EmailService:
         self.poll_interval = settings.imap_poll_interval if poll_interval is None else poll_interval
         self.max_failures = max_failures
         self.drain_timeout = drain_timeout
+        self.claim_lease = claim_lease
+        self.worker_id = f"{socket.gethostname()[:120]}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
+        """This service's name on the claims it takes (unique per instance, so two in one process are two)."""
         self._failures: dict[str, int] = {}
         self._poll_lock = asyncio.Lock()
         self._stop = asyncio.Event()
@@ -169,54 +209,62 @@ class EmailService:
             mailbox = self._mailbox()
             await asyncio.to_thread(mailbox.open)
             try:
-                uids = await asyncio.to_thread(mailbox.unseen)
-                result.unseen = len(uids)
-                for uid in uids:
-                    if self._stop.is_set():
-                        break
-                    if not await self._poll_message(mailbox, uid, result):
-                        break
+                async with ParseWorker(max_bytes=self.settings.email_max_bytes,
+                                       timeout=self.settings.email_parse_timeout) as parser:
+                    uids = await asyncio.to_thread(mailbox.unseen)
+                    result.unseen = len(uids)
+                    for uid in uids:
+                        if self._stop.is_set():
+                            break
+                        if not await self._poll_message(mailbox, parser, uid, result):
+                            break
             finally:
                 await asyncio.to_thread(mailbox.close)
             return result
 
-    async def _poll_message(self, mailbox: ImapMailbox, uid: int, result: PollResult) -> bool:
+    async def _poll_message(self, mailbox: ImapMailbox, parser: ParseWorker, uid: int, result: PollResult) -> bool:
         """Handle one unseen message; False when the round should stop (the server side is down)."""
-        raw = await asyncio.to_thread(mailbox.fetch, uid)
-        if raw is None:
-            return True
         key = f"{mailbox.mailbox}:{uid}"
         try:
-            outcome = await self._handle(raw)
+            raw = await asyncio.to_thread(mailbox.fetch, uid, self.settings.email_max_bytes)
+            if raw is None:
+                return True
+            handled = await self._handle(raw, parser)
         except InvalidInput as exc:
-            log.warning("e-mail %s cannot be answered (%s); marking it seen", uid, exc.message)
-            outcome = "skipped"
+            # Too large, unparseable, too slow to parse, no sender: it can never be answered, so it is marked seen
+            # (and stays in the mailbox for a person) rather than fetched again on every poll.
+            log.warning("e-mail %s refused: [%s] %s; marked seen without an answer", key, exc.code, exc.message)
+            handled = Handled("refused", exc.code)
         except Unavailable as exc:  # no agent, no sender address: nothing can be answered now
-            log.warning("e-mail %s not answered: [%s] %s", uid, exc.code, exc.message)
+            log.warning("e-mail %s not answered: [%s] %s", key, exc.code, exc.message)
             result.failed += 1
             return False
         except EmailError as exc:
             result.failed += 1
-            if exc.retryable and exc.code.startswith("smtp"):
-                log.warning("e-mail %s not answered, SMTP is unavailable: %s", uid, exc.message)
+            if exc.retryable and (exc.code.startswith("smtp") or exc.code.startswith("imap")):
+                log.warning("e-mail %s not answered, the mail server is unavailable: %s", key, exc.message)
                 return False
             if not self._give_up(key, exc.code, exc.message):
                 return True
-            outcome = "failed"
+            handled = Handled("failed", exc.code)
         except Exception as exc:
-            log.exception("e-mail %s failed unexpectedly", uid)
+            log.exception("e-mail %s failed unexpectedly", key)
             result.failed += 1
             if not self._give_up(key, "internal_error", str(exc)):
                 return True
-            outcome = "failed"
+            handled = Handled("failed", "internal_error")
         self._failures.pop(key, None)
+        if handled.outcome == "busy":  # another worker is answering it and marks it seen
+            result.busy += 1
+            return True
+        if handled.outcome == "limited":
+            log.warning("e-mail %s not answered: [%s] over the rate limit; stored (email_receipts), marked seen",
+                        key, handled.reason)
         await asyncio.to_thread(mailbox.mark_seen, uid)
-        if outcome == "answered":
-            result.answered += 1
-        elif outcome == "duplicate":
-            result.duplicates += 1
-        elif outcome == "skipped":
-            result.skipped += 1
+        if handled.outcome != "failed":
+            counter = {"answered": "answered", "duplicate": "duplicates", "skipped": "skipped",
+                       "refused": "refused", "limited": "limited"}[handled.outcome]
+            setattr(result, counter, getattr(result, counter) + 1)
         return True
 
     def _give_up(self, key: str, code: str, message: str) -> bool:
@@ -236,25 +284,74 @@ class EmailService:
 
         return await asyncio.to_thread(transaction)
 
-    async def _handle(self, raw: bytes) -> str:
-        """Answer one raw message; returns answered | duplicate | skipped."""
+    async def _handle(self, raw: bytes, parser: ParseWorker) -> Handled:
+        """Answer one raw message (parsed in ``parser``'s child process, never on the event loop)."""
         core = self._need_core()
-        mail = parse_email(raw)
+        mail = await parser.parse(raw)
         own = self.from_address.lower()
         if mail.auto_generated or mail.sender == own:
             log.debug("not answering %s: automatic or our own mail", mail.message_id)
-            return "skipped"
+            return Handled("skipped")
         text = mail.text.strip() or mail.subject.strip()
         if not text:
-            return "skipped"
+            return Handled("skipped")
+        sender = normalize_email(mail.sender)
+        if mail.reply_to_header and mail.reply_to_header != sender:
+            # F4: the answer is written with the memory of the From contact, so it goes to From only.
+            log.debug("e-mail %s: Reply-To %s ignored, the answer goes to From %s", mail.message_id,
+                      mail.reply_to_header, sender)
+        key = receipts.Key(sender, mail.message_id)
+        owner = self.worker_id
+        claim = await self._db(lambda s: receipts.claim(s, key, owner, self.claim_lease, subject=mail.subject,
+                                                        text=text))
+        if claim == "done":
+            return Handled("duplicate")
+        if claim == "busy":
+            return Handled("busy")
+        try:
+            return await self._answer(core, mail, key, text)
+        except asyncio.CancelledError:
+            await asyncio.shield(self._release(key, "cancelled"))
+            raise
+        except Exception as exc:
+            await self._release(key, getattr(exc, "code", "internal_error"))
+            raise
+
+    async def _release(self, key: receipts.Key, reason: str) -> None:
+        owner = self.worker_id
+        try:
+            await self._db(lambda s: receipts.release(s, key, owner, reason))
+        except Exception:  # the claim then ends with its lease; the original error is the one to report
+            log.exception("releasing the claim on an e-mail failed")
+
+    async def _rate_limited(self, sender: str) -> str:
+        """The reason this sender's mail is not answered now ('' when it is within the limits)."""
+        per_sender, total = self.settings.email_replies_per_sender_hour, self.settings.email_replies_per_hour
+        if per_sender <= 0 and total <= 0:
+            return ""
+        since = utcnow() - RATE_WINDOW
+        mine, everyone = await self._db(lambda s: receipts.counts_since(s, sender, since))
+        if per_sender > 0 and mine > per_sender:
+            return "email_rate_limited_sender"
+        if total > 0 and everyone > total:
+            return "email_rate_limited"
+        return ""
+
+    async def _answer(self, core: AgentCore, mail: InboundEmail, key: receipts.Key, text: str) -> Handled:
+        owner = self.worker_id
+        limited = await self._rate_limited(key.sender)
+        if limited:
+            await self._db(lambda s: receipts.settle(s, key, owner, "limited", limited))
+            return Handled("limited", limited)
+        own = self.from_address.lower()
         agent = await self._db(lambda s: store.channel_agent(s, self.settings.email_agent))
-        contact = await self.contacts.find_or_create_contact(email=normalize_email(mail.sender),
-                                                             name=mail.sender_name)
+        contact = await self.contacts.find_or_create_contact(email=key.sender, name=mail.sender_name)
         assert agent.id is not None and contact.id is not None
         contact_id = contact.id
         turn = await self._db(lambda s: store.find_turn(s, CHANNEL, mail.message_id, contact_id=contact_id))
         if turn is not None and turn.answered:
-            return "duplicate"
+            await self._db(lambda s: receipts.settle(s, key, owner, "answered"))
+            return Handled("duplicate")
         if turn is not None and not turn.reply_complete:
             unfinished = turn
             await self._db(lambda s: store.discard_turn(s, unfinished))
@@ -271,8 +368,13 @@ class EmailService:
             reply_text, assistant_id = done.text, done.assistant_message_id
         reply = build_reply(mail, reply_text, sender=own_display(self.settings, own))
         await asyncio.to_thread(self.sender.send, reply)
-        await self._db(lambda s: store.record_sent(s, assistant_id, str(reply["Message-ID"])))
-        return "answered"
+
+        def sent(session: Session) -> None:
+            store.record_sent(session, assistant_id, str(reply["Message-ID"]))
+            receipts.settle(session, key, owner, "answered")
+
+        await self._db(sent)
+        return Handled("answered")
 
     async def _thread(self, agent: Agent, contact: Contact, mail: InboundEmail) -> int:
         assert agent.id is not None and contact.id is not None

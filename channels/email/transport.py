@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import imaplib
 import logging
+import re
 import smtplib
 import ssl
 from collections.abc import Callable, Sequence
@@ -17,11 +18,12 @@ from types import TracebackType
 from typing import Any
 
 from voicebot.config import Settings
-from voicebot.errors import EmailError, EmailRecipientRefused
+from voicebot.errors import EmailError, EmailRecipientRefused, InvalidInput
 
 log = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT = 30.0
+_SIZE_RE = re.compile(rb"RFC822\.SIZE (\d{1,20})")
 
 
 class ImapMailbox:
@@ -98,12 +100,39 @@ class ImapMailbox:
         raw = data[0] if data else b""
         return sorted(int(uid) for uid in (raw or b"").split()) if isinstance(raw, bytes) else []
 
-    def fetch(self, uid: int) -> bytes | None:
-        """The whole message, without setting \\Seen (BODY.PEEK); None when the UID is gone."""
+    def size(self, uid: int) -> int | None:
+        """The message's size in bytes as the server reports it (RFC822.SIZE); None when the UID is gone."""
         imap = self._session()
-        data = self._command("FETCH", lambda: imap.uid("FETCH", str(uid), "(BODY.PEEK[])"))
+        data = self._command("FETCH RFC822.SIZE", lambda: imap.uid("FETCH", str(uid), "(RFC822.SIZE)"))
+        for item in data:
+            line = item[0] if isinstance(item, tuple) else item
+            if isinstance(line, bytes):
+                found = _SIZE_RE.search(line)
+                if found:
+                    return int(found.group(1))
+        return None
+
+    def fetch(self, uid: int, max_bytes: int | None = None) -> bytes | None:
+        """The whole message, without setting \\Seen (BODY.PEEK); None when the UID is gone.
+
+        With ``max_bytes``, a message the server says is larger is not downloaded at all (InvalidInput
+        ``email_too_large``), and no more than ``max_bytes + 1`` octets are read even if the size was wrong."""
+        imap = self._session()
+        section = "BODY.PEEK[]"
+        if max_bytes is not None:
+            size = self.size(uid)
+            if size is None:
+                return None
+            if size > max_bytes:
+                raise InvalidInput(f"the e-mail is {size} bytes, more than the {max_bytes} allowed "
+                                   "(EVA_EMAIL_MAX_BYTES)", code="email_too_large")
+            section = f"BODY.PEEK[]<0.{max_bytes + 1}>"  # a partial fetch: the server sends at most this
+        data = self._command("FETCH", lambda: imap.uid("FETCH", str(uid), f"({section})"))
         for item in data:
             if isinstance(item, tuple) and len(item) == 2 and isinstance(item[1], bytes):
+                if max_bytes is not None and len(item[1]) > max_bytes:
+                    raise InvalidInput(f"the e-mail is more than the {max_bytes} bytes allowed "
+                                       "(EVA_EMAIL_MAX_BYTES)", code="email_too_large")
                 return item[1]
         return None
 

@@ -38,7 +38,7 @@ def test_plain_message() -> None:
     parsed = parse_email(mail())
     assert (parsed.message_id, parsed.sender, parsed.sender_name, parsed.subject, parsed.text) == (
         "<m1@example.org>", "ada@example.org", "Ada", "Repairs", "Do you repair e-bikes?")
-    assert parsed.to == ("eva@shop.example",) and parsed.reply_to == "ada@example.org"
+    assert parsed.to == ("eva@shop.example",) and parsed.reply_to_header == ""
     assert not parsed.auto_generated and parsed.thread_ids == [] and parsed.thread_root == "<m1@example.org>"
 
 
@@ -155,7 +155,9 @@ def test_reply_threads_under_the_message() -> None:
     again = message_from_bytes(reply.as_bytes(), policy=policy.default)
     assert again["In-Reply-To"] == "<m2@example.org>"
     assert again["References"].split() == [root, "<r1@shop.example>", "<m2@example.org>"]
-    assert again["Subject"] == "Re: Repairs" and again["To"] == "Ada <ada.work@example.org>"
+    # The reply goes to From, not to Reply-To: it is written with From's memory (review F4).
+    assert parsed.reply_to_header == "ada.work@example.org"
+    assert again["Subject"] == "Re: Repairs" and again["To"] == "Ada <ada@example.org>"
     assert again["Message-ID"].endswith("@shop.example>") and again["Auto-Submitted"] == "auto-replied"
     assert again.get_content().strip() == "We do, any day."
 

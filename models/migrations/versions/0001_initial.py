@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-12-01 08:58:14.331484
+Create Date: 2026-12-01 09:06:18.836829
 """
 
 from __future__ import annotations
@@ -57,6 +57,26 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f("ix_contacts_email"), ["email"], unique=True)
         batch_op.create_index(batch_op.f("ix_contacts_phone"), ["phone"], unique=True)
         batch_op.create_index(batch_op.f("ix_contacts_whatsapp_id"), ["whatsapp_id"], unique=True)
+
+    op.create_table(
+        "email_receipts",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("sender", sqlmodel.sql.sqltypes.AutoString(length=320), nullable=False),
+        sa.Column("message_id", sqlmodel.sql.sqltypes.AutoString(length=255), nullable=False),
+        sa.Column("status", sqlmodel.sql.sqltypes.AutoString(length=16), nullable=False),
+        sa.Column("claimed_by", sqlmodel.sql.sqltypes.AutoString(length=200), nullable=False),
+        sa.Column("lease_until", sqlmodel.sql.sqltypes.UTCDateTime(), nullable=True),
+        sa.Column("reason", sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
+        sa.Column("subject", sqlmodel.sql.sqltypes.AutoString(length=200), nullable=False),
+        sa.Column("text", sqlmodel.sql.sqltypes.AutoString(), nullable=False),
+        sa.Column("received_at", sqlmodel.sql.sqltypes.UTCDateTime(), nullable=False),
+        sa.Column("updated_at", sqlmodel.sql.sqltypes.UTCDateTime(), nullable=False),
+        sa.PrimaryKeyConstraint("id"),
+        sa.UniqueConstraint("sender", "message_id", name="uq_email_receipts_sender_message_id"),
+    )
+    with op.batch_alter_table("email_receipts", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_email_receipts_received_at"), ["received_at"], unique=False)
+        batch_op.create_index(batch_op.f("ix_email_receipts_status"), ["status"], unique=False)
 
     op.create_table(
         "revoked_access_tokens",
@@ -476,6 +496,11 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f("ix_revoked_access_tokens_expires_at"))
 
     op.drop_table("revoked_access_tokens")
+    with op.batch_alter_table("email_receipts", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_email_receipts_status"))
+        batch_op.drop_index(batch_op.f("ix_email_receipts_received_at"))
+
+    op.drop_table("email_receipts")
     with op.batch_alter_table("contacts", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_contacts_whatsapp_id"))
         batch_op.drop_index(batch_op.f("ix_contacts_phone"))

@@ -1,0 +1,183 @@
+"""Inbound mail is parsed in a child process with a time and a memory limit, never on the event loop.
+
+:func:`channels.email.message.parse_email` is linear in the size of the message and capped, but it leans on the
+stdlib (``email``, ``html.parser``), whose worst cases are not ours to prove, and anything parsed in a thread of
+the server still competes for its GIL with the event loop that clocks every call's audio.  So the e-mail poller
+hands each raw message to :class:`ParseWorker`: one child Python process (``python -m
+channels.email.parse_worker``), started lazily, kept for the poll round, which reads length-prefixed messages on
+stdin and answers length-prefixed JSON on stdout.  A message that takes longer than ``timeout`` seconds gets the
+child killed (a fresh one parses the next message) and is refused with ``email_parse_timeout``; the child's
+address space is capped (``RLIMIT_AS``), so a decompression or allocation bomb ends in ``MemoryError`` there, not
+in the server.
+
+Wire format: request ``>I`` length + raw bytes (``max_bytes`` is fixed per child on its command line); answer
+``>I`` length + ``{"mail": {...}}`` or ``{"error": {"code": ..., "message": ...}}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import struct
+import sys
+import traceback
+from dataclasses import asdict
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from channels.email.message import MAX_MESSAGE_BYTES, InboundEmail, parse_email
+from voicebot.errors import EvaError, InvalidInput
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TIMEOUT = 10.0
+DEFAULT_MEMORY_BYTES = 1024 * 1024 * 1024
+MAX_ANSWER_BYTES = 4 * 1024 * 1024
+"""An answer is a few KB (the text is capped); a larger one means the child misbehaves."""
+_LENGTH = struct.Struct(">I")
+_ROOT = Path(__file__).resolve().parents[2]
+
+
+class ParseWorker:
+    """Parses raw messages in a child process, one at a time.  Use as an async context manager (the child is
+    stopped on exit)."""
+
+    def __init__(self, *, max_bytes: int = MAX_MESSAGE_BYTES, timeout: float = DEFAULT_TIMEOUT,
+                 memory_bytes: int = DEFAULT_MEMORY_BYTES) -> None:
+        self.max_bytes = max_bytes
+        self.timeout = timeout
+        self.memory_bytes = memory_bytes
+        self._process: asyncio.subprocess.Process | None = None
+        self._lock = asyncio.Lock()
+        self.started = 0
+        """Children started so far (one more after each kill)."""
+
+    async def __aenter__(self) -> ParseWorker:
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        process, self._process = self._process, None
+        if process is None:
+            return
+        if process.stdin is not None:
+            process.stdin.close()  # EOF: the child leaves its loop
+        try:
+            await asyncio.wait_for(process.wait(), timeout=2)
+        except TimeoutError:
+            await _kill(process)
+
+    async def parse(self, raw: bytes) -> InboundEmail:
+        """The parsed message; InvalidInput when it is refused (too large, unparseable, too slow to parse)."""
+        if len(raw) > self.max_bytes:  # no need to ship it to the child to learn that
+            raise InvalidInput(f"the e-mail is {len(raw)} bytes, more than the {self.max_bytes} allowed",
+                               code="email_too_large")
+        async with self._lock:
+            process = await self._child()
+            try:
+                answer = await asyncio.wait_for(self._exchange(process, raw), timeout=self.timeout)
+            except TimeoutError as exc:
+                await self._discard(process)
+                raise InvalidInput(f"parsing the e-mail took longer than {self.timeout:g} s",
+                                   code="email_parse_timeout") from exc
+            except (OSError, asyncio.IncompleteReadError, ValueError) as exc:
+                await self._discard(process)
+                raise InvalidInput(f"the e-mail parser stopped on this message ({type(exc).__name__})",
+                                   code="email_parser_crashed") from exc
+            except BaseException:
+                # Cancelled mid-exchange: the child's answer would be read as the next message's.
+                await self._discard(process)
+                raise
+        return _answer_to_mail(answer)
+
+    async def _child(self) -> asyncio.subprocess.Process:
+        if self._process is not None and self._process.returncode is None:
+            return self._process
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_ROOT), env.get("PYTHONPATH", "")) if p)
+        self._process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "channels.email.parse_worker", str(self.max_bytes), str(self.memory_bytes),
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, env=env, cwd=str(_ROOT))
+        self.started += 1
+        return self._process
+
+    async def _exchange(self, process: asyncio.subprocess.Process, raw: bytes) -> dict[str, Any]:
+        assert process.stdin is not None and process.stdout is not None
+        process.stdin.write(_LENGTH.pack(len(raw)) + raw)
+        await process.stdin.drain()
+        (size,) = _LENGTH.unpack(await process.stdout.readexactly(_LENGTH.size))
+        if size > MAX_ANSWER_BYTES:
+            raise ValueError(f"an answer of {size} bytes")
+        answer = json.loads(await process.stdout.readexactly(size))
+        if not isinstance(answer, dict):
+            raise ValueError("an answer that is not an object")
+        return answer
+
+    async def _discard(self, process: asyncio.subprocess.Process) -> None:
+        self._process = None
+        await _kill(process)
+
+
+async def _kill(process: asyncio.subprocess.Process) -> None:
+    with contextlib.suppress(ProcessLookupError):  # it already ended
+        process.kill()
+    await process.wait()
+
+
+def _answer_to_mail(answer: dict[str, Any]) -> InboundEmail:
+    error = answer.get("error")
+    if isinstance(error, dict):
+        raise InvalidInput(str(error.get("message", "the e-mail cannot be parsed")),
+                           code=str(error.get("code", "email_unparseable")),
+                           field=str(error["field"]) if error.get("field") else None)
+    fields = answer.get("mail")
+    if not isinstance(fields, dict):
+        raise InvalidInput("the e-mail parser gave no answer", code="email_parser_crashed")
+    try:
+        return InboundEmail(**{**fields, "references": tuple(fields["references"]), "to": tuple(fields["to"])})
+    except (TypeError, KeyError) as exc:
+        raise InvalidInput("the e-mail parser gave a malformed answer", code="email_parser_crashed") from exc
+
+
+# ---------------------------------------------------------------------------------------------- the child
+def _serve(max_bytes: int) -> None:
+    stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
+    while True:
+        head = stdin.read(_LENGTH.size)
+        if len(head) < _LENGTH.size:
+            return  # the parent closed the pipe
+        (size,) = _LENGTH.unpack(head)
+        raw = stdin.read(size)
+        try:
+            answer: dict[str, Any] = {"mail": asdict(parse_email(raw, max_bytes=max_bytes))}
+        except EvaError as exc:
+            answer = {"error": exc.to_dict()}
+        except MemoryError:
+            answer = {"error": {"code": "email_too_large", "message": "parsing the e-mail ran out of memory"}}
+        except Exception as exc:  # a parser bug: reported to the parent (and stderr), the child serves on
+            traceback.print_exc(file=sys.stderr)
+            answer = {"error": {"code": "email_unparseable",
+                                "message": f"the e-mail cannot be parsed ({type(exc).__name__})"}}
+        data = json.dumps(answer).encode()
+        stdout.write(_LENGTH.pack(len(data)) + data)
+        stdout.flush()
+
+
+def main(argv: list[str]) -> None:
+    max_bytes, memory = int(argv[0]), int(argv[1])
+    if memory > 0:
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
+    _serve(max_bytes)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,103 @@
+"""Claims on inbound e-mail (blocking functions on an open ``Session``; the service runs them in worker threads).
+
+Every worker polling the inbox sees every unseen message; :func:`claim` decides which one answers it.  The row is
+created with an insert that does nothing when the row already exists (so two workers inserting at once cannot
+both win), and an existing row is taken over only by a conditional UPDATE whose WHERE says "still claimed and
+the lease has run out" (so two workers updating at once cannot both win either).  A worker that fails releases
+its claim; one that dies loses it when the lease ends.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Literal
+
+from sqlalchemy import func, or_, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import CursorResult
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, col, select
+
+from models import EmailReceipt, utcnow
+
+Claim = Literal["claimed", "busy", "done"]
+"""claimed: this worker answers it | busy: another worker holds it | done: answered or settled already"""
+
+FINAL = ("answered", "limited", "failed")
+COUNTED = ("claimed", "answered")
+"""Receipts that count against the rate limits: answered, or being answered."""
+
+
+@dataclass(frozen=True)
+class Key:
+    sender: str
+    message_id: str
+
+
+def claim(session: Session, key: Key, owner: str, lease: timedelta, *, subject: str = "", text: str = "",
+          now: datetime | None = None) -> Claim:
+    """Claim the message for ``owner`` until ``now + lease``."""
+    now = now or utcnow()
+    until = now + lease
+    values: dict[str, Any] = {"sender": key.sender[:320], "message_id": key.message_id[:255], "status": "claimed",
+                              "claimed_by": owner, "lease_until": until, "subject": subject[:200], "text": text,
+                              "received_at": now, "updated_at": now}
+    dialect = session.get_bind().dialect.name
+    if dialect in ("sqlite", "postgresql"):
+        module: Any = sqlite if dialect == "sqlite" else postgresql
+        inserted = session.execute(module.insert(EmailReceipt).values(**values).on_conflict_do_nothing(
+            index_elements=["sender", "message_id"]))
+        if _rowcount(inserted) == 1:
+            return "claimed"
+    else:  # portable, if slower: the unique constraint refuses the second insert
+        try:
+            with session.begin_nested():
+                session.add(EmailReceipt(**values))
+            return "claimed"
+        except IntegrityError:
+            pass  # it exists: try to take it over below
+    taken = session.execute(
+        update(EmailReceipt)
+        .where(col(EmailReceipt.sender) == values["sender"], col(EmailReceipt.message_id) == values["message_id"],
+               col(EmailReceipt.status) == "claimed",
+               or_(col(EmailReceipt.lease_until).is_(None), col(EmailReceipt.lease_until) < now,
+                   col(EmailReceipt.claimed_by) == owner))
+        .values(claimed_by=owner, lease_until=until, updated_at=now))
+    if _rowcount(taken) == 1:
+        return "claimed"
+    status = session.exec(select(EmailReceipt.status).where(
+        col(EmailReceipt.sender) == values["sender"], col(EmailReceipt.message_id) == values["message_id"])).first()
+    return "done" if status in FINAL else "busy"
+
+
+def settle(session: Session, key: Key, owner: str, status: str, reason: str = "") -> None:
+    """Record what became of a message this worker claimed (answered, limited, failed) and let the claim go."""
+    session.execute(
+        update(EmailReceipt)
+        .where(col(EmailReceipt.sender) == key.sender[:320], col(EmailReceipt.message_id) == key.message_id[:255],
+               col(EmailReceipt.claimed_by) == owner)
+        .values(status=status, reason=reason[:64], claimed_by="", lease_until=None, updated_at=utcnow()))
+
+
+def release(session: Session, key: Key, owner: str, reason: str = "") -> None:
+    """Give up this worker's claim without settling (a failure: the next poll of any worker tries again)."""
+    session.execute(
+        update(EmailReceipt)
+        .where(col(EmailReceipt.sender) == key.sender[:320], col(EmailReceipt.message_id) == key.message_id[:255],
+               col(EmailReceipt.claimed_by) == owner, col(EmailReceipt.status) == "claimed")
+        .values(claimed_by="", lease_until=None, reason=reason[:64], updated_at=utcnow()))
+
+
+def counts_since(session: Session, sender: str, since: datetime) -> tuple[int, int]:
+    """(answered or being answered for ``sender``, the same for everyone) since ``since``."""
+    base = select(func.count()).select_from(EmailReceipt).where(
+        col(EmailReceipt.status).in_(COUNTED), col(EmailReceipt.received_at) >= since)
+    everyone = session.exec(base).one()
+    mine = session.exec(base.where(col(EmailReceipt.sender) == sender[:320])).one()
+    return int(mine), int(everyone)
+
+
+def _rowcount(result: Any) -> int:
+    assert isinstance(result, CursorResult)  # INSERT and UPDATE give one
+    return int(result.rowcount)
