@@ -34,7 +34,7 @@ class BackupError(EvaError):
 
 
 def _stamp() -> str:
-    return datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    return datetime.now(UTC).strftime("%Y%m%d-%H%M%S-%f")  # sortable, and two in one second differ
 
 
 def _sqlite_path(url: URL) -> Path:
