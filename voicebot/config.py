@@ -72,6 +72,10 @@ class Settings:
     """Where Asterisk sees ``<data_dir>/asterisk`` (empty: ``/eva/<id>`` inside the local chroot)."""
     asterisk_host: str = ""
     """Host of ARI/AMI when Asterisk runs elsewhere (empty: bind_host)."""
+    asterisk_uid: int = -1
+    asterisk_gid: int = -1
+    """When Asterisk runs elsewhere (a container sharing the instance folder), the uid/gid it runs as, so Eva gives
+    it its files explicitly (-1: the local image's asterisk user)."""
     dialplan_dial_targets: str = ""
     """Comma-separated dial strings (e.g. ``PJSIP/reception``) that IVR designers may use in ``Dial()``; besides
     them designers may only Dial ``Local/<exten>@<context>`` of the dialplan.  Admins may dial anything."""

@@ -190,3 +190,14 @@ def test_asterisk_start_repairs_the_mount_parent(settings: Settings) -> None:
     finally:
         os.chmod(mount_parent, 0o755)
         instance.stop()
+
+
+def test_a_container_asterisk_gets_its_files_by_the_configured_ids(tmp_path: Path) -> None:
+    settings = isolated_settings(tmp_path / "data").with_(manage_asterisk=False, asterisk_uid=61234,
+                                                          asterisk_gid=61235)
+    render_config(settings)
+    base = settings.asterisk_dir
+    conf = (base / "etc" / "pjsip.conf").stat()
+    assert (conf.st_uid, conf.st_gid) == (0, 61235)
+    log = (base / "log").stat()
+    assert (log.st_uid, log.st_gid) == (61234, 61235)

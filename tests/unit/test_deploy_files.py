@@ -34,3 +34,14 @@ def test_dockerfiles_copy_what_exists() -> None:
     for dockerfile in (ROOT / "Dockerfile", ROOT / "asterisk" / "Dockerfile"):
         for source in re.findall(r"^COPY (\S+) ", dockerfile.read_text(), flags=re.M):
             assert (dockerfile.parent / source).exists(), f"{dockerfile.name} copies missing {source}"
+
+
+def test_compose_gives_asterisk_its_files_by_the_uid_its_image_runs_as() -> None:
+    """The umask trap, container edition: Eva renders root-owned config with Asterisk's group, so Eva must be told
+    the uid/gid the Asterisk image really uses."""
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    env = compose["services"]["eva"]["environment"]
+    dockerfile = (ROOT / "asterisk" / "Dockerfile").read_text()
+    assert f"groupmod -g {env['EVA_ASTERISK_GID']} asterisk" in dockerfile
+    assert f"usermod -u {env['EVA_ASTERISK_UID']} -g {env['EVA_ASTERISK_GID']} asterisk" in dockerfile
+    assert "runuser = asterisk" in (ROOT / "asterisk" / "config" / "asterisk.conf").read_text()

@@ -68,9 +68,11 @@ def render_text(template: str, values: dict[str, str], *, source: str = "templat
 
 
 def asterisk_ids(settings: Settings) -> tuple[int | None, int | None]:
-    """The local Asterisk image's user and group (None, None when Asterisk runs elsewhere or is not built yet)."""
+    """Asterisk's user and group: configured (a container), else the local image's (None, None when unknown)."""
     from voicebot.asterisk.image import ensure_private_uid, image_ready
 
+    if settings.asterisk_uid >= 0 and settings.asterisk_gid >= 0:
+        return settings.asterisk_uid, settings.asterisk_gid
     if not settings.manage_asterisk or not image_ready(settings.asterisk_root):
         return None, None
     try:
