@@ -38,6 +38,7 @@ import jwt
 from aiohttp import web
 from sqlalchemy import delete, update
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 
 from admin_api.passwords import (
@@ -532,9 +533,11 @@ class AuthService:
 
     def _deny(self, jti: str, expires_at: float) -> None:
         """Blocking: record a logged-out access token until it would have expired anyway."""
-        with session_scope(self.engine) as session:
-            if session.get(RevokedAccessToken, jti) is None:
+        try:
+            with session_scope(self.engine) as session:
                 session.add(RevokedAccessToken(jti=jti, expires_at=datetime.fromtimestamp(expires_at, UTC)))
+        except IntegrityError:
+            pass  # a concurrent logout with the same token denied it first: the outcome is the same
 
     # ------------------------------------------------------------------ per-request authentication
     async def authenticate(self, request: web.Request) -> Principal:

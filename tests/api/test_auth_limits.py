@@ -53,10 +53,18 @@ def _add_boss(api: Api) -> None:
 async def test_concurrent_bad_logins_reach_bcrypt_at_most_the_limit_and_do_not_starve_call_setup(api: Api) -> None:
     _add_boss(api)
     loop = asyncio.get_running_loop()
+    checked = asyncio.Event()
+
+    async def guess(session: aiohttp.ClientSession, i: int) -> tuple[int, dict[str, Any]]:
+        status, body = await _login(session, api, "boss", f"guess {i}")
+        if status == 401:
+            checked.set()
+        return status, body
+
     async with client_from("127.0.0.2") as attacker:
-        burst = asyncio.gather(*(_login(attacker, api, "boss", f"guess {i}") for i in range(300)))
-        burst_task = asyncio.ensure_future(burst)
-        await asyncio.sleep(0.2)  # the burst is in the server now
+        burst_task = asyncio.ensure_future(asyncio.gather(*(guess(attacker, i) for i in range(300))))
+        # One password check has finished: by now the whole burst is in the server, hashing or refused.
+        await asyncio.wait_for(checked.wait(), 120)
         # What call setup does (calls.create_call, resolve_agent): a short job on the default executor.
         submitted = time.monotonic()
         await loop.run_in_executor(None, time.monotonic)
@@ -165,3 +173,29 @@ def test_limiter_reserves_before_the_check_and_releases_on_success() -> None:
     limiter.reserve("1.2.3.4", "bob").failed()
     now[0] += 61
     limiter.reserve("1.2.3.4", "bob")
+
+
+async def test_the_bcrypt_pool_refuses_beyond_its_queue_at_once() -> None:
+    import threading
+
+    from admin_api.passwords import PasswordWorker
+
+    worker = PasswordWorker(threads=1, queue=2)
+    gate = threading.Event()
+    try:
+        held = [asyncio.ensure_future(worker.run(gate.wait)) for _ in range(3)]  # 1 running + 2 waiting
+        await asyncio.sleep(0)
+        with pytest.raises(RateLimited) as raised:
+            await worker.run(lambda: True)
+        assert raised.value.code == "login_busy"
+        # A request that gives up does not free its place while its job still runs in the thread.
+        held[0].cancel()
+        await asyncio.gather(held[0], return_exceptions=True)
+        with pytest.raises(RateLimited):
+            await worker.run(lambda: True)
+        gate.set()
+        await asyncio.gather(*held[1:])
+        assert await worker.run(lambda: 42) == 42
+    finally:
+        gate.set()
+        worker.close()
