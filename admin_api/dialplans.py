@@ -1,15 +1,31 @@
-"""Dialplan files (``dialplan/*.conf``) read and edited through the API, validated before Asterisk sees them.
+"""Dialplan files (``dialplan/*.conf``) read and edited through the API, checked before and after Asterisk
+loads them.
 
-A broken dialplan never replaces a working one:
+A broken or smuggled dialplan never replaces a working one:
 
-1. **Static check** (here, before anything is written): Asterisk's config syntax, only the statements a
-   routing file needs (``exten``, ``same``, ``include``), balanced parentheses and ``${}``/``$[]`` in
-   applications, applications that Asterisk has loaded, includes of contexts that exist, no context that
-   another file or extensions.conf already owns, no ``#include``/``#exec`` (``#exec`` would run shell
-   commands).
-2. **Applied check**: the file is written, ``dialplan reload`` runs, and Asterisk's own view (``dialplan
-   show``) must contain exactly the priorities we parsed, line for line, with no warning logged about the
-   file. Otherwise the previous file is restored and reloaded, and the reasons are returned (422).
+1. **Static check** (before anything is written).  Comments are read exactly as Asterisk's config parser
+   (``main/config.c``) reads them: ``;`` starts a line comment unless escaped as ``\\;`` (the backslash is
+   dropped), ``;--`` opens a block comment only when a fourth ``-`` does not follow, ``--;`` closes one, blocks
+   nest, and ``;--``/``--;`` after a line comment are plain comment text.  Everything a person or a simpler
+   parser could read differently is refused outright: ``;---``, a marker Asterisk does not take as one, a
+   ``--;`` with no open block (Asterisk then hides the following lines), an unclosed block, blocks nested
+   deeper than 8 (at 128 Asterisk loops forever), lines over 4 KiB (Asterisk skips lines over 8 KiB, and the
+   line after one of exactly that size) and control characters.  On the text Asterisk sees: only the
+   statements a routing file needs (``exten``, ``same``, ``include``), balanced parentheses and ``${}``/``$[]``
+   in applications, allowlisted applications that Asterisk has loaded, includes of contexts that exist, no
+   context another file or extensions.conf owns, no ``#include``/``#exec``.
+2. **Outbound dialling is an admin decision.**  ``Dial`` can reach a trunk and ``Transfer`` makes the carrier
+   dial (toll fraud), so in a designer's file ``Dial`` may only reach ``Local/<exten>@<context>`` of a context
+   in the dialplan or a target an admin listed in ``EVA_DIALPLAN_DIAL_TARGETS``, with no variable anywhere in
+   its arguments (``${EXTEN}`` is the caller's, and an ``&`` in it adds a destination); ``Transfer`` is
+   admin-only.  Refusals are 403 ``outbound_dial_admin_only``.
+3. **Applied check against what Asterisk itself loaded**: ``dialplan show`` of *every* context, taken after a
+   reload of the current files and again after the reload with the new file.  Every priority Asterisk took
+   from the file must sit in a context the file declares, on a line we parsed, running an allowlisted
+   application (for designers, an allowed ``Dial``); each declared context must hold exactly the parsed
+   priorities and includes; every other context and the globals must be unchanged; no warning may name the
+   file.  Otherwise the previous file is restored and reloaded, and the reasons are returned (422).  This is
+   what holds if the static check and Asterisk ever disagree again.
 
 Edited files live in ``<data_dir>/dialplan/NAME.conf`` (an *override* of a packaged file, or a *custom* one);
 the rendered copy Asterisk reads is ``<asterisk_dir>/etc/dialplan/NAME.conf``.
@@ -19,22 +35,32 @@ from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from admin_api.asterisk_link import AsteriskLink
 from voicebot.asterisk.render import DIALPLAN_DIR, TEMPLATE_DIR
-from voicebot.errors import AsteriskRejected, Conflict, InvalidInput, NotFound
+from voicebot.errors import AsteriskRejected, Conflict, InvalidInput, NotFound, OutboundDialForbidden
 
 NAME_PATTERN = r"[a-z0-9][a-z0-9_-]{0,63}"
 _NAME_RE = re.compile(rf"^{NAME_PATTERN}$")
 _CONTEXT_RE = re.compile(r"^[A-Za-z0-9_-]{1,79}$")
-_HEADER_RE = re.compile(r"^\[([^\]]*)\](.*)$")
 _EXTEN_RE = re.compile(r"^(_?[A-Za-z0-9*#+.!\[\]-]+)(/[^,]*)?$")
 _PRIORITY_RE = re.compile(r"^(\d{1,5}|n|n\+\d{1,3}|s|hint)(\([A-Za-z0-9_-]{1,64}\))?$")
-_APP_RE = re.compile(r"^([A-Za-z][A-Za-z0-9_]*)\s*(?:\((.*)\))?$", re.DOTALL)
-_SHOW_LINE_RE = re.compile(r"\[([^\]:]+\.conf):(\d+)\]")
+_APP_RE = re.compile(r"^([A-Za-z][A-Za-z0-9_]*)(?:\((.*)\))?$", re.DOTALL)
+_CONTROL_RE = re.compile(r"[\x01-\x08\x0b\x0c\x0e-\x1f\x7f]|\r(?!\n)")
+_ASCII_SPACE = " \t\n\v\f\r"
+"""What Asterisk's ast_strip() removes (C isspace); str.strip() would also remove Unicode spaces."""
+MAX_LINE_BYTES = 4096
+MAX_COMMENT_DEPTH = 8
+ASTERISK_NEST_LIMIT = 128
+"""MAX_NESTED_COMMENTS in config.c: one more ``;--`` and its comment loop never advances again."""
+PARSE_TIMEOUT_S = 10.0
+"""The parse is linear in the (256 KiB at most) text; this only bounds a pathological case."""
+PARSE_THREADS = 2
+
 RESERVED_CONTEXTS = frozenset({"general", "globals"})
 STATEMENTS = frozenset({"exten", "same", "include"})
 ALLOWED_APPLICATIONS = frozenset({
@@ -43,10 +69,116 @@ ALLOWED_APPLICATIONS = frozenset({
     "stopplaytones", "progress", "ringing", "busy", "congestion", "senddtmf", "echo", "milliwatt", "verbose",
     "log", "transfer", "waitforsilence", "readexten",
 })
-"""What IVR designers may call.  Left out on purpose: anything that runs a shell command or writes files
-(MixMonitor's command argument, Record, System, AGI) and the indirections to them (Exec, ExecIf, TryExec)."""
+"""What a dialplan edited here may call.  Left out on purpose: anything that runs a shell command or writes
+files (MixMonitor's command argument, Record, System, AGI) and the indirections to them (Exec, ExecIf, TryExec)."""
+ADMIN_ONLY_APPLICATIONS = frozenset({"transfer"})
+"""A SIP REFER/302 to any URI: the carrier places that call, on Eva's account."""
+_LOCAL_TARGET_RE = re.compile(r"^(?i:local)/([A-Za-z0-9*#+_.-]{1,80})@([A-Za-z0-9_-]{1,79})(/[nmjb]{1,4})?$")
 
 
+# ------------------------------------------------------------------ comments, exactly as Asterisk reads them
+@dataclass
+class CommentScan:
+    lines: list[str | None]
+    """Per line (index 0 is line 1): the text Asterisk's line parser receives, before stripping; None when the
+    whole line is inside a block comment (Asterisk does not parse it at all)."""
+    problems: list[tuple[int, str]]
+    """Constructs that Asterisk reads one way and a person (or a simpler parser) another: (line, why)."""
+    depth: int
+    """Block-comment depth at the end (Asterisk carries it into the next file of a ``#include`` glob)."""
+
+
+def _markers(line: str, marker: str) -> set[int]:
+    found = set()
+    index = line.find(marker)
+    while index >= 0:
+        found.add(index)
+        index = line.find(marker, index + 1)
+    return found
+
+
+def _scan_line(line: str, number: int, depth: int, problems: list[tuple[int, str]]) -> tuple[str | None, int]:
+    """One line through config_text_file_load's comment loop.  Returns (what is parsed, depth after)."""
+    pieces: list[str] = []
+    parsed = depth == 0  # Asterisk's process_buf: a line that starts inside a comment is not parsed ...
+    start: int | None = 0 if parsed else None  # ... until a --; brings the depth back to 0
+    pos = 0  # Asterisk's new_buf: where the search for the next ';' starts
+    starts: set[int] = set()
+    ends: set[int] = set()
+    while True:
+        i = line.find(";", pos)
+        if i < 0:
+            break
+        if i > pos and line[i - 1] == "\\":
+            # '\;' is a literal ';' (inside comments too); Asterisk removes the backslash.
+            if start is not None:
+                pieces.append(line[start : i - 1])
+                start = i
+            pos = i + 1
+        elif line.startswith("--", i + 1) and not line.startswith("-", i + 3):
+            if depth >= ASTERISK_NEST_LIMIT:
+                problems.append((number, f"block comments nested {ASTERISK_NEST_LIMIT} deep hang Asterisk"))
+                return None, depth
+            starts.add(i)
+            if start is not None:  # the visible text ends here (Asterisk writes a NUL over the ';')
+                pieces.append(line[start:i])
+                start = None
+            depth += 1
+            if depth > MAX_COMMENT_DEPTH:
+                problems.append((number, f"block comments nested deeper than {MAX_COMMENT_DEPTH}"))
+            pos = i + 3
+        elif i >= pos + 2 and line[i - 2 : i] == "--":
+            ends.add(i - 2)
+            depth -= 1
+            pos = i + 1
+            if depth < 0:
+                # Asterisk counts below zero and then ignores every following line until a ';--'.
+                problems.append((number, "'--;' closes no ';--' block comment"))
+            elif depth == 0:
+                parsed = True
+                start = pos
+        elif depth == 0:  # a line comment: the rest of the line is not looked at, ';--' included
+            if start is not None:
+                pieces.append(line[start:i])
+                start = None
+            break
+        else:
+            pos = i + 1
+    if start is not None:
+        pieces.append(line[start:])
+    for marker, used in ((";--", starts), ("--;", ends)):
+        stray = sorted(_markers(line, marker) - used)
+        if stray:
+            problems.append((number, f"{marker!r} at column {stray[0] + 1} is not a block-comment marker for "
+                                     "Asterisk (';---', an escaped '\\;', or after a ';' comment); put a space "
+                                     "between the characters"))
+    return ("".join(pieces) if parsed else None), depth
+
+
+def scan_comments(text: str) -> CommentScan:
+    """What Asterisk's config parser hands on, line by line, after removing comments (never raises)."""
+    problems: list[tuple[int, str]] = []
+    lines: list[str | None] = []
+    depth = 0
+    opened = 0
+    for number, line in enumerate(text.split("\n"), start=1):
+        before = depth
+        visible, depth = _scan_line(line, number, depth, problems)
+        if before <= 0 < depth:
+            opened = number
+        lines.append(visible)
+        if problems and "hang Asterisk" in problems[-1][1]:
+            break
+    if depth > 0:
+        problems.append((opened, "a ';--' block comment is never closed with '--;'"))
+    return CommentScan(lines, problems, depth)
+
+
+def _strip(text: str) -> str:
+    return text.strip(_ASCII_SPACE)
+
+
+# ------------------------------------------------------------------ the static check
 @dataclass
 class ParsedDialplan:
     contexts: list[str] = field(default_factory=list)
@@ -55,84 +187,81 @@ class ParsedDialplan:
     applications: dict[str, int] = field(default_factory=dict)
     """Application name (lower case) → first line using it."""
     includes: list[tuple[str, int]] = field(default_factory=list)
+    """(included context, line), in file order."""
+    included: dict[str, list[str]] = field(default_factory=dict)
+    """Context → the contexts it includes."""
+    calls: list[tuple[str, str, int]] = field(default_factory=list)
+    """Every application call: (name in lower case, arguments, line)."""
 
 
 def _fail(line: int, message: str) -> InvalidInput:
     return InvalidInput(f"line {line}: {message}", field="content")
 
 
-def _strip_comment(line: str) -> str:
-    index = 0
-    while True:
-        index = line.find(";", index)
-        if index < 0:
-            return line
-        if index > 0 and line[index - 1] == "\\":
-            index += 1
-            continue
-        return line[:index]
-
-
 def _check_balanced(text: str, line: int) -> None:
     pairs = {"(": ")", "{": "}", "[": "]"}
+    closers = set(pairs.values())
     stack: list[str] = []
     escaped = False
     for char in text:
         if escaped:
             escaped = False
-            continue
-        if char == "\\":
+        elif char == "\\":
             escaped = True
         elif char in pairs:
             stack.append(pairs[char])
-        elif char in pairs.values() and (not stack or stack.pop() != char):
+        elif char in closers and (not stack or stack.pop() != char):
             raise _fail(line, f"unbalanced {char!r} in application arguments")
     if stack:
         raise _fail(line, f"missing {stack[-1]!r} in application arguments")
 
 
 def context_headers(text: str) -> list[str]:
-    """Context names declared in a config file (tolerant: for files we only need to know the contexts of)."""
+    """Context names Asterisk reads from a config file (tolerant: for files we only need the contexts of)."""
     names = []
-    for raw in text.splitlines():
-        match = _HEADER_RE.match(_strip_comment(raw).strip())
-        if match:
-            names.append(match.group(1).strip())
+    for visible in scan_comments(text).lines:
+        line = _strip(visible or "")
+        if line.startswith("[") and "]" in line:
+            names.append(line[1 : line.index("]")])
     return names
 
 
+def _check_characters(text: str) -> None:
+    if "\x00" in text:
+        raise InvalidInput("the dialplan contains a NUL character", field="content")
+    bad = _CONTROL_RE.search(text)
+    if bad:
+        line = text.count("\n", 0, bad.start()) + 1
+        raise _fail(line, f"control character {bad.group()!r} (only tab and line breaks are allowed)")
+    for number, line_text in enumerate(text.split("\n"), start=1):
+        if len(line_text) > MAX_LINE_BYTES // 4 and len(line_text.encode("utf-8")) > MAX_LINE_BYTES:
+            raise _fail(number, f"longer than {MAX_LINE_BYTES} bytes (Asterisk skips long lines)")
+
+
 def parse_dialplan(text: str) -> ParsedDialplan:
-    """Check ``text`` and describe it; raises InvalidInput naming the first bad line."""
+    """Check ``text`` and describe it as Asterisk will read it; raises InvalidInput naming the first bad line.
+
+    Blocking (a Python loop over up to 256 KiB): call it in a thread from async code.
+    """
+    _check_characters(text)
+    scan = scan_comments(text)
+    if scan.problems:
+        number, message = scan.problems[0]
+        raise _fail(number, message)
     parsed = ParsedDialplan()
     context: str | None = None
     has_exten: set[str] = set()
-    in_block_comment = False
-    if "\x00" in text:
-        raise InvalidInput("the dialplan contains a NUL character", field="content")
-    for number, raw in enumerate(text.splitlines(), start=1):
-        line = raw
-        if in_block_comment:
-            end = line.find("--;")
-            if end < 0:
-                continue
-            line = line[end + 3 :]
-            in_block_comment = False
-        start = line.find(";--")
-        if start >= 0 and (start == 0 or line[start - 1] != "\\"):
-            end = line.find("--;", start + 3)
-            if end < 0:
-                in_block_comment = True
-                line = line[:start]
-            else:
-                line = line[:start] + line[end + 3 :]
-        line = _strip_comment(line).strip()
+    for number, visible in enumerate(scan.lines, start=1):
+        line = _strip(visible or "")
         if not line:
             continue
         if line.startswith("#"):
             raise _fail(number, "#include, #tryinclude and #exec are not allowed in dialplans edited here")
-        header = _HEADER_RE.match(line)
-        if header:
-            name, rest = header.group(1).strip(), header.group(2).strip()
+        if line.startswith("["):
+            end = line.find("]")  # Asterisk: the name is everything up to the first ']', not stripped
+            if end < 0:
+                raise _fail(number, "a [context] header needs its closing ']'")
+            name, rest = line[1:end], line[end + 1 :]
             if rest:
                 raise _fail(number, "context templates and options ([name](...)) are not supported here")
             if not _CONTEXT_RE.match(name):
@@ -146,8 +275,10 @@ def parse_dialplan(text: str) -> ParsedDialplan:
             parsed.priorities[name] = set()
             continue
         key, sep, value = line.partition("=")
-        key = key.strip().lower()
-        value = value.lstrip(">").strip()
+        key = _strip(key).lower()
+        if value.startswith(">"):  # '=>' is '=' for an object; Asterisk drops exactly one '>'
+            value = value[1:]
+        value = _strip(value)
         if not sep:
             raise _fail(number, "expected 'exten => ...', 'same => ...', 'include => ...' or a [context]")
         if key not in STATEMENTS:
@@ -155,14 +286,15 @@ def parse_dialplan(text: str) -> ParsedDialplan:
         if context is None:
             raise _fail(number, f"'{key}' before any [context]")
         if key == "include":
-            target = value.split(",", 1)[0].strip()
+            target = _strip(value.split(",", 1)[0])
             if not _CONTEXT_RE.match(target):
                 raise _fail(number, f"invalid included context {target!r}")
             parsed.includes.append((target, number))
+            parsed.included.setdefault(context, []).append(target)
             continue
         if key == "exten":
             extension, comma, rest = value.partition(",")
-            extension = extension.strip()
+            extension = _strip(extension)
             if not comma or not _EXTEN_RE.match(extension):
                 raise _fail(number, f"invalid extension {extension!r}")
             has_exten.add(context)
@@ -171,21 +303,22 @@ def parse_dialplan(text: str) -> ParsedDialplan:
                 raise _fail(number, "'same' needs an 'exten' before it in the same context")
             rest = value
         priority, comma, application = rest.partition(",")
-        priority = priority.strip()
+        priority = _strip(priority)
         if not comma or not _PRIORITY_RE.match(priority):
             raise _fail(number, f"invalid priority {priority!r} (a number, n, n+N or s, optionally (label))")
-        application = application.strip()
+        application = _strip(application)
         if priority == "hint":
             continue  # a device-state hint, not an application
         app = _APP_RE.match(application)
         if not app:
             raise _fail(number, f"invalid application call {application!r}")
+        arguments = app.group(2) or ""
         if app.group(2) is not None:
-            _check_balanced(app.group(2), number)
-        parsed.applications.setdefault(app.group(1).lower(), number)
+            _check_balanced(arguments, number)
+        name = app.group(1).lower()
+        parsed.applications.setdefault(name, number)
+        parsed.calls.append((name, arguments, number))
         parsed.priorities[context].add(number)
-    if in_block_comment:
-        raise InvalidInput("a ;-- block comment is never closed --;", field="content")
     if not parsed.contexts:
         raise InvalidInput("the dialplan declares no [context]", field="content")
     if not any(parsed.priorities.values()):
@@ -193,6 +326,180 @@ def parse_dialplan(text: str) -> ParsedDialplan:
     return parsed
 
 
+def dial_targets(setting: str) -> frozenset[str]:
+    """``EVA_DIALPLAN_DIAL_TARGETS``: comma-separated dial strings designers may use as they are."""
+    return frozenset(_strip(t) for t in setting.split(",") if _strip(t))
+
+
+def outbound_problem(app: str, arguments: str, contexts: Iterable[str], allowed: frozenset[str]) -> str | None:
+    """Why a designer may not call ``app(arguments)`` (it could reach a trunk), or None."""
+    if app in ADMIN_ONLY_APPLICATIONS:
+        return f"{app.capitalize()}() hands the call to any SIP URI the carrier will dial; only an admin may use it"
+    if app != "dial":
+        return None
+    if "${" in arguments or "$[" in arguments:
+        return ("Dial() with a variable or expression can reach any trunk (a caller's ${EXTEN} with '&' adds "
+                "a destination); designers write the target literally")
+    target = _strip(arguments.split(",", 1)[0])
+    if not target:
+        return "Dial() needs a target"
+    known = set(contexts)
+    for part in (_strip(p) for p in target.split("&")):
+        if part in allowed:
+            continue
+        local = _LOCAL_TARGET_RE.match(part)
+        if local is None:
+            return (f"Dial({part}) reaches outside Eva's dialplan (a trunk, a SIP URI or another channel "
+                    "technology): only an admin may write it; designers may Dial Local/<exten>@<context> of "
+                    "a context in the dialplan, or a target an admin listed in EVA_DIALPLAN_DIAL_TARGETS")
+        if local.group(2) not in known:
+            return f"Dial({part}): context [{local.group(2)}] does not exist"
+    return None
+
+
+# ------------------------------------------------------------------ what Asterisk loaded
+_SHOW_HEADER_RE = re.compile(r"^\[ Context '(?P<name>.*)' created by '(?P<registrar>.*)' \]$")
+_SHOW_SOURCE_RE = re.compile(r"\s\[(?P<file>[^\[\]]*):(?P<line>\d+)\]$")
+_SHOW_PRIORITY_RE = re.compile(
+    r"^\s*(?:'[^']*'\s+=>\s*)?(?:\[[^\]]*\]\s*)?(?:(?P<priority>\d+)\.|(?P<hint>hint:))\s*(?P<body>.*?)\s*$"
+)
+"""A priority line: ``  '100' =>  [label]  1. App(data)``, or ``hint: PJSIP/x`` (then ``[file:line]``)."""
+_SHOW_INCLUDE_RE = re.compile(r"^\s*Include =>\s+'(?P<target>[^']*)'")
+
+
+@dataclass
+class LoadedPriority:
+    file: str
+    line: int
+    application: str
+    """Lower case; empty for a hint."""
+    data: str
+
+
+@dataclass
+class LoadedContext:
+    name: str
+    shape: list[str] = field(default_factory=list)
+    """Every line ``dialplan show`` printed for it, line numbers left out (those shift when a file before it in
+    the glob changes length): compared for the contexts a file must not touch."""
+    priorities: list[LoadedPriority] = field(default_factory=list)
+    includes: list[str] = field(default_factory=list)
+    other: list[str] = field(default_factory=list)
+    """Switches, ignore patterns: nothing a file edited here may add."""
+
+
+def parse_dialplan_show(output: str) -> dict[str, LoadedContext]:
+    """``dialplan show`` (all contexts) as Asterisk printed it."""
+    contexts: dict[str, LoadedContext] = {}
+    current: LoadedContext | None = None
+    for raw in output.splitlines():
+        header = _SHOW_HEADER_RE.match(raw)
+        if header:
+            current = contexts.setdefault(header.group("name"), LoadedContext(header.group("name")))
+            continue
+        if current is None or not raw.strip():
+            continue
+        if raw.startswith("-= ") or raw.startswith("[ "):
+            current = None
+            continue
+        source = _SHOW_SOURCE_RE.search(raw)
+        current.shape.append(raw[: source.start()] + f" [{source.group('file')}]" if source else raw.rstrip())
+        include = _SHOW_INCLUDE_RE.match(raw)
+        if include:
+            current.includes.append(include.group("target"))
+            continue
+        priority = _SHOW_PRIORITY_RE.match(raw[: source.start()]) if source else None
+        if source is None or priority is None:
+            current.other.append(raw.strip())
+            continue
+        body = priority.group("body")
+        if priority.group("hint"):
+            application, data = "", body
+        else:
+            application, _, data = body.partition("(")
+            data = data[:-1] if data.endswith(")") else data
+        current.priorities.append(LoadedPriority(
+            Path(source.group("file")).name, int(source.group("line")), application.strip().lower(), data
+        ))
+    return contexts
+
+
+def _line_offset(loaded: list[int], wanted: set[int]) -> int:
+    """Asterisk numbers lines across all files of the ``#include dialplan/*.conf`` glob (config.c does not reset
+    its counter per file), so a file's lines appear shifted by the lines of the files before it."""
+    return min(loaded) - min(wanted) if loaded and wanted else 0
+
+
+def verify_loaded(
+    filename: str,
+    parsed: ParsedDialplan,
+    before: dict[str, LoadedContext],
+    after: dict[str, LoadedContext],
+    *,
+    outbound: bool,
+    allowed_targets: frozenset[str] = frozenset(),
+) -> list[str]:
+    """Problems with what Asterisk loaded from ``filename`` (empty: it loaded exactly what we checked).
+
+    Nothing here trusts the static parse for safety: every priority Asterisk took from the file is checked on
+    its own (declared context, allowlisted application, allowed Dial), and every context the file does not
+    declare must look exactly as it did before.  Line numbers only tie Asterisk's view back to the parse.
+    """
+    problems: list[str] = []
+    declared = set(parsed.contexts)
+    previously = {c.name for c in before.values() if any(p.file == filename for p in c.priorities)}
+    ours_everywhere = sorted(p.line for c in after.values() for p in c.priorities
+                             if p.file == filename and p.application)
+    wanted_everywhere = {n for lines in parsed.priorities.values() for n in lines}
+    offset = _line_offset(ours_everywhere, wanted_everywhere)
+    apps_by_line = {line: app for app, _arguments, line in parsed.calls}
+    for name, context in after.items():
+        ours = [p for p in context.priorities if p.file == filename]
+        if name not in declared:
+            if ours:
+                problems.append(f"Asterisk loaded lines {', '.join(str(p.line - offset) for p in ours[:10])} "
+                                f"into context [{name}], which this file does not declare")
+            elif name not in previously and (name not in before or before[name].shape != context.shape):
+                problems.append(f"context [{name}] changed although this file does not declare it")
+            continue
+        for priority in context.priorities:
+            line = priority.line - offset
+            if priority.file != filename:
+                problems.append(f"context [{name}] holds a line of {priority.file}")
+                continue
+            if not priority.application:
+                continue  # a hint
+            if priority.application not in ALLOWED_APPLICATIONS:
+                problems.append(f"line {line} runs {priority.application!r}, which is not allowed")
+            elif apps_by_line.get(line) != priority.application:
+                problems.append(f"line {line} runs {priority.application!r}, not what the file was checked for")
+            elif not outbound:
+                why = outbound_problem(priority.application, priority.data, after, allowed_targets)
+                if why:
+                    problems.append(f"line {line}: {why}")
+        loaded_lines = {p.line - offset for p in ours if p.application}
+        wanted = parsed.priorities.get(name, set())
+        if loaded_lines != wanted:
+            missing = sorted(wanted - loaded_lines)
+            if missing:
+                problems.append(f"lines {', '.join(map(str, missing[:10]))} were not loaded")
+            else:
+                extra = sorted(loaded_lines - wanted)
+                problems.append(f"context [{name}] holds priorities from other lines "
+                                f"({', '.join(map(str, extra[:10]))})")
+        wanted_includes = sorted(parsed.included.get(name, []))
+        if sorted(context.includes) != wanted_includes:
+            problems.append(f"context [{name}] includes {sorted(context.includes)}, expected {wanted_includes}")
+        if context.other:
+            problems.append(f"context [{name}] holds {context.other[0]!r}")
+    for name in sorted(declared - set(after)):
+        problems.append(f"context [{name}] was not loaded")
+    for name in sorted(set(before) - set(after) - previously - declared):
+        problems.append(f"context [{name}] disappeared")
+    return problems
+
+
+# ------------------------------------------------------------------ the service
 @dataclass(frozen=True)
 class DialplanFile:
     name: str
@@ -212,6 +519,8 @@ class DialplanService:
         self.packaged_dir = packaged_dir
         self.extensions_conf = extensions_conf
         self.override_dir = link.settings.data_dir / "dialplan"
+        self.allowed_targets = dial_targets(link.settings.dialplan_dial_targets)
+        self._parse_slots = asyncio.Semaphore(PARSE_THREADS)
 
     @property
     def etc_dir(self) -> Path:
@@ -254,11 +563,11 @@ class DialplanService:
         }
 
     async def list_dialplans(self) -> list[dict[str, Any]]:
-        return [self.describe(f) for f in await asyncio.to_thread(self._all)]
+        return await asyncio.to_thread(lambda: [self.describe(f) for f in self._all()])
 
     async def get(self, name: str) -> dict[str, Any]:
         self._check_name(name)
-        return self.describe(await asyncio.to_thread(self._read, name))
+        return await asyncio.to_thread(lambda: self.describe(self._read(name)))
 
     @staticmethod
     def _check_name(name: str) -> None:
@@ -266,16 +575,42 @@ class DialplanService:
             raise InvalidInput("a dialplan name is 1-64 lower-case letters, digits, '_' or '-'", field="name")
 
     # ------------------------------------------------------------------ writing
-    async def _validate(self, name: str, content: str) -> ParsedDialplan:
-        parsed = parse_dialplan(content)
-        others = [f for f in await asyncio.to_thread(self._all) if f.name != name]
-        owners: dict[str, str] = {}
-        base = await asyncio.to_thread(self.extensions_conf.read_text, encoding="utf-8")
-        for context in context_headers(base):
-            owners[context] = "extensions.conf"
-        for other in others:
-            for context in context_headers(other.content):
-                owners.setdefault(context, f"dialplan {other.name!r}")
+    async def parse(self, content: str) -> ParsedDialplan:
+        """``parse_dialplan`` off the event loop (it shares the loop with live calls), bounded in threads and
+        time.  A thread cannot be stopped, so its slot is only given back when it has really finished."""
+        await self._parse_slots.acquire()
+        try:
+            task = asyncio.ensure_future(asyncio.to_thread(parse_dialplan, content))
+        except BaseException:
+            self._parse_slots.release()
+            raise
+
+        def finished(done: asyncio.Future[ParsedDialplan]) -> None:
+            self._parse_slots.release()
+            if not done.cancelled():
+                done.exception()  # retrieved: a late failure after a timeout is not "never retrieved"
+
+        task.add_done_callback(finished)
+        try:
+            return await asyncio.wait_for(asyncio.shield(task), PARSE_TIMEOUT_S)
+        except TimeoutError as exc:
+            raise InvalidInput(f"the dialplan could not be checked within {PARSE_TIMEOUT_S:.0f} s",
+                               field="content") from exc
+
+    async def _owners(self, name: str) -> dict[str, str]:
+        """Context → who declares it, for every file except dialplan ``name``."""
+        def collect() -> dict[str, str]:
+            owners = {c: "extensions.conf" for c in context_headers(self.extensions_conf.read_text("utf-8"))}
+            for other in self._all():
+                if other.name != name:
+                    for context in context_headers(other.content):
+                        owners.setdefault(context, f"dialplan {other.name!r}")
+            return owners
+
+        return await asyncio.to_thread(collect)
+
+    async def _validate(self, name: str, parsed: ParsedDialplan, *, outbound: bool) -> None:
+        owners = await self._owners(name)
         for context in parsed.contexts:
             if context in owners:
                 raise Conflict(
@@ -289,24 +624,32 @@ class DialplanService:
         for target, line in parsed.includes:
             if target not in known:
                 raise _fail(line, f"included context [{target}] does not exist")
+        if not outbound:
+            for app, arguments, line in parsed.calls:
+                why = outbound_problem(app, arguments, known, self.allowed_targets)
+                if why:
+                    raise OutboundDialForbidden(f"line {line}: {why}", field="content")
         if self.link.ami is not None:
             output = await self.link.ami.command("core show applications")
             loaded = {m.group(1).lower() for m in re.finditer(r"^\s*([A-Za-z][A-Za-z0-9_]*):", output, re.M)}
             for app, line in sorted(parsed.applications.items(), key=lambda item: item[1]):
                 if app not in loaded:
                     raise _fail(line, f"Asterisk has no application {app!r} loaded")
-        return parsed
 
-    async def put(self, name: str, content: str) -> dict[str, Any]:
-        """Validate, apply and keep ``content`` as dialplan ``name``; returns it with ``applied``."""
+    async def put(self, name: str, content: str, *, outbound: bool = False) -> dict[str, Any]:
+        """Validate, apply and keep ``content`` as dialplan ``name``; returns it with ``applied``.
+
+        ``outbound``: the author may dial out (an admin); designers may not reach trunks.
+        """
         self._check_name(name)
         if not content.endswith("\n"):
             content += "\n"
+        parsed = await self.parse(content)
         async with self.link.lock:
-            parsed = await self._validate(name, content)
-            applied = await self._apply(name, content, parsed)
+            await self._validate(name, parsed, outbound=outbound)
+            applied = await self._apply(name, content, parsed, outbound=outbound)
             await asyncio.to_thread(_write_plain, self.override_dir / f"{name}.conf", content)
-        result = self.describe(await asyncio.to_thread(self._read, name))
+        result = await asyncio.to_thread(lambda: self.describe(self._read(name)))
         result["applied"] = applied
         return result
 
@@ -320,8 +663,11 @@ class DialplanService:
                     f"dialplan {name!r} is the packaged version already; nothing to revert", field="name"
                 )
             if current.source == "override":
-                packaged = (self.packaged_dir / f"{name}.conf").read_text(encoding="utf-8")
-                await self._apply(name, packaged, parse_dialplan(packaged))
+                packaged = await asyncio.to_thread(
+                    (self.packaged_dir / f"{name}.conf").read_text, encoding="utf-8"
+                )
+                # The shipped file is trusted as an admin's (it may dial out).
+                await self._apply(name, packaged, await self.parse(packaged), outbound=True)
             else:
                 etc_file = self.etc_dir / f"{name}.conf"
                 old = await asyncio.to_thread(self.link.read_text, etc_file)
@@ -335,14 +681,21 @@ class DialplanService:
                         raise
             await asyncio.to_thread((self.override_dir / f"{name}.conf").unlink, missing_ok=True)
 
-    async def _apply(self, name: str, content: str, parsed: ParsedDialplan) -> bool:
+    async def _apply(self, name: str, content: str, parsed: ParsedDialplan, *, outbound: bool) -> bool:
         etc_file = self.etc_dir / f"{name}.conf"
         old = await asyncio.to_thread(self.link.read_text, etc_file)
+        before: dict[str, LoadedContext] = {}
+        globals_before = ""
+        if self.link.ami is not None:
+            # Asterisk's view of the current files, freshly reloaded: what the new file may change is then
+            # exactly the difference between this and the view after the next reload.
+            await self.link.reload("dialplan reload")
+            before, globals_before = await self._loaded()
         await asyncio.to_thread(self.link.write_config, etc_file, content)
         if self.link.ami is None:
             return False
         try:
-            problems = await self._reload_and_check(name, parsed)
+            problems = await self._reload_and_check(name, parsed, before, globals_before, outbound=outbound)
         except BaseException:
             await self._restore(etc_file, old)
             raise
@@ -363,8 +716,24 @@ class DialplanService:
             await asyncio.to_thread(self.link.write_config, etc_file, old)
         await self.link.reload("dialplan reload")
 
-    async def _reload_and_check(self, name: str, parsed: ParsedDialplan) -> list[str]:
+    async def _loaded(self) -> tuple[dict[str, LoadedContext], str]:
+        """Every context Asterisk holds now, and its globals."""
         assert self.link.ami is not None
+        ok, output = await self.link.ami.run_command("dialplan show")
+        if not ok:
+            raise AsteriskRejected("Asterisk did not list its dialplan (dialplan show failed)")
+        _ok, globals_text = await self.link.ami.run_command("dialplan show globals")
+        return parse_dialplan_show(output), globals_text
+
+    async def _reload_and_check(
+        self,
+        name: str,
+        parsed: ParsedDialplan,
+        before: dict[str, LoadedContext],
+        globals_before: str,
+        *,
+        outbound: bool,
+    ) -> list[str]:
         filename = f"{name}.conf"
         logged = await self.link.reload("dialplan reload")
         problems = [
@@ -372,18 +741,11 @@ class DialplanService:
             for _level, _src, text in logged
             if f"/{filename}" in text or f" {filename}" in text
         ]
-        for context, lines in parsed.priorities.items():
-            ok, output = await self.link.ami.run_command(f"dialplan show {context}")
-            if not ok:
-                problems.append(f"context [{context}] was not loaded")
-                continue
-            loaded = {int(m.group(2)) for m in _SHOW_LINE_RE.finditer(output) if m.group(1) == filename}
-            if loaded != lines:
-                missing = sorted(lines - loaded)
-                if missing:
-                    problems.append(f"lines {', '.join(map(str, missing[:10]))} were not loaded")
-                else:
-                    problems.append(f"context [{context}] holds priorities from other lines")
+        after, globals_after = await self._loaded()
+        problems += verify_loaded(filename, parsed, before, after, outbound=outbound,
+                                  allowed_targets=self.allowed_targets)
+        if globals_after != globals_before:
+            problems.append("the dialplan globals changed")
         return problems
 
 

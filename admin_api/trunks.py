@@ -3,10 +3,11 @@ applied with an AMI ``module reload res_pjsip.so`` and checked; a configuration 
 back.
 
 How a rejection is detected: Asterisk's reload "succeeds" even when an object fails (it logs an error and
-keeps the previous version of that object).  So after each reload we (1) read the errors Asterisk logged that
-name the trunk or its host and (2) ask AMI whether every object we rendered for the trunk exists.  Either
-failing restores the previous file, reloads again, and reports Asterisk's reasons as a 422
-``asterisk_rejected``.
+keeps the previous version of that object).  So after each reload we (1) read the errors Asterisk's
+configuration code (sorcery, res_pjsip) logged that name one of the trunk's objects by its quoted id, and
+(2) ask AMI whether every object we rendered for the trunk exists.  Either failing restores the previous file,
+reloads again, and reports Asterisk's reasons as a 422 ``asterisk_rejected``.  An error line that merely
+contains the trunk's host (another trunk's DNS failure, a call, a remote peer) is not a rejection of it.
 
 Each trunk becomes up to five pjsip objects, all named ``trunk-<name>``: endpoint, aor, auth (with
 credentials), identify (calls from the provider's host are the trunk's) and registration (when enabled).
@@ -125,9 +126,28 @@ def render_trunks(trunks: Sequence[SipTrunk], *, bind_host: str, sip_port: int) 
 
 
 def check_trunk(trunk: SipTrunk) -> None:
-    """Rules that span fields (single fields are checked by the request schemas)."""
+    """Rules that span fields, and what the request schemas cannot see about Asterisk's config syntax."""
     if trunk.registration and not _has_auth(trunk):
         raise InvalidInput("registration needs a username and a password", field="registration")
+    if trunk.password != trunk.password.strip(" "):
+        # Asterisk strips a value's surrounding spaces: the provider would get a different password.
+        raise InvalidInput("a trunk password cannot begin or end with a space", field="password")
+
+
+CONFIG_SOURCES = ("res_pjsip", "res_sorcery", "sorcery.c", "config.c", "config_options.c")
+"""Where Asterisk logs configuration errors (its channel driver and applications log call-time ones)."""
+
+
+def rejection_reasons(trunk: SipTrunk, logged: Sequence[tuple[str, str, str]]) -> list[str]:
+    """The errors of one reload that reject ``trunk``: configuration errors naming one of its objects."""
+    ids = {f"'{endpoint_name(trunk.name)}'"}
+    if trunk.transport == "tcp":
+        ids.add(f"'{TCP_TRANSPORT}'")
+    return [
+        text
+        for level, source, text in logged
+        if level == "ERROR" and source.startswith(CONFIG_SOURCES) and any(i in text for i in ids)
+    ]
 
 
 class TrunkService:
@@ -278,7 +298,7 @@ class TrunkService:
             raise AsteriskRejected(
                 f"Asterisk rejected the configuration of trunk {name!r}: {reasons}. "
                 "The previous configuration is still active.",
-                field="host" if changed is not None and changed.host in reasons else None,
+                field="host" if changed is not None and _about_host(problems) else None,
             )
 
     async def _restore(self, old_text: str | None) -> None:
@@ -295,12 +315,7 @@ class TrunkService:
         logged = await self.link.reload(RELOAD_COMMAND, marker=RELOAD_MARKER)
         problems: list[str] = []
         if changed is not None and changed.enabled:
-            name = endpoint_name(changed.name)
-            problems += [
-                text
-                for level, _source, text in logged
-                if level == "ERROR" and (f"'{name}'" in text or changed.host in text)
-            ]
+            problems += rejection_reasons(changed, logged)
             problems += await self._missing_objects(changed)
         gone = removed if removed is not None and (changed is None or not changed.enabled) else None
         if gone is not None and await self._endpoint_events(endpoint_name(gone.name)):
@@ -371,6 +386,11 @@ class TrunkService:
             if result["registration"] is None:
                 result["registration"] = "missing"
         return result
+
+
+def _about_host(problems: Sequence[str]) -> bool:
+    """The objects built from the host: identify (match) and aor (contact)."""
+    return any(word in p.lower() for p in problems for word in ("identify", "'aor'", "aor ", "contact", "match"))
 
 
 def _scrub(text: str, secret: str) -> str:

@@ -94,12 +94,14 @@ async def get_dialplan(ctx: Ctx, name: str) -> DialplanOut:
     "/dialplans/{name}",
     role="designer",
     path_patterns=_NAME,
-    errors=(409, 502),
+    errors=(403, 409, 502),
     summary="Replace (or create) a dialplan file: validated, applied, rolled back if Asterisk "
-    "does not load it exactly",
+    "does not load it exactly; only admins may dial trunks or external URIs (403 otherwise)",
 )
 async def put_dialplan(ctx: Ctx, name: str, body: DialplanPut) -> DialplanApplied:
-    return DialplanApplied.model_validate(await ctx.services.dialplans.put(name, body.content))
+    # Outbound calls cost money and are an admin decision: a designer's Dial may not reach a trunk.
+    outbound = ctx.user.has_role("admin")
+    return DialplanApplied.model_validate(await ctx.services.dialplans.put(name, body.content, outbound=outbound))
 
 
 @dialplans.delete(
