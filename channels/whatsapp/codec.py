@@ -58,8 +58,8 @@ class WaError:
         data = raw if isinstance(raw, Mapping) else {}
         code = data.get("code")
         details = data.get("error_data", {}).get("details", "") if isinstance(data.get("error_data"), Mapping) else ""
-        return cls(code if isinstance(code, int) else None, str(data.get("title") or data.get("message") or ""),
-                   str(details or ""))
+        return cls(code if isinstance(code, int) else None, _text(data.get("title") or data.get("message") or ""),
+                   _text(details or ""))
 
 
 @dataclass(frozen=True)
@@ -129,7 +129,9 @@ def parse_webhook_body(body: bytes) -> WebhookBatch:
     is not a WhatsApp Business Account notification."""
     try:
         payload = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except RecursionError as exc:  # nesting deeper than the interpreter's limit (about 1000 levels)
+        raise BadRequest("the webhook body is nested too deeply", code="malformed_json") from exc
+    except ValueError as exc:  # not UTF-8, not JSON, or an integer of more than 4300 digits
         raise BadRequest("the webhook body is not valid JSON", code="malformed_json") from exc
     return parse_webhook(payload)
 
@@ -137,9 +139,10 @@ def parse_webhook_body(body: bytes) -> WebhookBatch:
 def parse_webhook(payload: Any) -> WebhookBatch:
     """The messages, statuses and errors of a decoded webhook payload.
 
-    The envelope must be right (else InvalidInput); inside it, one malformed message does not spoil the others:
-    it is skipped and logged.  Changes of other fields (``account_update``, template reviews, ...) are counted
-    in ``skipped``."""
+    The envelope (``object`` and the ``entry`` list) must be right, else InvalidInput; inside it, nothing
+    malformed spoils the rest (a broken entry, change or message is skipped and logged, so the well-formed
+    messages of the same delivery are never refused with it).  Changes of other fields (``account_update``,
+    template reviews, ...) are counted in ``skipped``."""
     if not isinstance(payload, Mapping) or payload.get("object") != "whatsapp_business_account":
         raise InvalidInput("not a WhatsApp Business Account webhook (object must be 'whatsapp_business_account')",
                            field="object")
@@ -153,16 +156,20 @@ def parse_webhook(payload: Any) -> WebhookBatch:
     for entry in entries:
         changes = entry.get("changes") if isinstance(entry, Mapping) else None
         if not isinstance(changes, list):
-            raise InvalidInput("entry[].changes must be a list", field="entry.changes")
+            log.warning("skipping a WhatsApp webhook entry without a changes list")
+            skipped += 1
+            continue
         for change in changes:
             if not isinstance(change, Mapping) or not isinstance(change.get("value"), Mapping):
-                raise InvalidInput("entry[].changes[].value must be an object", field="entry.changes.value")
+                log.warning("skipping a WhatsApp webhook change without a value object")
+                skipped += 1
+                continue
             if change.get("field") != "messages":
                 skipped += 1
                 continue
             value: Mapping[str, Any] = change["value"]
             metadata: Mapping[str, Any] = value["metadata"] if isinstance(value.get("metadata"), Mapping) else {}
-            phone_number_id = str(metadata.get("phone_number_id", ""))
+            phone_number_id = _text(metadata.get("phone_number_id", ""))
             names = _profile_names(value.get("contacts"))
             for raw in _list(value.get("messages")):
                 message = _parse_message(raw, names, phone_number_id)
@@ -190,15 +197,35 @@ def _profile_names(contacts: Any) -> dict[str, str]:
         if isinstance(contact, Mapping) and isinstance(contact.get("wa_id"), str):
             profile = contact.get("profile")
             name = profile.get("name") if isinstance(profile, Mapping) else None
-            names[contact["wa_id"]] = name if isinstance(name, str) else ""
+            names[contact["wa_id"]] = _clean(name) if isinstance(name, str) else ""
     return names
 
 
 def _timestamp(raw: Any) -> int:
     try:
         return int(raw)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: JSON's Infinity
         return 0
+
+
+_WAMID = re.compile(r"[\x21-\x7e]{1,255}")
+"""A message id: printable ASCII without spaces (Meta's are ``wamid.`` and base64), at most the column's 255."""
+
+
+def _clean(value: str) -> str:
+    """``value`` storable in any text column: lone surrogates (JSON allows ``\\ud800``, UTF-8 does not) become
+    ``?`` and NUL characters (PostgreSQL text refuses them) U+FFFD."""
+    return value.encode("utf-8", "replace").decode("utf-8").replace("\x00", "\ufffd")
+
+
+def _text(value: Any) -> str:
+    """A scalar JSON value as clean text; '' for objects and lists (never ``str()`` of a structure, whose size
+    and depth the sender chooses)."""
+    if isinstance(value, str):
+        return _clean(value)
+    if isinstance(value, bool | int | float):
+        return str(value)
+    return ""
 
 
 def _message_text(raw: Mapping[str, Any], kind: str) -> str:
@@ -214,7 +241,7 @@ def _message_text(raw: Mapping[str, Any], kind: str) -> str:
         body = reply.get("title") if isinstance(reply, Mapping) else None
     else:
         body = None
-    return body if isinstance(body, str) else ""
+    return _clean(body) if isinstance(body, str) else ""
 
 
 def _parse_message(raw: Any, names: Mapping[str, str], phone_number_id: str) -> WaMessage | None:
@@ -225,13 +252,13 @@ def _parse_message(raw: Any, names: Mapping[str, str], phone_number_id: str) -> 
     if not (isinstance(wamid, str) and wamid and isinstance(sender, str) and sender and isinstance(kind, str)):
         log.warning("skipping a WhatsApp message without id, from or type")
         return None
-    if len(wamid) > 255:
-        log.warning("skipping a WhatsApp message with an id of %d characters", len(wamid))
+    if not _WAMID.fullmatch(wamid):
+        log.warning("skipping a WhatsApp message whose id is not printable ASCII of at most 255 characters")
         return None
     for error in _list(raw.get("errors")):  # type "unsupported" carries why
         parsed = WaError.parse(error)
         log.info("WhatsApp message %s of type %s came with error %s: %s", wamid, kind, parsed.code, parsed.title)
-    return WaMessage(wamid=wamid, wa_id=sender, kind=kind, text=_message_text(raw, kind),
+    return WaMessage(wamid=wamid, wa_id=_clean(sender), kind=_clean(kind), text=_message_text(raw, kind),
                      timestamp=_timestamp(raw.get("timestamp")), profile_name=names.get(sender, ""),
                      phone_number_id=phone_number_id, raw=dict(raw))
 
@@ -240,7 +267,7 @@ def _parse_status(raw: Any, phone_number_id: str) -> WaStatus | None:
     if not isinstance(raw, Mapping) or not isinstance(raw.get("id"), str) or not isinstance(raw.get("status"), str):
         log.warning("skipping a WhatsApp status without id or status")
         return None
-    return WaStatus(wamid=raw["id"], status=raw["status"], recipient_id=str(raw.get("recipient_id", "")),
+    return WaStatus(wamid=_clean(raw["id"]), status=_clean(raw["status"]), recipient_id=_text(raw.get("recipient_id")),
                     timestamp=_timestamp(raw.get("timestamp")), phone_number_id=phone_number_id,
                     errors=tuple(WaError.parse(e) for e in _list(raw.get("errors"))))
 

@@ -80,12 +80,20 @@ def test_other_fields_and_malformed_messages_are_skipped_not_fatal() -> None:
 
 @pytest.mark.parametrize("payload", [
     [], {"object": "page", "entry": []}, {"object": "whatsapp_business_account"},
-    {"object": "whatsapp_business_account", "entry": [{"changes": "x"}]},
-    {"object": "whatsapp_business_account", "entry": [{"changes": [{"field": "messages", "value": 3}]}]},
+    {"object": "whatsapp_business_account", "entry": {"changes": []}},
 ])
 def test_not_a_whatsapp_notification(payload: Any) -> None:
     with pytest.raises(InvalidInput):
         parse_webhook(payload)
+
+
+def test_a_broken_entry_or_change_does_not_spoil_the_good_messages_beside_it() -> None:
+    payload = sample("text_message")
+    payload["entry"].insert(0, {"changes": "x"})
+    payload["entry"].append("not an entry")
+    payload["entry"][1]["changes"].append({"field": "messages", "value": 3})
+    batch = parse_webhook(payload)
+    assert len(batch.messages) == 1 and batch.skipped == 3
 
 
 def test_body_that_is_not_json() -> None:
