@@ -67,3 +67,37 @@ def test_unknown_number_in_default_context_is_refused(asterisk: Asterisk) -> Non
     endpoints = asterisk.cli("pjsip show endpoints")
     assert "carrier" in endpoints
     assert "anonymous" not in endpoints
+
+
+def test_rtp_is_bound_to_the_sip_address_never_the_wildcard(caller: Caller, asterisk: Asterisk) -> None:
+    # Review F14: without media_address + bind_rtp_to_media_address, chan_pjsip binds each call's RTP socket
+    # to 0.0.0.0 (every interface), even when SIP itself listens on loopback.
+    import re
+    import subprocess
+    import threading
+    import time
+
+    settings = asterisk.settings
+    expected = settings.sip_bind_host or settings.bind_host
+    results: list[object] = []
+    call = threading.Thread(target=lambda: results.append(caller.call("600", record=False, timeout=6)))
+    call.start()
+    pid = asterisk.pid()
+    rtp: list[str] = []
+    try:
+        for _ in range(100):
+            listing = subprocess.run(["ss", "-ulpnH"], capture_output=True, text=True, check=True).stdout
+            local = [line.split()[3] for line in listing.splitlines() if f"pid={pid}," in line]
+            rtp = [a for a in local if settings.rtp_port_start <= int(a.rsplit(":", 1)[1]) <= settings.rtp_port_end]
+            if rtp:
+                break
+            time.sleep(0.1)
+    finally:
+        call.join()
+    assert results and getattr(results[0], "connected", False), results
+    assert rtp, "no RTP socket of Asterisk seen during the call"
+    print(f"\nAsterisk RTP sockets during the call: {rtp}")
+    assert all(address.rsplit(":", 1)[0] == expected for address in rtp), rtp
+    # Strict RTP is on (rtp.conf says seqno; the CLI shows any strict mode as "Yes").
+    shown = asterisk.cli("rtp show settings")
+    assert re.search(r"Strict RTP:\s+Yes", shown), shown

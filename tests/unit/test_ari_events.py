@@ -52,3 +52,17 @@ def test_external_media_reply_names_the_rtp_address() -> None:
     variables = reply["channelvars"]
     assert variables["UNICASTRTP_LOCAL_ADDRESS"] == "127.0.0.1"
     assert int(variables["UNICASTRTP_LOCAL_PORT"]) > 0
+
+
+def test_stasis_args_first_key_wins_so_appended_arguments_cannot_override_the_dialplan() -> None:
+    # `Stasis(eva,did=${EXTEN})` with EXTEN = "1,did=555,agent=x" arrives as these arguments.
+    event = parse_event({"type": "StasisStart", "args": ["did=1", "did=555", "AGENT=x", "direction=outbound"]})
+    assert event.stasis_args() == {"did": "1", "agent": "x", "direction": "outbound"}
+
+
+def test_the_endpoint_is_read_from_the_channel_name() -> None:
+    starts = [parse_event(e) for e in _events() if e["type"] == "StasisStart"]
+    caller = next(e for e in starts if e.channel and not e.channel.is_media_channel)
+    assert caller.channel is not None and caller.channel.endpoint == "carrier"
+    media = next(e for e in starts if e.channel and e.channel.is_media_channel)
+    assert media.channel is not None and media.channel.endpoint == ""
