@@ -45,6 +45,9 @@ MAX_HTML_CHARS = 1_000_000
 """Characters of an HTML body converted to text."""
 MAX_TEXT = 20_000
 """Characters of new text handed on (the agent reads far less)."""
+MAX_MULTIPARTS = 32
+"""Multipart sections a message may declare.  The stdlib parser's work grows with the nesting depth times the
+lines (each line is tested against every open boundary) and it recurses per level: real mail nests a few deep."""
 MAX_REFERENCES = 20
 """Message-IDs of References kept: the root and the nearest ancestors (each one is a database lookup key)."""
 MAX_RECIPIENTS = 50
@@ -120,6 +123,8 @@ def parse_email(raw: bytes, *, max_bytes: int = MAX_MESSAGE_BYTES) -> InboundEma
                            code="email_too_large")
     if _header_section_size(raw) > MAX_HEADER_BYTES:
         raise InvalidInput(f"the e-mail's headers are more than {MAX_HEADER_BYTES} bytes", code="email_too_large")
+    if raw.lower().count(b"multipart/") > MAX_MULTIPARTS:
+        raise InvalidInput(f"the e-mail has more than {MAX_MULTIPARTS} multipart sections", code="email_unparseable")
     try:
         return _parse(raw)
     except RecursionError as exc:  # the stdlib walks nested multiparts recursively

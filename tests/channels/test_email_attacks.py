@@ -108,6 +108,7 @@ async def test_hostile_mail_never_stalls_the_event_loop(
     finally:
         await box.service.close()
     elapsed = time.monotonic() - started
+    print(f"max loop gap {gap * 1000:.1f} ms, poll {elapsed:.1f} s")
     assert gap < 0.1, f"the event loop stalled for {gap * 1000:.0f} ms"
     assert elapsed < 60
     assert (result.unseen, result.answered, result.refused, result.failed) == (4, 2, 2, 0)
@@ -117,7 +118,7 @@ async def test_hostile_mail_never_stalls_the_event_loop(
     assert "Do you fix brakes?" in brakes.get_content()
     refused = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
     assert any("email_too_large" in line and "2000000" in line for line in refused), refused
-    assert any("email_unparseable" in line and "nested too deeply" in line for line in refused), refused
+    assert any("email_unparseable" in line and "multipart sections" in line for line in refused), refused
 
 
 async def test_a_parse_over_the_time_limit_is_refused_and_the_next_child_parses() -> None:
