@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, exists, func, or_, update
+from sqlalchemy import and_, case, exists, func, or_, update
 from sqlalchemy.engine import CursorResult
 from sqlalchemy.orm import aliased
 from sqlmodel import Session, col, select
@@ -305,6 +305,32 @@ def finish_part(session: Session, row_id: int, worker: str, index: int, wamid: s
         row.updated_at = utcnow()
         session.add(row)
     return row.claimed_by == worker and row.status == "pending"
+
+
+def settle_maybe_delivered(session: Session, row_id: int, worker: str, **changes: Any) -> bool:
+    """Release a row whose part may have been delivered: ``uncertain``, unless the part's receipt arrived in the
+    meantime (:func:`resolve_part` cleared ``sending_part``); then ``pending``, to send the rest."""
+    outcome = case((col(InboundMessage.sending_part).is_(None), "pending"), else_="uncertain")
+    return settle_inbound(session, row_id, worker, status=outcome, **changes)
+
+
+def resolve_part(session: Session, channel: str, external_id: str, index: int,
+                 wamid: str) -> tuple[int, str] | None:
+    """WhatsApp reported part ``index`` of the reply to ``external_id`` as sent (a receipt carrying the callback
+    data it was sent with): record it as sent.  An ``uncertain`` row becomes pending again, so the parts after
+    it go out; returns (id, sender) of a row that is now free to answer, else None."""
+    row = session.exec(select(InboundMessage).where(InboundMessage.channel == channel,
+                                                    InboundMessage.external_id == external_id)
+                       .with_for_update()).first()
+    if row is None or row.id is None or row.sending_part != index:
+        return None  # unknown, or its outcome is known already
+    row.sending_part = None
+    row.sent_parts = [*(row.sent_parts or []), wamid]
+    if row.status == "uncertain":
+        row.status, row.error, row.claimed_by, row.lease_until = "pending", "", "", None
+    row.updated_at = utcnow()
+    session.add(row)
+    return (row.id, row.sender) if row.status == "pending" and not row.claimed_by else None
 
 
 def settle_inbound(session: Session, row_id: int, worker: str, *, backoff: timedelta | None = None,

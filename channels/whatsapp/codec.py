@@ -101,6 +101,8 @@ class WaStatus:
     timestamp: int
     phone_number_id: str = ""
     errors: tuple[WaError, ...] = ()
+    callback_data: str = ""
+    """``biz_opaque_callback_data`` of the send this receipt is about (what the sender put there)."""
 
 
 @dataclass(frozen=True)
@@ -269,7 +271,8 @@ def _parse_status(raw: Any, phone_number_id: str) -> WaStatus | None:
         return None
     return WaStatus(wamid=_clean(raw["id"]), status=_clean(raw["status"]), recipient_id=_text(raw.get("recipient_id")),
                     timestamp=_timestamp(raw.get("timestamp")), phone_number_id=phone_number_id,
-                    errors=tuple(WaError.parse(e) for e in _list(raw.get("errors"))))
+                    errors=tuple(WaError.parse(e) for e in _list(raw.get("errors"))),
+                    callback_data=_text(raw.get("biz_opaque_callback_data"))[:512])
 
 
 # ---------------------------------------------------------------------------------------------- signature

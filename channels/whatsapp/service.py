@@ -221,9 +221,8 @@ class WhatsAppService:
             else:
                 wanted.append(message)
         stored, duplicates, expired = await asyncio.to_thread(self._store_inbound, wanted, time.time())
-        if batch.statuses:
-            await asyncio.to_thread(self._record_statuses, batch.statuses)
-        for row_id, sender in stored:
+        resumed = await asyncio.to_thread(self._record_statuses, batch.statuses) if batch.statuses else []
+        for row_id, sender in [*stored, *resumed]:
             self._spawn(row_id, sender)
         return Accepted(len(stored), duplicates, ignored + expired, len(batch.statuses))
 
@@ -264,12 +263,21 @@ class WhatsAppService:
                 duplicates += 1
         return stored, duplicates, expired_count
 
-    def _record_statuses(self, statuses: Sequence[WaStatus]) -> None:
+    def _record_statuses(self, statuses: Sequence[WaStatus]) -> list[tuple[int, str]]:
+        """Record delivery receipts; returns (id, sender) of inbound rows a receipt made answerable again (an
+        uncertain part that WhatsApp reports as sent)."""
+        resumed: list[tuple[int, str]] = []
         with session_scope(self.engine) as session:
             for status in statuses:
                 if status.status == "failed":
                     reasons = "; ".join(f"{e.code} {e.title} {e.details}".strip() for e in status.errors)
                     log.warning("WhatsApp could not deliver message %s: %s", status.wamid, reasons or "no reason")
+                part = _parse_part_tag(status.callback_data)
+                if part is not None and status.status in ("sent", "delivered", "read"):
+                    found = store.resolve_part(session, CHANNEL, part[0], part[1], status.wamid)
+                    if found is not None:
+                        log.info("WhatsApp confirmed an uncertain reply part to message %s", found[0])
+                        resumed.append(found)
                 message = session.exec(
                     select(Message).join(Conversation, col(Message.conversation_id) == col(Conversation.id))
                     .where(Conversation.channel == CHANNEL, Message.external_id == status.wamid,
@@ -281,6 +289,7 @@ class WhatsAppService:
                     delivery["delivery_error"] = status.errors[0].code
                 message.timings = {**(message.timings or {}), **delivery}
                 session.add(message)
+        return resumed
 
     # ------------------------------------------------------------------ background answering
     def _spawn(self, row_id: int, sender: str) -> bool:
@@ -375,8 +384,9 @@ class WhatsAppService:
         """Record a failed attempt; True when the row is settled for good (not to be retried)."""
         if isinstance(exc, WhatsAppError) and exc.maybe_delivered:
             log.warning("WhatsApp message %s: the reply may have been delivered ([%s] %s); it is not sent again "
-                        "automatically", row_id, exc.code, exc.message)
-            await self._settle(row_id, status="uncertain", attempts=attempts, error=exc.code)
+                        "unless WhatsApp's receipt confirms it", row_id, exc.code, exc.message)
+            worker, code = self.worker_id, exc.code
+            await self._db(lambda s: store.settle_maybe_delivered(s, row_id, worker, attempts=attempts, error=code))
             return True
         retry = (isinstance(exc, WhatsAppError) and exc.retryable) or isinstance(exc, Unavailable)
         status = "pending" if retry and attempts < self.max_attempts else "failed"
@@ -435,16 +445,18 @@ class WhatsAppService:
             else:
                 text = DECLINE_TEXT
                 assistant_id = await self._db(lambda s: _store_declined(s, conversation_id, row))
-        sent = await self._send_parts(row.id, wa_id, text, list(row.sent_parts or []))
+        sent = await self._send_parts(row.id, row.external_id, wa_id, text, list(row.sent_parts or []))
         if sent is None:
             return None
         extra = {"whatsapp_ids": sent} if len(sent) > 1 else None
         await self._db(lambda s: store.record_sent(s, assistant_id, sent[0], extra))
         return conversation_id
 
-    async def _send_parts(self, row_id: int, wa_id: str, text: str, already: list[str]) -> list[str] | None:
-        """Send the parts of ``text`` after the ``already`` sent ones, each recorded before and after its POST;
-        returns every part's wamid, or None when the claim was lost (nothing more was sent)."""
+    async def _send_parts(self, row_id: int, inbound_wamid: str, wa_id: str, text: str,
+                          already: list[str]) -> list[str] | None:
+        """Send the parts of ``text`` after the ``already`` sent ones, each recorded before and after its POST
+        and tagged so that WhatsApp's receipt can settle a part whose answer was lost; returns every part's
+        wamid, or None when the claim was lost (nothing more was sent)."""
         parts = split_text(text)
         if not parts:
             raise InvalidInput("the reply is empty", field="text")
@@ -454,7 +466,9 @@ class WhatsAppService:
             if not await self._db(partial(store.begin_part, row_id=row_id, worker=worker, index=index, lease=lease)):
                 return None
             try:
-                message = await self.client.send(build_text_message(wa_id, parts[index]))
+                payload = build_text_message(wa_id, parts[index])
+                payload["biz_opaque_callback_data"] = _part_tag(inbound_wamid, index)
+                message = await self.client.send(payload)
             except WhatsAppError as exc:
                 if not exc.maybe_delivered:  # certainly not sent: the part may go later
                     await self._db(partial(store.finish_part, row_id=row_id, worker=worker, index=index, wamid=None))
@@ -535,6 +549,21 @@ class WhatsAppService:
 
         conversation_id, message_id = await self._db(record)
         return AdminSent(conversation_id, message_id, sent[0].wamid, contact_id, len(sent))
+
+
+PART_TAG = "eva-part:"
+
+
+def _part_tag(inbound_wamid: str, index: int) -> str:
+    """``biz_opaque_callback_data`` of a reply part (WhatsApp echoes it in the part's receipts; at most 512)."""
+    return f"{PART_TAG}{inbound_wamid}:{index}"
+
+
+def _parse_part_tag(data: str) -> tuple[str, int] | None:
+    if not data.startswith(PART_TAG):
+        return None
+    wamid, _, index = data.removeprefix(PART_TAG).rpartition(":")
+    return (wamid, int(index)) if wamid and index.isascii() and index.isdigit() and len(index) < 4 else None
 
 
 def _store_declined(session: Session, conversation_id: int, row: InboundMessage) -> int:

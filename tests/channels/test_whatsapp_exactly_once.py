@@ -20,7 +20,7 @@ from models import Contact, Conversation, InboundMessage, Message, utcnow
 from models.db import make_engine, session_scope
 from tests.api.conftest import offline_settings
 from tests.channels.conftest import ScriptedLLM
-from tests.channels.test_whatsapp_service import SENDER, make_world, no_sleep, text_payload
+from tests.channels.test_whatsapp_service import SENDER, make_world, no_sleep, payload, text_payload
 from tests.fakes.graph_server import FakeGraph, Reply
 from voicebot.agent.core import AgentCore
 from voicebot.agent.store import AgentStore
@@ -79,6 +79,43 @@ async def test_a_failed_second_part_does_not_resend_the_first(sqlite_db: Engine,
         assert assistant.timings is not None and len(assistant.timings["whatsapp_ids"]) == 2
         assert assistant.external_id == assistant.timings["whatsapp_ids"][0]
         assert len(world.llm.calls) == 1
+    finally:
+        await world.service.close()
+        await world.service.client.close()
+        await world.api.client.close()
+
+
+async def test_an_uncertain_part_is_settled_by_its_receipt_and_the_rest_follows(sqlite_db: Engine,
+                                                                               graph: FakeGraph,
+                                                                               tmp_path: Path) -> None:
+    """The answer to part 1 was lost, but WhatsApp's receipt (carrying the part's callback data) proves it was
+    sent: part 1 is not sent again, part 2 goes out."""
+    first, second = "A" * 3000 + ".", "B" * 3000 + "."
+    world = await make_world(sqlite_db, graph, tmp_path, ScriptedLLM(lambda _m: f"{first}\n\n{second}"),
+                             client_timeout=0.3, retry_interval=0)
+    try:
+        graph.replies.append(Reply(delay=1.0))
+        await world.post(text_payload("wamid.receipt", "Tell me everything"))
+        await world.service.drain()
+        await graph.wait_for_messages(1)
+        assert world.rows(InboundMessage)[0].status == "uncertain"
+        assert await world.service.retry_pending() == 0
+        receipt = payload("status_read")
+        receipt["entry"][0]["changes"][0]["value"]["statuses"][0].update(
+            {"id": "wamid.part-one", "status": "sent",
+             "biz_opaque_callback_data": graph.sent[0]["biz_opaque_callback_data"]})
+        status, body = await world.post(receipt)
+        assert (status, body["statuses"]) == (200, 1)
+        await world.service.drain()
+        assert sent_bodies(graph) == [first, second]
+        (row,) = world.rows(InboundMessage)
+        assert row.status == "done" and row.sent_parts is not None and row.sent_parts[0] == "wamid.part-one"
+        _user, assistant = world.rows(Message)
+        assert assistant.external_id == "wamid.part-one" and assistant.timings is not None
+        assert assistant.timings["whatsapp_ids"] == row.sent_parts
+        status, _ = await world.post(receipt)  # the receipt again (or a later "delivered"): nothing more happens
+        await world.service.drain()
+        assert status == 200 and len(graph.sent) == 2 and len(world.llm.calls) == 1
     finally:
         await world.service.close()
         await world.service.client.close()

@@ -140,7 +140,9 @@ async def test_text_message_is_stored_before_the_ack_then_answered(any_db: Engin
         (sent,) = graph.sent
         assert sent == {"messaging_product": "whatsapp", "recipient_type": "individual", "to": SENDER,
                         "type": "text", "text": {"preview_url": False,
-                                                 "body": "You said: Does it come in another color?"}}
+                                                 "body": "You said: Does it come in another color?"},
+                        # echoed in the part's receipts: settles a send whose answer was lost
+                        "biz_opaque_callback_data": f"eva-part:{row.external_id}:0"}
         (contact,) = world.rows(Contact)
         assert (contact.whatsapp_id, contact.name) == (SENDER, "Sheena Nelson")
         (conversation,) = world.rows(Conversation)
