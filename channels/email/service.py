@@ -189,8 +189,10 @@ class EmailService:
             try:
                 result = await self.poll_once()
                 if result.unseen:
-                    log.info("e-mail poll: %d unseen, %d answered, %d duplicates, %d skipped, %d failed",
-                             result.unseen, result.answered, result.duplicates, result.skipped, result.failed)
+                    log.info("e-mail poll: %d unseen, %d answered, %d duplicates, %d skipped, %d refused, "
+                             "%d over the rate limits, %d answered by another worker, %d failed", result.unseen,
+                             result.answered, result.duplicates, result.skipped, result.refused, result.limited,
+                             result.busy, result.failed)
             except (EmailError, Unavailable) as exc:
                 log.warning("e-mail poll failed: [%s] %s", exc.code, exc.message)
             except Exception:  # the poller must outlive any one bad round

@@ -9,6 +9,10 @@ from email.utils import make_msgid
 import pytest
 
 from channels.email.message import (
+    MAX_HEADER_BYTES,
+    MAX_MULTIPARTS,
+    MAX_REFERENCES,
+    MAX_TEXT,
     build_message,
     build_reply,
     html_to_text,
@@ -170,3 +174,59 @@ def test_header_injection_is_neutralised() -> None:
 
 def test_html_to_text_handles_sloppy_markup() -> None:
     assert html_to_text("<p>one<p>two<div>three</span></div>") == "one\ntwo\nthree"
+
+
+# ---------------------------------------------------------------------------------------------- hostile input
+def test_long_quote_marker_lines_are_text_not_minutes_of_regex() -> None:
+    # Review F1: "^On.*wrote.*:$" took minutes on one such line; markers are short, so a long line is text.
+    line = "On Monday " + "wrote : " * 130_000 + "x"
+    assert strip_quoted(line + "\n" + line) == line + "\n" + line
+    assert strip_quoted("Fine.\nOn Mon, 3 Jun 2024, Eva\n" + "wrote : " * 130_000) == (
+        "Fine.\nOn Mon, 3 Jun 2024, Eva\n" + ("wrote : " * 130_000).rstrip())
+    parsed = parse_email(mail(line))
+    assert len(parsed.text) == MAX_TEXT and parsed.text.startswith("On Monday wrote")
+
+
+def test_size_limits_are_refused_with_a_reason() -> None:
+    with pytest.raises(InvalidInput) as caught:
+        parse_email(mail("x" * 2000), max_bytes=1000)
+    assert caught.value.code == "email_too_large"
+    with pytest.raises(InvalidInput) as caught:
+        parse_email(b"From: a@example.org\r\nX-Pad: " + b"x" * (MAX_HEADER_BYTES + 1) + b"\r\n\r\nhi")
+    assert caught.value.code == "email_too_large"
+    nested = b"".join(b'Content-Type: multipart/mixed; boundary="b%d"\r\n\r\n--b%d\r\n' % (i, i)
+                      for i in range(MAX_MULTIPARTS + 1))
+    with pytest.raises(InvalidInput) as caught:
+        parse_email(b"From: a@example.org\r\n" + nested + b"Content-Type: text/plain\r\n\r\nhi\r\n")
+    assert caught.value.code == "email_unparseable"
+
+
+def test_many_references_keep_the_root_and_the_nearest() -> None:
+    ids = [f"<r{i}@example.org>" for i in range(1000)]
+    parsed = parse_email(mail(References=" ".join(ids)))
+    assert parsed.references == (ids[0], *ids[-(MAX_REFERENCES - 1):])
+
+
+def test_a_super_linear_charset_is_read_as_utf8() -> None:
+    raw = (b"From: a@example.org\r\nContent-Type: text/plain; charset=punycode\r\n\r\n"
+           b"Can you help?\r\n")
+    assert parse_email(raw).text == "Can you help?"
+
+
+@pytest.mark.parametrize(("markup", "expected"), [
+    ('<p title="a > b">Visible</p>', "Visible"),
+    ("<script>document.write('<p>no</p>')</script><p>yes</p>", "yes"),
+    ("<p>kept</p><!-- an unclosed comment <p>hidden</p>", "kept"),
+    ("<p>a<![CDATA[ <p>x</p> ]]>b</p>", "ab"),
+    ("<div class=gmail_quote>old</div><p>new</p>", "new"),
+    ("1 < 2 and 3 > 2", "1 < 2 and 3 > 2"),
+    ("<p>tag left open <a href='x", "tag left open"),
+    ("<P>Upper</P><BR>case", "Upper\n\ncase"),
+])
+def test_html_tokenizer(markup: str, expected: str) -> None:
+    assert html_to_text(markup) == expected
+
+
+def test_deeply_nested_html_is_linear() -> None:
+    # The closing tags once scanned the whole stack of open ones each (quadratic).
+    assert html_to_text("<div>" * 100_000 + "deep" + "</span>" * 100_000 + "</div>" * 100_000) == "deep"

@@ -1,0 +1,42 @@
+"""Claims on inbound e-mail (channels/email/receipts.py) on SQLite and PostgreSQL: one worker wins, a lease
+that ran out can be taken over, a settled message is done, the key includes the sender."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from sqlalchemy.engine import Engine
+
+from channels.email import receipts
+from models import utcnow
+from models.db import session_scope
+
+LEASE = timedelta(minutes=30)
+
+
+def claim(engine: Engine, key: receipts.Key, owner: str, *, text: str = "",
+          now: datetime | None = None) -> receipts.Claim:
+    with session_scope(engine) as session:
+        return receipts.claim(session, key, owner, LEASE, text=text, now=now)
+
+
+def test_one_worker_claims_and_the_others_wait_until_it_settles_or_its_lease_ends(any_db: Engine) -> None:
+    key = receipts.Key("ada@example.org", "<m1@example.org>")
+    assert claim(any_db, key, "a", text="Hello") == "claimed"
+    assert claim(any_db, key, "b") == "busy"
+    assert claim(any_db, key, "a") == "claimed"  # the holder may renew its own claim
+    with session_scope(any_db) as session:
+        receipts.release(session, key, "a", "smtp_unavailable")
+    assert claim(any_db, key, "b") == "claimed"  # released: anyone may try again
+    later = utcnow() + LEASE + timedelta(seconds=1)
+    assert claim(any_db, key, "c", now=later) == "claimed"  # b died: its lease ran out
+    assert claim(any_db, key, "b", now=later) == "busy"
+    with session_scope(any_db) as session:
+        receipts.settle(session, key, "c", "answered")
+    assert claim(any_db, key, "b", now=later) == "done"
+    other = receipts.Key("mallory@example.net", "<m1@example.org>")  # the same Message-ID from someone else
+    assert claim(any_db, other, "b") == "claimed"
+    with session_scope(any_db) as session:
+        assert receipts.counts_since(session, "ada@example.org", utcnow() - timedelta(hours=1)) == (1, 2)
+        receipts.settle(session, other, "b", "limited", "email_rate_limited")
+        assert receipts.counts_since(session, "mallory@example.net", utcnow() - timedelta(hours=1)) == (0, 1)
