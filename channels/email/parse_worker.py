@@ -1,7 +1,7 @@
 """Inbound mail is parsed in a child process with a time and a memory limit, never on the event loop.
 
 :func:`channels.email.message.parse_email` is linear in the size of the message and capped, but it leans on the
-stdlib (``email``, ``html.parser``), whose worst cases are not ours to prove, and anything parsed in a thread of
+stdlib (``email``, the codecs), whose worst cases are not ours to prove, and anything parsed in a thread of
 the server still competes for its GIL with the event loop that clocks every call's audio.  So the e-mail poller
 hands each raw message to :class:`ParseWorker`: one child Python process (``python -m
 channels.email.parse_worker``), started lazily, kept for the poll round, which reads length-prefixed messages on
@@ -10,8 +10,9 @@ child killed (a fresh one parses the next message) and is refused with ``email_p
 address space is capped (``RLIMIT_AS``), so a decompression or allocation bomb ends in ``MemoryError`` there, not
 in the server.
 
-Wire format: request ``>I`` length + raw bytes (``max_bytes`` is fixed per child on its command line); answer
-``>I`` length + ``{"mail": {...}}`` or ``{"error": {"code": ..., "message": ...}}``.
+Wire format: on start the child writes one byte (ready); then per message a request ``>I`` length + raw bytes
+(``max_bytes`` is fixed per child on its command line) and an answer ``>I`` length + ``{"mail": {...}}`` or
+``{"error": {"code": ..., "message": ...}}``.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from types import TracebackType
 from typing import Any
 
 from channels.email.message import MAX_MESSAGE_BYTES, InboundEmail, parse_email
-from voicebot.errors import EvaError, InvalidInput
+from voicebot.errors import EvaError, InvalidInput, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -39,12 +40,17 @@ DEFAULT_MEMORY_BYTES = 1024 * 1024 * 1024
 MAX_ANSWER_BYTES = 4 * 1024 * 1024
 """An answer is a few KB (the text is capped); a larger one means the child misbehaves."""
 _LENGTH = struct.Struct(">I")
+_READY = b"\x01"
+START_TIMEOUT = 30.0
 _ROOT = Path(__file__).resolve().parents[2]
 
 
 class ParseWorker:
     """Parses raw messages in a child process, one at a time.  Use as an async context manager (the child is
     stopped on exit)."""
+
+    module = "channels.email.parse_worker"
+    """What the child runs (``python -m``)."""
 
     def __init__(self, *, max_bytes: int = MAX_MESSAGE_BYTES, timeout: float = DEFAULT_TIMEOUT,
                  memory_bytes: int = DEFAULT_MEMORY_BYTES) -> None:
@@ -75,7 +81,8 @@ class ParseWorker:
             await _kill(process)
 
     async def parse(self, raw: bytes) -> InboundEmail:
-        """The parsed message; InvalidInput when it is refused (too large, unparseable, too slow to parse)."""
+        """The parsed message; InvalidInput when it is refused (too large, unparseable, too slow to parse),
+        Unavailable when no parser process can start."""
         if len(raw) > self.max_bytes:  # no need to ship it to the child to learn that
             raise InvalidInput(f"the e-mail is {len(raw)} bytes, more than the {self.max_bytes} allowed",
                                code="email_too_large")
@@ -102,11 +109,28 @@ class ParseWorker:
             return self._process
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_ROOT), env.get("PYTHONPATH", "")) if p)
-        self._process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "channels.email.parse_worker", str(self.max_bytes), str(self.memory_bytes),
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, env=env, cwd=str(_ROOT))
+        try:
+            process = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", self.module, str(self.max_bytes), str(self.memory_bytes),
+                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, env=env, cwd=str(_ROOT))
+        except OSError as exc:
+            raise Unavailable(f"the e-mail parser process cannot start: {exc}",
+                              code="email_parser_unavailable") from exc
+        assert process.stdout is not None
+        try:
+            # The child says it is ready once it has imported the parser: a child that cannot start is this
+            # installation's problem (the mail waits unseen), not the next message's (which would be refused).
+            ready = await asyncio.wait_for(process.stdout.readexactly(1), timeout=START_TIMEOUT)
+        except (TimeoutError, asyncio.IncompleteReadError) as exc:
+            await _kill(process)
+            raise Unavailable("the e-mail parser process did not start (see its errors in the log)",
+                              code="email_parser_unavailable") from exc
+        if ready != _READY:
+            await _kill(process)
+            raise Unavailable("the e-mail parser process answered nonsense on start", code="email_parser_unavailable")
+        self._process = process
         self.started += 1
-        return self._process
+        return process
 
     async def _exchange(self, process: asyncio.subprocess.Process, raw: bytes) -> dict[str, Any]:
         assert process.stdin is not None and process.stdout is not None
@@ -149,6 +173,8 @@ def _answer_to_mail(answer: dict[str, Any]) -> InboundEmail:
 # ---------------------------------------------------------------------------------------------- the child
 def _serve(max_bytes: int) -> None:
     stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
+    stdout.write(_READY)
+    stdout.flush()
     while True:
         head = stdin.read(_LENGTH.size)
         if len(head) < _LENGTH.size:

@@ -20,7 +20,7 @@ from models import EmailReceipt
 from tests.channels.conftest import Dovecot, ScriptedLLM, SmtpSink
 from tests.channels.test_email_service import EVA, mail, make_mail
 from voicebot.agent.core import AgentCore
-from voicebot.errors import InvalidInput
+from voicebot.errors import InvalidInput, Unavailable
 from voicebot.llm.base import ChatMessage
 
 T = TypeVar("T")
@@ -225,3 +225,13 @@ async def test_rate_limits_store_the_excess_unanswered(
     assert limited == {("flood@example.org", "<a2@example.org>"): ("email_rate_limited_sender", "Flood 2"),
                        ("other@example.org", "<b1@example.org>"): ("email_rate_limited", "Other 1")}
     assert sum("over the rate limit" in r.getMessage() for r in caplog.records) == 2
+
+
+async def test_a_parser_that_cannot_start_leaves_the_mail_unseen() -> None:
+    """A broken installation is not the message's fault: Unavailable (the poller stops the round), not a refusal."""
+    worker = ParseWorker()
+    worker.module = "channels.email.no_such_module"
+    async with worker:
+        with pytest.raises(Unavailable) as caught:
+            await worker.parse(mail("Hello?", message_id="<nostart@example.org>"))
+    assert caught.value.code == "email_parser_unavailable"
