@@ -17,6 +17,10 @@ class Contact(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     name: str = Field(default="", max_length=200)
     phone: str | None = Field(default=None, index=True, unique=True, max_length=64)
+    phone_verified: bool = False
+    """The phone number came from a source that vouches for it (a trunk attesting caller ID), not a bare caller
+    ID anyone can spoof: only then may a WhatsApp id (always verified: Meta signs the webhook) join this
+    contact and share its memory."""
     whatsapp_id: str | None = Field(default=None, index=True, unique=True, max_length=64)
     email: str | None = Field(default=None, index=True, unique=True, max_length=320)
     created_at: datetime = Field(default_factory=utcnow)

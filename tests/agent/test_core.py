@@ -98,8 +98,9 @@ async def ollama_llm(fake: FakeOllama, demo_world: DemoWorld) -> AsyncIterator[O
     await llm.close()
 
 
-async def contact(engine: Engine, **ids: str) -> Contact:
-    return await AgentStore(engine).find_or_create_contact(**ids)
+async def contact(engine: Engine, *, verified: bool = False, **ids: str) -> Contact:
+    return await AgentStore(engine).find_or_create_contact(phone=ids.get("phone"), whatsapp_id=ids.get("whatsapp_id"),
+                                                           email=ids.get("email"), verified=verified)
 
 
 async def run(core: AgentCore, agent: Agent, who: Contact | None, channel: str, text: str,
@@ -152,12 +153,12 @@ async def test_memory_spans_channels_for_one_contact_and_only_that_contact(
         demo: Demo, embedded_llm: EmbeddedLLM) -> None:
     llm = Recording(embedded_llm)
     core = AgentCore(demo.settings, demo.engine, llm, None)
-    carla = await contact(demo.engine, phone="+15550002222")
+    carla = await contact(demo.engine, phone="+15550002222", verified=True)  # a trunk that attests caller ID
     stranger = await contact(demo.engine, phone="+15550003333")
     await run(core, demo.agent, stranger, "voice", "I am the stranger, remember me.")
     first = done_of(await run(core, demo.agent, carla, "voice", "Hello, this is Carla calling."))
     # Later Carla writes on WhatsApp: the WhatsApp id finds the same contact, and the call is in memory.
-    carla_wa = await contact(demo.engine, whatsapp_id="15550002222")
+    carla_wa = await contact(demo.engine, whatsapp_id="15550002222", verified=True)
     assert carla_wa.id == carla.id
     second = done_of(await run(core, demo.agent, carla_wa, "whatsapp", "Do you remember me?"))
     assert second.conversation_id != first.conversation_id

@@ -161,7 +161,7 @@ async def test_route_conflicts_and_both_targets(store: AgentStore) -> None:
 
 
 async def test_one_person_is_one_contact_across_channels(store: AgentStore) -> None:
-    caller = await store.find_or_create_contact(phone="+1 (555) 010-2030", name="Ada")
+    caller = await store.find_or_create_contact(phone="+1 (555) 010-2030", name="Ada", verified=True)
     assert caller.phone == "+15550102030"
     assert (await store.find_or_create_contact(phone="+15550102030")).id == caller.id
     assert (await store.find_or_create_contact(phone="0015550102030")).id == caller.id

@@ -288,7 +288,7 @@ async def test_a_spoofed_caller_id_does_not_open_the_whatsapp_contact(sqlite_db:
         contacts = AgentStore(sqlite_db)
         caller = await contacts.find_or_create_contact(phone="+" + SENDER)  # voice: caller ID, unverified
         assert caller.id != contact.id and caller.whatsapp_id is None
-        vouched = await contacts.find_or_create_contact(whatsapp_id=SENDER, verified=True)
+        vouched = await contacts.find_or_create_contact(phone="+" + SENDER, verified=True)  # an attesting trunk
         assert vouched.id == contact.id
         with session_scope(sqlite_db) as session:
             mine = session.exec(select(Conversation.id).where(col(Conversation.contact_id) == caller.id)).all()
@@ -297,3 +297,24 @@ async def test_a_spoofed_caller_id_does_not_open_the_whatsapp_contact(sqlite_db:
         await world.service.close()
         await world.service.client.close()
         await world.api.client.close()
+
+
+async def test_a_spoofed_caller_id_cannot_plant_turns_in_a_later_whatsapp_contact(sqlite_db: Engine,
+                                                                                  graph: FakeGraph,
+                                                                                  tmp_path: Path) -> None:
+    """F4, the other way round: somebody calls first with the victim's number (a bare caller ID) and says things;
+    when the victim then writes on WhatsApp, those turns must not be the victim's memory."""
+    contacts = AgentStore(sqlite_db)
+    spoofed = await contacts.find_or_create_contact(phone="+" + SENDER)
+    world = await make_world(sqlite_db, graph, tmp_path)
+    try:
+        await world.post(text_payload("wamid.victim", "Hi, what is my delivery address?"))
+        await world.service.drain()
+        on_whatsapp = next(c for c in world.rows(Contact) if c.whatsapp_id == SENDER)
+        assert on_whatsapp.id != spoofed.id
+        assert (spoofed.phone_verified, on_whatsapp.phone) == (False, None)
+    finally:
+        await world.service.close()
+        await world.service.client.close()
+        await world.api.client.close()
+

@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 from pydantic import ValidationError
-from sqlalchemy import func, or_
+from sqlalchemy import and_, func, or_
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
@@ -316,12 +316,13 @@ def find_contact(session: Session, *, phone: str | None = None, whatsapp_id: str
     """The contact matching any of the identifiers, or None.
 
     ``verified``: the channel authenticated the identifiers (a signed WhatsApp webhook: Meta vouches for the
-    wa_id; a trunk that attests caller ID).  Only then does a WhatsApp id, which is the international number,
-    also find the contact who called from that number (``whatsapp_id=15551234567`` ↔ ``+15551234567``) and vice
-    versa: one person, one contact across channels, sharing conversation memory.  Unverified identifiers match
-    only their own kind: a spoofed caller ID must not open the WhatsApp contact's memory.  When several
-    contacts match different identifiers, the phone match wins, then WhatsApp, then e-mail (we never merge
-    contacts implicitly)."""
+    wa_id; a trunk that attests caller ID).  A WhatsApp id is the international number, and the two identities
+    are one contact, sharing conversation memory across channels, only when both are verified: a verified
+    caller finds the WhatsApp contact of ``+<wa_id>``, and a WhatsApp id finds the contact of a phone number
+    only if that number was verified (``Contact.phone_verified``).  Unverified identifiers match only their
+    own kind: a spoofed caller ID must neither open the WhatsApp contact's memory nor plant turns in it.
+    When several contacts match different identifiers, the phone match wins, then WhatsApp, then e-mail (we
+    never merge contacts implicitly)."""
     phone, whatsapp_id, email = _contact_identity(phone, whatsapp_id, email)
     candidates: list[Any] = []
     if phone:
@@ -331,7 +332,7 @@ def find_contact(session: Session, *, phone: str | None = None, whatsapp_id: str
     if whatsapp_id:
         candidates.append(Contact.whatsapp_id == whatsapp_id)
         if verified:
-            candidates.append(Contact.phone == "+" + whatsapp_id)
+            candidates.append(and_(col(Contact.phone) == "+" + whatsapp_id, col(Contact.phone_verified)))
     if email:
         candidates.append(Contact.email == email)
     found = list(session.exec(select(Contact).where(or_(*candidates))).all())
@@ -339,6 +340,8 @@ def find_contact(session: Session, *, phone: str | None = None, whatsapp_id: str
         return None
 
     def rank(contact: Contact) -> int:
+        if phone and contact.phone == phone and verified and not contact.phone_verified:
+            return 3  # a verified caller prefers their verified contact to one a spoofed caller ID may have made
         if phone and contact.phone == phone:
             return 0
         if whatsapp_id and contact.whatsapp_id == whatsapp_id:
@@ -346,7 +349,7 @@ def find_contact(session: Session, *, phone: str | None = None, whatsapp_id: str
         if (phone and contact.whatsapp_id == phone.removeprefix("+")) or (
                 whatsapp_id and contact.phone == "+" + whatsapp_id):
             return 2
-        return 3  # matched by e-mail only
+        return 4  # matched by e-mail only
 
     return min(found, key=lambda c: (rank(c), c.id or 0))
 
@@ -361,7 +364,8 @@ def find_or_create_contact(session: Session, *, phone: str | None = None, whatsa
         raise InvalidInput("name is longer than 200 characters", field="name")
     contact = find_contact(session, phone=phone, whatsapp_id=whatsapp_id, email=email, verified=verified)
     if contact is None:
-        contact = Contact(name=name, phone=phone, whatsapp_id=whatsapp_id, email=email)
+        contact = Contact(name=name, phone=phone, phone_verified=bool(phone and verified), whatsapp_id=whatsapp_id,
+                          email=email)
         session.add(contact)
         session.flush()
         return contact
@@ -371,6 +375,8 @@ def find_or_create_contact(session: Session, *, phone: str | None = None, whatsa
             holder = session.exec(select(Contact.id).where(getattr(Contact, attr) == value)).first()
             if holder is None:
                 setattr(contact, attr, value)
+                if attr == "phone":
+                    contact.phone_verified = verified
                 changed = True
     if name and not contact.name:
         contact.name = name

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-12-01 09:06:18.836829
+Create Date: 2026-12-01 09:28:27.196928
 """
 
 from __future__ import annotations
@@ -48,6 +48,7 @@ def upgrade() -> None:
         sa.Column("id", sa.Integer(), nullable=False),
         sa.Column("name", sqlmodel.sql.sqltypes.AutoString(length=200), nullable=False),
         sa.Column("phone", sqlmodel.sql.sqltypes.AutoString(length=64), nullable=True),
+        sa.Column("phone_verified", sa.Boolean(), nullable=False),
         sa.Column("whatsapp_id", sqlmodel.sql.sqltypes.AutoString(length=64), nullable=True),
         sa.Column("email", sqlmodel.sql.sqltypes.AutoString(length=320), nullable=True),
         sa.Column("created_at", sqlmodel.sql.sqltypes.UTCDateTime(), nullable=False),
