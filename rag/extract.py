@@ -369,8 +369,12 @@ class _TextCollector(HTMLParser):
 def html_to_text(markup: str) -> str:
     """Visible text of an HTML page (scripts, styles and the head dropped; block elements become breaks)."""
     collector = _TextCollector()
-    collector.feed(markup)
-    collector.close()
+    try:
+        collector.feed(markup)
+        collector.close()
+    except (AssertionError, ValueError, IndexError, RecursionError) as exc:
+        # html.parser asserts on some malformed declarations ("<![" without a name).
+        raise _corrupt(f"the HTML cannot be parsed: {exc}"[:300]) from exc
     body = "".join(collector.parts)
     # Collapse runs of spaces the markup's indentation leaves inside lines; keep the line structure.
     lines = [re.sub(r"[ \t\r\f\v]+", " ", line).strip() for line in body.split("\n")]

@@ -403,9 +403,22 @@ class KnowledgeBase:
         await asyncio.wait({task})
 
     # ================================================================== maintenance
-    async def recover(self) -> list[int]:
-        """Resume documents left ``pending``/``processing`` by a previous run (call once at server start)."""
+    async def warm_up(self) -> None:
+        """Open the vector store now: chromadb's first import and client start hold the GIL for about a second
+        (its native parts load), which must happen at start, not in the middle of a call's retrieval."""
         self._check_open()
+        try:
+            await self._read(self.store.client)
+        except EvaError as exc:
+            log.warning("the vector store is not available yet (%s); it is retried on first use", exc.message)
+
+    async def recover(self) -> list[int]:
+        """Resume documents left ``pending``/``processing`` by a previous run (call once at server start).
+
+        Opens the vector store first (``warm_up``).
+        """
+        self._check_open()
+        await self.warm_up()
         resumed: list[int] = []
         for status in ("pending", "processing"):
             for document in await self._run(self.repo.list_documents, None, status):

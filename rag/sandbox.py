@@ -221,6 +221,12 @@ def run_child(config: dict[str, Any], data: bytes, out: IO[bytes]) -> None:
         _write(out, {"error": "document_corrupt",
                      "message": f"{filename or 'the document'} is nested too deeply to read (damaged?)"})
         return
+    except Exception as exc:
+        # A parser failing in a way it does not document is still a file we cannot read, not a crash.
+        _write(out, {"error": "document_corrupt",
+                     "message": f"{filename or 'the document'} could not be read "
+                                f"({type(exc).__name__}: {exc})"[:500]})
+        return
     for chunk in chunks:
         _write(out, {"p": chunk.page, "t": chunk.text, "h": chunk.text_hash})
     _write(out, {"end": len(chunks)})

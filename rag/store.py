@@ -68,6 +68,29 @@ def chunk_metadata(*, agent_id: int, document_id: int, title: str, page: int | N
     return metadata
 
 
+HTTP_CONNECT_TIMEOUT = 5.0
+HTTP_TIMEOUT = 60.0
+"""Per request to a Chroma server (its own query timeout is 60 s; our largest write is MAX_BATCH rows)."""
+
+
+def _http_timeout() -> Any:
+    import httpx
+
+    return httpx.Timeout(HTTP_TIMEOUT, connect=HTTP_CONNECT_TIMEOUT)
+
+
+def _probe(base_url: str) -> None:
+    """One heartbeat with a timeout: refuse a server that accepts connections but does not answer."""
+    import httpx
+
+    try:
+        with httpx.Client(timeout=httpx.Timeout(HTTP_CONNECT_TIMEOUT)) as http:
+            http.get(f"{base_url}/api/v2/heartbeat").raise_for_status()
+    except httpx.HTTPError as exc:
+        raise StoreError(f"the Chroma server at {base_url} does not answer: {type(exc).__name__} {exc}"
+                         ) from exc
+
+
 class VectorStore:
     """Thread-safe wrapper over one Chroma client."""
 
@@ -105,8 +128,16 @@ class VectorStore:
                 raise ConfigError(f"EVA_CHROMA_URL must be http(s)://host:port, not {url!r}",
                                   field="chroma_url")
             ssl = parts.scheme == "https"
-            client = chromadb.HttpClient(host=parts.hostname, port=parts.port or (443 if ssl else 8000),
-                                         ssl=ssl, settings=chroma_settings)
+            port = parts.port or (443 if ssl else 8000)
+            # Chroma's HTTP client has no timeout at all (httpx ``timeout=None``), and its constructor already
+            # talks to the server: a hung server would hold our worker threads forever.  So: probe with a
+            # timeout first, then give the client's own sessions one.
+            _probe(f"{parts.scheme}://{parts.hostname}:{port}")
+            client = chromadb.HttpClient(host=parts.hostname, port=port, ssl=ssl, settings=chroma_settings)
+            for owner in (client, getattr(client, "_admin_client", None)):
+                session = getattr(getattr(owner, "_server", None), "_session", None)
+                if session is not None:
+                    session.timeout = _http_timeout()
             client.heartbeat()
             return client
         except ConfigError:
