@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from admin_api.dialplans import context_headers, parse_dialplan
+from admin_api.dialplans import context_headers, dial_targets, outbound_problem, parse_dialplan, parse_dialplan_show
 from tests.api.conftest import Api
 from voicebot.asterisk.render import DIALPLAN_DIR
 from voicebot.errors import InvalidInput
@@ -80,3 +80,49 @@ async def test_offline_dialplan_edit_and_revert(api: Api) -> None:
     assert (await api.call("DELETE", "/api/v1/dialplans/inbound", role="designer"))[0] == 204
     assert rendered.read_text() == packaged["content"]
     assert not (api.settings.data_dir / "dialplan" / "inbound.conf").exists()
+
+
+# ------------------------------ designers and outbound dialling (offline) -------------------------------
+async def test_offline_designer_dial_rules(api: Api) -> None:
+    """Without Asterisk the same static rules hold: trunks and URIs are for admins (403), Local is fine."""
+    refused = "[dial-ctx]\nexten => 1,1,Dial(PJSIP/5551234@carrier)\n"
+    status, error = await api.call("PUT", "/api/v1/dialplans/dial", role="designer", json={"content": refused})
+    assert (status, error["error"]["code"]) == (403, "outbound_dial_admin_only")
+    assert not (api.settings.asterisk_dir / "etc" / "dialplan" / "dial.conf").exists()
+    status, saved = await api.call("PUT", "/api/v1/dialplans/dial", role="admin", json={"content": refused})
+    assert (status, saved["applied"]) == (200, False)
+    status, saved = await api.call("PUT", "/api/v1/dialplans/dial", role="designer", json={
+        "content": "[dial-ctx]\nexten => 1,1,Dial(Local/100@eva-inbound)\n"})
+    assert status == 200, saved
+
+
+def test_admin_listed_dial_targets_are_open_to_designers() -> None:
+    allowed = dial_targets(" PJSIP/reception , PJSIP/sales,")
+    assert allowed == {"PJSIP/reception", "PJSIP/sales"}
+    contexts = {"ivr"}
+    assert outbound_problem("dial", "PJSIP/reception,20", contexts, allowed) is None
+    assert outbound_problem("dial", "PJSIP/reception&Local/1@ivr", contexts, allowed) is None
+    for arguments in ("PJSIP/reception2", "PJSIP/reception/sip:1@x", "PJSIP/${X}", "Local/1@ivr&PJSIP/carrier"):
+        assert outbound_problem("dial", arguments, contexts, allowed), arguments
+    assert outbound_problem("transfer", "600", contexts, allowed)
+    assert outbound_problem("playback", "PJSIP/x", contexts, allowed) is None
+
+
+def test_dialplan_show_is_read_by_its_own_layout() -> None:
+    """Application data is the designer's text: it cannot fake a context header or a source reference."""
+    output = (
+        "[ Context 'ivr' created by 'pbx_config' ]\n"
+        "  '1' =>            1. NoOp([ Context 'x' created by 'y' ] [inbound.conf:3]) [ivr.conf:2]\n"
+        "     [greet]        2. Playback(hello)                             [ivr.conf:3]\n"
+        "  '2' =>            hint: PJSIP/x                                  [ivr.conf:4]\n"
+        "  Include =>        'other'                                        [pbx_config]\n"
+        "  Alt. Switch =>    'Loopback/foo'                                 [pbx_config]\n"
+        "\n-= 2 extensions (3 priorities) in 1 context. =-\n"
+    )
+    loaded = parse_dialplan_show(output)
+    assert list(loaded) == ["ivr"]
+    ivr = loaded["ivr"]
+    assert [(p.file, p.line, p.application) for p in ivr.priorities] == [
+        ("ivr.conf", 2, "noop"), ("ivr.conf", 3, "playback"), ("ivr.conf", 4, "")]
+    assert ivr.includes == ["other"]
+    assert [line.split()[:3] for line in ivr.other] == [["Alt.", "Switch", "=>"]]
