@@ -86,6 +86,22 @@ async def test_concurrent_bad_logins_reach_bcrypt_at_most_the_limit_and_do_not_s
     assert status == 200, body
 
 
+async def test_a_distributed_burst_beyond_the_bcrypt_queue_is_refused_at_once(api: Api) -> None:
+    """60 addresses, one guess each: no per-address budget is spent, so only the pool's bound stops them."""
+    capacity = api.settings.password_hash_threads + api.settings.password_hash_queue
+
+    async def one(n: int) -> tuple[int, dict[str, Any]]:
+        async with client_from(f"127.0.1.{n}") as bot:
+            return await _login(bot, api, f"ghost{n}", "guess")
+
+    results = await asyncio.gather(*(one(n) for n in range(1, 61)))
+    statuses = Counter(status for status, _ in results)
+    assert statuses[401] + statuses[429] == 60, statuses
+    assert 1 <= statuses[401] <= capacity + 5, statuses  # a few may finish and free places during the burst
+    busy = [body for status, body in results if status == 429]
+    assert busy and all(body["error"]["code"] == "login_busy" for body in busy)
+
+
 async def test_many_attacker_addresses_cannot_lock_out_an_admin_from_a_known_address(
         tmp_path: Path, sqlite_engine: Engine) -> None:
     limiter = LoginLimiter(per_pair=2, per_ip=50, per_user=6, window_s=600)
