@@ -157,6 +157,8 @@ async def _kill(process: asyncio.subprocess.Process) -> None:
 
 def _answer_to_mail(answer: dict[str, Any]) -> InboundEmail:
     error = answer.get("error")
+    if answer.get("traceback"):
+        log.debug("the e-mail parser failed unexpectedly:\n%s", answer["traceback"])
     if isinstance(error, dict):
         raise InvalidInput(str(error.get("message", "the e-mail cannot be parsed")),
                            code=str(error.get("code", "email_unparseable")),
@@ -187,10 +189,11 @@ def _serve(max_bytes: int) -> None:
             answer = {"error": exc.to_dict()}
         except MemoryError:
             answer = {"error": {"code": "email_too_large", "message": "parsing the e-mail ran out of memory"}}
-        except Exception as exc:  # a parser bug: reported to the parent (and stderr), the child serves on
-            traceback.print_exc(file=sys.stderr)
+        except Exception as exc:  # a parser bug: reported to the parent, the child serves on
+            # The traceback may quote the mail, which is caller data: the parent logs it at DEBUG only.
             answer = {"error": {"code": "email_unparseable",
-                                "message": f"the e-mail cannot be parsed ({type(exc).__name__})"}}
+                                "message": f"the e-mail cannot be parsed ({type(exc).__name__})"},
+                      "traceback": traceback.format_exc()[-8000:]}
         data = json.dumps(answer).encode()
         stdout.write(_LENGTH.pack(len(data)) + data)
         stdout.flush()
