@@ -6,6 +6,7 @@ through aiosmtpd."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import AsyncIterator, Iterator
 from email.message import EmailMessage
 from pathlib import Path
@@ -78,6 +79,7 @@ async def test_whatsapp_question_answered_from_the_knowledge(core: AgentCore, de
     try:
         data = json.loads((DATA / "text_message.json").read_text())
         data["entry"][0]["changes"][0]["value"]["messages"][0]["text"]["body"] = QUESTION
+        data["entry"][0]["changes"][0]["value"]["messages"][0]["timestamp"] = str(int(time.time()))  # not stale
         body = json.dumps(data).encode()
         status, ack = await api.call("POST", "/api/v1/whatsapp/webhook", role=None, data=body,
                                      headers={"Content-Type": "application/json",
