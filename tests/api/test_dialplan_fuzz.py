@@ -10,11 +10,16 @@ thousands of generated texts is evidence that both match the C code, not that on
 
 from __future__ import annotations
 
+import asyncio
+from pathlib import Path
+
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from admin_api.dialplans import MAX_LINE_BYTES, parse_dialplan, scan_comments
+from admin_api.asterisk_link import AsteriskLink
+from admin_api.dialplans import MAX_LINE_BYTES, DialplanService, parse_dialplan, scan_comments
+from tests.api.conftest import offline_settings
 from voicebot.errors import EvaError, InvalidInput
 
 BUFFER = 8192
@@ -158,10 +163,34 @@ TOKENS = [
 LINE = st.lists(st.sampled_from(TOKENS), max_size=5).map("".join)
 GRAMMAR_TEXT = st.lists(LINE, min_size=1, max_size=14).map(lambda lines: "\n".join(lines) + "\n")
 RAW_TEXT = st.text(alphabet=";-\\ x[]=>#\n\tab(),", max_size=80)
+STATEMENTS = st.sampled_from([
+    "exten => 1,1,Answer()", "exten => 2,1,NoOp(x)", " same => n,Hangup()", "exten => 3,1,Dial(PJSIP/9@carrier)",
+    "exten => 4,1,Dial(Local/1@a)", "exten => 5,1,MixMonitor(x)", "include => b", "exten => 6,1,Transfer(600)",
+    " same => n,Playback(a\\;b)", "exten => 7,hint,PJSIP/x", "exten => _X.,1,Goto(b,s,1)",
+])
+DECORATIONS = st.sampled_from([
+    "", "", "", "", "", "", " ; note", " ;-- x --;", ";---", "\n;--\n[h]\nexten => 9,1,System(id)\n--;", " ;-- ;-- --; --;",
+    "\n; --;", " \\;--", "--;",
+])
+
+
+@st.composite
+def structured(draw: st.DrawFn) -> str:
+    """Mostly well-formed dialplans (so acceptance is exercised), decorated with comment traps."""
+    out = []
+    for context in draw(st.lists(st.sampled_from(["a", "b", "ivr-1", "from-trunk"]), min_size=1, max_size=3,
+                                 unique=True)):
+        out.append(f"[{context}]" + draw(DECORATIONS))
+        for _ in range(draw(st.integers(min_value=1, max_value=4))):
+            out.append(draw(STATEMENTS) + draw(DECORATIONS))
+    return "\n".join(out) + "\n"
+
+
+TEXTS = st.one_of(structured(), structured(), GRAMMAR_TEXT, RAW_TEXT)
 
 
 @settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.one_of(GRAMMAR_TEXT, RAW_TEXT))
+@given(TEXTS)
 def test_fuzz_parser_agrees_with_asterisks_comment_rules(text: str) -> None:
     _agree(text)  # every line we call a comment is one for Asterisk, and the reverse
     try:
@@ -188,3 +217,21 @@ def test_deep_nesting_is_refused_before_asterisk_would_hang(depth: int) -> None:
     if depth > 8:
         with pytest.raises(InvalidInput, match="nested"):
             parse_dialplan(text)
+
+
+@settings(max_examples=1000, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(TEXTS, st.booleans())
+def test_fuzz_dialplan_put_answers_only_4xx(tmp_path: Path, text: str, admin: bool) -> None:
+    """The whole PUT path (offline: no Asterisk) on generated texts: accepted, or one of our 4xx errors;
+    what it accepts is what it stores."""
+    service = DialplanService(AsteriskLink(offline_settings(tmp_path / "data"), None))
+    try:
+        saved = asyncio.run(service.put("fuzz", text, outbound=admin))
+    except EvaError as exc:
+        assert 400 <= exc.http_status < 500, exc
+        event(f"refused {exc.http_status}")
+        return
+    event("accepted")
+    stored = (tmp_path / "data" / "dialplan" / "fuzz.conf").read_text()
+    assert saved["content"] == stored == (text if text.endswith("\n") else text + "\n")
