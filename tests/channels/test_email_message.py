@@ -9,6 +9,7 @@ from email.utils import make_msgid
 import pytest
 
 from channels.email.message import (
+    MAX_DELIMITERS,
     MAX_HEADER_BYTES,
     MAX_MULTIPARTS,
     MAX_REFERENCES,
@@ -230,3 +231,15 @@ def test_html_tokenizer(markup: str, expected: str) -> None:
 def test_deeply_nested_html_is_linear() -> None:
     # The closing tags once scanned the whole stack of open ones each (quadratic).
     assert html_to_text("<div>" * 100_000 + "deep" + "</span>" * 100_000 + "</div>" * 100_000) == "deep"
+
+
+def test_hostile_header_values_are_parsed_only_in_part() -> None:
+    # A part's Content-Type with thousands of parameters took the stdlib header parser seconds (quadratic).
+    params = "".join(f'; p{i}="v{i}"' for i in range(16_000))
+    raw = ("From: a@example.org\r\nContent-Type: multipart/mixed; boundary=x\r\n\r\n--x\r\n"
+           f"Content-Type: text/plain{params}\r\n\r\nhello\r\n--x--\r\n").encode()
+    assert parse_email(raw).text == "hello"
+    many = "".join(f"--x\r\nContent-Type: text/plain\r\n\r\npart {i}\r\n" for i in range(MAX_DELIMITERS + 1))
+    with pytest.raises(InvalidInput) as caught:
+        parse_email(f"From: a@example.org\r\nContent-Type: multipart/mixed; boundary=x\r\n\r\n{many}".encode())
+    assert caught.value.code == "email_unparseable"
