@@ -17,6 +17,7 @@ from sqlalchemy.engine import Engine
 from channels.email.parse_worker import ParseWorker
 from channels.email.service import EmailService
 from models import EmailReceipt
+from tests.api.conftest import closed_port
 from tests.channels.conftest import Dovecot, ScriptedLLM, SmtpSink
 from tests.channels.test_email_service import EVA, mail, make_mail
 from voicebot.agent.core import AgentCore
@@ -235,3 +236,27 @@ async def test_a_parser_that_cannot_start_leaves_the_mail_unseen() -> None:
         with pytest.raises(Unavailable) as caught:
             await worker.parse(mail("Hello?", message_id="<nostart@example.org>"))
     assert caught.value.code == "email_parser_unavailable"
+
+
+async def test_a_reused_message_id_never_gets_another_senders_unsent_reply(
+        sqlite_db: Engine, dovecot: Dovecot, smtp_sink: SmtpSink, tmp_path: Path) -> None:
+    """F13: the victim's reply is generated but not sent (SMTP down); an attacker reusing the victim's Message-ID
+    with a Reply-To of their own gets a reply of their own, and the victim's stored reply still goes to the
+    victim."""
+    down = make_mail(sqlite_db, dovecot, smtp_sink, tmp_path, smtp_port=closed_port())
+    down.llm.reply = everything_it_knows
+    down.deliver(mail("My PIN is 4711.", message_id="<pin@example.org>", sender="victim@example.org"))
+    assert (await down.service.poll_once()).failed == 1
+    await down.service.close()
+    down.deliver(mail("What is my PIN?", message_id="<pin@example.org>", sender="attacker@evil.example",
+                      Reply_To="attacker@evil.example"))
+    up_settings = down.service.settings.with_(smtp_port=smtp_sink.port)
+    up = EmailService(up_settings, sqlite_db, AgentCore(up_settings, sqlite_db, down.llm))
+    try:
+        result = await up.poll_once()
+    finally:
+        await up.close()
+    assert result.answered == 2
+    (to_victim,) = smtp_sink.by_recipient("victim@example.org")
+    (to_attacker,) = smtp_sink.by_recipient("attacker@evil.example")
+    assert "4711" in to_victim.get_content() and "4711" not in to_attacker.get_content()
