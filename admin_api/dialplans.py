@@ -16,9 +16,10 @@ A broken or smuggled dialplan never replaces a working one:
    context another file or extensions.conf owns, no ``#include``/``#exec``.
 2. **Outbound dialling is an admin decision.**  ``Dial`` can reach a trunk and ``Transfer`` makes the carrier
    dial (toll fraud), so in a designer's file ``Dial`` may only reach ``Local/<exten>@<context>`` of a context
-   in the dialplan or a target an admin listed in ``EVA_DIALPLAN_DIAL_TARGETS``, with no variable anywhere in
-   its arguments (``${EXTEN}`` is the caller's, and an ``&`` in it adds a destination); ``Transfer`` is
-   admin-only.  Refusals are 403 ``outbound_dial_admin_only``.
+   in the dialplan that does not itself dial out, or a target an admin listed in ``EVA_DIALPLAN_DIAL_TARGETS``,
+   with no variable anywhere in its arguments (``${EXTEN}`` is the caller's, and an ``&`` in it adds a
+   destination); ``include`` of a context that dials out and ``Transfer`` are admin-only.  Refusals are 403
+   ``outbound_dial_admin_only``.
 3. **Applied check against what Asterisk itself loaded**: ``dialplan show`` of *every* context, taken after a
    reload of the current files and again after the reload with the new file.  Every priority Asterisk took
    from the file must sit in a context the file declares, on a line we parsed, running an allowlisted
@@ -357,6 +358,14 @@ def outbound_problem(app: str, arguments: str, contexts: Iterable[str], allowed:
     return None
 
 
+def dialling_contexts(parsed: ParsedDialplan, known: Iterable[str], allowed: frozenset[str]) -> set[str]:
+    """Contexts of an (admin's) file that dial out: a designer may not reach them with Local or include."""
+    context_of = {line: name for name, lines in parsed.priorities.items() for line in lines}
+    known = set(known)
+    return {context_of[line] for app, arguments, line in parsed.calls
+            if line in context_of and outbound_problem(app, arguments, known, allowed)}
+
+
 # ------------------------------------------------------------------ what Asterisk loaded
 _SHOW_HEADER_RE = re.compile(r"^\[ Context '(?P<name>.*)' created by '(?P<registrar>.*)' \]$")
 _SHOW_SOURCE_RE = re.compile(r"\s\[(?P<file>[^\[\]]*):(?P<line>\d+)\]$")
@@ -453,6 +462,10 @@ def verify_loaded(
     wanted_everywhere = {n for lines in parsed.priorities.values() for n in lines}
     offset = _line_offset(ours_everywhere, wanted_everywhere)
     apps_by_line = {line: app for app, _arguments, line in parsed.calls}
+    dialling = {name for name, context in after.items() if name not in declared and any(
+        p.application and outbound_problem(p.application, p.data, after, allowed_targets)
+        for p in context.priorities)}
+    reachable = set(after) - dialling
     for name, context in after.items():
         ours = [p for p in context.priorities if p.file == filename]
         if name not in declared:
@@ -474,7 +487,7 @@ def verify_loaded(
             elif apps_by_line.get(line) != priority.application:
                 problems.append(f"line {line} runs {priority.application!r}, not what the file was checked for")
             elif not outbound:
-                why = outbound_problem(priority.application, priority.data, after, allowed_targets)
+                why = outbound_problem(priority.application, priority.data, reachable, allowed_targets)
                 if why:
                     problems.append(f"line {line}: {why}")
         loaded_lines = {p.line - offset for p in ours if p.application}
@@ -490,6 +503,8 @@ def verify_loaded(
         wanted_includes = sorted(parsed.included.get(name, []))
         if sorted(context.includes) != wanted_includes:
             problems.append(f"context [{name}] includes {sorted(context.includes)}, expected {wanted_includes}")
+        if not outbound and set(context.includes) & dialling:
+            problems.append(f"context [{name}] includes a context that dials out")
         if context.other:
             problems.append(f"context [{name}] holds {context.other[0]!r}")
     for name in sorted(declared - set(after)):
@@ -597,20 +612,27 @@ class DialplanService:
             raise InvalidInput(f"the dialplan could not be checked within {PARSE_TIMEOUT_S:.0f} s",
                                field="content") from exc
 
-    async def _owners(self, name: str) -> dict[str, str]:
-        """Context → who declares it, for every file except dialplan ``name``."""
-        def collect() -> dict[str, str]:
+    async def _owners(self, name: str) -> tuple[dict[str, str], set[str]]:
+        """Context → who declares it, for every file except dialplan ``name``; and which of those contexts dial
+        out (an admin's outbound contexts, which a designer's Local or include may not lead callers into)."""
+        def collect() -> tuple[dict[str, str], set[str]]:
             owners = {c: "extensions.conf" for c in context_headers(self.extensions_conf.read_text("utf-8"))}
-            for other in self._all():
-                if other.name != name:
-                    for context in context_headers(other.content):
-                        owners.setdefault(context, f"dialplan {other.name!r}")
-            return owners
+            others = [f for f in self._all() if f.name != name]
+            for other in others:
+                for context in context_headers(other.content):
+                    owners.setdefault(context, f"dialplan {other.name!r}")
+            dialling: set[str] = set()
+            for other in others:
+                try:
+                    dialling |= dialling_contexts(parse_dialplan(other.content), owners, self.allowed_targets)
+                except InvalidInput:
+                    continue  # not written through this API; Asterisk's own view is checked after the reload
+            return owners, dialling
 
         return await asyncio.to_thread(collect)
 
     async def _validate(self, name: str, parsed: ParsedDialplan, *, outbound: bool) -> None:
-        owners = await self._owners(name)
+        owners, dialling = await self._owners(name)
         for context in parsed.contexts:
             if context in owners:
                 raise Conflict(
@@ -626,9 +648,15 @@ class DialplanService:
                 raise _fail(line, f"included context [{target}] does not exist")
         if not outbound:
             for app, arguments, line in parsed.calls:
-                why = outbound_problem(app, arguments, known, self.allowed_targets)
+                why = outbound_problem(app, arguments, known - dialling, self.allowed_targets)
                 if why:
                     raise OutboundDialForbidden(f"line {line}: {why}", field="content")
+            for target, line in parsed.includes:
+                if target in dialling:
+                    raise OutboundDialForbidden(
+                        f"line {line}: [{target}] dials out (an admin's context): designers may not include it",
+                        field="content",
+                    )
         if self.link.ami is not None:
             output = await self.link.ami.command("core show applications")
             loaded = {m.group(1).lower() for m in re.finditer(r"^\s*([A-Za-z][A-Za-z0-9_]*):", output, re.M)}

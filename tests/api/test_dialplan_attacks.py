@@ -210,3 +210,17 @@ async def test_designers_cannot_dial_out_admins_can(live_api: Api, asterisk: Ast
     # Deleting it is fine: it removes outbound dialling, it does not add it.
     assert (await api.call("DELETE", "/api/v1/dialplans/f8", role="designer"))[0] == 204
     assert await _absent(asterisk, "f8-ctx")
+
+
+async def test_designers_cannot_lead_callers_into_an_admins_outbound_context(live_api: Api,
+                                                                             asterisk: Asterisk) -> None:
+    api = live_api
+    status, saved = await api.call("PUT", "/api/v1/dialplans/f8-out", role="admin", json={
+        "content": "[f8-out]\nexten => _X.,1,Dial(PJSIP/${EXTEN}@carrier)\n"})
+    assert (status, saved["applied"]) == (200, True), saved
+    for line in ("exten => 1,1,Dial(Local/09001234@f8-out)", "include => f8-out"):
+        status, error = await api.call("PUT", "/api/v1/dialplans/f8-ivr", role="designer",
+                                       json={"content": f"[f8-ivr]\nexten => 2,1,NoOp()\n{line}\n"})
+        assert (status, error["error"]["code"]) == (403, "outbound_dial_admin_only"), (line, error)
+        assert "f8-out" in error["error"]["message"]
+        assert await _absent(asterisk, "f8-ivr")

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from admin_api.dialplans import context_headers, dial_targets, outbound_problem, parse_dialplan, parse_dialplan_show
+from admin_api.dialplans import (
+    context_headers,
+    dial_targets,
+    outbound_problem,
+    parse_dialplan,
+    parse_dialplan_show,
+    verify_loaded,
+)
 from tests.api.conftest import Api
 from voicebot.asterisk.render import DIALPLAN_DIR
 from voicebot.errors import InvalidInput
@@ -126,3 +133,20 @@ def test_dialplan_show_is_read_by_its_own_layout() -> None:
         ("ivr.conf", 2, "noop"), ("ivr.conf", 3, "playback"), ("ivr.conf", 4, "")]
     assert ivr.includes == ["other"]
     assert [line.split()[:3] for line in ivr.other] == [["Alt.", "Switch", "=>"]]
+
+
+def test_applied_check_sees_an_include_of_an_outbound_context() -> None:
+    """After the reload, from Asterisk's own view: a designer's context may not include one that dials out."""
+    show = (
+        "[ Context 'out' created by 'pbx_config' ]\n"
+        "  '_X.' =>          1. Dial(PJSIP/${EXTEN}@carrier)                [out.conf:2]\n"
+        "[ Context 'ivr' created by 'pbx_config' ]\n"
+        "  '1' =>            1. NoOp()                                      [ivr.conf:2]\n"
+        "  Include =>        'out'                                          [pbx_config]\n"
+    )
+    parsed = parse_dialplan("[ivr]\nexten => 1,1,NoOp()\ninclude => out\n")
+    before = parse_dialplan_show(show.split("[ Context 'ivr'", maxsplit=1)[0])
+    after = parse_dialplan_show(show)
+    assert verify_loaded("ivr.conf", parsed, before, after, outbound=True) == []
+    assert verify_loaded("ivr.conf", parsed, before, after, outbound=False) == [
+        "context [ivr] includes a context that dials out"]
