@@ -27,8 +27,8 @@ class EmailReceipt(SQLModel, table=True):
     """The From address, lower-cased."""
     message_id: str = Field(max_length=255)
     status: str = Field(default="claimed", index=True, max_length=16)
-    """claimed (being answered, or to be answered again after a failure) | answered | limited (over a rate
-    limit: stored, never answered) | failed (given up after repeated failures)"""
+    """claimed (being answered, or to be answered again after a failure; ``reason`` holds the failure's code) |
+    answered | limited (over a rate limit: stored, never answered)"""
     claimed_by: str = Field(default="", max_length=200)
     """The worker answering it now ('' when nobody is)."""
     lease_until: datetime | None = None

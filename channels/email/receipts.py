@@ -24,7 +24,7 @@ from models import EmailReceipt, utcnow
 Claim = Literal["claimed", "busy", "done"]
 """claimed: this worker answers it | busy: another worker holds it | done: answered or settled already"""
 
-FINAL = ("answered", "limited", "failed")
+FINAL = ("answered", "limited")
 COUNTED = ("claimed", "answered")
 """Receipts that count against the rate limits: answered, or being answered."""
 
@@ -72,7 +72,7 @@ def claim(session: Session, key: Key, owner: str, lease: timedelta, *, subject: 
 
 
 def settle(session: Session, key: Key, owner: str, status: str, reason: str = "") -> None:
-    """Record what became of a message this worker claimed (answered, limited, failed) and let the claim go."""
+    """Record what became of a message this worker claimed (answered, limited) and let the claim go."""
     session.execute(
         update(EmailReceipt)
         .where(col(EmailReceipt.sender) == key.sender[:320], col(EmailReceipt.message_id) == key.message_id[:255],
