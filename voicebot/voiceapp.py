@@ -82,6 +82,8 @@ class LiveCall:
     media_channel_id: str = ""
     recording: str = ""
     hangup_cause: str = ""
+    hanging_up: bool = False
+    """Eva itself is hanging the caller up: the hang-up events that follow are ours, not the caller's."""
 
 
 @dataclass(frozen=True)
@@ -227,7 +229,7 @@ class VoiceApp:
                 live.hangup_cause = event.cause_txt
             if live.session is not None:
                 live.session.end("caller_hangup")
-            elif live.task is not None and event.type != "StasisEnd":
+            elif live.task is not None and event.type != "StasisEnd" and not live.hanging_up:
                 live.task.cancel()
 
     # ------------------------------------------------------------------ one call
@@ -328,6 +330,7 @@ class VoiceApp:
         await self.ari.request("POST", f"channels/{live.channel_id}/play/{playback_id}", params={"media": sound})
         # Prompt length bound: a short sentence; the caller may hang up earlier.
         await asyncio.sleep(4.0)
+        live.hanging_up = True  # the ChannelHangupRequest may arrive before the DELETE's answer
         await self.ari.hangup(live.channel_id)
 
     async def _teardown(self, live: LiveCall, transport: RtpTransport | None, outcome: str) -> None:

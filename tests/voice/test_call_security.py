@@ -332,3 +332,23 @@ async def test_spoofed_caller_id_does_not_open_the_whatsapp_contacts_memory_but_
     prompt = " ".join(m.content for request in recording_agent.requests for m in request)
     assert "4711" in prompt, prompt
 
+
+
+# ---------------------------------------------------------------------------------------------- L11
+async def test_a_dtmf_flood_is_merged_into_at_most_one_turn_per_second(
+        runtime: EvaRuntime, caller: Caller, responder: ScriptedResponder) -> None:
+    # Review L11: every '#' of "1#1#1#..." started (and cancelled) an LLM turn and stored two messages.
+    flood = "1#" * 12
+    before = _last_call_id(runtime)
+    result = await place_call_async(caller.script("100", Action("dtmf", at=1.0, digits=flood), timeout=9,
+                                                  record=False))
+    assert result.connected, result
+    await _settled(runtime)
+    (call,) = _calls(runtime, before)
+    assert runtime.engine is not None
+    with session_scope(runtime.engine) as session:
+        turns = list(session.exec(select(CallTurn).where(CallTurn.call_id == call.id, CallTurn.kind == "dtmf")))
+    keys = "".join(t.user_text.rsplit("(DTMF: ", 1)[1].rstrip(")") for t in turns)
+    print(f"\n{len(flood)} keys in {len(turns)} DTMF turn(s)")
+    assert 1 <= len(turns) <= 8, [t.user_text for t in turns]  # ~1 per second over the ~7 s of the flood
+    assert keys.count("1") == 12  # every key reached the agent
