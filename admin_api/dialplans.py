@@ -18,8 +18,9 @@ A broken or smuggled dialplan never replaces a working one:
    dial (toll fraud), so in a designer's file ``Dial`` may only reach ``Local/<exten>@<context>`` of a context
    in the dialplan that does not itself dial out, or a target an admin listed in ``EVA_DIALPLAN_DIAL_TARGETS``,
    with no variable anywhere in its arguments (``${EXTEN}`` is the caller's, and an ``&`` in it adds a
-   destination); ``include`` of a context that dials out and ``Transfer`` are admin-only.  Refusals are 403
-   ``outbound_dial_admin_only``.
+   destination); ``include`` of, and ``Goto``/``Gosub`` (and Dial's G/F/U options) into, a context that dials
+   out are refused, as is a jump whose context is a variable while such a context exists; ``Transfer`` is
+   admin-only.  Refusals are 403 ``outbound_dial_admin_only``.
 3. **Applied check against what Asterisk itself loaded**: ``dialplan show`` of *every* context, taken after a
    reload of the current files and again after the reload with the new file.  Every priority Asterisk took
    from the file must sit in a context the file declares, on a line we parsed, running an allowlisted
@@ -366,6 +367,61 @@ def dialling_contexts(parsed: ParsedDialplan, known: Iterable[str], allowed: fro
             if line in context_of and outbound_problem(app, arguments, known, allowed)}
 
 
+def _split_top(text: str, separator: str) -> list[str]:
+    """Split at ``separator`` outside parentheses and brackets (how applications separate their arguments)."""
+    parts: list[str] = []
+    current: list[str] = []
+    depth = 0
+    for char in text:
+        if char in "([{":
+            depth += 1
+        elif char in ")]}":
+            depth -= 1
+        if char == separator and depth == 0:
+            parts.append("".join(current))
+            current = []
+        else:
+            current.append(char)
+    parts.append("".join(current))
+    return [_strip(part) for part in parts]
+
+
+def jump_contexts(app: str, arguments: str) -> list[str] | None:
+    """Contexts a jump names (Goto, Gosub, their If forms, Dial's G/F/U options); None when one is a variable."""
+    labels: list[list[str]] = []
+    if app in ("goto", "gosub"):
+        labels.append(_split_top(arguments, ","))
+    elif app in ("gotoif", "gosubif"):
+        _condition, question, branches = arguments.partition("?")
+        if question:
+            labels += [_split_top(branch, ",") for branch in _split_top(branches, ":")]
+    elif app == "dial":
+        options = _split_top(arguments, ",")[2:3]
+        for option in re.finditer(r"[GFU]\(([^()]*)\)", options[0] if options else ""):
+            labels.append(option.group(1).split("^"))
+    contexts = []
+    for label in labels:
+        if len(label) >= 3:  # [[context,]exten,]priority: three parts name the context
+            if "$" in label[0]:
+                return None
+            contexts.append(label[0])
+    return contexts
+
+
+def jump_problem(app: str, arguments: str, dialling: set[str]) -> str | None:
+    """Why a designer's jump could lead callers into an admin's context that dials out, or None."""
+    if not dialling:
+        return None
+    targets = jump_contexts(app, arguments)
+    if targets is None:
+        return (f"{app.capitalize()}() with a variable context could lead into a context that dials out "
+                f"([{sorted(dialling)[0]}]); designers name the context literally")
+    for target in targets:
+        if target in dialling:
+            return f"[{target}] dials out (an admin's context): designers may not send calls there"
+    return None
+
+
 # ------------------------------------------------------------------ what Asterisk loaded
 _SHOW_HEADER_RE = re.compile(r"^\[ Context '(?P<name>.*)' created by '(?P<registrar>.*)' \]$")
 _SHOW_SOURCE_RE = re.compile(r"\s\[(?P<file>[^\[\]]*):(?P<line>\d+)\]$")
@@ -487,7 +543,8 @@ def verify_loaded(
             elif apps_by_line.get(line) != priority.application:
                 problems.append(f"line {line} runs {priority.application!r}, not what the file was checked for")
             elif not outbound:
-                why = outbound_problem(priority.application, priority.data, reachable, allowed_targets)
+                why = (outbound_problem(priority.application, priority.data, reachable, allowed_targets)
+                       or jump_problem(priority.application, priority.data, dialling))
                 if why:
                     problems.append(f"line {line}: {why}")
         loaded_lines = {p.line - offset for p in ours if p.application}
@@ -648,7 +705,8 @@ class DialplanService:
                 raise _fail(line, f"included context [{target}] does not exist")
         if not outbound:
             for app, arguments, line in parsed.calls:
-                why = outbound_problem(app, arguments, known - dialling, self.allowed_targets)
+                why = (outbound_problem(app, arguments, known - dialling, self.allowed_targets)
+                       or jump_problem(app, arguments, dialling))
                 if why:
                     raise OutboundDialForbidden(f"line {line}: {why}", field="content")
             for target, line in parsed.includes:

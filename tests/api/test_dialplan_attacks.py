@@ -218,9 +218,16 @@ async def test_designers_cannot_lead_callers_into_an_admins_outbound_context(liv
     status, saved = await api.call("PUT", "/api/v1/dialplans/f8-out", role="admin", json={
         "content": "[f8-out]\nexten => _X.,1,Dial(PJSIP/${EXTEN}@carrier)\n"})
     assert (status, saved["applied"]) == (200, True), saved
-    for line in ("exten => 1,1,Dial(Local/09001234@f8-out)", "include => f8-out"):
+    for line in ("exten => 1,1,Dial(Local/09001234@f8-out)", "include => f8-out", "exten => 1,1,Goto(f8-out,0900,1)",
+                 "exten => 1,1,Gosub(f8-out,0900,1)", "exten => 1,1,GotoIf($[1]?f8-ivr,2,1:f8-out,0900,1)",
+                 "exten => 1,1,Goto(${CTX},0900,1)", "exten => 1,1,Dial(Local/2@f8-ivr,20,G(f8-out^0900^1))"):
         status, error = await api.call("PUT", "/api/v1/dialplans/f8-ivr", role="designer",
                                        json={"content": f"[f8-ivr]\nexten => 2,1,NoOp()\n{line}\n"})
         assert (status, error["error"]["code"]) == (403, "outbound_dial_admin_only"), (line, error)
         assert "f8-out" in error["error"]["message"]
         assert await _absent(asterisk, "f8-ivr")
+    # Jumps within the designer's own contexts are still theirs.
+    status, saved = await api.call("PUT", "/api/v1/dialplans/f8-ivr", role="designer", json={
+        "content": "[f8-ivr]\nexten => 1,1,Goto(f8-ivr,2,1)\nexten => 2,1,GotoIf($[1]?3)\n same => n,Hangup()\n"
+                   "exten => 3,1,Goto(eva-inbound,600,1)\n"})
+    assert (status, saved["applied"]) == (200, True), saved
