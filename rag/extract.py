@@ -247,12 +247,15 @@ def _extract_pdf(data: bytes, name: str, max_pages: int) -> list[Page]:
                 raise too_complex(f"{name} holds more than {MAX_EXTRACTED_CHARS // 1048576} M characters "
                                   "of text (split it into smaller files)")
             pages.append(Page(number, text))
-    except DocumentError:
-        raise
+    except (DocumentError, MemoryError):
+        raise  # a memory limit is the reader process's to report
     except (PdfReadError, PyPdfError, ValueError, KeyError, TypeError, AttributeError, IndexError,
             OSError, RecursionError, AssertionError, ZeroDivisionError) as exc:
         # pypdf surfaces damaged structures as a wide range of exception types.
         raise _corrupt(f"{name} is a damaged PDF: {exc}") from exc
+    except Exception as exc:
+        # ... and some undocumented ones (NotImplementedError for an unknown filter, found by fuzzing).
+        raise _corrupt(f"{name} is a damaged PDF: {type(exc).__name__}: {exc}") from exc
     if not pages:
         raise _empty(f"{name} has no pages")
     return pages
@@ -282,6 +285,8 @@ def _extract_docx(data: bytes, name: str) -> str:
                         parts.append(" | ".join(cell for cell in cells if cell))
     except (PackageNotFoundError, KeyError, ValueError, zipfile.BadZipFile, OSError) as exc:
         raise _corrupt(f"{name} is a damaged .docx file: {exc}") from exc
+    except MemoryError:
+        raise  # a memory limit is the reader process's to report
     except Exception as exc:
         # lxml raises its own XMLSyntaxError for damaged XML parts.
         raise _corrupt(f"{name} is a damaged .docx file: {type(exc).__name__}: {exc}") from exc

@@ -183,7 +183,9 @@ async def test_search_during_a_large_ingestion(kb: KnowledgeBase, engine: Engine
                          for index in range(400))
     big = await kb.ingest_bytes(agent_id, sentences.encode(), "lockers.txt")
     assert big.id is not None and first.id is not None
-    while (await kb.get_document(big.id)).progress <= 0.1:
+    while True:  # until its embedding has started (progress is reported after each batch)
+        if (await kb.get_document(big.id)).progress > 0.1:
+            break
         await asyncio.sleep(0.05)
     hits = await kb.search(agent_id, "When does the office open?")
     document = await kb.get_document(big.id)
