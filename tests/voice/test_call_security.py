@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -284,7 +285,10 @@ async def verified_trunk(runtime: EvaRuntime, asterisk: Asterisk) -> AsyncIterat
     trunks = TrunkService(runtime.engine, AsteriskLink(runtime.settings, ami))
     trunk = await trunks.create({"name": "attested", "host": "127.0.0.7", "verified_caller_id": True})
     try:
-        assert "trunk-attested" in await asyncio.to_thread(asterisk.cli, "pjsip show endpoints")
+        shown = await asyncio.to_thread(asterisk.cli, "pjsip show endpoint trunk-attested")
+        # Rendered with RTP on the SIP address (review F14), and Asterisk took it.
+        assert re.search(r"bind_rtp_to_media_address\s*:\s*true", shown), shown
+        assert re.search(r"media_address\s*:\s*127\.0\.0\.1", shown), shown
         yield "127.0.0.7"
     finally:
         await trunks.delete(int(trunk.id or 0))
