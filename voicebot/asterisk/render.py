@@ -48,9 +48,9 @@ def template_values(settings: Settings) -> dict[str, str]:
         "local_carrier_ip": settings.local_carrier_ip,
     }
     # RTP follows the SIP address (a wildcard SIP bind cannot name a media address: leave pjsip's default).
-    wildcard = values["sip_bind_host"] in WILDCARD_HOSTS
-    values["media_address"] = "" if wildcard else values["sip_bind_host"]
-    values["bind_rtp_to_media_address"] = "no" if wildcard else "yes"
+    values["rtp_bind"] = (
+        "; SIP listens on every address, so RTP does too" if values["sip_bind_host"] in WILDCARD_HOSTS
+        else f"media_address = {values['sip_bind_host']}\nbind_rtp_to_media_address = yes")
     for key in ("ari_password", "ami_password"):
         if not values[key]:
             raise ConfigError(f"{key} is empty: run `eva setup` to generate secrets", field=key)
