@@ -195,7 +195,8 @@ class Settings:
     """Largest inbound e-mail read, in bytes (checked with RFC822.SIZE before it is downloaded); a larger one is
     marked seen without an answer and logged."""
     email_parse_timeout: float = 10.0
-    """Seconds one inbound e-mail may take to parse (in a child process); a slower one is refused and logged."""
+    """CPU seconds one inbound e-mail may take to parse (in a niced child process; a child that gives no answer in
+    6 times that, at least a minute, is killed); a slower one is refused and logged."""
     email_replies_per_sender_hour: int = 20
     """Inbound e-mails answered per sender per hour (all workers together); the excess is stored unanswered and
     logged.  0: no limit."""

@@ -5,10 +5,12 @@ stdlib (``email``, the codecs), whose worst cases are not ours to prove, and any
 the server still competes for its GIL with the event loop that clocks every call's audio.  So the e-mail poller
 hands each raw message to :class:`ParseWorker`: one child Python process (``python -m
 channels.email.parse_worker``), started lazily, kept for the poll round, which reads length-prefixed messages on
-stdin and answers length-prefixed JSON on stdout.  A message that takes longer than ``timeout`` seconds gets the
-child killed (a fresh one parses the next message) and is refused with ``email_parse_timeout``; the child's
-address space is capped (``RLIMIT_AS``), so a decompression or allocation bomb ends in ``MemoryError`` there, not
-in the server.
+stdin and answers length-prefixed JSON on stdout.  Each message has a CPU-time budget of ``timeout`` seconds in
+the child (``ITIMER_PROF``: the child runs niced, so on a busy machine it waits longer but is not refused for it):
+over it the message is refused with ``email_parse_timeout``.  A child that does not answer within
+``wall_timeout`` seconds (stuck in C code, or the machine starved) is killed, a fresh one parses the next message,
+and that message is refused the same way.  The child's address space is capped (``RLIMIT_AS``), so a
+decompression or allocation bomb ends in ``MemoryError`` there, not in the server.
 
 Wire format: on start the child writes one byte (ready); then per message a request ``>I`` length + raw bytes
 (``max_bytes`` is fixed per child on its command line) and an answer ``>I`` length + ``{"mail": {...}}`` or
@@ -22,6 +24,7 @@ import contextlib
 import json
 import logging
 import os
+import signal
 import struct
 import sys
 import traceback
@@ -42,6 +45,8 @@ MAX_ANSWER_BYTES = 4 * 1024 * 1024
 _LENGTH = struct.Struct(">I")
 _READY = b"\x01"
 START_TIMEOUT = 30.0
+WALL_FACTOR = 6.0
+"""The wall-clock backstop is this many times the CPU budget (at least a minute): the niced child may wait."""
 _ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -53,9 +58,12 @@ class ParseWorker:
     """What the child runs (``python -m``)."""
 
     def __init__(self, *, max_bytes: int = MAX_MESSAGE_BYTES, timeout: float = DEFAULT_TIMEOUT,
-                 memory_bytes: int = DEFAULT_MEMORY_BYTES) -> None:
+                 wall_timeout: float | None = None, memory_bytes: int = DEFAULT_MEMORY_BYTES) -> None:
         self.max_bytes = max_bytes
         self.timeout = timeout
+        """CPU seconds one message may take to parse."""
+        self.wall_timeout = wall_timeout if wall_timeout is not None else max(60.0, WALL_FACTOR * timeout)
+        """Seconds the child may take to answer at all."""
         self.memory_bytes = memory_bytes
         self._process: asyncio.subprocess.Process | None = None
         self._lock = asyncio.Lock()
@@ -89,10 +97,10 @@ class ParseWorker:
         async with self._lock:
             process = await self._child()
             try:
-                answer = await asyncio.wait_for(self._exchange(process, raw), timeout=self.timeout)
+                answer = await asyncio.wait_for(self._exchange(process, raw), timeout=self.wall_timeout)
             except TimeoutError as exc:
                 await self._discard(process)
-                raise InvalidInput(f"parsing the e-mail took longer than {self.timeout:g} s",
+                raise InvalidInput(f"the e-mail parser gave no answer within {self.wall_timeout:g} s",
                                    code="email_parse_timeout") from exc
             except (OSError, asyncio.IncompleteReadError, ValueError) as exc:
                 await self._discard(process)
@@ -111,7 +119,7 @@ class ParseWorker:
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_ROOT), env.get("PYTHONPATH", "")) if p)
         try:
             process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", self.module, str(self.max_bytes), str(self.memory_bytes),
+                sys.executable, "-m", self.module, str(self.max_bytes), str(self.memory_bytes), repr(self.timeout),
                 stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, env=env, cwd=str(_ROOT))
         except OSError as exc:
             raise Unavailable(f"the e-mail parser process cannot start: {exc}",
@@ -173,8 +181,20 @@ def _answer_to_mail(answer: dict[str, Any]) -> InboundEmail:
 
 
 # ---------------------------------------------------------------------------------------------- the child
-def _serve(max_bytes: int) -> None:
+class _OverBudget(BaseException):
+    """Raised in the child when a message used up its CPU budget.  A BaseException, so that no ``except
+    Exception`` in the parser can take it for a parse error and carry on."""
+
+
+def _over_budget(signum: int, frame: object) -> None:
+    # Armed again first: should some library code swallow this one, the next fires soon after.
+    signal.setitimer(signal.ITIMER_PROF, 0.05)
+    raise _OverBudget
+
+
+def _serve(max_bytes: int, budget: float) -> None:
     stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
+    signal.signal(signal.SIGPROF, _over_budget)
     stdout.write(_READY)
     stdout.flush()
     while True:
@@ -184,30 +204,43 @@ def _serve(max_bytes: int) -> None:
         (size,) = _LENGTH.unpack(head)
         raw = stdin.read(size)
         try:
-            answer: dict[str, Any] = {"mail": asdict(parse_email(raw, max_bytes=max_bytes))}
-        except EvaError as exc:
-            answer = {"error": exc.to_dict()}
-        except MemoryError:
-            answer = {"error": {"code": "email_too_large", "message": "parsing the e-mail ran out of memory"}}
-        except Exception as exc:  # a parser bug: reported to the parent, the child serves on
-            # The traceback may quote the mail, which is caller data: the parent logs it at DEBUG only.
-            answer = {"error": {"code": "email_unparseable",
-                                "message": f"the e-mail cannot be parsed ({type(exc).__name__})"},
-                      "traceback": traceback.format_exc()[-8000:]}
+            signal.setitimer(signal.ITIMER_PROF, budget)
+            try:
+                answer = _parse_answer(raw, max_bytes)
+            finally:
+                signal.setitimer(signal.ITIMER_PROF, 0)
+        except _OverBudget:
+            answer = {"error": {"code": "email_parse_timeout",
+                                "message": f"parsing the e-mail took more than {budget:g} s of CPU time"}}
         data = json.dumps(answer).encode()
         stdout.write(_LENGTH.pack(len(data)) + data)
         stdout.flush()
 
 
+def _parse_answer(raw: bytes, max_bytes: int) -> dict[str, Any]:
+    try:
+        return {"mail": asdict(parse_email(raw, max_bytes=max_bytes))}
+    except EvaError as exc:
+        return {"error": exc.to_dict()}
+    except MemoryError:
+        return {"error": {"code": "email_too_large", "message": "parsing the e-mail ran out of memory"}}
+    except Exception as exc:  # a parser bug: reported to the parent, the child serves on
+        # The traceback may quote the mail, which is caller data: the parent logs it at DEBUG only.
+        return {"error": {"code": "email_unparseable",
+                          "message": f"the e-mail cannot be parsed ({type(exc).__name__})"},
+                "traceback": traceback.format_exc()[-8000:]}
+
+
 def main(argv: list[str]) -> None:
-    max_bytes, memory = int(argv[0]), int(argv[1])
-    # Behind the calls' media and speech work for the CPU: a slow parse delays mail, never audio.
+    max_bytes, memory, budget = int(argv[0]), int(argv[1]), float(argv[2])
+    # Behind the calls' media and speech work for the CPU: a slow parse delays mail, never audio (the budget is
+    # CPU time, so waiting for the CPU does not count against it).
     os.nice(10)
     if memory > 0:
         import resource
 
         resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
-    _serve(max_bytes)
+    _serve(max_bytes, budget)
 
 
 if __name__ == "__main__":

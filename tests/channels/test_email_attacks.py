@@ -99,7 +99,9 @@ async def test_hostile_mail_never_stalls_the_event_loop(
         caplog: pytest.LogCaptureFixture) -> None:
     """F1: a 1 MB quote-marker line, 20,000 nested multiparts, 1.2 MB of hostile HTML and a mail over the size
     limit are answered or refused with a reason while the loop keeps ticking every 20 ms."""
-    box = make_mail(sqlite_db, dovecot, smtp_sink, tmp_path, email_max_bytes=2_000_000)
+    # The parser child is niced (calls first): on a loaded test machine its wall time says little, so the budget
+    # is generous; the point here is the event loop's ticks and the outcome.
+    box = make_mail(sqlite_db, dovecot, smtp_sink, tmp_path, email_max_bytes=2_000_000, email_parse_timeout=30)
     for raw in (redos_mail(), nested_mail(), html_mail(), oversize_mail(2_500_000)):
         box.deliver(raw)
     caplog.set_level(logging.WARNING, logger="channels.email.service")
@@ -111,7 +113,6 @@ async def test_hostile_mail_never_stalls_the_event_loop(
     elapsed = time.monotonic() - started
     print(f"max loop gap {gap * 1000:.1f} ms, poll {elapsed:.1f} s")
     assert gap < 0.1, f"the event loop stalled for {gap * 1000:.0f} ms"
-    assert elapsed < 60
     assert (result.unseen, result.answered, result.refused, result.failed) == (4, 2, 2, 0)
     assert all(seen for _id, seen in box.seen())  # nothing is left to be fetched again for ever
     assert sorted(rcpts[0] for _from, rcpts in smtp_sink.envelopes) == ["attacker@example.net", "html@example.net"]
@@ -122,14 +123,20 @@ async def test_hostile_mail_never_stalls_the_event_loop(
     assert any("email_unparseable" in line and "multipart sections" in line for line in refused), refused
 
 
-async def test_a_parse_over_the_time_limit_is_refused_and_the_next_child_parses() -> None:
-    """F1: the parser's time limit kills the child (a fresh one takes the next message)."""
+async def test_a_parse_over_its_cpu_budget_or_the_wall_clock_is_refused() -> None:
+    """F1: over its CPU budget a message is refused by the child, which parses on; a child that does not answer
+    in wall-clock time is killed and a fresh one parses the next message."""
     raw = mail("Hello?", message_id="<slow@example.org>")
-    async with ParseWorker(timeout=1e-6) as worker:
+    async with ParseWorker(timeout=0.05) as worker:  # the hostile HTML takes a second or more of CPU
+        with pytest.raises(InvalidInput) as caught:
+            await worker.parse(html_mail())
+        assert caught.value.code == "email_parse_timeout" and "CPU time" in caught.value.message
+        assert (await worker.parse(raw)).text == "Hello?" and worker.started == 1  # the child parses on
+    async with ParseWorker(wall_timeout=1e-6) as worker:
         with pytest.raises(InvalidInput) as caught:
             await worker.parse(raw)
-        assert caught.value.code == "email_parse_timeout"
-        worker.timeout = 30
+        assert caught.value.code == "email_parse_timeout" and worker.started == 1
+        worker.wall_timeout = 60
         parsed = await worker.parse(raw)
         assert (parsed.sender, parsed.text, worker.started) == ("ada@example.org", "Hello?", 2)
         with pytest.raises(InvalidInput) as caught:
