@@ -356,3 +356,33 @@ async def test_a_dtmf_flood_is_merged_into_at_most_one_turn_per_second(
     print(f"\n{len(flood)} keys in {len(turns)} DTMF turn(s)")
     assert 1 <= len(turns) <= 8, [t.user_text for t in turns]  # ~1 per second over the ~7 s of the flood
     assert keys.count("1") == 12  # every key reached the agent
+
+
+# ---------------------------------------------------------------------------------------------- F7: Eva's own
+@pytest.mark.parametrize("proof", [True, False], ids=["placed-by-eva", "forged-arguments"])
+async def test_only_a_call_eva_originated_counts_as_outbound(runtime: EvaRuntime, proof: bool) -> None:
+    """A real originate through ARI (into a Local channel that plays the self-test prompt), exactly as the
+    admin API's outbound calls do: with the EVA_ORIGIN proof the call is outbound for the requested agent;
+    the same arguments without it are a forgery and the call is inbound, routed by its DID."""
+    import uuid
+
+    assert runtime.voice is not None
+    ari = runtime.voice.ari
+    before = _last_call_id(runtime)
+    channel_id = f"eva-out-{uuid.uuid4().hex[:16]}"
+    await ari.originate("Local/600@eva-inbound", app_args="agent=demo,did=600,direction=outbound",
+                        channel_id=channel_id, variables=ari.origin_variables(channel_id) if proof else None)
+    for _ in range(100):
+        if _calls(runtime, before):
+            break
+        await asyncio.sleep(0.1)
+    await asyncio.sleep(1.0)
+    await ari.hangup(channel_id)
+    await _settled(runtime)
+    (call,) = _calls(runtime, before)
+    assert call.channel_id == channel_id
+    if proof:
+        assert (call.direction, call.caller, call.did) == ("outbound", "600", "600"), call
+        assert call.agent_id is not None
+    else:
+        assert (call.direction, call.agent_id, call.did) == ("inbound", None, "600"), call  # 600 has no route
