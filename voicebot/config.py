@@ -110,7 +110,7 @@ class Settings:
     ollama_embed_model: str = "nomic-embed-text"
     ollama_timeout: float = 60.0
     llm_model_path: str = ""
-    """GGUF path for the embedded backend; empty → the packaged Gemma 3 270M."""
+    """GGUF path for the embedded backend; empty → the packaged Qwen2.5-Coder-0.5B-Instruct (verified at setup)."""
     llm_timeout: float = 20.0
 
     # --- knowledge ---

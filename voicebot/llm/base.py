@@ -88,6 +88,11 @@ class Done:
     finish_reason: FinishReason
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+    prompt_tokens_evaluated: int | None = None
+    """Of ``prompt_tokens``, how many the model evaluated (the rest came from its KV cache); None when the
+    backend cannot tell."""
+    prompt_eval_ms: float | None = None
+    """How long evaluating them took (to the first generated token), when the backend can tell."""
 
 
 LlmEvent = TextDelta | ToolCall | Done
@@ -100,6 +105,9 @@ class LanguageModel(abc.ABC):
     """Backend name for logs and metrics: ``ollama`` or ``embedded``."""
     supports_tools: bool
     """Whether ``tools`` passed to :meth:`stream` can be called by the model."""
+    caches_prefix: bool = False
+    """Whether the backend keeps evaluated prompt prefixes (then callers should keep the system prompt and
+    knowledge identical across turns, so only new words are evaluated)."""
 
     @property
     @abc.abstractmethod

@@ -5,13 +5,22 @@ loop (llama.cpp contexts are not thread-safe, and on a small machine one generat
 fastest).  Tokens travel to the loop through ``call_soon_threadsafe``; a ``threading.Event`` checked after
 every token stops generation when the consumer is cancelled (barge-in).
 
-Prompting: when the GGUF carries a chat template we use it (``create_chat_completion``).  The default model,
-base Gemma 3 270M, has none, and chat-style prompts make a base model echo; what works is a *few-shot
-transcript*: a fixed preamble with example calls to another business, then this agent's instructions,
-knowledge and the conversation as ``Caller:``/``Agent:`` lines, ending in ``Agent:``; generation stops at the
-newline.  Such base models decode greedily (temperature 0) whatever the agent's temperature: sampling a
-270M base model mostly adds errors.  The fixed preamble comes first so llama.cpp reuses its evaluated prefix
-across requests (only the tail of each prompt is evaluated).  No tool calls: ``supports_tools`` is False.
+Prompting depends on the GGUF.  The default, **Qwen2.5-Coder-0.5B-Instruct** (ChatML chat template), gets
+our own ChatML rendering (``voicebot.llm.chatml``): one stable system block per agent (persona, channel
+guidance, grounding rule, the knowledge) followed by the append-only conversation, so that with the KV
+snapshots of ``voicebot.llm.prefix_cache`` each prompt token is evaluated once: a turn evaluates only the
+caller's new words, and a new call of an agent starts from its pinned prefix.  Every ``Done`` reports
+``prompt_tokens_evaluated`` and ``prompt_eval_ms`` (also the ``eva_llm_prompt_*`` metrics).  Tool signatures
+are not put in its prompt by default (``tools_in_prompt``; measured: they made the 0.5B model answer worse);
+when they are, Qwen's textual ``<tool_call>`` JSON is parsed into :class:`ToolCall` events.  Other chat
+templates go through llama-cpp-python's ``create_chat_completion`` (no tools, no snapshots).
+
+A base model without a template (Gemma 3 270M, the earlier default, kept as the latency baseline) echoes
+chat prompts; what works is a *few-shot transcript*: a fixed preamble with example calls to another
+business, then this agent's instructions, knowledge and the conversation as ``Caller:``/``Agent:`` lines,
+ending in ``Agent:``; generation stops at the newline.  Such base models decode greedily (temperature 0)
+whatever the agent's temperature: sampling a 270M base model mostly adds errors.  The fixed preamble comes
+first so llama.cpp reuses its evaluated prefix across requests.  No tool calls there.
 """
 
 from __future__ import annotations
@@ -22,6 +31,7 @@ import logging
 import os
 import re
 import threading
+import time
 from collections.abc import AsyncGenerator, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -38,12 +48,21 @@ from voicebot.llm.base import (
     LanguageModel,
     LlmEvent,
     TextDelta,
+    ToolCall,
     ToolSpec,
 )
+from voicebot.llm.chatml import STOP, ToolCallParser, build_chat_prompt
+from voicebot.llm.prefix_cache import PrefixCache, common_prefix
+from voicebot.llm.qwen_gguf import GGUF_NAME
+from voicebot.metrics import LLM_PROMPT_EVAL_SECONDS, LLM_PROMPT_TOKENS_EVALUATED
 
 log = logging.getLogger(__name__)
 
-DEFAULT_GGUF_NAME = "gemma-3-270m-q4_k_m.gguf"
+DEFAULT_GGUF_NAME = GGUF_NAME
+"""The default model: Qwen2.5-Coder-0.5B-Instruct (chat template, tool calls), assembled by ``eva setup``."""
+GEMMA_GGUF_NAME = "gemma-3-270m-q4_k_m.gguf"
+"""The earlier default, base Gemma 3 270M (few-shot transcript path): kept as the latency baseline and for
+fast tests; choose it with ``EVA_LLM_MODEL_PATH``."""
 
 # Example calls to two made-up businesses.  Tuned on Gemma 3 270M (base): one fact per knowledge line, answers
 # that restate the fact as a sentence, an identity question so the persona's name is used, and a "closed" day
@@ -77,7 +96,7 @@ _SENTENCE_END_RE = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9])")
 
 
 def default_gguf_path(settings: Settings) -> Path:
-    """``EVA_LLM_MODEL_PATH`` or the GGUF that ``eva setup`` assembled from the packaged Gemma 3 270M."""
+    """``EVA_LLM_MODEL_PATH`` or the GGUF that ``eva setup`` assembled and verified (Qwen2.5 0.5B Instruct)."""
     if settings.llm_model_path:
         return Path(settings.llm_model_path).expanduser()
     return settings.models_dir / DEFAULT_GGUF_NAME
@@ -142,6 +161,7 @@ class _Job:
 
     messages: list[ChatMessage]
     knowledge: list[str]
+    tools: list[ToolSpec]
     options: GenerationOptions
     stop: threading.Event
     emit: Callable[[LlmEvent | BaseException], None]
@@ -161,8 +181,13 @@ class EmbeddedLLM(LanguageModel):
     name = "embedded"
     supports_tools = False
 
-    def __init__(self, model_path: Path, *, n_ctx: int = 4096, n_threads: int | None = None) -> None:
+    def __init__(self, model_path: Path, *, n_ctx: int = 4096, n_threads: int | None = None,
+                 tools_in_prompt: bool = False) -> None:
         self.model_path = Path(model_path)
+        # Off by default: with tool signatures in its prompt Qwen2.5 0.5B answered worse (it claimed a bike
+        # shop repairs cars) and never called a tool when it should; the agent's decision layer
+        # (voicebot.agent.decisions) transfers and hangs up instead.  On, calls are parsed from its text.
+        self.tools_in_prompt = tools_in_prompt
         self.n_ctx = n_ctx
         # Voice calls run STT, LLM and TTS one after another, so the LLM may use the cores it finds; beyond
         # four threads a 270M model gains nothing.
@@ -170,7 +195,11 @@ class EmbeddedLLM(LanguageModel):
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="eva-llm")
         self._llama: Any = None
         self._chat_template = False
+        self._chatml = False
         self._closed = False
+        self._cache = PrefixCache()
+        self.last_prompt_eval: tuple[int, float] = (0, 0.0)
+        """(prompt tokens evaluated, seconds) of the last chat-template request, for tests and benchmarks."""
 
     @property
     def default_model(self) -> str:
@@ -210,6 +239,11 @@ class EmbeddedLLM(LanguageModel):
             raise LlmUnavailable(f"cannot load GGUF model {self.model_path.name}: {exc}") from exc
         template = self._llama.metadata.get("tokenizer.chat_template", "")
         self._chat_template = bool(template and template.strip())
+        # Chat models get our ChatML rendering, which offers tools and parses Qwen-style calls.
+        self._chatml = "<|im_start|>" in template
+        self.supports_tools = self._chatml and self.tools_in_prompt
+        # The agent core sends a stable knowledge block to a model that caches prompt prefixes.
+        self.caches_prefix = self._chatml
         log.info("embedded LLM loaded: %s (%s, %d threads)", self.model_path.name,
                  "chat template" if self._chat_template else "no chat template: few-shot transcript prompt",
                  self.n_threads)
@@ -264,7 +298,9 @@ class EmbeddedLLM(LanguageModel):
             with contextlib.suppress(RuntimeError):  # the loop is gone: nobody is listening any more
                 loop.call_soon_threadsafe(queue.put_nowait, item)
 
-        job = _Job(list(messages), list(knowledge), opts, stop, emit)
+        # Tools only reach chat-template models; the few-shot transcript has no way to call them.
+        job = _Job(list(messages), list(knowledge), list(tools) if self.supports_tools else [], opts, stop,
+                   emit)
         loop.run_in_executor(self._executor, self._generate, job)
         try:
             while True:
@@ -288,8 +324,10 @@ class EmbeddedLLM(LanguageModel):
             if llama is None:
                 job.emit(LlmUnavailable("the embedded model was closed"))
                 return
-            if self._chat_template:
+            if self._chatml:
                 self._generate_chat(llama, job)
+            elif self._chat_template:
+                self._generate_template(llama, job)
             else:
                 self._generate_transcript(llama, job)
         except Exception as exc:  # any failure is reported to the consumer, never lost in the executor
@@ -353,6 +391,83 @@ class EmbeddedLLM(LanguageModel):
                                f"max_tokens={max_tokens}")
 
     def _generate_chat(self, llama: Any, job: _Job) -> None:
+        """Chat-template models (the default Qwen): our own ChatML rendering, KV snapshots so only new
+        tokens are evaluated, and Qwen's textual tool calls parsed into :class:`ToolCall` events."""
+        from llama_cpp import StoppingCriteriaList
+
+        opts, stop, emit = job.options, job.stop, job.emit
+        prompt = build_chat_prompt(job.messages, job.knowledge, job.tools)
+        prefix_tokens: list[int] = llama.tokenize(prompt.prefix.encode("utf-8"), add_bos=False, special=True)
+        tokens: list[int] = llama.tokenize(prompt.text.encode("utf-8"), add_bos=False, special=True)
+        if tokens[:len(prefix_tokens)] != prefix_tokens:  # a merge across the boundary (never seen): no pin
+            prefix_tokens = []
+        if len(tokens) + opts.max_tokens > self.n_ctx:
+            raise LlmError(f"prompt of {len(tokens)} tokens does not fit the model context ({self.n_ctx} "
+                           f"tokens) with max_tokens={opts.max_tokens}")
+        started = time.monotonic()
+        evaluated = self._prepare_context(llama, tokens, prefix_tokens)
+        held = int(llama.n_tokens)
+        # llama.cpp re-evaluates at least the last prompt token (for its logits).
+        evaluated += len(tokens) - min(held, len(tokens) - 1)
+        counted: dict[str, float] = {"tokens": len(tokens), "first": 0.0}
+
+        def stopping(input_ids: Any, _logits: Any) -> bool:
+            if not counted["first"]:
+                counted["first"] = time.monotonic()
+            counted["tokens"] = len(input_ids)
+            return stop.is_set()
+
+        chunks: Iterator[dict[str, Any]] = llama.create_completion(
+            tokens, max_tokens=opts.max_tokens, temperature=opts.temperature, stream=True,
+            stop=[*STOP, *opts.stop], stopping_criteria=StoppingCriteriaList([stopping]))
+        parser = ToolCallParser() if job.tools else None
+        finish: str | None = None
+        called = False
+        for chunk in chunks:
+            if stop.is_set():
+                return
+            choice = chunk["choices"][0]
+            text: str = choice.get("text") or ""
+            if text:
+                for event in parser.push(text) if parser else [TextDelta(text)]:
+                    called = called or isinstance(event, ToolCall)
+                    emit(event)
+            finish = choice.get("finish_reason") or finish
+        if stop.is_set():
+            return
+        for event in parser.finish() if parser else []:
+            called = called or isinstance(event, ToolCall)
+            emit(event)
+        eval_seconds = (counted["first"] or time.monotonic()) - started
+        self.last_prompt_eval = (evaluated, eval_seconds)
+        LLM_PROMPT_TOKENS_EVALUATED.observe(evaluated, backend=self.name)
+        LLM_PROMPT_EVAL_SECONDS.observe(eval_seconds, backend=self.name)
+        generated = min(opts.max_tokens, max(0, int(counted["tokens"]) - len(tokens) + 1))
+        reason: FinishReason = "tool_calls" if called else _finish(finish)
+        emit(Done(reason, prompt_tokens=len(tokens), completion_tokens=generated,
+                  prompt_tokens_evaluated=evaluated, prompt_eval_ms=round(eval_seconds * 1000.0, 1)))
+        # After the reply, off the caller's clock: keep this call's state for its next turn.
+        self._cache.save(llama)
+
+    def _prepare_context(self, llama: Any, tokens: list[int], prefix_tokens: list[int]) -> int:
+        """Bring the context as close to ``tokens`` as the cache allows; returns the tokens evaluated here
+        (an agent prefix seen for the first time is evaluated and pinned)."""
+        held = common_prefix(llama.input_ids[:int(llama.n_tokens)], tokens)
+        snapshot, covered = self._cache.best(tokens)
+        if snapshot is not None and covered > held:
+            self._cache.restore(llama, snapshot)
+            held = covered
+        if not prefix_tokens or held >= len(prefix_tokens):
+            return 0
+        # A new agent prefix: evaluate it on its own and pin it, so every later call of this agent starts
+        # from it whatever ran in between.
+        llama.n_tokens = held
+        llama.eval(prefix_tokens[held:])
+        self._cache.save(llama, pinned=True)
+        return len(prefix_tokens) - held
+
+    def _generate_template(self, llama: Any, job: _Job) -> None:
+        """Other chat templates: llama-cpp-python renders them (no tool calls, no snapshots)."""
         messages, knowledge, opts, stop, emit = job.messages, job.knowledge, job.options, job.stop, job.emit
         payload: list[dict[str, Any]] = []
         knowledge_text = "\n\n".join(knowledge)
@@ -385,6 +500,9 @@ class EmbeddedLLM(LanguageModel):
             return
         # Streamed chat chunks carry one token each, so the count of non-empty pieces is the token count.
         emit(Done(_finish(finish), prompt_tokens=None, completion_tokens=pieces))
+
+    def prefix_cache_stats(self) -> dict[str, int]:
+        return {"snapshots": len(self._cache), "bytes": self._cache.bytes, "restores": self._cache.restores}
 
 
 def _finish(reason: str | None) -> FinishReason:

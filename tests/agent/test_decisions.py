@@ -1,0 +1,62 @@
+"""The decision layer: who gets a person, when the call ends (pure functions, no model)."""
+
+from __future__ import annotations
+
+import pytest
+
+from voicebot.agent.decisions import decide, offer_after_unknown
+from voicebot.llm.base import ChatMessage
+
+TARGETS = {"front desk": "200", "workshop": "201"}
+
+
+@pytest.mark.parametrize("text", [
+    "Put me through to a person, please.", "I want to talk to a real person", "Can I speak to someone?",
+    "can i speak to someone at the front desk about my bill?", "Operator!", "Connect me with a human.",
+    "I'd like to talk to a representative", "I need to speak with somebody", "Transfer me to the workshop",
+    "The caller pressed the keys 0 on the phone keypad. (DTMF: 0)", "Could I talk to the manager?",
+])
+def test_requests_for_a_person_transfer(text: str) -> None:
+    decision = decide(text, [], TARGETS)
+    assert decision is not None and decision.action == "transfer", text
+    assert decision.target == ("workshop" if "workshop" in text else "front desk")
+
+
+@pytest.mark.parametrize("text", [
+    "What are your opening hours?", "How much does a person pay for a rental?", "Do you repair bikes?",
+    "The caller pressed the keys 1 0 on the phone keypad. (DTMF: 10)", "Who am I speaking to?",
+])
+def test_questions_are_left_to_the_model(text: str) -> None:
+    assert decide(text, [], TARGETS) is None
+
+
+def test_yes_to_the_agents_offer_transfers_and_no_does_not() -> None:
+    memory = [ChatMessage("user", "Do you sell cars?"),
+              ChatMessage("assistant", "I am sorry, I do not know that. Would you like me to put you through "
+                                       "to a colleague?")]
+    for yes in ("Yes please.", "Sure", "yeah, go ahead"):
+        decision = decide(yes, memory, TARGETS)
+        assert decision is not None and decision.action == "transfer" and decision.target == "front desk"
+    assert decide("No, thanks.", memory, TARGETS) is None
+    assert decide("Yes please.", [ChatMessage("assistant", "We open at 9.")], TARGETS) is None
+
+
+def test_no_targets_no_transfer() -> None:
+    assert decide("Put me through to a person", [], {}) is None
+
+
+@pytest.mark.parametrize("text", ["Thanks, goodbye!", "That's all, bye.", "OK bye bye", "Have a nice day."])
+def test_goodbye_hangs_up(text: str) -> None:
+    decision = decide(text, [], TARGETS)
+    assert decision is not None and decision.action == "hang_up"
+
+
+def test_goodbye_with_a_question_does_not_hang_up() -> None:
+    assert decide("Before I say goodbye, when do you open?", [], TARGETS) is None
+
+
+def test_offer_after_unknown() -> None:
+    assert offer_after_unknown("I am sorry, I do not know that.", TARGETS).startswith("Would you like")
+    assert offer_after_unknown("I don't know. Shall I put you through to a colleague?", TARGETS) == ""
+    assert offer_after_unknown("We open at 9.", TARGETS) == ""
+    assert offer_after_unknown("I do not know that.", {}) == ""

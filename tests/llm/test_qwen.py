@@ -1,0 +1,98 @@
+"""The default embedded model (Qwen2.5-Coder-0.5B-Instruct, real llama.cpp): it answers from the knowledge,
+says it does not know what the knowledge does not say, and each prompt token is evaluated once (agent prefix
+snapshots, append-only calls).  One shared model instance; few requests (its prompt evaluation is slow)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from tests.embedded_model import qwen_gguf_path, shared_qwen_llm
+from voicebot.agent.core import CHANNEL_GUIDANCE
+from voicebot.agent.demo import DEMO_DOCUMENT, DEMO_FIELDS
+from voicebot.errors import SetupError
+from voicebot.llm.base import ChatMessage, Done, GenerationOptions, LlmEvent, TextDelta
+from voicebot.llm.embedded import EmbeddedLLM
+from voicebot.llm.qwen_gguf import GGUF_SIZE, assemble, stamp_ok
+
+pytestmark = pytest.mark.slow
+
+KNOWLEDGE = [DEMO_DOCUMENT.read_text(encoding="utf-8")]
+OTHER = ["Paws Veterinary Clinic treats dogs, cats and rabbits. We refer horses to Hill Farm Vets. "
+         "We are open Monday to Friday from 8 am to 7 pm. A check-up costs 45 dollars."]
+OPTIONS = GenerationOptions(temperature=0.0, max_tokens=48)
+
+
+@pytest.fixture(scope="module")
+def qwen() -> EmbeddedLLM:
+    return shared_qwen_llm()
+
+
+def system(persona: str) -> list[ChatMessage]:
+    return [ChatMessage("system", persona), ChatMessage("system", CHANNEL_GUIDANCE["voice"])]
+
+
+async def ask(llm: EmbeddedLLM, history: list[ChatMessage], knowledge: list[str]) -> tuple[str, Done]:
+    events: AsyncIterator[LlmEvent] = llm.stream(history, knowledge=knowledge, options=OPTIONS)
+    collected = [event async for event in events]
+    done = collected[-1]
+    assert isinstance(done, Done)
+    return "".join(e.text for e in collected if isinstance(e, TextDelta)), done
+
+
+async def test_default_model_is_qwen_with_chatml(qwen: EmbeddedLLM) -> None:
+    assert qwen.uses_chat_template and qwen.caches_prefix
+    assert qwen.default_model == "qwen2.5-coder-0.5b-instruct-q4_k_m"
+    assert stamp_ok(qwen_gguf_path()) or qwen_gguf_path().stat().st_size == GGUF_SIZE
+
+
+async def test_a_call_evaluates_only_new_words_and_agents_keep_their_prefix(qwen: EmbeddedLLM) -> None:
+    bike = system(str(DEMO_FIELDS["persona"]))
+    call = [*bike, ChatMessage("user", "When are you open on Saturday?")]
+    answer, first = await ask(qwen, call, KNOWLEDGE)
+    assert re.search(r"10 ?am.*4 ?pm", answer), answer
+    assert first.prompt_tokens_evaluated is not None and first.prompt_tokens is not None
+    # Another agent in between (its own prefix), then the bike shop call goes on.
+    vet = [*system("You are Sam, the phone assistant of Paws Veterinary Clinic."),
+           ChatMessage("user", "Do you treat horses?")]
+    vet_answer, _ = await ask(qwen, vet, OTHER)
+    assert re.search(r"\bno\b|not|Hill Farm|refer", vet_answer, re.IGNORECASE), vet_answer
+    call += [ChatMessage("assistant", answer), ChatMessage("user", "And how much is a flat tire repair?")]
+    answer2, second = await ask(qwen, call, KNOWLEDGE)
+    assert re.search(r"\b15\b", answer2), answer2
+    assert second.prompt_tokens is not None and second.prompt_tokens > first.prompt_tokens
+    # Only the caller's new words (and the chat markup around them) were evaluated.
+    assert second.prompt_tokens_evaluated is not None and second.prompt_tokens_evaluated <= 40, second
+    # A new call to the same agent starts from the agent's pinned prefix.
+    _, fresh = await ask(qwen, [*bike, ChatMessage("user", "Where is the shop?")], KNOWLEDGE)
+    assert fresh.prompt_tokens_evaluated is not None and fresh.prompt_tokens_evaluated <= 40, fresh
+    stats = qwen.prefix_cache_stats()
+    assert stats["restores"] >= 1 and stats["snapshots"] >= 2
+
+
+async def test_what_the_knowledge_does_not_say_is_not_invented(qwen: EmbeddedLLM) -> None:
+    history = [*system(str(DEMO_FIELDS["persona"])), ChatMessage("user", "Can you repair my car?")]
+    answer, _ = await ask(qwen, history, KNOWLEDGE)
+    assert re.search(r"(do not|don't) know|sorry|no\b|not", answer, re.IGNORECASE), answer
+    assert not re.search(r"\byes\b", answer, re.IGNORECASE), answer
+
+
+def test_assembly_refuses_a_part_set_that_does_not_match_the_pinned_hash(tmp_path: Path) -> None:
+    parts = []
+    for number in range(2):
+        part = tmp_path / f"part{number:02d}.bin"
+        part.write_bytes(b"not the model" * 100)
+        parts.append(part)
+    target = tmp_path / "model.gguf"
+    with pytest.raises(SetupError, match="does not match its pinned hash"):
+        assemble(target, parts=parts)
+    assert not target.exists() and not (tmp_path / "model.gguf.partial").exists()
+    import hashlib
+
+    data = b"".join(p.read_bytes() for p in parts)
+    ok = assemble(target, parts=parts, expected_sha256=hashlib.sha256(data).hexdigest(),
+                  expected_size=len(data))
+    assert ok.read_bytes() == data

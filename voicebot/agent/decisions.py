@@ -1,0 +1,127 @@
+"""The decision layer for the few actions that matter on a phone line: a person, and the end of the call.
+
+A small model fumbles tool calls (Qwen2.5 0.5B was seen answering "yes, I can speak to someone" instead of
+transferring, and choosing ``hang_up`` for a billing question).  A caller who asks for a person must reach
+one whatever the model does, and a call must never be cut off because the model guessed.  So, before the
+model runs, the caller's words (or keys) are read here:
+
+* an explicit request for a person ("put me through to someone", "can I talk to a real person",
+  "operator", "front desk" when that is a target, DTMF ``0``), or a "yes" to the agent's own offer to put
+  the caller through → **transfer**, to the target the caller named or else the agent's first person-like
+  target;
+* a goodbye with nothing else asked ("thanks, bye", "that's all, goodbye") → the model says goodbye, then
+  **hang up**; a model's own ``hang_up`` is honoured only then.
+
+Pure functions on text: no I/O, easy to test.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from voicebot.llm.base import ChatMessage
+
+Action = Literal["transfer", "hang_up"]
+
+_PERSON = (r"(?:a |an |the |some |your )?(?:real |live |actual |human )?"
+           r"(?:person|human(?: being)?|someone|somebody|some one|agent|operator|representative|rep|"
+           r"receptionist|staff|member of staff|colleague|manager|front desk|reception|people|man|woman|"
+           r"employee|attendant)")
+_ASK_PERSON = re.compile(
+    r"\b(?:(?:speak|talk|chat)(?:ing)? (?:to|with)|put me (?:through|thru)(?: to)?|connect me(?: to| with)?|"
+    r"transfer me(?: to)?|get me|give me|pass me(?: on)?(?: to)?|want|need|like|reach)\s+" + _PERSON + r"\b",
+    re.IGNORECASE)
+_BARE_ASK = re.compile(r"^\W*(?:operator|representative|human|real person|a person|agent|reception|"
+                       r"front desk|transfer(?: me)?|put me through)\W*(?:please\W*)?$", re.IGNORECASE)
+_TRANSFER_ME = re.compile(r"\b(?:transfer|put) me\b|\bput me (?:through|thru)\b|\bconnect me\b", re.IGNORECASE)
+_DTMF_ZERO = re.compile(r"\(DTMF: 0\)")
+_OFFER = re.compile(r"\b(?:put you (?:through|thru)|transfer you|connect you|pass you)\b", re.IGNORECASE)
+_YES = re.compile(r"^\W*(?:yes|yeah|yep|yup|sure|ok(?:ay)?|please|please do|yes please|go ahead|do it|"
+                  r"that would be (?:great|good|nice)|i would|i'd like that|absolutely|of course|certainly)\b",
+                  re.IGNORECASE)
+_NO = re.compile(r"\b(?:no|not|don't|do not|never)\b", re.IGNORECASE)
+_GOODBYE = re.compile(r"\b(?:good ?bye|bye(?: bye)?|see you|talk to you later|have a (?:good|nice) (?:day|one)|"
+                      r"that'?s all|that is all|nothing else|no more questions|hang up)\b", re.IGNORECASE)
+_PERSON_TARGET = re.compile(r"operator|person|front desk|reception|human|staff|desk|office|support|team",
+                            re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class Decision:
+    action: Action
+    target: str = ""
+    """For ``transfer``: the name of one of the agent's transfer targets."""
+    reason: str = ""
+
+
+def _norm(text: str) -> str:
+    return " ".join(text.lower().replace("’", "'").split())
+
+
+def asks_for_person(text: str, targets: Sequence[str] = ()) -> bool:
+    """Whether the caller explicitly asks to be put through to a person (or pressed 0)."""
+    if _DTMF_ZERO.search(text):
+        return True
+    norm = _norm(text)
+    if _ASK_PERSON.search(norm) or _BARE_ASK.search(norm):
+        return True
+    # "Put me through to sales", "transfer me to the workshop": a named target.
+    return bool(_TRANSFER_ME.search(norm) and named_target(norm, targets))
+
+
+def named_target(text: str, targets: Sequence[str]) -> str:
+    """The target whose name the caller said (longest first, so "front desk" beats "desk")."""
+    norm = _norm(text)
+    for name in sorted(targets, key=len, reverse=True):
+        if name and re.search(r"\b" + re.escape(_norm(name)) + r"\b", norm):
+            return name
+    return ""
+
+
+def default_target(targets: Sequence[str]) -> str:
+    """Where "a person" goes: the first target whose name reads like one, else the first target."""
+    for name in targets:
+        if _PERSON_TARGET.search(name):
+            return name
+    return targets[0] if targets else ""
+
+
+def accepts_offer(text: str, last_agent_text: str) -> bool:
+    """A "yes" to the agent's own offer to put the caller through."""
+    norm = _norm(text)
+    return bool(_OFFER.search(last_agent_text) and _YES.search(norm) and not _NO.search(norm)
+                and "?" not in norm)
+
+
+def says_goodbye(text: str) -> bool:
+    """A closing remark with no question in it."""
+    norm = _norm(text)
+    return bool(_GOODBYE.search(norm)) and "?" not in norm and not asks_for_person(norm)
+
+
+def decide(text: str, memory: Sequence[ChatMessage], transfer_targets: Mapping[str, str]) -> Decision | None:
+    """The action the caller's turn ``text`` calls for, or None (let the model answer)."""
+    targets = list(transfer_targets)
+    last_agent = next((m.content for m in reversed(memory) if m.role == "assistant"), "")
+    if targets:
+        if asks_for_person(text, targets):
+            return Decision("transfer", named_target(text, targets) or default_target(targets), "asked")
+        if accepts_offer(text, last_agent):
+            return Decision("transfer", named_target(last_agent, targets) or default_target(targets), "offer")
+    if says_goodbye(text):
+        return Decision("hang_up", reason="goodbye")
+    return None
+
+
+_DONT_KNOW = re.compile(r"\b(?:do not know|don't know|not sure|no information|cannot help|can't help|"
+                        r"unable to (?:help|answer))\b", re.IGNORECASE)
+
+
+def offer_after_unknown(reply: str, transfer_targets: Mapping[str, str]) -> str:
+    """The sentence to add when the agent could not answer and did not offer a person itself ("" if none)."""
+    if not transfer_targets or not _DONT_KNOW.search(reply) or _OFFER.search(reply):
+        return ""
+    return "Would you like me to put you through to a colleague?"
