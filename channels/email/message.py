@@ -142,6 +142,11 @@ def parse_email(raw: bytes, *, max_bytes: int = MAX_MESSAGE_BYTES) -> InboundEma
         raise InvalidInput(f"the e-mail cannot be parsed ({type(exc).__name__})", code="email_unparseable") from exc
 
 
+def _printable(text: str) -> bool:
+    """No whitespace, control, format or unassigned characters in ``text``."""
+    return not any(c.isspace() or unicodedata.category(c)[0] == "C" for c in text)
+
+
 def _header_section_size(raw: bytes) -> int:
     end = raw.find(b"\n\n")
     crlf = raw.find(b"\r\n\r\n")
@@ -153,9 +158,10 @@ def _parse(raw: bytes) -> InboundEmail:
     message = email.message_from_bytes(raw, policy=_POLICY)
     assert isinstance(message, EmailMessage)
     name, sender = parseaddr(_header(message, "From"))
-    if "@" not in sender or len(sender) > 320:
-        raise InvalidInput("the e-mail has no sender address", field="From")
     sender = sender.strip().lower()
+    if "@" not in sender or len(sender) > 320 or not _printable(sender):
+        # Whitespace or a control character in it (a vertical tab, U+2028...) would break the reply's To header.
+        raise InvalidInput("the e-mail has no usable sender address", field="From")
     message_ids = _MSGID_RE.findall(_header(message, "Message-ID"))
     message_id = message_ids[0] if message_ids else f"<{hashlib.sha256(raw).hexdigest()[:40]}@eva.invalid>"
     in_reply_to = _MSGID_RE.findall(_header(message, "In-Reply-To"))
@@ -170,7 +176,7 @@ def _parse(raw: bytes) -> InboundEmail:
         in_reply_to=in_reply_to[0][:255] if in_reply_to else "",
         references=tuple(references),
         sender=sender,
-        sender_name=" ".join(name.split())[:200],
+        sender_name=" ".join("".join(c for c in name if _printable(c) or c.isspace()).split())[:200],
         reply_to_header=reply_to.strip().lower()[:320] if "@" in reply_to else "",
         to=recipients,
         subject=" ".join(_header(message, "Subject")[:MAX_SUBJECT * 4].split())[:MAX_SUBJECT],

@@ -243,3 +243,13 @@ def test_hostile_header_values_are_parsed_only_in_part() -> None:
     with pytest.raises(InvalidInput) as caught:
         parse_email(f"From: a@example.org\r\nContent-Type: multipart/mixed; boundary=x\r\n\r\n{many}".encode())
     assert caught.value.code == "email_unparseable"
+
+
+@pytest.mark.parametrize("odd", ["\x0b", "\x0c", "\x1c", "\x85", "\u2028", "\u200b", "\x00"])
+def test_an_address_with_line_breaking_characters_is_refused_and_a_name_cleaned(odd: str) -> None:
+    # Found by the fuzz test: "x\x0by@example.org" parsed, then the reply's To header could not be built.
+    with pytest.raises(InvalidInput):
+        parse_email(f"From: x{odd}y@example.org\r\n\r\nhi".encode())
+    parsed = parse_email(f"From: An{odd}na <anna@example.org>\r\n\r\nhi".encode())
+    assert parsed.sender_name in ("An na", "Anna")
+    assert build_reply(parsed, "ok", sender="eva@shop.example")["To"] == f"{parsed.sender_name} <anna@example.org>"
