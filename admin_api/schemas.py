@@ -292,6 +292,8 @@ class DocumentOut(Output):
     sha256: str
     status: str
     error: str
+    error_code: str
+    """Stable code of a failure (e.g. document_too_complex, document_corrupt); empty unless failed."""
     progress: float
     chunk_count: int
     created_at: Timestamp

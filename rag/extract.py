@@ -453,6 +453,8 @@ def _heading(line: str) -> str | None:
 def clean_text(text: str) -> str:
     """Normalise whitespace and drop control characters while keeping paragraph breaks."""
     text = text.replace("\r\n", "\n").replace("\r", "\n").replace("\x0c", "\n\n").replace("\u00a0", " ")
+    # Lone surrogates (a PDF's broken ToUnicode map) cannot be stored, hashed or sent as UTF-8.
+    text = text.encode("utf-8", "replace").decode("utf-8")
     text = "".join(char for char in text if char in "\n\t" or ord(char) >= 32)
     # Words hyphenated across PDF line ends ("infor-\nmation").
     text = re.sub(r"(\w)-\n(\w)", r"\1\2", text)
