@@ -84,6 +84,7 @@ def create_app(
     login_limiter: LoginLimiter | None = None,
     whatsapp: WhatsAppService | None = None,
     email: EmailService | None = None,
+    asterisk_supervisor: Any = None,
 ) -> web.Application:
     """The admin API application.
 
@@ -93,6 +94,7 @@ def create_app(
     without Asterisk: trunk and dialplan changes are written and take effect when Asterisk next starts.
     Without an explicit ``call_control``, live calls, hangup and originate go through AMI.  ``whatsapp`` and
     ``email`` are the running text channels (their endpoints answer 503 without them); their owner closes them.
+    ``asterisk_supervisor`` (when Eva manages Asterisk) tells the health endpoints whether Asterisk is running.
     """
     ami_client = None if offline_asterisk else (ami or AmiClient(settings))
     link = AsteriskLink(settings, ami_client)
@@ -118,6 +120,7 @@ def create_app(
         ami=ami_client,
         whatsapp=whatsapp,
         email=email,
+        asterisk_process=asterisk_supervisor,
     )
     if ami_client is not None and ami is None:
         services.owned.append(ami_client)

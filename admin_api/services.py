@@ -48,6 +48,8 @@ class Services:
     ami: AmiClient | None = None
     whatsapp: WhatsAppService | None = None
     email: EmailService | None = None
+    asterisk_process: Any = None
+    """The local Asterisk's supervisor (``snapshot()`` → state, restarts) when ``eva run`` manages Asterisk."""
     started: float = field(default_factory=time.monotonic)
     owned: list[Any] = field(default_factory=list)
     """Objects this app created and closes on shutdown (e.g. its AMI client)."""

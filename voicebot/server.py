@@ -144,7 +144,8 @@ class EvaRuntime:
         channels = self.components.get("channels")
         app = create_app(self.settings, engine, kb=self.components.get("kb"),
                          call_control=AriCallControl(self.voice.ari), llm=self.components.get("llm"),
-                         whatsapp=channels.whatsapp if channels else None, email=channels.email if channels else None)
+                         whatsapp=channels.whatsapp if channels else None, email=channels.email if channels else None,
+                         asterisk_supervisor=self.components.get("asterisk_supervisor"))
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, self.settings.api_host, self.settings.api_port)

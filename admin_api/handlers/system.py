@@ -18,7 +18,7 @@ import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from ipaddress import ip_address
-from typing import TYPE_CHECKING, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import aiohttp
 from aiohttp import web
@@ -46,7 +46,16 @@ T = TypeVar("T")
 
 @router.get("/health", role=None, absolute=True, summary="Liveness: the process answers")
 async def liveness(ctx: Ctx) -> LivenessOut:
-    return LivenessOut()
+    watch = ctx.services.asterisk_process
+    return LivenessOut(asterisk=watch.snapshot()["state"] if watch is not None else None)
+
+
+def _asterisk_process_check(watch: Any) -> HealthCheck:
+    """The supervisor's view of the local Asterisk process (no I/O: its state is kept current every few seconds)."""
+    snap = watch.snapshot()
+    state = snap["state"]
+    return HealthCheck(name="asterisk_process", status="ok" if state == "running" else "error", latency_ms=None,
+                       detail=f"{state}; {snap['restarts']} restart(s); down for {snap['down_for_s']}s")
 
 
 async def _timed(name: str, check: Callable[[], Awaitable[str]] | None) -> HealthCheck:
@@ -235,6 +244,8 @@ async def health(ctx: Ctx) -> HealthOut:
     if signed_in:
         await services.auth.authenticate(ctx.request)  # the details need valid credentials (else 401)
     checks = await monitor(services).checks()
+    if services.asterisk_process is not None:
+        checks = [*checks, _asterisk_process_check(services.asterisk_process)]
     status: Literal["ok", "degraded", "down"]
     if checks[0].status != "ok":
         status = "down"

@@ -6,6 +6,7 @@ Each test boots its own Asterisk (it gets killed), on a private port slot and da
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import time
@@ -14,6 +15,10 @@ from pathlib import Path
 
 import pytest
 
+from aiohttp.test_utils import TestClient, TestServer
+
+from admin_api.app import create_app
+from models.db import make_engine, upgrade
 from voicebot.asterisk.image import image_ready
 from voicebot.asterisk.process import Asterisk
 from voicebot.asterisk.supervisor import AsteriskSupervisor
@@ -49,23 +54,45 @@ async def _wait(predicate: object, timeout: float) -> None:
 async def test_a_killed_asterisk_is_noticed_restarted_and_takes_calls_again(own_asterisk: Asterisk,
                                                                             tmp_path: Path) -> None:
     supervisor = AsteriskSupervisor(own_asterisk, interval=0.5)
+    settings = own_asterisk.settings
+    engine = make_engine(settings.effective_database_url)
+    await asyncio.to_thread(upgrade, engine)
+    client = TestClient(TestServer(create_app(settings, engine, offline_asterisk=True,
+                                              asterisk_supervisor=supervisor), host="127.0.0.1", port=0))
+    await client.start_server()
     supervisor.start()
     try:
         pid = own_asterisk.pid()
         assert pid is not None
+        assert (await (await client.get("/health")).json())["asterisk"] == "running"
         seen: list[str] = []
+        reported: list[str] = []
+
+        async def health() -> None:
+            while True:
+                reported.append((await (await client.get("/health")).json())["asterisk"])
+                checks = (await (await client.get("/api/v1/health")).json())["checks"]
+                reported.extend(f"api:{c['status']}" for c in checks if c["name"] == "asterisk_process")
+                await asyncio.sleep(0.05)
 
         def watch() -> bool:
             seen.append(supervisor.state)
             return supervisor.restarts == 1 and supervisor.state == "running"
 
+        poller = asyncio.create_task(health())
         os.kill(pid, signal.SIGKILL)
-        await _wait(watch, 60)
+        try:
+            await _wait(watch, 60)
+        finally:
+            poller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await poller
         assert "restarting" in seen  # it noticed (within one interval), and said so while it worked
+        assert "restarting" in reported and "api:error" in reported  # the health endpoints said so too
+        assert (await (await client.get("/health")).json())["asterisk"] == "running"
         new_pid = own_asterisk.pid()
         assert new_pid is not None and new_pid != pid
         assert supervisor.snapshot()["state"] == "running"
-        settings = own_asterisk.settings
         result = await place_call_async(CallScript(
             uri=f"sip:600@{settings.bind_host}:{settings.sip_port}", actions=(Action("wait", at=2.0),),
             record_path=str(tmp_path / "after.wav"), timeout=4, bind_ip=settings.local_carrier_ip,
@@ -74,6 +101,8 @@ async def test_a_killed_asterisk_is_noticed_restarted_and_takes_calls_again(own_
     finally:
         await supervisor.close()
         await supervisor.close()  # idempotent
+        await client.close()
+        engine.dispose()
 
 
 async def test_logs_past_the_limit_are_rotated_and_old_ones_pruned(own_asterisk: Asterisk) -> None:
