@@ -20,7 +20,7 @@ NUMBERS = {1: "one", 2: "two", 3: "three", 4: "four", 5: "five", 6: "six", 7: "s
 def num(n: int) -> str:
     """A regex for ``n`` as digits or words."""
     word = NUMBERS.get(n)
-    return rf"(?:\b{n}\b{'|' + word if word else ''})"
+    return rf"(?:(?<![\d.]){n}(?!\d){'|' + word if word else ''})"
 
 
 @dataclass(frozen=True)
@@ -108,13 +108,13 @@ We are on the second floor of 88 King Street.
 SINGLE = (
     Item("vet", ("What are your opening hours on Saturday?",), rf"{num(9)}.*(?:{num(1)}|one)"),
     Item("vet", ("How much is a check-up?",), num(45)),
-    Item("vet", ("Do you treat horses?",), r"\bno\b|not|Hill Farm|refer"),
-    Item("vet", ("Where is the clinic?",), r"Willow"),
-    Item("bakery", ("Are you open on Monday?",), r"\bno\b|closed|not open"),
+    Item("vet", ("Do you treat horses?",), r"\bno\b|(?:do not|don't) treat|Hill Farm|refer"),
+    Item("vet", ("Where is the clinic?",), r"Willow|wheel-?o|\b17\b|seventeen"),
+    Item("bakery", ("Are you open on Monday?",), r"\bno\b|closed|(?:are|is) not open"),
     Item("bakery", ("How much is a sourdough loaf?",), num(6)),
     Item("bakery", ("How far ahead do I need to order a birthday cake?",), rf"{num(2)} days|{num(2)}"),
     Item("dentist", ("How much does teeth whitening cost?",), r"250|two hundred (?:and )?fifty"),
-    Item("dentist", ("Are you open on Saturday?",), r"\bno\b|closed|not open"),
+    Item("dentist", ("Are you open on Saturday?",), r"\bno\b|closed|(?:are|is) not open"),
     Item("dentist", ("Who are the dentists at your practice?",), r"Chen|Okafor"),
 )
 

@@ -9,7 +9,13 @@ what it hears.  Reported:
 * outgoing pacing jitter: inter-arrival times of Eva's RTP packets at Asterisk's port, captured on the
   loopback interface with a raw socket (needs root), deviation from 20 ms (p50, p95, p99).
 
-Usage: ``.venv/bin/python bench/latency.py [--calls 10] [--json bench/results/latency.json]``
+* prompt tokens the embedded model evaluated per turn (p50, p95), from the reply messages' timings.
+
+``--models default,gemma`` runs the whole benchmark once per model in the same process and prints the tables
+side by side (``default`` is the installed Qwen2.5 0.5B Instruct, ``gemma`` the Gemma 3 270M baseline, or a
+GGUF path).
+
+Usage: ``.venv/bin/python bench/latency.py [--calls 10] [--models default,gemma] [--json bench/results/latency.json]``
 """
 
 from __future__ import annotations
@@ -93,10 +99,10 @@ class LoopbackCapture:
         return deviations
 
 
-async def run(calls: int, out: Path, end_of_turn_ms: int | None = None) -> dict[str, object]:
+async def run(calls: int, out: Path, end_of_turn_ms: int | None = None, model: str = "") -> dict[str, object]:
     from sqlmodel import select
 
-    from models import CallTurn
+    from models import CallTurn, Message
     from models.db import make_engine, session_scope, upgrade
     from voicebot.agent.demo import seed_demo_knowledge, seed_demo_rows
     from voicebot.asterisk.process import Asterisk
@@ -108,6 +114,8 @@ async def run(calls: int, out: Path, end_of_turn_ms: int | None = None) -> dict[
 
     workdir = Path(tempfile.mkdtemp(prefix="eva-bench-"))
     settings = isolated_settings(workdir / "data").with_(llm="embedded", record_calls=False)
+    if model:
+        settings = settings.with_(llm_model_path=model)
     if end_of_turn_ms is not None:
         settings = settings.with_(end_of_turn_ms=end_of_turn_ms)
     print(f"[bench] preparing an isolated Eva in {workdir} ...", flush=True)
@@ -153,6 +161,9 @@ async def run(calls: int, out: Path, end_of_turn_ms: int | None = None) -> dict[
             turns = list(session.exec(select(CallTurn).where(CallTurn.kind == "speech")))[1:]  # skip warm-up
         stages = {name: summary([float(getattr(t, name)) for t in turns if getattr(t, name) is not None])
                   for name in STAGES}
+        replies = list(session.exec(select(Message).where(Message.role == "assistant")))[1:]
+        evaluated = [float(m.timings["prompt_tokens_evaluated"]) for m in replies
+                     if m.timings and "prompt_tokens_evaluated" in m.timings]
     finally:
         await runtime.close()
         asterisk.stop()
@@ -163,6 +174,8 @@ async def run(calls: int, out: Path, end_of_turn_ms: int | None = None) -> dict[
         "voice_to_voice_ms": summary(v2v_values),
         "stages_ms_after_speech_end": stages,
         "pacing_jitter_ms": summary(jitter),
+        "prompt_tokens_evaluated": summary(evaluated),
+        "model": Path(settings.llm_model_path).name,
         "settings": {"end_of_turn_ms": settings.end_of_turn_ms, "barge_in_ms": settings.barge_in_ms,
                      "media_format": settings.media_format, "llm": settings.llm, "cpus": os.cpu_count()},
         "per_call": results,
@@ -194,6 +207,10 @@ def print_table(report: dict[str, object]) -> None:
     print("Outgoing pacing: |inter-arrival − 20 ms| (ms)")
     print(f"  p50 {jitter['p50']:.2f}  p95 {jitter['p95']:.2f}  p99 {jitter['p99']:.2f}  max {jitter['max']:.2f}"
           f"  over {int(jitter['n'])} packets")
+    tokens = report.get("prompt_tokens_evaluated")
+    if isinstance(tokens, dict) and tokens["n"]:
+        print(f"Prompt tokens evaluated per turn: p50 {tokens['p50']:.0f}  p95 {tokens['p95']:.0f}"
+              f"  over {int(tokens['n'])} turns")
 
 
 def main() -> int:
@@ -201,10 +218,23 @@ def main() -> int:
     parser.add_argument("--calls", type=int, default=10)
     parser.add_argument("--end-of-turn-ms", type=int, default=None, help="override EVA_END_OF_TURN_MS")
     parser.add_argument("--json", type=Path, default=Path(__file__).parent / "results" / "latency.json")
+    parser.add_argument("--models", default="default",
+                        help="comma-separated: default (Qwen), gemma (baseline) or GGUF paths; one run each")
     args = parser.parse_args()
-    report = asyncio.run(run(args.calls, args.json, args.end_of_turn_ms))
-    print_table(report)
-    print(f"\nJSON: {args.json}")
+    from voicebot.config import Settings
+    from voicebot.llm.embedded import GEMMA_GGUF_NAME, default_gguf_path
+
+    installed = Settings.load()
+    reports = []
+    for name in args.models.split(","):
+        model = {"default": str(default_gguf_path(installed)),
+                 "gemma": str(installed.models_dir / GEMMA_GGUF_NAME)}.get(name, name)
+        out = args.json if name == "default" else args.json.with_name(f"{args.json.stem}-{Path(model).stem}.json")
+        reports.append((out, asyncio.run(run(args.calls, out, args.end_of_turn_ms, str(Path(model).resolve())))))
+    for out, report in reports:
+        print(f"\n=== model {report['model']}")
+        print_table(report)
+        print(f"JSON: {out}")
     return 0
 
 

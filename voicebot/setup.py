@@ -131,6 +131,7 @@ def _models_run(settings: Settings) -> None:
 PROMPTS = {
     "eva-selftest": SELFTEST_TEXT,
     "eva-no-route": "Sorry, this number is not in service. Goodbye.",
+    "eva-operator": "You have reached the operator test line. A colleague would answer here.",
 }
 
 

@@ -32,6 +32,8 @@ DEMO_FIELDS = {
     "greeting": "Hello, this is Eva from Sunny Side Bike Shop. How can I help you?",
     "temperature": 0.2,
     "max_tokens": 96,
+    # "Put me through to a person" reaches the packaged dialplan's operator test line (extension 800).
+    "transfer_targets": {"front desk": "800"},
 }
 
 
