@@ -32,7 +32,7 @@ def parse_exposition(text: str) -> dict[str, float]:
 
 async def test_liveness_and_health_without_dependencies(api: Api) -> None:
     response = await api.client.get("/health")
-    assert (response.status, await response.json()) == (200, {"status": "ok"})
+    assert (response.status, await response.json()) == (200, {"status": "ok", "asterisk": None})
     status, anonymous = await api.call("GET", "/api/v1/health", role=None)
     assert status == 200 and all(c["detail"] == "" for c in anonymous["checks"])  # no internals without login
     status, health = await api.call("GET", "/api/v1/health", role="viewer")

@@ -14,7 +14,6 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-
 from aiohttp.test_utils import TestClient, TestServer
 
 from admin_api.app import create_app
