@@ -387,3 +387,27 @@ async def test_only_a_call_eva_originated_counts_as_outbound(runtime: EvaRuntime
         assert call.agent_id is not None
     else:
         assert (call.direction, call.agent_id, call.did) == ("inbound", None, "600"), call  # 600 has no route
+
+
+async def test_outbound_calls_placed_through_ami_carry_the_origin_proof(runtime: EvaRuntime) -> None:
+    # The admin API's default call control (AMI Originate) must mark its channels too, or they would be
+    # taken for forgeries.  The callee never answers here, so the proof is read off the ringing channel.
+    from admin_api.ami import AmiCallControl, AmiClient
+    from admin_api.control import OriginateRequest
+    from voicebot.ari.origin import ORIGIN_VARIABLE
+
+    assert runtime.voice is not None
+    ami = AmiClient(runtime.settings)
+    try:
+        channel_id = await AmiCallControl(ami, runtime.settings).originate(OriginateRequest(
+            agent_id=1, agent_name="demo", number="5555", endpoint="carrier", timeout_s=10))
+        token = ""
+        for _ in range(50):
+            token = await runtime.voice.ari.get_variable(channel_id, ORIGIN_VARIABLE, default="")
+            if token:
+                break
+            await asyncio.sleep(0.1)
+        assert runtime.voice.ari.is_eva_origin(channel_id, token), token
+        await runtime.voice.ari.hangup(channel_id)
+    finally:
+        await ami.close()
