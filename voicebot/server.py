@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 import time
@@ -79,6 +80,9 @@ class EvaRuntime:
         await self._start_channels(engine)
         if self.with_api:
             await self._start_api(engine)
+        # Models and libraries are loaded for good: keep them out of the collector's full passes, which otherwise
+        # take 0.2 s on this heap (an audible gap in every call's 20 ms media clock).
+        gc.freeze()
         log.info("Eva is ready in %.1fs", time.monotonic() - started)
 
     async def _agent_responder(self, engine: Engine) -> Responder:
