@@ -19,6 +19,7 @@ from models.db import session_scope
 from rag import KnowledgeBase
 from rag.embeddings import LocalEmbedder
 from rag.repository import KnowledgeRepository, ReplaceStopped
+from rag.store import VectorStore
 from tests.rag.conftest import agent_factory
 from voicebot.config import Settings
 
@@ -193,3 +194,39 @@ async def test_search_during_a_large_ingestion(kb: KnowledgeBase, engine: Engine
     assert document.status == "processing" and document.progress < 0.9, document
     await kb.wait_idle()
     assert (await kb.get_document(big.id)).status == "ready"
+
+
+async def test_close_while_chunk_rows_are_written_leaves_nothing_half_done(kb_settings: Settings,
+                                                                          sqlite_engine: Engine,
+                                                                          local_embedder: LocalEmbedder) -> None:
+    """Cancelling the indexing task in the middle of the batched row write: the write stops at its next batch
+    and removes its staged rows, the new vectors are taken back, and the document waits to be resumed."""
+    agent_id = agent_factory(sqlite_engine)("closing")
+    settings = kb_settings.with_(chunk_size=60, chunk_overlap=0)
+    kb = KnowledgeBase(settings, sqlite_engine, embedder=local_embedder)
+    await kb.recover()
+    tag = uuid.uuid4().hex[:6]
+    text = "\n\n".join(f"Locker {index} {tag} is near door {index * 7}." for index in range(1200))
+    loop = asyncio.get_running_loop()
+    writing = asyncio.Event()
+    flag = threading.Event()
+    _on_first_chunk_insert(sqlite_engine, flag)
+
+    @event.listens_for(sqlite_engine, "after_cursor_execute")
+    def notify(*_args: object) -> None:
+        if flag.is_set() and not writing.is_set():
+            loop.call_soon_threadsafe(writing.set)
+
+    document = await kb.ingest_bytes(agent_id, text.encode(), "lockers.txt")
+    assert document.id is not None
+    await asyncio.wait_for(writing.wait(), 300)
+    await kb.close()
+    repo = KnowledgeRepository(sqlite_engine)
+    assert repo.chunk_ids(document.id) == [], "staged or half-written rows were left behind"
+    final = repo.get_document(document.id)
+    assert (final.status, final.error_code) == ("pending", "interrupted")
+    store = VectorStore(settings, local_embedder.name)
+    try:
+        assert await asyncio.to_thread(store.ids, agent_id) == []  # the new vectors were taken back
+    finally:
+        await asyncio.to_thread(store.close)
