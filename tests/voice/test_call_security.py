@@ -411,3 +411,35 @@ async def test_outbound_calls_placed_through_ami_carry_the_origin_proof(runtime:
         await runtime.voice.ari.hangup(channel_id)
     finally:
         await ami.close()
+
+
+@pytest.fixture
+def self_transfer(runtime: EvaRuntime) -> Iterator[None]:
+    """demo lists its own number as a transfer target (a designer's slip)."""
+    assert runtime.engine is not None
+    with session_scope(runtime.engine) as session:
+        demo = store.get_agent_by_name(session, "demo")
+        original = dict(demo.transfer_targets or {})
+        store.update_agent(session, int(demo.id or 0), {"transfer_targets": {"reception": "100"}})
+    try:
+        yield
+    finally:
+        with session_scope(runtime.engine) as session:
+            demo = store.get_agent_by_name(session, "demo")
+            store.update_agent(session, int(demo.id or 0), {"transfer_targets": original})
+
+
+@pytest.mark.usefixtures("self_transfer")
+async def test_a_transfer_back_into_the_same_agent_is_refused(
+        runtime: EvaRuntime, caller: Caller, responder: ScriptedResponder, say: Callable[[str], Path],
+        whisper: WhisperStt) -> None:
+    responder.script = lambda text: ["One moment.", ToolCall("transfer_call", {"target": "reception"})]
+    before = _last_call_id(runtime)
+    result = await place_call_async(caller.script("100", Action("play", at=5.0, path=str(say("Reception please."))),
+                                                  timeout=14))
+    assert result.connected and not result.remote_hangup, result
+    heard = transcribe(whisper, load(result.record_path)).lower()
+    assert "can't transfer" in heard or "cannot transfer" in heard, heard
+    await _settled(runtime)
+    (call,) = _calls(runtime, before)  # no second session: the call never left
+    assert call.outcome == "caller_hangup"
