@@ -153,9 +153,14 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                   f"{item.turns[-1]!r} -> {reply!r}", flush=True)
         if "actions" in sections:
             for n, (action, turns, dtmf) in enumerate(ACTIONS):
-                reply, result = await call(dids["vet"], turns, dtmf, f"action{n}")
                 with session_scope(engine) as session:
-                    row = session.exec(select(Call).order_by(col(Call.id).desc())).first()
+                    last = session.exec(select(Call).order_by(col(Call.id).desc())).first()
+                    before = last.id if last and last.id else 0
+                reply, result = await call(dids["vet"], turns, dtmf, f"action{n}")
+                await asyncio.sleep(1.0)  # let Eva record the call's end
+                with session_scope(engine) as session:
+                    # A transferred call has a second row for where it went: the first row has the outcome.
+                    row = session.exec(select(Call).where(col(Call.id) > before).order_by(col(Call.id))).first()
                     outcome = row.outcome if row else ""
                 ok = outcome == "transferred" if action == "transfer" else (
                     bool(result.remote_hangup) and outcome == "completed")

@@ -115,7 +115,7 @@ SINGLE = (
     Item("bakery", ("How far ahead do I need to order a birthday cake?",), rf"{num(2)} days|{num(2)}"),
     Item("dentist", ("How much does teeth whitening cost?",), r"250|two hundred (?:and )?fifty"),
     Item("dentist", ("Are you open on Saturday?",), r"\bno\b|closed|(?:are|is) not open"),
-    Item("dentist", ("Who are the dentists at your practice?",), r"Chen|Okafor"),
+    Item("dentist", ("Who are the dentists at your practice?",), r"Chen|Okafor|Maria|\bTom\b"),
 )
 
 MULTI = (

@@ -31,7 +31,8 @@ _PERSON = (r"(?:a |an |the |some |your )?(?:real |live |actual |human )?"
            r"receptionist|staff|member of staff|colleague|manager|front desk|reception|people|man|woman|"
            r"employee|attendant)")
 _ASK_PERSON = re.compile(
-    r"\b(?:(?:speak|talk|chat)(?:ing)? (?:to|with)|put me (?:through|thru)(?: to)?|connect me(?: to| with)?|"
+    # "through to": speech recognition hears "put me through" as "let me through" / "get me through".
+    r"\b(?:(?:speak|talk|chat)(?:ing)? (?:to|with)|(?:through|thru) to|connect me(?: to| with)?|"
     r"transfer me(?: to)?|get me|give me|pass me(?: on)?(?: to)?|want|need|like|reach)\s+" + _PERSON + r"\b",
     re.IGNORECASE)
 _BARE_ASK = re.compile(r"^\W*(?:operator|representative|human|real person|a person|agent|reception|"

@@ -406,7 +406,7 @@ class EmbeddedLLM(LanguageModel):
                            f"tokens) with max_tokens={opts.max_tokens}")
         started = time.monotonic()
         evaluated = self._prepare_context(llama, tokens, prefix_tokens)
-        held = int(llama.n_tokens)
+        held = common_prefix(llama.input_ids[:int(llama.n_tokens)], tokens)
         # llama.cpp re-evaluates at least the last prompt token (for its logits).
         evaluated += len(tokens) - min(held, len(tokens) - 1)
         counted: dict[str, float] = {"tokens": len(tokens), "first": 0.0}
