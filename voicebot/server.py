@@ -108,7 +108,30 @@ class EvaRuntime:
         await self.warm_up(llm, kb)
         core = AgentCore(self.settings, engine, llm, kb)
         self.components["core"] = core
+        await self._warm_agents(engine, core)
         return AgentResponder(engine, core)
+
+    async def _warm_agents(self, engine: Engine, core: Any, limit: int = 20) -> None:
+        """Evaluate each routed agent's prompt prefix now (the embedded model pins it), so no first caller
+        waits seconds for it.  Best effort: a failure only means that agent's first call is slower."""
+        from models.db import session_scope
+        from voicebot.agent import store
+        from voicebot.errors import EvaError
+
+        def routed() -> list[Any]:
+            with session_scope(engine) as session:
+                ids = {r.agent_id for r in store.list_routes(session) if r.agent_id is not None}
+                return [a for a in store.list_agents(session, active_only=True) if a.id in ids][:limit]
+
+        started = time.monotonic()
+        evaluated = 0
+        try:
+            for agent in await asyncio.to_thread(routed):
+                evaluated += await core.warm_up(agent)
+        except EvaError as exc:
+            log.warning("could not prefill agent prompts: [%s] %s", exc.code, exc.message)
+        if evaluated:
+            log.info("prefilled agent prompts: %d tokens in %.1fs", evaluated, time.monotonic() - started)
 
     async def _start_channels(self, engine: Engine) -> None:
         """WhatsApp and e-mail (channels/): the IMAP poller runs when EVA_IMAP_HOST is set."""

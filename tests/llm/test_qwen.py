@@ -73,6 +73,16 @@ async def test_a_call_evaluates_only_new_words_and_agents_keep_their_prefix(qwen
     assert stats["restores"] >= 1 and stats["snapshots"] >= 2
 
 
+async def test_prefill_pins_an_agents_prefix_before_its_first_caller(qwen: EmbeddedLLM) -> None:
+    persona = system("You are Mia, the phone assistant of Golden Crust Bakery.")
+    bakery = ["Golden Crust Bakery is open Tuesday to Saturday from 6 am to 2 pm. A croissant costs 3 dollars."]
+    assert await qwen.prefill(persona, knowledge=bakery) > 50
+    assert await qwen.prefill(persona, knowledge=bakery) == 0  # pinned: nothing left to evaluate
+    answer, done = await ask(qwen, [*persona, ChatMessage("user", "How much is a croissant?")], bakery)
+    assert re.search(r"\b3\b|three", answer), answer
+    assert done.prompt_tokens_evaluated is not None and done.prompt_tokens_evaluated <= 40, done
+
+
 async def test_what_the_knowledge_does_not_say_is_not_invented(qwen: EmbeddedLLM) -> None:
     history = [*system(str(DEMO_FIELDS["persona"])), ChatMessage("user", "Can you repair my car?")]
     answer, _ = await ask(qwen, history, KNOWLEDGE)

@@ -300,6 +300,19 @@ class AgentCore:
 
         return await asyncio.to_thread(self._transaction, create)
 
+    async def warm_up(self, agent: Agent, channel: str = "voice") -> int:
+        """Have a prefix-caching LLM evaluate the agent's prompt prefix now (persona, guidance, its small
+        knowledge), so its first caller does not wait for it.  Returns the tokens evaluated; 0 when the
+        backend cannot prefill."""
+        prefill = getattr(self.llm, "prefill", None)
+        if prefill is None or agent.id is None:
+            return 0
+        hits, _elapsed, _error = await self._knowledge(agent.id, agent.name)
+        messages = self._messages(agent, channel, [], "")[:-1]
+        tools = [_for_agent(t, agent) for t in CHANNEL_TOOLS[channel]] if self.llm.supports_tools else []
+        evaluated: int = await prefill(messages, tools=tools, knowledge=[h.text for h in hits])
+        return evaluated
+
     async def mark_interrupted(self, message_id: int, spoken_text: str) -> None:
         """Record that the caller interrupted assistant message ``message_id`` after hearing ``spoken_text``:
         the message text becomes what was spoken (so memory matches what the caller heard); the full

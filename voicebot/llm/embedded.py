@@ -501,6 +501,25 @@ class EmbeddedLLM(LanguageModel):
         # Streamed chat chunks carry one token each, so the count of non-empty pieces is the token count.
         emit(Done(_finish(finish), prompt_tokens=None, completion_tokens=pieces))
 
+    async def prefill(self, messages: Sequence[ChatMessage], *, tools: Sequence[ToolSpec] = (),
+                      knowledge: Sequence[str] = ()) -> int:
+        """Evaluate and pin the system block :meth:`stream` would build for ``messages`` (their system
+        messages), so the first caller of an agent does not wait for it.  Returns the tokens evaluated (0
+        when it was cached or the model has no ChatML template)."""
+        if self._closed or self._llama is None or not self._chatml:
+            return 0
+        prompt = build_chat_prompt([m for m in messages if m.role == "system"], list(knowledge),
+                                   list(tools) if self.supports_tools else [])
+
+        def run() -> int:
+            llama = self._llama
+            if llama is None:
+                return 0
+            tokens: list[int] = llama.tokenize(prompt.prefix.encode("utf-8"), add_bos=False, special=True)
+            return self._prepare_context(llama, tokens, tokens)
+
+        return await asyncio.get_running_loop().run_in_executor(self._executor, run)
+
     def prefix_cache_stats(self) -> dict[str, int]:
         return {"snapshots": len(self._cache), "bytes": self._cache.bytes, "restores": self._cache.restores}
 
