@@ -3,6 +3,8 @@ outbound calls; conversations and messages of every channel (read-only)."""
 
 from __future__ import annotations
 
+import asyncio
+import os
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +33,7 @@ from admin_api.schemas import (
 )
 from admin_api.trunks import endpoint_name
 from models import Call, CallTurn, Conversation, Message
+from voicebot.asterisk.files import open_below
 from voicebot.asterisk.render import instance_path
 from voicebot.errors import Conflict, InvalidInput, NotFound
 
@@ -161,21 +164,52 @@ async def get_call(ctx: Ctx, call_id: int) -> CallDetail:
     )
 
 
-def recording_file(ctx: Ctx, stored: str) -> Path:
-    """Where a call's recording is on this host.  The voice loop may store the path as Asterisk sees it
-    (inside the chroot) or as a host path; either way it must lie in the recordings folder."""
+RECORDINGS = "spool/recording"
+"""The recordings folder, relative to the instance folder (Asterisk writes the files flat into it)."""
+
+
+def recording_name(ctx: Ctx, stored: str) -> str:
+    """The file name of a call's recording inside the recordings folder.  The voice loop may store the path as
+    Asterisk sees it (inside the chroot) or as a host path; either way it must name a file directly in the
+    recordings folder (checked on the text, without resolving links Asterisk's uid could plant)."""
     settings = ctx.services.settings
     inner = instance_path(settings)
-    path = Path(stored)
     if stored.startswith(inner + "/"):
-        path = settings.asterisk_dir / stored[len(inner) + 1 :]
-    elif not path.is_absolute():
-        path = settings.recordings_dir / path
-    base = settings.recordings_dir.resolve()
-    resolved = path.resolve()
-    if not resolved.is_relative_to(base):
+        path = Path(os.path.normpath(settings.asterisk_dir / stored[len(inner) + 1 :]))
+    elif Path(stored).is_absolute():
+        path = Path(os.path.normpath(stored))
+    else:
+        path = Path(os.path.normpath(settings.recordings_dir / stored))
+    if path.parent != Path(os.path.normpath(settings.recordings_dir)) or path.name in ("", ".", ".."):
         raise NotFound("the recording is not in the recordings folder", field="recording")
-    return resolved
+    return path.name
+
+
+class _DescriptorResponse(web.FileResponse):
+    """A FileResponse over a descriptor opened without following links (Range support unchanged).
+
+    The recordings folder belongs to Asterisk's uid: checking a path and letting FileResponse open it later
+    would let that uid swap in a link to a root-only file between the two.  ``/proc/self/fd/N`` reopens the
+    very file already open, whatever now sits at its old path.
+    """
+
+    def __init__(self, fd: int, headers: dict[str, str]) -> None:
+        super().__init__(Path(f"/proc/self/fd/{fd}"), headers=headers)
+        self._fd: int | None = fd
+
+    def close_descriptor(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
+
+    async def prepare(self, request: web.BaseRequest) -> Any:
+        try:
+            return await super().prepare(request)
+        finally:
+            self.close_descriptor()
+
+    def __del__(self) -> None:  # a response that was never sent
+        self.close_descriptor()
 
 
 @router.get(
@@ -189,12 +223,14 @@ async def get_recording(ctx: Ctx, call_id: int) -> web.StreamResponse:
     call = await get_row(ctx, Call, call_id, "call")
     if not call.recording_path:
         raise NotFound(f"call {call_id} has no recording", field="recording")
-    path = recording_file(ctx, call.recording_path)
-    if not path.is_file():
-        raise NotFound(f"the recording of call {call_id} is missing on disk", field="recording")
+    name = recording_name(ctx, call.recording_path)
+    try:
+        fd = await asyncio.to_thread(open_below, ctx.services.settings.asterisk_dir, f"{RECORDINGS}/{name}")
+    except FileNotFoundError as exc:
+        raise NotFound(f"the recording of call {call_id} is missing on disk", field="recording") from exc
     # FileResponse streams from disk in chunks and answers Range / If-Range itself (206, 416).
-    return web.FileResponse(
-        path,
+    return _DescriptorResponse(
+        fd,
         headers={
             "Content-Type": "audio/wav",
             "Content-Disposition": f'attachment; filename="call-{call_id}.wav"',

@@ -264,6 +264,21 @@ async def test_recording_download_with_range(api: Api) -> None:
     status, error = await api.call("GET", f"/api/v1/calls/{seeded['calls'][3]}/recording", role="viewer")
     assert (status, _error(error)["code"]) == (404, "not_found")
 
+    # The recordings folder is Asterisk's: a recording (or the folder itself) replaced by a link to a root-only
+    # file is never followed (the review's check-then-open race, done here without the race).
+    recording = api.settings.recordings_dir / "call-1.wav"
+    recording.unlink()
+    recording.symlink_to(api.settings.secrets_file)
+    status, error = await api.call("GET", f"/api/v1/calls/{call_id}/recording", role="viewer")
+    assert (status, _error(error)["field"]) == (404, "recording")
+    recording.unlink()
+    moved = api.settings.recordings_dir.with_name("elsewhere")
+    api.settings.recordings_dir.rename(moved)
+    _write_wav(moved / "call-1.wav")
+    api.settings.recordings_dir.symlink_to(moved)
+    status, error = await api.call("GET", f"/api/v1/calls/{call_id}/recording", role="viewer")
+    assert (status, _error(error)["field"]) == (404, "recording")
+
 
 async def test_live_call_endpoints_need_call_control(api: Api) -> None:
     for method, path, body in (("GET", "/api/v1/calls/live", None), ("POST", "/api/v1/calls/1/hangup", None),

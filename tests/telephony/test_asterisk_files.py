@@ -201,3 +201,23 @@ def test_a_container_asterisk_gets_its_files_by_the_configured_ids(tmp_path: Pat
     assert (conf.st_uid, conf.st_gid) == (0, 61235)
     log = (base / "log").stat()
     assert (log.st_uid, log.st_gid) == (61234, 61235)
+
+
+def test_a_writable_folder_swapped_for_a_link_never_redirects_roots_chown(settings: Settings, tmp_path: Path) -> None:
+    """The review's race, made static: ``spool/recording`` replaced by a link to a host folder.  Root's walk used to
+    follow it and hand the host files to Asterisk's uid (``/etc/shadow`` → host root)."""
+    render_config(settings)
+    uid, gid = asterisk_ids(settings)
+    assert uid is not None and gid is not None
+    host = tmp_path / "host-etc"
+    host.mkdir(mode=0o755)
+    os.chmod(host, 0o755)
+    (host / "shadow").write_text("root:x\n")
+    recording = settings.asterisk_dir / "spool" / "recording"
+    recording.rmdir()
+    os.symlink(host, recording)
+    os.lchown(recording, uid, gid)
+    render_config(settings)
+    assert (host / "shadow").stat().st_uid == 0 and stat.S_IMODE(host.stat().st_mode) == 0o755
+    assert host.stat().st_uid == 0
+    assert not recording.is_symlink() and recording.stat().st_uid == uid

@@ -123,3 +123,43 @@ async def test_logs_past_the_limit_are_rotated_and_old_ones_pruned(own_asterisk:
     # Asterisk still logs into a fresh messages.log after its own rotation.
     await asyncio.to_thread(own_asterisk.cli, "logger reload")
     assert (folder / "messages.log").exists()
+
+
+async def test_links_planted_in_the_log_folder_neither_redirect_nor_stop_rotation(own_asterisk: Asterisk,
+                                                                                  tmp_path: Path) -> None:
+    supervisor = AsteriskSupervisor(own_asterisk)
+    supervisor.max_log_bytes = 4096
+    supervisor.log_keep = 3
+    folder = own_asterisk.settings.asterisk_dir / "log"
+    victim = tmp_path / "victim"
+    victim.write_text("precious")
+    with (folder / "console.log").open("a") as handle:
+        handle.write("y" * 10_000 + "\n")
+    os.symlink(victim, folder / "console.log.1")
+    (folder / "console.log.2").mkdir()
+    (folder / "console.log.2" / "inside").write_text("z")
+    await asyncio.to_thread(supervisor.rotate_logs)
+    assert victim.read_text() == "precious"
+    assert (folder / "console.log.1").is_file() and not (folder / "console.log.1").is_symlink()
+
+
+async def test_an_unexpected_error_never_ends_supervision(own_asterisk: Asterisk,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    supervisor = AsteriskSupervisor(own_asterisk, interval=0.2)
+    failures: list[int] = []
+
+    def broken_rotation() -> list[str]:
+        failures.append(1)
+        raise OSError("something the Asterisk uid arranged")
+
+    monkeypatch.setattr(supervisor, "rotate_logs", broken_rotation)
+    supervisor._last_log_check = 0.0
+    supervisor.start()
+    try:
+        await _wait(lambda: len(failures) >= 1, 10)
+        pid = own_asterisk.pid()
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        await _wait(lambda: supervisor.restarts == 1 and supervisor.state == "running", 60)
+    finally:
+        await supervisor.close()

@@ -124,46 +124,126 @@ def read_tail(path: Path, *, offset: int = 0, limit: int = 1_000_000) -> bytes:
         os.close(fd)
 
 
+def open_below(base: Path, relative: str) -> int:
+    """Open the regular file ``base/relative`` for reading, each folder component ``O_NOFOLLOW`` from ``base``.
+
+    For files root serves from Asterisk-writable folders (recordings): a link anywhere on the way, or a
+    non-regular file, raises ``FileNotFoundError`` instead of being followed.  The caller owns the descriptor.
+    """
+    parts = [p for p in relative.split("/") if p]
+    if not parts or any(p in (".", "..") for p in parts):
+        raise FileNotFoundError(relative)
+    fd = _nofollow_dir(base)
+    try:
+        for part in parts[:-1]:
+            try:
+                child = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+            except OSError as exc:
+                raise FileNotFoundError(relative) from exc
+            os.close(fd)
+            fd = child
+        try:
+            file_fd = os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=fd)
+        except OSError as exc:
+            raise FileNotFoundError(relative) from exc
+    finally:
+        os.close(fd)
+    if not stat.S_ISREG(os.fstat(file_fd).st_mode):
+        os.close(file_fd)
+        raise FileNotFoundError(relative)
+    os.set_blocking(file_fd, True)
+    return file_fd
+
+
 def ensure_tree(base: Path, uid: int | None, gid: int | None) -> None:
     """Create the instance folder and give each part the owner and mode its role needs, whatever the umask.
 
     ``uid``/``gid`` are the Asterisk user's (None when not root or Asterisk runs elsewhere: modes only).
     The base folder is root-owned, group-traversable; read-only parts are root's with group read; writable
-    parts belong to Asterisk.  Files root left in the writable parts are handed over (``lchown``: links are not
-    followed); anything Asterisk owns in the read-only parts is taken back, so a link it planted before this
-    layout existed cannot stay.
+    parts belong to Asterisk.  Anything Asterisk owns in the read-only parts is taken back, so a link it planted
+    before this layout existed cannot stay.
+
+    Everything works through directory descriptors opened ``O_NOFOLLOW`` from the base (whose own parent, the
+    data folder, only root can write) and ``fchown``/``fchmod`` on descriptors: no path is ever looked up twice,
+    so the Asterisk uid cannot redirect a chown or chmod to a host file by swapping a folder for a link while
+    this runs.  Nothing inside the writable folders is touched: what Asterisk created there is already its own.
     """
-    root = os.geteuid() == 0 and uid is not None and gid is not None
+    as_root = os.geteuid() == 0 and uid is not None and gid is not None
     base.mkdir(parents=True, exist_ok=True)
-    _set(base, 0, gid, DIR_MODE, root)
-    for sub in SUBDIRS:
-        folder = base / sub
-        if folder.is_symlink():
-            folder.unlink()  # only Asterisk's uid could have put a link here (it owned the base folder once)
-        folder.mkdir(parents=True, exist_ok=True)
-    for sub in READ_ONLY_SUBDIRS:
-        folder = base / sub
-        _set(folder, 0, gid, DIR_MODE, root)
-        for entry in folder.iterdir():
-            st = entry.lstat()
-            if stat.S_ISLNK(st.st_mode):
-                if root and st.st_uid != 0:
-                    entry.unlink()  # planted by Asterisk's uid before its folders were made read-only
-                continue
-            if stat.S_ISREG(st.st_mode):
-                _set(entry, 0, gid, FILE_MODE, root)
-    for sub in WRITABLE_SUBDIRS:
-        folder = base / sub
-        if root:
-            assert uid is not None and gid is not None
-            for dirpath, dirnames, filenames in os.walk(folder):
-                for name in (*dirnames, *filenames):
-                    os.chown(os.path.join(dirpath, name), uid, gid, follow_symlinks=False)
-        _set(folder, uid, gid, DIR_MODE, root)
+    base_fd = _nofollow_dir(base)
+    try:
+        _own(base_fd, 0, gid, DIR_MODE, as_root)  # first: from now on only root changes base's entries
+        for sub in READ_ONLY_SUBDIRS:
+            fd = _subdir(base_fd, sub)
+            try:
+                _own(fd, 0, gid, DIR_MODE, as_root)  # before its entries, for the same reason
+                _take_back_entries(fd, gid, as_root)
+            finally:
+                os.close(fd)
+        for sub in WRITABLE_SUBDIRS:
+            fd = _subdir(base_fd, sub)
+            try:
+                _own(fd, uid, gid, DIR_MODE, as_root)
+            finally:
+                os.close(fd)
+    finally:
+        os.close(base_fd)
 
 
-def _set(path: Path, uid: int | None, gid: int | None, mode: int, as_root: bool) -> None:
-    """Owner and mode of a folder or regular file the caller has checked is not a link."""
+def _subdir(base_fd: int, relative: str) -> int:
+    """Open (creating) ``relative`` below ``base_fd`` one component at a time, never following a link.
+
+    A link or file in the way (only the Asterisk uid can have put it there) is removed — unlink removes the link
+    itself — and a real folder made in its place.
+    """
+    fd = os.dup(base_fd)
+    for part in relative.split("/"):
+        try:
+            child = _open_component(fd, part)
+        finally:
+            os.close(fd)
+        fd = child
+    return fd
+
+
+def _open_component(parent_fd: int, name: str) -> int:
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    for _ in range(3):
+        try:
+            return os.open(name, flags, dir_fd=parent_fd)
+        except FileNotFoundError:
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(name, DIR_MODE, dir_fd=parent_fd)
+        except PermissionError as exc:
+            raise AsteriskError(f"cannot open folder {name}: {exc.strerror}") from exc
+        except OSError:  # ELOOP (a link) or ENOTDIR (a file) where a folder belongs
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(name, dir_fd=parent_fd)
+    raise AsteriskError(f"the folder {name} keeps being replaced while Eva prepares it")
+
+
+def _take_back_entries(dir_fd: int, gid: int | None, as_root: bool) -> None:
+    for entry in os.scandir(dir_fd):
+        st = entry.stat(follow_symlinks=False)
+        if stat.S_ISLNK(st.st_mode):
+            if as_root and st.st_uid != 0:
+                os.unlink(entry.name, dir_fd=dir_fd)  # planted by Asterisk's uid before its folders were root's
+            continue
+        if not stat.S_ISREG(st.st_mode):
+            continue
+        try:
+            fd = os.open(entry.name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
+        except OSError:
+            continue  # replaced since the listing: only a link could be there now, and links are never followed
+        try:
+            if stat.S_ISREG(os.fstat(fd).st_mode):
+                _own(fd, 0, gid, FILE_MODE, as_root)
+        finally:
+            os.close(fd)
+
+
+def _own(fd: int, uid: int | None, gid: int | None, mode: int, as_root: bool) -> None:
+    """Owner and mode through an open descriptor (nothing to redirect)."""
     if as_root:
-        os.chown(path, -1 if uid is None else uid, -1 if gid is None else gid, follow_symlinks=False)
-    os.chmod(path, mode)
+        os.fchown(fd, -1 if uid is None else uid, -1 if gid is None else gid)
+    os.fchmod(fd, mode)

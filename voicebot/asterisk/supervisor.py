@@ -15,6 +15,8 @@ import asyncio
 import contextlib
 import logging
 import os
+import shutil
+import stat
 import time
 from pathlib import Path
 
@@ -67,30 +69,44 @@ class AsteriskSupervisor:
         backoff = self.interval
         while True:
             await asyncio.sleep(self.interval if self.state == "running" else backoff)
-            if await asyncio.to_thread(self.asterisk.alive):
-                if self.state != "running":
-                    self._recovered()
-                backoff = self.interval
-                if time.monotonic() - self._last_log_check >= LOG_CHECK_EVERY_S:
-                    self._last_log_check = time.monotonic()
-                    await asyncio.to_thread(self.rotate_logs)
-                continue
-            if self.state == "running":
-                self.down_since = time.monotonic()
-                log.error("Asterisk is not running (it crashed or was killed); restarting it. Log tail:\n%s",
-                          await asyncio.to_thread(self.asterisk.log_tail, 15))
-            self.state = "restarting"
             try:
-                await asyncio.to_thread(self.asterisk.start)
-            except AsteriskError as exc:
-                self.state = "down"
-                self.last_error = exc.message
-                log.error("restarting Asterisk failed [%s]; next try in %.0fs: %s", exc.code, backoff,
-                          exc.message.splitlines()[0])
+                backoff = await self._check(backoff)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                # Nothing may end supervision: not a file the Asterisk uid planted in its log folder, not an
+                # unexpected error while restarting.  Log it, back off, keep watching.
+                log.exception("Asterisk supervision step failed; trying again in %.0fs", backoff)
                 backoff = min(MAX_BACKOFF_S, backoff * 2)
-                continue
-            self.restarts += 1
-            self._recovered()
+
+    async def _check(self, backoff: float) -> float:
+        """One supervision step; returns the next backoff."""
+        if await asyncio.to_thread(self.asterisk.alive):
+            if self.state != "running":
+                self._recovered()
+            if time.monotonic() - self._last_log_check >= LOG_CHECK_EVERY_S:
+                self._last_log_check = time.monotonic()
+                await asyncio.to_thread(self.rotate_logs)
+            return self.interval
+        if self.state == "running":
+            self.down_since = time.monotonic()
+            log.error("Asterisk is not running (it crashed or was killed); restarting it. Log tail:\n%s",
+                      await asyncio.to_thread(self.asterisk.log_tail, 15))
+        self.state = "restarting"
+        try:
+            await asyncio.to_thread(self.asterisk.start)
+        except AsteriskError as exc:
+            self.state = "down"
+            self.last_error = exc.message
+            log.error("restarting Asterisk failed [%s]; next try in %.0fs: %s", exc.code, backoff,
+                      exc.message.splitlines()[0])
+            return min(MAX_BACKOFF_S, backoff * 2)
+        except Exception:
+            self.state = "down"
+            raise
+        self.restarts += 1
+        self._recovered()
+        return self.interval
 
     def _recovered(self) -> None:
         down = time.monotonic() - self.down_since if self.down_since else 0.0
@@ -121,13 +137,17 @@ class AsteriskSupervisor:
 
     def _copy_truncate(self, path: Path) -> None:
         # Asterisk writes its console to a descriptor Eva opened (O_APPEND): the file cannot be renamed away,
-        # so keep a copy of the tail and truncate in place.  Nothing here follows a link (log/ is Asterisk's).
+        # so keep a copy of the tail and truncate in place.  log/ is Asterisk's: nothing here follows a link, and
+        # whatever sits at a rotation name (a link, a folder) is removed, never written through.
         kept = read_tail(path, offset=-self.max_log_bytes)
         for index in range(self.log_keep - 1, 0, -1):
             older = path.with_name(f"{path.name}.{index}")
-            if older.exists() and not older.is_symlink():
+            if older.is_file() and not older.is_symlink():
+                _clear(path.with_name(f"{path.name}.{index + 1}"))
                 os.replace(older, path.with_name(f"{path.name}.{index + 1}"))
-        fd = os.open(path.with_name(f"{path.name}.1"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o640)
+        first = path.with_name(f"{path.name}.1")
+        _clear(first)
+        fd = os.open(first, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o640)
         try:
             os.write(fd, kept)
         finally:
@@ -147,6 +167,18 @@ class AsteriskSupervisor:
             if suffix.isdigit() and int(suffix) >= self.log_keep:
                 with contextlib.suppress(FileNotFoundError):
                     old.unlink()
+
+
+def _clear(path: Path) -> None:
+    """Remove whatever is at ``path`` (a file, a link, a folder the Asterisk uid made), without following links."""
+    try:
+        st = path.lstat()
+    except FileNotFoundError:
+        return
+    if stat.S_ISDIR(st.st_mode):
+        shutil.rmtree(path)  # rmtree does not follow links inside it
+    else:
+        path.unlink()
 
 
 def _size(path: Path) -> int:
