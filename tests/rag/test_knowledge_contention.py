@@ -172,30 +172,6 @@ async def test_query_embedding_is_not_queued_behind_document_batches(local_embed
     assert order[0] == "query", order
 
 
-async def test_search_during_a_large_ingestion(kb: KnowledgeBase, engine: Engine) -> None:
-    """A search issued while a document of hundreds of chunks is being embedded returns while that document
-    is still being embedded."""
-    agent_id = agent_factory(engine)("busy")
-    await kb.embedder.embed_query("warm")
-    first = await kb.ingest_bytes(agent_id, b"The office opens at seven in the morning.", "hours.txt")
-    await kb.wait_idle()
-    tag = uuid.uuid4().hex[:8]  # fresh texts: the shared embedder's cache must not answer
-    sentences = " ".join(f"Fact {index} ({tag}): locker {index} is on floor {index % 9} near door {index * 7}."
-                         for index in range(400))
-    big = await kb.ingest_bytes(agent_id, sentences.encode(), "lockers.txt")
-    assert big.id is not None and first.id is not None
-    while True:  # until its embedding has started (progress is reported after each batch)
-        if (await kb.get_document(big.id)).progress > 0.1:
-            break
-        await asyncio.sleep(0.05)
-    hits = await kb.search(agent_id, "When does the office open?")
-    document = await kb.get_document(big.id)
-    assert hits and hits[0].document_id == first.id
-    assert document.status == "processing" and document.progress < 0.9, document
-    await kb.wait_idle()
-    assert (await kb.get_document(big.id)).status == "ready"
-
-
 async def test_close_while_chunk_rows_are_written_leaves_nothing_half_done(kb_settings: Settings,
                                                                           sqlite_engine: Engine,
                                                                           local_embedder: LocalEmbedder) -> None:

@@ -30,9 +30,14 @@ ASK_AT = 5.0
 
 
 def _port_free(port: int, kind: int) -> bool:
+    """Could a new server take the port?  (As servers do, with SO_REUSEADDR: the closed connections' TIME_WAIT
+    entries of a stopped server do not hold its port, a process still listening does.)"""
     with socket.socket(socket.AF_INET, kind) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind(("127.0.0.1", port))
+            if kind == socket.SOCK_STREAM:
+                sock.listen()
         except OSError:
             return False
     return True
