@@ -141,5 +141,14 @@ def transcribe(whisper: WhisperStt, audio: Audio, start: float = 0.0, end: float
     return str(whisper.transcribe_blocking(audio.samples[a:b], audio.rate).text)
 
 
+def transcribe_regions(whisper: WhisperStt, audio: Audio) -> str:
+    """Transcribe each stretch of speech on its own: on a long call recording mostly made of silence, one pass of
+    Whisper over a 30 s window can drop a short sentence as "no speech"."""
+    from voicebot.audio import voiced_regions
+
+    return " ".join(transcribe(whisper, audio, max(0.0, start - 0.2), end + 0.2)
+                    for start, end in voiced_regions(audio, min_gap_s=0.6))
+
+
 def load(path: str) -> Audio:
     return read_wav(path)

@@ -24,7 +24,7 @@ from sqlmodel import col, select
 from models import Agent, Call, CallTurn, Contact, Conversation, Message
 from models.db import session_scope
 from tests.conftest import Caller
-from tests.voice.conftest import ScriptedResponder, load, transcribe
+from tests.voice.conftest import ScriptedResponder, load, transcribe, transcribe_regions
 from voicebot.agent import store
 from voicebot.asterisk.process import Asterisk
 from voicebot.llm.base import ChatMessage, GenerationOptions, LanguageModel, LlmEvent, ToolSpec
@@ -186,7 +186,7 @@ async def test_transfers_to_unknown_departments_or_arbitrary_numbers_are_refused
         "100", Action("play", at=5.0, path=str(question)), Action("play", at=16.0, path=str(question)),
         Action("play", at=27.0, path=str(question)), timeout=33))
     assert result.connected and not result.remote_hangup, result
-    heard = transcribe(whisper, load(result.record_path)).lower()
+    heard = transcribe_regions(whisper, load(result.record_path)).lower()
     assert heard.count("can't transfer") + heard.count("cannot transfer") >= 2, heard
     assert "operator or sales" in heard, heard  # the refusal says where the caller can go
     assert "happy to help" in heard, heard  # the call went on
