@@ -10,7 +10,8 @@
 * Password checks (login, password change) are counted *before* bcrypt runs, per (user, address), per address
   and per user with an exception for addresses the user signed in from (see :class:`LoginLimiter`) → 429;
   bcrypt runs on its own bounded pool (:class:`admin_api.passwords.PasswordWorker`), never on the default
-  executor that call setup uses.  The client address honours X-Forwarded-For only from configured proxies.
+  executor that call setup uses.  The client address honours X-Forwarded-For only from configured proxies
+  (entries may carry a port: ``1.2.3.4:5678``, ``[2001:db8::1]:5678``); an IPv6 client is counted by its /64.
 * Logged-out access tokens are denied through the database (they stay dead across restarts); expired
   refresh-token and deny-list rows are purged.
 * An API key made through the API belongs to its creator: it stops working when the creator is deactivated,
@@ -51,7 +52,7 @@ from admin_api.passwords import (
     rehash_password,
     verify_password,
 )
-from models import ApiKey, RefreshToken, RevokedAccessToken, User, utcnow
+from models import ApiKey, KnownLoginAddress, RefreshToken, RevokedAccessToken, User, utcnow
 from models.db import session_scope
 from models.users import ROLE_RANK
 from voicebot.config import Settings
@@ -98,6 +99,27 @@ class TokenPair:
     refresh_expires_in: int
 
 
+KNOWN_PER_USER = 16
+"""Addresses remembered per user as "signed in from here before" (the most recent ones; older ones are forgotten)."""
+IPV6_CLIENT_PREFIX = 64
+"""An IPv6 client is counted by its /64: one host (one customer line) is routinely given a whole /64, so a per-
+address budget keyed by the full address would be no budget at all."""
+
+
+def limit_key(address: str) -> str:
+    """The key a client address is counted under: IPv4 as is, IPv6 as its /64, anything else as given (bounded)."""
+    try:
+        parsed = ip_address(address)
+    except ValueError:
+        return address[:64]
+    if parsed.version == 6:
+        mapped = getattr(parsed, "ipv4_mapped", None)
+        if mapped is not None:
+            return str(mapped)
+        return str(ip_network(f"{parsed}/{IPV6_CLIENT_PREFIX}", strict=False))
+    return str(parsed)
+
+
 class LoginLimiter:
     """Counts password checks (logins and password changes) and refuses them before bcrypt runs.
 
@@ -109,15 +131,30 @@ class LoginLimiter:
     * per client address (``per_ip``, 20): one address cannot spray many usernames;
     * per username across all addresses (``per_user``, 50): a ceiling against distributed guessing.
 
+    An IPv6 client is counted by its /64 (:func:`limit_key`): otherwise every one of the 2**64 addresses a
+    single host may use would have its own budget.
+
     Why not a plain per-username lockout: anyone could then keep a named admin locked out for ever by
     sending 5 wrong passwords every window.  Here the attacker's own pair and address budgets run out
     first, and the real admin on another address is unaffected.  Only an attacker with many addresses can
     reach the per-user ceiling, and even then it does not apply to an address this user signed in from
     successfully within ``known_s`` (30 days): the admin's usual workstation or office still gets in.  A
-    success clears its pair budget and is not counted against the address or the user.
+    success clears its pair budget and is not counted against the address or the user.  The known addresses
+    are stored (``known_login_addresses``, loaded by :class:`AuthService`), so a restart does not drop them,
+    and they are kept per user (``KNOWN_PER_USER``), so no flood of other names can push them out.
+
+    Every table is bounded (``max_keys``) without ever dropping a key that has hits inside the window: dropping
+    one would reset its budget, and an attacker flooding junk usernames could then evict ``admin`` and start
+    its per-user ceiling afresh.  When a table is full of live keys, an attempt that needs a *new* key is
+    refused (429 ``login_crowded``) until keys expire, at most ``window_s`` later.  The choice this makes for a
+    flood: an attacker with enough addresses to fill a table (``max_keys / per_ip`` addresses, IPv6: /64s)
+    can keep *new* usernames and *new* addresses from being tried for as long as the flood lasts, but cannot
+    reset any budget, so guessing gets no easier; keys already counted keep working, and an address the user
+    signed in from before is always let in (its keys may exceed the bound: those are bounded by successful
+    logins, which the attacker cannot make).  Refusing is the safe side; growing without bound is not an
+    option and evicting live keys is the bug this replaced.
 
     In memory: one API process serves the admin API (the voice workers scale out, the admin API need not).
-    Every map is bounded (``max_keys``), so a flood of distinct usernames or addresses cannot grow memory.
     """
 
     def __init__(
@@ -130,6 +167,7 @@ class LoginLimiter:
         known_s: float = 30 * 86400.0,
         max_keys: int = 10_000,
         clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
     ) -> None:
         self.per_pair = per_pair
         self.per_ip = per_ip
@@ -138,16 +176,18 @@ class LoginLimiter:
         self.known_s = known_s
         self.max_keys = max_keys
         self.clock = clock
+        self.wall = wall
         self._pairs: OrderedDict[str, deque[float]] = OrderedDict()
         self._ips: OrderedDict[str, deque[float]] = OrderedDict()
         self._users: OrderedDict[str, deque[float]] = OrderedDict()
-        self._known: OrderedDict[str, float] = OrderedDict()
-        """``pair key`` → when that user last signed in successfully from that address."""
+        self._known: dict[str, OrderedDict[str, float]] = {}
+        """user key → {address key → when (wall clock, epoch s) that user last signed in from it}, oldest first."""
 
     @staticmethod
     def _keys(ip: str, username: str) -> tuple[str, str, str]:
         user = username.lower()[:80]
-        return f"{user}\x00{ip}", ip, user
+        address = limit_key(ip)
+        return f"{user}\x00{address}", address, user
 
     def _recent(self, table: OrderedDict[str, deque[float]], key: str) -> deque[float]:
         now = self.clock()
@@ -160,13 +200,24 @@ class LoginLimiter:
             del table[key]
         return hits
 
+    def _has_room(self, table: OrderedDict[str, deque[float]], key: str) -> bool:
+        """Whether ``key`` can be counted in ``table``: it is there already, or there is room once expired keys go."""
+        if key in table or len(table) < self.max_keys:
+            return True
+        horizon = self.clock() - self.window_s
+        # The table is in order of last use, so expired keys are at the front: drop those, never a live one.
+        while table:
+            oldest, hits = next(iter(table.items()))
+            if hits and hits[-1] > horizon:
+                break
+            del table[oldest]
+        return len(table) < self.max_keys
+
     def _record(self, table: OrderedDict[str, deque[float]], key: str, stamp: float) -> None:
         hits = self._recent(table, key)
         hits.append(stamp)
         table[key] = hits
         table.move_to_end(key)
-        while len(table) > self.max_keys:
-            table.popitem(last=False)
 
     def _refuse(self, hits: deque[float], what: str, field: str | None) -> RateLimited:
         retry = max(1.0, hits[0] + self.window_s - self.clock())
@@ -175,9 +226,20 @@ class LoginLimiter:
         )
 
     def known(self, ip: str, username: str) -> bool:
-        pair, _ip, _user = self._keys(ip, username)
-        seen = self._known.get(pair)
-        return seen is not None and self.clock() - seen < self.known_s
+        _pair, address, user = self._keys(ip, username)
+        addresses = self._known.get(user)
+        seen = addresses.get(address) if addresses is not None else None
+        return seen is not None and self.wall() - seen < self.known_s
+
+    def remember(self, user: str, address: str, when: float) -> None:
+        """Mark ``address`` (a :func:`limit_key`) as one ``user`` (a limiter user key) signed in from at ``when``."""
+        addresses = self._known.setdefault(user[:81], OrderedDict())
+        if addresses.get(address, -math.inf) > when:
+            return
+        addresses[address] = when
+        addresses.move_to_end(address)
+        while len(addresses) > KNOWN_PER_USER:
+            addresses.popitem(last=False)
 
     def reserve(self, ip: str, username: str) -> Attempt:
         """Count one attempt now, or raise RateLimited (before the password is looked at)."""
@@ -188,11 +250,16 @@ class LoginLimiter:
         hits = self._recent(self._ips, ip_key)
         if len(hits) >= self.per_ip:
             raise self._refuse(hits, "from this address", None)
+        known = self.known(ip, username)
         hits = self._recent(self._users, user)
-        if len(hits) >= self.per_user and not self.known(ip, username):
+        if len(hits) >= self.per_user and not known:
             raise self._refuse(hits, "for this user", "username")
+        tables = ((self._pairs, pair), (self._ips, ip_key), (self._users, user))
+        if not known and not all(self._has_room(table, key) for table, key in tables):
+            raise RateLimited("too many password attempts from everywhere right now; retry in a few minutes",
+                              retry_after=self.window_s, code="login_crowded")
         stamp = self.clock()
-        for table, key in ((self._pairs, pair), (self._ips, ip_key), (self._users, user)):
+        for table, key in tables:
             self._record(table, key, stamp)
         return Attempt(self, pair, ip_key, user, stamp)
 
@@ -210,10 +277,7 @@ class LoginLimiter:
 
     def _succeeded(self, pair: str, ip_key: str, user: str, stamp: float) -> None:
         self._forget(pair, ip_key, user, stamp, clear_pair=True)
-        self._known[pair] = self.clock()
-        self._known.move_to_end(pair)
-        while len(self._known) > self.max_keys:
-            self._known.popitem(last=False)
+        self.remember(user, ip_key, self.wall())
 
 
 @dataclass
@@ -278,14 +342,39 @@ def client_address(
     hops = [hop.strip() for value in forwarded_for for hop in value.split(",")][-MAX_FORWARDED_HOPS:]
     client = peer
     for hop in reversed(hops):
-        try:
-            ip_address(hop)
-        except ValueError:
+        address = forwarded_hop(hop)
+        if address is None:
             return client  # garbage from a hop we trust less than the one that handed it on
-        client = hop
-        if not is_trusted(hop):
-            return hop
+        client = address
+        if not is_trusted(address):
+            return address
     return client
+
+
+def forwarded_hop(hop: str) -> str | None:
+    """One X-Forwarded-For entry → its address: ``1.2.3.4``, ``1.2.3.4:5678``, ``2001:db8::1``, ``[2001:db8::1]``
+    or ``[2001:db8::1]:5678`` (some proxies append the port); None when it is none of these."""
+    text = hop.strip()
+    if len(text) > 64:
+        return None
+    if text.startswith("["):
+        inner, bracket, rest = text[1:].partition("]")
+        port = rest[1:]
+        if not bracket or (rest and not (rest.startswith(":") and port.isascii() and port.isdigit()
+                                         and len(port) <= 5)):
+            return None
+        text = inner
+    elif text.count(":") == 1:
+        text, _colon, port = text.partition(":")
+        if not (port.isascii() and port.isdigit() and len(port) <= 5):
+            return None
+    try:
+        parsed = ip_address(text)
+    except ValueError:
+        return None
+    if parsed.version == 6 and getattr(parsed, "scope_id", None):
+        return None  # a zone index ("%eth0") names a link on the proxy, not the client
+    return str(parsed)
 
 
 class _Reused(Exception):
@@ -314,6 +403,45 @@ class AuthService:
         self.refresh_ttl = max(1, settings.refresh_token_days) * 86400
         self._key_touched: dict[int, float] = {}
         self._purged_at = -math.inf
+        self._known_loaded = False
+        self._known_lock = asyncio.Lock()
+
+    async def _load_known(self) -> None:
+        """Once per process: hand the stored known addresses to the limiter (before its first reservation)."""
+        if self._known_loaded:
+            return
+        async with self._known_lock:
+            if self._known_loaded:
+                return
+            since = utcnow() - timedelta(seconds=self.limiter.known_s)
+
+            def load() -> list[tuple[str, str, datetime]]:
+                with session_scope(self.engine) as session:
+                    rows = session.exec(select(KnownLoginAddress)
+                                        .where(col(KnownLoginAddress.last_success_at) >= since)
+                                        .order_by(col(KnownLoginAddress.last_success_at))).all()
+                    return [(row.user_key, row.address, row.last_success_at) for row in rows]
+
+            for user, address, when in await asyncio.to_thread(load):
+                self.limiter.remember(user, address, when.replace(tzinfo=UTC).timestamp())
+            self._known_loaded = True
+
+    def _store_known(self, session: Any, attempt: Attempt) -> None:
+        """Persist that ``attempt`` succeeded from its address (kept to the ``KNOWN_PER_USER`` most recent)."""
+        now = utcnow()
+        row = session.exec(select(KnownLoginAddress).where(KnownLoginAddress.user_key == attempt.user,
+                                                           KnownLoginAddress.address == attempt.ip)).first()
+        if row is None:
+            session.add(KnownLoginAddress(user_key=attempt.user, address=attempt.ip, last_success_at=now))
+        else:
+            row.last_success_at = now
+            session.add(row)
+        session.flush()
+        stale = session.exec(select(KnownLoginAddress.id).where(KnownLoginAddress.user_key == attempt.user)
+                             .order_by(col(KnownLoginAddress.last_success_at).desc())
+                             .offset(KNOWN_PER_USER)).all()
+        if stale:
+            session.exec(delete(KnownLoginAddress).where(col(KnownLoginAddress.id).in_(stale)))
 
     def client_ip(self, request: web.Request) -> str:
         """The caller's address for limits and logs (X-Forwarded-For only from ``api_trusted_proxies``)."""
@@ -394,6 +522,7 @@ class AuthService:
         return await self.hasher.run(lambda: hash_password(password))
 
     async def login(self, ip: str, username: str, password: str) -> tuple[TokenPair, User]:
+        await self._load_known()
         attempt = self.limiter.reserve(ip, username)
 
         def check() -> tuple[User | None, str | None]:
@@ -429,6 +558,7 @@ class AuthService:
                     )
                 if purge:
                     _purge_expired(session)
+                self._store_known(session, attempt)
                 return self._issue_pair(session, user)
 
         pair = await asyncio.to_thread(issue)
@@ -440,6 +570,7 @@ class AuthService:
         from admin_api import accounts
 
         accounts.check_password(new, field="new_password")
+        await self._load_known()
         attempt = self.limiter.reserve(ip, f"#{principal.id}")  # '#' cannot start a username
 
         def check() -> str | None:
@@ -458,6 +589,7 @@ class AuthService:
         def store() -> None:
             with session_scope(self.engine) as session:
                 accounts.update_user(session, principal.id, password_hash=new_hash)
+                self._store_known(session, attempt)
 
         await asyncio.to_thread(store)
 

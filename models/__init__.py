@@ -13,7 +13,7 @@ from models.email import EmailReceipt
 from models.flows import Flow
 from models.knowledge import KnowledgeChunk, KnowledgeDocument
 from models.trunks import SipTrunk
-from models.users import ApiKey, RefreshToken, RevokedAccessToken, User
+from models.users import ApiKey, KnownLoginAddress, RefreshToken, RevokedAccessToken, User
 
 __all__ = [
     "Agent",
@@ -27,6 +27,7 @@ __all__ = [
     "InboundMessage",
     "KnowledgeChunk",
     "KnowledgeDocument",
+    "KnownLoginAddress",
     "Message",
     "RefreshToken",
     "RevokedAccessToken",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import secrets
 from datetime import datetime
 
+from sqlalchemy import UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 from models.base import utcnow
@@ -31,6 +32,23 @@ class User(SQLModel, table=True):
     version they were issued under and stop working as soon as it moves."""
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)
+
+
+class KnownLoginAddress(SQLModel, table=True):
+    """An address (IPv6: its /64) a user signed in from successfully: exempt from the per-user login ceiling.
+
+    Stored, not only kept in memory, so neither a restart nor a flood of junk usernames drops the exemption that
+    lets the real admin in while a distributed guesser has spent the user's ceiling (see ``LoginLimiter``).
+    ``user_key`` is the limiter's key: the lower-cased username, or ``#<id>`` for password changes.
+    """
+
+    __tablename__ = "known_login_addresses"
+    __table_args__ = (UniqueConstraint("user_key", "address"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    user_key: str = Field(index=True, max_length=81)
+    address: str = Field(max_length=64)
+    last_success_at: datetime = Field(default_factory=utcnow, index=True)
 
 
 class ApiKey(SQLModel, table=True):

@@ -16,10 +16,12 @@ from typing import Any
 
 import aiohttp
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sqlalchemy.engine import Engine
 
 from admin_api import accounts
-from admin_api.auth import LoginLimiter
+from admin_api.auth import LoginLimiter, forwarded_hop
 from admin_api.passwords import DEFAULT_ROUNDS
 from models.db import session_scope
 from tests.api.conftest import PASSWORD, Api, offline_settings, start_api
@@ -215,3 +217,179 @@ async def test_the_bcrypt_pool_refuses_beyond_its_queue_at_once() -> None:
     finally:
         gate.set()
         worker.close()
+
+
+# ---------------------------------------------------------------- eviction, IPv6 and the stored known addresses
+
+
+def _v6(n: int, host: int = 1) -> str:
+    """An address in the n-th /64 of 2001:db8:: (each /64 is one client for the limiter)."""
+    return f"2001:db8:0:{n:x}::{host:x}"
+
+
+def test_a_flood_of_junk_usernames_does_not_reset_the_admins_ceiling() -> None:
+    """The review's attack, at the limiter: spend admin's ceiling, flood 10,000 junk names, guess 50 more."""
+    now = [1000.0]
+    limiter = LoginLimiter(clock=lambda: now[0])  # production budgets and bound (max_keys=10,000)
+    for n in range(50):
+        limiter.reserve(_v6(n), "admin").failed()
+    with pytest.raises(RateLimited):
+        limiter.reserve(_v6(50), "admin")
+    crowded = 0
+    for i in range(10_000):  # 500 addresses x 20 names: within every per-address budget
+        try:
+            limiter.reserve(f"10.{i // 20 // 256}.{i // 20 % 256}.1", f"junk{i}").failed()
+        except RateLimited as exc:
+            assert exc.code == "login_crowded"  # the table is full of live keys: new ones wait, none is dropped
+            crowded += 1
+        now[0] += 0.001
+    allowed = 0
+    for n in range(100, 150):
+        try:
+            limiter.reserve(_v6(n), "admin").failed()
+            allowed += 1
+        except RateLimited:
+            pass
+    assert allowed == 0, f"{allowed} guesses against admin allowed after the flood"
+    assert crowded == 50  # the 50 live (admin, address) pairs kept 50 of the 10,000 places
+
+
+def test_a_full_table_refuses_new_keys_rather_than_evicting_live_ones() -> None:
+    now = [1000.0]
+    limiter = LoginLimiter(per_user=3, max_keys=100, window_s=60, clock=lambda: now[0])
+    for n in range(3):
+        limiter.reserve(f"192.0.2.{n}", "admin").failed()
+    limiter.reserve("198.51.100.1", "admin-home").succeeded()
+    crowded = 0
+    for i in range(300):  # failed junk attempts stay counted, so the tables fill with live keys
+        try:
+            limiter.reserve(f"10.0.{i // 20}.1", f"junk{i}").failed()
+        except RateLimited as exc:
+            assert exc.code == "login_crowded"
+            crowded += 1
+    assert crowded > 0
+    assert all(len(table) <= 100 for table in (limiter._pairs, limiter._ips, limiter._users))
+    with pytest.raises(RateLimited) as raised:  # admin's ceiling is still spent (its key was not dropped)
+        limiter.reserve("203.0.113.9", "admin")
+    assert raised.value.code in ("rate_limited", "login_crowded")
+    assert "admin" in limiter._users
+    limiter.reserve("198.51.100.1", "admin-home").succeeded()  # a known address always gets in
+    now[0] += 61  # once the window has passed, expired keys make room again
+    limiter.reserve("203.0.113.9", "someone-new").failed()
+
+
+def test_ipv6_clients_are_counted_by_their_slash_64() -> None:
+    limiter = LoginLimiter(per_pair=100, per_ip=20, per_user=1000, window_s=60, clock=lambda: 0.0)
+    for host in range(1, 21):
+        limiter.reserve(_v6(7, host), f"user{host}").failed()
+    with pytest.raises(RateLimited):  # another address in the same /64 is the same client
+        limiter.reserve(_v6(7, 0xFFFF), "user99")
+    limiter.reserve(_v6(8), "user99").failed()  # the next /64 is another client
+    limiter.reserve("::ffff:192.0.2.1", "user1").failed()
+    with pytest.raises(RateLimited):  # an IPv4-mapped address counts as the IPv4 address
+        for _ in range(20):
+            limiter.reserve("192.0.2.1", "user1").failed()
+
+
+@pytest.mark.parametrize(("hop", "address"), [
+    ("203.0.113.7", "203.0.113.7"),
+    ("203.0.113.7:4711", "203.0.113.7"),
+    ("2001:db8::1", "2001:db8::1"),
+    ("[2001:db8::1]", "2001:db8::1"),
+    ("[2001:db8::1]:4711", "2001:db8::1"),
+    (" [2001:DB8::1]:443 ", "2001:db8::1"),
+    ("203.0.113.7:", None),
+    ("203.0.113.7:99x", None),
+    ("[2001:db8::1", None),
+    ("[2001:db8::1]x", None),
+    ("[2001:db8::1]:", None),
+    ("unknown", None),
+    ("fe80::1%eth0", None),
+])
+def test_forwarded_hops_may_carry_a_port(hop: str, address: str | None) -> None:
+    from admin_api.auth import client_address, forwarded_hop, parse_networks
+
+    assert forwarded_hop(hop) == address
+    trusted = parse_networks("127.0.0.1")
+    assert client_address("127.0.0.1", [f"198.51.100.2, {hop}"], trusted) == (address or "127.0.0.1")
+
+
+async def _login_as(api: Api, client_ip: str, username: str, password: str) -> tuple[int, dict[str, Any]]:
+    """A login that the trusted proxy at 127.0.0.1 forwards for ``client_ip`` (written as ``[v6]:port``)."""
+    hop = f"[{client_ip}]:{40000 + len(client_ip)}" if ":" in client_ip else f"{client_ip}:4711"
+    response = await api.client.post("/api/v1/auth/login", headers={"X-Forwarded-For": hop},
+                                     json={"username": username, "password": password})
+    body: dict[str, Any] = await response.json()
+    return response.status, body
+
+
+async def test_junk_username_flood_over_http_neither_resets_the_ceiling_nor_drops_known_addresses(
+        tmp_path: Path, sqlite_engine: Engine) -> None:
+    """The review's attack through the real server behind a proxy, with IPv6 clients, then a restart."""
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from admin_api.app import create_app
+
+    settings = offline_settings(tmp_path / "data", api_trusted_proxies="127.0.0.1")
+    limiter = LoginLimiter(per_pair=5, per_ip=20, per_user=10, window_s=600, max_keys=60)
+    api = await start_api(settings, sqlite_engine, offline_asterisk=True, login_limiter=limiter)
+    home = "2001:db8:aaaa:1::5"
+    try:
+        assert (await _login_as(api, home, "admin", PASSWORD))[0] == 200  # the admin's usual address
+        statuses = Counter([(await _login_as(api, _v6(n, 0x100 + n), "admin", "guess"))[0] for n in range(10)])
+        assert statuses == {401: 10}, statuses
+        status, body = await _login_as(api, _v6(10), "admin", "guess")
+        assert (status, body["error"]["code"]) == (429, "rate_limited")
+        # Another address of an attacker's /64 is no new budget.
+        for host in range(2, 22):
+            await _login_as(api, _v6(0x20, host), f"ghost{host}", "guess")
+        status, body = await _login_as(api, _v6(0x20, 0x999), "ghost-x", "guess")
+        assert status == 429, body
+        # The flood: many junk usernames from many /64s.
+        codes: Counter[str] = Counter()
+        for i in range(200):
+            status, body = await _login_as(api, _v6(0x100 + i // 10), f"junk{i}", "guess")
+            codes["ok" if status == 401 else body["error"]["code"]] += 1
+        assert codes["login_crowded"] > 0, codes
+        for n in range(0x300, 0x310):  # ... and admin's ceiling still holds for every new address
+            status, body = await _login_as(api, _v6(n), "admin", "guess")
+            assert status == 429, body
+        assert (await _login_as(api, home, "admin", PASSWORD))[0] == 200  # the known address still gets in
+    finally:
+        await api.client.close()
+    # A restart: a fresh limiter, the same database; admin's ceiling is spent again by a guesser.
+    restarted = LoginLimiter(per_pair=5, per_ip=20, per_user=10, window_s=600, max_keys=60)
+    client: TestClient[Any, Any] = TestClient(TestServer(
+        create_app(settings, sqlite_engine, offline_asterisk=True, login_limiter=restarted), host="127.0.0.1",
+        port=0))
+    await client.start_server()
+    try:
+        again = Api(client=client, settings=settings, engine=sqlite_engine, users=api.users, keys=api.keys)
+        for n in range(10):
+            await _login_as(again, _v6(0x400 + n), "admin", "guess")
+        assert (await _login_as(again, _v6(0x410), "admin", PASSWORD))[0] == 429
+        assert (await _login_as(again, home, "admin", PASSWORD))[0] == 200  # remembered across the restart
+    finally:
+        await client.close()
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.lists(st.one_of(
+    st.text(max_size=80),
+    st.ip_addresses().map(str),
+    st.builds(lambda a, p: f"[{a}]:{p}", st.ip_addresses(v=6), st.integers(0, 99999)),
+    st.builds(lambda a, p: f"{a}:{p}", st.ip_addresses(v=4), st.text("0123456789:x", max_size=7)),
+), max_size=40))
+def test_forwarded_for_parsing_never_fails_and_names_an_address(hops: list[str]) -> None:
+    """X-Forwarded-For is the client's text: any header yields an address (or the peer), and a limit key."""
+    from ipaddress import ip_address as parse
+
+    from admin_api.auth import client_address, limit_key, parse_networks
+
+    trusted = parse_networks("127.0.0.1, 2001:db8::/32")
+    client = client_address("127.0.0.1", [", ".join(hops)], trusted)
+    parse(client)
+    assert len(limit_key(client)) <= 64
+    for hop in hops:
+        address = forwarded_hop(hop)
+        assert address is None or str(parse(address)) == address

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-12-01 09:28:27.196928
+Create Date: 2026-12-01 10:17:47.085160
 """
 
 from __future__ import annotations
@@ -78,6 +78,19 @@ def upgrade() -> None:
     with op.batch_alter_table("email_receipts", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_email_receipts_received_at"), ["received_at"], unique=False)
         batch_op.create_index(batch_op.f("ix_email_receipts_status"), ["status"], unique=False)
+
+    op.create_table(
+        "known_login_addresses",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("user_key", sqlmodel.sql.sqltypes.AutoString(length=81), nullable=False),
+        sa.Column("address", sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
+        sa.Column("last_success_at", sqlmodel.sql.sqltypes.UTCDateTime(), nullable=False),
+        sa.PrimaryKeyConstraint("id"),
+        sa.UniqueConstraint("user_key", "address"),
+    )
+    with op.batch_alter_table("known_login_addresses", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_known_login_addresses_last_success_at"), ["last_success_at"], unique=False)
+        batch_op.create_index(batch_op.f("ix_known_login_addresses_user_key"), ["user_key"], unique=False)
 
     op.create_table(
         "revoked_access_tokens",
@@ -497,6 +510,11 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f("ix_revoked_access_tokens_expires_at"))
 
     op.drop_table("revoked_access_tokens")
+    with op.batch_alter_table("known_login_addresses", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_known_login_addresses_user_key"))
+        batch_op.drop_index(batch_op.f("ix_known_login_addresses_last_success_at"))
+
+    op.drop_table("known_login_addresses")
     with op.batch_alter_table("email_receipts", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_email_receipts_status"))
         batch_op.drop_index(batch_op.f("ix_email_receipts_received_at"))
