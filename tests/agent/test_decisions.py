@@ -61,3 +61,18 @@ def test_offer_after_unknown() -> None:
     assert offer_after_unknown("I don't know. Shall I put you through to a colleague?", TARGETS) == ""
     assert offer_after_unknown("We open at 9.", TARGETS) == ""
     assert offer_after_unknown("I do not know that.", {}) == ""
+
+
+def test_grounding_guard_stops_an_invented_price_and_keeps_known_facts() -> None:
+    from voicebot.agent.decisions import UNKNOWN_REPLY, GroundingGuard
+
+    knowledge = ["A sourdough loaf costs 6 dollars. Cakes must be ordered two days ahead. Open 7 am to noon."]
+    guard = GroundingGuard(knowledge, ["How much is a baguette?"])
+    said = [*guard.push("A baguette "), *guard.push("costs 10 dollars. Anything"), *guard.push(" else?"),
+            *guard.finish()]
+    assert said == [UNKNOWN_REPLY] and guard.tripped and guard.spoken == UNKNOWN_REPLY
+    ok = GroundingGuard(knowledge, [])
+    said = [*ok.push("A loaf costs 6 dollars. Order 2 days ahead, "), *ok.push("we open at 7 until 12."),
+            *ok.finish()]
+    assert "".join(said) == "A loaf costs 6 dollars. Order 2 days ahead, we open at 7 until 12."
+    assert not ok.tripped

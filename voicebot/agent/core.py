@@ -40,7 +40,7 @@ from sqlmodel import Session, col, select
 from models import Agent, Contact, Conversation, Message, utcnow
 from models.db import session_scope
 from rag.types import SearchHit
-from voicebot.agent.decisions import Decision, decide, offer_after_unknown
+from voicebot.agent.decisions import Decision, GroundingGuard, decide, offer_after_unknown
 from voicebot.config import Settings
 from voicebot.errors import EvaError, InvalidInput, LlmError, NotFound
 from voicebot.llm.base import (
@@ -490,6 +490,12 @@ class AgentCore:
             turn.tool_calls.append(call)
             yield call
             return
+        # When the model has the agent's whole knowledge (pinned), a spoken sentence naming a number found
+        # nowhere in it or in the conversation is invented: it is stopped (held sentence by sentence; the
+        # voice loop speaks whole sentences anyway).  With searched chunks only, absence proves nothing.
+        pinned = agent.id is not None and (self._pinned.get(agent.id) or (0.0, None))[1] is not None
+        guard = GroundingGuard(knowledge, [text, *(m.content for m in turn.opened.memory)]) \
+            if knowledge and pinned and channel == "voice" else None
         async with contextlib.aclosing(self._generate_llm(agent, turn, channel=channel, text=text,
                                                           knowledge=knowledge, offered=offered,
                                                           started=started)) as events:
@@ -498,7 +504,18 @@ class AgentCore:
                     log.info("agent %s: ignoring the model's hang_up (the caller did not say goodbye)", agent.id)
                     turn.tool_calls.remove(event)
                     continue
+                if guard is not None and isinstance(event, TextDelta):
+                    for piece in guard.push(event.text):
+                        yield TextDelta(piece)
+                    continue
                 yield event
+        if guard is not None:
+            for piece in guard.finish():
+                yield TextDelta(piece)
+            if guard.tripped:
+                log.info("agent %s: a reply naming a number not in the knowledge was stopped", agent.id)
+                turn.timings["grounding_guard"] = True
+            turn.pieces = [guard.spoken]  # what the caller hears is what is stored
         if decision is not None and decision.action == "hang_up" \
                 and not any(c.name == HANG_UP.name for c in turn.tool_calls):
             call = ToolCall(HANG_UP.name, {}, id="decision")

@@ -126,3 +126,58 @@ def offer_after_unknown(reply: str, transfer_targets: Mapping[str, str]) -> str:
     if not transfer_targets or not _DONT_KNOW.search(reply) or _OFFER.search(reply):
         return ""
     return "Would you like me to put you through to a colleague?"
+
+
+# ---------------------------------------------------------------------------------------------- grounding guard
+_NUMBER_WORDS = {"one": "1", "two": "2", "three": "3", "four": "4", "five": "5", "six": "6", "seven": "7",
+                 "eight": "8", "nine": "9", "ten": "10", "eleven": "11", "twelve": "12", "fifteen": "15",
+                 "twenty": "20", "thirty": "30", "forty": "40", "fifty": "50", "sixty": "60", "hundred": "100",
+                 "noon": "12", "midnight": "12"}
+_DIGITS = re.compile(r"\d+")
+_WORD = re.compile(r"[a-z]+")
+_SENTENCE_END = re.compile(r"[.!?](?:\s|$)")
+UNKNOWN_REPLY = "I am sorry, I do not know that."
+
+
+def _numbers(text: str) -> set[str]:
+    lowered = text.lower()
+    found = {n.lstrip("0") or "0" for n in _DIGITS.findall(lowered)}
+    found.update(_NUMBER_WORDS[w] for w in _WORD.findall(lowered) if w in _NUMBER_WORDS)
+    return found
+
+
+class GroundingGuard:
+    """Holds the reply back one sentence at a time and stops it at the first sentence that names a number
+    (a price, a time, a count) found nowhere in the knowledge or the conversation: a small model invents
+    prices ("a baguette costs 10 dollars") for what the knowledge does not list.  The sentence and all after
+    it are replaced by :data:`UNKNOWN_REPLY`.  The voice loop speaks whole sentences anyway, so holding a
+    sentence until its end costs the caller nothing."""
+
+    def __init__(self, knowledge: Sequence[str], conversation: Sequence[str]) -> None:
+        self.allowed = set().union(*(_numbers(t) for t in (*knowledge, *conversation)))
+        self.pending = ""
+        self.tripped = False
+        self.spoken = ""
+        """Everything let through (and the replacement), in order."""
+
+    def _check(self, sentence: str) -> list[str]:
+        if self.tripped:
+            return []
+        if _numbers(sentence) - self.allowed:
+            self.tripped = True
+            sentence = UNKNOWN_REPLY if not self.spoken or self.spoken.endswith((" ", "\n")) \
+                else " " + UNKNOWN_REPLY
+        self.spoken += sentence
+        return [sentence]
+
+    def push(self, text: str) -> list[str]:
+        out: list[str] = []
+        self.pending += text
+        while (match := _SENTENCE_END.search(self.pending)) is not None:
+            sentence, self.pending = self.pending[:match.end()], self.pending[match.end():]
+            out.extend(self._check(sentence))
+        return out
+
+    def finish(self) -> list[str]:
+        pending, self.pending = self.pending, ""
+        return self._check(pending) if pending else []

@@ -32,7 +32,13 @@ MAX_TOOL_CALL_CHARS = 2000
 GROUNDING = (
     "Use only the facts in the knowledge below. If the knowledge does not answer the question, say: "
     "I am sorry, I do not know that. Would you like me to put you through to a colleague? "
-    "Never guess or invent facts, prices, times or services.")
+    "Never guess or invent facts, prices, times or services."
+    # Measured on the exam: with these examples Qwen 0.5B stopped answering "I do not know" to "are you open
+    # on Saturday?" when the knowledge says it is closed (single questions 7 → 8 of 10).
+    " Examples from another business (a flower shop that sells roses and tulips and is closed on Sunday): "
+    "Caller: Do you sell tulips? Agent: Yes, we sell tulips. Caller: Are you open on Sunday? Agent: No, on "
+    "Sunday we are closed. Caller: Do you sell cakes? Agent: I am sorry, I do not know that. Would you like me "
+    "to put you through to a colleague?")
 
 _TOOLS_HEADER = (
     "# Tools\n\nYou may call one or more functions to assist with the user query.\n\n"
