@@ -5,9 +5,7 @@ PDFs past the page budget.  Each is read or refused with a clear reason while th
 
 from __future__ import annotations
 
-import asyncio
 import io
-import time
 import zipfile
 from collections.abc import AsyncIterator, Awaitable
 from typing import TypeVar
@@ -19,6 +17,7 @@ from rag import KnowledgeBase
 from rag.embeddings import LocalEmbedder
 from rag.extract import detect_type, extract, markdown_to_text
 from rag.sandbox import SandboxLimits, extract_chunks
+from tests.loop_probe import LoopProbe
 from tests.rag.conftest import agent_factory
 from tests.rag.files import make_docx, make_pdf
 from voicebot.config import Settings
@@ -49,28 +48,14 @@ def docx_bomb(unpacked_mb: int = 64) -> bytes:
 
 
 async def with_ticker(work: Awaitable[T]) -> tuple[T | BaseException, float]:
-    """Run ``work`` while a 20 ms ticker measures the longest gap of the event loop."""
-    gaps: list[float] = []
-    stop = asyncio.Event()
-
-    async def tick() -> None:
-        last = time.perf_counter()
-        while not stop.is_set():
-            await asyncio.sleep(TICK_S)
-            now = time.perf_counter()
-            gaps.append(now - last - TICK_S)
-            last = now
-
-    ticker = asyncio.ensure_future(tick())
+    """Run ``work`` while a 20 ms ticker measures the longest gap of the event loop (beyond the tick itself)."""
     outcome: T | BaseException
-    try:
-        outcome = await work
-    except Exception as exc:  # the caller asserts on it
-        outcome = exc
-    finally:
-        stop.set()
-        await ticker
-    return outcome, max(gaps, default=0.0)
+    async with LoopProbe(TICK_S) as probe:
+        try:
+            outcome = await work
+        except Exception as exc:  # the caller asserts on it
+            outcome = exc
+    return outcome, probe.longest_delay
 
 
 @pytest.fixture
