@@ -359,12 +359,19 @@ def outbound_problem(app: str, arguments: str, contexts: Iterable[str], allowed:
     return None
 
 
-def dialling_contexts(parsed: ParsedDialplan, known: Iterable[str], allowed: frozenset[str]) -> set[str]:
-    """Contexts of an (admin's) file that dial out: a designer may not reach them with Local or include."""
-    context_of = {line: name for name, lines in parsed.priorities.items() for line in lines}
-    known = set(known)
-    return {context_of[line] for app, arguments, line in parsed.calls
-            if line in context_of and outbound_problem(app, arguments, known, allowed)}
+_NUMERIC_EXPRESSION_RE = re.compile(r"\$\[[0-9\s+\-*/%()<>=!&|]*\]")
+"""A ``$[...]`` of numbers and operators only: its result is a number, so it cannot add a ',', '?' or ':'."""
+_SOUNDS_PREFIX = "${EVA_SOUNDS}/"
+"""The one variable a designer's sound file may start with: an admin's global (designers may not set EVA_*)."""
+_JUMP_APPLICATIONS = frozenset({"goto", "gosub", "gotoif", "gosubif"})
+_SOUND_ARGUMENT = {"playback": 0, "background": 0, "read": 1, "readexten": 1}
+"""Application → index of its sound-file argument."""
+_ROUTING_VARIABLES = frozenset({"TRANSFER_CONTEXT", "GOTO_ON_BLINDXFR", "FORWARD_CONTEXT", "DYNAMIC_FEATURES"})
+"""Channel variables Asterisk reads as a destination (a DTMF blind transfer, a forward) or a feature list."""
+_DESIGNER_SET_FUNCTIONS = frozenset({"CALLERID", "CONNECTEDLINE", "HASH", "TIMEOUT", "VOLUME", "CHANNEL"})
+_DESIGNER_CHANNEL_ITEMS = frozenset({"language", "musicclass", "tonezone"})
+"""``CHANNEL()`` items a designer may write; hangup_handler_push and after_bridge_goto are jumps."""
+_CHANNEL_JUMP_ITEMS = frozenset({"hangup_handler_push", "after_bridge_goto"})
 
 
 def _split_top(text: str, separator: str) -> list[str]:
@@ -386,40 +393,228 @@ def _split_top(text: str, separator: str) -> list[str]:
     return [_strip(part) for part in parts]
 
 
-def jump_contexts(app: str, arguments: str) -> list[str] | None:
-    """Contexts a jump names (Goto, Gosub, their If forms, Dial's G/F/U options); None when one is a variable."""
-    labels: list[list[str]] = []
+def _literal(text: str) -> str | None:
+    """``text`` with numeric ``$[...]`` replaced by a number; None when a variable or another expression is left
+    (Asterisk substitutes those before it splits the arguments, so they could add separators)."""
+    masked = _NUMERIC_EXPRESSION_RE.sub("0", text)
+    return None if "$" in masked else masked
+
+
+def _label_context(label: str, separator: str = ",") -> str | None:
+    """The context of a ``[[context,]exten,]priority`` label (ast_parseable_goto), None when it names none."""
+    parts = label.split("(", 1)[0].split(separator)
+    return _strip(parts[0]) if len(parts) >= 3 else None
+
+
+def _dial_options(options: str) -> list[tuple[str, str]]:
+    """Dial's options with an argument: (letter, text inside its parentheses)."""
+    found = []
+    index = 0
+    while index < len(options):
+        if index + 1 < len(options) and options[index + 1] == "(":
+            depth, end = 0, index + 1
+            while end < len(options):
+                depth += {"(": 1, ")": -1}.get(options[end], 0)
+                if depth == 0:
+                    break
+                end += 1
+            found.append((options[index], options[index + 2 : end]))
+            index = end + 1
+        else:
+            index += 1
+    return found
+
+
+def jump_targets(app: str, arguments: str) -> list[str] | None:
+    """Contexts a call can send the channel (or the channel it creates) to; None when a target is computed
+    at run time.  Asterisk substitutes variables and expressions before it splits at ',', '?', ':' and '^',
+    so any '$' that could reach a target makes it computed (a one-part ``Goto(${X})`` is a whole label)."""
+    targets: list[str | None] = []
     if app in ("goto", "gosub"):
-        labels.append(_split_top(arguments, ","))
+        head = arguments.split("(", 1)[0] if app == "gosub" else arguments  # Gosub's (args) are not the label
+        literal = _literal(head)
+        if literal is None:
+            return None
+        targets.append(_label_context(literal))
     elif app in ("gotoif", "gosubif"):
-        _condition, question, branches = arguments.partition("?")
-        if question:
-            labels += [_split_top(branch, ",") for branch in _split_top(branches, ":")]
+        literal = _literal(arguments)
+        if literal is None:
+            return None
+        _condition, _question, branches = literal.partition("?")
+        # GotoIf splits at the first ':' of the text, GosubIf outside parentheses: both readings count.
+        for branch in [*branches.split(":", 1), *_split_top(branches, ":")[:2]]:
+            targets.append(_label_context(branch))
+    elif app == "background":
+        literal = _literal(arguments.replace(_SOUNDS_PREFIX, "sounds/"))
+        if literal is None:
+            return None
+        parts = _split_top(literal, ",")
+        if len(parts) > 3 and parts[3]:
+            targets.append(parts[3])
     elif app == "dial":
-        options = _split_top(arguments, ",")[2:3]
-        for option in re.finditer(r"[GFU]\(([^()]*)\)", options[0] if options else ""):
-            labels.append(option.group(1).split("^"))
-    contexts = []
-    for label in labels:
-        if len(label) >= 3:  # [[context,]exten,]priority: three parts name the context
-            if "$" in label[0]:
+        if "$" in arguments:
+            return None
+        parts = _split_top(arguments, ",")
+        for part in (_strip(p) for p in parts[0].split("&")):
+            local = _LOCAL_TARGET_RE.match(part)
+            if local:
+                targets.append(local.group(2))
+        for letter, inside in _dial_options(parts[2] if len(parts) > 2 else ""):
+            if letter in "GFBb":
+                targets.append(_label_context(inside, "^"))
+            elif letter == "U":  # U(context[^arg...]): a Gosub to context,s,1 on the called channel
+                targets.append(_strip(inside.split("^", 1)[0]))
+    elif app == "set":
+        name, _eq, value = arguments.partition("=")
+        if "$" in name:
+            return None
+        item = re.match(r"^_{0,2}CHANNEL\((.*)\)$", _strip(name), re.IGNORECASE)
+        if item and _strip(item.group(1)).lower() in _CHANNEL_JUMP_ITEMS:
+            if "$" in value:
                 return None
-            contexts.append(label[0])
-    return contexts
+            targets.append(_label_context(value))
+    return [t for t in targets if t]
 
 
-def jump_problem(app: str, arguments: str, dialling: set[str]) -> str | None:
-    """Why a designer's jump could lead callers into an admin's context that dials out, or None."""
-    if not dialling:
+def _dials(target: str, dialling: set[str]) -> bool:
+    """Asterisk finds contexts regardless of case; so does this check."""
+    return target.lower() in {d.lower() for d in dialling}
+
+
+def dialling_closure(calls: dict[str, list[tuple[str, str]]], includes: dict[str, list[str]],
+                     allowed: frozenset[str]) -> set[str]:
+    """Contexts that dial out, directly or through what they include, Dial as Local, jump or Gosub to (Goto,
+    Gosub and their If forms, Background's exit context, Dial's G/F/U/B/b options, hangup handlers).  A context
+    with a jump computed at run time counts as dialling whenever any context dials out."""
+    contexts = set(calls) | set(includes)
+    edges: dict[str, set[str]] = {c: {t.lower() for t in includes.get(c, [])} for c in contexts}
+    direct: set[str] = set()
+    computed: set[str] = set()
+    for context, context_calls in calls.items():
+        for app, data in context_calls:
+            if outbound_problem(app, data, contexts, allowed):
+                direct.add(context.lower())
+            targets = jump_targets(app, data)
+            if targets is None:
+                computed.add(context.lower())
+            else:
+                edges[context] |= {t.lower() for t in targets}
+    dialling = set(direct) | (computed if direct else set())
+    changed = True
+    while changed:
+        changed = False
+        for context in contexts:
+            if context.lower() not in dialling and edges[context] & dialling:
+                dialling.add(context.lower())
+                changed = True
+    return {c for c in contexts if c.lower() in dialling}
+
+
+def dialling_contexts(parsed: ParsedDialplan, known: Iterable[str], allowed: frozenset[str]) -> set[str]:
+    """Contexts of an (admin's) file that dial out, directly or indirectly within the file."""
+    del known  # kept for callers; every context of the file is part of the closure
+    calls: dict[str, list[tuple[str, str]]] = {c: [] for c in parsed.contexts}
+    context_of = {line: name for name, lines in parsed.priorities.items() for line in lines}
+    for app, arguments, line in parsed.calls:
+        if line in context_of:
+            calls[context_of[line]].append((app, arguments))
+    return dialling_closure(calls, parsed.included, allowed)
+
+
+def dialplan_graph(text: str, calls: dict[str, list[tuple[str, str]]], includes: dict[str, list[str]]) -> None:
+    """Add the contexts, calls and includes of a config file to the graph, tolerantly (extensions.conf and files
+    not written through this API need not pass ``parse_dialplan``)."""
+    context: str | None = None
+    for visible in scan_comments(text).lines:
+        line = _strip(visible or "")
+        if line.startswith("["):
+            context = line[1 : line.find("]")] if "]" in line else None
+            if context is not None:
+                calls.setdefault(context, [])
+            continue
+        key, _sep, value = line.partition("=")
+        key, value = _strip(key).lower(), _strip(value[1:] if value.startswith(">") else value)
+        if context is None or key not in STATEMENTS:
+            continue
+        if key == "include":
+            includes.setdefault(context, []).append(_strip(value.split(",", 1)[0]))
+            continue
+        fields = value.split(",", 2 if key == "exten" else 1)
+        app = _APP_RE.match(_strip(fields[-1])) if len(fields) == (3 if key == "exten" else 2) else None
+        if app:
+            calls[context].append((app.group(1).lower(), app.group(2) or ""))
+
+
+def sound_problem(app: str, arguments: str) -> str | None:
+    """Why a designer's sound-file argument could play a file outside the sounds (a call recording), or None."""
+    index = _SOUND_ARGUMENT.get(app)
+    if index is None:
         return None
-    targets = jump_contexts(app, arguments)
-    if targets is None:
-        return (f"{app.capitalize()}() with a variable context could lead into a context that dials out "
-                f"([{sorted(dialling)[0]}]); designers name the context literally")
-    for target in targets:
-        if target in dialling:
-            return f"[{target}] dials out (an admin's context): designers may not send calls there"
+    parts = _split_top(arguments, ",")
+    if any("$" in part for part in parts[:index]):
+        return (f"{app.capitalize()}() with a variable before its sound file: Asterisk substitutes it before "
+                "splitting the arguments, so it could name any file")
+    for name in (_strip(n) for n in (parts[index] if len(parts) > index else "").split("&")):
+        rest = name[len(_SOUNDS_PREFIX):] if name.startswith(_SOUNDS_PREFIX) else name
+        if "$" in rest:
+            return (f"{app.capitalize()}({name}): a sound file named by a variable could be any file (a call "
+                    f"recording); designers name sound files literally, relative to the sounds directory or "
+                    f"{_SOUNDS_PREFIX}")
+        if rest.startswith("/") or ".." in rest.split("/") or "\\" in rest:
+            return (f"{app.capitalize()}({name}): absolute paths and '..' reach files outside the sounds (call "
+                    "recordings); designers name sound files relative to the sounds directory or "
+                    f"{_SOUNDS_PREFIX}")
     return None
+
+
+def set_problem(arguments: str) -> str | None:
+    """Why a designer's ``Set`` could change where calls go, or other calls, or None."""
+    name = _strip(arguments.partition("=")[0])
+    if "$" in name:
+        return ("Set() of a name computed at run time (a variable in it) can write any variable or function, "
+                "GLOBAL() included: designers name what they set literally")
+    match = re.match(r"^_{0,2}([A-Za-z0-9_]+)(?:\((.*)\))?$", name, re.DOTALL)
+    if match is None:
+        return f"Set({name}=...) does not name a plain variable or function"
+    base, inside = match.group(1).upper(), match.group(2)
+    if inside is None:
+        if base in _ROUTING_VARIABLES or base.startswith("EVA_"):
+            return (f"Set({name}) changes where calls go (a transfer or forward destination, or Eva's own "
+                    "routing variables): only an admin may set it")
+        return None
+    if base in ("GLOBAL", "SHARED"):
+        return (f"Set({base}(...)) changes variables every later call (or another channel) reads, Eva's routing "
+                "included: only an admin may set it")
+    if base not in _DESIGNER_SET_FUNCTIONS:
+        return f"Set({base}(...)) is for admins; designers may set {', '.join(sorted(_DESIGNER_SET_FUNCTIONS))}"
+    if base == "CHANNEL" and _strip(inside).lower() not in _DESIGNER_CHANNEL_ITEMS:
+        return (f"Set(CHANNEL({_strip(inside)})) is for admins (hangup_handler_push and after_bridge_goto are "
+                f"jumps); designers may set CHANNEL({'|'.join(sorted(_DESIGNER_CHANNEL_ITEMS))})")
+    return None
+
+
+def designer_problem(app: str, arguments: str, dialling: set[str], known: Iterable[str],
+                     allowed: frozenset[str]) -> str | None:
+    """Why a designer may not call ``app(arguments)`` (it could reach a trunk, or change routing), or None."""
+    if app in ADMIN_ONLY_APPLICATIONS:
+        return outbound_problem(app, arguments, known, allowed)
+    if app == "set":
+        why = set_problem(arguments)
+        if why:
+            return why
+    targets = jump_targets(app, arguments)
+    if targets is None and app != "dial":  # Dial with a variable: outbound_problem says why
+        example = f" such as [{sorted(dialling)[0]}], which dials out" if dialling else ", one that dials out too"
+        return (f"{app.capitalize()}() with a variable or expression in its target: Asterisk substitutes "
+                f"${{...}} and $[...] before splitting at ',', '?' and ':', so it could name any context{example}; "
+                "designers write jump targets literally (a condition may be a $[...] of numbers only)")
+    for target in targets or []:
+        if _dials(target, dialling):
+            return (f"[{target}] dials out (an admin's context, directly or through what it includes or jumps "
+                    "to): designers may not send calls there")
+    if app == "set":
+        return None
+    return outbound_problem(app, arguments, {c for c in known if not _dials(c, dialling)}, allowed)
 
 
 # ------------------------------------------------------------------ what Asterisk loaded
@@ -518,10 +713,10 @@ def verify_loaded(
     wanted_everywhere = {n for lines in parsed.priorities.values() for n in lines}
     offset = _line_offset(ours_everywhere, wanted_everywhere)
     apps_by_line = {line: app for app, _arguments, line in parsed.calls}
-    dialling = {name for name, context in after.items() if name not in declared and any(
-        p.application and outbound_problem(p.application, p.data, after, allowed_targets)
-        for p in context.priorities)}
-    reachable = set(after) - dialling
+    dialling = dialling_closure(
+        {name: [(p.application, p.data) for p in c.priorities if p.application]
+         for name, c in after.items() if name not in declared},
+        {name: c.includes for name, c in after.items() if name not in declared}, allowed_targets)
     for name, context in after.items():
         ours = [p for p in context.priorities if p.file == filename]
         if name not in declared:
@@ -543,8 +738,9 @@ def verify_loaded(
             elif apps_by_line.get(line) != priority.application:
                 problems.append(f"line {line} runs {priority.application!r}, not what the file was checked for")
             elif not outbound:
-                why = (outbound_problem(priority.application, priority.data, reachable, allowed_targets)
-                       or jump_problem(priority.application, priority.data, dialling))
+                why = (sound_problem(priority.application, priority.data)
+                       or designer_problem(priority.application, priority.data, dialling, after,
+                                           allowed_targets))
                 if why:
                     problems.append(f"line {line}: {why}")
         loaded_lines = {p.line - offset for p in ours if p.application}
@@ -560,7 +756,7 @@ def verify_loaded(
         wanted_includes = sorted(parsed.included.get(name, []))
         if sorted(context.includes) != wanted_includes:
             problems.append(f"context [{name}] includes {sorted(context.includes)}, expected {wanted_includes}")
-        if not outbound and set(context.includes) & dialling:
+        if not outbound and any(_dials(target, dialling) for target in context.includes):
             problems.append(f"context [{name}] includes a context that dials out")
         if context.other:
             problems.append(f"context [{name}] holds {context.other[0]!r}")
@@ -678,13 +874,15 @@ class DialplanService:
             for other in others:
                 for context in context_headers(other.content):
                     owners.setdefault(context, f"dialplan {other.name!r}")
-            dialling: set[str] = set()
+            # One graph over every other file and extensions.conf: "dials out" is transitive across files.
+            calls: dict[str, list[tuple[str, str]]] = {}
+            includes: dict[str, list[str]] = {}
+            dialplan_graph(self.extensions_conf.read_text("utf-8"), calls, includes)
             for other in others:
-                try:
-                    dialling |= dialling_contexts(parse_dialplan(other.content), owners, self.allowed_targets)
-                except InvalidInput:
-                    continue  # not written through this API; Asterisk's own view is checked after the reload
-            return owners, dialling
+                dialplan_graph(other.content, calls, includes)
+            for reserved in RESERVED_CONTEXTS:
+                calls.pop(reserved, None)
+            return owners, dialling_closure(calls, includes, self.allowed_targets)
 
         return await asyncio.to_thread(collect)
 
@@ -705,12 +903,14 @@ class DialplanService:
                 raise _fail(line, f"included context [{target}] does not exist")
         if not outbound:
             for app, arguments, line in parsed.calls:
-                why = (outbound_problem(app, arguments, known - dialling, self.allowed_targets)
-                       or jump_problem(app, arguments, dialling))
+                sound = sound_problem(app, arguments)
+                if sound:
+                    raise _fail(line, sound)
+                why = designer_problem(app, arguments, dialling, known, self.allowed_targets)
                 if why:
                     raise OutboundDialForbidden(f"line {line}: {why}", field="content")
             for target, line in parsed.includes:
-                if target in dialling:
+                if _dials(target, dialling):
                     raise OutboundDialForbidden(
                         f"line {line}: [{target}] dials out (an admin's context): designers may not include it",
                         field="content",

@@ -231,3 +231,93 @@ async def test_designers_cannot_lead_callers_into_an_admins_outbound_context(liv
         "content": "[f8-ivr]\nexten => 1,1,Goto(f8-ivr,2,1)\nexten => 2,1,GotoIf($[1]?3)\n same => n,Hangup()\n"
                    "exten => 3,1,Goto(eva-inbound,600,1)\n"})
     assert (status, saved["applied"]) == (200, True), saved
+
+
+# ------------------------------ F8 bypasses: hidden, unmodelled and indirect jumps ------------------------
+ADMIN_OUTBOUND = ("[f8-dialout]\nexten => _X.,1,Dial(PJSIP/${EXTEN}@carrier)\n"
+                  "[f8-staff]\ninclude => f8-dialout\nexten => 5,1,Goto(f8-dialout,0900123,1)\n"
+                  "[f8-staff2]\nexten => 5,1,Gosub(f8-staff,5,1)\n")
+"""An admin's trunk context, and contexts that reach it only indirectly (include, Goto, a Gosub of those)."""
+
+BYPASSES = [
+    # (a) the jump target hidden in a variable or an expression (Asterisk substitutes before splitting)
+    ("exten => 1,1,Set(X=f8-dialout,0900123,1)\n same => n,Goto(${X})", "variable"),
+    ("exten => 1,1,Set(X=1?f8-dialout,0900123,1:)\n same => n,GotoIf(${X}?f8-byp,2,1)", "variable"),
+    ("exten => 1,1,GotoIf($[1?1::1]?f8-dialout,0900123,1)", "expression"),
+    ("exten => 1,1,GotoIf($[\"x?f8-dialout,0900123,1:\"]?f8-byp,2,1)", "variable"),
+    ("exten => 1,1,Gosub(${X},1)", "variable"),
+    # (b) jumps that were not modelled
+    ("exten => 1,1,Background(hello,,,f8-dialout)", "f8-dialout"),
+    ("exten => 1,1,Background(hello,,,${CTX})", "variable"),
+    ("exten => 1,1,Background(hello,${X})", "variable"),
+    ("exten => 1,1,Dial(Local/2@f8-byp,20,B(f8-dialout^0900123^1))", "f8-dialout"),
+    ("exten => 1,1,Dial(Local/2@f8-byp,20,b(f8-dialout^0900123^1))", "f8-dialout"),
+    ("exten => 1,1,Dial(Local/2@f8-byp,20,U(f8-dialout))", "f8-dialout"),
+    ("exten => 1,1,Set(CHANNEL(hangup_handler_push)=f8-dialout,0900123,1)", "hangup_handler"),
+    ("exten => 1,1,Set(CHANNEL(after_bridge_goto)=f8-dialout,0900123,1)", "CHANNEL"),
+    ("exten => 1,1,Set(GLOBAL(EVA_APP)=other)", "GLOBAL"),
+    ("exten => 1,1,Set(SHARED(X)=1)", "SHARED"),
+    ("exten => 1,1,Set(__TRANSFER_CONTEXT=f8-dialout)", "TRANSFER_CONTEXT"),
+    ("exten => 1,1,Set(${N}=f8-dialout)", "variable"),
+    # (c) "dials out" is transitive: an admin's context that includes or jumps into a trunk context
+    ("exten => 1,1,Dial(Local/0900123@f8-staff)", "f8-staff"),
+    ("exten => 1,1,Goto(f8-staff,0900123,1)", "f8-staff"),
+    ("exten => 1,1,Gosub(f8-staff,5,1)", "f8-staff"),
+    ("exten => 1,1,Goto(f8-staff2,5,1)", "f8-staff2"),
+    ("include => f8-staff", "f8-staff"),
+]
+
+
+async def _admin_outbound(api: Api) -> None:
+    status, saved = await api.call("PUT", "/api/v1/dialplans/f8-out", role="admin", json={"content": ADMIN_OUTBOUND})
+    assert (status, saved["applied"]) == (200, True), saved
+
+
+@pytest.mark.parametrize(("line", "words"), BYPASSES)
+async def test_f8_bypasses_are_refused_for_designers(live_api: Api, asterisk: Asterisk, line: str,
+                                                     words: str) -> None:
+    api = live_api
+    await _admin_outbound(api)
+    content = f"[f8-byp]\nexten => 2,1,NoOp()\n{line}\n"
+    status, error = await api.call("PUT", "/api/v1/dialplans/f8-byp", role="designer", json={"content": content})
+    assert (status, error.get("error", {}).get("code"), error.get("error", {}).get("field")) == (
+        403, "outbound_dial_admin_only", "content"), (line, error)
+    assert error["error"]["message"].startswith("line "), error
+    assert words in error["error"]["message"], (line, error)
+    assert await _absent(asterisk, "f8-byp")
+
+
+async def test_admins_keep_full_power_and_designers_their_own_jumps(live_api: Api, asterisk: Asterisk) -> None:
+    api = live_api
+    await _admin_outbound(api)
+    # An admin keeps full power over the same lines.
+    content = "[f8-byp]\nexten => 2,1,NoOp()\n" + "\n".join(
+        line.replace("exten => 1,", f"exten => {10 + n},") for n, (line, _) in enumerate(BYPASSES)) + "\n"
+    status, saved = await api.call("PUT", "/api/v1/dialplans/f8-byp", role="admin", json={"content": content})
+    assert (status, saved["applied"]) == (200, True), saved
+    assert (await api.call("DELETE", "/api/v1/dialplans/f8-byp", role="admin"))[0] == 204
+    # What designers legitimately write still works: literal jumps and menus within their own contexts.
+    status, saved = await api.call("PUT", "/api/v1/dialplans/f8-byp", role="designer", json={"content": (
+        "[f8-byp]\nexten => 1,1,Background(${EVA_SOUNDS}/eva-selftest,,,f8-byp)\n same => n,WaitExten(3)\n"
+        " same => n,GotoIf($[1 = 1]?f8-byp,2,1:3,1)\n same => n,Gosub(f8-byp,3,1(${EXTEN}))\n"
+        " same => n,Set(CHANNEL(language)=de)\n same => n,Set(__MYVAR=${CALLERID(num)})\n"
+        " same => n,Dial(Local/2@f8-byp,20,tTG(f8-byp^2^1))\n"
+        "exten => 2,1,Playback(hello-world&digits/1)\nexten => 3,1,Return()\n")})
+    assert (status, saved["applied"]) == (200, True), saved
+    assert (await api.call("DELETE", "/api/v1/dialplans/f8-byp", role="designer"))[0] == 204
+    assert (await api.call("DELETE", "/api/v1/dialplans/f8-out", role="admin"))[0] == 204
+
+
+@pytest.mark.parametrize("sound", ["/var/spool/asterisk/recording/0123", "../../spool/asterisk/recording/0123",
+                                   "hello&/etc/passwd", "${EVA_SOUNDS}/../../recording/1", "${REC}"])
+@pytest.mark.parametrize("app", ["Playback({})", "Background({})", "Read(D,{},1)"])
+async def test_designers_cannot_play_files_outside_the_sounds(live_api: Api, asterisk: Asterisk, sound: str,
+                                                              app: str) -> None:
+    """Call recordings live under the spool: a designer's Playback of an absolute or '..' path would play them
+    to any caller."""
+    content = f"[f8-snd]\nexten => 1,1,{app.format(sound)}\n"
+    status, error = await live_api.call("PUT", "/api/v1/dialplans/f8-snd", role="designer",
+                                        json={"content": content})
+    assert (status, error["error"]["code"]) == (422, "invalid_input"), error
+    assert error["error"]["message"].startswith("line 2: "), error
+    assert await _absent(asterisk, "f8-snd")
