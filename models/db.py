@@ -72,15 +72,21 @@ def schema_revisions(engine: Engine) -> tuple[str | None, str | None]:
 
 
 @contextmanager
+def _committed(session: Session) -> Iterator[Session]:
+    """Commit on success, roll back on any error (nothing half-written)."""
+    try:
+        yield session
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+
+
+@contextmanager
 def session_scope(engine: Engine) -> Iterator[Session]:
     """A session that commits on success and rolls back on any error (nothing half-written)."""
-    with Session(engine, expire_on_commit=False) as session:
-        try:
-            yield session
-            session.commit()
-        except BaseException:
-            session.rollback()
-            raise
+    with Session(engine, expire_on_commit=False) as session, _committed(session):
+        yield session
 
 
 @contextmanager
@@ -97,13 +103,8 @@ def durable_session_scope(engine: Engine) -> Iterator[Session]:
         connection.exec_driver_sql("PRAGMA synchronous=FULL")
         connection.commit()
         try:
-            with Session(bind=connection, expire_on_commit=False) as session:
-                try:
-                    yield session
-                    session.commit()
-                except BaseException:
-                    session.rollback()
-                    raise
+            with Session(bind=connection, expire_on_commit=False) as session, _committed(session):
+                yield session
         finally:
             connection.exec_driver_sql("PRAGMA synchronous=NORMAL")  # pooled connections go back as they came
             connection.commit()

@@ -29,6 +29,15 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return str(url)
 
 
+def _fresh_sqlite(path: Path) -> str:
+    """A migrated, empty SQLite database at ``path``; its URL."""
+    url = f"sqlite:///{path}"
+    engine = make_engine(url)
+    upgrade(engine)
+    engine.dispose()
+    return url
+
+
 def _names(url: str) -> list[str]:
     engine = make_engine(url)
     try:
@@ -93,10 +102,7 @@ def test_sqlite_backup_is_consistent_while_eva_writes(tmp_path: Path) -> None:
 
 
 def test_restore_refuses_what_is_not_a_backup_and_changes_nothing(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'eva.db'}"
-    engine = make_engine(url)
-    upgrade(engine)
-    engine.dispose()
+    url = _fresh_sqlite(tmp_path / "eva.db")
     _add(url, "kept")
     junk = tmp_path / "junk.db"
     junk.write_bytes(b"not a database at all" * 100)
@@ -110,10 +116,7 @@ def test_restore_refuses_what_is_not_a_backup_and_changes_nothing(tmp_path: Path
 
 
 def test_scheduled_backups_keep_only_the_newest(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'eva.db'}"
-    engine = make_engine(url)
-    upgrade(engine)
-    engine.dispose()
+    url = _fresh_sqlite(tmp_path / "eva.db")
     folder = tmp_path / "backups"
     folder.mkdir()
     for day in range(1, 5):
@@ -128,10 +131,7 @@ def test_scheduled_backups_keep_only_the_newest(tmp_path: Path) -> None:
 def test_cli_backup_and_restore(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                 capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setenv("EVA_DATA_DIR", str(tmp_path / "data"))
-    url = f"sqlite:///{tmp_path / 'data' / 'eva.db'}"
-    engine = make_engine(url)
-    upgrade(engine)
-    engine.dispose()
+    url = _fresh_sqlite(tmp_path / "data" / "eva.db")
     _add(url, "cli")
     target = tmp_path / "cli.db"
     assert main(["db", "backup", str(target)]) == 0
