@@ -16,8 +16,8 @@ class EmailReceipt(SQLModel, table=True):
     Several Eva workers may poll one IMAP inbox: before generating a reply a worker claims the row (an insert
     that does nothing on conflict, else a conditional UPDATE on an expired lease), so exactly one of them answers.
     The key includes the sender, so a Message-ID reused by someone else is that someone's own message, never a
-    duplicate of (or a way to the stored reply of) the first sender's.  Mail left unanswered (rate limits) is
-    kept here with its text and the reason."""
+    duplicate of (or a way to the stored reply of) the first sender's.  Mail waiting for a rate limit is
+    kept here with its text and the reason until it is answered."""
 
     __tablename__ = "email_receipts"
     __table_args__ = (UniqueConstraint("sender", "message_id", name="uq_email_receipts_sender_message_id"),)
@@ -28,7 +28,10 @@ class EmailReceipt(SQLModel, table=True):
     message_id: str = Field(max_length=255)
     status: str = Field(default="claimed", index=True, max_length=16)
     """claimed (being answered, or to be answered again after a failure; ``reason`` holds the failure's code) |
-    answered | limited (over a rate limit: stored, never answered)"""
+    answered | waiting (over a rate limit: left unseen in the inbox and answered once the limit allows;
+    ``reason`` says which limit)"""
+    budget: str = Field(default="", max_length=8)
+    """Which hourly budget the answer counts against: ``known`` (a sender answered before) or ``unknown``."""
     claimed_by: str = Field(default="", max_length=200)
     """The worker answering it now ('' when nobody is)."""
     lease_until: datetime | None = None
@@ -39,5 +42,6 @@ class EmailReceipt(SQLModel, table=True):
     text: str = ""
     """The new text of the message as the agent would read it."""
     received_at: datetime = Field(default_factory=utcnow, index=True)
-    """When it was first claimed (the rate limits count from it)."""
-    updated_at: datetime = Field(default_factory=utcnow)
+    """When it was first claimed."""
+    updated_at: datetime = Field(default_factory=utcnow, index=True)
+    """Last change; for an answered receipt, when it was answered (the rate limits count from it)."""

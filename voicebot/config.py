@@ -198,11 +198,15 @@ class Settings:
     """CPU seconds one inbound e-mail may take to parse (in a niced child process; a child that gives no answer in
     6 times that, at least a minute, is killed); a slower one is refused and logged."""
     email_replies_per_sender_hour: int = 20
-    """Inbound e-mails answered per sender per hour (all workers together); the excess is stored unanswered and
-    logged.  0: no limit."""
+    """Inbound e-mails answered per sender per hour (all workers together); the excess waits unseen and is answered
+    in a later hour (logged).  0: no limit."""
     email_replies_per_hour: int = 200
-    """Inbound e-mails answered per hour from everyone (all workers together); the excess is stored unanswered and
-    logged.  0: no limit."""
+    """Inbound e-mails answered per hour from senders not answered before this hour (all workers together; From is
+    unauthenticated, so invented senders spend only this budget); the excess waits unseen and is answered in a
+    later hour (logged).  0: no limit."""
+    email_replies_known_per_hour: int = 200
+    """Inbound e-mails answered per hour from known senders (answered before this hour), counted apart from
+    ``email_replies_per_hour`` so a flood of invented senders cannot silence real customers.  0: no limit."""
 
     # ------------------------------------------------------------------ derived paths
     @property

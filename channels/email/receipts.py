@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
-from sqlalchemy import func, or_, update
+from sqlalchemy import and_, func, or_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import CursorResult
 from sqlalchemy.exc import IntegrityError
@@ -24,9 +24,12 @@ from models import EmailReceipt, utcnow
 Claim = Literal["claimed", "busy", "done"]
 """claimed: this worker answers it | busy: another worker holds it | done: answered or settled already"""
 
-FINAL = ("answered", "limited")
+FINAL = ("answered",)
+WAITING = "waiting"
+"""Over a rate limit: not final (the mail stays unseen and any worker claims it again once the limit allows)."""
 COUNTED = ("claimed", "answered")
 """Receipts that count against the rate limits: answered, or being answered."""
+Budget = Literal["known", "unknown"]
 
 
 @dataclass(frozen=True)
@@ -60,10 +63,11 @@ def claim(session: Session, key: Key, owner: str, lease: timedelta, *, subject: 
     taken = session.execute(
         update(EmailReceipt)
         .where(col(EmailReceipt.sender) == values["sender"], col(EmailReceipt.message_id) == values["message_id"],
-               col(EmailReceipt.status) == "claimed",
-               or_(col(EmailReceipt.lease_until).is_(None), col(EmailReceipt.lease_until) < now,
-                   col(EmailReceipt.claimed_by) == owner))
-        .values(claimed_by=owner, lease_until=until, updated_at=now))
+               or_(col(EmailReceipt.status) == WAITING,
+                   and_(col(EmailReceipt.status) == "claimed",
+                        or_(col(EmailReceipt.lease_until).is_(None), col(EmailReceipt.lease_until) < now,
+                            col(EmailReceipt.claimed_by) == owner))))
+        .values(status="claimed", claimed_by=owner, lease_until=until, updated_at=now))
     if _rowcount(taken) == 1:
         return "claimed"
     status = session.exec(select(EmailReceipt.status).where(
@@ -72,7 +76,7 @@ def claim(session: Session, key: Key, owner: str, lease: timedelta, *, subject: 
 
 
 def settle(session: Session, key: Key, owner: str, status: str, reason: str = "") -> None:
-    """Record what became of a message this worker claimed (answered, limited) and let the claim go."""
+    """Record what became of a message this worker claimed (answered, waiting) and let the claim go."""
     session.execute(
         update(EmailReceipt)
         .where(col(EmailReceipt.sender) == key.sender[:320], col(EmailReceipt.message_id) == key.message_id[:255],
@@ -89,13 +93,43 @@ def release(session: Session, key: Key, owner: str, reason: str = "") -> None:
         .values(claimed_by="", lease_until=None, reason=reason[:64], updated_at=utcnow()))
 
 
-def counts_since(session: Session, sender: str, since: datetime) -> tuple[int, int]:
-    """(answered or being answered for ``sender``, the same for everyone) since ``since``."""
+@dataclass(frozen=True)
+class Usage:
+    """What the hourly limits have spent, for one message about to be answered (itself not included)."""
+
+    mine: int
+    """Answered or being answered for this sender."""
+    budget: Budget
+    """The budget this sender's mail counts against: ``known`` when the sender was answered before the window."""
+    spent: int
+    """Answered or being answered from that budget."""
+
+
+def usage(session: Session, key: Key, since: datetime) -> Usage:
+    """The counts since ``since`` that decide whether ``key`` is answered now (by when each answer was given:
+    mail that waited is counted in the hour it is answered, not the hour it came)."""
+    sender = key.sender[:320]
     base = select(func.count()).select_from(EmailReceipt).where(
-        col(EmailReceipt.status).in_(COUNTED), col(EmailReceipt.received_at) >= since)
-    everyone = session.exec(base).one()
-    mine = session.exec(base.where(col(EmailReceipt.sender) == sender[:320])).one()
-    return int(mine), int(everyone)
+        col(EmailReceipt.status).in_(COUNTED), col(EmailReceipt.updated_at) >= since,
+        ~and_(col(EmailReceipt.sender) == sender, col(EmailReceipt.message_id) == key.message_id[:255]))
+    mine = session.exec(base.where(col(EmailReceipt.sender) == sender)).one()
+    # Known: answered before this window.  An address answered only within it (an attacker's new one) is not, so
+    # each address an attacker wants in the known budget first costs one answer from the unknown one, an hour ago.
+    known = session.exec(select(EmailReceipt.id).where(
+        col(EmailReceipt.sender) == sender, col(EmailReceipt.status) == "answered",
+        col(EmailReceipt.updated_at) < since).limit(1)).first() is not None
+    budget: Budget = "known" if known else "unknown"
+    spent = session.exec(base.where(col(EmailReceipt.budget) == budget)).one()
+    return Usage(int(mine), budget, int(spent))
+
+
+def assign(session: Session, key: Key, owner: str, budget: Budget) -> None:
+    """Count the message this worker claimed against ``budget``."""
+    session.execute(
+        update(EmailReceipt)
+        .where(col(EmailReceipt.sender) == key.sender[:320], col(EmailReceipt.message_id) == key.message_id[:255],
+               col(EmailReceipt.claimed_by) == owner)
+        .values(budget=budget))
 
 
 def _rowcount(result: Any) -> int:

@@ -10,7 +10,7 @@ Every ``imap_poll_interval`` seconds the poller opens the inbox, and for each un
    (mail loops);
 2. claims it in the database (:mod:`channels.email.receipts`, keyed by sender and Message-ID), so of several
    workers polling one inbox exactly one answers it, and a Message-ID reused by another sender is a new message;
-   over the per-sender or global hourly limit it is stored there unanswered (logged) instead;
+   over an hourly limit it waits instead (see *Rate limits* below);
 3. finds the contact by its From address and the conversation by threading (In-Reply-To/References against the
    Message-IDs already stored, ours and theirs), else starts one;
 4. gets the reply from the agent core (channel ``email``, external id = the Message-ID) and sends it by SMTP, to
@@ -23,6 +23,16 @@ ends); a reply that was generated but not sent is sent as stored rather than gen
 down the round stops and the mail waits for the next poll.  A message that keeps failing for other reasons is
 marked seen after ``max_failures`` polls (and logged), so one poisonous mail cannot block the inbox.  All
 IMAP/SMTP/database I/O runs in worker threads.
+
+Rate limits (hourly, all workers together, counted by when each answer is given): per sender
+(``email_replies_per_sender_hour``), and two budgets for everyone: senders answered before this hour (known
+contacts, ``email_replies_known_per_hour``) and all others (``email_replies_per_hour``).  From is written by
+whoever sends the mail, so an attacker can vary it at will: with one shared budget, a flood of invented senders
+would have every real customer's mail refused.  Now it spends only the budget for unknown senders, and the known
+ones keep theirs (forging a known customer's exact address still works, but is limited per sender).  Mail over a
+limit is never dropped: its receipt waits (``waiting``, with the reason), the message stays unseen, and a later
+poll answers it, once, when the limit allows, oldest first.  While a budget stays spent, waiting mail is not
+fetched or parsed again (the poller remembers which budget each waits for, up to ``MAX_WAITING_REMEMBERED``).
 """
 
 from __future__ import annotations
@@ -64,6 +74,8 @@ DEFAULT_CLAIM_LEASE = timedelta(minutes=30)
 """How long a worker's claim on a message holds: longer than any reply takes to generate (a worker that dies
 holding one delays that message by this much)."""
 RATE_WINDOW = timedelta(hours=1)
+MAX_WAITING_REMEMBERED = 10_000
+"""Waiting messages whose budget the poller remembers (beyond that, such mail is fetched again on each poll)."""
 
 
 @dataclass
@@ -80,7 +92,7 @@ class PollResult:
     refused: int = 0
     """Refused with a logged reason (too large, unparseable, too slow to parse, no sender); marked seen."""
     limited: int = 0
-    """Over a rate limit: stored unanswered (``email_receipts``) with a logged reason; marked seen."""
+    """Over a rate limit: waiting (``email_receipts``), left unseen and answered once the limit allows."""
     busy: int = 0
     """Claimed by another worker, which answers it and marks it seen; left as it is."""
 
@@ -94,6 +106,8 @@ class Handled:
 
     outcome: Outcome
     reason: str = ""
+    waits_for: str = ""
+    """For ``limited``: the budget it waits for (``known``, ``unknown`` or ``sender:<address>``)."""
 
 
 @dataclass(frozen=True)
@@ -134,6 +148,10 @@ class EmailService:
         self.worker_id = f"{socket.gethostname()[:120]}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
         """This service's name on the claims it takes (unique per instance, so two in one process are two)."""
         self._failures: dict[str, int] = {}
+        self._waiting: dict[str, str] = {}
+        """``mailbox:uid`` → the budget that message waits for (see ``MAX_WAITING_REMEMBERED``)."""
+        self._spent: set[str] = set()
+        """Budgets found spent in the current poll: mail known to wait for one of them is not fetched again."""
         self._poll_lock = asyncio.Lock()
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -208,6 +226,7 @@ class EmailService:
         self._need_core()
         async with self._poll_lock:
             result = PollResult()
+            self._spent = set()
             mailbox = self._mailbox()
             await asyncio.to_thread(mailbox.open)
             try:
@@ -227,6 +246,9 @@ class EmailService:
     async def _poll_message(self, mailbox: ImapMailbox, parser: ParseWorker, uid: int, result: PollResult) -> bool:
         """Handle one unseen message; False when the round should stop (the server side is down)."""
         key = f"{mailbox.mailbox}:{uid}"
+        if self._waiting.get(key) in self._spent:
+            result.limited += 1  # still waiting for a budget this round found spent: not fetched or parsed again
+            return True
         try:
             raw = await asyncio.to_thread(mailbox.fetch, uid, self.settings.email_max_bytes)
             if raw is None:
@@ -260,8 +282,15 @@ class EmailService:
             result.busy += 1
             return True
         if handled.outcome == "limited":
-            log.warning("e-mail %s not answered: [%s] over the rate limit; stored (email_receipts), marked seen",
-                        key, handled.reason)
+            self._spent.add(handled.waits_for)
+            if key not in self._waiting:
+                log.warning("e-mail %s waits: [%s] over the rate limit; left unseen (email_receipts), answered "
+                            "when the limit allows", key, handled.reason)
+                if len(self._waiting) < MAX_WAITING_REMEMBERED:
+                    self._waiting[key] = handled.waits_for
+            result.limited += 1
+            return True
+        self._waiting.pop(key, None)
         await asyncio.to_thread(mailbox.mark_seen, uid)
         if handled.outcome != "failed":
             counter = {"answered": "answered", "duplicate": "duplicates", "skipped": "skipped",
@@ -326,25 +355,34 @@ class EmailService:
         except Exception:  # the claim then ends with its lease; the original error is the one to report
             log.exception("releasing the claim on an e-mail failed")
 
-    async def _rate_limited(self, sender: str) -> str:
-        """The reason this sender's mail is not answered now ('' when it is within the limits)."""
-        per_sender, total = self.settings.email_replies_per_sender_hour, self.settings.email_replies_per_hour
-        if per_sender <= 0 and total <= 0:
-            return ""
+    async def _admit(self, key: receipts.Key) -> Handled | None:
+        """Count the claimed message against its budgets, or say what it waits for (None: answer it now)."""
+        per_sender = self.settings.email_replies_per_sender_hour
+        totals = {"known": self.settings.email_replies_known_per_hour,
+                  "unknown": self.settings.email_replies_per_hour}
+        owner = self.worker_id
         since = utcnow() - RATE_WINDOW
-        mine, everyone = await self._db(lambda s: receipts.counts_since(s, sender, since))
-        if per_sender > 0 and mine > per_sender:
-            return "email_rate_limited_sender"
-        if total > 0 and everyone > total:
-            return "email_rate_limited"
-        return ""
+
+        def decide(session: Session) -> Handled | None:
+            use = receipts.usage(session, key, since)
+            if per_sender > 0 and use.mine >= per_sender:
+                waits = Handled("limited", "email_rate_limited_sender", f"sender:{key.sender}")
+            elif 0 < totals[use.budget] <= use.spent:
+                reason = "email_rate_limited_known" if use.budget == "known" else "email_rate_limited"
+                waits = Handled("limited", reason, use.budget)
+            else:
+                receipts.assign(session, key, owner, use.budget)
+                return None
+            receipts.settle(session, key, owner, receipts.WAITING, waits.reason)
+            return waits
+
+        return await self._db(decide)
 
     async def _answer(self, core: AgentCore, mail: InboundEmail, key: receipts.Key, text: str) -> Handled:
         owner = self.worker_id
-        limited = await self._rate_limited(key.sender)
-        if limited:
-            await self._db(lambda s: receipts.settle(s, key, owner, "limited", limited))
-            return Handled("limited", limited)
+        waits = await self._admit(key)
+        if waits is not None:
+            return waits
         own = self.from_address.lower()
         agent = await self._db(lambda s: store.channel_agent(s, self.settings.email_agent))
         contact = await self.contacts.find_or_create_contact(email=key.sender, name=mail.sender_name)

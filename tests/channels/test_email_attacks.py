@@ -8,16 +8,19 @@ import gc
 import logging
 import time
 from collections.abc import Awaitable, Sequence
+from datetime import timedelta
 from email.message import EmailMessage
 from pathlib import Path
 from typing import TypeVar
 
 import pytest
 from sqlalchemy.engine import Engine
+from sqlmodel import select
 
 from channels.email.parse_worker import ParseWorker
 from channels.email.service import EmailService
 from models import EmailReceipt
+from models.db import session_scope
 from tests.api.conftest import closed_port
 from tests.channels.conftest import Dovecot, ScriptedLLM, SmtpSink
 from tests.channels.test_email_service import EVA, mail, make_mail
@@ -220,7 +223,7 @@ async def test_a_message_id_reused_by_another_sender_is_that_senders_own_mail(
 async def test_rate_limits_store_the_excess_unanswered(
         sqlite_db: Engine, dovecot: Dovecot, smtp_sink: SmtpSink, tmp_path: Path,
         caplog: pytest.LogCaptureFixture) -> None:
-    """L1: per sender 2 an hour, 3 in all: the rest is stored with its reason, marked seen, never answered."""
+    """L1: per sender 2 an hour, 3 in all: the rest waits with its reason, unseen, unanswered this hour."""
     box = make_mail(sqlite_db, dovecot, smtp_sink, tmp_path, email_replies_per_sender_hour=2,
                     email_replies_per_hour=3)
     for n in range(3):
@@ -234,8 +237,8 @@ async def test_rate_limits_store_the_excess_unanswered(
     assert [rcpts[0] for _from, rcpts in smtp_sink.envelopes] == [
         "flood@example.org", "flood@example.org", "other@example.org"]
     assert len(box.llm.calls) == 3
-    assert all(seen for _id, seen in box.seen())
-    limited = {(r.sender, r.message_id): (r.reason, r.text) for r in box.rows(EmailReceipt) if r.status == "limited"}
+    assert sorted(seen for _id, seen in box.seen()) == [False, False, True, True, True]
+    limited = {(r.sender, r.message_id): (r.reason, r.text) for r in box.rows(EmailReceipt) if r.status == "waiting"}
     assert limited == {("flood@example.org", "<a2@example.org>"): ("email_rate_limited_sender", "Flood 2"),
                        ("other@example.org", "<b1@example.org>"): ("email_rate_limited", "Other 1")}
     assert sum("over the rate limit" in r.getMessage() for r in caplog.records) == 2
@@ -273,3 +276,46 @@ async def test_a_reused_message_id_never_gets_another_senders_unsent_reply(
     (to_victim,) = smtp_sink.by_recipient("victim@example.org")
     (to_attacker,) = smtp_sink.by_recipient("attacker@evil.example")
     assert "4711" in to_victim.get_content() and "4711" not in to_attacker.get_content()
+
+
+def _an_hour_passes(engine: Engine) -> None:
+    """Move every receipt two hours into the past: the hourly windows the limits count in are then empty."""
+    with session_scope(engine) as session:
+        for row in session.exec(select(EmailReceipt)).all():
+            row.received_at -= timedelta(hours=2)
+            row.updated_at -= timedelta(hours=2)
+            session.add(row)
+
+
+async def test_forged_senders_cannot_silence_known_customers_and_no_mail_is_lost(
+        sqlite_db: Engine, dovecot: Dovecot, smtp_sink: SmtpSink, tmp_path: Path) -> None:
+    """From is anyone's to write: 8 forged senders spend the hourly budget for new senders.  A customer answered
+    before still gets an answer at once (a budget of its own), and the excess stays unseen and is answered, once
+    each, as later hours free the budget."""
+    box = make_mail(sqlite_db, dovecot, smtp_sink, tmp_path, email_replies_per_sender_hour=5,
+                    email_replies_per_hour=3)
+    box.deliver(mail("Do you fix brakes?", message_id="<c0@example.org>", sender="customer@example.org"))
+    assert (await box.service.poll_once()).answered == 1
+    _an_hour_passes(sqlite_db)  # the customer was answered before this hour: a known contact
+    for n in range(8):
+        box.deliver(mail(f"Spam {n}", message_id=f"<s{n}@evil.example>", sender=f"bot{n}@evil.example"))
+    box.deliver(mail("When can I come?", message_id="<c1@example.org>", sender="customer@example.org"))
+    try:
+        result = await box.service.poll_once()
+        assert (result.answered, result.limited) == (4, 5), result  # 3 bots and the customer
+        assert len(smtp_sink.by_recipient("customer@example.org")) == 2
+        assert sum(not seen for _id, seen in box.seen()) == 5  # waiting, not dropped
+        waiting = [r for r in box.rows(EmailReceipt) if r.status == "waiting"]
+        assert len(waiting) == 5 and all(r.reason == "email_rate_limited" for r in waiting)
+        again = await box.service.poll_once()  # the same hour: nothing more is answered, nothing is lost
+        assert (again.answered, again.limited) == (0, 5), again
+        for expected in (3, 2):  # each later hour answers as many as the budget allows
+            _an_hour_passes(sqlite_db)
+            result = await box.service.poll_once()
+            assert result.answered == expected, result
+    finally:
+        await box.service.close()
+    assert all(len(smtp_sink.by_recipient(f"bot{n}@evil.example")) == 1 for n in range(8))
+    assert all(seen for _id, seen in box.seen())
+    assert len(box.llm.calls) == 10
+    assert {r.status for r in box.rows(EmailReceipt)} == {"answered"}

@@ -36,7 +36,15 @@ def test_one_worker_claims_and_the_others_wait_until_it_settles_or_its_lease_end
     assert claim(any_db, key, "b", now=later) == "done"
     other = receipts.Key("mallory@example.net", "<m1@example.org>")  # the same Message-ID from someone else
     assert claim(any_db, other, "b") == "claimed"
+    hour = utcnow() - timedelta(hours=1)
+    ada_again = receipts.Key("ada@example.org", "<m2@example.org>")
     with session_scope(any_db) as session:
-        assert receipts.counts_since(session, "ada@example.org", utcnow() - timedelta(hours=1)) == (1, 2)
-        receipts.settle(session, other, "b", "limited", "email_rate_limited")
-        assert receipts.counts_since(session, "mallory@example.net", utcnow() - timedelta(hours=1)) == (0, 1)
+        assert receipts.usage(session, other, hour) == receipts.Usage(mine=0, budget="unknown", spent=0)
+        receipts.assign(session, other, "b", "unknown")
+        assert receipts.usage(session, ada_again, hour) == receipts.Usage(mine=1, budget="unknown", spent=1)
+        # Answered before the window: a known sender, counted in the other budget.
+        assert receipts.usage(session, ada_again, utcnow() + timedelta(hours=1)).budget == "known"
+        receipts.settle(session, other, "b", receipts.WAITING, "email_rate_limited")
+        assert receipts.usage(session, ada_again, hour).spent == 0  # waiting mail is not counted
+    assert claim(any_db, other, "c") == "claimed"  # ... and is claimed again by the next poll
+    assert claim(any_db, other, "d") == "busy"

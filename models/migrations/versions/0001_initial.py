@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-12-01 10:17:47.085160
+Create Date: 2026-12-01 10:26:18.629545
 """
 
 from __future__ import annotations
@@ -65,6 +65,7 @@ def upgrade() -> None:
         sa.Column("sender", sqlmodel.sql.sqltypes.AutoString(length=320), nullable=False),
         sa.Column("message_id", sqlmodel.sql.sqltypes.AutoString(length=255), nullable=False),
         sa.Column("status", sqlmodel.sql.sqltypes.AutoString(length=16), nullable=False),
+        sa.Column("budget", sqlmodel.sql.sqltypes.AutoString(length=8), nullable=False),
         sa.Column("claimed_by", sqlmodel.sql.sqltypes.AutoString(length=200), nullable=False),
         sa.Column("lease_until", sqlmodel.sql.sqltypes.UTCDateTime(), nullable=True),
         sa.Column("reason", sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
@@ -78,6 +79,7 @@ def upgrade() -> None:
     with op.batch_alter_table("email_receipts", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_email_receipts_received_at"), ["received_at"], unique=False)
         batch_op.create_index(batch_op.f("ix_email_receipts_status"), ["status"], unique=False)
+        batch_op.create_index(batch_op.f("ix_email_receipts_updated_at"), ["updated_at"], unique=False)
 
     op.create_table(
         "known_login_addresses",
@@ -516,6 +518,7 @@ def downgrade() -> None:
 
     op.drop_table("known_login_addresses")
     with op.batch_alter_table("email_receipts", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_email_receipts_updated_at"))
         batch_op.drop_index(batch_op.f("ix_email_receipts_status"))
         batch_op.drop_index(batch_op.f("ix_email_receipts_received_at"))
 
