@@ -19,6 +19,7 @@ from sqlmodel import select
 
 from channels.email.parse_worker import ParseWorker
 from channels.email.service import EmailService
+from channels.email.transport import ImapMailbox
 from models import EmailReceipt
 from models.db import session_scope
 from tests.api.conftest import closed_port
@@ -307,8 +308,17 @@ async def test_forged_senders_cannot_silence_known_customers_and_no_mail_is_lost
         assert sum(not seen for _id, seen in box.seen()) == 5  # waiting, not dropped
         waiting = [r for r in box.rows(EmailReceipt) if r.status == "waiting"]
         assert len(waiting) == 5 and all(r.reason == "email_rate_limited" for r in waiting)
+        fetched: list[int] = []
+
+        class CountingMailbox(ImapMailbox):  # the real dovecot mailbox, counting what is downloaded
+            def fetch(self, uid: int, max_bytes: int | None = None) -> bytes | None:
+                fetched.append(uid)
+                return super().fetch(uid, max_bytes)
+
+        box.service._mailbox = lambda: CountingMailbox.from_settings(box.service.settings)
         again = await box.service.poll_once()  # the same hour: nothing more is answered, nothing is lost
         assert (again.answered, again.limited) == (0, 5), again
+        assert len(fetched) == 1, fetched  # one waiting mail shows the budget still spent; the rest are not fetched
         for expected in (3, 2):  # each later hour answers as many as the budget allows
             _an_hour_passes(sqlite_db)
             result = await box.service.poll_once()
