@@ -18,9 +18,19 @@ A broken or smuggled dialplan never replaces a working one:
    dial (toll fraud), so in a designer's file ``Dial`` may only reach ``Local/<exten>@<context>`` of a context
    in the dialplan that does not itself dial out, or a target an admin listed in ``EVA_DIALPLAN_DIAL_TARGETS``,
    with no variable anywhere in its arguments (``${EXTEN}`` is the caller's, and an ``&`` in it adds a
-   destination); ``include`` of, and ``Goto``/``Gosub`` (and Dial's G/F/U options) into, a context that dials
-   out are refused, as is a jump whose context is a variable while such a context exists; ``Transfer`` is
-   admin-only.  Refusals are 403 ``outbound_dial_admin_only``.
+   destination); ``Transfer`` is admin-only.  "Dials out" is a closure: a context dials out when it dials a
+   trunk, or includes, Dials as Local, jumps or Gosubs to one that does (Goto, Gosub, GotoIf, GosubIf,
+   Background's exit context, Dial's G/F/U/B/b options, ``CHANNEL(hangup_handler_push|after_bridge_goto)``),
+   across all files and extensions.conf; a context with a jump computed at run time counts too whenever any
+   context dials out.  Designers may not include, Local-dial or jump into such a context, and may not write a
+   jump whose target is computed: Asterisk substitutes ``${...}`` and ``$[...]`` *before* splitting at ``,``
+   ``?`` ``:``, so ``Goto(${X})`` or ``GotoIf(${X}?a,1)`` can name any context (a condition may only be a
+   ``$[...]`` of numbers).  ``Set`` of GLOBAL()/SHARED() (every later call reads them, Eva's ``EVA_APP``
+   included), of CHANNEL items other than language/musicclass/tonezone, of functions outside a short list, of
+   routing variables (TRANSFER_CONTEXT, GOTO_ON_BLINDXFR, FORWARD_CONTEXT, DYNAMIC_FEATURES, EVA_*) or of a
+   computed name is refused too.  Refusals are 403 ``outbound_dial_admin_only``.  Sound files (Playback,
+   Background, Read, ReadExten) must be literal and relative (or ``${EVA_SOUNDS}/...``), without ``..``: an
+   absolute path would play stored call recordings to callers (422).
 3. **Applied check against what Asterisk itself loaded**: ``dialplan show`` of *every* context, taken after a
    reload of the current files and again after the reload with the new file.  Every priority Asterisk took
    from the file must sit in a context the file declares, on a line we parsed, running an allowlisted
@@ -400,9 +410,10 @@ def _literal(text: str) -> str | None:
     return None if "$" in masked else masked
 
 
-def _label_context(label: str, separator: str = ",") -> str | None:
-    """The context of a ``[[context,]exten,]priority`` label (ast_parseable_goto), None when it names none."""
-    parts = label.split("(", 1)[0].split(separator)
+def _label_context(label: str, separator: str = ",", *, arguments: bool = False) -> str | None:
+    """The context of a ``[[context,]exten,]priority`` label (ast_parseable_goto), None when it names none.
+    ``arguments``: a Gosub's label, whose ``(args)`` follow the priority (Goto has none: a '(' is text)."""
+    parts = (label.split("(", 1)[0] if arguments else label).split(separator)
     return _strip(parts[0]) if len(parts) >= 3 else None
 
 
@@ -435,7 +446,7 @@ def jump_targets(app: str, arguments: str) -> list[str] | None:
         literal = _literal(head)
         if literal is None:
             return None
-        targets.append(_label_context(literal))
+        targets.append(_label_context(literal, arguments=app == "gosub"))
     elif app in ("gotoif", "gosubif"):
         literal = _literal(arguments)
         if literal is None:
@@ -443,7 +454,7 @@ def jump_targets(app: str, arguments: str) -> list[str] | None:
         _condition, _question, branches = literal.partition("?")
         # GotoIf splits at the first ':' of the text, GosubIf outside parentheses: both readings count.
         for branch in [*branches.split(":", 1), *_split_top(branches, ":")[:2]]:
-            targets.append(_label_context(branch))
+            targets.append(_label_context(branch, arguments=app == "gosubif"))
     elif app == "background":
         literal = _literal(arguments.replace(_SOUNDS_PREFIX, "sounds/"))
         if literal is None:
@@ -461,7 +472,7 @@ def jump_targets(app: str, arguments: str) -> list[str] | None:
                 targets.append(local.group(2))
         for letter, inside in _dial_options(parts[2] if len(parts) > 2 else ""):
             if letter in "GFBb":
-                targets.append(_label_context(inside, "^"))
+                targets.append(_label_context(inside, "^", arguments=letter in "Bb"))
             elif letter == "U":  # U(context[^arg...]): a Gosub to context,s,1 on the called channel
                 targets.append(_strip(inside.split("^", 1)[0]))
     elif app == "set":
@@ -472,7 +483,7 @@ def jump_targets(app: str, arguments: str) -> list[str] | None:
         if item and _strip(item.group(1)).lower() in _CHANNEL_JUMP_ITEMS:
             if "$" in value:
                 return None
-            targets.append(_label_context(value))
+            targets.append(_label_context(value, arguments=True))
     return [t for t in targets if t]
 
 

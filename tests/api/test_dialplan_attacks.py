@@ -321,3 +321,21 @@ async def test_designers_cannot_play_files_outside_the_sounds(live_api: Api, ast
     assert (status, error["error"]["code"]) == (422, "invalid_input"), error
     assert error["error"]["message"].startswith("line 2: "), error
     assert await _absent(asterisk, "f8-snd")
+
+
+@pytest.mark.parametrize("line", ["exten => 1,1,Goto(f8-staff,0900123,1)", "exten => 1,1,Dial(Local/0900123@f8-staff)",
+                                  "exten => 1,1,Background(hello,,,f8-staff2)", "include => f8-staff",
+                                  "exten => 1,1,Set(GLOBAL(EVA_APP)=other)",
+                                  "exten => 1,1,Playback(/var/spool/asterisk/recording/0123)"])
+async def test_applied_check_refuses_the_bypasses_from_asterisks_own_view(live_api: Api, asterisk: Asterisk,
+                                                                          line: str) -> None:
+    """Were the static check skipped, the check of what Asterisk loaded refuses the same lines and rolls back."""
+    await _admin_outbound(live_api)
+    service = _service(live_api)
+    content = f"[f8-byp]\nexten => 2,1,NoOp()\n{line}\n"
+    async with service.link.lock:
+        with pytest.raises(AsteriskRejected) as raised:
+            await service._apply("f8-byp", content, parse_dialplan(content), outbound=False)
+    assert "line 3" in raised.value.message or "includes a context that dials out" in raised.value.message
+    assert not (service.etc_dir / "f8-byp.conf").exists()
+    assert await _absent(asterisk, "f8-byp")

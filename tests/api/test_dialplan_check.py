@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from admin_api.dialplans import (
     context_headers,
+    designer_problem,
     dial_targets,
+    dialling_closure,
+    jump_targets,
     outbound_problem,
     parse_dialplan,
     parse_dialplan_show,
+    set_problem,
+    sound_problem,
     verify_loaded,
 )
 from tests.api.conftest import Api
@@ -150,3 +159,86 @@ def test_applied_check_sees_an_include_of_an_outbound_context() -> None:
     assert verify_loaded("ivr.conf", parsed, before, after, outbound=True) == []
     assert verify_loaded("ivr.conf", parsed, before, after, outbound=False) == [
         "context [ivr] includes a context that dials out"]
+
+
+# ------------------------------ "dials out" is transitive, and computed jumps count ------------------------
+def test_dialling_is_a_closure_over_includes_local_and_every_jump() -> None:
+    calls = {
+        "out": [("dial", "PJSIP/${EXTEN}@carrier")],
+        "inc": [], "goto": [("goto", "inc,1,1")], "local": [("dial", "Local/1@GOTO")],
+        "bg": [("background", "hello,,,local")], "opt": [("dial", "Local/1@safe,20,b(bg^1^1)")],
+        "hh": [("set", "CHANNEL(hangup_handler_push)=opt,1,1")], "sub": [("gosubif", "1?hh,s,1(a:b)")],
+        "safe": [("goto", "safe,1,1"), ("gotoif", "$[1 = 2]?2,1:safe,1,1")],
+    }
+    assert dialling_closure(calls, {"inc": ["out"]}, frozenset()) == {
+        "out", "inc", "goto", "local", "bg", "opt", "hh", "sub"}
+    # A jump computed at run time could go anywhere: it counts once anything dials out, and only then.
+    calls["safe"].append(("goto", "${X}"))
+    assert "safe" in dialling_closure(calls, {"inc": ["out"]}, frozenset())
+    assert dialling_closure({"a": [("goto", "${X}")], "b": [("noop", "")]}, {}, frozenset()) == set()
+
+
+def test_applied_check_sees_a_transitive_outbound_context() -> None:
+    """From Asterisk's own view too: an admin's [staff] that only includes [out] dials out."""
+    show = (
+        "[ Context 'out' created by 'pbx_config' ]\n"
+        "  '_X.' =>          1. Dial(PJSIP/${EXTEN}@carrier)                [out.conf:2]\n"
+        "[ Context 'staff' created by 'pbx_config' ]\n"
+        "  '5' =>            1. NoOp()                                      [out.conf:4]\n"
+        "  Include =>        'out'                                          [pbx_config]\n"
+        "[ Context 'ivr' created by 'pbx_config' ]\n"
+        "  '1' =>            1. Goto(staff,0900,1)                          [ivr.conf:2]\n"
+        "  '2' =>            1. Dial(Local/0900@staff)                      [ivr.conf:3]\n"
+        "  '3' =>            1. Playback(/var/spool/asterisk/recording/x)   [ivr.conf:4]\n"
+    )
+    parsed = parse_dialplan("[ivr]\nexten => 1,1,Goto(staff,0900,1)\nexten => 2,1,Dial(Local/0900@staff)\n"
+                            "exten => 3,1,Playback(/var/spool/asterisk/recording/x)\n")
+    before = parse_dialplan_show(show.split("[ Context 'ivr'", maxsplit=1)[0])
+    after = parse_dialplan_show(show)
+    assert verify_loaded("ivr.conf", parsed, before, after, outbound=True) == []
+    problems = verify_loaded("ivr.conf", parsed, before, after, outbound=False)
+    assert [p.split(":")[0] for p in problems] == ["line 2", "line 3", "line 4"], problems
+    assert "[staff] dials out" in problems[0] and "[staff] dials out" in problems[1] and "absolute" in problems[2]
+
+
+def _reference_goto_contexts(app: str, arguments: str) -> set[str]:
+    """Where Asterisk's GotoIf/Goto/Gosub would send a call for text without '$' (ast_parseable_goto on the
+    branches strsep() cuts at the first '?' and ':'), written independently of jump_targets."""
+    if app in ("gotoif", "gosubif"):
+        _cond, _q, rest = arguments.partition("?")
+        first, _c, second = rest.partition(":")
+        branches = [first, second]
+    else:
+        branches = [arguments]
+    found = set()
+    for branch in branches:
+        label = branch.split("(")[0] if app.startswith("gosub") else branch
+        parts = label.split(",")
+        if len(parts) >= 3 and parts[0].strip(" \t"):  # an empty context is the current one
+            found.add(parts[0].strip(" \t"))
+    return found
+
+
+ARGUMENT_TEXT = st.text(alphabet="ab01,?:^&/.()[]{}$\"= _", max_size=40)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.sampled_from(["goto", "gosub", "gotoif", "gosubif", "background", "dial", "set", "playback", "read",
+                        "transfer", "noop"]), ARGUMENT_TEXT)
+def test_fuzz_designer_checks_never_crash_and_never_miss_a_jump(app: str, arguments: str) -> None:
+    """Any text: the checks answer None or a reason (no exception).  Where a target is accepted as literal, it
+    names every context Asterisk's own splitting would jump to; any '$' a number-only $[...] does not explain
+    makes the target computed."""
+    targets = jump_targets(app, arguments)
+    for why in (designer_problem(app, arguments, {"out"}, {"a", "b", "out"}, frozenset()),
+                sound_problem(app, arguments), set_problem(arguments)):
+        assert why is None or isinstance(why, str)
+    if app in ("goto", "gosub", "gotoif", "gosubif"):
+        label = arguments.split("(", maxsplit=1)[0] if app == "gosub" else arguments
+        if "$" in re.sub(r"\$\[[0-9 +*/%()<>=!&|-]*\]", "0", label):
+            assert targets is None, arguments
+        if "$" not in arguments:
+            assert targets is not None
+            assert _reference_goto_contexts(app, arguments) <= {t.strip() for t in targets}, arguments
+            if "out" in _reference_goto_contexts(app, arguments):
+                assert designer_problem(app, arguments, {"out"}, {"out"}, frozenset()), arguments
