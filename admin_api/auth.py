@@ -432,11 +432,15 @@ class AuthService:
         row = session.exec(select(KnownLoginAddress).where(KnownLoginAddress.user_key == attempt.user,
                                                            KnownLoginAddress.address == attempt.ip)).first()
         if row is None:
-            session.add(KnownLoginAddress(user_key=attempt.user, address=attempt.ip, last_success_at=now))
+            try:
+                with session.begin_nested():  # two sign-ins at once from one address: the second finds the row
+                    session.add(KnownLoginAddress(user_key=attempt.user, address=attempt.ip, last_success_at=now))
+            except IntegrityError:
+                pass  # the concurrent sign-in stored it a moment ago: as good as ours
         else:
             row.last_success_at = now
             session.add(row)
-        session.flush()
+            session.flush()
         stale = session.exec(select(KnownLoginAddress.id).where(KnownLoginAddress.user_key == attempt.user)
                              .order_by(col(KnownLoginAddress.last_success_at).desc())
                              .offset(KNOWN_PER_USER)).all()

@@ -393,3 +393,10 @@ def test_forwarded_for_parsing_never_fails_and_names_an_address(hops: list[str])
     for hop in hops:
         address = forwarded_hop(hop)
         assert address is None or str(parse(address)) == address
+
+
+async def test_concurrent_sign_ins_from_a_new_address_all_succeed(api: Api) -> None:
+    """The first sign-ins from an address store it as known at the same moment: none may fail on the row."""
+    async with client_from("127.0.0.7") as desk:
+        results = await asyncio.gather(*(_login(desk, api, "viewer", PASSWORD) for _ in range(5)))
+    assert [status for status, _ in results] == [200] * 5, results
