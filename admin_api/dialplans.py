@@ -355,7 +355,7 @@ def outbound_problem(app: str, arguments: str, contexts: Iterable[str], allowed:
     target = _strip(arguments.split(",", 1)[0])
     if not target:
         return "Dial() needs a target"
-    known = set(contexts)
+    known = contexts if isinstance(contexts, (set, frozenset)) else set(contexts)  # no copy per call
     for part in (_strip(p) for p in target.split("&")):
         if part in allowed:
             continue
@@ -488,8 +488,8 @@ def jump_targets(app: str, arguments: str) -> list[str] | None:
 
 
 def _dials(target: str, dialling: set[str]) -> bool:
-    """Asterisk finds contexts regardless of case; so does this check."""
-    return target.lower() in {d.lower() for d in dialling}
+    """``dialling`` in lower case: Asterisk finds contexts regardless of case, so does this check."""
+    return target.lower() in dialling
 
 
 def dialling_closure(calls: dict[str, list[tuple[str, str]]], includes: dict[str, list[str]],
@@ -510,14 +510,17 @@ def dialling_closure(calls: dict[str, list[tuple[str, str]]], includes: dict[str
                 computed.add(context.lower())
             else:
                 edges[context] |= {t.lower() for t in targets}
+    callers: dict[str, set[str]] = {}
+    for context, reached in edges.items():
+        for target in reached:
+            callers.setdefault(target, set()).add(context.lower())
     dialling = set(direct) | (computed if direct else set())
-    changed = True
-    while changed:
-        changed = False
-        for context in contexts:
-            if context.lower() not in dialling and edges[context] & dialling:
-                dialling.add(context.lower())
-                changed = True
+    pending = list(dialling)
+    while pending:  # linear in the edges: each context is queued once
+        for caller in callers.get(pending.pop(), ()):
+            if caller not in dialling:
+                dialling.add(caller)
+                pending.append(caller)
     return {c for c in contexts if c.lower() in dialling}
 
 
@@ -604,18 +607,20 @@ def set_problem(arguments: str) -> str | None:
     return None
 
 
-def designer_problem(app: str, arguments: str, dialling: set[str], known: Iterable[str],
+def designer_problem(app: str, arguments: str, dialling: set[str], reachable: Iterable[str],
                      allowed: frozenset[str]) -> str | None:
-    """Why a designer may not call ``app(arguments)`` (it could reach a trunk, or change routing), or None."""
+    """Why a designer may not call ``app(arguments)`` (it could reach a trunk, or change routing), or None.
+
+    ``dialling``: the contexts that dial out, in lower case; ``reachable``: the existing ones that do not."""
     if app in ADMIN_ONLY_APPLICATIONS:
-        return outbound_problem(app, arguments, known, allowed)
+        return outbound_problem(app, arguments, reachable, allowed)
     if app == "set":
         why = set_problem(arguments)
         if why:
             return why
     targets = jump_targets(app, arguments)
     if targets is None and app != "dial":  # Dial with a variable: outbound_problem says why
-        example = f" such as [{sorted(dialling)[0]}], which dials out" if dialling else ", one that dials out too"
+        example = f" such as [{next(iter(dialling))}], which dials out" if dialling else ", one that dials out too"
         return (f"{app.capitalize()}() with a variable or expression in its target: Asterisk substitutes "
                 f"${{...}} and $[...] before splitting at ',', '?' and ':', so it could name any context{example}; "
                 "designers write jump targets literally (a condition may be a $[...] of numbers only)")
@@ -625,7 +630,7 @@ def designer_problem(app: str, arguments: str, dialling: set[str], known: Iterab
                     "to): designers may not send calls there")
     if app == "set":
         return None
-    return outbound_problem(app, arguments, {c for c in known if not _dials(c, dialling)}, allowed)
+    return outbound_problem(app, arguments, reachable, allowed)
 
 
 # ------------------------------------------------------------------ what Asterisk loaded
@@ -724,10 +729,11 @@ def verify_loaded(
     wanted_everywhere = {n for lines in parsed.priorities.values() for n in lines}
     offset = _line_offset(ours_everywhere, wanted_everywhere)
     apps_by_line = {line: app for app, _arguments, line in parsed.calls}
-    dialling = dialling_closure(
+    dialling = {c.lower() for c in dialling_closure(
         {name: [(p.application, p.data) for p in c.priorities if p.application]
          for name, c in after.items() if name not in declared},
-        {name: c.includes for name, c in after.items() if name not in declared}, allowed_targets)
+        {name: c.includes for name, c in after.items() if name not in declared}, allowed_targets)}
+    reachable = {name for name in after if not _dials(name, dialling)}
     for name, context in after.items():
         ours = [p for p in context.priorities if p.file == filename]
         if name not in declared:
@@ -750,7 +756,7 @@ def verify_loaded(
                 problems.append(f"line {line} runs {priority.application!r}, not what the file was checked for")
             elif not outbound:
                 why = (sound_problem(priority.application, priority.data)
-                       or designer_problem(priority.application, priority.data, dialling, after,
+                       or designer_problem(priority.application, priority.data, dialling, reachable,
                                            allowed_targets))
                 if why:
                     problems.append(f"line {line}: {why}")
@@ -893,7 +899,7 @@ class DialplanService:
                 dialplan_graph(other.content, calls, includes)
             for reserved in RESERVED_CONTEXTS:
                 calls.pop(reserved, None)
-            return owners, dialling_closure(calls, includes, self.allowed_targets)
+            return owners, {c.lower() for c in dialling_closure(calls, includes, self.allowed_targets)}
 
         return await asyncio.to_thread(collect)
 
@@ -913,11 +919,12 @@ class DialplanService:
             if target not in known:
                 raise _fail(line, f"included context [{target}] does not exist")
         if not outbound:
+            reachable = {c for c in known if not _dials(c, dialling)}
             for app, arguments, line in parsed.calls:
                 sound = sound_problem(app, arguments)
                 if sound:
                     raise _fail(line, sound)
-                why = designer_problem(app, arguments, dialling, known, self.allowed_targets)
+                why = designer_problem(app, arguments, dialling, reachable, self.allowed_targets)
                 if why:
                     raise OutboundDialForbidden(f"line {line}: {why}", field="content")
             for target, line in parsed.includes:
