@@ -25,6 +25,7 @@ from models.db import session_scope
 from tests.api.conftest import closed_port
 from tests.channels.conftest import Dovecot, ScriptedLLM, SmtpSink
 from tests.channels.test_email_service import EVA, mail, make_mail
+from tests.loop_probe import LoopProbe
 from voicebot.agent.core import AgentCore
 from voicebot.errors import InvalidInput, Unavailable
 from voicebot.llm.base import ChatMessage
@@ -33,26 +34,10 @@ T = TypeVar("T")
 
 
 async def max_tick_gap(work: Awaitable[T]) -> tuple[T, float]:
-    """Run ``work`` while a 20 ms ticker runs on the same loop; the longest time between two ticks (a blocked
-    loop shows up as a long gap)."""
-    gaps: list[float] = []
-    done = asyncio.Event()
-
-    async def ticker() -> None:
-        last = time.perf_counter()
-        while not done.is_set():
-            await asyncio.sleep(0.02)
-            now = time.perf_counter()
-            gaps.append(now - last)
-            last = now
-
-    task = asyncio.create_task(ticker())
-    try:
+    """Run ``work`` while a 20 ms ticker runs on the same loop; the longest time between two ticks."""
+    async with LoopProbe(0.02) as probe:
         result = await work
-    finally:
-        done.set()
-        await task
-    return result, max(gaps, default=0.0)
+    return result, probe.longest_interval
 
 
 def redos_mail() -> bytes:
