@@ -3,7 +3,7 @@ server as a model that fumbles (or makes) tool calls."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 import pytest
 from sqlalchemy.engine import Engine
@@ -38,7 +38,7 @@ async def core(fake: FakeOllama, demo: Demo) -> AsyncIterator[AgentCore]:
     await llm.close()
 
 
-def calls_of(events: list[object]) -> list[tuple[str, dict[str, object]]]:
+def calls_of(events: Sequence[object]) -> list[tuple[str, dict[str, object]]]:
     return [(e.name, dict(e.arguments)) for e in events if isinstance(e, ToolCall)]
 
 
