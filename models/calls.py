@@ -66,4 +66,8 @@ class CallTurn(SQLModel, table=True):
     first_sentence_ready_ms: float | None = None
     tts_first_audio_ms: float | None = None
     first_frame_out_ms: float | None = None
+    prompt_tokens_evaluated: int | None = None
+    """Prompt tokens the LLM evaluated for this turn (the rest came from its KV cache); None if unknown."""
+    prompt_eval_ms: float | None = None
+    """How long that evaluation took."""
     created_at: datetime = Field(default_factory=utcnow)

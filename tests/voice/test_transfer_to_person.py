@@ -11,12 +11,13 @@ import pytest
 import pytest_asyncio
 from sqlmodel import col, select
 
-from models import Call, Message
+from models import Call, CallTurn, Message
 from models.db import session_scope
 from tests.conftest import Caller
 from tests.embedded_model import shared_qwen_llm
 from tests.voice.conftest import load, transcribe
 from voicebot.agent.core import AgentCore
+from voicebot.agent.store import AgentStore
 from voicebot.pipeline.agent_responder import AgentResponder
 from voicebot.server import EvaRuntime
 from voicebot.sipcaller import Action, place_call_async
@@ -32,8 +33,11 @@ async def qwen_agent(runtime: EvaRuntime) -> AsyncIterator[None]:
 
     kb = KnowledgeBase(runtime.settings, runtime.engine)
     scripted = runtime.voice.responder
-    runtime.voice.responder = AgentResponder(runtime.engine,
-                                             AgentCore(runtime.settings, runtime.engine, shared_qwen_llm(), kb))
+    core = AgentCore(runtime.settings, runtime.engine, shared_qwen_llm(), kb)
+    # As Eva does at start: the demo agent's prompt prefix is evaluated before its first caller.
+    demo = await AgentStore(runtime.engine).get_agent_by_name("demo")
+    await core.warm_up(demo)
+    runtime.voice.responder = AgentResponder(runtime.engine, core)
     try:
         yield
     finally:
@@ -58,6 +62,10 @@ async def test_a_question_then_put_me_through_to_a_person_rings_the_operator(
         assert call is not None and call.outcome == "transferred"
         replies = list(session.exec(select(Message).where(Message.role == "assistant")
                                     .order_by(col(Message.id).desc())).all())[:2]
+        turns = list(session.exec(select(CallTurn).where(CallTurn.call_id == call.id, CallTurn.kind == "speech")
+                                  .order_by(col(CallTurn.index))).all())
+    # The turn row records how many prompt tokens the model evaluated (the transfer turn asked no model).
+    assert turns and turns[0].prompt_tokens_evaluated is not None and turns[0].prompt_tokens_evaluated <= 40
     transfer, answer = replies
     assert transfer.tool_calls and transfer.tool_calls[0]["arguments"] == {"target": "front desk"}
     assert answer.timings and answer.timings.get("prompt_tokens_evaluated") is not None

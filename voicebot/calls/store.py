@@ -24,6 +24,8 @@ class TurnRecord:
     interrupted: bool = False
     speech_end: datetime | None = None
     timings_ms: dict[str, float] = field(default_factory=dict)
+    prompt_tokens_evaluated: int | None = None
+    prompt_eval_ms: float | None = None
 
 
 TIMING_FIELDS = ("stt_done", "llm_first_token", "first_sentence_ready", "tts_first_audio", "first_frame_out")
@@ -59,7 +61,8 @@ def add_turn(engine: Engine, call_id: int, turn: TurnRecord) -> int:
     with session_scope(engine) as session:
         row = CallTurn(call_id=call_id, index=turn.index, kind=turn.kind, user_text=turn.user_text,
                        bot_text=turn.bot_text, spoken_text=turn.spoken_text, interrupted=turn.interrupted,
-                       speech_end=turn.speech_end)
+                       speech_end=turn.speech_end, prompt_tokens_evaluated=turn.prompt_tokens_evaluated,
+                       prompt_eval_ms=turn.prompt_eval_ms)
         for name in TIMING_FIELDS:
             value = turn.timings_ms.get(name)
             setattr(row, f"{name}_ms", None if value is None else round(value, 1))

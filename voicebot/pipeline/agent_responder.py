@@ -65,7 +65,9 @@ class AgentResponder:
                     yield ToolCall(event.name, dict(event.arguments))
                 elif isinstance(event, CoreDone):
                     yield ReplyDone(text=event.text, message_id=event.assistant_message_id,
-                                    citations=tuple(c.to_dict() for c in event.citations))
+                                    citations=tuple(c.to_dict() for c in event.citations),
+                                    prompt_tokens_evaluated=event.timings.get("prompt_tokens_evaluated"),
+                                    prompt_eval_ms=event.timings.get("prompt_eval_ms"))
 
     async def mark_interrupted(self, ctx: CallContext, message_id: int | None, spoken_text: str) -> None:
         if message_id is not None:

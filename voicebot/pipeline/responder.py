@@ -34,6 +34,9 @@ class ReplyDone:
     text: str
     message_id: int | None = None
     citations: tuple[dict[str, Any], ...] = ()
+    prompt_tokens_evaluated: int | None = None
+    """Prompt tokens the LLM evaluated for this reply (None when the backend cannot tell)."""
+    prompt_eval_ms: float | None = None
 
 
 ReplyEvent = ReplyStarted | TextDelta | ToolCall | ReplyDone

@@ -395,6 +395,8 @@ class CallSession:
                         turn.tools.append(event)
                     elif isinstance(event, ReplyDone):
                         turn.message_id = event.message_id
+                        turn.prompt_tokens_evaluated = event.prompt_tokens_evaluated
+                        turn.prompt_eval_ms = event.prompt_eval_ms
                         if event.text and not turn.bot_text:
                             turn.bot_text = event.text
                             for text in splitter.push(event.text):
@@ -483,7 +485,8 @@ class CallSession:
         spoken = " ".join(turn.spoken)
         record = TurnRecord(index=turn.index, kind=turn.kind, user_text=turn.user_text, bot_text=turn.bot_text,
                             spoken_text=spoken, interrupted=turn.interrupted, speech_end=turn.speech_end_wall(),
-                            timings_ms=turn.timings_ms())
+                            timings_ms=turn.timings_ms(), prompt_tokens_evaluated=turn.prompt_tokens_evaluated,
+                            prompt_eval_ms=turn.prompt_eval_ms)
         for name, value in record.timings_ms.items():
             TURN_STAGE_SECONDS.observe(value / 1000.0, stage=STAGE_METRIC.get(name, name))
         try:
@@ -531,6 +534,8 @@ class _Turn:
     finished: bool = False
     recorded: bool = False
     message_id: int | None = None
+    prompt_tokens_evaluated: int | None = None
+    prompt_eval_ms: float | None = None
     sentences: list[Sentence] = field(default_factory=list)
     spoken: list[str] = field(default_factory=list)
     tools: list[ToolCall] = field(default_factory=list)

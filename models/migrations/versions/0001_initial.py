@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-12-01 10:26:18.629545
+Create Date: 2026-12-01 10:38:25.022561
 """
 
 from __future__ import annotations
@@ -417,6 +417,8 @@ def upgrade() -> None:
         sa.Column("first_sentence_ready_ms", sa.Float(), nullable=True),
         sa.Column("tts_first_audio_ms", sa.Float(), nullable=True),
         sa.Column("first_frame_out_ms", sa.Float(), nullable=True),
+        sa.Column("prompt_tokens_evaluated", sa.Integer(), nullable=True),
+        sa.Column("prompt_eval_ms", sa.Float(), nullable=True),
         sa.Column("created_at", sqlmodel.sql.sqltypes.UTCDateTime(), nullable=False),
         sa.ForeignKeyConstraint(
             ["call_id"],
