@@ -49,6 +49,8 @@ class PacingStats:
 
     sent: int = 0
     skipped: int = 0
+    longest_stall_ms: float = 0.0
+    """The longest the clock woke after a frame's deadline when it had to skip frames (a blocked loop)."""
     lateness_ms: list[float] = field(default_factory=list)
     keep: int = 3000
 
@@ -137,6 +139,7 @@ class RtpTransport:
             late_frames = int((now - deadline) / period)
             if late_frames >= MAX_LATE_FRAMES:
                 # The loop stalled: skip the missed slots (timestamps jump as real time did) rather than burst.
+                self.stats.longest_stall_ms = max(self.stats.longest_stall_ms, (now - deadline) * 1000.0)
                 n += late_frames
                 self._ts = (self._ts + late_frames * self.frame_samples) & 0xFFFFFFFF
                 self.stats.skipped += late_frames
