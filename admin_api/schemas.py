@@ -649,3 +649,5 @@ class HealthOut(Output):
 
 class LivenessOut(Output):
     status: Literal["ok"] = "ok"
+    asterisk: Literal["running", "restarting", "down"] | None = None
+    """The local Asterisk's state when Eva manages it (a crash shows here within seconds while it is restarted)."""
