@@ -169,7 +169,8 @@ STATEMENTS = st.sampled_from([
     " same => n,Playback(a\\;b)", "exten => 7,hint,PJSIP/x", "exten => _X.,1,Goto(b,s,1)",
 ])
 DECORATIONS = st.sampled_from([
-    "", "", "", "", "", "", " ; note", " ;-- x --;", ";---", "\n;--\n[h]\nexten => 9,1,System(id)\n--;", " ;-- ;-- --; --;",
+    "", "", "", "", "", "", " ; note", " ;-- x --;", ";---", "\n;--\n[h]\nexten => 9,1,System(id)\n--;",
+    " ;-- ;-- --; --;",
     "\n; --;", " \\;--", "--;",
 ])
 
