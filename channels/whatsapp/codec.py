@@ -130,12 +130,17 @@ def parse_webhook_body(body: bytes) -> WebhookBatch:
     """Decode and parse a webhook POST body.  BadRequest for bytes that are not JSON, InvalidInput for JSON that
     is not a WhatsApp Business Account notification."""
     try:
-        payload = json.loads(body)
+        # NaN/Infinity are not JSON (RFC 8259) and PostgreSQL's json type refuses them when the payload is stored.
+        payload = json.loads(body, parse_constant=_not_json)
     except RecursionError as exc:  # nesting deeper than the interpreter's limit (about 1000 levels)
         raise BadRequest("the webhook body is nested too deeply", code="malformed_json") from exc
     except ValueError as exc:  # not UTF-8, not JSON, or an integer of more than 4300 digits
         raise BadRequest("the webhook body is not valid JSON", code="malformed_json") from exc
     return parse_webhook(payload)
+
+
+def _not_json(constant: str) -> Any:
+    raise ValueError(f"{constant} is not JSON")
 
 
 def parse_webhook(payload: Any) -> WebhookBatch:
