@@ -1,4 +1,5 @@
-"""Playout: frames out one at a time, exact record of what was heard when cleared."""
+"""Playout: frames out one at a time, exact record of what was heard when cleared (a sentence cut short counts
+only for the share of it that was played)."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ def test_frames_are_padded_and_sentences_tracked() -> None:
     assert frame is not None and frame.tolist() == [4, 5, 0, 0]
     assert [s.text for s in p.started] == ["one"]
     heard = p.clear()
-    assert [s.text for s in heard] == ["one"]
+    assert heard == ["one"]
     assert p.pop(1.04) is None and p.idle.is_set()
 
 
@@ -49,3 +50,52 @@ def test_pause_holds_audio_and_resume_continues_where_it_stopped() -> None:
     p.pause()
     p.clear()
     assert not p.paused and p.idle.is_set()
+
+
+def _seconds(p: Playout, seconds: float) -> np.ndarray:
+    return np.ones(int(seconds * 50) * p.frame_samples, dtype=np.int16)
+
+
+GREETING = ("Hello, this is Eva, the virtual assistant of Sunny Side Bike Shop. "
+            "How can I help you today?")
+
+
+def test_a_greeting_cut_after_a_tenth_of_a_second_counts_as_not_heard() -> None:
+    # Found with SIPp: the caller spoke at once, and the row claimed the whole greeting was spoken.
+    p = Playout(frame_samples=160)
+    p.new_turn(None)
+    p.enqueue(_seconds(p, 4.0), Sentence(GREETING, 0, 0.0))  # 200 frames
+    for i in range(5):  # 0.1 s reached the caller
+        assert p.pop(i * 0.02) is not None
+    assert p.clear() == []
+    assert p.started  # it did start: the caller heard a sound, but not one whole word of it
+
+
+def test_the_sentence_playing_at_the_interruption_counts_for_its_played_share() -> None:
+    p = Playout(frame_samples=160)
+    p.new_turn(None)
+    first = Sentence("We are open from nine.", 0, 0.0)
+    second = Sentence("On Saturday we open at ten and close at four.", 1, 0.0)  # 10 words
+    p.enqueue(_seconds(p, 1.0), first)  # 50 frames
+    p.enqueue(_seconds(p, 2.0), second)  # 100 frames
+    for i in range(50 + 45):  # all of the first, 45 % of the second
+        assert p.pop(i * 0.02) is not None
+    assert p.heard() == ["We are open from nine.", "On Saturday we open"]
+    assert p.clear() == ["We are open from nine.", "On Saturday we open"]
+    assert p.heard() == ["We are open from nine.", "On Saturday we open"]  # cleared frames were not heard
+
+
+def test_a_fully_played_turn_is_heard_whole_and_equal_sentences_are_kept_apart() -> None:
+    p = Playout(frame_samples=160)
+    p.new_turn(None)
+    once, again = Sentence("Sorry?", 0, 0.0), Sentence("Sorry?", 0, 0.0)  # equal values, two sentences
+    p.enqueue(_seconds(p, 0.2), once)
+    p.enqueue(_seconds(p, 0.2), again)
+    for i in range(10 + 5):
+        assert p.pop(i * 0.02) is not None
+    assert p.heard() == ["Sorry?"]  # the second one is only half out: no whole word of it yet
+    while p.pop(1.0) is not None:
+        pass
+    assert p.heard() == ["Sorry?", "Sorry?"]
+    p.new_turn(None)
+    assert p.heard() == [] and p.started == []

@@ -299,7 +299,7 @@ class CallSession:
             return
         heard = self.playout.clear()
         turn.interrupted = True
-        turn.spoken = [s.text for s in heard]
+        turn.spoken = heard  # only what reached the caller: a sentence cut short counts for its played part
         if heard or self.playout.frames_out:
             self.barge_ins += 1
             BARGE_INS_TOTAL.inc()
