@@ -10,7 +10,7 @@ from models.calls import Call, CallTurn
 from models.channels import InboundMessage
 from models.contacts import Contact, Conversation, Message
 from models.email import EmailReceipt
-from models.flows import Flow
+from models.flows import Flow, FlowRun
 from models.knowledge import KnowledgeChunk, KnowledgeDocument
 from models.trunks import SipTrunk
 from models.users import ApiKey, KnownLoginAddress, RefreshToken, RevokedAccessToken, User
@@ -24,6 +24,7 @@ __all__ = [
     "Conversation",
     "EmailReceipt",
     "Flow",
+    "FlowRun",
     "InboundMessage",
     "KnowledgeChunk",
     "KnowledgeDocument",

@@ -37,6 +37,11 @@ class Agent(SQLModel, table=True):
     """Where a call may be transferred: name (what the caller or the LLM says, e.g. "sales") → extension in
     the ``eva-inbound`` dialplan context.  Empty: the agent cannot transfer.  The LLM's ``transfer_call``
     target must name one of these (or be one of the extensions); anything else is refused and apologised for."""
+    start_flow: str | None = Field(default=None, max_length=80)
+    """A flow (by name) every new conversation with this agent starts in, on every channel."""
+    flow_triggers: dict[str, list[str]] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    """Flows the agent runs when the caller asks for them: flow name → phrases ("book", "appointment").
+    A message containing one of the phrases starts the flow; when it ends, the agent carries on."""
     active: bool = Field(default=True)
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)

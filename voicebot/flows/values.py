@@ -1,0 +1,310 @@
+"""The parsers behind a flow's ``collect``: caller words (or keys) -> a validated value, or why not.
+
+Pure functions of the text, the keys and today's date.  Speech arrives as Whisper writes it ("Five five five,
+one two three four.", "john at example dot com", "next Tuesday"), so each parser accepts the spoken forms
+as well as the written ones.  Input is untrusted: it is cut to ``MAX_INPUT`` characters before any parsing and
+no parser backtracks on it (the designer's own ``pattern`` runs on at most that much text).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import date, timedelta
+
+from voicebot.flows.spec import Collect
+
+MAX_INPUT = 500
+
+DIGIT_WORDS = {"zero": 0, "oh": 0, "o": 0, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6,
+               "seven": 7, "eight": 8, "nine": 9}
+TEENS = {"ten": 10, "eleven": 11, "twelve": 12, "thirteen": 13, "fourteen": 14, "fifteen": 15, "sixteen": 16,
+         "seventeen": 17, "eighteen": 18, "nineteen": 19}
+TENS = {"twenty": 20, "thirty": 30, "forty": 40, "fifty": 50, "sixty": 60, "seventy": 70, "eighty": 80,
+        "ninety": 90}
+YES = {"yes", "yeah", "yep", "yup", "correct", "right", "sure", "ok", "okay", "affirmative", "absolutely",
+       "indeed", "exactly", "true", "definitely", "that's right", "that is right", "it is", "si", "sí"}
+NO = {"no", "nope", "nah", "wrong", "incorrect", "negative", "not", "false", "never", "that's wrong"}
+MONTHS = {name: i + 1 for i, name in enumerate(
+    ["january", "february", "march", "april", "may", "june", "july", "august", "september", "october",
+     "november", "december"])}
+MONTHS.update({name[:3]: num for name, num in list(MONTHS.items())})
+MONTHS["sept"] = 9
+WEEKDAYS = {name: i for i, name in enumerate(
+    ["monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday"])}
+ORDINALS = {"first": 1, "second": 2, "third": 3, "fourth": 4, "fifth": 5, "sixth": 6, "seventh": 7,
+            "eighth": 8, "ninth": 9, "tenth": 10, "eleventh": 11, "twelfth": 12, "thirteenth": 13,
+            "fourteenth": 14, "fifteenth": 15, "sixteenth": 16, "seventeenth": 17, "eighteenth": 18,
+            "nineteenth": 19, "twentieth": 20, "thirtieth": 30}
+LEAD_IN = re.compile(r"^(?:(?:well|um+|uh+|so|yes|hi|hello)[,.]?\s+)?(?:my name is|my name's|the name is|"
+                     r"this is|it's|it is|i am|i'm|call me)\s+", re.IGNORECASE)
+EMAIL_RE = re.compile(r"^[A-Za-z0-9._%+-]{1,64}@[A-Za-z0-9-]{1,63}(\.[A-Za-z0-9-]{1,63}){1,8}$")
+
+
+@dataclass(frozen=True)
+class Parsed:
+    value: str | None
+    """The normalised value (``2026-12-05``, ``+15551234``, ``booking``), or None when there is none."""
+    problem: str = ""
+    """Why there is no value: ``no_input`` or ``no_match``."""
+
+    @property
+    def ok(self) -> bool:
+        return self.value is not None
+
+
+def words(text: str) -> list[str]:
+    """Lower-case words, punctuation dropped (``"Five-five, five."`` -> ``["five", "five", "five"]``)."""
+    return re.findall(r"[a-z0-9@+'áéíóúñ]+", text[:MAX_INPUT].lower().replace("-", " "))
+
+
+def spoken_digits(text: str) -> str:
+    """Every digit said or written, in order: "five five five, 1 2 3 4" -> "5551234"; "double five" -> "55"."""
+    out: list[str] = []
+    repeat = 1
+    for word in words(text):
+        if word in ("double", "triple"):
+            repeat = 2 if word == "double" else 3
+            continue
+        if word in DIGIT_WORDS and word != "o":
+            out.append(str(DIGIT_WORDS[word]) * repeat)
+        elif word == "o" and out:
+            out.append("0" * repeat)
+        elif word.isdigit():
+            out.append(word * repeat if len(word) == 1 else word)
+        elif word in TEENS or word in TENS:
+            out.append(str(TEENS.get(word) or TENS[word]))
+        repeat = 1
+    return "".join(out)
+
+
+def spoken_number(text: str) -> float | None:
+    """A number written ("42", "3.5") or said ("forty two", "one hundred and five", "two thousand")."""
+    found = re.search(r"-?\d+(?:[.,]\d+)?", text[:MAX_INPUT])
+    if found:
+        return float(found.group(0).replace(",", "."))
+    total, current, seen = 0, 0, False
+    for word in words(text):
+        if word in DIGIT_WORDS and word not in ("o", "oh"):
+            current += DIGIT_WORDS[word]
+        elif word in TEENS:
+            current += TEENS[word]
+        elif word in TENS:
+            current += TENS[word]
+        elif word == "hundred":
+            current = max(current, 1) * 100
+        elif word == "thousand":
+            total += max(current, 1) * 1000
+            current = 0
+        elif word in ("and", "a") and seen:
+            continue
+        else:
+            if seen:
+                break
+            continue
+        seen = True
+    return float(total + current) if seen else None
+
+
+def parse_date(text: str, today: date) -> date | None:
+    """ISO (2026-12-05), d/m/y, "today", "tomorrow", "the day after tomorrow", a weekday ("on Tuesday":
+    the next one, never today), "December 5th", "5th of December", "the fifth" (this month, or next if
+    past)."""
+    text = text[:MAX_INPUT]
+    iso = re.search(r"\b(\d{4})-(\d{1,2})-(\d{1,2})\b", text)
+    if iso:
+        return _safe_date(int(iso.group(1)), int(iso.group(2)), int(iso.group(3)))
+    slash = re.search(r"\b(\d{1,2})/(\d{1,2})(?:/(\d{2,4}))?\b", text)
+    if slash:
+        year = int(slash.group(3)) if slash.group(3) else today.year
+        year = year + 2000 if year < 100 else year
+        return _safe_date(year, int(slash.group(2)), int(slash.group(1)))
+    ws = words(text)
+    joined = " ".join(ws)
+    if "day after tomorrow" in joined:
+        return today + timedelta(days=2)
+    if "tomorrow" in ws:
+        return today + timedelta(days=1)
+    if "today" in ws:
+        return today
+    day = _day_of_month(ws)
+    # "may" is a month only beside a day ("May 5th"), not in "may I book".
+    month = next((MONTHS[w] for w in ws if w in MONTHS and (w != "may" or day is not None)), None)
+    if day is not None and month is not None:
+        candidate = _safe_date(today.year, month, day)
+        if candidate is not None and candidate < today:
+            candidate = _safe_date(today.year + 1, month, day)
+        return candidate
+    if day is not None:
+        candidate = _safe_date(today.year, today.month, day)
+        if candidate is not None and candidate < today:
+            following = today.replace(day=1) + timedelta(days=32)
+            candidate = _safe_date(following.year, following.month, day)
+        return candidate
+    weekday = next((WEEKDAYS[w] for w in ws if w in WEEKDAYS), None)
+    if weekday is not None:
+        # "Tuesday" and "next Tuesday" both mean the coming one (never today), as most callers mean it.
+        return today + timedelta(days=(weekday - today.weekday()) % 7 or 7)
+    return None
+
+
+def _day_of_month(ws: list[str]) -> int | None:
+    """"5th", "the fifth", "twenty first": a day written as an ordinal (a bare number is not a date)."""
+    for i, w in enumerate(ws):
+        m = re.fullmatch(r"(\d{1,2})(st|nd|rd|th)", w)
+        if m:
+            return int(m.group(1))
+        if w in TENS and i + 1 < len(ws) and ws[i + 1] in ORDINALS and ORDINALS[ws[i + 1]] < 10:
+            return TENS[w] + ORDINALS[ws[i + 1]]
+        if w in ORDINALS:
+            return ORDINALS[w]
+        if w.isdigit() and 1 <= int(w) <= 31 and (
+                (i + 1 < len(ws) and ws[i + 1] in MONTHS) or (i > 0 and ws[i - 1] in MONTHS)):
+            return int(w)  # "5 December", "December 5"
+    return None
+
+
+def _safe_date(year: int, month: int, day: int) -> date | None:
+    try:
+        return date(year, month, day)
+    except ValueError:
+        return None
+
+
+def spoken_email(text: str) -> str | None:
+    """"john dot smith at example dot com" / "John.Smith@Example.com." -> "john.smith@example.com"."""
+    raw = text[:MAX_INPUT].strip().lower().rstrip(".")
+    direct = re.search(r"[a-z0-9._%+-]+@[a-z0-9.-]+\.[a-z]{2,}", raw)
+    if direct:
+        candidate = direct.group(0).rstrip(".")
+    else:
+        spoken = re.sub(r"\s+(at)\s+", "@", raw)
+        spoken = re.sub(r"\s+(dot|period|point)\s+", ".", spoken)
+        spoken = re.sub(r"\s+(underscore)\s+", "_", spoken)
+        spoken = re.sub(r"\s+(dash|hyphen)\s+", "-", spoken)
+        spoken = re.sub(r"^(my )?(e-?mail )?(address )?(is )?", "", spoken)
+        candidate = spoken.replace(" ", "").replace(",", "")
+    return candidate if EMAIL_RE.match(candidate) else None
+
+
+DIGIT_NAMES = {str(v): k for k, v in DIGIT_WORDS.items() if k not in ("o", "oh")}
+
+
+def match_choice(collect: Collect, text: str, dtmf: str | None) -> str | None:
+    """The choice value the caller pressed or said.  A key must equal a synonym.  Words must contain a
+    synonym phrase (the longest wins; two values tied is no match); a key synonym ("1") matches speech only
+    when it is the whole answer ("one", "number one", "option 1"), not a digit inside a sentence."""
+    assert collect.choices is not None
+    if dtmf:
+        for value, synonyms in collect.choices.items():
+            if dtmf in synonyms or dtmf == value:
+                return value
+        return None
+    said = " ".join(words(text))
+    padded = f" {said} "
+    best: tuple[int, str] | None = None
+    tie = False
+    for value, synonyms in collect.choices.items():
+        for phrase in [value, *synonyms]:
+            norm = " ".join(words(phrase))
+            if not norm:
+                continue
+            if norm.isdigit():
+                names = {norm, DIGIT_NAMES.get(norm, norm)}
+                hit = said in names or said in {f"{lead} {n}" for lead in ("number", "option", "press")
+                                                for n in names}
+                strength = 1000 if hit else 0
+            else:
+                strength = len(norm) if f" {norm} " in padded else 0
+            if not strength:
+                continue
+            if best is None or strength > best[0]:
+                best, tie = (strength, value), False
+            elif strength == best[0] and best[1] != value:
+                tie = True
+    if best is None or tie:
+        return None
+    return best[1]
+
+
+def yes_no(text: str, dtmf: str | None) -> str | None:
+    if dtmf:
+        return {"1": "yes", "2": "no"}.get(dtmf)
+    ws = words(text)
+    joined = " ".join(ws)
+    has_no = any(w in NO for w in ws) or any(p in joined for p in NO if " " in p)
+    has_yes = any(w in YES for w in ws) or any(p in joined for p in YES if " " in p)
+    if has_yes and not has_no:
+        return "yes"
+    if has_no and not has_yes:
+        return "no"
+    if has_no and has_yes and ws and ws[0] in NO:
+        return "no"  # "no, that's not right" / "no... yes" -> the first word decides
+    if has_no and has_yes and ws and ws[0] in YES:
+        return "yes"
+    return None
+
+
+def parse(collect: Collect, text: str, *, dtmf: str | None = None, today: date) -> Parsed:
+    """The value of one answer to ``collect`` (speech ``text`` or DTMF ``dtmf`` keys)."""
+    text = (text or "")[:MAX_INPUT].strip()
+    if not text and not dtmf:
+        return Parsed(None, "no_input")
+    value = _parse(collect, text, dtmf, today)
+    if value is None:
+        return Parsed(None, "no_match")
+    if collect.min_length is not None and len(value) < collect.min_length:
+        return Parsed(None, "no_match")
+    if collect.max_length is not None and len(value) > collect.max_length:
+        return Parsed(None, "no_match")
+    return Parsed(value)
+
+
+def _parse(collect: Collect, text: str, dtmf: str | None, today: date) -> str | None:
+    kind = collect.type
+    if kind == "choice":
+        return match_choice(collect, text, dtmf)
+    if kind == "yes_no":
+        return yes_no(text, dtmf)
+    if kind == "digits":
+        digits = dtmf if dtmf else spoken_digits(text)
+        return digits if digits and digits.isdigit() else None
+    if kind == "phone":
+        raw = dtmf if dtmf else text
+        digits = re.sub(r"\D", "", raw) if re.search(r"\d{3}", raw) else spoken_digits(raw)
+        plus = "+" if raw.strip().startswith("+") or " plus " in f" {raw.lower()} " else ""
+        return plus + digits if 7 <= len(digits) <= 15 else None
+    if kind == "number":
+        number = float(dtmf) if dtmf and dtmf.isdigit() else spoken_number(text)
+        if number is None:
+            return None
+        if (collect.min is not None and number < collect.min) or (collect.max is not None and number > collect.max):
+            return None
+        return str(int(number)) if number.is_integer() else str(number)
+    if kind == "date":
+        found = parse_date(text, today) if not dtmf else _dtmf_date(dtmf, today)
+        return found.isoformat() if found else None
+    if kind == "email":
+        return spoken_email(text)
+    if kind == "regex":
+        assert collect.pattern is not None
+        candidates = [dtmf] if dtmf else [text.rstrip(".!?"), text, spoken_digits(text)]
+        for candidate in candidates:
+            if candidate and re.fullmatch(collect.pattern, candidate):
+                return candidate
+        return None
+    # text: what Whisper wrote, without its closing full stop or a spoken lead-in ("My name is ...").
+    value = dtmf if dtmf else LEAD_IN.sub("", text.strip()).strip().rstrip(".!?,;").strip()
+    return value or None
+
+
+def _dtmf_date(keys: str, today: date) -> date | None:
+    """DDMM or DDMMYYYY typed on the keypad."""
+    if len(keys) == 4:
+        candidate = _safe_date(today.year, int(keys[2:]), int(keys[:2]))
+        if candidate is not None and candidate < today:
+            candidate = _safe_date(today.year + 1, int(keys[2:]), int(keys[:2]))
+        return candidate
+    if len(keys) == 8:
+        return _safe_date(int(keys[4:]), int(keys[2:4]), int(keys[:2]))
+    return None
