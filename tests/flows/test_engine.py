@@ -330,3 +330,13 @@ def test_every_valid_flow_is_never_stuck(spec: FlowSpec, events: list[tuple[str,
     # A flow may legitimately loop forever through steps that wait (a menu the caller never leaves) -- but
     # then it must be waiting for the caller, never for something that will not come.
     assert adv.state.waiting == "input"
+
+
+def test_agent_triggers_pick_the_longest_phrase() -> None:
+    from voicebot.flows.triggers import trigger_for
+
+    triggers = {"booking": ["book", "appointment"], "cancel": ["cancel my booking", "cancel"]}
+    assert trigger_for(triggers, "I'd like to book a visit.") == "booking"
+    assert trigger_for(triggers, "Please cancel my booking!") == "cancel"
+    assert trigger_for(triggers, "What are your opening hours?") is None
+    assert trigger_for(triggers, "Do you have a bookshelf?") is None  # whole words only
