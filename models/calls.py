@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import UniqueConstraint
+from sqlalchemy import JSON, Column, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 from models.base import utcnow
@@ -70,4 +70,6 @@ class CallTurn(SQLModel, table=True):
     """Prompt tokens the LLM evaluated for this turn (the rest came from its KV cache); None if unknown."""
     prompt_eval_ms: float | None = None
     """How long that evaluation took."""
+    variables: dict[str, str] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
+    """The flow's collected variables after this turn (None: no flow ran in it)."""
     created_at: datetime = Field(default_factory=utcnow)

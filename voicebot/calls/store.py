@@ -26,6 +26,8 @@ class TurnRecord:
     timings_ms: dict[str, float] = field(default_factory=dict)
     prompt_tokens_evaluated: int | None = None
     prompt_eval_ms: float | None = None
+    variables: dict[str, str] | None = None
+    """A flow's variables after this turn (None when no flow ran)."""
 
 
 TIMING_FIELDS = ("stt_done", "llm_first_token", "first_sentence_ready", "tts_first_audio", "first_frame_out")
@@ -62,7 +64,8 @@ def add_turn(engine: Engine, call_id: int, turn: TurnRecord) -> int:
         row = CallTurn(call_id=call_id, index=turn.index, kind=turn.kind, user_text=turn.user_text,
                        bot_text=turn.bot_text, spoken_text=turn.spoken_text, interrupted=turn.interrupted,
                        speech_end=turn.speech_end, prompt_tokens_evaluated=turn.prompt_tokens_evaluated,
-                       prompt_eval_ms=turn.prompt_eval_ms)
+                       prompt_eval_ms=turn.prompt_eval_ms,
+                       variables=dict(turn.variables) if turn.variables is not None else None)
         for name in TIMING_FIELDS:
             value = turn.timings_ms.get(name)
             setattr(row, f"{name}_ms", None if value is None else round(value, 1))

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-12-01 12:21:39.566131
+Create Date: 2026-12-01 12:25:20.330033
 """
 
 from __future__ import annotations
@@ -421,6 +421,7 @@ def upgrade() -> None:
         sa.Column("first_frame_out_ms", sa.Float(), nullable=True),
         sa.Column("prompt_tokens_evaluated", sa.Integer(), nullable=True),
         sa.Column("prompt_eval_ms", sa.Float(), nullable=True),
+        sa.Column("variables", sa.JSON(), nullable=True),
         sa.Column("created_at", sqlmodel.sql.sqltypes.UTCDateTime(), nullable=False),
         sa.ForeignKeyConstraint(
             ["call_id"],
