@@ -1,16 +1,15 @@
-"""Conversation flows: CRUD with reference checks.
+"""Conversation flows: CRUD with the engine's checks, and the runs flows left in conversations.
 
-A flow is a list of steps; each step says something, optionally collects and validates an answer, and names
-the next step.  Saved flows are always consistent: step ids unique, every ``next_step``/``branches``/
-``on_invalid`` and the ``start_step`` point at a step of the flow, regular expressions compile, the agent
-exists, and the flow can end (some step without a successor is reachable from the start).
+A flow is a graph of steps (see :mod:`voicebot.flows.spec` for the format).  Saved flows are always sound:
+the schema is the engine's own, and :func:`voicebot.flows.spec.check_flow` refuses unknown references,
+variables not collected on every path before use, unreachable steps, loops that never wait for the caller,
+missing recorded prompts and flows that cannot end -- each with the field path of the offending step.
 """
 
 from __future__ import annotations
 
 import asyncio
-import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from sqlalchemy.engine import Engine
@@ -20,79 +19,22 @@ from sqlmodel import col, select
 from models import Agent, Flow, Route, utcnow
 from models.db import session_scope
 from voicebot.errors import Conflict, InvalidInput, NotFound
+from voicebot.flows import spec
 
 
-def check_flow(start_step: str, steps: Sequence[Mapping[str, Any]]) -> None:
-    """Raise InvalidInput (with the offending field path) unless the steps form a valid flow."""
-    index: dict[str, int] = {}
-    for position, step in enumerate(steps):
-        if step["id"] in index:
-            raise InvalidInput(f"step id {step['id']!r} is used twice", field=f"steps.{position}.id")
-        index[step["id"]] = position
-    if start_step not in index:
-        raise InvalidInput(f"start_step {start_step!r} is not a step of this flow", field="start_step")
-    for position, step in enumerate(steps):
-        targets: list[tuple[str, str]] = []
-        if step.get("next_step") is not None:
-            targets.append(("next_step", step["next_step"]))
-        if step.get("on_invalid") is not None:
-            targets.append(("on_invalid", step["on_invalid"]))
-        for answer, target in (step.get("branches") or {}).items():
-            targets.append((f"branches.{answer}", target))
-        for name, target in targets:
-            if target not in index:
-                raise InvalidInput(
-                    f"step {step['id']!r}: {name} points at unknown step {target!r}",
-                    field=f"steps.{position}.{name}",
-                )
-        validation = step.get("validation") or {}
-        kind = validation.get("kind", "none")
-        if kind == "regex":
-            pattern = validation.get("pattern")
-            if not pattern:
-                raise InvalidInput(
-                    "a regex validation needs a pattern", field=f"steps.{position}.validation.pattern"
-                )
-            try:
-                re.compile(pattern)
-            except re.error as exc:
-                raise InvalidInput(
-                    f"invalid regular expression: {exc}", field=f"steps.{position}.validation.pattern"
-                ) from exc
-        if kind == "choice" and not validation.get("choices"):
-            raise InvalidInput(
-                "a choice validation needs choices", field=f"steps.{position}.validation.choices"
-            )
-        low, high = validation.get("min_length"), validation.get("max_length")
-        if low is not None and high is not None and low > high:
-            raise InvalidInput(
-                "min_length is greater than max_length", field=f"steps.{position}.validation.min_length"
-            )
-    # The flow must be able to finish: walk every edge from the start and look for a final step.
-    seen: set[str] = set()
-    todo = [start_step]
-    can_end = False
-    while todo:
-        current = todo.pop()
-        if current in seen:
-            continue
-        seen.add(current)
-        step = steps[index[current]]
-        successors = [
-            t
-            for t in [step.get("next_step"), step.get("on_invalid"), *(step.get("branches") or {}).values()]
-            if t is not None
-        ]
-        if step.get("next_step") is None:
-            can_end = True
-        todo.extend(successors)
-    if not can_end:
-        raise InvalidInput("the flow never ends: no reachable step has next_step null", field="steps")
+def check_flow(start_step: str, steps: Sequence[Mapping[str, Any]],
+               prompt_exists: Callable[[str], bool] | None = None) -> None:
+    """Raise InvalidInput (with the offending field path) unless the steps form a valid flow (see
+    :func:`voicebot.flows.spec.check_flow`: references, variables collected on every path before use,
+    unreachable steps, loops that never wait, recorded prompts that exist, a reachable end)."""
+    spec.check_flow(spec.parse_flow(start_step, [dict(s) for s in steps]), prompt_exists=prompt_exists)
 
 
 class FlowService:
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, prompt_exists: Callable[[str], bool] | None = None) -> None:
         self.engine = engine
+        self.prompt_exists = prompt_exists
+        """Whether a recorded prompt of that name exists (None: prompts are not checked)."""
 
     async def _run(self, fn: Any, *args: Any) -> Any:
         def transaction() -> Any:
@@ -112,7 +54,7 @@ class FlowService:
         return result
 
     async def create(self, data: dict[str, Any]) -> Flow:
-        check_flow(data["start_step"], data["steps"])
+        check_flow(data["start_step"], data["steps"], self.prompt_exists)
 
         def create(session: Any) -> Flow:
             _check_refs(session, data)
@@ -133,7 +75,7 @@ class FlowService:
         def update(session: Any) -> Flow:
             flow = _get(session, flow_id)
             merged = {"start_step": flow.start_step, "steps": flow.steps, **changes}
-            check_flow(merged["start_step"], merged["steps"])
+            check_flow(merged["start_step"], merged["steps"], self.prompt_exists)
             _check_refs(session, changes)
             if (
                 "name" in changes

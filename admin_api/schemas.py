@@ -12,6 +12,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
+from voicebot.flows.spec import Step, StepId
+
 MAX_DB_INT = 2**63 - 1
 MAX_OFFSET = 1_000_000_000
 
@@ -337,7 +339,8 @@ class StatsOut(Output):
 
 
 # ------------------------------ calls -------------------------------------------------------------
-CallOutcome = Literal["active", "completed", "caller_hangup", "transferred", "failed", "no_route"]
+CallOutcome = Literal["active", "completed", "caller_hangup", "transferred", "continued", "failed", "no_route",
+                      "max_duration", "shutdown"]
 
 
 class CallQuery(Pagination):
@@ -395,6 +398,8 @@ class CallTurnOut(Output):
 
 class CallDetail(CallOut):
     turns: list[CallTurnOut]
+    flow_runs: list[FlowRunOut] = []
+    """The flows this call ran, with the variables they collected."""
 
 
 class LiveCallOut(Output):
@@ -520,6 +525,11 @@ class ConversationOut(Output):
     updated_at: Timestamp
 
 
+class ConversationDetail(ConversationOut):
+    flow_runs: list[FlowRunOut] = []
+    """The flows this conversation ran, with the variables they collected."""
+
+
 class ConversationPage(Output):
     items: list[ConversationOut]
     total: int
@@ -570,36 +580,9 @@ class DialplanApplied(DialplanOut):
 
 
 # ------------------------------ flows -------------------------------------------------------------
-StepId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
-
-
-class StepValidation(Input):
-    kind: Literal["none", "digits", "number", "yes_no", "email", "phone", "regex", "choice"] = "none"
-    min_length: int | None = Field(default=None, ge=0, le=1000)
-    max_length: int | None = Field(default=None, ge=1, le=1000)
-    pattern: str | None = Field(default=None, min_length=1, max_length=500)
-    """For kind ``regex``: a Python regular expression the whole answer must match."""
-    choices: list[Annotated[str, StringConstraints(min_length=1, max_length=100)]] | None = Field(
-        default=None, min_length=1, max_length=50
-    )
-
-
-class FlowStep(Input):
-    id: StepId
-    message: str = Field(min_length=1, max_length=2000)
-    """What Eva says at this step."""
-    collect: Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")] | None = None
-    """Store the caller's answer under this variable name."""
-    validation: StepValidation | None = None
-    next_step: StepId | None = None
-    """Where to go after a valid answer; null ends the flow."""
-    branches: dict[Annotated[str, StringConstraints(min_length=1, max_length=100)], StepId] | None = Field(
-        default=None, max_length=50
-    )
-    """Answer → step, overriding ``next_step`` (for choice and yes/no steps)."""
-    on_invalid: StepId | None = None
-    """Where to go when the answer fails validation ``max_retries`` times (default: repeat, then end)."""
-    max_retries: int = Field(default=2, ge=0, le=10)
+# The step schema lives with the engine (voicebot.flows.spec): one definition for the API, the OpenAPI document
+# and the runtime.
+FlowStep = Step
 
 
 class FlowCreate(Input):
@@ -630,6 +613,35 @@ class FlowOut(Output):
     enabled: bool
     created_at: Timestamp
     updated_at: Timestamp
+
+
+class FlowRunOut(Output):
+    """One run of a flow in a conversation or call: where it is and what it collected."""
+
+    id: int
+    flow_id: int
+    flow_name: str
+    channel: str
+    conversation_id: int | None
+    call_id: int | None
+    contact_id: int | None
+    status: str
+    step: str
+    result: str | None
+    variables: dict[str, str]
+    created_at: Timestamp
+    updated_at: Timestamp
+
+
+class FlowRunQuery(Pagination):
+    status: Literal["active", "ended"] | None = None
+
+
+class FlowRunPage(Output):
+    items: list[FlowRunOut]
+    total: int
+    limit: int
+    offset: int
 
 
 # ------------------------------ health ------------------------------------------------------------

@@ -14,16 +14,18 @@ from sqlmodel import Session, col, select
 
 from admin_api.control import OriginateRequest
 from admin_api.framework import ApiRouter, Ctx
-from admin_api.handlers.common import aware_utc, get_row
+from admin_api.handlers.common import aware_utc, flow_runs_of, get_row
 from admin_api.schemas import (
     CallDetail,
     CallOut,
     CallPage,
     CallQuery,
     CallTurnOut,
+    ConversationDetail,
     ConversationOut,
     ConversationPage,
     ConversationQuery,
+    FlowRunOut,
     LiveCallOut,
     MessageOut,
     MessagePage,
@@ -159,8 +161,13 @@ async def get_call(ctx: Ctx, call_id: int) -> CallDetail:
             ).all()
         )
     )
+    runs = await flow_runs_of(ctx, call_id=call_id)
     return CallDetail.model_validate(
-        {**_call_out(call).model_dump(), "turns": [CallTurnOut.model_validate(t) for t in turns]}
+        {
+            **_call_out(call).model_dump(),
+            "turns": [CallTurnOut.model_validate(t) for t in turns],
+            "flow_runs": [FlowRunOut.model_validate(r) for r in runs],
+        }
     )
 
 
@@ -280,9 +287,20 @@ async def list_conversations(ctx: Ctx, query: ConversationQuery) -> Conversation
     )
 
 
-@conversations.get("/conversations/{conversation_id}", role="viewer", summary="Get a conversation")
-async def get_conversation(ctx: Ctx, conversation_id: int) -> ConversationOut:
-    return ConversationOut.model_validate(await get_row(ctx, Conversation, conversation_id, "conversation"))
+@conversations.get(
+    "/conversations/{conversation_id}",
+    role="viewer",
+    summary="Get a conversation, with the flows it ran and the variables they collected",
+)
+async def get_conversation(ctx: Ctx, conversation_id: int) -> ConversationDetail:
+    row = await get_row(ctx, Conversation, conversation_id, "conversation")
+    runs = await flow_runs_of(ctx, conversation_id=conversation_id)
+    return ConversationDetail.model_validate(
+        {
+            **ConversationOut.model_validate(row).model_dump(),
+            "flow_runs": [FlowRunOut.model_validate(r) for r in runs],
+        }
+    )
 
 
 @conversations.get(

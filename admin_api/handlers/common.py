@@ -5,9 +5,10 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import TypeVar
 
-from sqlmodel import Session, SQLModel
+from sqlmodel import Session, SQLModel, col, select
 
 from admin_api.framework import Ctx
+from models import FlowRun
 from voicebot.errors import NotFound
 
 M = TypeVar("M", bound=SQLModel)
@@ -28,3 +29,18 @@ async def get_row(ctx: Ctx, model: type[M], row_id: int, what: str) -> M:
 def aware_utc(value: datetime) -> datetime:
     """A query bound as the database columns want it: timezone-aware UTC (a naive input is taken as UTC)."""
     return value.astimezone(UTC) if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+async def flow_runs_of(ctx: Ctx, *, call_id: int | None = None, conversation_id: int | None = None) -> list[FlowRun]:
+    """The flow runs of a call or a conversation, oldest first (what each collected, where it ended)."""
+
+    def load(session: Session) -> list[FlowRun]:
+        query = select(FlowRun)
+        if call_id is not None:
+            query = query.where(FlowRun.call_id == call_id)
+        if conversation_id is not None:
+            query = query.where(FlowRun.conversation_id == conversation_id)
+        return list(session.exec(query.order_by(col(FlowRun.id)).limit(100)).all())
+
+    result: list[FlowRun] = await ctx.services.db(load)
+    return result

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from sqlalchemy import func
+from sqlmodel import Session, col, select
+
 from admin_api.dialplans import NAME_PATTERN
 from admin_api.framework import ApiRouter, Ctx
 from admin_api.schemas import (
@@ -11,6 +14,9 @@ from admin_api.schemas import (
     DialplanSummary,
     FlowCreate,
     FlowOut,
+    FlowRunOut,
+    FlowRunPage,
+    FlowRunQuery,
     FlowUpdate,
     TrunkCreate,
     TrunkOut,
@@ -18,7 +24,7 @@ from admin_api.schemas import (
     TrunkUpdate,
 )
 from admin_api.trunks import endpoint_name
-from models import SipTrunk
+from models import FlowRun, SipTrunk
 
 trunks = ApiRouter("sip")
 dialplans = ApiRouter("dialplans")
@@ -126,7 +132,7 @@ async def list_flows(ctx: Ctx) -> list[FlowOut]:
 )
 async def create_flow(ctx: Ctx, body: FlowCreate) -> FlowOut:
     data = body.model_dump()
-    data["steps"] = [step.model_dump(exclude_none=True) for step in body.steps]
+    data["steps"] = [step.model_dump(exclude_none=True, exclude_defaults=True) for step in body.steps]
     return FlowOut.model_validate(await ctx.services.flows.create(data))
 
 
@@ -139,8 +145,28 @@ async def get_flow(ctx: Ctx, flow_id: int) -> FlowOut:
 async def update_flow(ctx: Ctx, flow_id: int, body: FlowUpdate) -> FlowOut:
     changes = body.model_dump(exclude_unset=True)
     if body.steps is not None and "steps" in changes:
-        changes["steps"] = [step.model_dump(exclude_none=True) for step in body.steps]
+        changes["steps"] = [step.model_dump(exclude_none=True, exclude_defaults=True) for step in body.steps]
     return FlowOut.model_validate(await ctx.services.flows.update(flow_id, changes))
+
+
+@flows.get("/flows/{flow_id}/runs", role="viewer", summary="A flow's runs, newest first (step, result, variables)")
+async def list_flow_runs(ctx: Ctx, flow_id: int, query: FlowRunQuery) -> FlowRunPage:
+    await ctx.services.flows.get(flow_id)
+
+    def load(session: Session) -> tuple[list[FlowRun], int]:
+        conditions = [col(FlowRun.flow_id) == flow_id]
+        if query.status is not None:
+            conditions.append(col(FlowRun.status) == query.status)
+        rows = session.exec(
+            select(FlowRun).where(*conditions).order_by(col(FlowRun.id).desc()).offset(query.offset).limit(query.limit)
+        ).all()
+        total = session.exec(select(func.count()).select_from(FlowRun).where(*conditions)).one()
+        return list(rows), int(total)
+
+    rows, total = await ctx.services.db(load)
+    return FlowRunPage(
+        items=[FlowRunOut.model_validate(r) for r in rows], total=total, limit=query.limit, offset=query.offset
+    )
 
 
 @flows.delete(

@@ -153,7 +153,7 @@ async def test_deleting_an_agent_a_flow_uses_is_a_conflict(api: Api) -> None:
     status, agent = await api.call("POST", "/api/v1/agents", role="designer", json={"name": "flowy"})
     assert status == 201
     status, flow = await api.call("POST", "/api/v1/flows", role="designer", json={
-        "name": "uses-flowy", "agent_id": agent["id"], "start_step": "a", "steps": [{"id": "a", "message": "Hi"}]})
+        "name": "uses-flowy", "agent_id": agent["id"], "start_step": "a", "steps": [{"id": "a", "say": "Hi"}]})
     assert status == 201, flow
     status, error = await api.call("DELETE", f"/api/v1/agents/{agent['id']}", role="designer")
     assert (status, error["error"]["code"], error["error"]["field"]) == (409, "conflict", "flows")

@@ -110,7 +110,7 @@ async def test_routes_point_at_agents_or_flows(api_db: Api) -> None:
         answer_status, error = await api.call("POST", "/api/v1/routes", role="designer", json=body)
         assert (answer_status, _error(error)["field"]) == (status, field), body
     _, flow = await api.call("POST", "/api/v1/flows", role="designer", json={
-        "name": "menu", "start_step": "ask", "steps": [{"id": "ask", "message": "Sales or support?"}]})
+        "name": "menu", "start_step": "ask", "steps": [{"id": "ask", "say": "Sales or support?"}]})
     status, route = await api.call("POST", "/api/v1/routes", role="designer",
                                    json={"did": "200", "flow_id": flow["id"]})
     assert (status, route["flow_id"], route["agent_id"]) == (201, flow["id"], None)
@@ -124,25 +124,38 @@ async def test_routes_point_at_agents_or_flows(api_db: Api) -> None:
 
 async def test_flows_are_validated(api: Api) -> None:
     good = {"name": "survey", "start_step": "q1", "steps": [
-        {"id": "q1", "message": "Your account number?", "collect": "account",
-         "validation": {"kind": "digits", "min_length": 4, "max_length": 8}, "next_step": "q2",
-         "on_invalid": "bye"},
-        {"id": "q2", "message": "Happy with us?", "validation": {"kind": "yes_no"},
-         "branches": {"yes": "bye", "no": "sorry"}, "next_step": "bye"},
-        {"id": "sorry", "message": "Sorry to hear that.", "next_step": "bye"},
-        {"id": "bye", "message": "Goodbye."}]}
+        {"id": "q1", "say": "Your account number?",
+         "collect": {"var": "account", "type": "digits", "min_length": 4, "max_length": 8},
+         "next": "q2", "fallback": "bye"},
+        {"id": "q2", "say": "Happy with us, account {account}?", "collect": {"var": "happy", "type": "yes_no"},
+         "branches": [{"when": {"var": "happy", "equals": "no"}, "next": "sorry"}], "next": "bye"},
+        {"id": "sorry", "say": "Sorry to hear that.", "next": "bye"},
+        {"id": "bye", "say": "Goodbye.", "end": "done"}]}
     status, flow = await api.call("POST", "/api/v1/flows", role="designer", json=good)
     assert status == 201 and [s["id"] for s in flow["steps"]] == ["q1", "q2", "sorry", "bye"]
+    assert flow["steps"][0]["collect"] == {"var": "account", "type": "digits", "min_length": 4, "max_length": 8}
+    legacy = {"name": "legacy", "start_step": "a", "steps": [{"id": "a", "message": "Hi", "next_step": "b"},
+                                                              {"id": "b", "message": "Bye"}]}
+    status, old = await api.call("POST", "/api/v1/flows", role="designer", json=legacy)
+    assert status == 201 and old["steps"][0] == {"id": "a", "say": "Hi", "next": "b"}, old
+    assert (await api.call("DELETE", f"/api/v1/flows/{old['id']}", role="designer"))[0] == 204
+    q1 = good["steps"][0]  # type: ignore[index]
     bad_cases: list[tuple[dict[str, Any], str]] = [
         ({"start_step": "nope"}, "start_step"),
-        ({"steps": [{"id": "a", "message": "x", "next_step": "ghost"}], "start_step": "a"}, "steps.0.next_step"),
-        ({"steps": [{"id": "a", "message": "x"}, {"id": "a", "message": "y"}], "start_step": "a"}, "steps.1.id"),
-        ({"steps": [{"id": "a", "message": "x", "next_step": "b"}, {"id": "b", "message": "y", "next_step": "a"}],
+        ({"steps": [{"id": "a", "say": "x", "next": "ghost"}], "start_step": "a"}, "steps.0.next"),
+        ({"steps": [{"id": "a", "say": "x"}, {"id": "a", "say": "y"}], "start_step": "a"}, "steps.1.id"),
+        # A loop that never waits for the caller, and no way out.
+        ({"steps": [{"id": "a", "say": "x", "next": "b"}, {"id": "b", "say": "y", "next": "a"}],
           "start_step": "a"}, "steps"),
-        ({"steps": [{"id": "a", "message": "x", "validation": {"kind": "regex", "pattern": "([a-z"}}],
-          "start_step": "a"}, "steps.0.validation.pattern"),
-        ({"steps": [{"id": "a", "message": "x", "branches": {"1": "zzz"}}], "start_step": "a"}, "steps.0.branches.1"),
-        ({"steps": [{"id": "a", "message": "x", "bogus": True}], "start_step": "a"}, "steps.0.bogus"),
+        ({"steps": [{"id": "a", "say": "x", "collect": {"var": "v", "type": "regex", "pattern": "([a-z"}}],
+          "start_step": "a"}, "steps.0.collect"),
+        ({"steps": [{"id": "a", "say": "x", "collect": {"var": "v"},
+                     "branches": [{"when": {"var": "v", "equals": "1"}, "next": "zzz"}]}], "start_step": "a"},
+         "steps.0.branches.0.next"),
+        ({"steps": [{"id": "a", "say": "x", "bogus": True}], "start_step": "a"}, "steps.0.bogus"),
+        # A variable used before it is collected on every path; an unreachable step.
+        ({"steps": [{**q1, "say": "Your account, {happy}?"}, *good["steps"][1:]]}, "steps.0.say"),  # type: ignore[index]
+        ({"steps": [*good["steps"], {"id": "orphan", "say": "never", "end": "x"}]}, "steps.4.id"),  # type: ignore[misc]
         ({"agent_id": 4242}, "agent_id"),
     ]
     for index, (change, field) in enumerate(bad_cases):
@@ -151,10 +164,15 @@ async def test_flows_are_validated(api: Api) -> None:
         assert (status, _error(error)["field"]) == (422, field), (change, error)
     status, error = await api.call("PATCH", f"/api/v1/flows/{flow['id']}", role="designer", json={"start_step": "zz"})
     assert (status, _error(error)["field"]) == (422, "start_step")
+    # Starting at q2 would leave q1 unreachable and {account} uncollected: refused, and the flow is unchanged.
+    status, error = await api.call("PATCH", f"/api/v1/flows/{flow['id']}", role="designer", json={"start_step": "q2"})
+    assert status == 422, error
     status, changed = await api.call("PATCH", f"/api/v1/flows/{flow['id']}", role="designer",
-                                     json={"start_step": "q2", "description": "shorter"})
-    assert (status, changed["start_step"], changed["description"]) == (200, "q2", "shorter")
+                                     json={"description": "shorter"})
+    assert (status, changed["start_step"], changed["description"]) == (200, "q1", "shorter")
     assert len((await api.call("GET", "/api/v1/flows", role="viewer"))[1]) == 1
+    status, runs = await api.call("GET", f"/api/v1/flows/{flow['id']}/runs", role="viewer")
+    assert (status, runs["total"], runs["items"]) == (200, 0, [])
 
 
 def _write_wav(path: Path, seconds: float = 1.0) -> bytes:

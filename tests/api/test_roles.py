@@ -116,7 +116,7 @@ async def test_role_matrix_on_real_operations(api: Api) -> None:
     writes: list[tuple[str, str, dict[str, Any], str]] = [
         ("POST", "/api/v1/agents", {"name": "matrix-{role}"}, D),
         ("POST", "/api/v1/flows", {"name": "flow-{role}", "start_step": "a",
-                                   "steps": [{"id": "a", "message": "Hello"}]}, D),
+                                   "steps": [{"id": "a", "say": "Hello"}]}, D),
         ("POST", "/api/v1/users", {"username": "user-{role}", "password": "long enough pw"}, A),
         ("POST", "/api/v1/apikeys", {"name": "key-{role}"}, A),
         ("POST", "/api/v1/sip/trunks", {"name": "t-{role}", "host": "127.0.0.9"}, A),

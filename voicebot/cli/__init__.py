@@ -21,6 +21,7 @@ COMMAND_MODULES = (
     "voicebot.cli.agent_cmd",
     "voicebot.cli.chat_cmd",
     "voicebot.cli.kb_cmd",
+    "voicebot.cli.flow_cmd",
     "voicebot.cli.user_cmd",
     "voicebot.cli.apikey_cmd",
 )
