@@ -2,7 +2,8 @@
 
 Both services always exist (so the admin API can say exactly which setting is missing); the background work
 starts only where it is configured: the WhatsApp retry sweeper when a WhatsApp token or app secret is set, the
-IMAP poller when ``EVA_IMAP_HOST`` is set.
+IMAP poller when ``EVA_IMAP_HOST`` is set.  They share one :class:`ConversationFlows`, so a flow running on
+either channel can send a message on the other (``send_message`` actions).
 """
 
 from __future__ import annotations
@@ -12,10 +13,11 @@ from dataclasses import dataclass
 
 from sqlalchemy.engine import Engine
 
-from channels.email.service import EmailService
+from channels.email.service import FLOW_MESSAGE_SUBJECT, EmailService
 from channels.whatsapp.service import WhatsAppService
 from voicebot.agent.core import AgentCore
 from voicebot.config import Settings
+from voicebot.flows.conversation import ConversationFlows
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +34,20 @@ class Channels:
 
 
 async def start_channels(settings: Settings, engine: Engine, core: AgentCore | None) -> Channels:
-    whatsapp = WhatsAppService(settings, engine, core)
-    email = EmailService(settings, engine, core)
+    async def send_message(channel: str, to: str, text: str) -> bool:
+        # A flow's send_message action, on either channel whichever one the flow runs on (the services are
+        # bound below, before any message can arrive).
+        if channel == "whatsapp":
+            await whatsapp.send_message(to, text)
+        elif channel == "email":
+            await email.send(to, FLOW_MESSAGE_SUBJECT, text)
+        else:
+            return False
+        return True
+
+    flows = ConversationFlows(engine, core, send_message=send_message) if core is not None else None
+    whatsapp = WhatsAppService(settings, engine, core, flows=flows)
+    email = EmailService(settings, engine, core, flows=flows)
     if settings.whatsapp_token or settings.whatsapp_app_secret:
         await whatsapp.start()
         log.info("WhatsApp channel on (agent %r); webhook: /api/v1/whatsapp/webhook", settings.whatsapp_agent)

@@ -63,6 +63,7 @@ from voicebot.agent.core import SEARCH_KNOWLEDGE, AgentCore, Citation
 from voicebot.agent.store import AgentStore, normalize_email
 from voicebot.config import Settings
 from voicebot.errors import EmailError, InvalidInput, Unavailable
+from voicebot.flows.conversation import ConversationFlows
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,8 @@ T = TypeVar("T")
 
 CHANNEL = "email"
 DEFAULT_CHAT_SUBJECT = "Your question"
+FLOW_MESSAGE_SUBJECT = "A message for you"
+"""The subject of a mail a flow's ``send_message`` action sends."""
 DEFAULT_CLAIM_LEASE = timedelta(minutes=30)
 """How long a worker's claim on a message holds: longer than any reply takes to generate (a worker that dies
 holding one delays that message by this much)."""
@@ -134,10 +137,13 @@ class EmailService:
     def __init__(self, settings: Settings, engine: Engine, core: AgentCore | None, *,
                  mailbox: Callable[[], ImapMailbox] | None = None, sender: SmtpSender | None = None,
                  poll_interval: float | None = None, max_failures: int = 3, drain_timeout: float = 30.0,
-                 claim_lease: timedelta = DEFAULT_CLAIM_LEASE) -> None:
+                 claim_lease: timedelta = DEFAULT_CLAIM_LEASE, flows: ConversationFlows | None = None) -> None:
         self.settings = settings
         self.engine = engine
         self.core = core
+        self.flows = flows if flows is not None or core is None else ConversationFlows(
+            engine, core, send_message=self._flow_send)
+        """Flows answer before the agent (an active run, the agent's start_flow or a trigger phrase)."""
         self.contacts = AgentStore(engine)
         self._mailbox = mailbox or (lambda: ImapMailbox.from_settings(settings))
         self._sender = sender
@@ -400,12 +406,19 @@ class EmailService:
             reply_text, assistant_id = turn.reply_text, turn.assistant_message_id
         else:
             conversation_id = await self._thread(agent, contact, mail)
-            done = await core.respond(agent, contact, CHANNEL, text[:8000], conversation_id=conversation_id,
-                                      external_id=mail.message_id, tools=(SEARCH_KNOWLEDGE,))
-            if done.tool_calls:
-                log.info("e-mail reply asked for tools %s, which this channel does not run",
-                         ", ".join(c.name for c in done.tool_calls))
-            reply_text, assistant_id = done.text, done.assistant_message_id
+            flowed = None
+            if self.flows is not None:
+                flowed = await self.flows.handle(agent, contact, CHANNEL, text, conversation_id=conversation_id,
+                                                 external_id=mail.message_id, caller=key.sender)
+            if flowed is not None:
+                reply_text, assistant_id = flowed.text, flowed.assistant_message_id
+            else:
+                done = await core.respond(agent, contact, CHANNEL, text[:8000], conversation_id=conversation_id,
+                                          external_id=mail.message_id, tools=(SEARCH_KNOWLEDGE,))
+                if done.tool_calls:
+                    log.info("e-mail reply asked for tools %s, which this channel does not run",
+                             ", ".join(c.name for c in done.tool_calls))
+                reply_text, assistant_id = done.text, done.assistant_message_id
         reply = build_reply(mail, reply_text, sender=own_display(self.settings, own))
         await asyncio.to_thread(self.sender.send, reply)
 
@@ -428,6 +441,13 @@ class EmailService:
         return await self._db(find_or_start)
 
     # ------------------------------------------------------------------ admin
+    async def _flow_send(self, channel: str, to: str, text: str) -> bool:
+        """A flow's ``send_message`` when no runtime wires both channels: this channel only."""
+        if channel != CHANNEL:
+            return False
+        await self.send(to, FLOW_MESSAGE_SUBJECT, text)
+        return True
+
     async def send(self, to: str, subject: str, body: str) -> EmailSent:
         """Send an e-mail from the channel (not generated) and store it as the start of a conversation."""
         sender = self.sender
@@ -466,14 +486,23 @@ class EmailService:
         agent_id, contact_id = agent.id, contact.id
         conversation_id = await self._db(
             lambda s: store.new_conversation(s, CHANNEL, agent_id, contact_id, message_id))
-        done = await core.respond(agent, contact, CHANNEL, text, conversation_id=conversation_id,
-                                  tools=(SEARCH_KNOWLEDGE,))
+        flowed = None
+        citations: tuple[Citation, ...] = ()
+        if self.flows is not None:
+            flowed = await self.flows.handle(agent, contact, CHANNEL, text, conversation_id=conversation_id,
+                                             caller=address)
+        if flowed is not None:
+            reply_text, assistant_id = flowed.text, flowed.assistant_message_id
+        else:
+            done = await core.respond(agent, contact, CHANNEL, text, conversation_id=conversation_id,
+                                      tools=(SEARCH_KNOWLEDGE,))
+            reply_text, assistant_id, citations = done.text, done.assistant_message_id, done.citations
         message = build_message(sender=own_display(self.settings, own), to=address,
-                                subject=subject.strip() or DEFAULT_CHAT_SUBJECT, body=done.text,
+                                subject=subject.strip() or DEFAULT_CHAT_SUBJECT, body=reply_text,
                                 message_id=message_id)
         await asyncio.to_thread(sender.send, message)
-        await self._db(lambda s: store.record_sent(s, done.assistant_message_id, message_id))
-        return EmailChatResult(done.text, conversation_id, done.assistant_message_id, message_id, done.citations)
+        await self._db(lambda s: store.record_sent(s, assistant_id, message_id))
+        return EmailChatResult(reply_text, conversation_id, assistant_id, message_id, citations)
 
 
 def own_display(settings: Settings, address: str) -> str:

@@ -71,6 +71,7 @@ from voicebot.agent.core import SEARCH_KNOWLEDGE, AgentCore
 from voicebot.agent.store import AgentStore, normalize_whatsapp_id
 from voicebot.config import Settings
 from voicebot.errors import EvaError, InvalidInput, Unavailable, WhatsAppError
+from voicebot.flows.conversation import ConversationFlows
 
 log = logging.getLogger(__name__)
 
@@ -116,10 +117,14 @@ class WhatsAppService:
     def __init__(self, settings: Settings, engine: Engine, core: AgentCore | None, *,
                  client: WhatsAppClient | None = None, concurrency: int = 4, retry_interval: float = 60.0,
                  max_attempts: int = 5, drain_timeout: float = 30.0, max_queued: int = 200,
-                 claim_lease: float = 120.0, worker_id: str | None = None) -> None:
+                 claim_lease: float = 120.0, worker_id: str | None = None,
+                 flows: ConversationFlows | None = None) -> None:
         self.settings = settings
         self.engine = engine
         self.core = core
+        self.flows = flows if flows is not None or core is None else ConversationFlows(
+            engine, core, send_message=self._flow_send)
+        """Flows answer before the agent (an active run, the agent's start_flow or a trigger phrase)."""
         self.contacts = AgentStore(engine)
         self._client = client
         self._owns_client = client is None
@@ -435,7 +440,13 @@ class WhatsAppService:
             assistant_id = stored_id
         else:
             conversation_id = await self._conversation(agent, contact, wa_id)
-            if row.text.strip():
+            flowed = None
+            if row.text.strip() and self.flows is not None:
+                flowed = await self.flows.handle(agent, contact, CHANNEL, row.text, conversation_id=conversation_id,
+                                                 external_id=row.external_id, caller=wa_id)
+            if flowed is not None:
+                text, assistant_id = flowed.text, flowed.assistant_message_id
+            elif row.text.strip():
                 done = await self.core.respond(agent, contact, CHANNEL, row.text, conversation_id=conversation_id,
                                                external_id=row.external_id, tools=(SEARCH_KNOWLEDGE,))
                 if done.tool_calls:
@@ -519,6 +530,13 @@ class WhatsAppService:
                     await self._wake.wait()
 
     # ------------------------------------------------------------------ admin
+    async def _flow_send(self, channel: str, to: str, text: str) -> bool:
+        """A flow's ``send_message`` when no runtime wires both channels: this channel only."""
+        if channel != CHANNEL:
+            return False
+        await self.send_message(to, text)
+        return True
+
     async def send_message(self, to: str, text: str) -> AdminSent:
         """Send ``text`` to ``to`` (a WhatsApp id / international number) on behalf of the channel's agent and
         store it in the contact's WhatsApp conversation."""
