@@ -340,3 +340,35 @@ def test_agent_triggers_pick_the_longest_phrase() -> None:
     assert trigger_for(triggers, "Please cancel my booking!") == "cancel"
     assert trigger_for(triggers, "What are your opening hours?") is None
     assert trigger_for(triggers, "Do you have a bookshelf?") is None  # whole words only
+
+
+def test_a_catastrophic_pattern_cannot_freeze_the_engine() -> None:
+    """A designer's pattern that backtracks exponentially fails the answer within its time budget."""
+    spec = parse_flow("a", [
+        {"id": "a", "say": "Code?", "collect": {"var": "code", "type": "regex", "pattern": "(a|aa)+$"},
+         "max_retries": 0, "fallback": "b", "next": "b"},
+        {"id": "b", "say": "ok", "branches": [{"when": {"var": "last_input", "matches": "(x|xx)+y"}, "next": "c"}],
+         "end": None, "next": "c"},
+        {"id": "c", "end": "done"}])
+    engine = FlowEngine(spec)
+    adv = engine.answer(engine.start().state, "a" * 400 + "b", today=TODAY)
+    assert adv.state.ended and "code" not in adv.state.variables  # no match -> fallback -> end
+    adv = engine.answer(engine.start().state, "aaaa", today=TODAY)
+    assert adv.state.variables["code"] == "aaaa"
+
+
+@settings(max_examples=500, deadline=None)
+@given(text=st.text(max_size=2000), keys=st.one_of(st.none(), st.text(KEYS, min_size=1, max_size=40)))
+def test_the_parsers_take_any_caller_input(text: str, keys: str | None) -> None:
+    """Hostile speech or keys: every parser answers (a value or a problem), never raises, never grows."""
+    from voicebot.flows.spec import Collect
+    from voicebot.flows.values import parse
+
+    kinds = ["text", "number", "digits", "date", "phone", "email", "yes_no"]
+    collects = [Collect(var="v", type=k) for k in kinds]  # type: ignore[arg-type]
+    collects.append(Collect(var="v", type="choice", choices={"a": ["1", "alpha"], "b": ["two words"]}))
+    collects.append(Collect(var="v", type="regex", pattern=r"[0-9]{4}"))
+    for collect in collects:
+        parsed = parse(collect, text, dtmf=keys, today=TODAY)
+        assert parsed.ok or parsed.problem in ("no_input", "no_match")
+        assert parsed.value is None or len(parsed.value) <= 500

@@ -13,7 +13,6 @@ that no loop skips waiting).
 
 from __future__ import annotations
 
-import re
 from dataclasses import asdict, dataclass, field
 from datetime import date
 from typing import Any, Literal
@@ -315,7 +314,7 @@ def holds(condition: Condition, variables: dict[str, str]) -> bool:
     if condition.one_of is not None:
         return value.lower() in {v.lower() for v in condition.one_of}
     if condition.matches is not None:
-        return re.fullmatch(condition.matches, value[:MAX_VALUE]) is not None
+        return values.designer_match(condition.matches, value[:MAX_VALUE])
     return bool(value) == bool(condition.is_set)
 
 

@@ -130,8 +130,11 @@ class FlowRunner:
     async def answer(self, run_id: int, text: str, *, dtmf: str | None = None,
                      actions: ChannelActions | None = None) -> FlowReply:
         engine, state, version = await asyncio.to_thread(self._load_run, run_id)
-        return await self._settle(run_id, engine, engine.answer(state, text, dtmf=dtmf, today=self.today()),
-                                  version=version, actions=actions)
+        # The caller's words meet the parsers and the designer's patterns off the event loop (both are bounded:
+        # MAX_INPUT characters, patterns with a timeout).
+        advance = await asyncio.to_thread(engine.answer, state, text[:2000], dtmf=(dtmf or None) and dtmf[:64],
+                                          today=self.today())
+        return await self._settle(run_id, engine, advance, version=version, actions=actions)
 
     async def no_input(self, run_id: int, *, actions: ChannelActions | None = None) -> FlowReply:
         engine, state, version = await asyncio.to_thread(self._load_run, run_id)
@@ -225,7 +228,7 @@ class FlowRunner:
                     reply.listen = output.collect
                 elif isinstance(output, Extract):
                     value = await self._extract(output)
-                    nxt = engine.extracted(advance.state, value, today=self.today())
+                    nxt = await asyncio.to_thread(engine.extracted, advance.state, value, today=self.today())
                 elif isinstance(output, Act):
                     ok, new_vars, after = await self._act(output, advance.state, engine, actions)
                     if after is not None:

@@ -32,6 +32,7 @@ import re
 from collections.abc import Callable, Iterable
 from typing import Annotated, Any, Literal
 
+import regex
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
 
 from voicebot.errors import InvalidInput
@@ -96,8 +97,8 @@ class Collect(_Spec):
             if not self.pattern:
                 raise ValueError("a regex collect needs a pattern")
             try:
-                re.compile(self.pattern)
-            except re.error as exc:
+                regex.compile(self.pattern)  # the engine matches with the regex module (it has timeouts)
+            except regex.error as exc:
                 raise ValueError(f"invalid regular expression: {exc}") from exc
         if self.min_length is not None and self.max_length is not None and self.min_length > self.max_length:
             raise ValueError("min_length is greater than max_length")
@@ -122,8 +123,8 @@ class Condition(_Spec):
             raise ValueError("a condition has exactly one of equals, not_equals, one_of, matches, is_set")
         if self.matches is not None:
             try:
-                re.compile(self.matches)
-            except re.error as exc:
+                regex.compile(self.matches)
+            except regex.error as exc:
                 raise ValueError(f"invalid regular expression: {exc}") from exc
         return self
 

@@ -8,11 +8,20 @@ no parser backtracks on it (the designer's own ``pattern`` runs on at most that 
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass
 from datetime import date, timedelta
 
+import regex
+
 from voicebot.flows.spec import Collect
+
+log = logging.getLogger(__name__)
+
+PATTERN_TIMEOUT_S = 0.05
+"""A designer's regular expression gets this long per caller answer: a pattern that backtracks
+catastrophically on some input (``(a|aa)+$``) fails that answer instead of freezing every call."""
 
 MAX_INPUT = 500
 
@@ -290,7 +299,7 @@ def _parse(collect: Collect, text: str, dtmf: str | None, today: date) -> str | 
         assert collect.pattern is not None
         candidates = [dtmf] if dtmf else [text.rstrip(".!?"), text, spoken_digits(text)]
         for candidate in candidates:
-            if candidate and re.fullmatch(collect.pattern, candidate):
+            if candidate and designer_match(collect.pattern, candidate):
                 return candidate
         return None
     # text: what Whisper wrote, without its closing full stop or a spoken lead-in ("My name is ...").
@@ -300,6 +309,9 @@ def _parse(collect: Collect, text: str, dtmf: str | None, today: date) -> str | 
 
 def _dtmf_date(keys: str, today: date) -> date | None:
     """DDMM or DDMMYYYY typed on the keypad."""
+    keys = keys.rstrip("#")
+    if not keys.isdigit():
+        return None
     if len(keys) == 4:
         candidate = _safe_date(today.year, int(keys[2:]), int(keys[:2]))
         if candidate is not None and candidate < today:
@@ -308,3 +320,14 @@ def _dtmf_date(keys: str, today: date) -> date | None:
     if len(keys) == 8:
         return _safe_date(int(keys[4:]), int(keys[2:4]), int(keys[:2]))
     return None
+
+
+def designer_match(pattern: str, text: str) -> bool:
+    """``pattern`` (written by a flow designer) matches all of ``text`` (caller data, cut to MAX_INPUT),
+    within PATTERN_TIMEOUT_S; a timeout is no match."""
+    try:
+        return regex.fullmatch(pattern, text[:MAX_INPUT], timeout=PATTERN_TIMEOUT_S) is not None
+    except TimeoutError:
+        log.warning("a flow's pattern took over %.0f ms on one answer: treated as no match",
+                    PATTERN_TIMEOUT_S * 1000)
+        return False
