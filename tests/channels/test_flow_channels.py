@@ -20,6 +20,7 @@ from sqlmodel import col, select
 
 from admin_api.app import create_app
 from channels.email.service import EmailService
+from channels.runtime import start_channels
 from channels.whatsapp.client import WhatsAppClient
 from channels.whatsapp.codec import signature
 from channels.whatsapp.service import WhatsAppService
@@ -59,14 +60,18 @@ BOOKED_VARS = {"name": "Maria Lopez", "date": "2027-03-05", "phone": "+491511234
 
 
 def install(engine: Engine, flow: dict[str, Any], **agent: Any) -> None:
-    """Store ``flow`` (checked as the admin API checks it) and give the demo agent ``agent``'s fields."""
+    """Store ``flow`` (checked as the admin API checks it; replacing a seeded one of that name) and give the
+    demo agent ``agent``'s fields."""
     check_flow(parse_flow(flow["start_step"], flow["steps"]))
     with session_scope(engine) as session:
-        session.add(Flow(name=flow["name"], start_step=flow["start_step"], steps=flow["steps"]))
-        row = session.exec(select(Agent).where(Agent.name == "demo")).one()
-        for name, value in agent.items():
-            setattr(row, name, value)
+        row = session.exec(select(Flow).where(Flow.name == flow["name"])).first() or Flow(
+            name=flow["name"], start_step=flow["start_step"])
+        row.start_step, row.steps, row.enabled = flow["start_step"], flow["steps"], True
         session.add(row)
+        demo = session.exec(select(Agent).where(Agent.name == "demo")).one()
+        for name, value in {"start_flow": None, "flow_triggers": {}, **agent}.items():
+            setattr(demo, name, value)
+        session.add(demo)
 
 
 def rows(engine: Engine, model: Any) -> list[Any]:
@@ -172,3 +177,245 @@ async def test_whatsapp_booking_by_trigger_survives_a_restart_then_the_agent_ans
     assert {r.status for r in rows(sqlite_db, InboundMessage)} == {"done"}
     assert messages[9].timings == {"flow": "booking", "flow_run": run.id, "flow_step": "booked",
                                    "flow_result": "booked"}
+
+
+async def test_invalid_answers_are_reprompted_then_the_fallback_hands_over_and_the_agent_carries_on(
+        sqlite_db: Engine, graph: FakeGraph, tmp_path: Path) -> None:
+    install(sqlite_db, BOOKING, flow_triggers={"booking": ["book"]})
+    async with whatsapp(sqlite_db, graph, tmp_path) as eva:
+        for number, text in enumerate(["Can I book a repair?", "Maria Lopez", "whenever", "no idea, sorry"]):
+            await eva.say(f"wamid.{number}", text)
+        assert sent(graph) == [
+            ASK_NAME, ASK_DATE,
+            f"Sorry, I didn't get the day. {ASK_DATE}",  # the re-prompt: what was wrong, then the question
+            "Let me hand you to the front desk. I have passed this conversation on to front desk; "
+            "a person will reply here."]
+        (run,) = rows(sqlite_db, FlowRun)
+        assert (run.status, run.result, run.step) == ("ended", "transferred", "desk")
+        assert "date" not in run.variables and run.variables["name"] == "Maria Lopez"
+        assert rows(sqlite_db, Message)[-1].timings["handover"] == "front desk"
+        await eva.say("wamid.9", "Are you open on Sunday?")
+        assert sent(graph)[4:] == ["You said: Are you open on Sunday?"]
+
+
+async def test_a_transfer_to_a_target_the_agent_does_not_have_takes_the_fallback(
+        sqlite_db: Engine, graph: FakeGraph, tmp_path: Path) -> None:
+    flow = {"name": "handover", "start_step": "ask", "steps": [
+        {"id": "ask", "say": "Passing you on.", "action": {"type": "transfer", "target": "sales"},
+         "fallback": "sorry"},
+        {"id": "sorry", "say": "Nobody is free; please write again later.", "end": "no_agent"}]}
+    install(sqlite_db, flow, flow_triggers={"handover": ["a person"]})
+    async with whatsapp(sqlite_db, graph, tmp_path) as eva:
+        await eva.say("wamid.1", "I want a person")
+    assert sent(graph) == ["Passing you on. Nobody is free; please write again later."]
+    (run,) = rows(sqlite_db, FlowRun)
+    assert (run.result, "handover" in (rows(sqlite_db, Message)[-1].timings or {})) == ("no_agent", False)
+
+
+# ---------------------------------------------------------------------------------------------- e-mail
+def email_service(engine: Engine, dovecot: Dovecot, sink: SmtpSink, tmp_path: Path, user: str,
+                  llm: ScriptedLLM | None = None) -> EmailService:
+    settings = mail_settings(tmp_path, dovecot, sink, user)
+    return EmailService(settings, engine, AgentCore(settings, engine, llm or ScriptedLLM()))
+
+
+def answer_to(reply: Any, body: str, number: int) -> bytes:
+    """Ada's answer to our ``reply``, quoting it, in its thread."""
+    quoted = "\n".join(f"> {line}" for line in reply.get_content().strip().splitlines())
+    return mail(f"{body}\n\nOn Mon, Eva <eva@shop.example> wrote:\n{quoted}", message_id=f"<a{number}@example.org>",
+                subject="Re: Appointment", In_Reply_To=reply["Message-ID"],
+                References=f"{reply.get('References', '')} {reply['Message-ID']}".strip())
+
+
+async def test_email_booking_survives_a_new_service_mid_flow_in_one_thread(
+        sqlite_db: Engine, dovecot: Dovecot, smtp_sink: SmtpSink, tmp_path: Path) -> None:
+    install(sqlite_db, BOOKING, flow_triggers={"booking": ["appointment"]})
+    user = "eva-flow-booking"
+    first = email_service(sqlite_db, dovecot, smtp_sink, tmp_path, user)
+    dovecot.deliver(user, mail("Hello, I need an appointment for my bike.", message_id="<a0@example.org>",
+                               subject="Appointment"))
+    assert (await first.poll_once()).answered == 1
+    dovecot.deliver(user, answer_to(smtp_sink.messages[-1], "Maria Lopez", 1))
+    assert (await first.poll_once()).answered == 1
+    assert (await first.poll_once()).unseen == 0  # answered mail is marked seen: never answered again
+    await first.close()
+    bodies = [m.get_content().strip() for m in smtp_sink.messages]
+    assert bodies == [ASK_NAME, ASK_DATE]
+
+    second = email_service(sqlite_db, dovecot, smtp_sink, tmp_path, user)
+    try:
+        dovecot.deliver(user, answer_to(smtp_sink.messages[-1], "5/3/2027", 2))
+        assert (await second.poll_once()).answered == 1
+        dovecot.deliver(user, answer_to(smtp_sink.messages[-1], "+49 151 12345678", 3))
+        assert (await second.poll_once()).answered == 1
+    finally:
+        await second.close()
+    assert [m.get_content().strip() for m in smtp_sink.messages][2:] == [ASK_PHONE, BOOKED]
+    assert [m["In-Reply-To"] for m in smtp_sink.messages] == [f"<a{i}@example.org>" for i in range(4)]
+    assert all(seen for _id, seen in dovecot.flags(user))
+    (conversation,) = rows(sqlite_db, Conversation)
+    (run,) = rows(sqlite_db, FlowRun)
+    assert (run.channel, run.status, run.result, run.conversation_id) == ("email", "ended", "booked",
+                                                                          conversation.id)
+    assert {k: run.variables[k] for k in BOOKED_VARS} == BOOKED_VARS
+    assert run.variables["caller"] == "ada@example.org"
+    # Only Ada's new words are the flow's input (the quoted reply is not), and each reply is stored once with
+    # the Message-ID it was sent under.
+    messages = rows(sqlite_db, Message)
+    assert [m.text for m in messages if m.role == "user"] == [
+        "Hello, I need an appointment for my bike.", "Maria Lopez", "5/3/2027", "+49 151 12345678"]
+    assert [m.external_id for m in messages if m.role == "assistant"] == [m["Message-ID"] for m in smtp_sink.messages]
+
+
+def lead_flow() -> dict[str, Any]:
+    data: dict[str, Any] = json.loads((EXAMPLES / "lead-qualification.json").read_text())
+    return data
+
+
+def extracting(messages: Any) -> str:
+    """The scripted model: reads a team size out of words the parser cannot, otherwise echoes."""
+    last = messages[-1].content
+    if last.startswith("Value wanted: the number of people in the team"):
+        return "12" if "dozen" in last else "NONE"
+    return f"You said: {last}"
+
+
+async def test_the_lead_qualification_example_starts_a_new_conversation_and_hands_over_to_the_agent(
+        sqlite_db: Engine, dovecot: Dovecot, smtp_sink: SmtpSink, tmp_path: Path) -> None:
+    install(sqlite_db, lead_flow(), start_flow="lead-qualification")
+    user = "eva-flow-lead"
+    llm = ScriptedLLM(extracting)
+    service = email_service(sqlite_db, dovecot, smtp_sink, tmp_path, user, llm)
+    try:
+        dovecot.deliver(user, mail("Hello there", message_id="<a0@example.org>", subject="Appointment"))
+        await service.poll_once()
+        for number, text in enumerate(["A booking system for our clinic", "We are a dozen people", "asap",
+                                       "ada@clinic.example", "Do you integrate with calendars?", "bye"], start=1):
+            dovecot.deliver(user, answer_to(smtp_sink.messages[-1], text, number))
+            assert (await service.poll_once()).answered == 1
+    finally:
+        await service.close()
+    bodies = [m.get_content().strip() for m in smtp_sink.messages]
+    assert bodies == [
+        "Hi! Thanks for getting in touch. In a few words, what are you looking for?",
+        "Thanks. How many people are in your team?",
+        "When would you like to start? Reply now, this quarter, or later.",
+        "Great. Which e-mail address should our team use?",
+        "Thank you! Since you want to start now, someone from our team will write to ada@clinic.example today. "
+        "If you have any questions meanwhile, just ask.",
+        "You said: Do you integrate with calendars?",  # the agent, inside the flow's handover step
+        "Thanks for your time. Goodbye!"]
+    (run,) = rows(sqlite_db, FlowRun)
+    assert (run.status, run.result) == ("ended", "qualified")
+    assert {k: run.variables[k] for k in ("need", "team_size", "timeline", "email")} == {
+        "need": "A booking system for our clinic", "team_size": "12", "timeline": "now",
+        "email": "ada@clinic.example"}
+    # The agent's answer is one turn of the conversation (its own rows folded into the flow's), and the agent
+    # was asked with the flow's turns in its memory.
+    assert turns(sqlite_db)[10:12] == [("user", "Do you integrate with calendars?"),
+                                       ("assistant", "You said: Do you integrate with calendars?")]
+    (agent_call,) = [c for c in llm.calls if c[-1].content == "Do you integrate with calendars?"]
+    assert [m.content for m in agent_call if m.role == "user"][:2] == ["Hello there",
+                                                                        "A booking system for our clinic"]
+
+
+# ---------------------------------------------------------------------------------------------- crash windows
+HOURS: dict[str, Any] = {
+    "name": "hours", "start_step": "menu",
+    "steps": [
+        {"id": "menu", "say": "Reply hours for our opening hours, or desk for a person.",
+         "collect": {"var": "choice", "type": "choice", "choices": {"hours": ["hours"], "desk": ["desk"]}},
+         "branches": [{"when": {"var": "choice", "equals": "desk"}, "next": "desk"}], "next": "hours"},
+        {"id": "hours", "ask_agent": "What are your opening hours?", "next": "more"},
+        {"id": "more", "say": "Anything else? Reply yes or no.", "collect": {"var": "more", "type": "yes_no"},
+         "branches": [{"when": {"var": "more", "equals": "yes"}, "next": "menu"}], "next": "bye"},
+        {"id": "bye", "say": "Goodbye!", "end": "completed"},
+        {"id": "desk", "say": "One moment.", "action": {"type": "transfer", "target": "front desk"}},
+    ],
+}
+
+
+async def test_ask_agent_is_answered_by_the_agent_as_part_of_the_flow_turn(
+        sqlite_db: Engine, graph: FakeGraph, tmp_path: Path) -> None:
+    install(sqlite_db, HOURS, flow_triggers={"hours": ["menu"]})
+    async with whatsapp(sqlite_db, graph, tmp_path) as eva:
+        await eva.say("wamid.1", "menu please")
+        await eva.say("wamid.2", "hours")
+        (call,) = eva.llm.calls
+    assert call[-1].content == "What are your opening hours?"
+    assert sent(graph) == ["Reply hours for our opening hours, or desk for a person.",
+                           "You said: What are your opening hours? Anything else? Reply yes or no."]
+    # The agent's question and answer are folded into the turn: the history is what the customer saw.
+    assert turns(sqlite_db) == [
+        ("user", "menu please"), ("assistant", "Reply hours for our opening hours, or desk for a person."),
+        ("user", "hours"), ("assistant", "You said: What are your opening hours? Anything else? Reply yes or no.")]
+    (run,) = rows(sqlite_db, FlowRun)
+    assert (run.status, run.step) == ("active", "more")
+
+
+async def test_a_message_that_comes_again_after_a_crash_is_not_fed_to_the_flow_twice(
+        sqlite_db: Engine, graph: FakeGraph, tmp_path: Path) -> None:
+    install(sqlite_db, BOOKING, flow_triggers={"booking": ["book"]})
+    async with whatsapp(sqlite_db, graph, tmp_path) as eva:
+        await eva.say("wamid.1", "book please")
+        await eva.say("wamid.2", "Maria Lopez")
+        (run,) = rows(sqlite_db, FlowRun)
+        # A worker crashes right after the run took the next message, before its turn was stored: the run is
+        # at the phone step, and the message is still unanswered, so it is handled again.
+        assert run.id is not None
+        await FlowRunner(sqlite_db).answer(run.id, "5/3/2027")
+        await eva.say("wamid.3", "5/3/2027")
+        await eva.say("wamid.4", "+49 151 12345678")
+    assert sent(graph) == [ASK_NAME, ASK_DATE, ASK_PHONE, BOOKED]
+    (run,) = rows(sqlite_db, FlowRun)
+    assert (run.result, {k: run.variables[k] for k in BOOKED_VARS}) == ("booked", BOOKED_VARS)
+
+
+async def test_a_run_left_waiting_for_a_lost_agent_answer_gets_it_and_goes_on(
+        sqlite_db: Engine, graph: FakeGraph, tmp_path: Path) -> None:
+    install(sqlite_db, HOURS, flow_triggers={"hours": ["menu"]})
+    async with whatsapp(sqlite_db, graph, tmp_path) as eva:
+        await eva.say("wamid.1", "menu please")
+        (run,) = rows(sqlite_db, FlowRun)
+        assert run.id is not None
+        # The crash came while the agent was answering: the run waits for that answer (not for input).
+        waiting = await FlowRunner(sqlite_db).answer(run.id, "hours")
+        assert waiting.agent_request is not None
+        await eva.say("wamid.2", "hours")
+        await eva.say("wamid.3", "no")
+    assert sent(graph) == ["Reply hours for our opening hours, or desk for a person.",
+                           "You said: What are your opening hours? Anything else? Reply yes or no.", "Goodbye!"]
+    (run,) = rows(sqlite_db, FlowRun)
+    assert (run.status, run.result, run.variables["more"]) == ("ended", "completed", "no")
+
+
+# ---------------------------------------------------------------------------------------------- the runtime
+async def test_a_flow_on_whatsapp_sends_an_email_through_the_runtime(
+        sqlite_db: Engine, graph: FakeGraph, smtp_sink: SmtpSink, tmp_path: Path) -> None:
+    flow = {"name": "confirm", "start_step": "email", "steps": [
+        {"id": "email", "say": "Which e-mail address should get the confirmation?",
+         "collect": {"var": "email", "type": "email"}, "next": "send"},
+        {"id": "send", "action": {"type": "send_message", "channel": "email", "to": "{email}",
+                                  "text": "Your repair is booked (WhatsApp {caller})."},
+         "fallback": "failed", "next": "done"},
+        {"id": "done", "say": "Sent to {email}.", "end": "sent"},
+        {"id": "failed", "say": "Sorry, I could not send it.", "end": "not_sent"}]}
+    install(sqlite_db, flow, start_flow="confirm")
+    settings = offline_settings(
+        tmp_path / "data", smtp_host=smtp_sink.host, smtp_port=smtp_sink.port, smtp_starttls=False,
+        smtp_from="eva@shop.example", whatsapp_token=graph.token, whatsapp_phone_number_id=graph.phone_number_id,
+        whatsapp_api_url=graph.api_url, whatsapp_app_secret=APP_SECRET)
+    channels = await start_channels(settings, sqlite_db, AgentCore(settings, sqlite_db, ScriptedLLM()))
+    try:
+        for wamid, text in (("wamid.1", "Hello"), ("wamid.2", "ada@example.org")):
+            body = json.dumps(text_payload(wamid, text)).encode()
+            await channels.whatsapp.accept(body, signature(APP_SECRET, body))
+            await channels.whatsapp.drain()
+    finally:
+        await channels.close()
+    assert sent(graph) == ["Which e-mail address should get the confirmation?", "Sent to ada@example.org."]
+    (message,) = smtp_sink.messages
+    assert (message["To"], message.get_content().strip()) == ("ada@example.org",
+                                                              f"Your repair is booked (WhatsApp {SENDER}).")
+    (run,) = rows(sqlite_db, FlowRun)
+    assert run.result == "sent"
