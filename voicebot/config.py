@@ -182,6 +182,11 @@ class Settings:
     smtp_password: str = ""
     smtp_from: str = ""
     smtp_starttls: bool = True
+    smtp_ssl: bool = False
+    """SMTP over TLS from the first byte (SMTPS) on any port; port 465 always is.  Otherwise STARTTLS (above)."""
+    email_ca_file: str = ""
+    """PEM file of the CA certificates that sign the IMAP and SMTP servers' certificates (a private CA, a
+    self-signed server); empty: the system's trusted CAs.  Certificates and host names are always verified."""
     imap_host: str = ""
     imap_port: int = 993
     imap_user: str = ""

@@ -26,13 +26,23 @@ DEFAULT_TIMEOUT = 30.0
 _SIZE_RE = re.compile(rb"RFC822\.SIZE (\d{1,20})")
 
 
+def tls_context(ca_file: str = "") -> ssl.SSLContext:
+    """A verifying client context (certificate chain and host name); ``ca_file`` replaces the system's CAs."""
+    try:
+        return ssl.create_default_context(cafile=ca_file or None)
+    except (OSError, ssl.SSLError) as exc:
+        raise EmailError(f"cannot read the CA file {ca_file!r} (EVA_EMAIL_CA_FILE): {exc}", code="email_ca_file",
+                         retryable=False) from exc
+
+
 class ImapMailbox:
     """One IMAP session on one mailbox (``INBOX``), by UID.  Use as a context manager."""
 
     def __init__(self, host: str, port: int, user: str, password: str, *, use_ssl: bool = True,
-                 mailbox: str = "INBOX", timeout: float = DEFAULT_TIMEOUT) -> None:
+                 mailbox: str = "INBOX", timeout: float = DEFAULT_TIMEOUT, ca_file: str = "") -> None:
         self.host, self.port, self.user, self._password = host, port, user, password
         self.use_ssl = use_ssl
+        self.ca_file = ca_file
         self.mailbox = mailbox
         self.timeout = timeout
         self._imap: imaplib.IMAP4 | None = None
@@ -40,7 +50,7 @@ class ImapMailbox:
     @classmethod
     def from_settings(cls, settings: Settings) -> ImapMailbox:
         return cls(settings.imap_host, settings.imap_port, settings.imap_user, settings.imap_password,
-                   use_ssl=settings.imap_ssl)
+                   use_ssl=settings.imap_ssl, ca_file=settings.email_ca_file)
 
     def __enter__(self) -> ImapMailbox:
         self.open()
@@ -51,10 +61,11 @@ class ImapMailbox:
         self.close()
 
     def open(self) -> None:
+        context = tls_context(self.ca_file) if self.use_ssl else None
         try:
-            if self.use_ssl:
+            if context is not None:
                 imap: imaplib.IMAP4 = imaplib.IMAP4_SSL(self.host, self.port, timeout=self.timeout,
-                                                        ssl_context=ssl.create_default_context())
+                                                        ssl_context=context)
             else:
                 imap = imaplib.IMAP4(self.host, self.port, timeout=self.timeout)
         except (OSError, imaplib.IMAP4.error) as exc:
@@ -150,24 +161,27 @@ def _logout(imap: imaplib.IMAP4) -> None:
 
 class SmtpSender:
     """Sends messages through one SMTP server (a connection per message: replies are rare, servers drop idle
-    connections).  Port 465 speaks TLS from the start; otherwise STARTTLS is required when ``starttls``."""
+    connections).  With ``use_ssl`` (always on port 465) TLS starts with the connection; otherwise STARTTLS is
+    required when ``starttls``: the password and the mail are never sent in clear then."""
 
     def __init__(self, host: str, port: int, user: str = "", password: str = "", *, starttls: bool = True,
-                 timeout: float = DEFAULT_TIMEOUT) -> None:
+                 timeout: float = DEFAULT_TIMEOUT, use_ssl: bool = False, ca_file: str = "") -> None:
         self.host, self.port, self.user, self._password = host, port, user, password
         self.starttls = starttls
         self.timeout = timeout
+        self.use_ssl = use_ssl or port == 465
+        self.ca_file = ca_file
 
     @classmethod
     def from_settings(cls, settings: Settings) -> SmtpSender:
         return cls(settings.smtp_host, settings.smtp_port, settings.smtp_user, settings.smtp_password,
-                   starttls=settings.smtp_starttls)
+                   starttls=settings.smtp_starttls, use_ssl=settings.smtp_ssl, ca_file=settings.email_ca_file)
 
     def send(self, message: EmailMessage) -> None:
+        context = tls_context(self.ca_file) if self.use_ssl or self.starttls else None
         try:
-            if self.port == 465:
-                smtp: smtplib.SMTP = smtplib.SMTP_SSL(self.host, self.port, timeout=self.timeout,
-                                                      context=ssl.create_default_context())
+            if self.use_ssl:
+                smtp: smtplib.SMTP = smtplib.SMTP_SSL(self.host, self.port, timeout=self.timeout, context=context)
             else:
                 smtp = smtplib.SMTP(self.host, self.port, timeout=self.timeout)
         except (OSError, smtplib.SMTPException) as exc:
@@ -176,13 +190,13 @@ class SmtpSender:
         try:
             with smtp:
                 smtp.ehlo()
-                if self.starttls and self.port != 465:
+                if self.starttls and not self.use_ssl:
                     if not smtp.has_extn("starttls"):
                         # Never send the password or the mail in clear when TLS was asked for.
                         raise EmailError(f"the SMTP server {self.host} does not offer STARTTLS (set "
                                          "EVA_SMTP_STARTTLS=false only for a trusted local relay)",
                                          code="smtp_tls_unavailable", retryable=False)
-                    smtp.starttls(context=ssl.create_default_context())
+                    smtp.starttls(context=context)
                     smtp.ehlo()
                 if self.user:
                     smtp.login(self.user, self._password)
