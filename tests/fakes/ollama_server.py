@@ -5,6 +5,8 @@ Endpoints (https://github.com/ollama/ollama/blob/main/docs/api.md):
 * ``POST /api/chat``: NDJSON stream of ``{"model", "created_at", "message": {"role": "assistant", "content",
   "tool_calls"?}, "done": false}`` objects, then a final ``"done": true`` object with ``done_reason``,
   ``prompt_eval_count``, ``eval_count`` and durations; ``"stream": false`` gets the whole reply in one object.
+  Tool calls are as Ollama 0.12+ sends them: ``{"id": "call_...", "function": {"index": n, "name",
+  "arguments": {object}}}``, all of one reply in one ``done: false`` message.
 * ``GET /api/tags``: ``{"models": [{"name", "model", "modified_at", "size", "digest", "details"}]}``.
 * ``POST /api/embed``: ``{"model", "embeddings": [[...], ...], "prompt_eval_count"}`` for ``input`` as a
   string or a list of strings.  Vectors are deterministic, normalized hashed bags of words (texts sharing
@@ -24,6 +26,7 @@ import hashlib
 import json
 import math
 import re
+import secrets
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -174,8 +177,9 @@ class FakeOllama:
         script = self.scripts.popleft() if self.scripts else self.default_script
         if script.status != 200:
             return self._error(script.status, script.error)
-        message_tool_calls = [{"function": {"name": c["name"], "arguments": dict(c["arguments"])}}
-                              for c in script.tool_calls]
+        message_tool_calls = [{"id": f"call_{secrets.token_hex(4)}",
+                               "function": {"index": index, "name": c["name"], "arguments": dict(c["arguments"])}}
+                              for index, c in enumerate(script.tool_calls)]
         final = {"model": model, "created_at": self._now(),
                  "message": {"role": "assistant", "content": ""}, "done": True,
                  "done_reason": script.done_reason, "total_duration": 5_000_000, "load_duration": 1_000,
