@@ -126,14 +126,14 @@ def sent(graph: FakeGraph) -> list[str]:
 
 
 async def test_whatsapp_booking_by_trigger_survives_a_restart_then_the_agent_answers_again(
-        sqlite_db: Engine, graph: FakeGraph, tmp_path: Path) -> None:
-    install(sqlite_db, BOOKING, flow_triggers={"booking": ["book", "appointment"]})
-    async with whatsapp(sqlite_db, graph, tmp_path) as first:
+        any_db: Engine, graph: FakeGraph, tmp_path: Path) -> None:
+    install(any_db, BOOKING, flow_triggers={"booking": ["book", "appointment"]})
+    async with whatsapp(any_db, graph, tmp_path) as first:
         await first.say("wamid.1", "Hi, do you repair e-bikes?")
         await first.say("wamid.2", "I'd like to book an appointment")
         await first.say("wamid.3", "Maria Lopez")
         assert sent(graph) == ["You said: Hi, do you repair e-bikes?", ASK_NAME, ASK_DATE]
-        (run,) = rows(sqlite_db, FlowRun)
+        (run,) = rows(any_db, FlowRun)
         assert (run.flow_name, run.status, run.step, run.variables["name"]) == ("booking", "active", "date",
                                                                                 "Maria Lopez")
         # Meta redelivers a flow message: it is not answered (nor fed to the flow) twice.
@@ -141,12 +141,12 @@ async def test_whatsapp_booking_by_trigger_survives_a_restart_then_the_agent_ans
     assert len(graph.sent) == 3
 
     # A new process: nothing of the first survives but the database.
-    async with whatsapp(sqlite_db, graph, tmp_path) as second:
+    async with whatsapp(any_db, graph, tmp_path) as second:
         await second.say("wamid.4", "5/3/2027")
         await second.say("wamid.5", "+49 151 12345678")
         assert sent(graph)[3:] == [ASK_PHONE, BOOKED]
         assert second.llm.calls == []  # the flow's turns need no model
-        (run,) = rows(sqlite_db, FlowRun)
+        (run,) = rows(any_db, FlowRun)
         assert (run.status, run.result, run.channel) == ("ended", "booked", "whatsapp")
         assert {k: run.variables[k] for k in BOOKED_VARS} == BOOKED_VARS
         assert run.variables["caller"] == SENDER
@@ -160,21 +160,21 @@ async def test_whatsapp_booking_by_trigger_survives_a_restart_then_the_agent_ans
             "I'd like to book an appointment", ASK_NAME, "Maria Lopez", ASK_DATE, "5/3/2027", ASK_PHONE,
             "+49 151 12345678", BOOKED, "Thanks! Where are you?"]
 
-    (conversation,) = rows(sqlite_db, Conversation)
-    assert turns(sqlite_db) == [
+    (conversation,) = rows(any_db, Conversation)
+    assert turns(any_db) == [
         ("user", "Hi, do you repair e-bikes?"), ("assistant", "You said: Hi, do you repair e-bikes?"),
         ("user", "I'd like to book an appointment"), ("assistant", ASK_NAME),
         ("user", "Maria Lopez"), ("assistant", ASK_DATE),
         ("user", "5/3/2027"), ("assistant", ASK_PHONE),
         ("user", "+49 151 12345678"), ("assistant", BOOKED),
         ("user", "Thanks! Where are you?"), ("assistant", "You said: Thanks! Where are you?")]
-    messages = rows(sqlite_db, Message)
+    messages = rows(any_db, Message)
     assert [m.external_id for m in messages if m.role == "user"] == [f"wamid.{i}" for i in range(1, 7)]
     # Every reply was sent exactly once, and its wamid recorded on its message.
     assert all(m.external_id.startswith("wamid.") and m.conversation_id == conversation.id
                for m in messages if m.role == "assistant")
     assert len({m.external_id for m in messages if m.role == "assistant"}) == 6 == len(graph.sent)
-    assert {r.status for r in rows(sqlite_db, InboundMessage)} == {"done"}
+    assert {r.status for r in rows(any_db, InboundMessage)} == {"done"}
     assert messages[9].timings == {"flow": "booking", "flow_run": run.id, "flow_step": "booked",
                                    "flow_result": "booked"}
 
@@ -354,20 +354,20 @@ async def test_ask_agent_is_answered_by_the_agent_as_part_of_the_flow_turn(
 
 
 async def test_a_message_that_comes_again_after_a_crash_is_not_fed_to_the_flow_twice(
-        sqlite_db: Engine, graph: FakeGraph, tmp_path: Path) -> None:
-    install(sqlite_db, BOOKING, flow_triggers={"booking": ["book"]})
-    async with whatsapp(sqlite_db, graph, tmp_path) as eva:
+        any_db: Engine, graph: FakeGraph, tmp_path: Path) -> None:
+    install(any_db, BOOKING, flow_triggers={"booking": ["book"]})
+    async with whatsapp(any_db, graph, tmp_path) as eva:
         await eva.say("wamid.1", "book please")
         await eva.say("wamid.2", "Maria Lopez")
-        (run,) = rows(sqlite_db, FlowRun)
+        (run,) = rows(any_db, FlowRun)
         # A worker crashes right after the run took the next message, before its turn was stored: the run is
         # at the phone step, and the message is still unanswered, so it is handled again.
         assert run.id is not None
-        await FlowRunner(sqlite_db).answer(run.id, "5/3/2027")
+        await FlowRunner(any_db).answer(run.id, "5/3/2027")
         await eva.say("wamid.3", "5/3/2027")
         await eva.say("wamid.4", "+49 151 12345678")
     assert sent(graph) == [ASK_NAME, ASK_DATE, ASK_PHONE, BOOKED]
-    (run,) = rows(sqlite_db, FlowRun)
+    (run,) = rows(any_db, FlowRun)
     assert (run.result, {k: run.variables[k] for k in BOOKED_VARS}) == ("booked", BOOKED_VARS)
 
 
