@@ -36,8 +36,11 @@ A broken or smuggled dialplan never replaces a working one:
    from the file must sit in a context the file declares, on a line we parsed, running an allowlisted
    application (for designers, an allowed ``Dial``); each declared context must hold exactly the parsed
    priorities and includes; every other context and the globals must be unchanged; no warning may name the
-   file.  Otherwise the previous file is restored and reloaded, and the reasons are returned (422).  This is
-   what holds if the static check and Asterisk ever disagree again.
+   file.  Otherwise the previous file is restored and reloaded, and the reasons are returned (422): each line
+   Asterisk did not take, numbered as in the file (Asterisk counts lines across the whole ``dialplan/*.conf``
+   glob), with what Asterisk logged about it (pbx.c's reason, which names the context, joined to pbx_config's
+   "at line N"), read once the logger has written it.  This is what holds if the static check and Asterisk ever
+   disagree again.
 
 Edited files live in ``<data_dir>/dialplan/NAME.conf`` (an *override* of a packaged file, or a *custom* one);
 the rendered copy Asterisk reads is ``<asterisk_dir>/etc/dialplan/NAME.conf``.
@@ -46,13 +49,16 @@ the rendered copy Asterisk reads is ``<asterisk_dir>/etc/dialplan/NAME.conf``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from admin_api.asterisk_link import AsteriskLink
+from voicebot.asterisk.files import read_tail
 from voicebot.asterisk.render import DIALPLAN_DIR, TEMPLATE_DIR
 from voicebot.errors import AsteriskRejected, Conflict, InvalidInput, NotFound, OutboundDialForbidden
 
@@ -72,6 +78,9 @@ ASTERISK_NEST_LIMIT = 128
 PARSE_TIMEOUT_S = 10.0
 """The parse is linear in the (256 KiB at most) text; this only bounds a pathological case."""
 PARSE_THREADS = 2
+LOG_WAIT_S = 3.0
+"""How long a reload's log may lag behind it before a line Asterisk refused is reported without its reason."""
+LOG_READ_LIMIT = 1_000_000
 
 RESERVED_CONTEXTS = frozenset({"general", "globals"})
 STATEMENTS = frozenset({"exten", "same", "include"})
@@ -706,6 +715,85 @@ def _line_offset(loaded: list[int], wanted: set[int]) -> int:
     return min(loaded) - min(wanted) if loaded and wanted else 0
 
 
+def asterisk_line_count(text: str) -> int:
+    """How far one file of the glob moves config.c's line counter: its ``while (!feof(f)) { lineno++; fgets }``
+    loop counts every line plus the final read that meets end-of-file, i.e. newlines + 1 (with or without a
+    final newline)."""
+    return text.count("\n") + 1
+
+
+def glob_offset(line_counts: dict[str, int], filename: str) -> int:
+    """The shift of ``filename``'s line numbers: the counts (:func:`asterisk_line_count`) of the glob's files
+    sorted before it (``glob()`` sorts; compared byte-wise as in Asterisk's C locale)."""
+    return sum(count for name, count in line_counts.items() if name.encode() < filename.encode())
+
+
+def choose_offset(filename: str, parsed: ParsedDialplan, after: dict[str, LoadedContext],
+                  candidates: Iterable[int]) -> int:
+    """The line shift that ties the most loaded priorities of ``filename`` to a parsed line running the same
+    application.  ``candidates`` (the glob count first) win ties; the lowest loaded line against the first
+    parsed one is always tried too.  The smallest-line guess alone is wrong whenever Asterisk refused the
+    file's first priority: every later line then looks shifted, and the reasons point at the wrong lines."""
+    loaded = [(p.line, p.application) for c in after.values() for p in c.priorities
+              if p.file == filename and p.application]
+    wanted = {n for lines in parsed.priorities.values() for n in lines}
+    apps_by_line = {line: app for app, _arguments, line in parsed.calls}
+    options = [*candidates, _line_offset(sorted(line for line, _app in loaded), wanted)]
+    return max(options, key=lambda k: (sum(apps_by_line.get(line - k) == app for line, app in loaded),
+                                       -options.index(k)))
+
+
+_LOG_LINE_RE = re.compile(
+    r"^\[[^\]]+\]\s+(?:WARNING|ERROR)\[\d+\](?:\[[^\]]*\])?\s+(?P<source>[^:\s]+):\s*(?P<text>.*?)\s*$")
+_AT_LINE_RE = re.compile(r"\bat line (\d+)\b")
+_PBX_SOURCES = frozenset({"pbx.c", "pbx_config.c", "config.c"})
+"""Where Asterisk logs why it did not take a dialplan line (pbx.c names the context, not the file)."""
+
+
+@dataclass
+class AsteriskReasons:
+    by_line: dict[int, str] = field(default_factory=dict)
+    """Line of the file (as the designer numbers it) → what Asterisk logged about it."""
+    general: list[str] = field(default_factory=list)
+    """Warnings about the file or its contexts that name no line of it."""
+
+
+def asterisk_reasons(log_text: str, filename: str, contexts: Iterable[str], offset: int) -> AsteriskReasons:
+    """What Asterisk logged about ``filename`` during a reload, in the designer's terms: paths (the chroot's
+    ``/eva/<id>/etc/dialplan/...``) reduced to the file name, glob-wide line numbers turned back into the file's.
+
+    pbx.c says *why* a priority was refused ("... in 'ctx', already in use") without naming the file; pbx_config
+    then logs "Unable to register extension at line N of FILE".  The first is the reason given for line N."""
+    reasons = AsteriskReasons()
+    path_re = re.compile(rf"(?:\S*/)?(?<![\w.-]){re.escape(filename)}(?![\w.-])")
+    quoted = [f"'{context}'" for context in contexts]
+    pending: str | None = None
+    for raw in log_text.splitlines():
+        match = _LOG_LINE_RE.match(raw)
+        if match is None:
+            continue
+        source, text = match.group("source"), match.group("text")
+        if path_re.search(text):
+            text = path_re.sub(filename, text)
+            line_match = _AT_LINE_RE.search(text)
+            if line_match is None:
+                reasons.general.append(text)
+                continue
+            line = int(line_match.group(1)) - offset
+            text = _AT_LINE_RE.sub(f"at line {line}", text, count=1)
+            if pending is not None and text.startswith("Unable to register extension"):
+                text = f"{pending} ({text})"
+            pending = None
+            reasons.by_line.setdefault(line, text)
+        elif source in _PBX_SOURCES and any(name in text for name in quoted):
+            if pending is not None:
+                reasons.general.append(pending)
+            pending = text
+    if pending is not None:
+        reasons.general.append(pending)
+    return reasons
+
+
 def verify_loaded(
     filename: str,
     parsed: ParsedDialplan,
@@ -714,8 +802,15 @@ def verify_loaded(
     *,
     outbound: bool,
     allowed_targets: frozenset[str] = frozenset(),
+    offset: int | None = None,
+    reasons: AsteriskReasons | None = None,
+    unexplained: list[int] | None = None,
 ) -> list[str]:
     """Problems with what Asterisk loaded from ``filename`` (empty: it loaded exactly what we checked).
+
+    ``offset``: the glob-wide line shift (see :func:`choose_offset`; default: the smallest-line guess).
+    ``reasons``: what Asterisk logged, so a line it did not load is reported with Asterisk's own words; the
+    missing lines it logged nothing about are appended to ``unexplained``.
 
     Nothing here trusts the static parse for safety: every priority Asterisk took from the file is checked on
     its own (declared context, allowlisted application, allowed Dial), and every context the file does not
@@ -727,7 +822,9 @@ def verify_loaded(
     ours_everywhere = sorted(p.line for c in after.values() for p in c.priorities
                              if p.file == filename and p.application)
     wanted_everywhere = {n for lines in parsed.priorities.values() for n in lines}
-    offset = _line_offset(ours_everywhere, wanted_everywhere)
+    if offset is None:
+        offset = _line_offset(ours_everywhere, wanted_everywhere)
+    by_line = reasons.by_line if reasons is not None else {}
     apps_by_line = {line: app for app, _arguments, line in parsed.calls}
     dialling = {c.lower() for c in dialling_closure(
         {name: [(p.application, p.data) for p in c.priorities if p.application]
@@ -765,7 +862,16 @@ def verify_loaded(
         if loaded_lines != wanted:
             missing = sorted(wanted - loaded_lines)
             if missing:
-                problems.append(f"lines {', '.join(map(str, missing[:10]))} were not loaded")
+                explained = [n for n in missing if n in by_line]
+                silent = [n for n in missing if n not in by_line]
+                problems += [f"line {n} was not loaded: {by_line[n]}" for n in explained[:10]]
+                if silent:
+                    if unexplained is not None:
+                        unexplained += silent
+                    lines_text = ", ".join(map(str, silent[:10]))
+                    problems.append(f"{'line' if len(silent) == 1 else 'lines'} {lines_text} "
+                                    f"{'was' if len(silent) == 1 else 'were'} not loaded (Asterisk logged no "
+                                    "reason)")
             else:
                 extra = sorted(loaded_lines - wanted)
                 problems.append(f"context [{name}] holds priorities from other lines "
@@ -832,7 +938,8 @@ class DialplanService:
         if source is None:
             raise NotFound(f"dialplan {name!r} does not exist", field="name")
         folder = self.packaged_dir if source == "packaged" else self.override_dir
-        return DialplanFile(name, source, (folder / f"{name}.conf").read_text(encoding="utf-8"))
+        # Bytes, not read_text: universal newlines would hand back a CRLF file as LF (and its size wrong).
+        return DialplanFile(name, source, (folder / f"{name}.conf").read_bytes().decode("utf-8"))
 
     def _all(self) -> list[DialplanFile]:
         return [self._read(name) for name in self._names()]
@@ -1039,19 +1146,49 @@ class DialplanService:
         outbound: bool,
     ) -> list[str]:
         filename = f"{name}.conf"
-        logged = await self.link.reload("dialplan reload")
-        problems = [
-            text.replace(str(self.link.settings.asterisk_dir), "")
-            for _level, _src, text in logged
-            if f"/{filename}" in text or f" {filename}" in text
-        ]
+        log_start = await asyncio.to_thread(self.link.log_offset)
+        await self.link.reload("dialplan reload")
         after, globals_after = await self._loaded()
+        counts = await asyncio.to_thread(self._glob_line_counts)
         # Linear, but over every context Asterisk holds: off the event loop that live calls share.
-        problems += await asyncio.to_thread(lambda: verify_loaded(filename, parsed, before, after, outbound=outbound,
-                                                                  allowed_targets=self.allowed_targets))
+        offset = await asyncio.to_thread(choose_offset, filename, parsed, after, [glob_offset(counts, filename)])
+
+        def check(reasons: AsteriskReasons, unexplained: list[int] | None = None) -> list[str]:
+            return verify_loaded(filename, parsed, before, after, outbound=outbound,
+                                 allowed_targets=self.allowed_targets, offset=offset, reasons=reasons,
+                                 unexplained=unexplained)
+
+        # Asterisk's logger thread writes a reload's warnings shortly after the command returns (later still on
+        # a busy machine).  A line Asterisk did not load always has a reason in the log, so for those we wait
+        # until it is there (bounded) instead of answering "not loaded" without saying why.
+        deadline = time.monotonic() + LOG_WAIT_S
+        while True:
+            reasons = asterisk_reasons(await self._log_since(log_start), filename, parsed.contexts, offset)
+            unexplained: list[int] = []
+            problems = await asyncio.to_thread(check, reasons, unexplained)
+            if not unexplained or time.monotonic() >= deadline or log_start < 0:
+                break
+            await asyncio.sleep(0.1)
+        problems = reasons.general + problems
         if globals_after != globals_before:
             problems.append("the dialplan globals changed")
         return problems
+
+    def _glob_line_counts(self) -> dict[str, int]:
+        """What each file of Asterisk's ``dialplan/*.conf`` glob adds to its line counter (blocking)."""
+        counts = {}
+        for path in self.etc_dir.glob("*.conf"):
+            if not path.name.startswith("."):  # glob's '*' does not match a leading dot
+                with contextlib.suppress(OSError):
+                    counts[path.name] = path.read_bytes().count(b"\n") + 1
+        return counts
+
+    async def _log_since(self, offset: int) -> str:
+        if offset < 0:
+            return ""
+        # log/ is Asterisk's: read without following a link it could have put there.
+        data = await asyncio.to_thread(read_tail, self.link.log_file, offset=offset, limit=LOG_READ_LIMIT)
+        return data.decode("utf-8", errors="replace")
 
 
 def _write_plain(path: Path, text: str) -> None:

@@ -165,8 +165,9 @@ async def test_dialplans_validated_applied_and_rolled_back(live_api: Api, asteri
         "[api-test-ctx]\nexten => 1,1,Answer()\ninclude => no-such-context\n": (422, "invalid_input", "line 3"),
         # Statically fine, but Asterisk keeps only the first of two identical priorities: caught after the
         # reload by comparing Asterisk's view line by line, then rolled back.
-        "[api-test-ctx]\nexten => 7002,1,Answer()\nexten => 7002,1,Hangup()\n": (422, "asterisk_rejected",
-                                                                                 "lines 3"),
+        "[api-test-ctx]\nexten => 7002,1,Answer()\nexten => 7002,1,Hangup()\n": (
+            422, "asterisk_rejected", "line 3 was not loaded: Unable to register extension '7002' priority 1 in "
+                                      "'api-test-ctx', already in use"),
     }
     for content, (status_code, code, words) in refused.items():
         status, error = await api.call("PUT", "/api/v1/dialplans/api-test", role="designer",

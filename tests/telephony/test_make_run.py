@@ -3,18 +3,26 @@
 Only the data folder and the ports are private (environment variables, as a user would set them), so the test
 never disturbs another Eva on the machine; everything else — setup, embedded defaults, model loading, Asterisk
 boot, the ready banner, Ctrl-C — is the real first run.  If ``make run`` cannot take a call, this fails.
+The instance boots once for the module: a designer's dialplan is applied through the admin API on it first (as
+issue 12 tried it), then the call, then Ctrl-C.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
 import sqlite3
+import stat
 import subprocess
 import threading
 import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -23,7 +31,7 @@ from voicebot.audio import read_wav, voiced_regions
 from voicebot.config import PROJECT_ROOT, Settings
 from voicebot.harness import free_port_slot
 
-pytestmark = [pytest.mark.asterisk, pytest.mark.slow]
+pytestmark = [pytest.mark.asterisk, pytest.mark.models]  # by hand: `make run` boots both in a child process
 
 QUESTION = "What are your opening hours on Saturday?"
 ASK_AT = 5.0
@@ -77,34 +85,124 @@ class Output:
             return "\n".join(self.lines)
 
 
-def test_make_run_answers_a_call_and_ctrl_c_stops_everything(tmp_path: Path) -> None:
-    ports = free_port_slot()
-    env = dict(os.environ)
-    env.update({f"EVA_{key.upper()}": str(value) for key, value in ports.items()})
-    env["EVA_DATA_DIR"] = str(tmp_path / "data")  # a fresh data folder: setup runs its steps for real
-    env.pop("MAKEFLAGS", None)
-    proc = subprocess.Popen(["make", "run"], cwd=PROJECT_ROOT, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    output = Output(proc)
+class MakeRun:
+    """One ``make run`` for the whole module (Asterisk boots once): its environment, output and data folder."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.data = tmp / "data"
+        self.ports = free_port_slot()
+        self.env = dict(os.environ)
+        self.env.update({f"EVA_{key.upper()}": str(value) for key, value in self.ports.items()})
+        self.env["EVA_DATA_DIR"] = str(self.data)  # a fresh data folder: setup runs its steps for real
+        self.env.pop("MAKEFLAGS", None)
+        self.proc = subprocess.Popen(["make", "run"], cwd=PROJECT_ROOT, env=self.env, stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        self.output = Output(self.proc)
+        self.stopped = False
+
+    def eva(self, *args: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([str(PROJECT_ROOT / ".venv" / "bin" / "eva"), *args], env=self.env,
+                              capture_output=True, text=True, timeout=timeout, check=False)
+
+    def stop(self) -> str:
+        """Ctrl-C, as the terminal sends it to the whole foreground group; returns everything it printed."""
+        if not self.stopped:
+            self.stopped = True
+            if self.proc.poll() is None:
+                os.killpg(self.proc.pid, signal.SIGINT)
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                pytest.fail("`make run` did not stop within 60 s of Ctrl-C:\n" + self.output.text()[-4000:])
+            finally:
+                self.output.close(self.proc)
+        return self.output.text()
+
+
+@pytest.fixture(scope="module")
+def make_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MakeRun]:
+    run = MakeRun(tmp_path_factory.mktemp("make-run"))
     try:
-        output.wait_for("Eva is ready.", 300, proc)
-        record = tmp_path / "reply.wav"
-        call = subprocess.run(
-            [str(PROJECT_ROOT / ".venv" / "bin" / "eva"), "call", "100", "--say", QUESTION, "--at", str(ASK_AT),
-             "--record", str(record), "--timeout", "30"],
-            env=env, capture_output=True, text=True, timeout=90, check=False)
+        run.output.wait_for("Eva is ready.", 300, run.proc)
+        yield run
+    finally:
+        run.stop()
+
+
+FRONTDESK = "[frontdesk-entry]\nexten => 1,1,NoOp(ok)\n same => n,Hangup()\n"
+"""The dialplan of issue 12, as an IVR designer first writes one."""
+
+
+def _put_dialplan(run: MakeRun, key: str, name: str, content: str) -> tuple[int, dict[str, Any]]:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{run.ports['api_port']}/api/v1/dialplans/{name}", method="PUT",
+        data=json.dumps({"content": content}).encode(),
+        headers={"X-API-Key": key, "Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def test_make_run_applies_a_designers_dialplan_and_says_why_asterisk_refuses_a_line(make_run: MakeRun) -> None:
+    """Runs before the call test, which ends the instance with Ctrl-C."""
+    assert not make_run.stopped, "this test needs the running `make run` (run the module in file order)"
+    created = make_run.eva("apikey", "create", "ivr-designer", "--role", "designer")
+    keys = [line.strip() for line in created.stdout.splitlines() if line.strip().startswith("eva_")]
+    assert created.returncode == 0 and keys, created.stdout + created.stderr
+    key = keys[0]
+    etc = make_run.data / "asterisk" / "etc" / "dialplan"
+
+    # The issue's dialplan, sent as a designer sends it: applied, and Asterisk runs it from the file the API
+    # wrote under the CLI's umask (root's, Asterisk's group, 0640).
+    status, saved = _put_dialplan(make_run, key, "frontdesk", FRONTDESK)
+    assert (status, saved.get("applied")) == (200, True), saved
+    shown = make_run.eva("asterisk", "cli", "dialplan show frontdesk-entry").stdout
+    assert "NoOp(ok)" in shown and "Hangup()" in shown and "[frontdesk.conf:" in shown, shown
+    written = (etc / "frontdesk.conf").stat()
+    assert (stat.S_IMODE(written.st_mode), written.st_uid, written.st_gid) == (0o640, 0, etc.stat().st_gid)
+
+    # Sorted after inbound.conf (Asterisk numbers its lines after every earlier file's), with CRLF line ends:
+    # applied, and handed back exactly as written.
+    crlf = "[zz-desk]\r\nexten => 2,1,NoOp(ok)\r\n same => n,Hangup()\r\n"
+    status, saved = _put_dialplan(make_run, key, "zz-desk", crlf)
+    assert (status, saved.get("applied"), saved.get("content")) == (200, True, crlf), saved
+
+    # Asterisk refuses a line the static check lets through (a priority used twice): the 422 names the line
+    # as the designer numbers it and gives Asterisk's own reason, with no path of the chroot in it.
+    status, error = _put_dialplan(make_run, key, "zz-dup",
+                                  "[zz-dup]\nexten => 1,1,NoOp(first)\nexten => 1,1,Hangup()\n")
+    message = error["error"]["message"]
+    assert (status, error["error"]["code"]) == (422, "asterisk_rejected"), error
+    assert "line 3 was not loaded: Unable to register extension '1' priority 1 in 'zz-dup', already in use" \
+        in message, message
+    assert "/eva/" not in message and "logged no reason" not in message, message
+
+    # Its first priority refused: the line is the file's line 2, not Asterisk's count across the glob.
+    status, error = _put_dialplan(make_run, key, "zz-next", "[zz-next]\nexten => 1,n,NoOp(x)\n")
+    message = error["error"]["message"]
+    assert (status, error["error"]["code"]) == (422, "asterisk_rejected"), error
+    assert "line 2 was not loaded: Can't use 'next' priority on the first entry at line 2 of zz-next.conf" \
+        in message, message
+
+    # Neither refused file is left where Asterisk reads, nor loaded.
+    assert not (etc / "zz-dup.conf").exists() and not (etc / "zz-next.conf").exists()
+    assert "zz-dup" not in make_run.eva("asterisk", "cli", "dialplan show").stdout
+
+
+def test_make_run_answers_a_call_and_ctrl_c_stops_everything(make_run: MakeRun) -> None:
+    tmp_path, ports = make_run.tmp, make_run.ports
+    record = tmp_path / "reply.wav"
+    try:
+        call = make_run.eva("call", "100", "--say", QUESTION, "--at", str(ASK_AT), "--record", str(record),
+                            "--timeout", "30")
         assert call.returncode == 0, call.stdout + call.stderr
         assert "answered" in call.stdout
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in the terminal sends to the whole foreground group
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            pytest.fail("`make run` did not stop within 60 s of Ctrl-C:\n" + output.text()[-4000:])
-        output.close(proc)
-    log = output.text()
+        log = make_run.stop()
     assert "Eva stopped." in log, log[-4000:]
 
     # The answer is stored with the call, in the data folder `make run` set up.
