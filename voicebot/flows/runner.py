@@ -245,6 +245,10 @@ class FlowRunner:
         if state.waiting in ("extract", "action"):
             state.waiting, state.result = "ended", "failed"  # the runner could not settle it: never stuck
             reply.ended, reply.result = True, "failed"
+        if state.ended and not reply.ended:
+            # Ended before this input (its flow lost the step it was at: ``flow_changed``): say so, so the
+            # channel hands the conversation back rather than waiting for a run that is over.
+            reply.ended, reply.result = True, state.result
         reply.step, reply.variables = state.step, dict(state.variables)
         await asyncio.to_thread(self._store, run_id, state, version)
         if reply.ended:
