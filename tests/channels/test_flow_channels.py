@@ -24,7 +24,7 @@ from channels.runtime import start_channels
 from channels.whatsapp.client import WhatsAppClient
 from channels.whatsapp.codec import signature
 from channels.whatsapp.service import WhatsAppService
-from models import Agent, Conversation, Flow, FlowRun, InboundMessage, Message
+from models import Agent, Conversation, Flow, FlowRun, InboundMessage, Message, utcnow
 from models.db import session_scope
 from tests.api.conftest import offline_settings
 from tests.channels.conftest import Dovecot, ScriptedLLM, SmtpSink
@@ -66,7 +66,7 @@ def install(engine: Engine, flow: dict[str, Any], **agent: Any) -> None:
     with session_scope(engine) as session:
         row = session.exec(select(Flow).where(Flow.name == flow["name"])).first() or Flow(
             name=flow["name"], start_step=flow["start_step"])
-        row.start_step, row.steps, row.enabled = flow["start_step"], flow["steps"], True
+        row.start_step, row.steps, row.enabled, row.updated_at = flow["start_step"], flow["steps"], True, utcnow()
         session.add(row)
         demo = session.exec(select(Agent).where(Agent.name == "demo")).one()
         for name, value in {"start_flow": None, "flow_triggers": {}, **agent}.items():
@@ -419,3 +419,18 @@ async def test_a_flow_on_whatsapp_sends_an_email_through_the_runtime(
                                                               f"Your repair is booked (WhatsApp {SENDER}).")
     (run,) = rows(sqlite_db, FlowRun)
     assert run.result == "sent"
+
+
+async def test_a_run_whose_step_the_designer_removed_ends_and_the_agent_answers(
+        sqlite_db: Engine, graph: FakeGraph, tmp_path: Path) -> None:
+    install(sqlite_db, BOOKING, flow_triggers={"booking": ["book"]})
+    async with whatsapp(sqlite_db, graph, tmp_path) as eva:
+        await eva.say("wamid.1", "book please")
+        await eva.say("wamid.2", "Maria Lopez")  # the run now waits at "date"
+        shorter = {**BOOKING, "steps": [{**BOOKING["steps"][0], "next": "thanks"},
+                                        {"id": "thanks", "say": "Thanks!", "end": "done"}]}
+        install(sqlite_db, shorter, flow_triggers={"booking": ["book"]})
+        await eva.say("wamid.3", "5/3/2027")
+    assert sent(graph) == [ASK_NAME, ASK_DATE, "You said: 5/3/2027"]
+    (run,) = rows(sqlite_db, FlowRun)
+    assert (run.status, run.result) == ("ended", "flow_changed")

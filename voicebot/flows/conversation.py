@@ -176,6 +176,8 @@ class ConversationFlows:
         answers = _AgentAnswers()
 
         async def ask_agent(question: str) -> str:
+            # A handover turn carries the message cut to the engine's input limit: the agent reads all of it.
+            question = text if question and text.startswith(question) else question
             done = await self.core.respond(agent, contact, channel, question[:MAX_TEXT],
                                            conversation_id=conversation_id, tools=(SEARCH_KNOWLEDGE,))
             answers.message_ids += [done.user_message_id, done.assistant_message_id]
@@ -185,7 +187,14 @@ class ConversationFlows:
         reply: FlowReply | None
         flow_name = situation.flow_name
         if situation.run_id is not None:
-            reply = await self._continue(situation, text, actions)
+            try:
+                reply = await self._continue(situation, text, actions)
+            except NotFound as exc:
+                # The run's flow was deleted under it: end the run, so the agent answers from now on.
+                run_id = situation.run_id
+                log.warning("flow run %d ended: [%s] %s", run_id, exc.code, exc.message)
+                await self._db(lambda s: _end_run(s, run_id, "flow_deleted"))
+                return None
         else:
             flow_name = (agent.start_flow if situation.is_new and agent.start_flow
                          else trigger_for(agent.flow_triggers or {}, text)) or ""
@@ -243,12 +252,12 @@ class ConversationFlows:
         log.warning("flow run %d: the reply to its last input was never stored; not feeding it again", run_id)
         reply = FlowReply(run_id=run_id, step=state.step, variables=dict(state.variables))
         flow = await self._db(lambda s: _detached(s, Flow, _flow_id(s, run_id)))
-        step = None
-        if flow is not None:
-            spec = parse_flow(flow.start_step, flow.steps)
-            step = spec.step(state.step) if state.step in {s.id for s in spec.steps} else None
+        if flow is None:
+            raise NotFound(f"the flow of run {run_id} was deleted")
+        spec = parse_flow(flow.start_step, flow.steps)
+        step = spec.step(state.step) if state.step in {s.id for s in spec.steps} else None
         if step is None:
-            return reply
+            return await self.runner.answer(run_id, text, actions=actions)  # the runner ends it (flow_changed)
         if state.waiting == "ask_agent" and step.ask_agent is not None:
             reply.agent_request = AskAgent(fill(step.ask_agent, state.variables))
         elif state.waiting == "agent":
@@ -272,6 +281,13 @@ class ConversationFlows:
 
         result: Say | None = await self._db(load)
         return result
+
+
+def _end_run(session: Session, run_id: int, result: str) -> None:
+    run = session.get(FlowRun, run_id)
+    if run is not None and run.status == "active":
+        run.status, run.result, run.updated_at = "ended", result, utcnow()
+        session.add(run)
 
 
 def _flow_id(session: Session, run_id: int) -> int | None:
