@@ -267,6 +267,10 @@ async def test_email_booking_survives_a_new_service_mid_flow_in_one_thread(
     assert [m.external_id for m in messages if m.role == "assistant"] == [m["Message-ID"] for m in smtp_sink.messages]
 
 
+QUESTION = "Do you integrate with calendars? " + "We use a shared calendar for every vet in the clinic. " * 12
+"""Longer than the engine keeps of an input (500 characters): the agent must read all of it."""
+
+
 def lead_flow() -> dict[str, Any]:
     data: dict[str, Any] = json.loads((EXAMPLES / "lead-qualification.json").read_text())
     return data
@@ -277,7 +281,7 @@ def extracting(messages: Any) -> str:
     last = messages[-1].content
     if last.startswith("Value wanted: the number of people in the team"):
         return "12" if "dozen" in last else "NONE"
-    return f"You said: {last}"
+    return f"You said: {last}" if len(last) <= 300 else f"You wrote {len(last)} characters."
 
 
 async def test_the_lead_qualification_example_starts_a_new_conversation_and_hands_over_to_the_agent(
@@ -290,7 +294,7 @@ async def test_the_lead_qualification_example_starts_a_new_conversation_and_hand
         dovecot.deliver(user, mail("Hello there", message_id="<a0@example.org>", subject="Appointment"))
         await service.poll_once()
         for number, text in enumerate(["A booking system for our clinic", "We are a dozen people", "asap",
-                                       "ada@clinic.example", "Do you integrate with calendars?", "bye"], start=1):
+                                       "ada@clinic.example", QUESTION, "bye"], start=1):
             dovecot.deliver(user, answer_to(smtp_sink.messages[-1], text, number))
             assert (await service.poll_once()).answered == 1
     finally:
@@ -303,7 +307,7 @@ async def test_the_lead_qualification_example_starts_a_new_conversation_and_hand
         "Great. Which e-mail address should our team use?",
         "Thank you! Since you want to start now, someone from our team will write to ada@clinic.example today. "
         "If you have any questions meanwhile, just ask.",
-        "You said: Do you integrate with calendars?",  # the agent, inside the flow's handover step
+        f"You wrote {len(QUESTION.strip())} characters.",  # the agent, inside the flow's handover step
         "Thanks for your time. Goodbye!"]
     (run,) = rows(sqlite_db, FlowRun)
     assert (run.status, run.result) == ("ended", "qualified")
@@ -312,9 +316,10 @@ async def test_the_lead_qualification_example_starts_a_new_conversation_and_hand
         "email": "ada@clinic.example"}
     # The agent's answer is one turn of the conversation (its own rows folded into the flow's), and the agent
     # was asked with the flow's turns in its memory.
-    assert turns(sqlite_db)[10:12] == [("user", "Do you integrate with calendars?"),
-                                       ("assistant", "You said: Do you integrate with calendars?")]
-    (agent_call,) = [c for c in llm.calls if c[-1].content == "Do you integrate with calendars?"]
+    assert len(QUESTION) > 500
+    assert turns(sqlite_db)[10:12] == [("user", QUESTION.strip()),
+                                       ("assistant", f"You wrote {len(QUESTION.strip())} characters.")]
+    (agent_call,) = [c for c in llm.calls if c[-1].content == QUESTION.strip()]
     assert [m.content for m in agent_call if m.role == "user"][:2] == ["Hello there",
                                                                         "A booking system for our clinic"]
 
