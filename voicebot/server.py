@@ -27,6 +27,14 @@ log = logging.getLogger(__name__)
 
 
 def _resolver(engine: Engine) -> Any:
+    """``resolve(agent_name, did)``: the fields of the agent answering the call, or None (nothing answers).
+
+    A DID routed to a flow resolves to the flow's agent (or, when the flow names none, the first active
+    agent: it answers the flow's agent steps and gives the voice and transfer targets), with ``route_flow``
+    set to the flow's name; a disabled or missing flow answers nothing."""
+    from sqlmodel import col, select
+
+    from models import Agent, Flow, Route
     from models.db import session_scope
     from voicebot.agent import store
     from voicebot.errors import NotFound
@@ -38,6 +46,18 @@ def _resolver(engine: Engine) -> Any:
                 with contextlib.suppress(NotFound):
                     agent = store.get_agent_by_name(session, agent_name)
             if agent is None and did:
+                route = session.exec(select(Route).where(Route.did == did, col(Route.enabled).is_(True))).first()
+                if route is not None and route.flow_id is not None:
+                    flow = session.get(Flow, route.flow_id)
+                    if flow is None or not flow.enabled:
+                        return None
+                    agent = session.get(Agent, flow.agent_id) if flow.agent_id is not None else None
+                    if agent is None or not agent.active:
+                        agent = session.exec(select(Agent).where(col(Agent.active).is_(True))
+                                             .order_by(col(Agent.id))).first()
+                    if agent is None:
+                        return None
+                    return {**agent.model_dump(), "route_flow": flow.name}
                 agent = store.agent_for_did(session, did)
             if agent is None or not agent.active:
                 return None
@@ -76,6 +96,7 @@ class EvaRuntime:
         responder = self._responder or await self._agent_responder(engine)
         ari = AriClient(settings.ari_url, settings.ari_user, settings.ari_password, settings.ari_app)
         self.voice = VoiceApp(settings, engine, ari, stt, tts, responder, _resolver(engine))
+        self.voice.flows.llm = self.components.get("llm")  # flows extract values from free speech with it
         await self.voice.start()
         await self._start_channels(engine)
         if self.with_api:

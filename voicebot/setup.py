@@ -206,7 +206,7 @@ STEPS: list[Step] = [
     Step("telephony prompts", _prompt_done, _prompt_run),
     Step("Asterisk configuration", lambda _s: False, _render_run),
     Step("database schema", _schema_done, _schema_run),
-    Step("demo agent (route 100, sample knowledge)", _demo_done, _demo_run),
+    Step("demo agent (route 100, sample knowledge) and example flows (route 200)", _demo_done, _demo_run),
 ]
 
 

@@ -45,6 +45,8 @@ from voicebot.asterisk.render import instance_path
 from voicebot.calls import store as calls
 from voicebot.config import Settings
 from voicebot.errors import AriError, EvaError, MediaError, TransferRefused
+from voicebot.flows.runner import FlowRunner
+from voicebot.flows.voice import FlowResponder
 from voicebot.media.ports import PortAllocator
 from voicebot.media.transport import RtpTransport
 from voicebot.metrics import CALLS_ACTIVE, CALLS_TOTAL
@@ -75,6 +77,8 @@ class LiveCall:
     """The call row's generation (earlier Stasis sessions of this channel, from the database)."""
     started: datetime = field(default_factory=utcnow)
     agent_id: int | None = None
+    flow: str = ""
+    """The flow the call's route runs ('' for an agent route)."""
     transfer_targets: dict[str, str] = field(default_factory=dict)
     session: CallSession | None = None
     task: asyncio.Task[None] | None = None
@@ -145,6 +149,8 @@ class VoiceApp:
         self.tts = tts
         self.responder = responder
         self.resolve_agent = resolve_agent
+        self.flows = FlowRunner(engine)
+        """Runs calls' flows (the runtime gives it the LLM for extracting values from free speech)."""
         self.ports = PortAllocator(settings.media_port_start, settings.media_port_end, settings.media_host)
         self.calls: dict[tuple[str, int], LiveCall] = {}
         """Every session still running or tearing down, by (channel id, Stasis generation)."""
@@ -259,6 +265,7 @@ class VoiceApp:
             live.agent_name = str(agent["name"])
             live.agent_id = int(agent["id"])
             live.transfer_targets = {str(k): str(v) for k, v in dict(agent.get("transfer_targets") or {}).items()}
+            live.flow = str(agent.get("route_flow") or "")
             transport = RtpTransport(self.ports, self.settings.media_format)
             await self._connect_media(live, transport)
             await asyncio.to_thread(calls.mark_answered, self.engine, live.call_id, live.recording)
@@ -272,7 +279,7 @@ class VoiceApp:
 
             config = replace(self.session_config, dtmf_terminator=str(agent.get("dtmf_terminator", "#")),
                              dtmf_timeout_s=int(agent.get("dtmf_timeout_ms", 2000)) / 1000.0)
-            live.session = CallSession(ctx, transport, self.stt, self.tts, self.responder,
+            live.session = CallSession(ctx, transport, self.stt, self.tts, self._call_responder(live, agent),
                                        _AriCallControl(self, live), persist, config)
             transport = None  # the session owns (and closes) it now
             limit = asyncio.get_running_loop().call_later(self.settings.max_call_seconds, live.session.end,
@@ -294,6 +301,21 @@ class VoiceApp:
             CALLS_ACTIVE.dec()
             CALLS_TOTAL.inc(direction=direction, outcome=outcome)
             await asyncio.shield(self._teardown(live, transport, outcome))
+
+    def _call_responder(self, live: LiveCall, agent: dict[str, Any]) -> Responder:
+        """The agent's responder, or a flow runner around it when the route runs a flow or the agent starts
+        flows (``start_flow``, ``flow_triggers``)."""
+        start_flow = live.flow or str(agent.get("start_flow") or "")
+        triggers = {str(k): [str(p) for p in v] for k, v in dict(agent.get("flow_triggers") or {}).items()
+                    if isinstance(v, list)}
+        if not start_flow and not triggers:
+            return self.responder
+
+        async def destination(target: str) -> str:
+            return await self.transfer_destination(live, target)
+
+        return FlowResponder(self.flows, self.responder, settings=self.settings, flow=start_flow or None,
+                             from_agent=not live.flow, triggers=triggers, transfer_destination=destination)
 
     async def _connect_media(self, live: LiveCall, transport: RtpTransport) -> None:
         media_id = f"eva-media-{uuid.uuid4().hex[:12]}"
@@ -400,7 +422,8 @@ class VoiceApp:
         if live.generation >= MAX_TRANSFERS:
             raise TransferRefused("this call has been transferred too often", code="transfer_limit")
         routed = await asyncio.to_thread(self.resolve_agent, "", destination)
-        if routed is not None and live.agent_id is not None and int(routed["id"]) == live.agent_id:
+        if (routed is not None and live.agent_id is not None and int(routed["id"]) == live.agent_id
+                and str(routed.get("route_flow") or "") == live.flow):
             raise TransferRefused("the destination is this same agent", code="transfer_loop",
                                   options=tuple(n for n, e in live.transfer_targets.items() if e != destination))
         return destination

@@ -1,11 +1,14 @@
 """The ``demo`` agent that exists after ``eva setup``: a persona, a greeting, route ``100`` and a short
 knowledge document about a fictional bike shop, so ``make run`` and ``eva chat --agent demo`` have something
-to answer about.  Seeding is idempotent and never overwrites what an operator changed (an existing agent,
-route or document is left as it is)."""
+to answer about; beside it the example flows (``voicebot/flows/examples``: the DTMF + speech main menu on
+route ``200``, lead qualification for WhatsApp/e-mail), answered by the demo agent.  Seeding is idempotent and
+never overwrites what an operator changed (an existing agent, route, flow or document is left as it is, even
+if a designer edited it)."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from pathlib import Path
 
@@ -13,11 +16,12 @@ from sqlalchemy import inspect
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
-from models import Agent, KnowledgeDocument
+from models import Agent, Flow, KnowledgeDocument
 from models.db import session_scope
 from voicebot.agent import store
 from voicebot.config import Settings
 from voicebot.errors import NotFound
+from voicebot.flows.spec import check_flow, parse_flow
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +29,9 @@ DEMO_AGENT = "demo"
 DEMO_DID = "100"
 DEMO_DOCUMENT = Path(__file__).resolve().parent / "demo_knowledge.md"
 DEMO_TITLE = "Sunny Side Bike Shop facts"
+EXAMPLE_FLOWS = Path(__file__).resolve().parent.parent / "flows" / "examples"
+MENU_FLOW = "main-menu"
+MENU_DID = "200"
 DEMO_FIELDS = {
     "name": DEMO_AGENT,
     "description": "Demo agent: the phone assistant of a fictional bike shop.",
@@ -57,7 +64,11 @@ def demo_seeded(engine: Engine) -> bool:
             return False
         try:
             store.get_route_by_did(session, DEMO_DID)
+            store.get_route_by_did(session, MENU_DID)
         except NotFound:
+            return False
+        names = set(session.exec(select(Flow.name)).all())
+        if any(json.loads(p.read_text())["name"] not in names for p in EXAMPLE_FLOWS.glob("*.json")):
             return False
         return _ready_document(session, agent.id) is not None
 
@@ -72,7 +83,28 @@ def seed_demo_rows(engine: Engine) -> int:
         except NotFound:
             store.create_route(session, {"did": DEMO_DID, "agent_id": agent.id,
                                          "description": "demo agent (created by eva setup)"})
+        _seed_example_flows(session, agent.id)
         return agent.id
+
+
+def _seed_example_flows(session: Session, agent_id: int) -> None:
+    """The example flows (answered by the demo agent) and route ``200`` -> main menu, where missing."""
+    for path in sorted(EXAMPLE_FLOWS.glob("*.json")):
+        data = json.loads(path.read_text())
+        if session.exec(select(Flow).where(Flow.name == data["name"])).first() is not None:
+            continue  # a designer's edits stay
+        check_flow(parse_flow(data["start_step"], data["steps"]))
+        session.add(Flow(name=data["name"], description=data.get("description", ""), agent_id=agent_id,
+                         start_step=data["start_step"], steps=data["steps"]))
+        session.flush()
+        log.info("example flow %s created", data["name"])
+    menu = session.exec(select(Flow).where(Flow.name == MENU_FLOW)).first()
+    try:
+        store.get_route_by_did(session, MENU_DID)
+    except NotFound:
+        if menu is not None:
+            store.create_route(session, {"did": MENU_DID, "flow_id": menu.id,
+                                         "description": "example main menu flow (created by eva setup)"})
 
 
 async def seed_demo_knowledge(settings: Settings, engine: Engine, agent_id: int) -> None:

@@ -34,6 +34,8 @@ class DtmfCollector:
         self.timeout_s = timeout_s
         self.min_interval_s = min_interval_s
         self.max_digits = max_digits
+        self.complete_at: int | None = None
+        """A sequence of this many keys is complete at once (a flow's one-key menu waits for no timeout)."""
         self.digits = ""
         self._last_turn: float | None = None
 
@@ -46,6 +48,8 @@ class DtmfCollector:
                 self.digits += digit  # a separator, in case this sequence is merged with the next
             return self.flush(now)
         self.digits += digit
+        if self.complete_at is not None and len(self.digits.replace(self.terminator or "\0", "")) >= self.complete_at:
+            return self.flush(now)
         return DtmfStep(flush_at=now + self.timeout_s)
 
     def flush(self, now: float) -> DtmfStep:

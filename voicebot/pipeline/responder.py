@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol, runtime_checkable
+
+from voicebot.audio import Audio
 
 
 @dataclass(frozen=True)
@@ -37,9 +39,43 @@ class ReplyDone:
     prompt_tokens_evaluated: int | None = None
     """Prompt tokens the LLM evaluated for this reply (None when the backend cannot tell)."""
     prompt_eval_ms: float | None = None
+    variables: dict[str, str] | None = None
+    """A flow's variables after this reply (stored on the turn row); None when no flow ran."""
 
 
-ReplyEvent = ReplyStarted | TextDelta | ToolCall | ReplyDone
+@dataclass(frozen=True)
+class Listen:
+    """The reply waits for an answer of this shape (a flow's collect step): how DTMF keys are read until the
+    next reply, and how long silence after the reply has finished playing counts as no input."""
+
+    max_digits: int = 64
+    """The keys are the answer as soon as this many were pressed (1 for a menu: no inter-digit wait)."""
+    terminator: str = "#"
+    dtmf_timeout_s: float = 2.0
+    no_input_s: float | None = None
+
+
+@dataclass(frozen=True)
+class PlayPrompt:
+    """Play a recorded sound (a flow step's ``prompt``) in place of synthesized speech; ``text`` is what it
+    says, for the transcript."""
+
+    audio: Audio
+    text: str
+
+
+ReplyEvent = ReplyStarted | TextDelta | ToolCall | ReplyDone | Listen | PlayPrompt
+
+
+@dataclass(frozen=True)
+class CallerInput:
+    """One caller turn as a flow-aware responder sees it."""
+
+    kind: Literal["start", "speech", "dtmf", "no_input"]
+    text: str = ""
+    """speech: the transcript; dtmf: how the keys read to an LLM; start: the agent's greeting."""
+    keys: str = ""
+    """dtmf: the keys pressed."""
 
 
 @dataclass(frozen=True)
@@ -68,3 +104,11 @@ class Responder(Protocol):
     async def mark_interrupted(self, ctx: CallContext, message_id: int | None, spoken_text: str) -> None:
         """Record that the reply was cut off by the caller after ``spoken_text``."""
         ...
+
+
+@runtime_checkable
+class InputResponder(Responder, Protocol):
+    """A responder that also takes typed turns (flows): the call's start, raw DTMF keys, and no input
+    after a :class:`Listen` timeout.  The session prefers :meth:`respond_input` when a responder has it."""
+
+    def respond_input(self, ctx: CallContext, event: CallerInput) -> AsyncIterator[ReplyEvent]: ...

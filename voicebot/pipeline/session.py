@@ -12,21 +12,33 @@ import asyncio
 import contextlib
 import functools
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 import numpy as np
 
-from voicebot.audio import Audio, Pcm
+from voicebot.audio import Audio, Pcm, resample
 from voicebot.calls.store import TurnRecord
 from voicebot.errors import EvaError, TransferRefused
 from voicebot.metrics import BARGE_INS_TOTAL, TURN_STAGE_SECONDS
-from voicebot.pipeline.dtmf import DtmfCollector, DtmfStep, dtmf_turn_text
+from voicebot.pipeline.dtmf import KEYS, DtmfCollector, DtmfStep, dtmf_turn_text
 from voicebot.pipeline.frames import Sentence, SpeechPaused, SpeechStarted, UserUtterance
 from voicebot.pipeline.playout import Playout
-from voicebot.pipeline.responder import CallContext, ReplyDone, ReplyStarted, Responder, TextDelta, ToolCall
+from voicebot.pipeline.responder import (
+    CallContext,
+    CallerInput,
+    InputResponder,
+    Listen,
+    PlayPrompt,
+    ReplyDone,
+    ReplyEvent,
+    ReplyStarted,
+    Responder,
+    TextDelta,
+    ToolCall,
+)
 from voicebot.pipeline.sentences import SentenceSplitter
 from voicebot.pipeline.turns import TurnConfig, TurnDetector
 from voicebot.pipeline.vad import Vad
@@ -109,7 +121,7 @@ class CallSession:
         self.detector = TurnDetector(self.config.turn)
         self.playout = Playout(transport.frame_samples)
         self.rate = transport.rate
-        self._inbox: asyncio.Queue[UserUtterance | str | None] = asyncio.Queue()
+        self._inbox: asyncio.Queue[UserUtterance | _Keys | _NoInput | None] = asyncio.Queue()
         self._turn_task: asyncio.Task[None] | None = None
         self._turn_index = 0
         self._current: _Turn | None = None
@@ -124,6 +136,11 @@ class CallSession:
                                    max_digits=self.config.max_dtmf_digits)
         self._dtmf_timer: asyncio.TimerHandle | None = None
         self._dtmf_refused = 0
+        self._flows = isinstance(responder, InputResponder)
+        """The responder takes typed turns (flows): raw keys, the call's start, no input after a Listen."""
+        self._listening: Listen | None = None
+        self._no_input_timer: asyncio.TimerHandle | None = None
+        self._last_key_at = 0.0
         self._ending: str | None = None
         self._done = asyncio.Event()
         self.barge_ins = 0
@@ -137,17 +154,27 @@ class CallSession:
         self._loop = asyncio.get_running_loop()
         try:
             await self.transport.start(self._on_frame, self._next_frame)
-            if self.ctx.greeting:
+            if self.ctx.greeting or self._flows:
+                # A flow-aware responder opens the call itself (a flow's first question, or the greeting).
                 self._start_turn(_Turn(index=self._next_index(), kind="greeting", reply_text=self.ctx.greeting))
             while True:
                 item = await self._inbox.get()
                 if item is None:
                     break
-                if self._turn_task is not None and not self._turn_task.done():
+                busy = self._turn_task is not None and not self._turn_task.done()
+                if isinstance(item, _NoInput) and (busy or item.listen is not self._listening):
+                    continue  # stale: the caller answered, or a reply is still going
+                if busy:
                     await self._interrupt("new input")
-                if isinstance(item, str):
-                    self._start_turn(_Turn(index=self._next_index(), kind="dtmf", user_text=item,
-                                           speech_end=self._loop.time()))
+                if isinstance(item, _Keys):
+                    # Timed from the last key: an inter-digit wait is latency the caller lives through, and
+                    # "stt_done" (the input is known) is when the keys became the answer.
+                    turn = _Turn(index=self._next_index(), kind="dtmf", user_text=dtmf_turn_text(item.keys),
+                                 keys=item.keys, speech_end=min(item.at, self._loop.time()))
+                    turn.mark("stt_done", self._loop.time())
+                    self._start_turn(turn)
+                elif isinstance(item, _NoInput):
+                    self._start_turn(_Turn(index=self._next_index(), kind="no_input", speech_end=self._loop.time()))
                 else:
                     self._start_turn(_Turn(index=self._next_index(), kind="speech", utterance=item,
                                            speech_end=item.ended))
@@ -170,6 +197,8 @@ class CallSession:
         """A DTMF digit from the caller.  Stops playout (it is an interruption) and collects a sequence."""
         if self._loop is None:
             return
+        self._cancel_no_input()
+        self._last_key_at = self._loop.time()
         if self.playout.busy:
             self._barge_in(self._loop.time(), reason="dtmf")
         self._dtmf_step(self._dtmf.press(digit, self._loop.time()))
@@ -186,7 +215,7 @@ class CallSession:
                             self.config.max_dtmf_digits)
         if step.turn:
             self._dtmf_refused = 0
-            self._inbox.put_nowait(dtmf_turn_text(step.turn))
+            self._inbox.put_nowait(_Keys(step.turn, self._last_key_at))
         if step.flush_at is not None:
             self._dtmf_timer = self._loop.call_at(step.flush_at, self._flush_digits)
 
@@ -201,6 +230,7 @@ class CallSession:
         for event in self.detector.feed(samples, self.rate, voiced, t):
             if isinstance(event, SpeechStarted):
                 self._drop_speculative()
+                self._cancel_no_input()
                 if self._turn_task is not None and not self._turn_task.done():
                     # Hold the bot's audio at once (the caller hears it stop), but only cancel the reply once the
                     # caller's speech is long enough to be words, not a cough or a click on the line.
@@ -234,8 +264,11 @@ class CallSession:
         if self._pending_barge is None:
             return
         if not text:
-            self._pending_barge = None
+            onset, self._pending_barge = self._pending_barge, None
             self.playout.resume()  # carry on where we paused
+            assert self._loop is not None
+            log.info("call %s: a sound paused the bot for %.0f ms; not words, carrying on", self.ctx.call_id,
+                     (self._loop.time() - onset) * 1000)
             return
         assert self._loop is not None
         self._confirm_barge_in(self._loop.time())
@@ -287,6 +320,7 @@ class CallSession:
         return index
 
     def _start_turn(self, turn: _Turn) -> None:
+        self._cancel_no_input()
         self._current = turn
         self.playout.new_turn(turn.first_frame_out)
         self._turn_task = asyncio.create_task(self._run_turn(turn), name=f"turn-{self.ctx.channel_id}-{turn.index}")
@@ -346,6 +380,9 @@ class CallSession:
 
     async def _process(self, turn: _Turn) -> None:
         loop = asyncio.get_running_loop()
+        if self._flows and turn.kind in ("greeting", "no_input"):
+            await self._converse(turn)
+            return
         if turn.kind == "greeting":
             turn.bot_text = turn.reply_text
             await self._speak_all(turn, [turn.reply_text])
@@ -369,6 +406,10 @@ class CallSession:
             turn.user_text = (self._carry + " " + str(result.text)).strip()
             self._carry = ""
             log.debug("call %s caller said: %r", self.ctx.call_id, turn.user_text)
+        if not turn.user_text and self._listening is not None:
+            turn.kind = "no_input"  # a flow step waits for an answer: nothing intelligible is no input there
+            await self._converse(turn)
+            return
         if not turn.user_text:
             turn.bot_text = self.config.not_heard
             await self._speak_all(turn, [self.config.not_heard])
@@ -383,8 +424,18 @@ class CallSession:
 
         async def produce() -> None:
             try:
-                async for event in self.responder.respond(self.ctx, turn.user_text):
-                    if isinstance(event, TextDelta):
+                async for event in self._reply(turn):
+                    if isinstance(event, Listen):
+                        turn.listen = event
+                        self._listen(event)
+                    elif isinstance(event, PlayPrompt):
+                        for text in splitter.flush():
+                            await sentences.put(self._sentence(turn, text, loop.time()))
+                        turn.bot_text = f"{turn.bot_text} {event.text}".strip() + " "
+                        sentence = self._sentence(turn, event.text, loop.time())
+                        turn.prompts[sentence.index] = event.audio
+                        await sentences.put(sentence)
+                    elif isinstance(event, TextDelta):
                         turn.mark("llm_first_token", loop.time())
                         turn.bot_text += event.text
                         for text in splitter.push(event.text):
@@ -397,6 +448,8 @@ class CallSession:
                         turn.message_id = event.message_id
                         turn.prompt_tokens_evaluated = event.prompt_tokens_evaluated
                         turn.prompt_eval_ms = event.prompt_eval_ms
+                        if event.variables is not None:
+                            turn.variables = dict(event.variables)
                         if event.text and not turn.bot_text:
                             turn.bot_text = event.text
                             for text in splitter.push(event.text):
@@ -416,7 +469,9 @@ class CallSession:
                 producer.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await producer
-        if not turn.bot_text.strip():
+        if self._flows and turn.listen is None:
+            self._listen(None)  # no flow step waits now: keys and silence work as for any agent again
+        if not turn.bot_text.strip() and not (self._flows and turn.kind in ("greeting", "no_input")):
             turn.bot_text = self.ctx.fallback
             await self._speak_all(turn, [self.ctx.fallback])
         for tool in turn.tools:
@@ -438,6 +493,45 @@ class CallSession:
                     continue
                 turn.after = ToolCall("transfer_call", {"target": destination})
         await self.playout.idle.wait()
+        if turn.listen is not None and turn.listen.no_input_s and turn.after is None and self._loop is not None:
+            # The step's no-input time counts from the end of its question, not from when it was generated.
+            self._no_input_timer = self._loop.call_later(turn.listen.no_input_s, self._no_input_due, turn.listen)
+
+    def _reply(self, turn: _Turn) -> AsyncIterator[ReplyEvent]:
+        if not self._flows:
+            return self.responder.respond(self.ctx, turn.user_text)
+        assert isinstance(self.responder, InputResponder)
+        if turn.kind == "greeting":
+            event = CallerInput("start", text=turn.reply_text)
+        elif turn.kind == "dtmf":
+            event = CallerInput("dtmf", text=turn.user_text, keys=turn.keys)
+        elif turn.kind == "no_input":
+            event = CallerInput("no_input")
+        else:
+            event = CallerInput("speech", text=turn.user_text)
+        return self.responder.respond_input(self.ctx, event)
+
+    def _listen(self, listen: Listen | None) -> None:
+        """A flow step's key settings (or, with None, the call's own) for the keys that come next."""
+        self._listening = listen
+        if listen is None:
+            self._dtmf.terminator = self.config.dtmf_terminator if self.config.dtmf_terminator in KEYS else ""
+            self._dtmf.timeout_s, self._dtmf.complete_at = self.config.dtmf_timeout_s, None
+        else:
+            self._dtmf.terminator = listen.terminator if listen.terminator in KEYS else ""
+            self._dtmf.timeout_s, self._dtmf.complete_at = listen.dtmf_timeout_s, listen.max_digits
+
+    def _no_input_due(self, listen: Listen) -> None:
+        """Timer callback (on the loop, never waits): the caller said and pressed nothing after the question."""
+        self._no_input_timer = None
+        if self.detector.speaking or self._dtmf.digits or self._pending_barge is not None:
+            return  # the caller is answering right now
+        self._inbox.put_nowait(_NoInput(listen))
+
+    def _cancel_no_input(self) -> None:
+        if self._no_input_timer is not None:
+            self._no_input_timer.cancel()
+            self._no_input_timer = None
 
     def _sentence(self, turn: _Turn, text: str, t: float) -> Sentence:
         turn.mark("first_sentence_ready", t)
@@ -446,7 +540,11 @@ class CallSession:
         return sentence
 
     async def _speak(self, turn: _Turn, sentence: Sentence) -> None:
-        audio = await self.tts.speak(sentence.text, self.rate, self.ctx.voice)
+        prompt = turn.prompts.pop(sentence.index, None)
+        if prompt is not None:  # a recorded prompt: played as it is, at the call's rate
+            audio = prompt if prompt.rate == self.rate else await asyncio.to_thread(resample, prompt, self.rate)
+        else:
+            audio = await self.tts.speak(sentence.text, self.rate, self.ctx.voice)
         turn.mark("tts_first_audio", asyncio.get_running_loop().time())
         self.playout.enqueue(audio.samples, sentence)
 
@@ -486,7 +584,7 @@ class CallSession:
         record = TurnRecord(index=turn.index, kind=turn.kind, user_text=turn.user_text, bot_text=turn.bot_text,
                             spoken_text=spoken, interrupted=turn.interrupted, speech_end=turn.speech_end_wall(),
                             timings_ms=turn.timings_ms(), prompt_tokens_evaluated=turn.prompt_tokens_evaluated,
-                            prompt_eval_ms=turn.prompt_eval_ms)
+                            prompt_eval_ms=turn.prompt_eval_ms, variables=turn.variables)
         for name, value in record.timings_ms.items():
             TURN_STAGE_SECONDS.observe(value / 1000.0, stage=STAGE_METRIC.get(name, name))
         try:
@@ -506,6 +604,7 @@ class CallSession:
     # ------------------------------------------------------------------ teardown
     async def _shutdown(self) -> None:
         self._drop_speculative()
+        self._cancel_no_input()
         if self._dtmf_timer is not None:
             self._dtmf_timer.cancel()
         self.playout.clear()
@@ -540,6 +639,13 @@ class _Turn:
     spoken: list[str] = field(default_factory=list)
     tools: list[ToolCall] = field(default_factory=list)
     after: ToolCall | None = None
+    keys: str = ""
+    """dtmf: the keys pressed (``user_text`` is how they read to an LLM)."""
+    listen: Listen | None = None
+    """The reply waits for an answer of this shape (a flow's collect step)."""
+    prompts: dict[int, Audio] = field(default_factory=dict)
+    """Sentence index -> the recorded prompt played for it instead of TTS."""
+    variables: dict[str, str] | None = None
     marks: dict[str, float] = field(default_factory=dict)
     first_frame_at: float | None = None
     wall_anchor: tuple[float, datetime] = field(default_factory=lambda: (_loop_now(), datetime.now(UTC)))
@@ -561,6 +667,19 @@ class _Turn:
             return None
         loop_t, wall = self.wall_anchor
         return wall + timedelta(seconds=self.speech_end - loop_t)
+
+
+@dataclass(frozen=True)
+class _Keys:
+    keys: str
+    at: float
+    """When the last key was pressed (loop time)."""
+
+
+@dataclass(frozen=True)
+class _NoInput:
+    listen: Listen
+    """The step it is for: stale once another reply set a new one."""
 
 
 def _loop_now() -> float:
