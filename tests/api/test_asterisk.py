@@ -25,8 +25,6 @@ from voicebot.asterisk.process import Asterisk
 from voicebot.config import Settings
 from voicebot.sipcaller import CallResult
 
-pytestmark = pytest.mark.asterisk
-
 SECRET = "Tr0ub4dor;&3-very-secret"
 """Contains ';', which starts a comment in Asterisk config unless escaped."""
 

@@ -21,8 +21,6 @@ from voicebot.asterisk.process import Asterisk
 from voicebot.config import Settings
 from voicebot.errors import AsteriskRejected
 
-pytestmark = pytest.mark.asterisk
-
 live_api = live.live_api
 cli = live.cli
 
