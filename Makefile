@@ -3,7 +3,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup run test lint unit bench clean-data
+.PHONY: setup run test lint unit fast bench clean-data
 
 setup:
 	@bash scripts/setup
@@ -18,8 +18,16 @@ lint: setup
 test: setup lint
 	@echo "== pytest"; $(PY) -m pytest $(PYTEST_ARGS)
 
+# Tiers come from marks derived from the fixtures a test uses (tests/conftest.py): asterisk, models (LLM, embedder,
+# Whisper, Piper), servers (PostgreSQL, dovecot, Chroma), fuzz (hypothesis property tests).
+# unit: everything that needs neither Asterisk nor a model (servers and property tests included).
 unit: setup
-	@$(PY) -m pytest -m "not asterisk and not slow" $(PYTEST_ARGS)
+	@$(PY) -m pytest -m "not asterisk and not models" $(PYTEST_ARGS)
+
+# fast: the inner loop; no setup step, no Asterisk, no model, no server process, no property test.  A test that
+# would start one of them without its mark fails (tests/conftest.py tripwires), so this never starts them.
+fast:
+	@$(PY) -m pytest -m "not asterisk and not models and not servers and not fuzz" $(PYTEST_ARGS)
 
 bench: setup
 	@$(PY) bench/latency.py

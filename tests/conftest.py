@@ -1,13 +1,28 @@
-"""Shared fixtures: a real Asterisk booted once per test session, and a real SIP caller (pjsua2).
+"""Shared fixtures: a real Asterisk booted once per test session, and a real SIP caller (pjsua2); plus what
+keeps the tiers honest.
 
 The test Asterisk uses its own data directory and its own ports, so it never disturbs an Eva started with
 ``make run`` on the same machine.
+
+Every test runs with a clean environment: ``EVA_*`` variables from the developer's shell are removed before
+anything reads them (a PostgreSQL or Chroma URL there would otherwise reach tests that migrate, seed and delete),
+except the two the test infrastructure itself is given by ``.ci/run`` (see :data:`INFRASTRUCTURE_ENV`).
+
+Markers are derived, not written by hand: :data:`MARK_BY_FIXTURE` names the fixtures that boot Asterisk, load a
+model or start a server process, and each test is marked by the fixtures it uses (directly or through other
+fixtures; a database fixture parametrized to ``postgresql`` counts as a server).  ``make fast`` selects the tests
+with none of the three marks.  Two tripwires keep the table true: setting up one of those fixtures for a test
+without its mark fails the test, and so does loading a model (LLM, embedder, Whisper, Piper) or booting
+Asterisk outside a fixture in a test not marked for it (mark such a test by hand, ``@pytest.mark.models``).
 """
 
 from __future__ import annotations
 
+import inspect
+import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -17,6 +32,118 @@ from voicebot.asterisk.process import Asterisk
 from voicebot.config import Settings
 from voicebot.harness import free_udp_port, isolated_settings
 from voicebot.sipcaller import Action, CallResult, CallScript, place_call
+
+INFRASTRUCTURE_ENV = frozenset({"EVA_ASTERISK_ROOT", "EVA_DATA_DIR"})
+"""``EVA_*`` variables that reach the tests: where the Asterisk image and the assembled models are (``.ci/run``
+points both at freshly built throw-away folders).  Everything else is settings a test must set itself."""
+
+MARK_BY_FIXTURE: dict[str, frozenset[str]] = {
+    "asterisk": frozenset({"asterisk", "own_asterisk"}),
+    "models": frozenset({"embedded_llm", "qwen", "demo_world", "demo_data", "local_embedder", "api_embedder",
+                         "embedder", "whisper", "say", "llm_api", "live_server",
+                         "runtime"}),  # the voice runtime loads Whisper and Piper
+    "servers": frozenset({"postgres_server", "postgres_url", "dovecot", "chroma_server"}),
+}
+"""Fixtures that boot Asterisk, load a real model, or start a server process (PostgreSQL, dovecot, Chroma)."""
+SERVER_PARAMS = frozenset({"postgresql", "postgres"})
+"""Parameter values of the database fixtures (``engine``, ``any_db``, ...) that put a test on PostgreSQL."""
+HEAVY_MARKS = tuple(MARK_BY_FIXTURE)
+
+
+def _scrub_environment() -> list[str]:
+    removed = [name for name in os.environ if name.startswith("EVA_") and name not in INFRASTRUCTURE_ENV]
+    for name in removed:
+        del os.environ[name]
+    return removed
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # At configure time, before collection imports test modules and before any session fixture reads Settings.
+    _scrub_environment()
+
+
+def derived_marks(item: pytest.Item) -> set[str]:
+    """The heavy marks a test earns from the fixtures it uses."""
+    names = set(getattr(item, "fixturenames", ()))
+    marks = {mark for mark, fixtures in MARK_BY_FIXTURE.items() if names & fixtures}
+    callspec = getattr(item, "callspec", None)
+    if callspec is not None and any(isinstance(v, str) and v in SERVER_PARAMS for v in callspec.params.values()):
+        marks.add("servers")
+    return marks
+
+
+def _is_property_test(item: pytest.Item) -> bool:
+    """A hypothesis test: decorated with ``@given``, or running a ``@given`` function it defines inside."""
+    function = getattr(item, "obj", None)
+    if function is None:
+        return False
+    if getattr(function, "is_hypothesis_test", False):
+        return True
+    try:
+        return "@given(" in inspect.getsource(function)
+    except (OSError, TypeError):
+        return False
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        for mark in sorted(derived_marks(item)):
+            item.add_marker(mark)
+        if _is_property_test(item):
+            item.add_marker("fuzz")  # hundreds of generated examples each: not for the seconds-long loop
+        if "models" in derived_marks(item) or item.get_closest_marker("models") is not None:
+            item.add_marker("slow")  # the old name for "loads real models", kept for `-m "not slow"`
+
+
+def pytest_fixture_setup(fixturedef: Any, request: pytest.FixtureRequest) -> None:
+    """Tripwire 1: a heavy fixture set up for a test that does not carry its mark (a ``getfixturevalue`` the
+    derivation cannot see, or a fixture missing from MARK_BY_FIXTURE) fails that test."""
+    item = getattr(request, "_pyfuncitem", None)
+    if item is None:
+        return
+    for mark, fixtures in MARK_BY_FIXTURE.items():
+        if fixturedef.argname in fixtures and item.get_closest_marker(mark) is None:
+            pytest.fail(f"{item.nodeid} sets up fixture {fixturedef.argname!r} but is not marked {mark!r}: "
+                        "tests/conftest.py derives marks from fixtures; fix MARK_BY_FIXTURE or SERVER_PARAMS",
+                        pytrace=False)
+
+
+class UnmarkedHeavyUse(RuntimeError):
+    """A test not marked for it loaded a model or booted Asterisk (tripwire 2)."""
+
+
+@pytest.fixture(autouse=True)
+def _clean_environment_and_tripwires(request: pytest.FixtureRequest,
+                                     monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Every test: no ``EVA_*`` from the shell (also none a previous test left behind), and, unless the test is
+    marked for it, no model load and no Asterisk boot (the attempt raises, and the test fails even if the code
+    under test caught the error)."""
+    for name in [n for n in os.environ if n.startswith("EVA_") and n not in INFRASTRUCTURE_ENV]:
+        monkeypatch.delenv(name)
+    tripped: list[str] = []
+
+    def wire(what: str, mark: str) -> Any:
+        def tripped_call(*_args: Any, **_kwargs: Any) -> Any:
+            tripped.append(what)
+            raise UnmarkedHeavyUse(f"{request.node.nodeid} {what} but is not marked {mark!r}")
+        return tripped_call
+
+    if request.node.get_closest_marker("models") is None:
+        import rag.embeddings
+        from voicebot.llm.embedded import EmbeddedLLM
+        from voicebot.stt.whisper import WhisperStt
+        from voicebot.tts.piper import PiperTts
+
+        monkeypatch.setattr(EmbeddedLLM, "_load", wire("loads the embedded LLM", "models"))
+        monkeypatch.setattr(rag.embeddings, "load_sentence_model", wire("loads the embedding model", "models"))
+        monkeypatch.setattr(WhisperStt, "__init__", wire("loads Whisper", "models"))
+        monkeypatch.setattr(PiperTts, "__init__", wire("loads a Piper voice", "models"))
+    if request.node.get_closest_marker("asterisk") is None:
+        monkeypatch.setattr(Asterisk, "start", wire("boots Asterisk", "asterisk"))
+    yield
+    if tripped:
+        pytest.fail(f"{request.node.nodeid} {tripped[0]} but is not marked for it: use the fixture that provides it "
+                    "(tests/conftest.py derives marks from fixtures) or mark the test by hand", pytrace=False)
 
 
 @pytest.fixture(scope="session")

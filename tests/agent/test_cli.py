@@ -81,6 +81,7 @@ def test_update_without_changes_is_an_error(data_dir: Path, capsys: pytest.Captu
     assert "nothing to change" in capsys.readouterr().err
 
 
+@pytest.mark.models  # loads a model inline (the CLI / the backend factory), not through a fixture
 def test_setup_seeds_the_demo_once_and_chat_answers_from_it(data_dir: Path, monkeypatch: pytest.MonkeyPatch,
                                                            capsys: pytest.CaptureFixture[str]) -> None:
     from voicebot.setup import _demo_done, _demo_run, _schema_done, _schema_run

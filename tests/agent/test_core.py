@@ -42,12 +42,13 @@ from voicebot.llm.ollama import OllamaLLM
 
 
 class Recording(LanguageModel):
-    """Delegates to a real backend and keeps what the core asked it (to check memory and prompts)."""
+    """Delegates to a real backend and keeps what the core asked it (to check memory, prompts and knowledge)."""
 
     def __init__(self, inner: LanguageModel) -> None:
         self.inner = inner
         self.name = inner.name
         self.supports_tools = inner.supports_tools
+        self.caches_prefix = inner.caches_prefix  # the core takes the same knowledge path as with the bare model
         self.calls: list[tuple[list[ChatMessage], list[str], list[str], GenerationOptions | None]] = []
 
     @property
@@ -117,7 +118,8 @@ def done_of(events: list[ReplyEvent]) -> ReplyDone:
 async def test_reply_streams_persists_timings_and_cites_knowledge(
         demo: Demo, knowledge: KnowledgeBase,
         embedded_llm: EmbeddedLLM) -> None:
-    core = AgentCore(demo.settings, demo.engine, embedded_llm, knowledge)
+    llm = Recording(embedded_llm)
+    core = AgentCore(demo.settings, demo.engine, llm, knowledge)
     who = await contact(demo.engine, phone="+15550001111")
     events = await run(core, demo.agent, who, "voice", "How much is a flat tire repair?")
     started = events[0]
@@ -145,8 +147,11 @@ async def test_reply_streams_persists_timings_and_cites_knowledge(
     assert assistant.citations[0]["chunk_id"] == done.citations[0].chunk_id
     assert assistant.citations[0]["title"] == "Sunny Side Bike Shop facts"
     assert assistant.completion_tokens == done.completion_tokens
-    # The knowledge reached the model: the whole demo chunk, not just the question.
+    # The knowledge reached the model: the demo chunk with the price, not just the question.
     assert done.timings["llm_backend"] == "embedded"
+    (_messages, _tools, given, _options), = llm.calls
+    assert any("A flat tire repair costs 15 dollars." in chunk for chunk in given), given
+    assert all("How much is a flat tire repair?" not in chunk for chunk in given)
 
 
 async def test_memory_spans_channels_for_one_contact_and_only_that_contact(
@@ -211,15 +216,13 @@ async def test_llm_down_yields_the_fallback_message(demo: Demo, knowledge: Knowl
 
 
 @pytest.mark.parametrize(("script", "error"), [
-    (ChatScript(status=500, error="boom"), "llm_error"),
-    (ChatScript(chunks=[], error_after=0), "llm_error"),
+    (ChatScript(status=500, error="boom"), "llm_error"),  # refused outright
+    (ChatScript(chunks=["never"], error_after=0), "llm_error"),  # an error line before the first chunk
     (ChatScript(chunks=[""]), "llm_empty_reply"),
 ])
 async def test_llm_errors_yield_the_fallback(demo: Demo,
                                              fake: FakeOllama, ollama_llm: OllamaLLM, script: ChatScript,
                                              error: str) -> None:
-    if script.error_after == 0:
-        script = ChatScript(chunks=["never"], error_after=0)
     fake.scripts.append(script)
     core = AgentCore(demo.settings, demo.engine, ollama_llm, None)
     done = done_of(await run(core, demo.agent, None, "chat", "Hello?"))
@@ -302,10 +305,15 @@ async def test_tools_offered_depend_on_the_channel(demo: Demo, fake: FakeOllama,
     core = AgentCore(demo.settings, demo.engine, ollama_llm, None)
     events = await run(core, demo.agent, None, "whatsapp", "Bye")
     assert not [e for e in events if isinstance(e, ToolCall)]  # hang_up is not a WhatsApp tool
-    offered = {t["function"]["name"] for t in fake.bodies("/api/chat")[0]["tools"]}
-    assert offered == {"send_email"}  # search_knowledge only with a knowledge base
+    # Only tools something executes: nothing on WhatsApp (search_knowledge only with a knowledge base) ...
+    assert not fake.bodies("/api/chat")[0].get("tools")
+    # ... and on a call exactly what the voice loop runs (no send_whatsapp/send_email that nothing would send).
+    fake.scripts.append(ChatScript(chunks=["Hello."]))
+    await run(core, demo.agent, None, "voice", "Hi")
+    assert {t["function"]["name"] for t in fake.bodies("/api/chat")[1]["tools"]} == {TRANSFER_CALL.name,
+                                                                                   HANG_UP.name}
     await run(core, demo.agent, None, "voice", "Hi", tools=[])
-    assert "tools" not in fake.bodies("/api/chat")[1] or not fake.bodies("/api/chat")[1]["tools"]
+    assert not fake.bodies("/api/chat")[2].get("tools")
 
 
 async def test_cancellation_stores_partial_reply_and_mark_interrupted(

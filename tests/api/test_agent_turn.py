@@ -19,8 +19,6 @@ from rag.embeddings import LocalEmbedder
 from tests.api.conftest import Api, offline_settings, start_api
 from tests.embedded_model import shared_embedded_llm
 
-pytestmark = pytest.mark.slow
-
 
 @pytest.fixture
 async def llm_api(tmp_path: Path, sqlite_engine: Engine) -> AsyncIterator[tuple[Api, KnowledgeBase]]:

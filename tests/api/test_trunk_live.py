@@ -3,16 +3,12 @@
 
 from __future__ import annotations
 
-import pytest
-
 from admin_api.framework import SERVICES_KEY
 from models import SipTrunk
 from models.db import session_scope
 from tests.api import test_asterisk as live
 from tests.api.conftest import Api
 from voicebot.asterisk.process import Asterisk
-
-pytestmark = pytest.mark.asterisk
 
 live_api = live.live_api
 

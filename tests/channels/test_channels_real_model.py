@@ -30,7 +30,6 @@ from voicebot.agent.core import AgentCore
 from voicebot.agent.demo import seed_demo
 from voicebot.config import Settings
 
-pytestmark = pytest.mark.slow
 DATA = Path(__file__).resolve().parent.parent / "data" / "whatsapp"
 QUESTION = "How much is a flat tire repair?"
 

@@ -19,10 +19,8 @@ from voicebot.agent.demo import DEMO_DOCUMENT, DEMO_FIELDS
 from voicebot.config import Settings
 from voicebot.errors import LlmModelMissing, LlmUnavailable
 from voicebot.llm import create_llm
-from voicebot.llm.base import ChatMessage, Done, GenerationOptions, LlmEvent, TextDelta, ToolSpec
+from voicebot.llm.base import ChatMessage, Done, GenerationOptions, LlmEvent, TextDelta
 from voicebot.llm.embedded import FEW_SHOT_PREAMBLE, EmbeddedLLM, build_transcript_prompt
-
-pytestmark = pytest.mark.slow
 
 PERSONA = str(DEMO_FIELDS["persona"])
 QUESTIONS = [
@@ -127,13 +125,6 @@ async def test_cancelling_the_consumer_stops_generation(embedded_llm: EmbeddedLL
     assert "42 Harbor" in text_of(again)
 
 
-async def test_tools_are_ignored(embedded_llm: EmbeddedLLM) -> None:
-    events = await collect(embedded_llm.stream(ask("Please hang up."), tools=[ToolSpec("hang_up", "End.")],
-                                               knowledge=demo_chunks()))
-    assert isinstance(events[-1], Done)
-    assert all(isinstance(e, TextDelta | Done) for e in events)
-
-
 def test_transcript_prompt_layout() -> None:
     history = [ChatMessage("user", "Hi\nthere"), ChatMessage("assistant", "Hello!"),
                ChatMessage("tool", "ignored")]
@@ -145,6 +136,7 @@ def test_transcript_prompt_layout() -> None:
                     "Closed Sunday.\n\nCaller: Hi there\nAgent: Hello!\nCaller: When do you open?\nAgent:")
 
 
+@pytest.mark.models  # loads a model inline (the CLI / the backend factory), not through a fixture
 async def test_long_history_is_trimmed_to_fit_the_context() -> None:
     small = await EmbeddedLLM.load(Settings().with_(llm_model_path=str(gguf_path())), n_ctx=512)
     try:
@@ -168,6 +160,7 @@ async def test_missing_gguf_is_a_clear_error(tmp_path: Path) -> None:
     assert info.value.code == "llm_model_missing" and info.value.field == "llm_model_path"
 
 
+@pytest.mark.models  # loads a model inline (the CLI / the backend factory), not through a fixture
 async def test_auto_falls_back_to_embedded_when_ollama_is_down(caplog: pytest.LogCaptureFixture) -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -215,20 +215,6 @@ async def test_list_models_and_close_is_idempotent(fake: FakeOllama) -> None:
         await collect(backend.stream(MESSAGES))
 
 
-async def test_fake_embed_endpoint_speaks_the_documented_format(fake: FakeOllama) -> None:
-    import ollama
-
-    client = ollama.AsyncClient(host=fake.url)
-    try:
-        result = await client.embed(model="nomic-embed-text", input=["opening hours", "opening times"])
-        assert len(result.embeddings) == 2 and len(result.embeddings[0]) == fake.embed_dim
-        with pytest.raises(ollama.ResponseError) as info:
-            await client.embed(model="missing-model", input="x")
-        assert info.value.status_code == 404
-    finally:
-        await client.close()  # type: ignore[no-untyped-call]
-
-
 def test_model_names_match_with_and_without_latest_tag() -> None:
     assert model_available("llama3.2", ["llama3.2:latest"])
     assert model_available("llama3.2:latest", ["llama3.2"])

@@ -14,11 +14,9 @@ from tests.embedded_model import qwen_gguf_path, shared_qwen_llm
 from voicebot.agent.core import CHANNEL_GUIDANCE
 from voicebot.agent.demo import DEMO_DOCUMENT, DEMO_FIELDS
 from voicebot.errors import SetupError
-from voicebot.llm.base import ChatMessage, Done, GenerationOptions, LlmEvent, TextDelta
+from voicebot.llm.base import ChatMessage, Done, GenerationOptions, LlmEvent, TextDelta, ToolCall, ToolSpec
 from voicebot.llm.embedded import EmbeddedLLM
 from voicebot.llm.qwen_gguf import GGUF_SIZE, assemble, stamp_ok
-
-pytestmark = pytest.mark.slow
 
 KNOWLEDGE = [DEMO_DOCUMENT.read_text(encoding="utf-8")]
 OTHER = ["Paws Veterinary Clinic treats dogs, cats and rabbits. We refer horses to Hill Farm Vets. "
@@ -106,3 +104,20 @@ def test_assembly_refuses_a_part_set_that_does_not_match_the_pinned_hash(tmp_pat
     ok = assemble(target, parts=parts, expected_sha256=hashlib.sha256(data).hexdigest(),
                   expected_size=len(data))
     assert ok.read_bytes() == data
+
+
+async def test_offered_tools_stay_out_of_the_prompt_unless_enabled(qwen: EmbeddedLLM) -> None:
+    """By default (``tools_in_prompt`` off: tools made the 0.5B model answer worse) the backend does not support
+    tools, so tools a caller of ``stream`` offers must not reach the prompt, and no tool call comes out.  The
+    prompt's token count shows it: a tool's JSON schema would add dozens of tokens."""
+    assert not qwen.supports_tools
+    history = [*system(str(DEMO_FIELDS["persona"])), ChatMessage("user", "Thanks, that is all. Please hang up.")]
+    hang_up = ToolSpec("hang_up", "End the phone call politely, after saying goodbye.")
+    short = GenerationOptions(temperature=0.0, max_tokens=4)
+    plain = [e async for e in qwen.stream(history, knowledge=KNOWLEDGE, options=short)]
+    offered = [e async for e in qwen.stream(history, tools=[hang_up], knowledge=KNOWLEDGE, options=short)]
+    assert not [e for e in offered if isinstance(e, ToolCall)]
+    plain_done, offered_done = plain[-1], offered[-1]
+    assert isinstance(plain_done, Done) and isinstance(offered_done, Done)
+    assert plain_done.prompt_tokens is not None
+    assert offered_done.prompt_tokens == plain_done.prompt_tokens

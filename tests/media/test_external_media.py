@@ -21,7 +21,7 @@ from voicebot.config import Settings
 from voicebot.media import rtp
 from voicebot.sipcaller import place_call_async
 
-pytestmark = [pytest.mark.asterisk, pytest.mark.asyncio]
+pytestmark = pytest.mark.asyncio  # the asterisk mark is derived (tests/conftest.py)
 
 
 async def _tone_call(settings: Settings, caller: Caller, media_format: str) -> tuple[float, int]:

@@ -25,6 +25,7 @@ def eva_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path
 
 
+@pytest.mark.models  # loads a model inline (the CLI / the backend factory), not through a fixture
 def test_kb_commands(eva_env: Path, capsys: pytest.CaptureFixture[str]) -> None:
     pdf, docx, locked = eva_env / "shop.pdf", eva_env / "faq.docx", eva_env / "locked.pdf"
     pdf.write_bytes(make_pdf(PAGES))

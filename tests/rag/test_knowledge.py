@@ -117,23 +117,27 @@ async def test_ingest_file_from_disk(kb: KnowledgeBase, make_agent: AgentFactory
     assert info.value.code == "document_missing"
 
 
-@pytest.mark.parametrize(("name", "data", "code"), [
-    ("locked.pdf", encrypt_pdf(make_pdf(HANDBOOK), user_password="s3cret"), "document_encrypted"),
-    ("truncated.pdf", make_pdf(HANDBOOK)[:900], "document_corrupt"),
-    ("scan.pdf", make_blank_pdf(), "document_empty"),
-    ("broken.docx", b"PK\x03\x04" + b"\x00" * 200, "document_corrupt"),
+@pytest.mark.parametrize(("name", "data", "code", "at_once"), [
+    ("locked.pdf", encrypt_pdf(make_pdf(HANDBOOK), user_password="s3cret"), "document_encrypted", False),
+    ("truncated.pdf", make_pdf(HANDBOOK)[:900], "document_corrupt", False),
+    ("scan.pdf", make_blank_pdf(), "document_empty", False),
+    ("broken.docx", b"PK\x03\x04" + b"\x00" * 200, "document_corrupt", True),
 ])
 async def test_bad_documents_fail_with_the_error_stored(kb: KnowledgeBase, make_agent: AgentFactory,
-                                                        name: str, data: bytes, code: str) -> None:
+                                                        name: str, data: bytes, code: str, at_once: bool) -> None:
+    """Each bad file fails on its own path, pinned per case: refused by the upload itself (the type check sees a
+    damaged ZIP container), or accepted and failed by the background extraction with the error stored."""
     agent = make_agent("bad")
     good = await ingest_ready(kb, agent, make_pdf(HANDBOOK), "good.pdf")
     before = await assert_consistent(kb, agent)
-    try:
-        document = await kb.ingest_bytes(agent, data, name)
-    except DocumentError as exc:  # refused before a document exists (damaged ZIP container)
-        assert exc.code == code
+    if at_once:
+        with pytest.raises(DocumentError) as refused:
+            await kb.ingest_bytes(agent, data, name)
+        assert refused.value.code == code
         assert len(await kb.list_documents(agent)) == 1
     else:
+        document = await kb.ingest_bytes(agent, data, name)
+        assert document.status == "processing"
         await kb.wait_idle()
         assert document.id is not None
         failed = await kb.get_document(document.id)
@@ -306,13 +310,35 @@ async def test_reindex_with_new_chunking_replaces_everything(kb: KnowledgeBase, 
         await smaller.close()
 
 
-async def test_reindex_while_processing_is_busy(kb: KnowledgeBase, make_agent: AgentFactory) -> None:
+class EmbeddingGate:
+    """Holds the knowledge base's embedding step until released, so a test acts while a document is provably
+    still processing (instead of hoping the machine is slow enough)."""
+
+    def __init__(self, kb: KnowledgeBase, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.entered = asyncio.Event()
+        self.release = asyncio.Event()
+        real = kb.embedder.embed_documents
+
+        async def gated(texts: list[str]) -> Any:
+            self.entered.set()
+            await self.release.wait()
+            return await real(texts)
+
+        monkeypatch.setattr(kb.embedder, "embed_documents", gated)
+
+
+async def test_reindex_while_processing_is_busy(kb: KnowledgeBase, make_agent: AgentFactory,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
     agent = make_agent("busy")
+    gate = EmbeddingGate(kb, monkeypatch)
     document = await kb.ingest_bytes(agent, make_pdf(HANDBOOK * 3), "h.pdf")
     assert document.id is not None
+    await asyncio.wait_for(gate.entered.wait(), 30)  # extracted, now embedding: processing for sure
+    assert (await kb.get_document(document.id)).status == "processing"
     with pytest.raises(Conflict) as info:
         await kb.reindex(document.id)
     assert info.value.code == "document_busy"
+    gate.release.set()
     await kb.wait_idle()
     await kb.reindex(document.id)
     await kb.wait_idle()
@@ -320,12 +346,15 @@ async def test_reindex_while_processing_is_busy(kb: KnowledgeBase, make_agent: A
     await assert_consistent(kb, agent)
 
 
-async def test_delete_while_processing_leaves_nothing(kb: KnowledgeBase, make_agent: AgentFactory) -> None:
+async def test_delete_while_processing_leaves_nothing(kb: KnowledgeBase, make_agent: AgentFactory,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     agent = make_agent("hurry")
+    gate = EmbeddingGate(kb, monkeypatch)
     document = await kb.ingest_bytes(agent, make_pdf(HANDBOOK * 4), "big.pdf")
     assert document.id is not None
-    await asyncio.sleep(0.05)
-    await kb.delete_document(document.id)
+    await asyncio.wait_for(gate.entered.wait(), 30)  # the delete lands in the middle of the indexing
+    assert (await kb.get_document(document.id)).status == "processing"
+    await kb.delete_document(document.id)  # cancels the indexing (the gate is never opened)
     await kb.wait_idle()
     assert await kb.list_documents(agent) == []
     assert await rows_and_vectors(kb, agent) == (set(), set())

@@ -25,7 +25,7 @@ from voicebot.harness import free_udp_port, isolated_settings
 from voicebot.setup import _prompt_run
 from voicebot.sipcaller import Action, CallScript, place_call_async
 
-pytestmark = [pytest.mark.asterisk, pytest.mark.asyncio]
+pytestmark = pytest.mark.asyncio  # the asterisk mark is derived (tests/conftest.py)
 
 
 @pytest.fixture

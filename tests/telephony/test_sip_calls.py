@@ -8,8 +8,6 @@ from tests.conftest import Caller
 from voicebot.asterisk.process import Asterisk
 from voicebot.audio import read_wav, voiced_regions, voiced_seconds
 
-pytestmark = pytest.mark.asterisk
-
 
 def test_selftest_prompt_is_heard_by_the_caller(caller: Caller, asterisk: Asterisk) -> None:
     # Extension 600 plays a Piper-made prompt of known length, then hangs up.

@@ -100,6 +100,9 @@ class Control:
     async def hangup(self) -> None:
         return None
 
+    async def continue_dialplan(self, result: str, variables: dict[str, str]) -> None:
+        return None
+
 
 async def _greeting_row(voice_after_frames: int) -> tuple[TurnRecord, int]:
     """Let ``voice_after_frames`` frames of the greeting play, then the caller talks over it; returns the greeting's

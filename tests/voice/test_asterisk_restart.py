@@ -11,7 +11,7 @@ from voicebot.asterisk.process import Asterisk
 from voicebot.server import EvaRuntime
 from voicebot.sipcaller import place_call_async
 
-pytestmark = [pytest.mark.asterisk, pytest.mark.slow, pytest.mark.asyncio(loop_scope="session")]
+pytestmark = pytest.mark.asyncio(loop_scope="session")  # asterisk/models marks: derived (tests/conftest.py)
 
 
 async def test_eva_reconnects_after_asterisk_restarts(runtime: EvaRuntime, asterisk: Asterisk,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import Callable
 from pathlib import Path
 
@@ -13,12 +15,13 @@ from models.db import session_scope
 from tests.conftest import Caller
 from tests.voice.conftest import ScriptedResponder, load, transcribe
 from voicebot.audio import voiced_regions
+from voicebot.metrics import BARGE_INS_TOTAL, CALLS_TOTAL, TURN_STAGE_SECONDS
 from voicebot.pipeline.responder import ToolCall
 from voicebot.server import EvaRuntime
 from voicebot.sipcaller import Action, place_call_async
 from voicebot.stt.whisper import WhisperStt
 
-pytestmark = [pytest.mark.asterisk, pytest.mark.slow, pytest.mark.asyncio(loop_scope="session")]
+pytestmark = pytest.mark.asyncio(loop_scope="session")  # asterisk/models marks: derived (tests/conftest.py)
 
 
 def _call_row(runtime: EvaRuntime) -> tuple[Call, list[CallTurn]]:
@@ -92,6 +95,8 @@ async def test_barge_in_stops_playout_and_marks_the_turn_interrupted(
     question = say("Tell me about your company.")
     interruption = say("Wait, stop, I have another question.")
     barge_at = 11.0
+    barge_ins, stt_turns = BARGE_INS_TOTAL.value(), TURN_STAGE_SECONDS.count(stage="stt")
+    calls = CALLS_TOTAL.value(direction="inbound", outcome="caller_hangup")
     result = await place_call_async(caller.script(
         "100", Action("play", at=5.0, path=str(question)), Action("play", at=barge_at, path=str(interruption)),
         timeout=18))
@@ -122,6 +127,14 @@ async def test_barge_in_stops_playout_and_marks_the_turn_interrupted(
     assert responder.interrupted and responder.interrupted[0][1] == turn.spoken_text
     # The interruption itself became the caller's next turn.
     assert any("another question" in t.user_text.lower() for t in turns if t.index > turn.index)
+    # The real call moved the metrics (one barge-in at least: the greeting may have been talked over too).
+    assert BARGE_INS_TOTAL.value() >= barge_ins + 1
+    assert TURN_STAGE_SECONDS.count(stage="stt") >= stt_turns + 2  # the question and the interruption
+    for _ in range(100):  # counted when Eva's side of the call has ended (just after the caller hung up)
+        if CALLS_TOTAL.value(direction="inbound", outcome="caller_hangup") > calls:
+            break
+        await asyncio.sleep(0.05)
+    assert CALLS_TOTAL.value(direction="inbound", outcome="caller_hangup") == calls + 1
 
 
 async def test_dtmf_digits_reach_the_agent(
@@ -134,6 +147,12 @@ async def test_dtmf_digits_reach_the_agent(
     assert any("DTMF: 42" in text for text in responder.heard), responder.heard
     _, turns = _call_row(runtime)
     assert any(t.kind == "dtmf" and "DTMF: 42" in t.user_text for t in turns)
+    # The first key cut the greeting about 1.5 s in: its row holds what had played, not the whole greeting
+    # (found with SIPp: a row claiming the whole greeting after 0.1 s of it).
+    greeting = next(t for t in turns if t.kind == "greeting")
+    assert greeting.interrupted
+    assert greeting.bot_text.startswith(greeting.spoken_text), greeting.spoken_text
+    assert len(greeting.spoken_text) < len(greeting.bot_text), greeting.spoken_text
 
 
 def _call_tasks() -> list[str]:
@@ -152,7 +171,9 @@ async def test_hangup_mid_answer_leaves_nothing_running(
     responder.script = lambda text: LONG_ANSWER.split(" ")
     responder.delay = 0.05  # a slow LLM: the hang-up lands while generation and playout are both in flight
     before_ports = runtime.voice.ports.in_use
+    asked_in_all = 0
     for hang_at in (7.1, 8.5, 10.0):
+        asked_before, cancelled_before = len(responder.heard), responder.cancelled
         result = await place_call_async(caller.script(
             "100", Action("play", at=5.0, path=str(question)), Action("hangup", at=hang_at), timeout=14,
             record=False))
@@ -167,7 +188,12 @@ async def test_hangup_mid_answer_leaves_nothing_running(
         call, _ = _call_row(runtime)
         assert call.ended_at is not None
         assert call.outcome == "caller_hangup", call.outcome
-    assert responder.cancelled >= 1  # at least one hang-up cancelled the LLM mid-stream
+        # Every reply that started was cut off by this hang-up (the slow LLM needs 4 s for the answer, more
+        # than any hang-up leaves it), so each one must have been cancelled, not left to run on.
+        asked = len(responder.heard) - asked_before
+        assert responder.cancelled - cancelled_before == asked, (hang_at, asked, responder.cancelled)
+        asked_in_all += asked
+    assert asked_in_all >= 1  # at least one hang-up landed while the LLM was generating
 
 
 async def test_two_simultaneous_calls_get_their_own_answers(
@@ -279,7 +305,7 @@ async def test_noise_that_transcribes_to_nothing_gets_asked_again(
 
 async def test_a_cough_pauses_the_bot_only_for_a_moment(
         runtime: EvaRuntime, caller: Caller, responder: ScriptedResponder, whisper: WhisperStt,
-        tmp_path: Path) -> None:
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     import numpy as np
 
     from voicebot.audio import Audio, write_wav
@@ -287,9 +313,15 @@ async def test_a_cough_pauses_the_bot_only_for_a_moment(
     # 120 ms of noise during the greeting: long enough to pause playout, too short to be words.
     cough = tmp_path / "cough.wav"
     write_wav(cough, Audio((np.random.default_rng(3).standard_normal(1920) * 6000).astype(np.int16), 16000))
+    caplog.set_level(logging.INFO, logger="voicebot.pipeline.session")
     result = await place_call_async(caller.script("100", Action("play", at=1.5, path=str(cough)), timeout=8))
     heard = transcribe(whisper, load(result.record_path)).lower()
     assert "how can i help" in heard, heard  # the greeting went on to its end
     _, turns = _call_row(runtime)
     assert [t.kind for t in turns] == ["greeting"] and not turns[0].interrupted
     assert responder.heard == []
+    # The cough was noticed: it paused the bot, STT found no words, and the bot carried on (a cough that went
+    # unnoticed would pass every check above).
+    resumed = [r.getMessage() for r in caplog.records if "paused the bot" in r.getMessage()]
+    assert len(resumed) == 1, [r.getMessage() for r in caplog.records]
+    assert float(resumed[0].split(" for ")[1].split(" ms")[0]) > 0, resumed  # how long: STT's time, load-bound

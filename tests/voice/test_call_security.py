@@ -34,7 +34,7 @@ from voicebot.server import EvaRuntime
 from voicebot.sipcaller import Action, place_call_async
 from voicebot.stt.whisper import WhisperStt
 
-pytestmark = [pytest.mark.asterisk, pytest.mark.slow, pytest.mark.asyncio(loop_scope="session")]
+pytestmark = pytest.mark.asyncio(loop_scope="session")  # asterisk/models marks: derived (tests/conftest.py)
 
 SPOOFED = "+15551234567"
 

@@ -27,7 +27,7 @@ from voicebot.media.transport import PacingStats, RtpTransport
 from voicebot.server import EvaRuntime
 from voicebot.sipcaller import Action, place_call_async
 
-pytestmark = [pytest.mark.asterisk, pytest.mark.slow, pytest.mark.asyncio(loop_scope="session")]
+pytestmark = pytest.mark.asyncio(loop_scope="session")  # asterisk/models marks: derived (tests/conftest.py)
 
 BRACKETS = b"[" * (1024 * 1024)
 

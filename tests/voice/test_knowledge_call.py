@@ -18,7 +18,7 @@ from voicebot.server import EvaRuntime
 from voicebot.sipcaller import Action, place_call_async
 from voicebot.stt.whisper import WhisperStt
 
-pytestmark = [pytest.mark.asterisk, pytest.mark.slow, pytest.mark.asyncio(loop_scope="session")]
+pytestmark = pytest.mark.asyncio(loop_scope="session")  # asterisk/models marks: derived (tests/conftest.py)
 
 
 @pytest.fixture
@@ -46,4 +46,6 @@ async def test_caller_hears_the_greeting_and_an_answer_from_the_knowledge_base(
         reply = session.exec(select(Message).where(Message.role == "assistant")
                              .order_by(Message.id.desc())).first()  # type: ignore[union-attr]
         assert reply is not None and reply.citations, "the answer must cite the knowledge it used"
-        assert any("Sunny Side" in c["title"] or c["document_id"] for c in reply.citations)
+        # The demo document, by its title (every citation names some document: that alone proves nothing).
+        assert any(c["title"] == "Sunny Side Bike Shop facts" for c in reply.citations), reply.citations
+        assert all(c["document_id"] and c["chunk_id"] for c in reply.citations), reply.citations

@@ -7,7 +7,7 @@ Every channel (voice loop, WhatsApp, e-mail, ``eva chat``) calls :meth:`AgentCor
             match event:
                 case ReplyStarted():  ...  # ids of the conversation and both messages (already stored)
                 case TextDelta():     ...  # speak/print as it arrives (first sentence early)
-                case ToolCall():      ...  # the channel executes transfer_call / hang_up / send_*
+                case ToolCall():      ...  # the voice loop executes transfer_call / hang_up
                 case ReplyDone():     ...  # final text, citations, timings; the reply is persisted
 
 What happens per message: the conversation memory (the last ``memory_messages`` user/assistant messages
@@ -74,28 +74,21 @@ TRANSFER_CALL = ToolSpec(
      "properties": {"target": {"type": "string", "description": "The department or person to transfer to"}},
      "required": ["target"]})
 HANG_UP = ToolSpec("hang_up", "End the phone call politely, after saying goodbye.")
-SEND_WHATSAPP = ToolSpec(
-    "send_whatsapp", "Send the caller a WhatsApp message (e.g. an address or a link).",
-    {"type": "object", "properties": {"text": {"type": "string", "description": "The message text"}},
-     "required": ["text"]})
-SEND_EMAIL = ToolSpec(
-    "send_email", "Send the caller an e-mail.",
-    {"type": "object", "properties": {"subject": {"type": "string"}, "body": {"type": "string"}},
-     "required": ["subject", "body"]})
 SEARCH_KNOWLEDGE = ToolSpec(
     "search_knowledge", "Search the company knowledge base for facts to answer the caller.",
     {"type": "object", "properties": {"query": {"type": "string", "description": "What to look up"}},
      "required": ["query"]})
 
-TOOLS: dict[str, ToolSpec] = {t.name: t for t in (TRANSFER_CALL, HANG_UP, SEND_WHATSAPP, SEND_EMAIL,
-                                                  SEARCH_KNOWLEDGE)}
+TOOLS: dict[str, ToolSpec] = {t.name: t for t in (TRANSFER_CALL, HANG_UP, SEARCH_KNOWLEDGE)}
 """Every tool, declared once.  ``search_knowledge`` runs in the core; channels execute the others."""
 
 CHANNEL_TOOLS: dict[str, tuple[ToolSpec, ...]] = {
-    # Only what the voice loop executes: send_whatsapp/send_email on a call were offered and dropped.
+    # Only tools something executes: the voice loop runs transfer_call and hang_up (CallSession), the core runs
+    # search_knowledge.  A tool offered and then dropped is a promise to the caller that nothing keeps (the
+    # send_whatsapp/send_email tools once were: nothing ever sent them, so they are gone).
     "voice": (TRANSFER_CALL, HANG_UP, SEARCH_KNOWLEDGE),
-    "whatsapp": (SEND_EMAIL, SEARCH_KNOWLEDGE),
-    "email": (SEND_WHATSAPP, SEARCH_KNOWLEDGE),
+    "whatsapp": (SEARCH_KNOWLEDGE,),
+    "email": (SEARCH_KNOWLEDGE,),
     "chat": (SEARCH_KNOWLEDGE,),
 }
 """Tools offered by default per channel (a channel can pass its own list to :meth:`AgentCore.reply`)."""
