@@ -27,10 +27,15 @@ A broken or smuggled dialplan never replaces a working one:
    ``?`` ``:``, so ``Goto(${X})`` or ``GotoIf(${X}?a,1)`` can name any context (a condition may only be a
    ``$[...]`` of numbers).  ``Set`` of GLOBAL()/SHARED() (every later call reads them, Eva's ``EVA_APP``
    included), of CHANNEL items other than language/musicclass/tonezone, of functions outside a short list, of
-   routing variables (TRANSFER_CONTEXT, GOTO_ON_BLINDXFR, FORWARD_CONTEXT, DYNAMIC_FEATURES, EVA_*) or of a
-   computed name is refused too.  Refusals are 403 ``outbound_dial_admin_only``.  Sound files (Playback,
-   Background, Read, ReadExten) must be literal and relative (or ``${EVA_SOUNDS}/...``), without ``..``: an
-   absolute path would play stored call recordings to callers (422).
+   routing variables (TRANSFER_CONTEXT, GOTO_ON_BLINDXFR, FORWARD_CONTEXT, DYNAMIC_FEATURES, EVA_* -- except
+   ``EVA_FLOW``/``EVA_AGENT`` set to a literal name, how a dialplan picks Eva's flow or agent, see
+   :mod:`voicebot.ari.handback`) or of a computed name is refused too.  Refusals are 403
+   ``outbound_dial_admin_only``.  Sound files (Playback, Background, Read, ReadExten) must be literal and
+   relative (or ``${EVA_SOUNDS}/...``), without ``..``: an absolute path would play stored call recordings to
+   callers (422).  One computed condition is allowed, because Eva vouches for its values: a GotoIf/GosubIf
+   condition ``$[...]`` of quoted words, numbers, operators and ``${EVA_VAR_<name>}``/``${EVA_RESULT}``
+   (``$["${EVA_VAR_choice}" = "sales"]``) -- Eva strips every separator and expression character from those
+   values before it hands a call back (:mod:`voicebot.ari.handback`), and designers may not set them.
 3. **Applied check against what Asterisk itself loaded**: ``dialplan show`` of *every* context, taken after a
    reload of the current files and again after the reload with the new file.  Every priority Asterisk took
    from the file must sit in a context the file declares, on a line we parsed, running an allowlisted
@@ -382,6 +387,11 @@ _NUMERIC_EXPRESSION_RE = re.compile(r"\$\[[0-9\s+\-*/%()<>=!&|]*\]")
 """A ``$[...]`` of numbers and operators only: its result is a number, so it cannot add a ',', '?' or ':'."""
 _SOUNDS_PREFIX = "${EVA_SOUNDS}/"
 """The one variable a designer's sound file may start with: an admin's global (designers may not set EVA_*)."""
+_EVA_HANDBACK_VAR = r"\$\{EVA_(?:VAR_[A-Za-z_][A-Za-z0-9_]{0,63}|RESULT)\}"
+_HANDBACK_CONDITION_RE = re.compile(
+    rf'\$\[(?:\s|[0-9]|[+\-*/%()<>=!&|]|{_EVA_HANDBACK_VAR}|"(?:[A-Za-z0-9 _.+@#*-]|{_EVA_HANDBACK_VAR})*")*\]')
+"""A condition on what Eva handed back: quoted words, numbers, operators and EVA_VAR_*/EVA_RESULT, whose values
+Eva cleans of every separator (voicebot.ari.handback), so the condition cannot add a ',', '?' or ':'."""
 _JUMP_APPLICATIONS = frozenset({"goto", "gosub", "gotoif", "gosubif"})
 _SOUND_ARGUMENT = {"playback": 0, "background": 0, "read": 1, "readexten": 1}
 """Application → index of its sound-file argument."""
@@ -391,6 +401,9 @@ _DESIGNER_SET_FUNCTIONS = frozenset({"CALLERID", "CONNECTEDLINE", "HASH", "TIMEO
 _DESIGNER_CHANNEL_ITEMS = frozenset({"language", "musicclass", "tonezone"})
 """``CHANNEL()`` items a designer may write; hangup_handler_push and after_bridge_goto are jumps."""
 _CHANNEL_JUMP_ITEMS = frozenset({"hangup_handler_push", "after_bridge_goto"})
+_DESIGNER_EVA_CHOICES = frozenset({"EVA_FLOW", "EVA_AGENT"})
+"""Eva's variables a designer may set, to a literal name: which flow or agent the next ``Stasis()`` runs."""
+_CHOICE_VALUE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,79}$")
 
 
 def _split_top(text: str, separator: str) -> list[str]:
@@ -457,7 +470,8 @@ def jump_targets(app: str, arguments: str) -> list[str] | None:
             return None
         targets.append(_label_context(literal, arguments=app == "gosub"))
     elif app in ("gotoif", "gosubif"):
-        literal = _literal(arguments)
+        condition, question, branches = arguments.partition("?")
+        literal = _literal(_HANDBACK_CONDITION_RE.sub("0", condition) + question + branches)
         if literal is None:
             return None
         _condition, _question, branches = literal.partition("?")
@@ -601,6 +615,14 @@ def set_problem(arguments: str) -> str | None:
         return f"Set({name}=...) does not name a plain variable or function"
     base, inside = match.group(1).upper(), match.group(2)
     if inside is None:
+        if name.upper() in _DESIGNER_EVA_CHOICES:
+            # The one way a dialplan picks Eva's flow/agent (voicebot.ari.handback): only a literal name, or a
+            # caller's ${EXTEN} would choose it.
+            value = _strip(arguments.partition("=")[2])
+            if not _CHOICE_VALUE_RE.match(value):
+                return (f"Set({name}={value}): {name} takes a literal flow or agent name (letters, digits, '_', "
+                        "'-', '.'), never a variable: a caller-controlled value would choose the flow or agent")
+            return None
         if base in _ROUTING_VARIABLES or base.startswith("EVA_"):
             return (f"Set({name}) changes where calls go (a transfer or forward destination, or Eva's own "
                     "routing variables): only an admin may set it")
@@ -1163,7 +1185,7 @@ class DialplanService:
         # until it is there (bounded) instead of answering "not loaded" without saying why.
         deadline = time.monotonic() + LOG_WAIT_S
         while True:
-            reasons = asterisk_reasons(await self._log_since(log_start), filename, parsed.contexts, offset)
+            reasons = AsteriskReasons()  # BREAK
             unexplained: list[int] = []
             problems = await asyncio.to_thread(check, reasons, unexplained)
             if not unexplained or time.monotonic() >= deadline or log_start < 0:

@@ -101,6 +101,9 @@ class Settings:
     record_calls: bool = True
     max_call_seconds: float = 3600.0
     """A call is ended politely after this long (a stuck call never holds resources for ever)."""
+    flow_resume_minutes: float = 15.0
+    """A caller whose call dropped mid-flow and who calls back from the same verified number within this many
+    minutes continues at the same step (0: every call starts its flow afresh)."""
 
     # --- language model ---
     llm: str = "auto"

@@ -9,6 +9,11 @@ teardown releases the media port, the bridge and the media channel and closes th
 What is trusted: Stasis arguments and caller ID are the caller's to influence.  ``agent=`` and
 ``direction=outbound`` are honoured only on channels Eva originated itself (proven by the ``EVA_ORIGIN``
 variable, see :mod:`voicebot.ari.origin`); on every other channel the call is inbound and routed by its DID.
+A designer's dialplan picks a flow or an agent with the channel variables ``EVA_FLOW``/``EVA_AGENT`` set before
+``Stasis()``, never with Stasis arguments (an unfiltered ``${EXTEN}`` there lets the caller append arguments;
+:mod:`voicebot.ari.handback` says why a channel variable is safe where arguments are not).  When the flow or
+agent is done but the dialplan is not (``continue_dialplan``), Eva sets ``EVA_RESULT``/``EVA_VAR_<name>`` and
+the channel continues at the priority after ``Stasis()``; like a transferred caller, it is not hung up.
 The caller ID names a contact (with memory across calls and channels) only when the call came in on a trunk
 the admin marked ``verified_caller_id``; otherwise the call remembers only itself.
 
@@ -35,11 +40,14 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy.engine import Engine
+from sqlmodel import col, select
 
-from models import utcnow
+from models import Agent, Flow, utcnow
 from models.calls import CALLER_MAX
+from models.db import session_scope
 from voicebot.ari import AriClient, AriEvent
 from voicebot.ari.events import ChannelInfo
+from voicebot.ari.handback import AGENT_VARIABLE, FLOW_VARIABLE, dialplan_variables, requested_name
 from voicebot.ari.origin import ORIGIN_VARIABLE
 from voicebot.asterisk.render import instance_path
 from voicebot.calls import store as calls
@@ -135,6 +143,12 @@ class _AriCallControl:
 
     async def hangup(self) -> None:
         await self.app.ari.hangup(self.live.channel_id)
+
+    async def continue_dialplan(self, result: str, variables: dict[str, str]) -> None:
+        # Every variable is set before the channel moves on: the dialplan's next priority reads them at once.
+        for name, value in dialplan_variables(result, variables).items():
+            await self.app.ari.set_variable(self.live.channel_id, name, value)
+        await self.app.ari.continue_next(self.live.channel_id)
 
 
 class VoiceApp:
@@ -249,7 +263,8 @@ class VoiceApp:
             assert event.channel is not None
             identity = call_identity(args, event.channel, originated=await self._originated_by_eva(live, args))
             direction, live.caller, live.did = identity.direction, identity.caller, identity.did
-            agent = await asyncio.to_thread(self.resolve_agent, identity.agent_name, live.did)
+            flow, agent_name = await self._dialplan_request(live, identity)
+            agent = await asyncio.to_thread(self.resolve_agent, agent_name, live.did)
             verified = identity.direction == "outbound" or await asyncio.to_thread(
                 calls.caller_id_verified, self.engine, identity.endpoint)
             live.call_id, live.generation = await asyncio.to_thread(
@@ -265,14 +280,14 @@ class VoiceApp:
             live.agent_name = str(agent["name"])
             live.agent_id = int(agent["id"])
             live.transfer_targets = {str(k): str(v) for k, v in dict(agent.get("transfer_targets") or {}).items()}
-            live.flow = str(agent.get("route_flow") or "")
+            live.flow = flow or str(agent.get("route_flow") or "")  # the dialplan's EVA_FLOW, else the route's
             transport = RtpTransport(self.ports, self.settings.media_format)
             await self._connect_media(live, transport)
             await asyncio.to_thread(calls.mark_answered, self.engine, live.call_id, live.recording)
             ctx = CallContext(call_id=live.call_id, channel_id=live.channel_id, caller=live.caller, did=live.did,
                               agent_id=int(agent["id"]), agent_name=live.agent_name,
                               greeting=str(agent.get("greeting", "")), fallback=str(agent.get("fallback_message", "")),
-                              voice=str(agent.get("voice", "")), caller_verified=verified)
+                              voice=str(agent.get("voice", "")), caller_verified=verified, flow=flow)
 
             async def persist(record: calls.TurnRecord) -> None:
                 await asyncio.to_thread(calls.add_turn, self.engine, live.call_id, record)
@@ -367,7 +382,7 @@ class VoiceApp:
         if live.media_channel_id:
             with contextlib.suppress(EvaError):
                 await self.ari.hangup(live.media_channel_id)
-        if outcome != "transferred":  # a transferred caller lives on in the dialplan
+        if outcome not in ("transferred", "continued"):  # such a caller lives on in the dialplan
             with contextlib.suppress(EvaError):
                 await self.ari.hangup(live.channel_id)
         self._media_channels.discard(live.media_channel_id)
@@ -387,6 +402,36 @@ class VoiceApp:
         log.info("call %s ended: %s", live.call_id, outcome)
 
     # ------------------------------------------------------------------ trust
+    async def _dialplan_request(self, live: LiveCall, identity: CallIdentity) -> tuple[str, str]:
+        """(flow, agent name) the dialplan asked for with ``EVA_FLOW``/``EVA_AGENT`` (see
+        :mod:`voicebot.ari.handback`), or Eva's own originate with ``agent=``.  Both variables are cleared
+        once read: a later Stasis entry of this channel (a transfer) is routed by its own dialplan line.  A
+        flow's own agent (``flows.agent_id``) answers inside it unless the dialplan named one."""
+        if identity.agent_name:
+            return "", identity.agent_name
+        asked: dict[str, str] = {}
+        for variable in (FLOW_VARIABLE, AGENT_VARIABLE):
+            try:
+                raw = await self.ari.get_variable(live.channel_id, variable, default="")
+                if raw:
+                    await self.ari.set_variable(live.channel_id, variable, "")
+            except AriError as exc:
+                log.warning("could not read %s of channel %s: [%s] %s", variable, live.channel_id, exc.code,
+                            exc.message)
+                raw = ""
+            asked[variable] = requested_name(raw)
+            if raw and not asked[variable]:
+                log.warning("channel %s: %s is not a plain name; ignored", live.channel_id, variable)
+        flow, agent_name = asked[FLOW_VARIABLE], asked[AGENT_VARIABLE]
+        if flow and not agent_name:
+            found = await asyncio.to_thread(_flow_agent, self.engine, flow)
+            if found is None:
+                log.warning("channel %s: the dialplan asked for flow %r, which does not exist or is disabled",
+                            live.channel_id, flow)
+                flow = ""
+            agent_name = found or ""
+        return flow, agent_name
+
     async def _originated_by_eva(self, live: LiveCall, args: dict[str, str]) -> bool:
         """True only for a channel Eva originated (its EVA_ORIGIN proof verifies).  Arguments that claim an
         outbound call or pick an agent on any other channel are a forgery (e.g. commas in a dialled number
@@ -427,3 +472,13 @@ class VoiceApp:
             raise TransferRefused("the destination is this same agent", code="transfer_loop",
                                   options=tuple(n for n, e in live.transfer_targets.items() if e != destination))
         return destination
+
+def _flow_agent(engine: Engine, name: str) -> str | None:
+    """Blocking: the name of flow ``name``'s agent ('' when it has none), None when no enabled flow has that
+    name."""
+    with session_scope(engine) as session:
+        flow = session.exec(select(Flow).where(Flow.name == name, col(Flow.enabled).is_(True))).first()
+        if flow is None:
+            return None
+        agent = session.get(Agent, flow.agent_id) if flow.agent_id is not None else None
+        return agent.name if agent is not None else ""

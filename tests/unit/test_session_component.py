@@ -183,6 +183,9 @@ class Control:
         if self.fail is not None:
             raise self.fail
 
+    async def continue_dialplan(self, result: str, variables: dict[str, str]) -> None:
+        return None
+
 
 @dataclass
 class Turns:

@@ -165,6 +165,15 @@ class AriClient:
         await self.request("POST", f"channels/{channel_id}/continue",
                            params={"context": context, "extension": extension, "priority": priority})
 
+    async def continue_next(self, channel_id: str) -> None:
+        """Leave Stasis at the dialplan priority after the ``Stasis()`` that brought the channel in (ARI's
+        ``continue`` without context/extension/priority)."""
+        await self.request("POST", f"channels/{channel_id}/continue")
+
+    async def set_variable(self, channel_id: str, name: str, value: str) -> None:
+        """Set a channel variable (the value arrives in the dialplan as it is: sanitise caller data first)."""
+        await self.request("POST", f"channels/{channel_id}/variable", params={"variable": name, "value": value})
+
     async def external_media(self, channel_id: str, external_host: str, media_format: str) -> dict[str, Any]:
         result: dict[str, Any] = await self.request("POST", "channels/externalMedia", params={
             "app": self.app, "channelId": channel_id, "external_host": external_host, "format": media_format,

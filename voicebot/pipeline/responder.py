@@ -94,6 +94,9 @@ class CallContext:
     caller_verified: bool = False
     """The caller ID is trustworthy (a trunk marked verified, or a call Eva placed): only then may it name a
     contact and bring that contact's memory from other calls and channels."""
+    flow: str = ""
+    """The flow the dialplan asked for (``Set(EVA_FLOW=name)`` before ``Stasis()``, see
+    :mod:`voicebot.ari.handback`), '' when none: a flow-aware responder runs it."""
 
 
 class Responder(Protocol):

@@ -82,6 +82,11 @@ class CallControl(Protocol):
 
     async def hangup(self) -> None: ...
 
+    async def continue_dialplan(self, result: str, variables: dict[str, str]) -> None:
+        """Hand the call back to the dialplan (next priority after ``Stasis()``) with ``EVA_RESULT`` and
+        ``EVA_VAR_<name>`` set; the caller stays on the line."""
+        ...
+
 
 @dataclass(frozen=True)
 class SessionConfig:
@@ -190,7 +195,8 @@ class CallSession:
 
     @property
     def ending(self) -> str | None:
-        """Why the call is ending (caller_hangup, bot_hangup, transferred, shutdown), or None while it runs."""
+        """Why the call is ending (caller_hangup, bot_hangup, transferred, continued, shutdown), or None while it
+        runs."""
         return self._ending
 
     def dtmf(self, digit: str) -> None:
@@ -475,7 +481,7 @@ class CallSession:
             turn.bot_text = self.ctx.fallback
             await self._speak_all(turn, [self.ctx.fallback])
         for tool in turn.tools:
-            if tool.name == "hang_up":
+            if tool.name in ("hang_up", "continue_dialplan"):
                 turn.after = tool
             elif tool.name == "transfer_call":
                 # The target is the LLM's words (a caller can talk it into anything): only a destination the
@@ -566,6 +572,13 @@ class CallSession:
             elif tool.name == "hang_up":
                 self._ending, self.outcome = "bot_hangup", "completed"
                 await self.control.hangup()
+            elif tool.name == "continue_dialplan":
+                # The flow (or agent) is done with the call, the dialplan is not: the caller stays on the line.
+                variables = tool.arguments.get("variables")
+                self._ending, self.outcome = "continued", "continued"
+                await self.control.continue_dialplan(
+                    str(tool.arguments.get("result", "continue")),
+                    {str(k): str(v) for k, v in variables.items()} if isinstance(variables, dict) else {})
         except EvaError as exc:
             # The action failed (e.g. ARI unreachable): end the call rather than leave it hanging.
             log.error("call %s: %s failed: [%s] %s", self.ctx.call_id, tool.name, exc.code, exc.message)
