@@ -1185,7 +1185,7 @@ class DialplanService:
         # until it is there (bounded) instead of answering "not loaded" without saying why.
         deadline = time.monotonic() + LOG_WAIT_S
         while True:
-            reasons = AsteriskReasons()  # BREAK
+            reasons = asterisk_reasons(await self._log_since(log_start), filename, parsed.contexts, offset)
             unexplained: list[int] = []
             problems = await asyncio.to_thread(check, reasons, unexplained)
             if not unexplained or time.monotonic() >= deadline or log_start < 0:
