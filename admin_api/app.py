@@ -33,6 +33,7 @@ from admin_api.trunks import TrunkService
 from voicebot.agent.store import AgentStore
 from voicebot.config import Settings
 from voicebot.errors import EvaError
+from voicebot.flows.voice import prompt_checker
 
 if TYPE_CHECKING:
     from channels.email.service import EmailService
@@ -113,7 +114,7 @@ def create_app(
         link=link,
         trunks=TrunkService(engine, link),
         dialplans=DialplanService(link),
-        flows=FlowService(engine),
+        flows=FlowService(engine, prompt_checker(settings)),
         kb=kb,
         llm=llm,
         call_control=call_control,

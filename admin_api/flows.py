@@ -54,9 +54,9 @@ class FlowService:
         return result
 
     async def create(self, data: dict[str, Any]) -> Flow:
-        check_flow(data["start_step"], data["steps"], self.prompt_exists)
-
         def create(session: Any) -> Flow:
+            # In the worker thread: the prompt check stats files.
+            check_flow(data["start_step"], data["steps"], self.prompt_exists)
             _check_refs(session, data)
             if session.exec(select(Flow.id).where(Flow.name == data["name"])).first() is not None:
                 raise Conflict(f"a flow named {data['name']!r} already exists", field="name")

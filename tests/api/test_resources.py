@@ -320,3 +320,12 @@ async def test_users_crud(api: Api) -> None:
     assert {u["username"] for u in users} == {"admin", "designer", "viewer", "ops"}
     assert (await api.call("DELETE", f"/api/v1/users/{user['id']}"))[0] == 204
     assert (await api.call("GET", f"/api/v1/users/{user['id']}"))[0] == 404
+
+
+async def test_a_flow_step_naming_a_missing_recorded_prompt_is_refused(api: Api) -> None:
+    body = {"name": "prompted", "start_step": "a", "steps": [{"id": "a", "prompt": "no-such-sound", "end": "x"}]}
+    status, error = await api.call("POST", "/api/v1/flows", role="designer", json=body)
+    assert (status, _error(error)["field"]) == (422, "steps.0.prompt"), error
+    _write_wav(api.settings.sounds_dir / "no-such-sound.wav")
+    status, flow = await api.call("POST", "/api/v1/flows", role="designer", json=body)
+    assert status == 201, flow
