@@ -30,7 +30,7 @@ from tests.api.conftest import offline_settings
 from tests.channels.conftest import Dovecot, ScriptedLLM, SmtpSink
 from tests.channels.test_email_service import mail, mail_settings
 from tests.channels.test_whatsapp_service import APP_SECRET, SENDER, VERIFY_TOKEN, WEBHOOK, no_sleep, text_payload
-from tests.fakes.graph_server import FakeGraph
+from tests.fakes.graph_server import FakeGraph, Reply
 from voicebot.agent.core import AgentCore
 from voicebot.flows.runner import FlowRunner
 from voicebot.flows.spec import check_flow, parse_flow
@@ -56,6 +56,7 @@ ASK_NAME = "Let's book your appointment. What is your name?"
 ASK_DATE = "Thank you, Maria Lopez. Which day would you like to come in?"
 ASK_PHONE = "On which phone number can we reach you?"
 BOOKED = "Booked: Maria Lopez on 2027-03-05, phone +4915112345678. See you then!"
+OUTAGE = Reply(status=503, body={"error": {"message": "Service unavailable", "code": 2}})
 BOOKED_VARS = {"name": "Maria Lopez", "date": "2027-03-05", "phone": "+4915112345678"}
 
 
@@ -103,20 +104,20 @@ class WhatsApp:
 
 
 @asynccontextmanager
-async def whatsapp(engine: Engine, graph: FakeGraph, tmp_path: Path) -> AsyncIterator[WhatsApp]:
+async def whatsapp(engine: Engine, graph: FakeGraph, tmp_path: Path, **service: Any) -> AsyncIterator[WhatsApp]:
     settings = offline_settings(tmp_path / "data", whatsapp_app_secret=APP_SECRET, whatsapp_verify_token=VERIFY_TOKEN,
                                 whatsapp_token=graph.token, whatsapp_phone_number_id=graph.phone_number_id,
                                 whatsapp_api_url=graph.api_url)
     llm = ScriptedLLM()
     client = WhatsAppClient.from_settings(settings, sleep=no_sleep, timeout=15.0)
-    service = WhatsAppService(settings, engine, AgentCore(settings, engine, llm), client=client)
-    app = create_app(settings, engine, offline_asterisk=True, whatsapp=service)
+    channel = WhatsAppService(settings, engine, AgentCore(settings, engine, llm), client=client, **service)
+    app = create_app(settings, engine, offline_asterisk=True, whatsapp=channel)
     http: TestClient[web.Request, web.Application] = TestClient(TestServer(app, host="127.0.0.1", port=0))
     await http.start_server()
     try:
-        yield WhatsApp(service, http, llm)
+        yield WhatsApp(channel, http, llm)
     finally:
-        await service.close()
+        await channel.close()
         await client.close()
         await http.close()
 
@@ -179,6 +180,26 @@ async def test_whatsapp_booking_by_trigger_survives_a_restart_then_the_agent_ans
                                    "flow_result": "booked"}
 
 
+async def test_a_flow_reply_whose_send_failed_is_sent_once_later_without_feeding_the_flow_again(
+        sqlite_db: Engine, graph: FakeGraph, tmp_path: Path) -> None:
+    install(sqlite_db, BOOKING, flow_triggers={"booking": ["book"]})
+    async with whatsapp(sqlite_db, graph, tmp_path, retry_interval=0) as eva:
+        await eva.say("wamid.1", "book please")
+        await eva.say("wamid.2", "Maria Lopez")
+        graph.replies.extend([OUTAGE] * 3)  # every try of the next reply's first attempt fails
+        await eva.say("wamid.3", "5/3/2027")
+        assert len(graph.sent) == 2 and rows(sqlite_db, InboundMessage)[-1].status == "pending"
+        assert await eva.service.retry_pending() == 1
+        await eva.service.drain()
+        await eva.say("wamid.4", "+49 151 12345678")
+    assert sent(graph) == [ASK_NAME, ASK_DATE, ASK_PHONE, BOOKED]
+    assert [r.attempts for r in rows(sqlite_db, InboundMessage)] == [1, 1, 2, 1]
+    assert [text for role, text in turns(sqlite_db) if role == "user"] == [
+        "book please", "Maria Lopez", "5/3/2027", "+49 151 12345678"]
+    (run,) = rows(sqlite_db, FlowRun)
+    assert (run.result, {k: run.variables[k] for k in BOOKED_VARS}) == ("booked", BOOKED_VARS)
+
+
 async def test_invalid_answers_are_reprompted_then_the_fallback_hands_over_and_the_agent_carries_on(
         sqlite_db: Engine, graph: FakeGraph, tmp_path: Path) -> None:
     install(sqlite_db, BOOKING, flow_triggers={"booking": ["book"]})
@@ -196,6 +217,10 @@ async def test_invalid_answers_are_reprompted_then_the_fallback_hands_over_and_t
         assert rows(sqlite_db, Message)[-1].timings["handover"] == "front desk"
         await eva.say("wamid.9", "Are you open on Sunday?")
         assert sent(graph)[4:] == ["You said: Are you open on Sunday?"]
+        # The trigger phrase starts the flow again, afresh.
+        await eva.say("wamid.10", "OK then, book me in")
+        assert sent(graph)[5:] == [ASK_NAME]
+    assert [(r.status, r.step) for r in rows(sqlite_db, FlowRun)] == [("ended", "desk"), ("active", "name")]
 
 
 async def test_a_transfer_to_a_target_the_agent_does_not_have_takes_the_fallback(
@@ -439,3 +464,20 @@ async def test_a_run_whose_step_the_designer_removed_ends_and_the_agent_answers(
     assert sent(graph) == [ASK_NAME, ASK_DATE, "You said: 5/3/2027"]
     (run,) = rows(sqlite_db, FlowRun)
     assert (run.status, run.result) == ("ended", "flow_changed")
+
+
+async def test_the_email_chat_entry_starts_a_flow_that_the_customers_reply_continues(
+        sqlite_db: Engine, dovecot: Dovecot, smtp_sink: SmtpSink, tmp_path: Path) -> None:
+    install(sqlite_db, BOOKING, flow_triggers={"booking": ["appointment"]})
+    user = "eva-flow-chat"
+    service = email_service(sqlite_db, dovecot, smtp_sink, tmp_path, user)
+    try:
+        result = await service.chat("ada@example.org", "I would like an appointment", subject="Appointment")
+        assert result.reply == ASK_NAME
+        dovecot.deliver(user, answer_to(smtp_sink.messages[-1], "Maria Lopez", 1))
+        assert (await service.poll_once()).answered == 1
+    finally:
+        await service.close()
+    assert [m.get_content().strip() for m in smtp_sink.messages] == [ASK_NAME, ASK_DATE]
+    (run,) = rows(sqlite_db, FlowRun)
+    assert (run.conversation_id, run.step, run.variables["name"]) == (result.conversation_id, "date", "Maria Lopez")
