@@ -13,7 +13,8 @@ Every ``imap_poll_interval`` seconds the poller opens the inbox, and for each un
    over an hourly limit it waits instead (see *Rate limits* below);
 3. finds the contact by its From address and the conversation by threading (In-Reply-To/References against the
    Message-IDs already stored, ours and theirs), else starts one;
-4. gets the reply from the agent core (channel ``email``, external id = the Message-ID) and sends it by SMTP, to
+4. gets the reply from the agent core (channel ``email``, external id = the Message-ID), or from a flow when the
+   thread runs one or the mail starts one (:mod:`voicebot.flows.conversation`), and sends it by SMTP, to
    the From address only (never to a Reply-To: the reply is written with From's memory), with
    In-Reply-To/References and a ``Re:`` subject;
 5. only then marks the message seen.

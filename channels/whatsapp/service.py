@@ -6,8 +6,10 @@ expects a fast 200 and retries otherwise).  The answering runs in background tas
 
 * messages of one sender are answered one at a time, in order (a per-sender lock), so the conversation memory
   of the second message holds the first; ``concurrency`` bounds the replies generated at once;
-* a text message gets the agent's reply (``AgentCore.respond``, channel ``whatsapp``); media and locations get a
-  polite "text only" answer; reactions and system notices get none;
+* a text message gets the agent's reply (``AgentCore.respond``, channel ``whatsapp``), or a flow's when the
+  conversation runs one or the message starts one (:mod:`voicebot.flows.conversation`; its turn is stored like an
+  agent turn, so everything below holds for it too); media and locations get a polite "text only" answer;
+  reactions and system notices get none;
 * the reply is sent with :class:`~channels.whatsapp.client.WhatsAppClient` and its wamid stored on the
   assistant message, which is how a redelivered or recovered message is recognised as answered.
 
