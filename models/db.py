@@ -15,7 +15,7 @@ from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
-from sqlmodel import Session, create_engine
+from sqlmodel import Session, SQLModel, create_engine
 
 import models  # noqa: F401 - registers every table on SQLModel.metadata
 
@@ -58,6 +58,37 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
     from alembic import command
 
     command.upgrade(alembic_config(engine), revision)
+    if revision == "head":
+        check_columns(engine)
+
+
+def check_columns(engine: Engine) -> None:
+    """Every table and column of the code exists in the database, or a ConfigError saying what to do.
+
+    Until Eva's first release the initial migration is regenerated in place, so a database made by an older
+    development checkout can be "at revision 0001" and still lack newer columns: say so plainly instead of
+    failing later with an SQL error in the middle of setup or a call."""
+    from sqlalchemy import inspect
+
+    from voicebot.errors import ConfigError
+
+    inspector = inspect(engine)
+    tables = set(inspector.get_table_names())
+    missing: list[str] = []
+    for table in SQLModel.metadata.sorted_tables:
+        if table.name not in tables:
+            missing.append(table.name)
+            continue
+        have = {c["name"] for c in inspector.get_columns(table.name)}
+        missing.extend(f"{table.name}.{c.name}" for c in table.columns if c.name not in have)
+    if missing:
+        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        raise ConfigError(
+            f"the database was made by an older development version of Eva and lacks {shown}; back it up "
+            "(`eva db backup`), then move the database file away (or drop the database) and run the command "
+            "again to create a fresh one",
+            code="database_outdated",
+        )
 
 
 def schema_revisions(engine: Engine) -> tuple[str | None, str | None]:

@@ -117,3 +117,19 @@ def test_setup_seeds_the_demo_once_and_chat_answers_from_it(data_dir: Path, monk
     assert "[conflict]" in capsys.readouterr().err
     assert main(["agent", "delete", "demo", "--force"]) == 0
     assert "1 route(s) and 1 document(s)" in capsys.readouterr().out
+
+
+def test_a_database_from_an_older_development_checkout_is_named_not_crashed_on(
+        data_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Before the first release the initial migration is regenerated: a database at "0001" may lack columns."""
+    import sqlite3
+
+    assert main(["db", "upgrade"]) == 0
+    with sqlite3.connect(data_dir / "eva.db") as db:
+        db.execute("ALTER TABLE agents DROP COLUMN flow_triggers")
+    capsys.readouterr()
+    assert main(["agent", "list"]) == 2
+    err = capsys.readouterr().err
+    assert "database_outdated" in err and "agents.flow_triggers" in err and "eva db backup" in err
+    assert main(["db", "upgrade"]) == 2
+    assert main(["db", "backup", str(data_dir / "before.db")]) == 0  # what the message tells the user to do works

@@ -51,6 +51,9 @@ def upgrade(args: argparse.Namespace) -> int:
     try:
         before, head = schema_revisions(engine)
         if before == head:
+            from models.db import check_columns
+
+            check_columns(engine)
             print(f"database schema is up to date (revision {head})")
             return 0
         from models.db import upgrade as alembic_upgrade
