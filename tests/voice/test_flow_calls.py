@@ -3,7 +3,8 @@
 What is proven: a DTMF menu choice (one key, no inter-digit wait) and a spoken one; the agent answering a
 flow's question from its knowledge; invalid keys re-prompted, then the fallback transferring to the operator
 line (extension 800) which rings; a booking collected by speech and keys with its variables stored in
-``flow_runs`` and on the call's turn rows; the no-input timer ending a step after the question was played.
+``flow_runs`` and on the call's turn rows; the no-input timer ending a step after the question was played; a
+recorded prompt played instead of TTS, and a flow that ends with a result hanging up.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import pytest
 import pytest_asyncio
 from sqlmodel import col, select
 
-from models import Call, CallTurn, FlowRun
+from models import Call, CallTurn, Flow, FlowRun, Route
 from models.db import session_scope
 from tests.conftest import Caller
 from tests.embedded_model import shared_qwen_llm
@@ -148,3 +149,24 @@ async def test_a_booking_by_speech_and_keys_is_stored_with_its_variables(
     assert call.outcome == "completed", call.outcome  # Eva hung up after "booked"
     final = [t.variables for t in turns if t.variables]
     assert final and final[-1].get("phone") == "5550142" and final[-1].get("date") == tomorrow, final
+
+
+async def test_a_prompt_step_plays_the_recorded_sound_and_an_ended_flow_hangs_up(
+        runtime: EvaRuntime, caller: Caller, whisper: WhisperStt) -> None:
+    assert runtime.engine is not None
+    with session_scope(runtime.engine) as session:
+        if session.exec(select(Flow).where(Flow.name == "prompt-check")).first() is None:
+            flow = Flow(name="prompt-check", start_step="hello", steps=[
+                # The text is what the transcript says; the caller hears the recording (Eva's operator prompt).
+                {"id": "hello", "prompt": "eva-operator", "say": "Recorded prompt.", "end": "played"}])
+            session.add(flow)
+            session.flush()
+            session.add(Route(did="201", flow_id=flow.id, description="prompt test"))
+    result = await place_call_async(caller.script("201", timeout=15))
+    assert result.connected, result
+    assert result.remote_hangup, "a flow that ended with a result (not continue) hangs up"
+    heard = transcribe_regions(whisper, load(result.record_path)).lower()
+    assert "operator test line" in heard, heard  # the WAV, not TTS of the step's text
+    _call, turns, run = _last_call(runtime)
+    assert run is not None and run.result == "played", run
+    assert turns and "Recorded prompt." in turns[0].bot_text, _story(turns)
