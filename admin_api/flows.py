@@ -16,7 +16,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 
-from models import Agent, Flow, Route, utcnow
+from models import Agent, Flow, FlowRun, Route, utcnow
 from models.db import session_scope
 from voicebot.errors import Conflict, InvalidInput, NotFound
 from voicebot.flows import spec
@@ -104,6 +104,14 @@ class FlowService:
                     f"flow {flow.name!r} is used by {len(routes)} route(s); re-point them first",
                     field="routes",
                 )
+            # Its runs are history (the calls and conversations that ran it): keep them under the flow's name,
+            # end the active ones.
+            for run in session.exec(select(FlowRun).where(FlowRun.flow_id == flow_id)).all():
+                run.flow_id = None
+                if run.status == "active":
+                    run.status, run.result, run.updated_at = "ended", "flow_deleted", utcnow()
+                session.add(run)
+            session.flush()
             session.delete(flow)
             session.flush()
 

@@ -619,7 +619,8 @@ class FlowRunOut(Output):
     """One run of a flow in a conversation or call: where it is and what it collected."""
 
     id: int
-    flow_id: int
+    flow_id: int | None
+    """None once the flow was deleted."""
     flow_name: str
     channel: str
     conversation_id: int | None

@@ -36,7 +36,8 @@ class FlowRun(SQLModel, table=True):
     __tablename__ = "flow_runs"
 
     id: int | None = Field(default=None, primary_key=True)
-    flow_id: int = Field(foreign_key="flows.id", index=True)
+    flow_id: int | None = Field(default=None, foreign_key="flows.id", index=True)
+    """None once the flow was deleted (the run is kept, under ``flow_name``)."""
     flow_name: str = Field(max_length=80)
     channel: str = Field(max_length=16)
     conversation_id: int | None = Field(default=None, foreign_key="conversations.id", index=True)

@@ -11,7 +11,7 @@ from typing import Any
 
 from sqlmodel import select
 
-from models import Agent, Call, CallTurn, Contact, Conversation, Message
+from models import Agent, Call, CallTurn, Contact, Conversation, FlowRun, Message
 from models.db import session_scope
 from tests.api.conftest import Api
 
@@ -123,14 +123,15 @@ async def test_routes_point_at_agents_or_flows(api_db: Api) -> None:
 
 
 async def test_flows_are_validated(api: Api) -> None:
-    good = {"name": "survey", "start_step": "q1", "steps": [
+    steps: list[dict[str, Any]] = [
         {"id": "q1", "say": "Your account number?",
          "collect": {"var": "account", "type": "digits", "min_length": 4, "max_length": 8},
          "next": "q2", "fallback": "bye"},
         {"id": "q2", "say": "Happy with us, account {account}?", "collect": {"var": "happy", "type": "yes_no"},
          "branches": [{"when": {"var": "happy", "equals": "no"}, "next": "sorry"}], "next": "bye"},
         {"id": "sorry", "say": "Sorry to hear that.", "next": "bye"},
-        {"id": "bye", "say": "Goodbye.", "end": "done"}]}
+        {"id": "bye", "say": "Goodbye.", "end": "done"}]
+    good: dict[str, Any] = {"name": "survey", "start_step": "q1", "steps": steps}
     status, flow = await api.call("POST", "/api/v1/flows", role="designer", json=good)
     assert status == 201 and [s["id"] for s in flow["steps"]] == ["q1", "q2", "sorry", "bye"]
     assert flow["steps"][0]["collect"] == {"var": "account", "type": "digits", "min_length": 4, "max_length": 8}
@@ -139,7 +140,7 @@ async def test_flows_are_validated(api: Api) -> None:
     status, old = await api.call("POST", "/api/v1/flows", role="designer", json=legacy)
     assert status == 201 and old["steps"][0] == {"id": "a", "say": "Hi", "next": "b"}, old
     assert (await api.call("DELETE", f"/api/v1/flows/{old['id']}", role="designer"))[0] == 204
-    q1 = good["steps"][0]  # type: ignore[index]
+    q1 = steps[0]
     bad_cases: list[tuple[dict[str, Any], str]] = [
         ({"start_step": "nope"}, "start_step"),
         ({"steps": [{"id": "a", "say": "x", "next": "ghost"}], "start_step": "a"}, "steps.0.next"),
@@ -154,8 +155,8 @@ async def test_flows_are_validated(api: Api) -> None:
          "steps.0.branches.0.next"),
         ({"steps": [{"id": "a", "say": "x", "bogus": True}], "start_step": "a"}, "steps.0.bogus"),
         # A variable used before it is collected on every path; an unreachable step.
-        ({"steps": [{**q1, "say": "Your account, {happy}?"}, *good["steps"][1:]]}, "steps.0.say"),  # type: ignore[index]
-        ({"steps": [*good["steps"], {"id": "orphan", "say": "never", "end": "x"}]}, "steps.4.id"),  # type: ignore[misc]
+        ({"steps": [{**q1, "say": "Your account, {happy}?"}, *steps[1:]]}, "steps.0.say"),
+        ({"steps": [*steps, {"id": "orphan", "say": "never", "end": "x"}]}, "steps.4.id"),
         ({"agent_id": 4242}, "agent_id"),
     ]
     for index, (change, field) in enumerate(bad_cases):
@@ -329,3 +330,24 @@ async def test_a_flow_step_naming_a_missing_recorded_prompt_is_refused(api: Api)
     _write_wav(api.settings.sounds_dir / "no-such-sound.wav")
     status, flow = await api.call("POST", "/api/v1/flows", role="designer", json=body)
     assert status == 201, flow
+
+
+async def test_deleting_a_flow_keeps_its_runs_as_history(api_db: Api) -> None:
+    from voicebot.flows.runner import FlowRunner
+
+    api = api_db
+    body = {"name": "ask-name", "start_step": "a", "steps": [
+        {"id": "a", "say": "Your name?", "collect": {"var": "name"}, "next": "b"},
+        {"id": "b", "say": "Thanks {name}.", "end": "done"}]}
+    status, flow = await api.call("POST", "/api/v1/flows", role="designer", json=body)
+    assert status == 201, flow
+    runner = FlowRunner(api.engine)
+    done = await runner.start("ask-name", channel="chat")
+    await runner.answer(done.run_id, "Ana")
+    active = await runner.start("ask-name", channel="chat")
+    assert (await api.call("DELETE", f"/api/v1/flows/{flow['id']}", role="designer"))[0] == 204
+    with session_scope(api.engine) as session:
+        runs = {r.id: r for r in session.exec(select(FlowRun)).all()}
+    assert runs[done.run_id].flow_id is None and runs[done.run_id].flow_name == "ask-name"
+    assert (runs[done.run_id].result, runs[done.run_id].variables["name"]) == ("done", "Ana")
+    assert (runs[active.run_id].status, runs[active.run_id].result) == ("ended", "flow_deleted")

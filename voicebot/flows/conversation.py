@@ -269,7 +269,7 @@ class ConversationFlows:
     async def _current_question(self, run_id: int) -> Say | None:
         def load(session: Session) -> Say | None:
             run = session.get(FlowRun, run_id)
-            flow = session.get(Flow, run.flow_id) if run is not None else None
+            flow = session.get(Flow, run.flow_id) if run is not None and run.flow_id is not None else None
             if run is None or flow is None or run.status != "active":
                 return None
             state = FlowState.from_json(dict(run.state))

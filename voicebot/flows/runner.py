@@ -388,7 +388,7 @@ class FlowRunner:
             run = session.get(FlowRun, run_id)
             if run is None:
                 raise NotFound(f"flow run {run_id} does not exist")
-            flow = session.get(Flow, run.flow_id)
+            flow = session.get(Flow, run.flow_id) if run.flow_id is not None else None
             if flow is None:
                 raise NotFound(f"the flow of run {run_id} was deleted")
             session.expunge(flow)

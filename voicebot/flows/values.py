@@ -281,7 +281,7 @@ def _parse(collect: Collect, text: str, dtmf: str | None, today: date) -> str | 
     if kind == "phone":
         raw = dtmf if dtmf else text
         digits = re.sub(r"\D", "", raw) if re.search(r"\d{3}", raw) else spoken_digits(raw)
-        plus = "+" if raw.strip().startswith("+") or " plus " in f" {raw.lower()} " else ""
+        plus = "+" if re.search(r"(?:^|\s)\+\s*\d", raw) or " plus " in f" {raw.lower()} " else ""
         return plus + digits if 7 <= len(digits) <= 15 else None
     if kind == "number":
         number = float(dtmf) if dtmf and dtmf.isdigit() else spoken_number(text)

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-12-01 12:25:20.330033
+Create Date: 2026-12-01 13:12:18.603229
 """
 
 from __future__ import annotations
@@ -435,7 +435,7 @@ def upgrade() -> None:
     op.create_table(
         "flow_runs",
         sa.Column("id", sa.Integer(), nullable=False),
-        sa.Column("flow_id", sa.Integer(), nullable=False),
+        sa.Column("flow_id", sa.Integer(), nullable=True),
         sa.Column("flow_name", sqlmodel.sql.sqltypes.AutoString(length=80), nullable=False),
         sa.Column("channel", sqlmodel.sql.sqltypes.AutoString(length=16), nullable=False),
         sa.Column("conversation_id", sa.Integer(), nullable=True),
