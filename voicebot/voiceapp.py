@@ -68,6 +68,8 @@ NO_ROUTE_PROMPT = "eva-no-route"
 NO_ROUTE_TEXT = "Sorry, this number is not in service. Goodbye."
 MAX_TRANSFERS = 4
 """Transfers one channel may make into numbers Eva answers (a loop between agents ends here)."""
+PROMPT_MAX_S = 15.0
+"""How long a prompt played before hanging up may take, if Asterisk never says it finished."""
 EXTENSION_RE = re.compile(r"^[A-Za-z0-9*#+][A-Za-z0-9*#+_.-]{0,39}$")
 """A transfer destination: a plain dialplan extension (no pattern, no comma, no context)."""
 
@@ -173,6 +175,8 @@ class VoiceApp:
         self._generations = itertools.count(1)
         self._media_channels: set[str] = set()
         self._media_ready: dict[str, asyncio.Future[None]] = {}
+        self._playbacks: dict[str, asyncio.Future[None]] = {}
+        """Playback id → resolved when Asterisk reports it finished (see :meth:`_play_and_hangup`)."""
         self.worker = f"{socket.gethostname()}:{settings.ari_app}"
         self.transfer_context = "eva-inbound"
         self.session_config = SessionConfig(
@@ -220,6 +224,11 @@ class VoiceApp:
 
     # ------------------------------------------------------------------ events
     async def on_event(self, event: AriEvent) -> None:
+        if event.type == "PlaybackFinished":
+            finished = self._playbacks.get(event.playback_id)
+            if finished is not None and not finished.done():
+                finished.set_result(None)
+            return
         channel = event.channel
         if channel is None:
             return
@@ -303,8 +312,8 @@ class VoiceApp:
                 outcome = await live.session.run()
             finally:
                 limit.cancel()
-            if outcome == "completed" and live.session.ending == "caller_hangup":
-                outcome = "caller_hangup"
+            if outcome == "completed" and live.session.ending in ("caller_hangup", "max_duration", "shutdown"):
+                outcome = str(live.session.ending)  # who or what ended it, not a plain "completed"
         except asyncio.CancelledError:
             outcome = "caller_hangup"
             raise
@@ -364,9 +373,20 @@ class VoiceApp:
     async def _play_and_hangup(self, live: LiveCall, prompt: str) -> None:
         sound = f"sound:{instance_path(self.settings)}/sounds/{prompt}"
         playback_id = f"eva-pb-{uuid.uuid4().hex[:12]}"
-        await self.ari.request("POST", f"channels/{live.channel_id}/play/{playback_id}", params={"media": sound})
-        # Prompt length bound: a short sentence; the caller may hang up earlier.
-        await asyncio.sleep(4.0)
+        # Registered before the request: Asterisk may report a short prompt finished before the POST returns.
+        finished = self._playbacks[playback_id] = asyncio.get_running_loop().create_future()
+        try:
+            await self.ari.request("POST", f"channels/{live.channel_id}/play/{playback_id}",
+                                   params={"media": sound})
+            # Hang up when the whole prompt was played (however long it is), not after a guessed time.  The
+            # caller may hang up first (this task is cancelled); a lost event costs at most PROMPT_MAX_S.
+            try:
+                await asyncio.wait_for(finished, timeout=PROMPT_MAX_S)
+            except TimeoutError:
+                log.warning("call %s: no PlaybackFinished for %s after %.0f s; hanging up", live.call_id,
+                            prompt, PROMPT_MAX_S)
+        finally:
+            self._playbacks.pop(playback_id, None)
         live.hanging_up = True  # the ChannelHangupRequest may arrive before the DELETE's answer
         await self.ari.hangup(live.channel_id)
 

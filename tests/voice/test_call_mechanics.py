@@ -37,7 +37,8 @@ async def test_greeting_then_answer_to_what_the_caller_said(
         runtime: EvaRuntime, caller: Caller, responder: ScriptedResponder, say: Callable[[str], Path],
         whisper: WhisperStt) -> None:
     question = say("What time do you open tomorrow?")
-    result = await place_call_async(caller.script("100", Action("play", at=5.0, path=str(question)), timeout=13))
+    result = await place_call_async(caller.script(
+        "100", Action("play", when_quiet=0.8, path=str(question)), Action("hangup", when_quiet=1.5), timeout=25))
     assert result.connected, result
     heard = load(result.record_path)
     text = transcribe(whisper, heard).lower()
@@ -98,8 +99,8 @@ async def test_barge_in_stops_playout_and_marks_the_turn_interrupted(
     barge_ins, stt_turns = BARGE_INS_TOTAL.value(), TURN_STAGE_SECONDS.count(stage="stt")
     calls = CALLS_TOTAL.value(direction="inbound", outcome="caller_hangup")
     result = await place_call_async(caller.script(
-        "100", Action("play", at=5.0, path=str(question)), Action("play", at=barge_at, path=str(interruption)),
-        timeout=18))
+        "100", Action("play", when_quiet=0.8, path=str(question)), Action("play", at=barge_at, path=str(interruption)),
+        Action("hangup", when_quiet=1.5), timeout=25))
     assert result.connected, result
     heard = load(result.record_path)
     # Bot audio in the caller's ear; pauses under 0.3 s (between words and sentences) are bridged.
@@ -200,10 +201,10 @@ async def test_two_simultaneous_calls_get_their_own_answers(
         runtime: EvaRuntime, caller: Caller, say: Callable[[str], Path], whisper: WhisperStt) -> None:
     import asyncio
 
-    first = caller.script("100", Action("play", at=5.0, path=str(say("Tell me the weather in London."))),
-                          timeout=12)
-    second = caller.script("100", Action("play", at=5.0, path=str(say("I want to order a large pizza."))),
-                           timeout=12)
+    first = caller.script("100", Action("play", when_quiet=0.8, path=str(say("Tell me the weather in London."))),
+                          Action("hangup", when_quiet=1.5), timeout=20)
+    second = caller.script("100", Action("play", when_quiet=0.8, path=str(say("I want to order a large pizza."))),
+                           Action("hangup", when_quiet=1.5), timeout=20)
     one, two = await asyncio.gather(place_call_async(first), place_call_async(second))
     assert one.connected and two.connected
     text_one = transcribe(whisper, load(one.record_path)).lower()
@@ -236,8 +237,8 @@ async def test_agent_failure_is_apologised_for_and_the_call_goes_on(
     responder.script = flaky
     question = say("Are you there?")
     result = await place_call_async(caller.script(
-        "100", Action("play", at=5.0, path=str(question)), Action("play", at=12.0, path=str(question)),
-        timeout=18))
+        "100", Action("play", when_quiet=0.8, path=str(question)), Action("play", when_quiet=0.8, path=str(question)),
+        Action("hangup", when_quiet=1.5), timeout=30))
     text = transcribe(whisper, load(result.record_path)).lower()
     assert "something went wrong" in text, text
     assert "second time lucky" in text, text
@@ -247,7 +248,7 @@ async def test_hang_up_tool_says_goodbye_then_ends_the_call(
         runtime: EvaRuntime, caller: Caller, responder: ScriptedResponder, say: Callable[[str], Path],
         whisper: WhisperStt) -> None:
     responder.script = lambda text: ["Thank you for calling. Goodbye!", ToolCall("hang_up")]
-    result = await place_call_async(caller.script("100", Action("play", at=5.0, path=str(say("That is all."))),
+    result = await place_call_async(caller.script("100", Action("play", when_quiet=0.8, path=str(say("That is all."))),
                                                   timeout=15))
     assert result.connected and result.remote_hangup, result
     assert result.duration < 13  # Eva hung up; the caller did not have to
@@ -295,8 +296,9 @@ async def test_noise_that_transcribes_to_nothing_gets_asked_again(
     noise = tmp_path / "noise.wav"
     write_wav(noise, Audio((np.random.default_rng(7).standard_normal(16000) * 3000).astype(np.int16), 16000))
     result = await place_call_async(caller.script(
-        "100", Action("play", at=5.0, path=str(noise)),
-        Action("play", at=10.0, path=str(say("Can you hear me now?"))), timeout=16))
+        "100", Action("play", when_quiet=0.8, path=str(noise)),
+        Action("play", when_quiet=0.8, path=str(say("Can you hear me now?"))), Action("hangup", when_quiet=1.5),
+        timeout=25))
     heard = transcribe(whisper, load(result.record_path)).lower()
     assert "didn't catch that" in heard or "did not catch that" in heard, heard
     assert "hear me now" in heard, heard  # the call went on: the next question was answered

@@ -15,12 +15,17 @@ class Action:
 
     ``play``: stream ``path`` (a WAV file) into the call.  ``dtmf``: send ``digits`` (RFC 4733).
     ``hangup``: end the call.  ``wait``: nothing; only keeps the script going until ``at``.
+
+    With ``when_quiet`` the step waits for the far end instead of a guessed time: it is done at the first moment
+    after ``at`` (and after the steps before it) when the far end has been heard and then stayed quiet for
+    ``when_quiet`` seconds -- "ask once the greeting is over", "hang up once the reply is over".
     """
 
     kind: ActionKind
     at: float = 0.0
     path: str = ""
     digits: str = ""
+    when_quiet: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -37,6 +42,9 @@ class CallScript:
     clock_rate: int = 16000
     no_vad: bool = True
     """Keep sending RTP in silence (pjsua's VAD would otherwise pause the stream)."""
+    answer: bool = False
+    """Be the callee instead: listen on ``bind_ip:bind_port`` for one call (``uri`` is not dialled), answer it
+    and run the actions; ``timeout`` bounds the wait for the call and, again, the call once answered."""
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -63,6 +71,8 @@ class CallResult:
     """What the caller did and when (seconds after answer): ``{"kind": "play", "at": 1.0, "end": 3.2}``."""
     remote_hangup: bool = False
     error: str = ""
+    remote_uri: str = ""
+    """The other party as SIP saw it (for a callee: who called, the From header)."""
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))

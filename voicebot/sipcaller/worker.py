@@ -19,10 +19,14 @@ import pjsua2 as pj
 from voicebot.audio import read_wav, resample, write_wav
 from voicebot.sipcaller.script import Action, CallResult, CallScript
 
+HEARD_LEVEL = 8
+"""The far end's signal level (pjmedia's 0..255 scale) above which it counts as making sound; Eva sends digital
+silence (level 0) between its words."""
+
 
 class _Call(pj.Call):  # type: ignore[misc]
-    def __init__(self, account: Any, worker: Worker) -> None:
-        super().__init__(account)
+    def __init__(self, account: Any, worker: Worker, call_id: int = pj.PJSUA_INVALID_ID) -> None:
+        super().__init__(account, call_id)
         self.worker = worker
 
     def onCallState(self, prm: Any) -> None:
@@ -36,6 +40,26 @@ class _Call(pj.Call):  # type: ignore[misc]
                 self.worker.on_media(self.getAudioMedia(index))
 
 
+class _Account(pj.Account):  # type: ignore[misc]
+    """The callee's account: answers the first incoming call (200 OK), refuses any other (486 Busy)."""
+
+    def __init__(self, worker: Worker) -> None:
+        super().__init__()
+        self.worker = worker
+
+    def onIncomingCall(self, prm: Any) -> None:
+        call = _Call(self, self.worker, prm.callId)
+        op = pj.CallOpParam()
+        if self.worker.incoming is not None:
+            op.statusCode = pj.PJSIP_SC_BUSY_HERE
+            call.hangup(op)
+            self.worker.refused.append(call)  # pjsua2 needs the object alive until the call is gone
+            return
+        self.worker.incoming = call
+        op.statusCode = pj.PJSIP_SC_OK
+        call.answer(op)
+
+
 class Worker:
     def __init__(self, script: CallScript) -> None:
         self.script = script
@@ -47,12 +71,20 @@ class Worker:
         self.players: list[Any] = []
         self.tmpdir = tempfile.mkdtemp(prefix="eva-call-")
         self.we_hung_up = False
+        self.incoming: _Call | None = None
+        self.refused: list[_Call] = []
+        self._armed_at: float | None = None
+        """When the waiting ``when_quiet`` step became next (None: none waits)."""
+        self._heard = False
+        self._quiet_since: float | None = None
 
     # ------------------------------------------------------------------ callbacks
     def on_state(self, info: Any) -> None:
         if info.state == pj.PJSIP_INV_STATE_CONFIRMED and self.answered_at is None:
             self.answered_at = time.monotonic()
             self.result.connected = True
+        if info.remoteUri:
+            self.result.remote_uri = str(info.remoteUri)
         if info.lastStatusCode:
             self.result.status_code = int(info.lastStatusCode)
             self.result.reason = str(info.lastReason)
@@ -66,6 +98,9 @@ class Worker:
         if self.audio is not None:
             return
         self.audio = audio
+        # The conference bridge measures the far end's level (``when_quiet``) only on a port that transmits to
+        # something: the (null) speaker listens to the call whether or not it is recorded.
+        audio.startTransmit(pj.Endpoint.instance().audDevManager().getPlaybackDevMedia())
         if self.script.record_path:
             self.recorder = pj.AudioMediaRecorder()
             self.recorder.createRecorder(self.script.record_path)
@@ -74,6 +109,26 @@ class Worker:
 
     def elapsed(self) -> float:
         return 0.0 if self.answered_at is None else time.monotonic() - self.answered_at
+
+    def due(self, action: Action) -> bool:
+        """Is ``action`` (the next step) to be done now?"""
+        if action.at > self.elapsed() or self.audio is None:
+            return False
+        if action.when_quiet <= 0:
+            return True
+        now = time.monotonic()
+        if self._armed_at is None:
+            self._armed_at, self._heard, self._quiet_since = now, False, None
+        # pjsua2 names levels from the conference bridge's side: "tx" is what the bridge takes from the call's
+        # port to pass on, i.e. the far end's voice ("rx" is what this caller plays into the call).
+        if self.audio.getTxLevel() > HEARD_LEVEL:
+            self._heard, self._quiet_since = True, None
+        elif self._heard and self._quiet_since is None:
+            self._quiet_since = now
+        if self._quiet_since is None or now - self._quiet_since < action.when_quiet:
+            return False
+        self._armed_at = None
+        return True
 
     # ------------------------------------------------------------------ actions
     def prepare(self, action: Action) -> str:
@@ -129,21 +184,29 @@ class Worker:
         acfg = pj.AccountConfig()
         acfg.idUri = f"sip:{self.script.from_user}@{self.script.bind_ip}:{self.script.bind_port}"
         acfg.mediaConfig.transportConfig.boundAddress = self.script.bind_ip
-        account = pj.Account()
+        account = _Account(self)
         account.create(acfg)
         prepared: dict[int, tuple[str, float]] = {}
         for index, action in enumerate(self.script.actions):
             if action.kind == "play":
                 path = self.prepare(action)
                 prepared[index] = (path, read_wav(path).seconds)
-        call = _Call(account, self)
+        call: _Call | None = None if self.script.answer else _Call(account, self)
         started = time.monotonic()
         try:
-            call.makeCall(self.script.uri, pj.CallOpParam(True))
+            if call is not None:
+                call.makeCall(self.script.uri, pj.CallOpParam(True))
             pending = sorted(enumerate(self.script.actions), key=lambda item: item[1].at)
             while not self.ended:
                 ep.libHandleEvents(5)
                 now = time.monotonic()
+                if call is None:
+                    call = self.incoming
+                    if call is None:
+                        if now - started > self.script.timeout:
+                            self.result.error = "no call came in before the timeout"
+                            break
+                        continue
                 if self.answered_at is None:
                     if now - started > self.script.timeout:
                         self.we_hung_up = True
@@ -152,7 +215,7 @@ class Worker:
                         self._drain(ep, 2.0)
                         break
                     continue
-                while pending and pending[0][1].at <= self.elapsed() and self.audio is not None:
+                while pending and self.due(pending[0][1]):
                     index, action = pending.pop(0)
                     self.do(call, action, prepared, index)
                 if self.elapsed() > self.script.timeout and not self.ended:
