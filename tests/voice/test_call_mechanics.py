@@ -38,7 +38,7 @@ async def test_greeting_then_answer_to_what_the_caller_said(
         whisper: WhisperStt) -> None:
     question = say("What time do you open tomorrow?")
     result = await place_call_async(caller.script(
-        "100", Action("play", when_quiet=0.8, path=str(question)), Action("hangup", when_quiet=1.5), timeout=25))
+        "100", Action("play", when_quiet=0.8, path=str(question)), Action("hangup", when_quiet=2.5), timeout=25))
     assert result.connected, result
     heard = load(result.record_path)
     text = transcribe(whisper, heard).lower()
@@ -100,7 +100,7 @@ async def test_barge_in_stops_playout_and_marks_the_turn_interrupted(
     calls = CALLS_TOTAL.value(direction="inbound", outcome="caller_hangup")
     result = await place_call_async(caller.script(
         "100", Action("play", when_quiet=0.8, path=str(question)), Action("play", at=barge_at, path=str(interruption)),
-        Action("hangup", when_quiet=1.5), timeout=25))
+        Action("hangup", when_quiet=2.5), timeout=25))
     assert result.connected, result
     heard = load(result.record_path)
     # Bot audio in the caller's ear; pauses under 0.3 s (between words and sentences) are bridged.
@@ -202,9 +202,9 @@ async def test_two_simultaneous_calls_get_their_own_answers(
     import asyncio
 
     first = caller.script("100", Action("play", when_quiet=0.8, path=str(say("Tell me the weather in London."))),
-                          Action("hangup", when_quiet=1.5), timeout=20)
+                          Action("hangup", when_quiet=2.5), timeout=20)
     second = caller.script("100", Action("play", when_quiet=0.8, path=str(say("I want to order a large pizza."))),
-                           Action("hangup", when_quiet=1.5), timeout=20)
+                           Action("hangup", when_quiet=2.5), timeout=20)
     one, two = await asyncio.gather(place_call_async(first), place_call_async(second))
     assert one.connected and two.connected
     text_one = transcribe(whisper, load(one.record_path)).lower()
@@ -238,7 +238,7 @@ async def test_agent_failure_is_apologised_for_and_the_call_goes_on(
     question = say("Are you there?")
     result = await place_call_async(caller.script(
         "100", Action("play", when_quiet=0.8, path=str(question)), Action("play", when_quiet=0.8, path=str(question)),
-        Action("hangup", when_quiet=1.5), timeout=30))
+        Action("hangup", when_quiet=2.5), timeout=30))
     text = transcribe(whisper, load(result.record_path)).lower()
     assert "something went wrong" in text, text
     assert "second time lucky" in text, text
@@ -297,7 +297,7 @@ async def test_noise_that_transcribes_to_nothing_gets_asked_again(
     write_wav(noise, Audio((np.random.default_rng(7).standard_normal(16000) * 3000).astype(np.int16), 16000))
     result = await place_call_async(caller.script(
         "100", Action("play", when_quiet=0.8, path=str(noise)),
-        Action("play", when_quiet=0.8, path=str(say("Can you hear me now?"))), Action("hangup", when_quiet=1.5),
+        Action("play", when_quiet=0.8, path=str(say("Can you hear me now?"))), Action("hangup", when_quiet=2.5),
         timeout=25))
     heard = transcribe(whisper, load(result.record_path)).lower()
     assert "didn't catch that" in heard or "did not catch that" in heard, heard

@@ -186,7 +186,7 @@ async def test_transfers_to_unknown_departments_or_arbitrary_numbers_are_refused
     before = _last_call_id(runtime)
     result = await place_call_async(caller.script(
         "100", Action("play", when_quiet=0.8, path=str(question)), Action("play", when_quiet=1.0, path=str(question)),
-        Action("play", when_quiet=1.0, path=str(question)), Action("hangup", when_quiet=1.5), timeout=45))
+        Action("play", when_quiet=1.0, path=str(question)), Action("hangup", when_quiet=2.5), timeout=45))
     assert result.connected and not result.remote_hangup, result
     heard = transcribe_regions(whisper, load(result.record_path)).lower()
     assert heard.count("can't transfer") + heard.count("cannot transfer") >= 2, heard

@@ -37,7 +37,7 @@ async def test_caller_hears_the_greeting_and_an_answer_from_the_knowledge_base(
         runtime: EvaRuntime, caller: Caller, say: Callable[[str], Path], whisper: WhisperStt) -> None:
     question = say("How much does a flat tire repair cost?")
     result = await place_call_async(caller.script("100", Action("play", when_quiet=0.8, path=str(question)),
-                                                  Action("hangup", when_quiet=1.5), timeout=25))
+                                                  Action("hangup", when_quiet=2.5), timeout=25))
     assert result.connected, result
     heard = transcribe(whisper, load(result.record_path)).lower()
     assert "sunny side" in heard or "bike shop" in heard, heard  # the demo agent's greeting

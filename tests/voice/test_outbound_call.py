@@ -80,7 +80,7 @@ async def test_an_outgoing_call_is_answered_and_the_callee_hears_the_agents_gree
     # The callee answers, listens to the greeting, and hangs up once Eva has been quiet for a moment.
     callee = asyncio.ensure_future(place_call_async(CallScript(
         uri="", answer=True, bind_ip=CALLEE_IP, bind_port=port, record_path=str(tmp_path / "callee.wav"),
-        timeout=25, actions=(Action("hangup", when_quiet=1.5),))))
+        timeout=25, actions=(Action("hangup", when_quiet=2.5),))))
     for _ in range(200):  # the callee's SIP socket is up (state, not a guessed delay)
         if _bound(CALLEE_IP, port) or callee.done():
             break
