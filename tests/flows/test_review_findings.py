@@ -405,3 +405,64 @@ async def test_R18_a_barge_in_during_a_webhook_does_not_run_it_twice(db: Engine,
     with contextlib.suppress(FlowConflict):
         await runner.answer(start.run_id, "5551234567 hello?")  # the next turn: the carried words
     assert len(hook.bodies) == 1, "the webhook ran twice for one answer"
+
+
+def test_R19_a_reprompt_fills_its_variables() -> None:
+    """``no_match``/``no_input`` are said as written (_retry does not fill them) and the checker does not look at
+    them: "Sorry {name}, which day?" is accepted and spoken with a literal "{name}"."""
+    spec = parse_flow("name", [
+        {"id": "name", "say": "Your name?", "collect": {"var": "name"}, "next": "date"},
+        {"id": "date", "say": "Which day, {name}?", "collect": {"var": "date", "type": "date"},
+         "no_match": "Sorry {name}, I did not get the day.", "next": "end"},
+        {"id": "end", "end": "done"}])
+    check_flow(spec)
+    engine = FlowEngine(spec)
+    adv = engine.answer(engine.start({}).state, "Maria", today=TODAY)
+    adv = engine.answer(adv.state, "purple", today=TODAY)
+    assert adv.says() and "{name}" not in adv.says()[0] and "Maria" in adv.says()[0]
+
+
+async def test_R20_a_resumed_call_hears_its_question_filled_in(db: Engine) -> None:
+    """FlowRunner.resume says ``f"Welcome back. {step.say}"`` without fill(): a caller resumed at "Thank you,
+    {name}. Which day?" hears the braces (and the step's recorded prompt is dropped)."""
+    store_flow(db, "booking2", "name", [
+        {"id": "name", "say": "Your name?", "collect": {"var": "name"}, "next": "date"},
+        {"id": "date", "say": "Thank you, {name}. Which day?", "collect": {"var": "date", "type": "date"},
+         "next": "end"},
+        {"id": "end", "end": "done"}])
+    runner = FlowRunner(db)
+    reply = await runner.start("booking2", channel="voice", variables={"caller": "+15550001"})
+    await runner.answer(reply.run_id, "Maria")
+    resumed = await runner.resume(reply.run_id)
+    assert resumed.text == "Welcome back. Thank you, Maria. Which day?"
+
+
+async def test_R21_a_call_runs_every_ask_agent_step_of_a_chain(db: Engine, tmp_path: Path) -> None:
+    """FlowResponder._play answers at most MAX_AGENT_ROUNDS (8) agent requests per caller turn and then stops with
+    the ninth still pending (``_agent_pending`` already reset): the run waits for ``ask_agent`` forever and every
+    later input is ignored (the caller hears the fallback).  The checker accepts the chain (no loop), and text
+    channels (drive: 32 rounds, then _continue recovers) do not fail the same way."""
+    from tests.voice.conftest import ScriptedResponder
+    from voicebot.config import Settings
+    from voicebot.flows.voice import FlowResponder
+    from voicebot.pipeline.responder import CallContext, CallerInput
+
+    steps: list[dict[str, Any]] = [
+        {"id": "menu", "say": "Press 1 for our story.",
+         "collect": {"var": "choice", "type": "choice", "choices": {"story": ["1"]}}, "next": "q0"}]
+    steps += [{"id": f"q{i}", "ask_agent": f"Tell part {i} of our story.", "next": f"q{i + 1}"} for i in range(10)]
+    steps.append({"id": "q10", "say": "That is all.", "end": "done"})
+    store_flow(db, "story", "menu", steps)
+    agent = ScriptedResponder()
+    flows = FlowResponder(FlowRunner(db), agent, settings=Settings().with_(data_dir=tmp_path / "data"), flow="story")
+    from voicebot.calls.store import create_call
+
+    call_id, _ = create_call(db, channel_id="review", caller="+15550001", did="200", agent_id=None,
+                             direction="inbound", worker="review")
+    ctx = CallContext(call_id=call_id, channel_id="review", caller="+15550001", did="200", agent_id=0,
+                      agent_name="demo", greeting="", fallback="Sorry?")
+    async for _ in flows.respond_input(ctx, CallerInput("start")):
+        pass
+    async for _ in flows.respond_input(ctx, CallerInput("dtmf", text="1", keys="1")):
+        pass
+    assert len(agent.heard) == 10, agent.heard
