@@ -22,6 +22,9 @@ from voicebot.flows.spec import Action, Collect, Condition, FlowSpec, Step, fill
 
 MAX_HOPS = 64
 MAX_VALUE = 500
+MAX_SENDS_PER_RUN = 3
+"""``send_message`` actions one run may carry out: a flow that loops over "send to the address you type" must
+not turn Eva into a relay for a hostile contact's spam.  Further sends fail (the step's fallback)."""
 
 Waiting = Literal["input", "extract", "action", "agent", "ask_agent", "ended"]
 
@@ -37,6 +40,8 @@ class FlowState:
     steps_run: int = 0
     pending_text: str = ""
     """The caller's answer being extracted by the LLM (waiting == "extract")."""
+    sends: int = 0
+    """``send_message`` actions carried out so far (at most MAX_SENDS_PER_RUN)."""
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -104,6 +109,9 @@ class Ended:
     variables: dict[str, str]
 
 
+HANDOVER_LISTEN = Collect(var="last_input", type="text", required=False)
+"""What an ``agent`` step listens for: anything (the agent answers it), silence moves on."""
+
 Output = Say | Listen | Extract | Act | AskAgent | AgentTurn | Ended
 
 
@@ -117,8 +125,9 @@ class Advance:
 
 
 class FlowEngine:
-    def __init__(self, spec: FlowSpec) -> None:
+    def __init__(self, spec: FlowSpec, name: str = "") -> None:
         self.spec = spec
+        self.name = name
         self._steps = {s.id: s for s in spec.steps}
 
     # ------------------------------------------------------------------ inputs
@@ -135,6 +144,10 @@ class FlowEngine:
         if state.waiting != "input":
             return Advance(state, out)  # not waiting for the caller (ended, or an action in flight): ignore
         step = self._steps[state.step]
+        if step.collect is None and step.agent is None:
+            # The designer changed this step under a live run (it no longer asks anything): end, never guess.
+            self._finish(state, "flow_changed", out)
+            return Advance(state, out)
         state.variables["last_input"] = (dtmf or text or "")[:MAX_VALUE]
         if step.agent is not None:
             self._agent_input(state, step, text, dtmf, out)
@@ -163,7 +176,9 @@ class FlowEngine:
             return Advance(state, out)
         step = self._steps[state.step]
         if step.agent is not None:
-            self._go(state, step.next, out, result="completed")
+            self._route(state, step, out, hops=0)
+        elif step.collect is None:
+            self._finish(state, "flow_changed", out)
         else:
             self._retry(state, step, "no_input", out)
         return Advance(state, out)
@@ -175,7 +190,9 @@ class FlowEngine:
         if state.waiting != "extract":
             return Advance(state, out)
         step = self._steps[state.step]
-        assert step.collect is not None
+        if step.collect is None:
+            self._finish(state, "flow_changed", out)
+            return Advance(state, out)
         pending, state.pending_text, state.waiting = state.pending_text, "", "input"
         parsed = values.parse(step.collect, value or "", today=today) if value else values.Parsed(None, "no_match")
         if not parsed.ok and step.collect.type == "text":
@@ -197,6 +214,8 @@ class FlowEngine:
         for name, value in (variables or {}).items():
             state.variables[name] = str(value)[:MAX_VALUE]
         state.waiting = "input"
+        if step.action is not None and step.action.type == "send_message" and ok:
+            state.sends += 1
         if not ok:
             self._go(state, step.fallback, out, result="failed")
         elif step.action is not None and step.action.type in ("transfer", "hang_up"):
@@ -215,9 +234,10 @@ class FlowEngine:
             self._route(state, step, out, hops=0)
         elif state.waiting == "agent":
             state.waiting = "input"
-            assert step.agent is not None
-            if state.agent_turns >= step.agent.max_turns:
+            if step.agent is None or state.agent_turns >= step.agent.max_turns:
                 self._route(state, step, out, hops=0)
+            else:
+                out.append(Listen(step.id, HANDOVER_LISTEN))  # the next turn (or silence) is heard as before
         return Advance(state, out)
 
     # ------------------------------------------------------------------ moves
@@ -233,7 +253,9 @@ class FlowEngine:
         if step.collect is not None:
             out.append(Listen(step.id, step.collect))
         elif step.agent is not None:
-            out.append(Listen(step.id, Collect(var="last_input", type="text", required=False)))
+            out.append(Listen(step.id, HANDOVER_LISTEN))
+        elif step.action is not None and step.action.type == "send_message" and state.sends >= MAX_SENDS_PER_RUN:
+            self._go(state, step.fallback, out, result="failed")
         elif step.action is not None:
             state.waiting = "action"
             a = step.action
@@ -281,20 +303,21 @@ class FlowEngine:
                 self._enter(state, step.fallback, out, hops=1)
             return
         state.retries += 1
-        sorry = step.no_input if problem == "no_input" else step.no_match
+        sorry = fill(step.no_input if problem == "no_input" else step.no_match, state.variables)
         question = fill(step.say, state.variables)
         out.append(Say(" ".join(t for t in (sorry, question) if t), step.prompt if not sorry else None))
         out.append(Listen(step.id, step.collect))
 
     def _agent_input(self, state: FlowState, step: Step, text: str, dtmf: str | None, out: list[Output]) -> None:
         assert step.agent is not None
-        said = " ".join(values.words(text))
+        said = f" {' '.join(values.words(text))} "
+        phrases = [" ".join(values.words(p)) for p in step.agent.exit_phrases]
         if (dtmf and step.agent.exit_dtmf and step.agent.exit_dtmf in dtmf) or any(
-                " ".join(values.words(p)) in said for p in step.agent.exit_phrases if said):
+                p and f" {p} " in said for p in phrases):
             self._route(state, step, out, hops=0)
             return
         if dtmf and not text:
-            out.append(Listen(step.id, Collect(var="last_input", type="text", required=False)))
+            out.append(Listen(step.id, HANDOVER_LISTEN))
             return
         state.agent_turns += 1
         state.waiting = "agent"

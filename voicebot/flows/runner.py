@@ -46,14 +46,14 @@ from voicebot.flows.engine import (
     Listen,
     Say,
 )
-from voicebot.flows.spec import Collect, FlowSpec, parse_flow
+from voicebot.flows.spec import BUILTIN_VARS, Collect, FlowSpec, fill, parse_flow
 from voicebot.llm.base import ChatMessage, GenerationOptions, LanguageModel, TextDelta
 
 log = logging.getLogger(__name__)
 
 WEBHOOK_MAX_BYTES = 64 * 1024
 EXTRACT_TIMEOUT_S = 8.0
-MAX_INTERNAL = 32
+MAX_INTERNAL = 72
 """Engine requests settled in one input (actions, extractions) before the run is declared stuck."""
 
 
@@ -119,9 +119,10 @@ class FlowRunner:
                     actions: ChannelActions | None = None) -> FlowReply:
         """Start ``flow`` (name or id) in a conversation; any earlier active run there is ended (replaced)."""
         row, spec = await asyncio.to_thread(self._load_flow, flow)
-        engine = FlowEngine(spec)
+        engine = FlowEngine(spec, row.name)
         start_vars = {"channel": channel, **{k: str(v)[:500] for k, v in (variables or {}).items()}}
-        advance = engine.start(start_vars)
+        # Every engine step runs off the event loop: routing evaluates designers' patterns on caller data.
+        advance = await asyncio.to_thread(engine.start, start_vars)
         run_id = await asyncio.to_thread(self._create_run, row, channel, conversation_id, call_id, contact_id,
                                          advance.state)
         log.info("flow %s started (run %d, %s)", row.name, run_id, channel)
@@ -138,12 +139,14 @@ class FlowRunner:
 
     async def no_input(self, run_id: int, *, actions: ChannelActions | None = None) -> FlowReply:
         engine, state, version = await asyncio.to_thread(self._load_run, run_id)
-        return await self._settle(run_id, engine, engine.no_input(state), version=version, actions=actions)
+        advance = await asyncio.to_thread(engine.no_input, state)
+        return await self._settle(run_id, engine, advance, version=version, actions=actions)
 
     async def agent_done(self, run_id: int, *, actions: ChannelActions | None = None) -> FlowReply:
         """The agent answered the run's ``agent_request``."""
         engine, state, version = await asyncio.to_thread(self._load_run, run_id)
-        return await self._settle(run_id, engine, engine.agent_done(state), version=version, actions=actions)
+        advance = await asyncio.to_thread(engine.agent_done, state)
+        return await self._settle(run_id, engine, advance, version=version, actions=actions)
 
     async def active_run(self, conversation_id: int) -> int | None:
         def find(session: Session) -> int | None:
@@ -188,11 +191,26 @@ class FlowRunner:
             session.add(row)
 
         await asyncio.to_thread(self._tx, move)
-        engine, state, _ = await asyncio.to_thread(self._load_run, run_id)
-        step = engine.spec.step(state.step)
+        engine, state, version = await asyncio.to_thread(self._load_run, run_id)
         reply = FlowReply(run_id=run_id, step=state.step, variables=dict(state.variables))
-        if step.say or step.prompt:
-            reply.says.append(Say(f"Welcome back. {step.say}".strip(), None))
+        if state.ended:
+            reply.ended, reply.result = True, state.result
+            return reply
+        step = engine.spec.step(state.step)
+        if state.waiting == "ask_agent" and step.ask_agent is not None:
+            # The agent's answer was lost with the old call: ask it again.
+            reply.agent_request = AskAgent(fill(step.ask_agent, state.variables))
+            return reply
+        if state.waiting in ("agent", "extract", "action"):
+            # What was in hand died with the old call (an agent turn, an extraction, an action whose outcome is
+            # unknown): listen again at this step, so the caller is never ignored.
+            state.waiting, state.pending_text = "input", ""
+            await asyncio.to_thread(self._store, run_id, state, version)
+        question = fill(step.say, state.variables)
+        reply.says.append(Say(f"Welcome back. {question}".strip(), None))
+        if step.prompt and question:
+            reply.says[-1] = Say("Welcome back.", None)
+            reply.says.append(Say(question, step.prompt))
         reply.listen = step.collect if step.collect is not None else (
             Collect(var="last_input", type="text", required=False) if step.agent is not None else None)
         return reply
@@ -218,6 +236,15 @@ class FlowRunner:
     # ------------------------------------------------------------------ the engine's requests
     async def _settle(self, run_id: int, engine: FlowEngine, advance: Advance, *, version: int,
                       actions: ChannelActions | None) -> FlowReply:
+        # Once an input is accepted, its side effects (a webhook that books, a message sent) and the stored state
+        # must go together: a barge-in that cancels the caller's turn must not leave the webhook done and the run
+        # unmoved (the carried words would run it again).  The work finishes in its own task; the caller's turn
+        # may still be cancelled around it.
+        task = asyncio.ensure_future(self._settle_now(run_id, engine, advance, version=version, actions=actions))
+        return await asyncio.shield(task)
+
+    async def _settle_now(self, run_id: int, engine: FlowEngine, advance: Advance, *, version: int,
+                          actions: ChannelActions | None) -> FlowReply:
         reply = FlowReply(run_id=run_id)
         for _ in range(MAX_INTERNAL):
             nxt: Advance | None = None
@@ -233,7 +260,7 @@ class FlowRunner:
                     ok, new_vars, after = await self._act(output, advance.state, engine, actions)
                     if after is not None:
                         reply.after = after
-                    nxt = engine.action_done(advance.state, ok, new_vars)
+                    nxt = await asyncio.to_thread(engine.action_done, advance.state, ok, new_vars)
                 elif isinstance(output, AskAgent | AgentTurn):
                     reply.agent_request = output
                 elif isinstance(output, Ended):
@@ -310,32 +337,38 @@ class FlowRunner:
                 sent = False
             return sent, {}, None
         assert action.url is not None
-        return await self._webhook(action.url, action.timeout_s, action.store_as, state)
+        return await self._webhook(action.url, action.timeout_s, action.store_as, state, engine)
 
     async def _webhook(self, url: str, timeout_s: float, store_as: str | None,
-                       state: FlowState) -> tuple[bool, dict[str, str], None]:
-        body = {"step": state.step,
+                       state: FlowState, engine: FlowEngine) -> tuple[bool, dict[str, str], None]:
+        body = {"flow": engine.name, "step": state.step,
                 "channel": state.variables.get("channel", ""), "variables": state.variables}
         own = self._session_factory is None
         session = aiohttp.ClientSession() if own else self._session_factory()  # type: ignore[misc]
         try:
             async with session.post(url, json=body, timeout=aiohttp.ClientTimeout(total=timeout_s),
                                     allow_redirects=False) as response:
-                raw = await response.content.read(WEBHOOK_MAX_BYTES + 1)
+                raw = await _read_bounded(response, WEBHOOK_MAX_BYTES + 1)
                 ok = 200 <= response.status < 300
                 new: dict[str, str] = {}
                 if store_as is not None:
                     new[store_as] = str(response.status)
                 if ok and len(raw) <= WEBHOOK_MAX_BYTES and raw.strip().startswith(b"{"):
-                    with contextlib.suppress(ValueError):
+                    try:
                         answer = json.loads(raw)
-                        if isinstance(answer, dict):
-                            for key, value in list(answer.items())[:50]:
-                                if isinstance(key, str) and key.isidentifier() and len(key) <= 64 and isinstance(
-                                        value, str | int | float | bool):
-                                    new[key] = str(value)[:500]
-                            if store_as is not None and "value" in answer:
-                                new[store_as] = str(answer["value"])[:500]
+                    except (ValueError, RecursionError):  # not JSON, or nested beyond the parser's stack
+                        answer = None
+                    if isinstance(answer, dict):
+                        # An answer adds variables; it never replaces Eva's own (caller, channel) nor what the
+                        # caller already gave -- a remote service must not redirect messages or rewrite answers.
+                        for key, value in list(answer.items())[:50]:
+                            if (isinstance(key, str) and key.isidentifier() and len(key) <= 64
+                                    and key not in BUILTIN_VARS and key not in state.variables
+                                    and isinstance(value, str | int | float | bool)):
+                                new[key] = str(value)[:500]
+                        if store_as is not None and "value" in answer and isinstance(
+                                answer["value"], str | int | float | bool):
+                            new[store_as] = str(answer["value"])[:500]
                 if not ok:
                     log.warning("flow webhook answered HTTP %d", response.status)
                 return ok, new, None
@@ -397,7 +430,7 @@ class FlowRunner:
         if state.step not in {s.id for s in spec.steps}:
             # The designer removed the step this run was at: end it rather than guess.
             state.waiting, state.result = "ended", "flow_changed"
-        return FlowEngine(spec), state, version
+        return FlowEngine(spec, flow.name), state, version
 
     def _store(self, run_id: int, state: FlowState, version: int) -> None:
         changes: dict[str, Any] = {"state": state.to_json(), "step": state.step, "variables": dict(state.variables),
@@ -412,6 +445,18 @@ class FlowRunner:
                 if session.get(FlowRun, run_id) is None:
                     raise NotFound(f"flow run {run_id} does not exist")
                 raise FlowConflict(f"flow run {run_id} was advanced by another worker")
+
+
+async def _read_bounded(response: aiohttp.ClientResponse, limit: int) -> bytes:
+    """The body up to ``limit`` bytes (it may arrive in any number of pieces)."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.content.iter_chunked(16384):
+        chunks.append(chunk)
+        size += len(chunk)
+        if size >= limit:
+            break
+    return b"".join(chunks)[:limit]
 
 
 def _flow_row(session: Session, flow: str | int) -> Flow:

@@ -45,6 +45,8 @@ Text = Annotated[str, StringConstraints(max_length=2000)]
 ResultName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,40}$")]
 
 MAX_STEPS = 200
+MAX_CHAIN = 48
+"""Steps that may run one after another without waiting for the caller (the engine's per-input limit is higher)."""
 BUILTIN_VARS = frozenset({"caller", "channel", "did", "last_input"})
 """Variables every run has from the start (the caller's number or address, the channel, the DID)."""
 
@@ -169,6 +171,13 @@ class AgentHandover(_Spec):
     max_turns: int = Field(default=6, ge=1, le=50)
     exit_phrases: list[Phrase] = Field(default_factory=lambda: ["main menu", "go back"], max_length=20)
     exit_dtmf: Literal["*", "#", "0", "9", ""] = "*"
+
+    @model_validator(mode="after")
+    def _phrases(self) -> AgentHandover:
+        for phrase in self.exit_phrases:
+            if not re.search(r"[A-Za-z0-9]", phrase):
+                raise ValueError(f"exit phrase {phrase!r} has no word in it (it would match every turn)")
+        return self
 
 
 class Step(_Spec):
@@ -305,7 +314,42 @@ def check_flow(spec: FlowSpec, *, prompt_exists: Callable[[str], bool] | None = 
     if not any(spec.steps[index[s]].ends_here() for s in reachable):
         raise InvalidInput("the flow never ends: no reachable step ends it", field="steps")
     _check_busy_loops(spec, index)
+    _check_chains(spec, index)
+    _check_targets(spec)
     _check_variables(spec, index)
+
+
+def _check_targets(spec: FlowSpec) -> None:
+    """Built-in variables are Eva's (the caller's identity, the channel): a flow may read them, never write."""
+    for position, step in enumerate(spec.steps):
+        for name in sorted(_defines(step) & BUILTIN_VARS):
+            where = "collect.var" if step.collect is not None else "action"
+            raise InvalidInput(f"step {step.id!r} may not set {name!r}: it is a built-in variable "
+                               f"({', '.join(sorted(BUILTIN_VARS))})", field=f"steps.{position}.{where}")
+
+
+def _check_chains(spec: FlowSpec, index: dict[str, int]) -> None:
+    """The longest run of steps without waiting for the caller (loops are refused already, so the steps that do
+    not wait form a DAG) stays within MAX_CHAIN."""
+    longest: dict[str, int] = {}
+
+    def length(node: str) -> int:
+        if node in longest:
+            return longest[node]
+        step = spec.steps[index[node]]
+        if step.waits:
+            longest[node] = 1
+            return 1
+        longest[node] = 1  # guards recursion; real loops were refused by _check_busy_loops
+        best = 1 + max((length(n) for n in step.successors()), default=0)
+        longest[node] = best
+        return best
+
+    for step in spec.steps:
+        if not step.waits and length(step.id) > MAX_CHAIN:
+            raise InvalidInput(f"from step {step.id!r} more than {MAX_CHAIN} steps run without waiting for the "
+                               "caller: split the flow or let a step ask something",
+                               field=f"steps.{index[step.id]}.next")
 
 
 def _reachable(spec: FlowSpec, index: dict[str, int]) -> set[str]:
@@ -356,7 +400,8 @@ def _defines(step: Step) -> set[str]:
 def _uses(step: Step) -> list[tuple[str, str]]:
     """(variable, where) for every variable the step reads."""
     uses = [(b.when.var, f"branches.{i}.when.var") for i, b in enumerate(step.branches)]
-    texts: list[tuple[str, str]] = [("say", step.say), ("ask_agent", step.ask_agent or "")]
+    texts: list[tuple[str, str]] = [("say", step.say), ("ask_agent", step.ask_agent or ""),
+                                    ("no_input", step.no_input), ("no_match", step.no_match)]
     if step.action is not None:
         texts += [("action.text", step.action.text or ""), ("action.to", step.action.to or "")]
         texts += [(f"action.values.{k}", v) for k, v in (step.action.values or {}).items()]

@@ -89,9 +89,14 @@ def spoken_digits(text: str) -> str:
 
 def spoken_number(text: str) -> float | None:
     """A number written ("42", "3.5") or said ("forty two", "one hundred and five", "two thousand")."""
-    found = re.search(r"-?\d+(?:[.,]\d+)?", text[:MAX_INPUT])
+    found = re.search(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?|-?\d+(?:[.,]\d+)?", text[:MAX_INPUT])
     if found:
-        return float(found.group(0).replace(",", "."))
+        raw = found.group(0)
+        # "1,000" is a thousand; "3,5" is three and a half (a decimal comma).
+        raw = raw.replace(",", "") if re.fullmatch(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?", raw) else raw.replace(",", ".")
+        if len(raw.lstrip("-").split(".")[0]) > 15:
+            return None  # not a number anybody says: never "inf"
+        return float(raw)
     total, current, seen = 0, 0, False
     for word in words(text):
         if word in DIGIT_WORDS and word not in ("o", "oh"):
@@ -284,7 +289,7 @@ def _parse(collect: Collect, text: str, dtmf: str | None, today: date) -> str | 
         plus = "+" if re.search(r"(?:^|\s)\+\s*\d", raw) or " plus " in f" {raw.lower()} " else ""
         return plus + digits if 7 <= len(digits) <= 15 else None
     if kind == "number":
-        number = float(dtmf) if dtmf and dtmf.isdigit() else spoken_number(text)
+        number = (float(dtmf) if dtmf.isdigit() and len(dtmf) <= 15 else None) if dtmf else spoken_number(text)
         if number is None:
             return None
         if (collect.min is not None and number < collect.min) or (collect.max is not None and number > collect.max):
