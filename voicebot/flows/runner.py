@@ -240,7 +240,9 @@ class FlowRunner:
         # must go together: a barge-in that cancels the caller's turn must not leave the webhook done and the run
         # unmoved (the carried words would run it again).  The work finishes in its own task; the caller's turn
         # may still be cancelled around it.
-        task = asyncio.ensure_future(self._settle_now(run_id, engine, advance, version=version, actions=actions))
+        task = asyncio.create_task(self._settle_now(run_id, engine, advance, version=version, actions=actions),
+                                   name=f"flow-run-{run_id}")
+        task.add_done_callback(_log_orphan_failure)
         return await asyncio.shield(task)
 
     async def _settle_now(self, run_id: int, engine: FlowEngine, advance: Advance, *, version: int,
@@ -445,6 +447,12 @@ class FlowRunner:
                 if session.get(FlowRun, run_id) is None:
                     raise NotFound(f"flow run {run_id} does not exist")
                 raise FlowConflict(f"flow run {run_id} was advanced by another worker")
+
+
+def _log_orphan_failure(task: asyncio.Task[FlowReply]) -> None:
+    """A settle whose caller was cancelled still has its failure logged (nobody else will see it)."""
+    if not task.cancelled() and task.exception() is not None:
+        log.error("flow %s failed: %r", task.get_name(), task.exception())
 
 
 async def _read_bounded(response: aiohttp.ClientResponse, limit: int) -> bytes:
