@@ -186,7 +186,7 @@ async def test_the_flow_continues_in_the_dialplan_which_reads_the_collected_numb
     before = _last_call_id(runtime.engine)
     # The flow asks its menu question at once; 1 = hours; then it asks for the customer number.
     result = await place_call_async(caller.script(
-        "202", Action("dtmf", at=6.0, digits="1"), Action("dtmf", at=13.0, digits="4711#"), timeout=26))
+        "202", Action("dtmf", at=7.0, digits="1"), Action("dtmf", at=16.0, digits="4711#"), timeout=30))
     assert result.connected, result
     await _settled(runtime.voice)
     (call,) = _calls_after(runtime.engine, before)
@@ -196,10 +196,9 @@ async def test_the_flow_continues_in_the_dialplan_which_reads_the_collected_numb
     assert run.flow_name == "dialplan-menu", run  # Set(EVA_FLOW=dialplan-menu) chose it
     assert (run.status, run.result, run.variables.get("choice"), run.variables.get("code")) == (
         "ended", "continue", "hours", "4711"), (run, heard)
-    assert "customer number" in heard, heard  # Eva ran the flow ...
-    # ... then let go: the dialplan's SayDigits(${EVA_VAR_code}) spoke after the keys, and only then the line
-    # dropped.
-    assert "4711" in _digits(_heard_after(whisper, result.record_path, 13.0)), heard
+    # Eva let go: the dialplan's SayDigits(${EVA_VAR_code}) spoke after the keys, and only then the line dropped.
+    assert "4711" in _digits(_heard_after(whisper, result.record_path, 16.0)), heard
+    assert "customer" in heard, heard  # and before that, the caller heard the flow's question
     assert result.remote_hangup, result
     assert call.outcome == "continued", call
 
@@ -286,7 +285,7 @@ async def test_a_call_dropped_mid_flow_resumes_at_the_same_step_on_a_fresh_eva(
             assert resumed is not None
             newer = session.exec(select(FlowRun).where(col(FlowRun.id) > run.id)).all()
         assert not newer, newer  # no new run was started: the first call's run was taken over
-        assert "welcome back" in heard and "customer number" in heard, heard
+        assert "welcome back" in heard and "customer" in heard, heard
         # The keys answered the step the first call stopped at: the flow went on to its end and handed back.
         assert (resumed.call_id, resumed.status, resumed.result) == (call.id, "ended", "continue"), resumed
         assert (resumed.variables["choice"], resumed.variables["code"]) == ("hours", "4711"), resumed.variables
