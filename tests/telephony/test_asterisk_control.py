@@ -12,6 +12,8 @@ from voicebot.config import Settings
 from voicebot.errors import AsteriskError
 from voicebot.harness import isolated_settings
 
+pytestmark = pytest.mark.asterisk  # by hand: these tests start Asterisk themselves (Asterisk.start, `eva asterisk`)
+
 
 def _env(monkeypatch: pytest.MonkeyPatch, settings: Settings) -> None:
     monkeypatch.setenv("EVA_DATA_DIR", str(settings.data_dir))
