@@ -28,7 +28,7 @@ from voicebot.ari.handback import dialplan_variables
 from voicebot.errors import InvalidInput
 from voicebot.flows import values
 from voicebot.flows.engine import Act, AgentTurn, FlowEngine, Listen
-from voicebot.flows.runner import FlowConflict, FlowRunner
+from voicebot.flows.runner import WEBHOOK_MAX_VARIABLES, FlowConflict, FlowRunner
 from voicebot.flows.spec import check_flow, parse_flow
 
 TODAY = date(2026, 12, 1)
@@ -165,14 +165,26 @@ async def test_R4_webhook_body_names_the_flow(db: Engine, hook: Hook) -> None:
     assert hook.bodies and hook.bodies[0].get("flow") == "named"
 
 
-def test_R5_handback_keeps_collected_variables_when_a_webhook_added_many() -> None:
-    """dialplan_variables keeps the first MAX_VARIABLES (50) in insertion order: builtins and a webhook's 50 answer
-    keys come first, so the variable the dialplan routes on (``choice``, collected after) is silently dropped and
-    ``GotoIf($["${EVA_VAR_choice}" = "sales"]...)`` never matches."""
-    variables = {"channel": "voice", "caller": "+15550001", "did": "201", "last_input": "1"}
-    variables |= {f"crm_field_{i}": "x" for i in range(50)}  # one CRM lookup answer
-    variables["choice"] = "sales"
-    assert dialplan_variables("continue", variables).get("EVA_VAR_choice") == "sales"
+async def test_R5_handback_keeps_collected_variables_when_a_webhook_added_many(db: Engine, hook: Hook) -> None:
+    """dialplan_variables keeps the first MAX_VARIABLES (50): a CRM webhook answering 60 fields before the menu
+    choice is collected must not push ``choice`` out, or ``GotoIf($["${EVA_VAR_choice}" = "sales"]...)`` never
+    matches.  The flow's own variables come first; a webhook adds at most WEBHOOK_MAX_VARIABLES."""
+    async def answer(_: web.Request) -> web.Response:
+        return web.json_response({f"crm_field_{i}": "x" for i in range(60)})
+
+    hook.answer = answer
+    store_flow(db, "crm", "lookup", [
+        {"id": "lookup", "action": {"type": "webhook", "url": hook.url}, "fallback": "menu", "next": "menu"},
+        {"id": "menu", "say": "Sales or support?", "collect": {"var": "choice", "type": "choice",
+                                                               "choices": {"sales": ["1"], "support": ["2"]}},
+         "next": "done"},
+        {"id": "done", "end": "continue"}])
+    runner = FlowRunner(db)
+    reply = await runner.start("crm", channel="voice", variables={"caller": "+15550001", "did": "201"})
+    reply = await runner.answer(reply.run_id, "", dtmf="1")
+    assert reply.ended and reply.result == "continue"
+    assert sum(k.startswith("crm_field_") for k in reply.variables) <= WEBHOOK_MAX_VARIABLES
+    assert dialplan_variables("continue", reply.variables).get("EVA_VAR_choice") == "sales"
 
 
 # ---------------------------------------------------------------------------------------------- the runner

@@ -52,6 +52,8 @@ from voicebot.llm.base import ChatMessage, GenerationOptions, LanguageModel, Tex
 log = logging.getLogger(__name__)
 
 WEBHOOK_MAX_BYTES = 64 * 1024
+WEBHOOK_MAX_VARIABLES = 20
+"""Variables one webhook answer may add (a CRM record of 200 fields must not crowd out the flow's own)."""
 EXTRACT_TIMEOUT_S = 8.0
 MAX_INTERNAL = 72
 """Engine requests settled in one input (actions, extractions) before the run is declared stuck."""
@@ -278,7 +280,7 @@ class FlowRunner:
             # Ended before this input (its flow lost the step it was at: ``flow_changed``): say so, so the
             # channel hands the conversation back rather than waiting for a run that is over.
             reply.ended, reply.result = True, state.result
-        reply.step, reply.variables = state.step, dict(state.variables)
+        reply.step, reply.variables = state.step, _ordered(engine.spec, state.variables)
         await asyncio.to_thread(self._store, run_id, state, version)
         if reply.ended:
             log.info("flow run %d ended: %s", run_id, reply.result)
@@ -363,7 +365,9 @@ class FlowRunner:
                     if isinstance(answer, dict):
                         # An answer adds variables; it never replaces Eva's own (caller, channel) nor what the
                         # caller already gave -- a remote service must not redirect messages or rewrite answers.
-                        for key, value in list(answer.items())[:50]:
+                        for key, value in list(answer.items())[:200]:
+                            if len(new) >= WEBHOOK_MAX_VARIABLES:
+                                break
                             if (isinstance(key, str) and key.isidentifier() and len(key) <= 64
                                     and key not in BUILTIN_VARS and key not in state.variables
                                     and isinstance(value, str | int | float | bool)):
@@ -447,6 +451,21 @@ class FlowRunner:
                 if session.get(FlowRun, run_id) is None:
                     raise NotFound(f"flow run {run_id} does not exist")
                 raise FlowConflict(f"flow run {run_id} was advanced by another worker")
+
+
+def _ordered(spec: FlowSpec, variables: dict[str, str]) -> dict[str, str]:
+    """The run's variables with the flow's own (collected or set by its steps) first: whoever keeps only the
+    first N (the dialplan hand-back) keeps those."""
+    own: list[str] = []
+    for step in spec.steps:
+        if step.collect is not None:
+            own.append(step.collect.var)
+        elif step.action is not None:
+            own.extend((step.action.values or {}).keys())
+            if step.action.store_as:
+                own.append(step.action.store_as)
+    first = {name: variables[name] for name in own if name in variables}
+    return {**first, **{k: v for k, v in variables.items() if k not in first}}
 
 
 def _log_orphan_failure(task: asyncio.Task[FlowReply]) -> None:
