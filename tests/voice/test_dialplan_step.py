@@ -20,6 +20,7 @@ import contextlib
 import json
 import re
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -49,12 +50,18 @@ VERIFIED_NUMBER = "+15550007777"
 MENU_GREETING = "Menu desk."
 
 
+EXAMPLES_DIR = Path(__file__).resolve().parents[2] / "voicebot" / "flows" / "examples"
+
+
 def packaged_example_flow() -> dict[str, Any]:
     """The flow documented in dialplan/inbound.conf's comments (so the documentation cannot rot)."""
     text = (DIALPLAN_DIR / "inbound.conf").read_text(encoding="utf-8")
     found = re.search(r"POST it to /api/v1/flows.*?\n((?:;   .*\n)+)", text)
     assert found is not None, "the worked example's flow is missing from dialplan/inbound.conf"
     data: dict[str, Any] = json.loads("".join(line[4:] for line in found.group(1).splitlines(True)))
+    # Setup ships the same flow (voicebot/flows/examples), so 201/202 work on a fresh install.
+    shipped = json.loads((EXAMPLES_DIR / f"{data['name']}.json").read_text(encoding="utf-8"))
+    assert {k: shipped[k] for k in data} == data, "dialplan/inbound.conf and the shipped example flow differ"
     return data
 
 
