@@ -10,15 +10,16 @@ recorded prompt played instead of TTS, and a flow that ends with a result hangin
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import date, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 import pytest_asyncio
 from sqlmodel import col, select
 
-from models import Call, CallTurn, Flow, FlowRun, Route
+from models import Agent, Call, CallTurn, Flow, FlowRun, Route
 from models.db import session_scope
 from tests.conftest import Caller
 from tests.embedded_model import shared_qwen_llm
@@ -170,3 +171,50 @@ async def test_a_prompt_step_plays_the_recorded_sound_and_an_ended_flow_hangs_up
     _call, turns, run = _last_call(runtime)
     assert run is not None and run.result == "played", run
     assert turns and "Recorded prompt." in turns[0].bot_text, _story(turns)
+
+
+QUIZ: list[dict[str, Any]] = [{"id": "ask", "say": "Which colour, red or blue?",
+         "collect": {"var": "colour", "type": "choice", "choices": {"red": ["red", "1"], "blue": ["blue", "2"]},
+                     "dtmf": {"max_digits": 1}}, "next": "done"},
+        {"id": "done", "say": "You chose {colour}.", "end": "chosen"}]
+
+
+@pytest.fixture
+def quiz_trigger(runtime: EvaRuntime) -> Iterator[None]:
+    """The demo agent (route 100) runs flow ``quiz`` when the caller mentions a quiz."""
+    assert runtime.engine is not None
+    with session_scope(runtime.engine) as session:
+        if session.exec(select(Flow).where(Flow.name == "quiz")).first() is None:
+            session.add(Flow(name="quiz", start_step="ask", steps=QUIZ))
+        agent = session.exec(select(Agent).where(Agent.name == "demo")).one()
+        agent.flow_triggers = {"quiz": ["quiz"]}
+        session.add(agent)
+    try:
+        yield
+    finally:
+        with session_scope(runtime.engine) as session:
+            agent = session.exec(select(Agent).where(Agent.name == "demo")).one()
+            agent.flow_triggers = {}
+            session.add(agent)
+
+
+@pytest.mark.usefixtures("quiz_trigger")
+async def test_an_agents_trigger_phrase_runs_a_flow_and_the_agent_carries_on_after_it(
+        runtime: EvaRuntime, caller: Caller, responder: ScriptedResponder, say: Callable[[str], Path],
+        whisper: WhisperStt) -> None:
+    start, question = say("Let's do the quiz."), say("What time do you open tomorrow?")
+    result = await place_call_async(caller.script(
+        "100", Action("play", at=5.0, path=str(start)), Action("dtmf", at=11.0, digits="2"),
+        Action("play", at=16.0, path=str(question)), Action("hangup", at=24.0), timeout=26))
+    assert result.connected, result
+    heard = transcribe_regions(whisper, load(result.record_path)).lower()
+    _call, turns, run = _last_call(runtime)
+    assert "red or blue" in heard and heard.count("blue") >= 2, (heard, _story(turns))
+    assert any(t.spoken_text == "You chose blue." for t in turns), _story(turns)
+    assert run is not None and run.flow_name == "quiz" and run.result == "chosen", run
+    assert run.variables.get("colour") == "blue"
+    # The flow's words never reached the agent; after the flow the agent answered the next question.
+    assert len(responder.heard) == 1, (responder.heard, heard, _story(turns)[-900:])
+    assert len(responder.heard) == 1 and "open tomorrow" in responder.heard[0].lower(), responder.heard
+    assert "you said" in heard, heard
+    assert not result.remote_hangup, "the agent's call goes on after the flow"
