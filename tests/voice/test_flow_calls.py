@@ -162,8 +162,8 @@ async def test_a_prompt_step_plays_the_recorded_sound_and_an_ended_flow_hangs_up
                 {"id": "hello", "prompt": "eva-operator", "say": "Recorded prompt.", "end": "played"}])
             session.add(flow)
             session.flush()
-            session.add(Route(did="201", flow_id=flow.id, description="prompt test"))
-    result = await place_call_async(caller.script("201", timeout=15))
+            session.add(Route(did="291", flow_id=flow.id, description="prompt test"))
+    result = await place_call_async(caller.script("291", timeout=15))
     assert result.connected, result
     assert result.remote_hangup, "a flow that ended with a result (not continue) hangs up"
     heard = transcribe_regions(whisper, load(result.record_path)).lower()
