@@ -73,3 +73,16 @@ def test_the_shipped_examples_pass_the_check(capsys: pytest.CaptureFixture[str])
     examples = Path(__file__).resolve().parents[2] / "voicebot" / "flows" / "examples"
     for path in sorted(examples.glob("*.json")):
         assert main(["flow", "check", str(path)]) == 0, path
+
+
+def test_the_readme_flow_example_passes_the_check(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The YAML a designer copies from the README is a valid flow (documentation that cannot rot)."""
+    import re
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("## Conversation flows and IVR menus"):]
+    found = re.search(r"```yaml\n(.*?)```", section, re.S)
+    assert found is not None
+    path = tmp_path / "front-desk.yaml"
+    path.write_text(found.group(1))
+    assert main(["flow", "check", str(path)]) == 0, capsys.readouterr().err
