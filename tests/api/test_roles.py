@@ -57,6 +57,7 @@ EXPECTED: dict[tuple[str, str], str | None] = {
     ("DELETE", "/api/v1/dialplans/{name}"): D,
     ("GET", "/api/v1/flows"): V, ("POST", "/api/v1/flows"): D, ("GET", "/api/v1/flows/{flow_id}"): V,
     ("PATCH", "/api/v1/flows/{flow_id}"): D, ("DELETE", "/api/v1/flows/{flow_id}"): D,
+    ("GET", "/api/v1/flows/{flow_id}/runs"): V,
     # text channels: Meta calls the webhook (signed payloads, not credentials); designers send and chat
     ("GET", "/api/v1/whatsapp/webhook"): P, ("POST", "/api/v1/whatsapp/webhook"): P,
     ("POST", "/api/v1/whatsapp/send-message"): D, ("GET", "/api/v1/whatsapp/conversations"): V,
