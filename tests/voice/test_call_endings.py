@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import shutil
+import os
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
@@ -79,15 +79,17 @@ def long_no_route_prompt(asterisk: Asterisk) -> Iterator[str]:
     from voicebot.tts.piper import synthesize_to_wav
 
     path = asterisk.settings.sounds_dir / "eva-no-route.wav"
-    saved = path.with_suffix(".wav.saved")
-    shutil.copy2(path, saved)
+    original, st = path.read_bytes(), path.stat()
     text = ("Sorry, this number is not in service. Please check the number you dialled and try again later. "
             "Thank you, and goodbye.")
     synthesize_to_wav(text, path, settings=asterisk.settings, rate=8000)
     try:
         yield text
     finally:
-        shutil.move(saved, path)
+        # Put the original back with its owner, group and mode: Asterisk reads it through its own group.
+        path.write_bytes(original)
+        os.chown(path, st.st_uid, st.st_gid)
+        path.chmod(st.st_mode & 0o7777)
 
 
 async def test_a_no_route_prompt_is_played_to_its_end_and_then_eva_hangs_up(
