@@ -34,7 +34,7 @@ from voicebot.errors import EvaError, TransferRefused
 from voicebot.flows.engine import AgentTurn, AskAgent
 from voicebot.flows.resume import start_call_flow
 from voicebot.flows.runner import FlowReply, FlowRunner
-from voicebot.flows.spec import Collect
+from voicebot.flows.spec import MAX_CHAIN, Collect
 from voicebot.flows.triggers import trigger_for
 from voicebot.pipeline.responder import (
     CallContext,
@@ -55,8 +55,9 @@ FLOW_TROUBLE = "I'm sorry, something went wrong on my side."
 PROMPT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,79}$")
 PROMPT_MAX_BYTES = 8 * 1024 * 1024
 """A recorded prompt larger than this (about 8 minutes at 8 kHz) is not loaded into a call."""
-MAX_AGENT_ROUNDS = 8
-"""Agent requests answered within one caller turn (an ask_agent step after another) before giving up."""
+MAX_AGENT_ROUNDS = MAX_CHAIN + 1
+"""Agent requests answered within one caller turn: an ask_agent step after another is a chain of steps that do
+not wait, which the flow check bounds by MAX_CHAIN, so every step of a valid flow is reached."""
 
 
 def prompt_path(settings: Settings, name: str) -> Path | None:
