@@ -28,7 +28,7 @@ import math
 import re
 import secrets
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -65,6 +65,9 @@ class FakeOllama:
     tools_supported: bool = True
     default_script: ChatScript = field(default_factory=ChatScript)
     scripts: deque[ChatScript] = field(default_factory=deque)
+    reply: Callable[[dict[str, Any]], ChatScript] | None = None
+    """When set, every chat request's answer is ``reply(request body)`` (a model whose words depend on what it was
+    sent, e.g. on the conversation so far), before ``scripts`` and ``default_script``."""
     requests: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     chunks_sent: int = 0
     disconnects: int = 0
@@ -174,7 +177,10 @@ class FakeOllama:
             return self._error(404, f'model "{model}" not found, try pulling it first')
         if body.get("tools") and not self.tools_supported:
             return self._error(400, f"registry.ollama.ai/library/{model} does not support tools")
-        script = self.scripts.popleft() if self.scripts else self.default_script
+        if self.reply is not None:
+            script = self.reply(body)
+        else:
+            script = self.scripts.popleft() if self.scripts else self.default_script
         if script.status != 200:
             return self._error(script.status, script.error)
         message_tool_calls = [{"id": f"call_{secrets.token_hex(4)}",
