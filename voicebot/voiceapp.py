@@ -493,6 +493,7 @@ class VoiceApp:
                                   options=tuple(n for n, e in live.transfer_targets.items() if e != destination))
         return destination
 
+
 def _flow_agent(engine: Engine, name: str) -> str | None:
     """Blocking: the name of flow ``name``'s agent ('' when it has none), None when no enabled flow has that
     name."""
