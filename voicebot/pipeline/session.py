@@ -362,8 +362,7 @@ class CallSession:
         if self._loop is not None:
             self._barge_in(self._loop.time(), reason=reason)
         if self._turn_task is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._turn_task
+            await reap(self._turn_task)
 
     async def _run_turn(self, turn: _Turn) -> None:
         try:
@@ -473,8 +472,7 @@ class CallSession:
         finally:
             if not producer.done():
                 producer.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await producer
+                await reap(producer)
         if self._flows and turn.listen is None:
             self._listen(None)  # no flow step waits now: keys and silence work as for any agent again
         if not turn.bot_text.strip() and not (self._flows and turn.kind in ("greeting", "no_input")):
@@ -623,8 +621,7 @@ class CallSession:
         self.playout.clear()
         if self._turn_task is not None and not self._turn_task.done():
             self._turn_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._turn_task
+            await reap(self._turn_task)
         await self.transport.close()
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
@@ -705,6 +702,18 @@ def _loop_now() -> float:
 def _spoken_list(names: tuple[str, ...]) -> str:
     """``("sales", "billing", "support")`` → ``"sales, billing or support"``."""
     return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
+
+
+async def reap(task: asyncio.Task[Any]) -> None:
+    """Wait for a task we cancelled (or that is ending) to finish.
+
+    ``with suppress(CancelledError): await task`` would also swallow a cancellation aimed at *us* while we wait
+    (the call's own task being cancelled), leaving that task running on, stuck in "cancelling".  ``asyncio.wait``
+    never raises for the awaited task, so only our own cancellation propagates."""
+    if not task.done():
+        await asyncio.wait({task})
+    if not task.cancelled() and task.exception() is not None:
+        log.debug("task %s ended with %r", task.get_name(), task.exception())
 
 
 def concat(chunks: list[Pcm]) -> Pcm:
