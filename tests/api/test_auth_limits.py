@@ -145,6 +145,7 @@ async def test_password_change_checks_are_limited(api: Api) -> None:
     assert response.status == 429
 
 
+@pytest.mark.long
 async def test_forwarded_for_is_honoured_only_from_configured_proxies(
         tmp_path: Path, sqlite_engine: Engine, new_engine: Any) -> None:
     proxied = await start_api(offline_settings(tmp_path / "p", api_trusted_proxies="127.0.0.1"), sqlite_engine,
@@ -323,6 +324,7 @@ async def _login_as(api: Api, client_ip: str, username: str, password: str) -> t
     return response.status, body
 
 
+@pytest.mark.long
 async def test_junk_username_flood_over_http_neither_resets_the_ceiling_nor_drops_known_addresses(
         tmp_path: Path, sqlite_engine: Engine) -> None:
     """The review's attack through the real server behind a proxy, with IPv6 clients, then a restart."""

@@ -118,6 +118,7 @@ async def test_wall_clock_limit_kills_the_reader() -> None:
     assert "longer than 1 s" in info.value.message
 
 
+@pytest.mark.long
 async def test_memory_limit_is_a_clear_reason() -> None:
     """A document whose text does not fit the reader's memory limit (here 2 MB of text in 200 MB)."""
     text = ("Opening hours are nine to five on weekdays. " * 50_000).encode()
