@@ -41,7 +41,8 @@ MARK_BY_FIXTURE: dict[str, frozenset[str]] = {
     "asterisk": frozenset({"asterisk", "own_asterisk"}),
     "models": frozenset({"embedded_llm", "qwen", "demo_world", "demo_data", "local_embedder", "api_embedder",
                          "embedder", "whisper", "say", "llm_api", "live_server",
-                         "runtime"}),  # the voice runtime loads Whisper and Piper
+                         "runtime",  # the voice runtime loads Whisper and Piper
+                         "own_asterisk"}),  # a private Asterisk whose prompts Piper synthesizes first
     "servers": frozenset({"postgres_server", "postgres_url", "dovecot", "chroma_server"}),
 }
 """Fixtures that boot Asterisk, load a real model, or start a server process (PostgreSQL, dovecot, Chroma)."""

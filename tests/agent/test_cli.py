@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 from sqlmodel import Session, select
 
-from models import Agent, KnowledgeDocument, Route
+from models import Agent, Flow, KnowledgeDocument, Route
 from models.db import make_engine
 from tests.embedded_model import gguf_path
+from voicebot.agent.demo import EXAMPLE_FLOWS
 from voicebot.cli import main
 from voicebot.config import Settings
 
@@ -97,8 +98,12 @@ def test_setup_seeds_the_demo_once_and_chat_answers_from_it(data_dir: Path, monk
     try:
         with Session(engine) as session:
             assert [a.name for a in session.exec(select(Agent)).all()] == ["demo"]
-            routes = session.exec(select(Route)).all()
-            assert [(r.did, r.agent_id) for r in routes] == [("100", session.exec(select(Agent)).one().id)]
+            routes = session.exec(select(Route).order_by(Route.did)).all()
+            menu = session.exec(select(Flow).where(Flow.name == "main-menu")).one()
+            assert [(r.did, r.agent_id, r.flow_id) for r in routes] == [
+                ("100", session.exec(select(Agent)).one().id, None), ("200", None, menu.id)]
+            shipped = sorted(p.stem for p in EXAMPLE_FLOWS.glob("*.json"))
+            assert sorted(f.name for f in session.exec(select(Flow)).all()) == shipped  # seeded once
             documents = session.exec(select(KnowledgeDocument)).all()
             assert [(d.status, d.chunk_count > 0) for d in documents] == [("ready", True)]
     finally:
@@ -115,6 +120,18 @@ def test_setup_seeds_the_demo_once_and_chat_answers_from_it(data_dir: Path, monk
     # Deleting the demo needs --force (route 100 and the document point at it).
     assert main(["agent", "delete", "demo"]) == 2
     assert "[conflict]" in capsys.readouterr().err
+    # --force removes the agent's routes and documents, but never a designer's flows: those must be re-pointed.
+    assert main(["agent", "delete", "demo", "--force"]) == 2
+    assert "used by 3 flow(s)" in capsys.readouterr().err  # and nothing was deleted (checked below)
+    engine = make_engine(settings.effective_database_url)
+    try:
+        with Session(engine) as session:
+            for flow in session.exec(select(Flow)).all():
+                flow.agent_id = None
+                session.add(flow)
+            session.commit()
+    finally:
+        engine.dispose()
     assert main(["agent", "delete", "demo", "--force"]) == 0
     assert "1 route(s) and 1 document(s)" in capsys.readouterr().out
 

@@ -99,8 +99,8 @@ async def test_barge_in_stops_playout_and_marks_the_turn_interrupted(
     barge_ins, stt_turns = BARGE_INS_TOTAL.value(), TURN_STAGE_SECONDS.count(stage="stt")
     calls = CALLS_TOTAL.value(direction="inbound", outcome="caller_hangup")
     result = await place_call_async(caller.script(
-        "100", Action("play", when_quiet=0.8, path=str(question)), Action("play", at=barge_at, path=str(interruption)),
-        Action("hangup", when_quiet=2.5), timeout=25))
+        "100", Action("play", at=5.0, path=str(question)), Action("play", at=barge_at, path=str(interruption)),
+        Action("hangup", at=barge_at + 4.0), timeout=25))
     assert result.connected, result
     heard = load(result.record_path)
     # Bot audio in the caller's ear; pauses under 0.3 s (between words and sentences) are bridged.

@@ -10,7 +10,7 @@ from typing import Any
 
 from models import Agent
 from voicebot.config import Settings
-from voicebot.errors import InvalidInput
+from voicebot.errors import Conflict, InvalidInput
 
 # CLI option → agent field, for create and update.
 _FIELD_OPTIONS = {
@@ -192,6 +192,17 @@ def delete_agent(args: argparse.Namespace) -> int:
         agent = await store.get_agent_by_name(args.name)
         routes = documents = 0
         if args.force:
+            # What --force does not remove must refuse the delete before anything is removed: a designer's
+            # flows are never deleted with an agent.
+            from sqlmodel import Session, func, select
+
+            from models import Flow
+
+            with Session(store.engine) as session:
+                flows = session.exec(select(func.count()).select_from(Flow).where(Flow.agent_id == agent.id)).one()
+            if flows:
+                raise Conflict(f"agent {args.name!r} is used by {flows} flow(s); re-point them first "
+                               "(nothing was deleted)", field="flows")
             for route in await store.list_routes():
                 if route.agent_id == agent.id:
                     await store.delete_route(route.id)
