@@ -40,7 +40,7 @@ async def test_caller_hears_the_greeting_and_an_answer_from_the_knowledge_base(
                                                   Action("hangup", when_quiet=2.5), timeout=25))
     assert result.connected, result
     heard = transcribe(whisper, load(result.record_path)).lower()
-    assert "sunny side" in heard or "bike shop" in heard, heard  # the demo agent's greeting
+    assert "eva" in heard and "shop" in heard, heard  # the demo agent's greeting (Whisper garbles "Sunny Side Bike")
     assert re.search(r"\b15\b|fifteen", heard), heard  # "A flat tire repair costs 15 dollars."
     assert runtime.engine is not None
     with session_scope(runtime.engine) as session:
