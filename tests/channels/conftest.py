@@ -281,12 +281,17 @@ def dovecot() -> Iterator[Dovecot]:
             time.sleep(0.05)
         yield server
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        if process.stderr is not None:
-            process.stderr.close()
-        shutil.rmtree(root, ignore_errors=True)
+        stop_server(process, root)
+
+
+def stop_server(process: subprocess.Popen[bytes], root: Path) -> None:
+    """End a test server process (terminate, then kill after 10 s) and remove its folder."""
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+    if process.stderr is not None:
+        process.stderr.close()
+    shutil.rmtree(root, ignore_errors=True)

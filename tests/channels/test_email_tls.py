@@ -31,7 +31,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from channels.email.transport import ImapMailbox, SmtpSender
-from tests.channels.conftest import DOVECOT, Dovecot, SmtpSink, _dovecot_config, free_port
+from tests.channels.conftest import DOVECOT, Dovecot, SmtpSink, _dovecot_config, free_port, stop_server
 from voicebot.config import Settings
 from voicebot.errors import EmailError
 
@@ -154,15 +154,7 @@ def tls_dovecot(pki: Pki) -> Iterator[TlsDovecot]:
             time.sleep(0.05)
         yield server
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        if process.stderr is not None:
-            process.stderr.close()
-        shutil.rmtree(root, ignore_errors=True)
+        stop_server(process, root)
 
 
 def _deliver_over_tls(server: TlsDovecot, pki: Pki, user: str, raw: bytes) -> None:
