@@ -7,6 +7,7 @@ knowledge test uses the real agent core with the embedded model.
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -148,6 +149,26 @@ def transcribe_regions(whisper: WhisperStt, audio: Audio) -> str:
 
     return " ".join(transcribe(whisper, audio, max(0.0, start - 0.2), end + 0.2)
                     for start, end in voiced_regions(audio, min_gap_s=0.6))
+
+
+def heard_phrase(heard: str, phrase: str, min_ratio: float = 0.8) -> bool:
+    """Whether ``phrase`` was heard, allowing for Whisper's spelling of what it hears.
+
+    Whisper writes names and run-together words its own way ("cennyside", "sunny side", "by shop" for "bike
+    shop"); an exact substring check then fails a call that went right.  This compares the phrase, spaces and
+    punctuation removed, with every run of about as many heard words, and accepts a close enough match.  It is
+    still a real check: a phrase that was not said matches nothing at 0.8.
+    """
+    from difflib import SequenceMatcher
+
+    words = re.findall(r"[a-z0-9]+", heard.lower().replace("'", ""))
+    target = "".join(re.findall(r"[a-z0-9]+", phrase.lower().replace("'", "")))
+    n = len(re.findall(r"[a-z0-9]+", phrase.lower()))
+    for size in range(max(1, n - 1), n + 3):
+        for i in range(0, max(1, len(words) - size + 1)):
+            if SequenceMatcher(None, "".join(words[i:i + size]), target).ratio() >= min_ratio:
+                return True
+    return False
 
 
 def load(path: str) -> Audio:

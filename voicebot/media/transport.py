@@ -177,16 +177,21 @@ class RtpTransport:
         if self._closed:
             return
         self._closed = True
-        if self._clock is not None:
-            self._clock.cancel()
-            try:
-                await self._clock
-            except asyncio.CancelledError:
-                if (task := asyncio.current_task()) is not None and task.cancelling():
-                    raise
-        if self._dgram is not None:
-            self._dgram.close()
-        if self._sock is not None:
-            self._ports.release(self._sock)
-            self._sock = None
+        try:
+            if self._clock is not None:
+                self._clock.cancel()
+                try:
+                    await self._clock
+                except asyncio.CancelledError:
+                    if (task := asyncio.current_task()) is not None and task.cancelling():
+                        raise
+        finally:
+            # Released even when the closing task is itself cancelled while the clock winds down: a socket left
+            # to the garbage collector is a port (and a file descriptor) lost until it runs.
+            if self._dgram is not None:
+                self._dgram.close()
+                self._dgram = None
+            if self._sock is not None:
+                self._ports.release(self._sock)
+                self._sock = None
 

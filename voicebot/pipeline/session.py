@@ -619,10 +619,12 @@ class CallSession:
         if self._dtmf_timer is not None:
             self._dtmf_timer.cancel()
         self.playout.clear()
-        if self._turn_task is not None and not self._turn_task.done():
-            self._turn_task.cancel()
-            await reap(self._turn_task)
-        await self.transport.close()
+        try:
+            if self._turn_task is not None and not self._turn_task.done():
+                self._turn_task.cancel()
+                await reap(self._turn_task)
+        finally:
+            await self.transport.close()  # the port is released even if this shutdown is cancelled
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
         self._done.set()
