@@ -24,11 +24,11 @@ test: setup lint
 unit: setup
 	@$(PY) -m pytest -m "not asterisk and not models" $(PYTEST_ARGS)
 
-# fast: the inner loop; no setup step, no Asterisk, no model, no server process, no property test, no attack replayed
-# at scale (marked long).  A test that would start one of them without its mark fails (tests/conftest.py
-# tripwires), so this never starts them.
+# fast: the inner loop; no setup step, no Asterisk, no model, no server process, no database migration, no property
+# test, no attack replayed at scale (marked long).  A test that would do one of them without its mark fails
+# (tests/conftest.py tripwires), so this never does them.
 fast:
-	@$(PY) -m pytest -m "not asterisk and not models and not servers and not fuzz and not long" $(PYTEST_ARGS)
+	@$(PY) -m pytest -q -m "not asterisk and not models and not servers and not db and not fuzz and not long" $(PYTEST_ARGS)
 
 bench: setup
 	@$(PY) bench/latency.py

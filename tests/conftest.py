@@ -44,8 +44,12 @@ MARK_BY_FIXTURE: dict[str, frozenset[str]] = {
                          "runtime",  # the voice runtime loads Whisper and Piper
                          "own_asterisk"}),  # a private Asterisk whose prompts Piper synthesizes first
     "servers": frozenset({"postgres_server", "postgres_url", "dovecot", "chroma_server"}),
+    "db": frozenset({"engine", "sqlite_engine", "new_engine", "any_engine", "api", "api_db", "sqlite_db", "any_db",
+                     "demo_engine", "demo_world", "demo_data", "kb", "make_agent", "voice_settings", "runtime",
+                     "live_server", "llm_api", "db", "database_url"}),
 }
-"""Fixtures that boot Asterisk, load a real model, or start a server process (PostgreSQL, dovecot, Chroma)."""
+"""Fixtures that boot Asterisk, load a real model, start a server process (PostgreSQL, dovecot, Chroma), or
+migrate a database (SQLite files: a tenth of a second or more each, most of what a test with one costs)."""
 SERVER_PARAMS = frozenset({"postgresql", "postgres"})
 """Parameter values of the database fixtures (``engine``, ``any_db``, ...) that put a test on PostgreSQL."""
 HEAVY_MARKS = tuple(MARK_BY_FIXTURE)
@@ -74,16 +78,23 @@ def derived_marks(item: pytest.Item) -> set[str]:
 
 
 def _is_property_test(item: pytest.Item) -> bool:
-    """A hypothesis test: decorated with ``@given``, or running a ``@given`` function it defines inside."""
+    """A hypothesis test: decorated with ``@given``, running a ``@given`` function it defines inside, or calling a
+    function of its module that does (a fuzz shared by a SQLite and a PostgreSQL test)."""
     function = getattr(item, "obj", None)
     if function is None:
         return False
     if getattr(function, "is_hypothesis_test", False):
         return True
-    try:
-        return "@given(" in inspect.getsource(function)
-    except (OSError, TypeError):
-        return False
+    module = inspect.getmodule(function)
+    helpers = [getattr(module, name) for name in getattr(getattr(function, "__code__", None), "co_names", ())
+               if inspect.isfunction(getattr(module, name, None))]
+    for candidate in [function, *helpers]:
+        try:
+            if "@given(" in inspect.getsource(candidate):
+                return True
+        except (OSError, TypeError):
+            continue
+    return False
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -141,6 +152,10 @@ def _clean_environment_and_tripwires(request: pytest.FixtureRequest,
         monkeypatch.setattr(PiperTts, "__init__", wire("loads a Piper voice", "models"))
     if request.node.get_closest_marker("asterisk") is None:
         monkeypatch.setattr(Asterisk, "start", wire("boots Asterisk", "asterisk"))
+    if request.node.get_closest_marker("db") is None:
+        import alembic.command
+
+        monkeypatch.setattr(alembic.command, "upgrade", wire("migrates a database", "db"))
     yield
     if tripped:
         pytest.fail(f"{request.node.nodeid} {tripped[0]} but is not marked for it: use the fixture that provides it "

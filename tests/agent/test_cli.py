@@ -17,6 +17,8 @@ from voicebot.agent.demo import EXAMPLE_FLOWS
 from voicebot.cli import main
 from voicebot.config import Settings
 
+pytestmark = pytest.mark.db  # every command here runs `eva` against a data dir it migrates
+
 
 @pytest.fixture
 def data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:

@@ -13,6 +13,8 @@ from models.db import make_engine
 from tests.api.conftest import offline_settings, start_api
 from voicebot.cli import main
 
+pytestmark = pytest.mark.db  # every command here runs `eva` against a data dir it migrates
+
 
 def run(argv: list[str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
         stdin: str = "") -> tuple[int, str, str]:

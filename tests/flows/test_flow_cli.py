@@ -9,6 +9,8 @@ import pytest
 
 from voicebot.cli import main
 
+pytestmark = pytest.mark.db  # every command here runs `eva` against a data dir it migrates
+
 SURVEY = """\
 name: survey
 description: Two questions

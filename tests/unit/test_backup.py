@@ -16,6 +16,8 @@ from voicebot.backup import backup, restore, scheduled_backup
 from voicebot.cli import main
 from voicebot.errors import InvalidInput
 
+pytestmark = pytest.mark.db  # every test here backs up and restores a migrated database
+
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:

@@ -55,6 +55,9 @@ def test_unmarked_model_load_or_server_fails_the_test_and_starts_nothing(tmp_pat
         "        pass  # the code under test hides the failure: the test must fail anyway\n\n"
         "def test_asks_for_a_server_behind_the_markers_back(request: pytest.FixtureRequest):\n"
         "    request.getfixturevalue('postgres_server')\n\n"
+        "def test_migrates_a_database_it_made_itself(tmp_path):\n"
+        "    from models.db import make_engine, upgrade\n"
+        "    upgrade(make_engine(f'sqlite:///{tmp_path}/x.db'))\n\n"
         "@pytest.mark.servers\n"
         "def test_marked_may_ask(request: pytest.FixtureRequest):\n"
         "    assert request.node.get_closest_marker('servers')\n")
@@ -64,4 +67,5 @@ def test_unmarked_model_load_or_server_fails_the_test_and_starts_nothing(tmp_pat
     assert result.returncode == 1, out[-3000:] + result.stderr[-2000:]
     assert "test_swallows_a_model_load loads Whisper but is not marked for it" in out, out[-3000:]
     assert "sets up fixture 'postgres_server' but is not marked 'servers'" in out, out[-3000:]
+    assert "test_migrates_a_database_it_made_itself migrates a database but is not marked for it" in out, out[-3000:]
     assert "initdb" not in out  # the guard fails before the fixture starts anything
