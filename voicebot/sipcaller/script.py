@@ -28,6 +28,18 @@ class Action:
     when_quiet: float = 0.0
 
 
+def schedule(actions: tuple[Action, ...]) -> list[tuple[int, Action]]:
+    """The order the steps are done in: by ``at``, except that a ``when_quiet`` step comes after every step listed
+    before it.  (A plain sort by ``at`` put a ``when_quiet`` hang-up, ``at`` 0, before the timed plays listed ahead
+    of it: the call ended after the greeting and the far end never heard them.)"""
+    keyed: list[tuple[float, int, Action]] = []
+    latest = 0.0
+    for index, action in enumerate(actions):
+        latest = max(latest, action.at)
+        keyed.append((latest if action.when_quiet > 0 else action.at, index, action))
+    return [(index, action) for _key, index, action in sorted(keyed, key=lambda item: (item[0], item[1]))]
+
+
 @dataclass(frozen=True)
 class CallScript:
     uri: str

@@ -17,7 +17,7 @@ from typing import Any
 import pjsua2 as pj
 
 from voicebot.audio import read_wav, resample, write_wav
-from voicebot.sipcaller.script import Action, CallResult, CallScript
+from voicebot.sipcaller.script import Action, CallResult, CallScript, schedule
 
 HEARD_LEVEL = 8
 """The far end's signal level (pjmedia's 0..255 scale) above which it counts as making sound; Eva sends digital
@@ -77,6 +77,9 @@ class Worker:
         """When the waiting ``when_quiet`` step became next (None: none waits)."""
         self._heard = False
         self._quiet_since: float | None = None
+        self._playing_until = 0.0
+        """When the last play started ends (seconds after answer): a ``when_quiet`` wait starts after it, so the far
+        end's silence while it listens (and thinks) is not taken for the end of its reply."""
 
     # ------------------------------------------------------------------ callbacks
     def on_state(self, info: Any) -> None:
@@ -116,6 +119,8 @@ class Worker:
             return False
         if action.when_quiet <= 0:
             return True
+        if self.elapsed() < self._playing_until:
+            return False
         now = time.monotonic()
         if self._armed_at is None:
             self._armed_at, self._heard, self._quiet_since = now, False, None
@@ -147,6 +152,7 @@ class Worker:
             player.startTransmit(self.audio)
             self.players.append(player)
             event["end"] = round(event["at"] + seconds, 4)
+            self._playing_until = max(self._playing_until, event["at"] + seconds)
         elif action.kind == "dtmf":
             call.dialDtmf(action.digits)
             event["digits"] = action.digits
@@ -196,7 +202,7 @@ class Worker:
         try:
             if call is not None:
                 call.makeCall(self.script.uri, pj.CallOpParam(True))
-            pending = sorted(enumerate(self.script.actions), key=lambda item: item[1].at)
+            pending = schedule(self.script.actions)
             while not self.ended:
                 ep.libHandleEvents(5)
                 now = time.monotonic()
