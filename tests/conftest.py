@@ -46,7 +46,7 @@ MARK_BY_FIXTURE: dict[str, frozenset[str]] = {
     "servers": frozenset({"postgres_server", "postgres_url", "dovecot", "chroma_server"}),
     "db": frozenset({"engine", "sqlite_engine", "new_engine", "any_engine", "api", "api_db", "sqlite_db", "any_db",
                      "demo_engine", "demo_world", "demo_data", "kb", "make_agent", "voice_settings", "runtime",
-                     "live_server", "llm_api", "db", "database_url"}),
+                     "live_server", "live_api", "llm_api", "db", "database_url"}),
 }
 """Fixtures that boot Asterisk, load a real model, start a server process (PostgreSQL, dovecot, Chroma), or
 migrate a database (SQLite files: a tenth of a second or more each, most of what a test with one costs)."""
@@ -114,10 +114,20 @@ def pytest_fixture_setup(fixturedef: Any, request: pytest.FixtureRequest) -> Non
     if item is None:
         return
     for mark, fixtures in MARK_BY_FIXTURE.items():
+        if mark == "db" and _outside_fast(item):
+            continue
         if fixturedef.argname in fixtures and item.get_closest_marker(mark) is None:
             pytest.fail(f"{item.nodeid} sets up fixture {fixturedef.argname!r} but is not marked {mark!r}: "
                         "tests/conftest.py derives marks from fixtures; fix MARK_BY_FIXTURE or SERVER_PARAMS",
                         pytrace=False)
+
+
+OUTSIDE_FAST = ("asterisk", "models", "servers", "fuzz", "long")
+"""Marks that already keep a test out of ``make fast``: the ``db`` mark matters only for the others."""
+
+
+def _outside_fast(item: Any) -> bool:
+    return any(item.get_closest_marker(mark) is not None for mark in OUTSIDE_FAST)
 
 
 class UnmarkedHeavyUse(RuntimeError):
@@ -152,7 +162,7 @@ def _clean_environment_and_tripwires(request: pytest.FixtureRequest,
         monkeypatch.setattr(PiperTts, "__init__", wire("loads a Piper voice", "models"))
     if request.node.get_closest_marker("asterisk") is None:
         monkeypatch.setattr(Asterisk, "start", wire("boots Asterisk", "asterisk"))
-    if request.node.get_closest_marker("db") is None:
+    if request.node.get_closest_marker("db") is None and not _outside_fast(request.node):
         import alembic.command
 
         monkeypatch.setattr(alembic.command, "upgrade", wire("migrates a database", "db"))

@@ -44,6 +44,19 @@ def test_prefix_is_identical_across_turns_and_the_conversation_only_grows() -> N
     assert second.text.startswith(first.text + "Hello!<|im_end|>\n")
 
 
+def test_a_system_note_inside_the_conversation_stays_in_place_and_the_prefix_stays_the_same() -> None:
+    head = [ChatMessage("system", "You are Mia."), ChatMessage("system", "Speak briefly.")]
+    plain = build_chat_prompt([*head, ChatMessage("user", "Hello")], ["Closed on Monday."], [])
+    noted = build_chat_prompt([*head, ChatMessage("user", "Hello"), ChatMessage("assistant", "Hi."),
+                               ChatMessage("system", "Relevant knowledge: Closed on Monday."),
+                               ChatMessage("user", "Are you open on Monday?")], ["Closed on Monday."], [])
+    assert noted.prefix == plain.prefix  # the cached system block is not changed by a turn's note
+    assert "Relevant knowledge" not in noted.prefix
+    assert noted.conversation.startswith(plain.conversation[: plain.conversation.rindex("<|im_start|>assistant")])
+    note = noted.conversation.index("<|im_start|>system\nRelevant knowledge: Closed on Monday.<|im_end|>")
+    assert note < noted.conversation.index("Are you open on Monday?")
+
+
 def test_tools_and_tool_results_use_qwens_layout() -> None:
     call = ToolCall("hang_up", {}, id="c0")
     prompt = build_chat_prompt([ChatMessage("system", "S"), ChatMessage("user", "Bye"),

@@ -41,6 +41,7 @@ from models import Agent, Contact, Conversation, Message, utcnow
 from models.db import session_scope
 from rag.types import SearchHit
 from voicebot.agent.decisions import Decision, GroundingGuard, decide, offer_after_unknown
+from voicebot.agent.followups import prompt_turns
 from voicebot.config import Settings
 from voicebot.errors import EvaError, InvalidInput, LlmError, NotFound
 from voicebot.llm.base import (
@@ -453,11 +454,15 @@ class AgentCore:
         return hits, _ms_since(started), None
 
     @staticmethod
-    def _messages(agent: Agent, channel: str, memory: list[ChatMessage], text: str) -> list[ChatMessage]:
+    def _messages(agent: Agent, channel: str, memory: list[ChatMessage], text: str,
+                  knowledge: Sequence[str] = ()) -> list[ChatMessage]:
         # Persona first and on its own, then the channel's guidance: chat models see two system messages,
         # the few-shot transcript backend joins them into its instructions line.
+        # The model reads a follow-up with what it points back to named ("close that day?" -> "close on
+        # Saturday?") and a question about one day with that day's lines noted: the small embedded model often
+        # answers a follow-up as if it stood alone, or reads the wrong day.  Only the prompt changes.
         return [ChatMessage("system", agent.persona), ChatMessage("system", CHANNEL_GUIDANCE[channel]),
-                *memory, ChatMessage("user", text)]
+                *prompt_turns(memory, text, knowledge)]
 
     async def _generate(self, agent: Agent, turn: _Turn, *, channel: str, text: str, knowledge: list[str],
                         offered: list[ToolSpec],
@@ -525,7 +530,7 @@ class AgentCore:
                             started: float) -> AsyncGenerator[TextDelta | ToolCall, None]:
         """Run the LLM (plus ``search_knowledge`` rounds) and yield deltas and channel tool calls.  LLM
         errors end up in ``turn.error``; only cancellation propagates."""
-        messages = self._messages(agent, channel, turn.opened.memory, text)
+        messages = self._messages(agent, channel, turn.opened.memory, text, knowledge)
         options = GenerationOptions(model=agent.llm_model, temperature=agent.temperature,
                                     max_tokens=agent.max_tokens)
         tools = offered if self.llm.supports_tools else []

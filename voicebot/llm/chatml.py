@@ -86,15 +86,16 @@ def _tool_call_text(call: ToolCall) -> str:
 
 def build_chat_prompt(messages: Sequence[ChatMessage], knowledge: Sequence[str],
                       tools: Sequence[ToolSpec]) -> ChatPrompt:
-    """The ChatML prompt: every system message (persona, channel guidance) joins the one system block with
-    the knowledge and tools; the other messages follow in order, then the assistant header."""
-    instructions = [m.content for m in messages if m.role == "system"]
+    """The ChatML prompt: the leading system messages (persona, channel guidance) join the one system block with
+    the knowledge and tools; the other messages follow in order, then the assistant header.  A system message
+    later in the conversation (a note for one turn) stays in its place: merged into the block it would change
+    the cached prefix on every turn."""
+    lead = next((i for i, m in enumerate(messages) if m.role != "system"), len(messages))
+    instructions = [m.content for m in messages[:lead]]
     prefix = _message("system", system_text(instructions, knowledge, tools))
     parts: list[str] = []
     tool_results: list[str] = []
-    for message in messages:
-        if message.role == "system":
-            continue
+    for message in messages[lead:]:
         if message.role == "tool":
             tool_results.append(f"<tool_response>\n{message.content}\n</tool_response>")
             continue

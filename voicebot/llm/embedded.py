@@ -145,8 +145,11 @@ def _split_messages(messages: Sequence[ChatMessage]) -> tuple[str, list[ChatMess
     """→ (instructions from all system messages, earlier user/assistant turns, the last user message).
 
     All system messages (persona, then channel guidance) form the one ``Instructions:`` line: measured on
-    the demo questions, the base model answered more of them right with the guidance than without."""
-    persona = " ".join(m.content for m in messages if m.role == "system")
+    the demo questions, the base model answered more of them right with the guidance than without.  A system
+    note later in the conversation (one turn's relevant facts) is left out: the transcript format has no place
+    for it that would keep the cached instructions line stable."""
+    lead = next((i for i, m in enumerate(messages) if m.role != "system"), len(messages))
+    persona = " ".join(m.content for m in messages[:lead])
     turns = [m for m in messages if m.role in ("user", "assistant")]
     question = ""
     if turns and turns[-1].role == "user":
