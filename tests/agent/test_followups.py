@@ -101,3 +101,43 @@ def test_earlier_turns_are_rebuilt_as_the_model_saw_them_so_the_prompt_only_grow
     assert second[2] == ChatMessage("assistant", "At 6 am.")
     assert second[-1] == ChatMessage("user", "And when do you close on Saturday?")
     assert second[-2].content == NOTE_PREFIX + "Tuesday to Saturday we are open from 6 am to 2 pm."
+
+
+@pytest.mark.parametrize(("question", "answer", "follow_up"), [
+    # "then" meaning "in that case", not a time
+    ("Are you open on Sunday?", "No, we are closed on Sunday.", "What should I do then?"),
+    ("Are you open on Sunday?", "No, we are closed on Sunday.", "Okay, bye then."),
+    # a range or an exception names no single day: "on Tuesday and Saturday" would misstate it
+    ("When is the bakery open?", "Tuesday to Saturday from 6 to 2.", "And what time do you close then?"),
+    ("When are you open?", "Every day except Monday.", "What time do you open that day?"),
+    # "one" before a noun is a number
+    ("Do you treat rabbits?", "Yes.", "Hold on one moment."),
+    ("Do you sell croissants?", "Yes.", "I would like to order one dozen."),
+    ("Do you sell croissants?", "Yes.", "Can I come in one week?"),
+    # "it" that points at nothing, or at a topic the question names itself
+    ("Can I book an appointment?", "Yes, what is your name?", "It is John."),
+    ("Can I book an appointment?", "Yes.", "Is it possible to pay by card?"),
+    ("Do you sell croissants?", "Yes.", "And bread, is it fresh?"),
+])
+def test_a_word_that_does_not_point_back_is_not_rewritten(question: str, answer: str, follow_up: str) -> None:
+    assert after(question, answer, follow_up) == follow_up
+
+
+def test_a_pronoun_opening_the_question_is_named_with_a_capital() -> None:
+    assert after("Do you sell birthday cakes?", "Yes.", "It must be ordered ahead?") == \
+        "The birthday cake must be ordered ahead?"
+
+
+def test_the_first_questions_note_stays_out_of_the_cached_system_block() -> None:
+    from voicebot.agent.followups import NOTE_PREFIX, prompt_turns
+    from voicebot.llm.chatml import build_chat_prompt
+    from voicebot.llm.embedded import _split_messages
+
+    head = [ChatMessage("system", "You are Mia."), ChatMessage("system", "Speak briefly.")]
+    first = [*head, *prompt_turns([], "When do you open on Saturday?", [BAKERY])]
+    assert first[2].content.startswith(NOTE_PREFIX)  # the note comes right after persona and guidance
+    warm = build_chat_prompt(head, [BAKERY], [])  # what warm_up pins for the agent
+    prompt = build_chat_prompt(first, [BAKERY], [])
+    assert prompt.prefix == warm.prefix
+    assert prompt.conversation.index(NOTE_PREFIX) < prompt.conversation.index("When do you open on Saturday?")
+    assert _split_messages(first)[0] == "You are Mia. Speak briefly."

@@ -107,3 +107,14 @@ def test_fuzz_parser_never_loses_text(pieces: list[str]) -> None:
         assert said == text.lstrip()
     else:
         assert len(said) < len(text)
+
+
+def test_a_note_before_the_first_question_is_not_part_of_the_cached_system_block() -> None:
+    from voicebot.llm.chatml import SystemNote
+
+    head = [ChatMessage("system", "You are Mia."), ChatMessage("system", "Speak briefly.")]
+    noted = build_chat_prompt([*head, SystemNote("system", "Relevant knowledge: Closed on Monday."),
+                               ChatMessage("user", "Are you open on Monday?")], ["Closed on Monday."], [])
+    assert noted.prefix == build_chat_prompt(head, ["Closed on Monday."], []).prefix
+    assert noted.conversation.startswith("<|im_start|>system\nRelevant knowledge: Closed on Monday.<|im_end|>\n"
+                                         "<|im_start|>user\nAre you open on Monday?")

@@ -29,10 +29,15 @@ import re
 from collections.abc import Sequence
 
 from voicebot.llm.base import ChatMessage
+from voicebot.llm.chatml import SystemNote
 
 DAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
 _DAY = re.compile(r"\b(" + "|".join(DAYS) + r")s?\b", re.IGNORECASE)
 _DAY_BACK = re.compile(r"\b(?:on )?(?:that|the same) day\b|\bthen\b(?=\s*[?.!]*\s*$)", re.IGNORECASE)
+# A trailing "then" names a time only in a question about hours ("and when do you close then?"); elsewhere it
+# means "in that case" ("what should I do then?", "bye then").
+_TIME_QUESTION = re.compile(r"\b(?:open|opens|opening|close|closes|closing|closed|what time|when|hours)\b",
+                            re.IGNORECASE)
 _VERBS = r"sell|have|make|bake|treat|offer|do|take|see|stock|carry|fix|repair|accept"
 _THING_PATTERNS = (
     # "Do you sell croissants?", "Do you treat rabbits?", "Can I get a birthday cake?"
@@ -49,9 +54,21 @@ _WEEKEND = re.compile(r"\bweekends?\b", re.IGNORECASE)
 _HOURS_WORDS = re.compile(r"\b(?:open|opens|closed?|closes)\b", re.IGNORECASE)
 MAX_DAY_LINES = 3
 NOTE_PREFIX = "Relevant knowledge: "
-_PRONOUN_ONE = re.compile(r"(?<!\bno )(?<!\bany)(?<!\bsome)\bone\b(?!\s+(?:of|more|thing|day|hour|time|o'clock)\b)",
+# "one" stands for the thing only where no noun follows it: at the end ("a check-up for one?") or before a verb
+# or preposition ("does one cost", "one with chocolate"); "one moment", "one dozen", "one week" count.
+_PRONOUN_ONE = re.compile(r"(?<!\bno )(?<!\bany )(?<!\bsome )(?<!\bthe )(?<!\bwhich )(?<!\bthat )\bone\b"
+                          r"(?=\s*(?:[?.!,]|$)|\s+(?:cost|costs|be|is|was|for|with|without|please|too|today|"
+                          r"tomorrow|now|like|that|which|in|at|on|to|from|delivered)\b)",
                           re.IGNORECASE)
 _PRONOUN_IT = re.compile(r"\b(it|them)\b(?!['’]s\b)", re.IGNORECASE)
+# "it" that points at nothing ("is it possible to pay by card?", "it is John"), or a question that names its own
+# new topic before the pronoun ("and bread, is it fresh?"): not the thing asked about before.
+_DUMMY_IT = re.compile(r"\b(?:is|was|would|will|does|isn't) it (?:be )?(?:possible|ok|okay|alright|all right|"
+                       r"necessary|true|too|late|early|worth|raining)\b"
+                       r"|\bit (?:is|was|will be|would be|depends|seems|looks)\b"
+                       r"|^\s*(?:and|(?:and )?(?:what|how) about)\s+[^,]{1,40},", re.IGNORECASE)
+# A range ("Tuesday to Saturday") or an exception ("every day except Monday") names no single day to point to.
+_NO_SINGLE_DAY = re.compile(r"\b(?:except|apart from|other than|every day|daily|weekdays)\b", re.IGNORECASE)
 _NUMBER_CONTEXT = re.compile(r"\b(?:at|from|until|till|to|by|past)\s+one\b|\bone\s+(?:am|pm|p\.m\.|a\.m\.)",
                              re.IGNORECASE)
 MAX_CHARS = 300
@@ -77,9 +94,15 @@ def _referents(history: Sequence[ChatMessage]) -> list[str]:
 
 
 def _resolve_day(question: str, history: Sequence[ChatMessage]) -> str:
-    if _DAY.search(question) or not _DAY_BACK.search(question):
+    back = _DAY_BACK.search(question)
+    if _DAY.search(question) or back is None:
         return question
-    for text in _referents(history):
+    if back.group(0).lower() == "then" and not _TIME_QUESTION.search(question):
+        return question
+    for referent in _referents(history):
+        text = referent[:4 * MAX_CHARS]
+        if _DAY_RANGE.search(text) or _NO_SINGLE_DAY.search(text):
+            return question
         days = _days(text)
         if days:
             named = " and ".join(d.capitalize() for d in days)
@@ -107,9 +130,11 @@ def _resolve_thing(question: str, history: Sequence[ChatMessage]) -> str:
         return question
     if _PRONOUN_ONE.search(question) and not _NUMBER_CONTEXT.search(question):
         return _PRONOUN_ONE.sub(lambda m: f"{m.group(0)} {_singular(thing)}", question, count=1)
-    if len(_PRONOUN_IT.findall(question)) == 1:
-        return _PRONOUN_IT.sub(lambda m: f"the {_singular(thing)}" if m.group(1).lower() == "it" else f"the {thing}",
-                               question, count=1)
+    if len(_PRONOUN_IT.findall(question)) == 1 and not _DUMMY_IT.search(question):
+        def named(m: re.Match[str]) -> str:
+            the = "The" if m.start() == 0 else "the"
+            return f"{the} {_singular(thing)}" if m.group(1).lower() == "it" else f"{the} {thing}"
+        return _PRONOUN_IT.sub(named, question, count=1)
     return question
 
 
@@ -145,12 +170,16 @@ def prompt_turns(memory: Sequence[ChatMessage], text: str, knowledge: Sequence[s
     so last turn's prompt is a prefix of this one's while the knowledge is unchanged."""
     out: list[ChatMessage] = []
     raw: list[ChatMessage] = []
+    notes: dict[str, list[str]] = {}  # a day asked about again is not looked up again
     for message in [*memory, ChatMessage("user", text)]:
         if message.role == "user":
             question = resolve_followup(message.content, raw)
-            lines = day_lines(question, knowledge)
-            if lines:
-                out.append(ChatMessage("system", NOTE_PREFIX + " ".join(lines)))
+            asked = _asked_day(question)
+            if asked is not None and asked not in notes:
+                notes[asked] = day_lines(question, knowledge)
+            lines = notes.get(asked or "", [])
+            if lines:  # a note, not an instruction: it stays before its question, outside the cached block
+                out.append(SystemNote("system", NOTE_PREFIX + " ".join(lines)))
             out.append(ChatMessage("user", question))
         else:
             out.append(message)
@@ -161,12 +190,9 @@ def prompt_turns(memory: Sequence[ChatMessage], text: str, knowledge: Sequence[s
 def day_lines(question: str, knowledge: Sequence[str]) -> list[str]:
     """The knowledge's sentences about opening on the one weekday ``question`` names (ranges and "weekend"
     count); none when it names no day or several."""
-    if len(question) > MAX_CHARS:
+    day = _asked_day(question)
+    if day is None:
         return []
-    asked = {d.lower() for d in _DAY.findall(question)}
-    if len(asked) != 1:
-        return []
-    day = next(iter(asked))
     found: list[str] = []
     for document in knowledge:
         for piece in re.split(r"(?<=[.!?])\s+|\n+", document[:20_000]):
@@ -177,6 +203,13 @@ def day_lines(question: str, knowledge: Sequence[str]) -> list[str]:
                 if len(found) == MAX_DAY_LINES:
                     return found
     return found
+
+
+def _asked_day(question: str) -> str | None:
+    if len(question) > MAX_CHARS:
+        return None
+    asked = {d.lower() for d in _DAY.findall(question)}
+    return next(iter(asked)) if len(asked) == 1 else None
 
 
 def _covered(sentence: str) -> set[str]:

@@ -84,13 +84,26 @@ def _tool_call_text(call: ToolCall) -> str:
     return f"{TOOL_OPEN}\n{payload}\n{TOOL_CLOSE}"
 
 
+class SystemNote(ChatMessage):
+    """A system message for one turn (facts for the question after it), rendered where it stands.
+
+    Its own type, not a position: the first question's note comes right after persona and guidance, where a
+    plain system message would join the cached block and change the prefix the agent's warm-up pinned."""
+
+
+def instruction_count(messages: Sequence[ChatMessage]) -> int:
+    """How many leading messages are instructions (plain system messages before anything else)."""
+    return next((i for i, m in enumerate(messages) if m.role != "system" or isinstance(m, SystemNote)),
+                len(messages))
+
+
 def build_chat_prompt(messages: Sequence[ChatMessage], knowledge: Sequence[str],
                       tools: Sequence[ToolSpec]) -> ChatPrompt:
     """The ChatML prompt: the leading system messages (persona, channel guidance) join the one system block with
     the knowledge and tools; the other messages follow in order, then the assistant header.  A system message
     later in the conversation (a note for one turn) stays in its place: merged into the block it would change
     the cached prefix on every turn."""
-    lead = next((i for i, m in enumerate(messages) if m.role != "system"), len(messages))
+    lead = instruction_count(messages)
     instructions = [m.content for m in messages[:lead]]
     prefix = _message("system", system_text(instructions, knowledge, tools))
     parts: list[str] = []

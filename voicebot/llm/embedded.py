@@ -51,7 +51,7 @@ from voicebot.llm.base import (
     ToolCall,
     ToolSpec,
 )
-from voicebot.llm.chatml import STOP, ToolCallParser, build_chat_prompt
+from voicebot.llm.chatml import STOP, ToolCallParser, build_chat_prompt, instruction_count
 from voicebot.llm.prefix_cache import PrefixCache, common_prefix
 from voicebot.llm.qwen_gguf import GGUF_NAME
 from voicebot.metrics import LLM_PROMPT_EVAL_SECONDS, LLM_PROMPT_TOKENS_EVALUATED
@@ -148,7 +148,7 @@ def _split_messages(messages: Sequence[ChatMessage]) -> tuple[str, list[ChatMess
     the demo questions, the base model answered more of them right with the guidance than without.  A system
     note later in the conversation (one turn's relevant facts) is left out: the transcript format has no place
     for it that would keep the cached instructions line stable."""
-    lead = next((i for i, m in enumerate(messages) if m.role != "system"), len(messages))
+    lead = instruction_count(messages)
     persona = " ".join(m.content for m in messages[:lead])
     turns = [m for m in messages if m.role in ("user", "assistant")]
     question = ""
@@ -506,12 +506,12 @@ class EmbeddedLLM(LanguageModel):
 
     async def prefill(self, messages: Sequence[ChatMessage], *, tools: Sequence[ToolSpec] = (),
                       knowledge: Sequence[str] = ()) -> int:
-        """Evaluate and pin the system block :meth:`stream` would build for ``messages`` (their system
-        messages), so the first caller of an agent does not wait for it.  Returns the tokens evaluated (0
+        """Evaluate and pin the system block :meth:`stream` would build for ``messages`` (their leading
+        system messages), so the first caller of an agent does not wait for it.  Returns the tokens evaluated (0
         when it was cached or the model has no ChatML template)."""
         if self._closed or self._llama is None or not self._chatml:
             return 0
-        prompt = build_chat_prompt([m for m in messages if m.role == "system"], list(knowledge),
+        prompt = build_chat_prompt(messages[:instruction_count(messages)], list(knowledge),
                                    list(tools) if self.supports_tools else [])
 
         def run() -> int:
