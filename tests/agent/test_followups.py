@@ -114,6 +114,7 @@ def test_earlier_turns_are_rebuilt_as_the_model_saw_them_so_the_prompt_only_grow
     ("Do you treat rabbits?", "Yes.", "Hold on one moment."),
     ("Do you sell croissants?", "Yes.", "I would like to order one dozen."),
     ("Do you sell croissants?", "Yes.", "Can I come in one week?"),
+    ("Do you sell croissants?", "Yes.", "How much is each one?"),  # "each one" already names one of them
     # "it" that points at nothing, or at a topic the question names itself
     ("Can I book an appointment?", "Yes, what is your name?", "It is John."),
     ("Can I book an appointment?", "Yes.", "Is it possible to pay by card?"),

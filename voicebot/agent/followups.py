@@ -56,7 +56,8 @@ MAX_DAY_LINES = 3
 NOTE_PREFIX = "Relevant knowledge: "
 # "one" stands for the thing only where no noun follows it: at the end ("a check-up for one?") or before a verb
 # or preposition ("does one cost", "one with chocolate"); "one moment", "one dozen", "one week" count.
-_PRONOUN_ONE = re.compile(r"(?<!\bno )(?<!\bany )(?<!\bsome )(?<!\bthe )(?<!\bwhich )(?<!\bthat )\bone\b"
+_PRONOUN_ONE = re.compile(r"(?<!\bno )(?<!\bany )(?<!\bsome )(?<!\bthe )(?<!\bwhich )(?<!\bthat )(?<!\bthis )"
+                          r"(?<!\beach )(?<!\bevery )(?<!\banother )(?<!\bother )\bone\b"
                           r"(?=\s*(?:[?.!,]|$)|\s+(?:cost|costs|be|is|was|for|with|without|please|too|today|"
                           r"tomorrow|now|like|that|which|in|at|on|to|from|delivered)\b)",
                           re.IGNORECASE)
@@ -221,3 +222,16 @@ def _covered(sentence: str) -> set[str]:
     if _WEEKEND.search(sentence):
         days.update(("saturday", "sunday"))
     return days
+
+
+_OPEN_HOURS = re.compile(r"\bopen\b", re.IGNORECASE)
+_CLOSED = re.compile(r"\bclosed\b", re.IGNORECASE)
+
+
+def closed_day_line(question: str, history: Sequence[ChatMessage], knowledge: Sequence[str]) -> str:
+    """When the caller asks about one day and the knowledge says only that it is closed then: that line
+    ("On Monday we are closed."), else ""."""
+    lines = day_lines(resolve_followup(question, history), knowledge)
+    if lines and all(_CLOSED.search(line) and not _OPEN_HOURS.search(line) for line in lines):
+        return lines[0]
+    return ""
