@@ -76,3 +76,34 @@ def test_grounding_guard_stops_an_invented_price_and_keeps_known_facts() -> None
             *ok.finish()]
     assert "".join(said) == "A loaf costs 6 dollars. Order 2 days ahead, we open at 7 until 12."
     assert not ok.tripped
+
+
+BAKERY_HOURS = "Tuesday to Saturday we are open from 6 am to 2 pm. On Sunday we are open from 7 am to noon. " \
+               "On Monday we are closed."
+
+
+@pytest.mark.parametrize(("reply", "said"), [
+    ("Yes, we are open on Monday.", "No. On Monday we are closed."),  # heard on the exam, twice
+    ("We are open from 6 am to 2 pm. Anything else?", "No. On Monday we are closed."),
+    ("I am sorry, I do not know that. Would you like me to put you through?", "On Monday we are closed."),
+    ("No, on Monday we are closed.", "No, on Monday we are closed."),  # right: untouched
+    ("Sorry, we are not open on Monday.", "Sorry, we are not open on Monday."),
+])
+def test_a_reply_saying_a_closed_day_is_open_is_corrected_from_the_knowledge(reply: str, said: str) -> None:
+    from voicebot.agent.decisions import GroundingGuard
+    from voicebot.agent.followups import closed_day_line
+
+    line = closed_day_line("Are you open on Monday?", [], [BAKERY_HOURS])
+    assert line == "On Monday we are closed."
+    guard = GroundingGuard([BAKERY_HOURS], ["Are you open on Monday?"], closed_line=line)
+    assert "".join([*guard.push(reply), *guard.finish()]) == said
+
+
+def test_an_open_day_or_a_question_about_no_day_has_no_closed_line() -> None:
+    from voicebot.agent.followups import closed_day_line
+
+    assert closed_day_line("Are you open on Friday?", [], [BAKERY_HOURS]) == ""
+    assert closed_day_line("Do you sell bread?", [], [BAKERY_HOURS]) == ""
+    # A follow-up pointing back to the day counts as asking about it.
+    history = [ChatMessage("user", "What about Monday?"), ChatMessage("assistant", "Let me check.")]
+    assert closed_day_line("Are you open that day?", history, [BAKERY_HOURS]) == "On Monday we are closed."

@@ -41,7 +41,7 @@ from models import Agent, Contact, Conversation, Message, utcnow
 from models.db import session_scope
 from rag.types import SearchHit
 from voicebot.agent.decisions import Decision, GroundingGuard, decide, offer_after_unknown
-from voicebot.agent.followups import prompt_turns
+from voicebot.agent.followups import closed_day_line, prompt_turns
 from voicebot.config import Settings
 from voicebot.errors import EvaError, InvalidInput, LlmError, NotFound
 from voicebot.llm.base import (
@@ -492,7 +492,8 @@ class AgentCore:
         # nowhere in it or in the conversation is invented: it is stopped (held sentence by sentence; the
         # voice loop speaks whole sentences anyway).  With searched chunks only, absence proves nothing.
         pinned = agent.id is not None and (self._pinned.get(agent.id) or (0.0, None))[1] is not None
-        guard = GroundingGuard(knowledge, [text, *(m.content for m in turn.opened.memory)]) \
+        guard = GroundingGuard(knowledge, [text, *(m.content for m in turn.opened.memory)],
+                               closed_line=closed_day_line(text, turn.opened.memory, knowledge)) \
             if knowledge and pinned and channel == "voice" else None
         async with contextlib.aclosing(self._generate_llm(agent, turn, channel=channel, text=text,
                                                           knowledge=knowledge, offered=offered,
@@ -511,8 +512,8 @@ class AgentCore:
             for piece in guard.finish():
                 yield TextDelta(piece)
             if guard.tripped:
-                log.info("agent %s: a reply naming a number not in the knowledge was stopped", agent.id)
-                turn.timings["grounding_guard"] = True
+                log.info("agent %s: a reply the knowledge contradicts was stopped (%s)", agent.id, guard.reason)
+                turn.timings["grounding_guard"] = guard.reason
             turn.pieces = [guard.spoken]  # what the caller hears is what is stored
         if decision is not None and decision.action == "hang_up" \
                 and not any(c.name == HANG_UP.name for c in turn.tool_calls):

@@ -146,6 +146,12 @@ def _numbers(text: str) -> set[str]:
     return found
 
 
+_CLAIMS_OPEN = re.compile(r"\b(?:yes|open)\b", re.IGNORECASE)
+_DENIES = re.compile(r"\b(?:no|not|never)\b|n't\b", re.IGNORECASE)
+_MENTIONS_CLOSED = re.compile(r"\bclosed?\b", re.IGNORECASE)
+_DOES_NOT_KNOW = re.compile(r"\b(?:do not|don't|dont) know\b|\bnot sure\b", re.IGNORECASE)
+
+
 class GroundingGuard:
     """Holds the reply back one sentence at a time and stops it at the first sentence that names a number
     (a price, a time, a count) found nowhere in the knowledge or the conversation: a small model invents
@@ -153,18 +159,34 @@ class GroundingGuard:
     it are replaced by :data:`UNKNOWN_REPLY`.  The voice loop speaks whole sentences anyway, so holding a
     sentence until its end costs the caller nothing."""
 
-    def __init__(self, knowledge: Sequence[str], conversation: Sequence[str]) -> None:
+    def __init__(self, knowledge: Sequence[str], conversation: Sequence[str], *, closed_line: str = "") -> None:
         self.allowed = set().union(*(_numbers(t) for t in (*knowledge, *conversation)))
+        self.closed_line = closed_line
+        """The knowledge's line saying the day the caller asked about is closed ("On Monday we are closed."), or
+        "": a first sentence saying it is open is replaced by "No." and that line (Qwen 0.5B answered "Yes, we
+        are open on Monday" with that line in its prompt, twice in a row on the exam)."""
         self.pending = ""
         self.tripped = False
+        self.reason = ""
+        """Why it tripped: "number" (a number found nowhere) or "closed_day"."""
         self.spoken = ""
         """Everything let through (and the replacement), in order."""
 
     def _check(self, sentence: str) -> list[str]:
         if self.tripped:
             return []
+        if self.closed_line and not self.spoken and not _MENTIONS_CLOSED.search(sentence):
+            if _CLAIMS_OPEN.search(sentence) and not _DENIES.search(sentence):
+                self.tripped, self.reason = True, "closed_day"
+                sentence = f"No. {self.closed_line}"
+            elif _DOES_NOT_KNOW.search(sentence):  # it does know: the line is in its prompt
+                self.tripped, self.reason = True, "closed_day"
+                sentence = self.closed_line
+            if self.tripped:
+                self.spoken += sentence
+                return [sentence]
         if _numbers(sentence) - self.allowed:
-            self.tripped = True
+            self.tripped, self.reason = True, "number"
             sentence = UNKNOWN_REPLY if not self.spoken or self.spoken.endswith((" ", "\n")) \
                 else " " + UNKNOWN_REPLY
         self.spoken += sentence
