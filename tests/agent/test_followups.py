@@ -29,6 +29,10 @@ def after(question: str, answer: str, follow_up: str) -> str:
     ("How much is a birthday cake?", "A birthday cake costs 30 dollars.", "How many days ahead must I order it?",
      "How many days ahead must I order the birthday cake?"),
     ("Do you sell pastries?", "Yes.", "Can I order them online?", "Can I order the pastries online?"),
+    # the day the thing was asked for is not part of the thing
+    ("Can I order a cake on Friday?", "Yes.", "Can I pick it up the same day?", "Can I pick the cake up on Friday?"),
+    ("Can I book an appointment for Saturday?", "Yes.", "Can I cancel it later?",
+     "Can I cancel the appointment later?"),
 ])
 def test_a_follow_up_names_what_it_points_back_to(question: str, answer: str, follow_up: str, expected: str) -> None:
     assert after(question, answer, follow_up) == expected
@@ -119,6 +123,7 @@ def test_earlier_turns_are_rebuilt_as_the_model_saw_them_so_the_prompt_only_grow
     ("Can I book an appointment?", "Yes, what is your name?", "It is John."),
     ("Can I book an appointment?", "Yes.", "Is it possible to pay by card?"),
     ("Do you sell croissants?", "Yes.", "And bread, is it fresh?"),
+    ("Do you sell croissants?", "Yes.", "Could you tell them I called?"),  # "them": the staff
 ])
 def test_a_word_that_does_not_point_back_is_not_rewritten(question: str, answer: str, follow_up: str) -> None:
     assert after(question, answer, follow_up) == follow_up

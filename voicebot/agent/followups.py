@@ -48,6 +48,9 @@ _THING_PATTERNS = (
                r"(?: cost| be| costs?)?\s*[?.!]*$", re.IGNORECASE),
 )
 _ARTICLE = re.compile(r"^(?:a|an|the|your|some|any)\s+", re.IGNORECASE)
+# "a cake on Friday" is the cake: the day is resolved on its own, and "pick it up on Friday" must not say it twice
+_WHEN_TAIL = re.compile(r"\s+(?:on|for|this|next|by)\s+(?:(?:" + "|".join(DAYS) + r")s?|today|tomorrow|tonight"
+                        r"|(?:the )?weekend)$", re.IGNORECASE)
 _DAY_RANGE = re.compile(r"\b(" + "|".join(DAYS) + r")s?\s*(?:to|-|–|through|until|till)\s*(" + "|".join(DAYS)
                         + r")s?\b", re.IGNORECASE)
 _WEEKEND = re.compile(r"\bweekends?\b", re.IGNORECASE)
@@ -67,7 +70,8 @@ _PRONOUN_IT = re.compile(r"\b(it|them)\b(?!['’]s\b)", re.IGNORECASE)
 _DUMMY_IT = re.compile(r"\b(?:is|was|would|will|does|isn't) it (?:be )?(?:possible|ok|okay|alright|all right|"
                        r"necessary|true|too|late|early|worth|raining)\b"
                        r"|\bit (?:is|was|will be|would be|depends|seems|looks)\b"
-                       r"|^\s*(?:and|(?:and )?(?:what|how) about)\s+[^,]{1,40},", re.IGNORECASE)
+                       r"|^\s*(?:and|(?:and )?(?:what|how) about)\s+[^,]{1,40},"
+                       r"|\b(?:tell|ask|let) them\b", re.IGNORECASE)  # "them": the staff, not the croissants
 # A range ("Tuesday to Saturday") or an exception ("every day except Monday") names no single day to point to.
 _NO_SINGLE_DAY = re.compile(r"\b(?:except|apart from|other than|every day|daily|weekdays)\b", re.IGNORECASE)
 _NUMBER_CONTEXT = re.compile(r"\b(?:at|from|until|till|to|by|past)\s+one\b|\bone\s+(?:am|pm|p\.m\.|a\.m\.)",
@@ -144,7 +148,7 @@ def _thing(previous: str) -> str | None:
     for pattern in _THING_PATTERNS:
         match = pattern.match(sentence)
         if match:
-            thing = _ARTICLE.sub("", match.group("thing").strip(" '-"))
+            thing = _WHEN_TAIL.sub("", _ARTICLE.sub("", match.group("thing").strip(" '-")))
             words = thing.split()
             if 1 <= len(words) <= 4 and not re.search(r"\b(?:you|it|that|this|open|close|there)\b", thing,
                                                        re.IGNORECASE):
