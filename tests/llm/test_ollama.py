@@ -239,3 +239,18 @@ async def test_explicit_ollama_and_bad_choice(fake: FakeOllama) -> None:
     with pytest.raises(ConfigError) as info:
         await create_llm(Settings().with_(llm="openai"))
     assert info.value.field == "llm"
+
+
+def test_a_turns_system_note_is_not_sent_to_ollama() -> None:
+    """Ollama joins every system message into one system prompt: a turn's note would land there, away from its
+    question, and change the prompt's start every turn."""
+    from voicebot.llm.base import ChatMessage
+    from voicebot.llm.chatml import SystemNote
+    from voicebot.llm.ollama import build_chat_payload
+
+    payload = build_chat_payload([ChatMessage("system", "You are Mia."), ChatMessage("user", "Hi"),
+                                  ChatMessage("assistant", "Hello."),
+                                  SystemNote("system", "Relevant knowledge: On Monday we are closed."),
+                                  ChatMessage("user", "Are you open on Monday?")], ["Closed on Monday."])
+    assert [m["role"] for m in payload] == ["system", "user", "assistant", "user"]
+    assert "Relevant knowledge" not in str(payload)
