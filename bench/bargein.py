@@ -66,7 +66,7 @@ async def run(calls: int, out: Path) -> dict[str, object]:
 
     from models import CallTurn
     from models.db import make_engine, session_scope, upgrade
-    from voicebot.agent.demo import seed_demo
+    from voicebot.agent.demo import seed_demo_knowledge, seed_demo_rows
     from voicebot.asterisk.process import Asterisk
     from voicebot.harness import free_udp_port, isolated_settings
     from voicebot.server import EvaRuntime
@@ -80,7 +80,8 @@ async def run(calls: int, out: Path) -> dict[str, object]:
     _prompt_run(settings)
     engine = make_engine(settings.effective_database_url)
     upgrade(engine)
-    seed_demo(settings, engine)
+    # Inside the running loop: seed_demo() would start a loop of its own.
+    await seed_demo_knowledge(settings, engine, await asyncio.to_thread(seed_demo_rows, engine))
     tts = PiperTts()
     question, interruption = workdir / "question.wav", workdir / "interruption.wav"
     write_wav(question, tts.synthesize_blocking("Tell me about your company.", 16000))

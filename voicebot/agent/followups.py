@@ -11,11 +11,11 @@ CPU cores that costs a second or more, so this module does the few rewrites that
 * "one", "it", "them" that point back to the thing the caller asked about ("do you sell croissants?",
   "how much is a birthday cake?") become that thing.
 
-A question about one day also gets the knowledge's lines for that day as a note just before it ("Tuesday to
-Saturday we are open from 6 am to 2 pm" for "what time do you open on Friday?"): the model has the whole document
-in its system block, but picks the wrong day's line when several look alike.  Measured on the exam's questions
-asked straight to the model (no calls): multi-turn 5/10 as asked, 6/10 with the follow-ups resolved, 8/10 with
-the day's lines as well; single questions unchanged.
+The knowledge's lines for the one day a question asks about (:func:`day_lines`: "Tuesday to Saturday we are open
+from 6 am to 2 pm" for "what time do you open on Friday?") feed the closed-day check of the grounding guard, and
+can be put before the question as a note (:data:`DAY_NOTES`, off: see there for what was measured).  Measured on
+the exam's questions asked straight to the model (no calls): multi-turn 5/10 as asked, 6/10 with the follow-ups
+resolved; single questions unchanged.
 
 Only the text the model reads changes: the stored message and the transcript keep the caller's words.  The rules
 never invent a referent: with nothing to point back to, or more than one candidate, the question is left alone.
@@ -169,17 +169,26 @@ def _singular(noun: str) -> str:
     return " ".join([*words[:-1], last])
 
 
-def prompt_turns(memory: Sequence[ChatMessage], text: str, knowledge: Sequence[str]) -> list[ChatMessage]:
-    """The conversation as the model reads it: every caller turn resolved against the turns before it, with a
-    note of the knowledge's lines for the one day it asks about (a ``system`` message in place).  Deterministic,
-    so last turn's prompt is a prefix of this one's while the knowledge is unchanged."""
+DAY_NOTES = False
+"""Off by default, measured: on the exam's questions asked as text the notes lifted multi-turn answers from 6/10
+to 8/10, but over real calls (tools offered, Whisper's transcripts) the exam stayed at 5/10, each note cost about
+25 prompt tokens (≈ 0.3-0.5 s before the first word on this CPU: voice-to-voice p95 2379 → 2960 ms in one
+sitting) and the model answered some noted questions with "Based on the information provided...".  The closed-day
+check (:func:`closed_day_line`) uses the same lines without putting them in the prompt."""
+
+
+def prompt_turns(memory: Sequence[ChatMessage], text: str, knowledge: Sequence[str], *,
+                 day_notes: bool = DAY_NOTES) -> list[ChatMessage]:
+    """The conversation as the model reads it: every caller turn resolved against the turns before it and, with
+    ``day_notes``, a note of the knowledge's lines for the one day it asks about (a ``system`` message in place).
+    Deterministic, so last turn's prompt is a prefix of this one's while the knowledge is unchanged."""
     out: list[ChatMessage] = []
     raw: list[ChatMessage] = []
     notes: dict[str, list[str]] = {}  # a day asked about again is not looked up again
     for message in [*memory, ChatMessage("user", text)]:
         if message.role == "user":
             question = resolve_followup(message.content, raw)
-            asked = _asked_day(question)
+            asked = _asked_day(question) if day_notes else None
             if asked is not None and asked not in notes:
                 notes[asked] = day_lines(question, knowledge)
             lines = notes.get(asked or "", [])
