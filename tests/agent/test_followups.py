@@ -45,6 +45,9 @@ def test_a_follow_up_names_what_it_points_back_to(question: str, answer: str, fo
     ("Do you sell croissants?", "Yes.", "Is anyone there?"),
     ("Do you sell croissants?", "Yes.", "Do you close at one on Saturday?"),  # "one" is a time
     ("Do you sell croissants?", "Yes.", "How much are croissants?"),  # already named
+    # "it" is the repair, not the e-bike (a CI run caught "how long does the e-bike take?")
+    ("Do you repair e-bikes?", "Yes, we do.", "And how long does it take?"),
+    ("Do you treat rabbits?", "Yes.", "Is it expensive?"),
     ("Is it open?", "Yes.", "How much does one cost?"),  # no thing in the question before
     ("What is it like?", "Nice.", "Is it good?"),
     ("Do you sell bread?", "Yes.", "Is it fresh and is it cheap?"),  # two "it": which one is not for us to guess

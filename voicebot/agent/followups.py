@@ -41,12 +41,15 @@ _TIME_QUESTION = re.compile(r"\b(?:open|opens|opening|close|closes|closing|close
 _VERBS = r"sell|have|make|bake|treat|offer|do|take|see|stock|carry|fix|repair|accept"
 _THING_PATTERNS = (
     # "Do you sell croissants?", "Do you treat rabbits?", "Can I get a birthday cake?"
-    re.compile(rf"^(?:and )?(?:do|can|could|would) (?:you|i|we) (?:also )?(?:{_VERBS}|get|buy|order|book) "
+    re.compile(rf"^(?:and )?(?:do|can|could|would) (?:you|i|we) (?:also )?(?P<verb>{_VERBS}|get|buy|order|book) "
                r"(?P<thing>[a-z][a-z' -]{1,40}?)\s*(?:here|there|too|as well)?\s*[?.!]*$", re.IGNORECASE),
     # "How much is a birthday cake?", "How much are your croissants?", "What does a filling cost?"
     re.compile(r"^(?:and )?(?:how much|what) (?:is|are|does|do|would) (?P<thing>[a-z][a-z' -]{1,40}?)"
                r"(?: cost| be| costs?)?\s*[?.!]*$", re.IGNORECASE),
 )
+_GOODS_VERBS = frozenset({"sell", "have", "make", "bake", "offer", "stock", "carry", "get", "buy", "order", "book"})
+"""After "do you sell croissants?", "it"/"them" are the croissants; after "do you repair e-bikes?" or "do you treat
+rabbits?", "how long does it take?" is the repair, not the e-bike: there only "one" is rewritten."""
 _ARTICLE = re.compile(r"^(?:a|an|the|your|some|any)\s+", re.IGNORECASE)
 # "a cake on Friday" is the cake: the day is resolved on its own, and "pick it up on Friday" must not say it twice
 _WHEN_TAIL = re.compile(r"\s+(?:on|for|this|next|by)\s+(?:(?:" + "|".join(DAYS) + r")s?|today|tomorrow|tonight"
@@ -130,12 +133,13 @@ def _resolve_thing(question: str, history: Sequence[ChatMessage]) -> str:
     previous = _last(history, "user")
     if not previous or len(previous) > MAX_CHARS:
         return question
-    thing = _thing(previous)
-    if thing is None or thing.lower() in question.lower():
+    found = _thing(previous)
+    if found is None or found[0].lower() in question.lower():
         return question
+    thing, goods = found
     if _PRONOUN_ONE.search(question) and not _NUMBER_CONTEXT.search(question):
         return _PRONOUN_ONE.sub(lambda m: f"{m.group(0)} {_singular(thing)}", question, count=1)
-    if len(_PRONOUN_IT.findall(question)) == 1 and not _DUMMY_IT.search(question):
+    if goods and len(_PRONOUN_IT.findall(question)) == 1 and not _DUMMY_IT.search(question):
         def named(m: re.Match[str]) -> str:
             the = "The" if m.start() == 0 else "the"
             return f"{the} {_singular(thing)}" if m.group(1).lower() == "it" else f"{the} {thing}"
@@ -143,7 +147,8 @@ def _resolve_thing(question: str, history: Sequence[ChatMessage]) -> str:
     return question
 
 
-def _thing(previous: str) -> str | None:
+def _thing(previous: str) -> tuple[str, bool] | None:
+    """(the thing the question asked about, whether it is goods that "it" can stand for), or None."""
     sentence = previous.strip().split("?")[0].strip() + "?"
     for pattern in _THING_PATTERNS:
         match = pattern.match(sentence)
@@ -152,7 +157,8 @@ def _thing(previous: str) -> str | None:
             words = thing.split()
             if 1 <= len(words) <= 4 and not re.search(r"\b(?:you|it|that|this|open|close|there)\b", thing,
                                                        re.IGNORECASE):
-                return thing
+                verb = match.groupdict().get("verb")
+                return thing, verb is None or verb.lower() in _GOODS_VERBS
     return None
 
 
