@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -128,6 +129,16 @@ OUTSIDE_FAST = ("asterisk", "models", "servers", "fuzz", "long")
 
 def _outside_fast(item: Any) -> bool:
     return any(item.get_closest_marker(mark) is not None for mark in OUTSIDE_FAST)
+
+
+def stop_process(process: subprocess.Popen[Any]) -> None:
+    """End a test server's process: terminate, then kill it if it has not exited after 10 s."""
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 class UnmarkedHeavyUse(RuntimeError):

@@ -29,6 +29,7 @@ from aiosmtpd.controller import Controller
 from sqlalchemy.engine import Engine
 
 from models.db import make_engine, upgrade
+from tests.conftest import stop_process
 from tests.fakes.graph_server import FakeGraph
 from voicebot.agent.demo import seed_demo_rows
 from voicebot.llm.base import ChatMessage, Done, GenerationOptions, LanguageModel, LlmEvent, TextDelta, ToolSpec
@@ -286,12 +287,7 @@ def dovecot() -> Iterator[Dovecot]:
 
 def stop_server(process: subprocess.Popen[bytes], root: Path) -> None:
     """End a test server process (terminate, then kill after 10 s) and remove its folder."""
-    process.terminate()
-    try:
-        process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
+    stop_process(process)
     if process.stderr is not None:
         process.stderr.close()
     shutil.rmtree(root, ignore_errors=True)

@@ -18,6 +18,7 @@ from sqlalchemy.engine import Engine
 
 from rag import KnowledgeBase
 from rag.embeddings import LocalEmbedder
+from tests.conftest import stop_process
 from tests.rag.conftest import agent_factory
 from tests.rag.files import make_pdf
 from voicebot.config import Settings
@@ -57,12 +58,7 @@ def chroma_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
                 time.sleep(0.2)
         yield url
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process)
         log.close()
 
 
