@@ -459,8 +459,8 @@ class AgentCore:
         # Persona first and on its own, then the channel's guidance: chat models see two system messages,
         # the few-shot transcript backend joins them into its instructions line.
         # The model reads a follow-up with what it points back to named ("close that day?" -> "close on
-        # Saturday?") and a question about one day with that day's lines noted: the small embedded model often
-        # answers a follow-up as if it stood alone, or reads the wrong day.  Only the prompt changes.
+        # Saturday?"): the small embedded model often answers a follow-up as if it stood alone.  Only the
+        # prompt changes.
         return [ChatMessage("system", agent.persona), ChatMessage("system", CHANNEL_GUIDANCE[channel]),
                 *prompt_turns(memory, text, knowledge)]
 

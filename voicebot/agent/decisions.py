@@ -117,7 +117,7 @@ def decide(text: str, memory: Sequence[ChatMessage], transfer_targets: Mapping[s
     return None
 
 
-_DONT_KNOW = re.compile(r"\b(?:do not know|don't know|not sure|no information|cannot help|can't help|"
+_DONT_KNOW = re.compile(r"\b(?:do not know|don't know|dont know|not sure|no information|cannot help|can't help|"
                         r"unable to (?:help|answer))\b", re.IGNORECASE)
 
 
@@ -149,7 +149,6 @@ def _numbers(text: str) -> set[str]:
 _CLAIMS_OPEN = re.compile(r"\b(?:yes|open)\b", re.IGNORECASE)
 _DENIES = re.compile(r"\b(?:no|not|never)\b|n't\b", re.IGNORECASE)
 _MENTIONS_CLOSED = re.compile(r"\bclosed?\b", re.IGNORECASE)
-_DOES_NOT_KNOW = re.compile(r"\b(?:do not|don't|dont) know\b|\bnot sure\b", re.IGNORECASE)
 
 
 class GroundingGuard:
@@ -179,7 +178,7 @@ class GroundingGuard:
             if _CLAIMS_OPEN.search(sentence) and not _DENIES.search(sentence):
                 self.tripped, self.reason = True, "closed_day"
                 sentence = f"No. {self.closed_line}"
-            elif _DOES_NOT_KNOW.search(sentence):  # it does know: the line is in its prompt
+            elif _DONT_KNOW.search(sentence):  # it does know: the line is in its prompt
                 self.tripped, self.reason = True, "closed_day"
                 sentence = self.closed_line
             if self.tripped:

@@ -119,8 +119,6 @@ def _resolve_day(question: str, history: Sequence[ChatMessage]) -> str:
 
 
 def _days(text: str) -> list[str]:
-    if len(text) > 4 * MAX_CHARS:
-        text = text[:4 * MAX_CHARS]
     found: list[str] = []
     for match in _DAY.finditer(text):
         day = match.group(1).lower()
