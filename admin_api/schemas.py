@@ -29,6 +29,8 @@ RoleName = Literal["admin", "designer", "viewer", "pending"]
 """``pending``: signed up (open signup), no access until an admin grants a role."""
 Text200 = Annotated[str, StringConstraints(max_length=200)]
 Text2000 = Annotated[str, StringConstraints(max_length=2000)]
+LANGUAGE_TAG = r"^[A-Za-z]{2,3}([_-][A-Za-z0-9]{2,8})?$"
+"""A BCP-47 language tag as agents use it: ``en``, ``es``, ``es-MX``, ``pt_BR``."""
 
 
 def _as_utc(value: datetime) -> datetime:
@@ -169,7 +171,9 @@ class AgentCreate(Input):
     name: Slug
     description: Text2000 = ""
     persona: str = Field(default="You are a helpful, concise phone assistant.", max_length=20000)
-    language: str = Field(default="en", pattern=r"^[A-Za-z]{2,3}([_-][A-Za-z0-9]{2,8})?$")
+    language: str = Field(default="en", pattern=LANGUAGE_TAG)
+    languages: list[Annotated[str, Field(pattern=LANGUAGE_TAG)]] = Field(default_factory=list, max_length=8)
+    """Further languages for text messages (each answered in the one it is written in)."""
     voice: Text200 = ""
     llm_model: Text200 = ""
     temperature: float = Field(default=0.3, ge=0.0, le=2.0)
@@ -188,7 +192,8 @@ class AgentUpdate(Input):
     name: Slug = optional()
     description: Text2000 = optional()
     persona: str = optional(max_length=20000)
-    language: str = optional(pattern=r"^[A-Za-z]{2,3}([_-][A-Za-z0-9]{2,8})?$")
+    language: str = optional(pattern=LANGUAGE_TAG)
+    languages: list[Annotated[str, Field(pattern=LANGUAGE_TAG)]] = optional(max_length=8)
     voice: Text200 = optional()
     llm_model: Text200 = optional()
     temperature: float = optional(ge=0.0, le=2.0)
@@ -205,6 +210,7 @@ class AgentOut(Output):
     description: str
     persona: str
     language: str
+    languages: list[str]
     voice: str
     llm_model: str
     temperature: float

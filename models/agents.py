@@ -21,8 +21,12 @@ class Agent(SQLModel, table=True):
     persona: str = Field(default="You are a helpful, concise phone assistant.", max_length=20000)
     """The system prompt."""
     language: str = Field(default="en", max_length=16)
+    """BCP-47 tag: calls are heard, spoken and answered in it (voicebot.i18n, voicebot.tts.voices)."""
+    languages: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False, server_default="[]"))
+    """Further languages the agent answers WhatsApp, e-mail and chat messages in: each message is answered in the
+    one it is written in (voicebot.i18n.detect), else in ``language``.  Calls always use ``language``."""
     voice: str = Field(default="", max_length=200)
-    """Piper voice path; empty → the default voice."""
+    """Piper voice path (or ``espeak:<lang>``); empty → a voice for ``language`` (voicebot.tts.voices)."""
     llm_model: str = Field(default="", max_length=200)
     """Model name for the LLM backend; empty → the backend's default."""
     temperature: float = Field(default=0.3, ge=0.0, le=2.0)

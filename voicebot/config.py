@@ -94,7 +94,10 @@ class Settings:
     end_of_turn_ms: int = 400
     """Silence after caller speech that ends the caller's turn."""
     stt_model: str = ""
-    """Path to a CTranslate2 Whisper model; empty → the packaged tiny.en."""
+    """Path to a CTranslate2 Whisper model for English agents; empty → the packaged tiny.en."""
+    stt_multilingual_model: str = ""
+    """Path to a multilingual CTranslate2 Whisper model for agents in other languages; empty → the packaged
+    Whisper base (assembled by ``eva setup`` into <data_dir>/models/whisper-base)."""
     stt_compute_type: str = "int8"
     tts_voice: str = ""
     """Path to a Piper .onnx voice; empty → the packaged en_US-joe-medium."""
@@ -241,6 +244,11 @@ class Settings:
     @property
     def models_dir(self) -> Path:
         return self.data_dir / "models"
+
+    @property
+    def voices_dir(self) -> Path:
+        """Piper voices added with ``eva voice add`` (one per language is enough; see voicebot.tts.voices)."""
+        return self.data_dir / "voices"
 
     @property
     def chroma_dir(self) -> Path:

@@ -66,11 +66,13 @@ def isolated_settings(data_dir: Path) -> Settings:
     assembled models), so CI can point the whole run at a freshly built image and data folder.
     """
     from voicebot.llm.embedded import default_gguf_path
+    from voicebot.stt.multilingual import model_dir
 
     installed = Settings.load()
     base = Settings.load({}).with_(asterisk_root=installed.asterisk_root)
+    multilingual = installed.stt_multilingual_model or str(model_dir(installed.models_dir))
     return ensure_secrets(base.with_(data_dir=data_dir, llm_model_path=str(default_gguf_path(installed)),
-                                     **free_port_slot()))
+                                     stt_multilingual_model=multilingual, **free_port_slot()))
 
 
 def free_udp_port() -> int:

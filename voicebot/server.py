@@ -13,6 +13,7 @@ import gc
 import logging
 import signal
 import time
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy.engine import Engine
@@ -24,6 +25,12 @@ from voicebot.secrets import ensure_secrets
 from voicebot.voiceapp import VoiceApp
 
 log = logging.getLogger(__name__)
+
+
+def multilingual_model_dir(settings: Settings) -> Path:
+    from voicebot.stt.multilingual import model_dir
+
+    return model_dir(settings.models_dir)
 
 
 def _resolver(engine: Engine) -> Any:
@@ -81,18 +88,21 @@ class EvaRuntime:
 
     async def start(self) -> None:
         from models.db import make_engine, upgrade
-        from voicebot.stt.whisper import WhisperStt
+        from voicebot.stt.whisper import SpeechRouter, WhisperStt
         from voicebot.tts.piper import PiperSpeaker
 
         settings = self.settings
         started = time.monotonic()
         self.engine = engine = make_engine(settings.effective_database_url)
         await asyncio.to_thread(upgrade, engine)
-        stt = await asyncio.to_thread(WhisperStt, settings.stt_model, settings.stt_compute_type)
+        english = await asyncio.to_thread(WhisperStt, settings.stt_model, settings.stt_compute_type)
+        stt = SpeechRouter(english, settings.stt_multilingual_model or str(multilingual_model_dir(settings)),
+                           settings.stt_compute_type)
         self.closers.append(stt.close)
         tts = PiperSpeaker(settings.tts_voice)
         self.closers.append(tts.close)
         await tts.speak("Ready.", 8000)  # load the voice and warm ONNX before the first caller
+        await self._load_languages(engine, stt, tts)
         responder = self._responder or await self._agent_responder(engine)
         ari = AriClient(settings.ari_url, settings.ari_user, settings.ari_password, settings.ari_app)
         self.voice = VoiceApp(settings, engine, ari, stt, tts, responder, _resolver(engine))
@@ -105,6 +115,33 @@ class EvaRuntime:
         # take 0.2 s on this heap (an audible gap in every call's 20 ms media clock).
         gc.freeze()
         log.info("Eva is ready in %.1fs", time.monotonic() - started)
+
+    async def _load_languages(self, engine: Engine, stt: Any, tts: Any) -> None:
+        """Load the speech model and voice of every language an active agent speaks, before the first caller (a
+        Spanish agent must not make its first caller wait seconds for Whisper base).  A language whose model
+        cannot load is logged; its calls are then transcribed with the English model."""
+        from sqlmodel import col, select
+
+        from models import Agent
+        from models.db import session_scope
+        from voicebot.errors import EvaError
+        from voicebot.i18n import base_language
+        from voicebot.tts.voices import resolve_voice
+
+        def languages() -> list[tuple[str, str]]:
+            with session_scope(engine) as session:
+                rows = session.exec(select(Agent.language, Agent.voice).where(col(Agent.active).is_(True))).all()
+            return sorted({(str(lang or "en"), str(voice or "")) for lang, voice in rows})
+
+        for language, voice in await asyncio.to_thread(languages):
+            if base_language(language) == "en":
+                continue
+            try:
+                await asyncio.to_thread(stt.load, language)
+                key = await asyncio.to_thread(resolve_voice, voice, language, self.settings.voices_dir)
+                await tts.speak(".", 8000, key)
+            except EvaError as exc:
+                log.error("speech for language %s is not ready: %s", language, exc.message)
 
     async def _agent_responder(self, engine: Engine) -> Responder:
         from voicebot.agent.core import AgentCore

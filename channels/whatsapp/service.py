@@ -74,14 +74,16 @@ from voicebot.agent.store import AgentStore, normalize_whatsapp_id
 from voicebot.config import Settings
 from voicebot.errors import EvaError, InvalidInput, Unavailable, WhatsAppError
 from voicebot.flows.conversation import ConversationFlows
+from voicebot.i18n import phrase
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
 CHANNEL = "whatsapp"
-DECLINE_TEXT = ("Sorry, I can only read text messages. Please type your question and I will gladly help.")
-"""The answer to images, voice notes, documents, locations and other non-text messages."""
+DECLINE_TEXT = phrase("whatsapp_text_only")
+"""The answer to images, voice notes, documents, locations and other non-text messages (in English; the agent's
+language picks the catalog's translation)."""
 CONVERSATION_WINDOW = timedelta(hours=24)
 """Messages within this time of the last one continue its conversation (WhatsApp's customer-service window)."""
 MAX_MESSAGE_AGE = CONVERSATION_WINDOW
@@ -456,8 +458,8 @@ class WhatsAppService:
                              ", ".join(c.name for c in done.tool_calls))
                 text, assistant_id = done.text, done.assistant_message_id
             else:
-                text = DECLINE_TEXT
-                assistant_id = await self._db(lambda s: _store_declined(s, conversation_id, row))
+                text = phrase("whatsapp_text_only", agent.language)
+                assistant_id = await self._db(lambda s: _store_declined(s, conversation_id, row, text))
         sent = await self._send_parts(row.id, row.external_id, wa_id, text, list(row.sent_parts or []))
         if sent is None:
             return None
@@ -586,7 +588,7 @@ def _parse_part_tag(data: str) -> tuple[str, int] | None:
     return (wamid, int(index)) if wamid and index.isascii() and index.isdigit() and len(index) < 4 else None
 
 
-def _store_declined(session: Session, conversation_id: int, row: InboundMessage) -> int:
+def _store_declined(session: Session, conversation_id: int, row: InboundMessage, text: str) -> int:
     """The user's non-text message (as ``[image]`` etc.) and our polite answer; returns the answer's id."""
     store.add_message(session, conversation_id, "user", f"[{row.kind}]", external_id=row.external_id)
-    return store.add_message(session, conversation_id, "assistant", DECLINE_TEXT)
+    return store.add_message(session, conversation_id, "assistant", text)

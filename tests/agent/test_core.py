@@ -11,8 +11,10 @@ from typing import Any
 
 import pytest
 from sqlalchemy.engine import Engine
+from sqlmodel import select
 
-from models import Agent, Contact
+from models import Agent, Contact, Message
+from models.db import session_scope
 from rag import KnowledgeBase
 from tests.agent.conftest import DemoWorld
 from tests.fakes.ollama_server import ChatScript, FakeOllama
@@ -392,3 +394,39 @@ async def test_respond_collects_the_reply(demo: Demo,
     core = AgentCore(demo.settings, demo.engine, embedded_llm, knowledge)
     done = await core.respond(demo.agent, None, "email", "How much does a bike service cost?")
     assert "49" in done.text and done.citations
+
+
+async def test_a_text_contact_is_answered_in_the_language_they_write_when_the_agent_allows_it(
+        demo: Demo, fake: FakeOllama, ollama_llm: OllamaLLM) -> None:
+    from voicebot.i18n import phrase
+
+    store = AgentStore(demo.engine)
+    assert demo.agent.id is not None
+    agent = await store.update_agent(demo.agent.id, {"languages": ["es"]})
+    core = AgentCore(demo.settings, demo.engine, ollama_llm, None)
+    fake.scripts.extend([ChatScript(chunks=["Abrimos a las 9."]), ChatScript(chunks=["We open at 9."]),
+                         ChatScript(chunks=["Abrimos a las 9."])])
+    spanish = done_of(await run(core, agent, None, "whatsapp", "Hola, ¿a qué hora abren el sábado?"))
+    english = done_of(await run(core, agent, None, "whatsapp", "Hi, when do you open on Saturday?"))
+    call = done_of(await run(core, agent, None, "voice", "Hola, ¿a qué hora abren el sábado?"))
+    systems = [" ".join(m["content"] for m in body["messages"] if m["role"] == "system")
+               for body in fake.bodies("/api/chat")]
+    assert phrase("answer_language", "es") in systems[0] and phrase("guidance_whatsapp", "es") in systems[0]
+    assert phrase("guidance_whatsapp", "en") in systems[1] and "español" not in systems[1]
+    assert "español" not in systems[2]  # calls keep the agent's language: its voice and speech model are English
+    with session_scope(demo.engine) as session:
+        stored = {m.id: m.timings or {} for m in session.exec(select(Message).where(Message.role == "assistant"))}
+    assert stored[spanish.assistant_message_id]["language"] == "es"
+    assert stored[english.assistant_message_id]["language"] == "en"
+    assert stored[call.assistant_message_id]["language"] == "en"
+    assert (await store.get_agent(demo.agent.id)).language == "en"  # the agent itself is unchanged
+
+
+async def test_agent_languages_are_validated(demo: Demo) -> None:
+    assert demo.agent.id is not None
+    for bad in (["english"], "es", ["es"] * 9, [""]):
+        with pytest.raises(InvalidInput) as caught:
+            await AgentStore(demo.engine).update_agent(demo.agent.id, {"languages": bad})
+        assert caught.value.field == "languages"
+    with pytest.raises(InvalidInput):
+        await AgentStore(demo.engine).update_agent(demo.agent.id, {"language": "Spanish"})

@@ -107,3 +107,64 @@ def test_an_open_day_or_a_question_about_no_day_has_no_closed_line() -> None:
     # A follow-up pointing back to the day counts as asking about it.
     history = [ChatMessage("user", "What about Monday?"), ChatMessage("assistant", "Let me check.")]
     assert closed_day_line("Are you open that day?", history, [BAKERY_HOURS]) == "On Monday we are closed."
+
+
+# ---------------------------------------------------------------------------------------------- Spanish
+SPANISH_TARGETS = {"recepción": "800", "taller": "801"}
+
+
+@pytest.mark.parametrize("text", [
+    "Quiero hablar con una persona.", "¿Puedo hablar con alguien?", "Pásame con recepción, por favor.",
+    "Póngame con el taller.", "Operador.", "Necesito hablar con un agente", "quisiera hablar con el encargado",
+    "Comuníqueme con una persona real, por favor",
+])
+def test_spanish_requests_for_a_person_transfer(text: str) -> None:
+    decision = decide(text, [], SPANISH_TARGETS)
+    assert decision is not None and decision.action == "transfer", text
+    assert decision.target == ("taller" if "taller" in text else "recepción")
+
+
+@pytest.mark.parametrize("text", [
+    "¿A qué hora abren los sábados?", "¿Cuánto cuesta para una persona?", "¿Reparan bicicletas eléctricas?",
+    "¿Con quién hablo?", "¿Abren el domingo?",
+])
+def test_spanish_questions_are_left_to_the_model(text: str) -> None:
+    assert decide(text, [], SPANISH_TARGETS) is None, text
+
+
+def test_spanish_yes_to_the_offer_transfers_and_no_hangs_nothing_up() -> None:
+    offer = [ChatMessage("assistant", "Lo siento, no lo sé. ¿Quiere que le pase con un compañero?")]
+    for yes in ("Sí, por favor.", "Vale.", "Claro", "De acuerdo"):
+        decision = decide(yes, offer, SPANISH_TARGETS)
+        assert decision is not None and decision.action == "transfer", yes
+    assert decide("No, gracias. ¿Y el precio?", offer, SPANISH_TARGETS) is None
+
+
+@pytest.mark.parametrize("text", ["Adiós.", "Gracias, hasta luego.", "Eso es todo, gracias.", "Nada más, adiós"])
+def test_spanish_goodbye_hangs_up(text: str) -> None:
+    decision = decide(text, [], SPANISH_TARGETS)
+    assert decision is not None and decision.action == "hang_up", text
+
+
+def test_spanish_goodbye_with_a_question_does_not_hang_up() -> None:
+    assert decide("Adiós... ¿abren mañana?", [], SPANISH_TARGETS) is None
+
+
+def test_spanish_unknown_gets_the_offer_in_spanish() -> None:
+    offer = "¿Quiere que le pase con un compañero?"
+    assert offer_after_unknown("Lo siento, no lo sé.", SPANISH_TARGETS, offer) == offer
+    assert offer_after_unknown("No tengo esa información.", SPANISH_TARGETS, offer) == offer
+    assert offer_after_unknown("Lo siento, no lo sé. ¿Quiere que le pase con recepción?", SPANISH_TARGETS,
+                               offer) == ""  # it offered already
+    assert offer_after_unknown("Abrimos a las 10.", SPANISH_TARGETS, offer) == ""
+
+
+def test_grounding_guard_in_spanish_replaces_an_invented_price_with_the_spanish_apology() -> None:
+    from voicebot.agent.decisions import GroundingGuard
+
+    guard = GroundingGuard(["Reparar un pinchazo cuesta 12 euros. Abrimos a las nueve."], ["¿Precio?"],
+                           unknown_reply="Lo siento, no lo sé.")
+    assert guard.push("Reparar un pinchazo cuesta doce euros. ") == ["Reparar un pinchazo cuesta doce euros. "]
+    assert guard.push("Abrimos a las 9. ") == ["Abrimos a las 9. "]  # "nueve" in the knowledge is 9
+    assert guard.push("Un casco cuesta 30 euros.") + guard.finish() == ["Lo siento, no lo sé."]
+    assert guard.reason == "number"

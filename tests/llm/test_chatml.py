@@ -118,3 +118,16 @@ def test_a_note_before_the_first_question_is_not_part_of_the_cached_system_block
     assert noted.prefix == build_chat_prompt(head, ["Closed on Monday."], []).prefix
     assert noted.conversation.startswith("<|im_start|>system\nRelevant knowledge: Closed on Monday.<|im_end|>\n"
                                          "<|im_start|>user\nAre you open on Monday?")
+
+
+def test_the_grounding_rule_is_written_in_the_agents_language_and_english_is_unchanged() -> None:
+    from voicebot.i18n import phrase
+    from voicebot.llm.chatml import GROUNDING, system_text
+
+    english = system_text(["Persona."], ["Open 9 to 5."], [])
+    assert GROUNDING in english and english == system_text(["Persona."], ["Open 9 to 5."], [], "en")
+    assert GROUNDING.startswith("Use only the facts in the knowledge below.")
+    spanish = build_chat_prompt([ChatMessage("system", "Eres Eva."), ChatMessage("user", "Hola")],
+                                ["Abrimos de 9 a 6."], [], "es")
+    assert phrase("grounding", "es") in spanish.prefix and GROUNDING not in spanish.prefix
+    assert "Lo siento, no lo sé." in spanish.prefix

@@ -159,11 +159,16 @@ def heard_phrase(heard: str, phrase: str, min_ratio: float = 0.8) -> bool:
     punctuation removed, with every run of about as many heard words, and accepts a close enough match.  It is
     still a real check: a phrase that was not said matches nothing at 0.8.
     """
+    import unicodedata
     from difflib import SequenceMatcher
 
-    words = re.findall(r"[a-z0-9]+", heard.lower().replace("'", ""))
-    target = "".join(re.findall(r"[a-z0-9]+", phrase.lower().replace("'", "")))
-    n = len(re.findall(r"[a-z0-9]+", phrase.lower()))
+    def plain(text: str) -> str:  # accents off ("día" -> "dia"), so Spanish words stay whole
+        decomposed = unicodedata.normalize("NFKD", text.lower().replace("'", ""))
+        return "".join(c for c in decomposed if not unicodedata.combining(c))
+
+    words = re.findall(r"[a-z0-9]+", plain(heard))
+    target = "".join(re.findall(r"[a-z0-9]+", plain(phrase)))
+    n = len(re.findall(r"[a-z0-9]+", plain(phrase)))
     for size in range(max(1, n - 1), n + 3):
         for i in range(0, max(1, len(words) - size + 1)):
             if SequenceMatcher(None, "".join(words[i:i + size]), target).ratio() >= min_ratio:

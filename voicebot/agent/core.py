@@ -44,6 +44,8 @@ from voicebot.agent.decisions import Decision, GroundingGuard, decide, offer_aft
 from voicebot.agent.followups import closed_day_line, prompt_turns
 from voicebot.config import Settings
 from voicebot.errors import EvaError, InvalidInput, LlmError, NotFound
+from voicebot.i18n import base_language, phrase
+from voicebot.i18n.detect import detect_language
 from voicebot.llm.base import (
     ChatMessage,
     Done,
@@ -94,13 +96,13 @@ CHANNEL_TOOLS: dict[str, tuple[ToolSpec, ...]] = {
 }
 """Tools offered by default per channel (a channel can pass its own list to :meth:`AgentCore.reply`)."""
 
-CHANNEL_GUIDANCE = {
-    "voice": "You are speaking on a phone call. Reply in one or two short spoken sentences, without lists, "
-             "markdown, links or emojis.",
-    "whatsapp": "You are chatting on WhatsApp. Keep replies short and in plain text.",
-    "email": "You are answering an e-mail. Write a complete, polite reply body (no subject line).",
-    "chat": "You are chatting in a text terminal. Keep replies short.",
-}
+CHANNEL_GUIDANCE = {channel: phrase(f"guidance_{channel}") for channel in ("voice", "whatsapp", "email", "chat")}
+"""The English guidance per channel (the catalog's ``guidance_<channel>``; :func:`guidance` for any language)."""
+
+
+def guidance(channel: str, language: str) -> str:
+    """The channel's guidance in the agent's language, with the rule to answer in it (none for English)."""
+    return " ".join(t for t in (phrase(f"guidance_{channel}", language), phrase("answer_language", language)) if t)
 
 
 # ---------------------------------------------------------------------------------------------- events
@@ -304,7 +306,8 @@ class AgentCore:
         hits, _elapsed, _error = await self._knowledge(agent.id, agent.name)
         messages = self._messages(agent, channel, [], "")[:-1]
         tools = [_for_agent(t, agent) for t in CHANNEL_TOOLS[channel]] if self.llm.supports_tools else []
-        evaluated: int = await prefill(messages, tools=tools, knowledge=[h.text for h in hits])
+        extra = {"language": agent.language} if base_language(agent.language) != "en" else {}
+        evaluated: int = await prefill(messages, tools=tools, knowledge=[h.text for h in hits], **extra)
         return evaluated
 
     async def mark_interrupted(self, message_id: int, spoken_text: str) -> None:
@@ -354,18 +357,26 @@ class AgentCore:
             raise InvalidInput(f"the message is longer than {MAX_INPUT_CHARS} characters", field="text")
         if agent.id is None:
             raise InvalidInput("the agent has not been saved", field="agent_id")
+        agent_id: int = agent.id
         started = time.monotonic()
+        language = agent.language
+        if channel != "voice" and agent.languages:
+            # A text contact is answered in the language they wrote in, when the agent allows it.
+            language = detect_language(text, agent.languages, agent.language)
+            if language != agent.language:
+                agent = Agent(**{**agent.model_dump(), "language": language})  # this reply only, never stored
         offered = [_for_agent(t, agent) for t in (CHANNEL_TOOLS[channel] if tools is None else tools)]
         if self.knowledge is None:
             offered = [t for t in offered if t.name != SEARCH_KNOWLEDGE.name]
 
         opening = asyncio.to_thread(
-            self._transaction, _open_turn, agent_id=agent.id, contact_id=contact.id if contact else None,
+            self._transaction, _open_turn, agent_id=agent_id, contact_id=contact.id if contact else None,
             channel=channel, conversation_id=conversation_id, external_id=external_id, text=text,
             memory_limit=self.memory_messages)
         opened, (hits, retrieval_ms, retrieval_error) = await asyncio.gather(opening,
-                                                                             self._knowledge(agent.id, text))
+                                                                             self._knowledge(agent_id, text))
         turn = _Turn(opened)
+        turn.timings["language"] = language
         turn.timings["retrieval_ms"] = retrieval_ms
         if retrieval_error:
             turn.timings["retrieval_error"] = retrieval_error
@@ -461,7 +472,9 @@ class AgentCore:
         # The model reads a follow-up with what it points back to named ("close that day?" -> "close on
         # Saturday?"): the small embedded model often answers a follow-up as if it stood alone.  Only the
         # prompt changes.
-        return [ChatMessage("system", agent.persona), ChatMessage("system", CHANNEL_GUIDANCE[channel]),
+        # An agent in another language reads the guidance in it and is told to answer in it (the persona may
+        # be written in any language; Qwen answered Spanish questions in English without the rule).
+        return [ChatMessage("system", agent.persona), ChatMessage("system", guidance(channel, agent.language)),
                 *prompt_turns(memory, text, knowledge)]
 
     async def _generate(self, agent: Agent, turn: _Turn, *, channel: str, text: str, knowledge: list[str],
@@ -480,7 +493,7 @@ class AgentCore:
         if decision is not None:
             turn.timings["decision"] = f"{decision.action}:{decision.reason}"
         if decision is not None and decision.action == "transfer":
-            say = f"Sure, I will put you through to the {decision.target} now."
+            say = phrase("transfer_now", agent.language, target=decision.target)
             turn.timings["llm_first_token_ms"] = _ms_since(started)
             turn.pieces.append(say)
             yield TextDelta(say)
@@ -492,8 +505,10 @@ class AgentCore:
         # nowhere in it or in the conversation is invented: it is stopped (held sentence by sentence; the
         # voice loop speaks whole sentences anyway).  With searched chunks only, absence proves nothing.
         pinned = agent.id is not None and (self._pinned.get(agent.id) or (0.0, None))[1] is not None
+        english = base_language(agent.language) == "en"
         guard = GroundingGuard(knowledge, [text, *(m.content for m in turn.opened.memory)],
-                               closed_line=closed_day_line(text, turn.opened.memory, knowledge)) \
+                               closed_line=closed_day_line(text, turn.opened.memory, knowledge) if english else "",
+                               unknown_reply=phrase("unknown", agent.language)) \
             if knowledge and pinned and channel == "voice" else None
         async with contextlib.aclosing(self._generate_llm(agent, turn, channel=channel, text=text,
                                                           knowledge=knowledge, offered=offered,
@@ -520,7 +535,8 @@ class AgentCore:
             call = ToolCall(HANG_UP.name, {}, id="decision")
             turn.tool_calls.append(call)
             yield call
-        offer = offer_after_unknown(turn.text, agent.transfer_targets if TRANSFER_CALL.name in names else {})
+        offer = offer_after_unknown(turn.text, agent.transfer_targets if TRANSFER_CALL.name in names else {},
+                                    phrase("offer_transfer", agent.language))
         if offer and not turn.tool_calls:
             piece = offer if turn.text.endswith((" ", "\n")) or not turn.text else " " + offer
             turn.pieces.append(piece)
@@ -532,7 +548,7 @@ class AgentCore:
         """Run the LLM (plus ``search_knowledge`` rounds) and yield deltas and channel tool calls.  LLM
         errors end up in ``turn.error``; only cancellation propagates."""
         messages = self._messages(agent, channel, turn.opened.memory, text, knowledge)
-        options = GenerationOptions(model=agent.llm_model, temperature=agent.temperature,
+        options = GenerationOptions(model=agent.llm_model, temperature=agent.temperature, language=agent.language,
                                     max_tokens=agent.max_tokens)
         tools = offered if self.llm.supports_tools else []
         allowed = {t.name for t in tools}

@@ -12,7 +12,8 @@ model runs, the caller's words (or keys) are read here:
 * a goodbye with nothing else asked ("thanks, bye", "that's all, goodbye") → the model says goodbye, then
   **hang up**; a model's own ``hang_up`` is honoured only then.
 
-Pure functions on text: no I/O, easy to test.
+Pure functions on text: no I/O, easy to test.  The phrases are English and Spanish (the two languages with a
+message catalog, voicebot.i18n): one set of patterns for both, because callers mix them ("vale, bye").
 """
 
 from __future__ import annotations
@@ -30,22 +31,33 @@ _PERSON = (r"(?:a |an |the |some |your )?(?:real |live |actual |human )?"
            r"(?:person|human(?: being)?|someone|somebody|some one|agent|operator|representative|rep|"
            r"receptionist|staff|member of staff|colleague|manager|front desk|reception|people|man|woman|"
            r"employee|attendant)")
+_PERSONA = (r"(?:(?:una|un|el|la|alg[uú]n|alguna) )?(?:persona(?: real)?|humano|alguien|agente|operador|operadora|"
+            r"recepci[oó]n|recepcionista|compa[nñ]er[oa]|encargad[oa]|responsable|emplead[oa]|gerente)")
 _ASK_PERSON = re.compile(
     # "through to": speech recognition hears "put me through" as "let me through" / "get me through".
     r"\b(?:(?:speak|talk|chat)(?:ing)? (?:to|with)|(?:through|thru) to|connect me(?: to| with)?|"
-    r"transfer me(?: to)?|get me|give me|pass me(?: on)?(?: to)?|want|need|like|reach)\s+" + _PERSON + r"\b",
+    r"transfer me(?: to)?|get me|give me|pass me(?: on)?(?: to)?|want|need|like|reach)\s+" + _PERSON + r"\b"
+    r"|\b(?:hablar|hable|hablo|p[aá]s[ae]me|p[oó]ng[ae]me|p[oó]nme|comun[ií]qu[ae]me|quiero|necesito) con\s+"
+    + _PERSONA + r"\b",
     re.IGNORECASE)
 _BARE_ASK = re.compile(r"^\W*(?:operator|representative|human|real person|a person|agent|reception|"
-                       r"front desk|transfer(?: me)?|put me through)\W*(?:please\W*)?$", re.IGNORECASE)
-_TRANSFER_ME = re.compile(r"\b(?:transfer|put) me\b|\bput me (?:through|thru)\b|\bconnect me\b", re.IGNORECASE)
+                       r"front desk|transfer(?: me)?|put me through|operador|operadora|una persona|"
+                       r"con una persona|recepci[oó]n)\W*(?:(?:please|por favor)\W*)?$", re.IGNORECASE)
+_TRANSFER_ME = re.compile(r"\b(?:transfer|put) me\b|\bput me (?:through|thru)\b|\bconnect me\b"
+                          r"|\b(?:p[aá]s[ae]me|p[oó]ng[ae]me|p[oó]nme|comun[ií]qu[ae]me|transfi[eé]r[ae]me)\b",
+                          re.IGNORECASE)
 _DTMF_ZERO = re.compile(r"\(DTMF: 0\)")
-_OFFER = re.compile(r"\b(?:put you (?:through|thru)|transfer you|connect you|pass you)\b", re.IGNORECASE)
+_OFFER = re.compile(r"\b(?:put you (?:through|thru)|transfer you|connect you|pass you"
+                    r"|le pase|pasarle|ponerle|le ponga|transferirle|le transfiera|comunicarle)\b", re.IGNORECASE)
 _YES = re.compile(r"^\W*(?:yes|yeah|yep|yup|sure|ok(?:ay)?|please|please do|yes please|go ahead|do it|"
-                  r"that would be (?:great|good|nice)|i would|i'd like that|absolutely|of course|certainly)\b",
+                  r"that would be (?:great|good|nice)|i would|i'd like that|absolutely|of course|certainly|"
+                  r"s[ií]|claro|vale|de acuerdo|por favor|perfecto|muy bien|adelante|por supuesto)\b",
                   re.IGNORECASE)
-_NO = re.compile(r"\b(?:no|not|don't|do not|never)\b", re.IGNORECASE)
+_NO = re.compile(r"\b(?:no|not|don't|do not|never|nunca|tampoco)\b", re.IGNORECASE)
 _GOODBYE = re.compile(r"\b(?:good ?bye|bye(?: bye)?|see you|talk to you later|have a (?:good|nice) (?:day|one)|"
-                      r"that'?s all|that is all|nothing else|no more questions|hang up)\b", re.IGNORECASE)
+                      r"that'?s all|that is all|nothing else|no more questions|hang up|"
+                      r"adi[oó]s|hasta luego|hasta pronto|hasta mañana|chao|chau|eso es todo|nada m[aá]s|"
+                      r"que tenga (?:un )?buen d[ií]a)\b", re.IGNORECASE)
 _PERSON_TARGET = re.compile(r"operator|person|front desk|reception|human|staff|desk|office|support|team",
                             re.IGNORECASE)
 
@@ -118,23 +130,31 @@ def decide(text: str, memory: Sequence[ChatMessage], transfer_targets: Mapping[s
 
 
 _DONT_KNOW = re.compile(r"\b(?:do not know|don't know|dont know|not sure|no information|cannot help|can't help|"
-                        r"unable to (?:help|answer))\b", re.IGNORECASE)
+                        r"unable to (?:help|answer)|no lo s[eé]|no s[eé]|no tengo (?:esa |es[ao] )?informaci[oó]n|"
+                        r"no puedo ayudar)\b", re.IGNORECASE)
 
 
-def offer_after_unknown(reply: str, transfer_targets: Mapping[str, str]) -> str:
-    """The sentence to add when the agent could not answer and did not offer a person itself ("" if none)."""
+def offer_after_unknown(reply: str, transfer_targets: Mapping[str, str],
+                        offer: str = "Would you like me to put you through to a colleague?") -> str:
+    """The sentence to add (``offer``, in the agent's language) when the agent could not answer and did not offer
+    a person itself ("" if none)."""
     if not transfer_targets or not _DONT_KNOW.search(reply) or _OFFER.search(reply):
         return ""
-    return "Would you like me to put you through to a colleague?"
+    return offer
 
 
 # ---------------------------------------------------------------------------------------------- grounding guard
 _NUMBER_WORDS = {"one": "1", "two": "2", "three": "3", "four": "4", "five": "5", "six": "6", "seven": "7",
                  "eight": "8", "nine": "9", "ten": "10", "eleven": "11", "twelve": "12", "fifteen": "15",
                  "twenty": "20", "thirty": "30", "forty": "40", "fifty": "50", "sixty": "60", "hundred": "100",
-                 "noon": "12", "midnight": "12"}
+                 "noon": "12", "midnight": "12",
+                 # Spanish ("uno/una/un" left out: they are the article far more often than the number).
+                 "dos": "2", "tres": "3", "cuatro": "4", "cinco": "5", "seis": "6", "siete": "7", "ocho": "8",
+                 "nueve": "9", "diez": "10", "once": "11", "doce": "12", "quince": "15", "veinte": "20",
+                 "treinta": "30", "cuarenta": "40", "cincuenta": "50", "sesenta": "60", "cien": "100",
+                 "mediodía": "12", "medianoche": "12"}
 _DIGITS = re.compile(r"\d+")
-_WORD = re.compile(r"[a-z]+")
+_WORD = re.compile(r"[a-zñáéíóú]+")
 _SENTENCE_END = re.compile(r"[.!?](?:\s|$)")
 UNKNOWN_REPLY = "I am sorry, I do not know that."
 
@@ -158,8 +178,11 @@ class GroundingGuard:
     it are replaced by :data:`UNKNOWN_REPLY`.  The voice loop speaks whole sentences anyway, so holding a
     sentence until its end costs the caller nothing."""
 
-    def __init__(self, knowledge: Sequence[str], conversation: Sequence[str], *, closed_line: str = "") -> None:
+    def __init__(self, knowledge: Sequence[str], conversation: Sequence[str], *, closed_line: str = "",
+                 unknown_reply: str = "") -> None:
         self.allowed = set().union(*(_numbers(t) for t in (*knowledge, *conversation)))
+        self.unknown_reply = unknown_reply or UNKNOWN_REPLY
+        """What replaces an invented sentence, in the agent's language."""
         self.closed_line = closed_line
         """The knowledge's line saying the day the caller asked about is closed ("On Monday we are closed."), or
         "": a first sentence saying it is open is replaced by "No." and that line (Qwen 0.5B answered "Yes, we
@@ -186,8 +209,8 @@ class GroundingGuard:
                 return [sentence]
         if _numbers(sentence) - self.allowed:
             self.tripped, self.reason = True, "number"
-            sentence = UNKNOWN_REPLY if not self.spoken or self.spoken.endswith((" ", "\n")) \
-                else " " + UNKNOWN_REPLY
+            sentence = self.unknown_reply if not self.spoken or self.spoken.endswith((" ", "\n")) \
+                else " " + self.unknown_reply
         self.spoken += sentence
         return [sentence]
 

@@ -1,6 +1,7 @@
 """The ``demo`` agent that exists after ``eva setup``: a persona, a greeting, route ``100`` and a short
 knowledge document about a fictional bike shop, so ``make run`` and ``eva chat --agent demo`` have something
-to answer about; beside it the example flows (``voicebot/flows/examples``: the DTMF + speech main menu on
+to answer about; its Spanish twin ``demo-es`` (a bike shop in Valencia) on route ``101``; beside them the example
+flows (``voicebot/flows/examples``: the DTMF + speech main menu on
 route ``200``, lead qualification for WhatsApp/e-mail), answered by the demo agent.  Seeding is idempotent and
 never overwrites what an operator changed (an existing agent, route, flow or document is left as it is, even
 if a designer edited it)."""
@@ -30,6 +31,21 @@ DEMO_DID = "100"
 DEMO_DOCUMENT = Path(__file__).resolve().parent / "demo_knowledge.md"
 DEMO_TITLE = "Sunny Side Bike Shop facts"
 EXAMPLE_FLOWS = Path(__file__).resolve().parent.parent / "flows" / "examples"
+SPANISH_AGENT = "demo-es"
+SPANISH_DID = "101"
+SPANISH_DOCUMENT = Path(__file__).resolve().parent / "demo_knowledge_es.md"
+SPANISH_TITLE = "Datos de Bicicletas Sol"
+SPANISH_FIELDS = {
+    "name": SPANISH_AGENT,
+    "description": "Agente de demostración en español: la asistente telefónica de una tienda de bicicletas.",
+    "persona": "Eres Eva, la amable asistente telefónica de Bicicletas Sol. Responde en español y con brevedad.",
+    "greeting": "Hola, soy Eva, de Bicicletas Sol. ¿En qué puedo ayudarle?",
+    "fallback_message": "Lo siento, ahora mismo tengo problemas para responder. ¿Puede repetirlo?",
+    "language": "es",
+    "temperature": 0.2,
+    "max_tokens": 96,
+    "transfer_targets": {"recepción": "800"},
+}
 MENU_FLOW = "main-menu"
 MENU_DID = "200"
 DEMO_FIELDS = {
@@ -44,33 +60,33 @@ DEMO_FIELDS = {
 }
 
 
-def _demo_agent(session: Session) -> Agent | None:
-    return session.exec(select(Agent).where(Agent.name == DEMO_AGENT)).first()
+def _demo_agent(session: Session, name: str = DEMO_AGENT) -> Agent | None:
+    return session.exec(select(Agent).where(Agent.name == name)).first()
 
 
-def _ready_document(session: Session, agent_id: int) -> KnowledgeDocument | None:
+def _ready_document(session: Session, agent_id: int, document: Path = DEMO_DOCUMENT) -> KnowledgeDocument | None:
     return session.exec(select(KnowledgeDocument).where(KnowledgeDocument.agent_id == agent_id,
-                                                        KnowledgeDocument.filename == DEMO_DOCUMENT.name,
+                                                        KnowledgeDocument.filename == document.name,
                                                         KnowledgeDocument.status == "ready")).first()
 
 
 def demo_seeded(engine: Engine) -> bool:
-    """True when the demo agent, its route and its ready knowledge document all exist."""
+    """True when the demo agents, their routes and their ready knowledge documents all exist."""
     if not inspect(engine).has_table(Agent.__tablename__):  # schema not created yet
         return False
     with session_scope(engine) as session:
-        agent = _demo_agent(session)
-        if agent is None or agent.id is None:
-            return False
+        for name, document in ((DEMO_AGENT, DEMO_DOCUMENT), (SPANISH_AGENT, SPANISH_DOCUMENT)):
+            agent = _demo_agent(session, name)
+            if agent is None or agent.id is None or _ready_document(session, agent.id, document) is None:
+                return False
         try:
             store.get_route_by_did(session, DEMO_DID)
+            store.get_route_by_did(session, SPANISH_DID)
             store.get_route_by_did(session, MENU_DID)
         except NotFound:
             return False
         names = set(session.exec(select(Flow.name)).all())
-        if any(json.loads(p.read_text())["name"] not in names for p in EXAMPLE_FLOWS.glob("*.json")):
-            return False
-        return _ready_document(session, agent.id) is not None
+        return all(json.loads(p.read_text())["name"] in names for p in EXAMPLE_FLOWS.glob("*.json"))
 
 
 def seed_demo_rows(engine: Engine) -> int:
@@ -84,6 +100,19 @@ def seed_demo_rows(engine: Engine) -> int:
             store.create_route(session, {"did": DEMO_DID, "agent_id": agent.id,
                                          "description": "demo agent (created by eva setup)"})
         _seed_example_flows(session, agent.id)
+        return agent.id
+
+
+def seed_spanish_demo_rows(engine: Engine) -> int:
+    """Create the Spanish demo agent and route ``101`` when missing; returns the agent id."""
+    with session_scope(engine) as session:
+        agent = _demo_agent(session, SPANISH_AGENT) or store.create_agent(session, SPANISH_FIELDS)
+        assert agent.id is not None
+        try:
+            store.get_route_by_did(session, SPANISH_DID)
+        except NotFound:
+            store.create_route(session, {"did": SPANISH_DID, "agent_id": agent.id,
+                                         "description": "Spanish demo agent (created by eva setup)"})
         return agent.id
 
 
@@ -107,8 +136,9 @@ def _seed_example_flows(session: Session, agent_id: int) -> None:
                                          "description": "example main menu flow (created by eva setup)"})
 
 
-async def seed_demo_knowledge(settings: Settings, engine: Engine, agent_id: int) -> None:
-    """Ingest the sample document for the demo agent unless a ready copy exists (a failed or half-done
+async def seed_demo_knowledge(settings: Settings, engine: Engine, agent_id: int, *,
+                              document_path: Path = DEMO_DOCUMENT, title: str = DEMO_TITLE) -> None:
+    """Ingest a sample document (the demo agent's by default) unless a ready copy exists (a failed or half-done
     earlier attempt is removed first).  Waits until indexing has finished."""
     from rag import KnowledgeBase
 
@@ -117,7 +147,7 @@ async def seed_demo_knowledge(settings: Settings, engine: Engine, agent_id: int)
         def existing(session: Session) -> list[KnowledgeDocument]:
             return list(session.exec(select(KnowledgeDocument).where(
                 KnowledgeDocument.agent_id == agent_id,
-                KnowledgeDocument.filename == DEMO_DOCUMENT.name)).all())
+                KnowledgeDocument.filename == document_path.name)).all())
 
         def load() -> list[KnowledgeDocument]:
             with session_scope(engine) as session:
@@ -129,8 +159,8 @@ async def seed_demo_knowledge(settings: Settings, engine: Engine, agent_id: int)
         for document in documents:
             assert document.id is not None
             await kb.delete_document(document.id)
-        document = await kb.ingest_file(agent_id, DEMO_DOCUMENT, title=DEMO_TITLE,
-                                        description="Sample knowledge of the demo agent")
+        document = await kb.ingest_file(agent_id, document_path, title=title,
+                                        description="Sample knowledge of a demo agent")
         await kb.wait_idle()
         assert document.id is not None
         final = await kb.get_document(document.id)
@@ -144,7 +174,13 @@ async def seed_demo_knowledge(settings: Settings, engine: Engine, agent_id: int)
 
 
 def seed_demo(settings: Settings, engine: Engine) -> int:
-    """Blocking: agent, route and knowledge (for ``eva setup``).  Returns the demo agent's id."""
+    """Blocking: agents, routes and knowledge (for ``eva setup``).  Returns the (English) demo agent's id."""
     agent_id = seed_demo_rows(engine)
-    asyncio.run(seed_demo_knowledge(settings, engine, agent_id))
+    spanish_id = seed_spanish_demo_rows(engine)
+
+    async def both() -> None:
+        await seed_demo_knowledge(settings, engine, agent_id)
+        await seed_demo_knowledge(settings, engine, spanish_id, document_path=SPANISH_DOCUMENT, title=SPANISH_TITLE)
+
+    asyncio.run(both())
     return agent_id

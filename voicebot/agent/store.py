@@ -33,7 +33,7 @@ from voicebot.errors import Conflict, InvalidInput, NotFound
 T = TypeVar("T")
 
 AGENT_FIELDS = frozenset({
-    "name", "description", "persona", "language", "voice", "llm_model", "temperature", "max_tokens",
+    "name", "description", "persona", "language", "languages", "voice", "llm_model", "temperature", "max_tokens",
     "greeting", "fallback_message", "dtmf_terminator", "dtmf_timeout_ms", "transfer_targets", "active",
 })
 """Fields a caller may set on an agent (ids and timestamps are ours)."""
@@ -67,6 +67,21 @@ def _check_name(name: Any) -> str:
         raise InvalidInput("name must be 1-80 letters, digits, '_', '-' or '.', starting with a letter or "
                            "digit", field="name")
     return name
+
+
+_LANGUAGE_RE = re.compile(r"^[A-Za-z]{2,3}(?:[_-][A-Za-z0-9]{2,8})?$")
+
+
+def _check_languages(data: Mapping[str, Any]) -> None:
+    """``language`` is one BCP-47 tag, ``languages`` a list of at most 8 of them."""
+    if "language" in data and not (isinstance(data["language"], str) and _LANGUAGE_RE.fullmatch(data["language"])):
+        raise InvalidInput("language must be a language tag such as 'en', 'es' or 'es-MX'", field="language")
+    if "languages" in data:
+        value = data["languages"]
+        if not isinstance(value, list) or len(value) > 8 or not all(
+                isinstance(v, str) and _LANGUAGE_RE.fullmatch(v) for v in value):
+            raise InvalidInput("languages must be a list of at most 8 language tags such as 'en' or 'es-MX'",
+                               field="languages")
 
 
 def _check_did(did: Any) -> str:
@@ -129,6 +144,7 @@ def create_agent(session: Session, data: Mapping[str, Any]) -> Agent:
     if "name" not in data:
         raise InvalidInput("name is required", field="name")
     _check_name(data["name"])
+    _check_languages(data)
     try:
         agent = Agent.model_validate(dict(data))
     except ValidationError as exc:
@@ -145,6 +161,7 @@ def create_agent(session: Session, data: Mapping[str, Any]) -> Agent:
 
 def update_agent(session: Session, agent_id: int, changes: Mapping[str, Any]) -> Agent:
     _check_keys(changes, AGENT_FIELDS)
+    _check_languages(changes)
     agent = get_agent(session, agent_id)
     if "name" in changes:
         _check_name(changes["name"])

@@ -24,6 +24,7 @@ COMMAND_MODULES = (
     "voicebot.cli.flow_cmd",
     "voicebot.cli.user_cmd",
     "voicebot.cli.apikey_cmd",
+    "voicebot.cli.voice_cmd",
 )
 
 

@@ -68,7 +68,9 @@ def _field_arguments(parser: argparse.ArgumentParser) -> None:
     persona = parser.add_mutually_exclusive_group()
     persona.add_argument("--persona", help="the system prompt")
     persona.add_argument("--persona-file", metavar="FILE", help="read the system prompt from FILE")
-    parser.add_argument("--language", help="language code, e.g. en")
+    parser.add_argument("--language", help="language of its calls and default for messages, e.g. en, es, es-MX")
+    parser.add_argument("--languages", help="further languages it answers messages in, comma-separated (e.g. en,fr);"
+                                            " '' for none")
     parser.add_argument("--voice", help="Piper voice (.onnx path); empty for the default")
     parser.add_argument("--model", help="LLM model name; empty for the backend's default")
     parser.add_argument("--temperature", type=float, help="sampling temperature 0-2")
@@ -83,6 +85,8 @@ def _fields(args: argparse.Namespace) -> dict[str, Any]:
         value = getattr(args, option, None)
         if value is not None:
             values[name] = value
+    if getattr(args, "languages", None) is not None:
+        values["languages"] = [t.strip() for t in args.languages.split(",") if t.strip()]
     if getattr(args, "persona_file", None):
         path = Path(args.persona_file)
         try:

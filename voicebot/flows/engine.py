@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 from voicebot.flows import values
 from voicebot.flows.spec import Action, Collect, Condition, FlowSpec, Step, fill
+from voicebot.i18n import phrase
 
 MAX_HOPS = 64
 MAX_VALUE = 500
@@ -125,9 +126,11 @@ class Advance:
 
 
 class FlowEngine:
-    def __init__(self, spec: FlowSpec, name: str = "") -> None:
+    def __init__(self, spec: FlowSpec, name: str = "", language: str = "en") -> None:
         self.spec = spec
         self.name = name
+        self.language = language
+        """The flow's agent's language: the default no-input / no-match apologies are said in it."""
         self._steps = {s.id: s for s in spec.steps}
 
     # ------------------------------------------------------------------ inputs
@@ -303,7 +306,10 @@ class FlowEngine:
                 self._enter(state, step.fallback, out, hops=1)
             return
         state.retries += 1
-        sorry = fill(step.no_input if problem == "no_input" else step.no_match, state.variables)
+        designed = step.no_input if problem == "no_input" else step.no_match
+        if designed is None:
+            designed = phrase("flow_no_input" if problem == "no_input" else "flow_no_match", self.language)
+        sorry = fill(designed, state.variables)
         question = fill(step.say, state.variables)
         out.append(Say(" ".join(t for t in (sorry, question) if t), step.prompt if not sorry else None))
         out.append(Listen(step.id, step.collect))

@@ -31,7 +31,7 @@ from sqlalchemy import update
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
-from models import Flow, FlowRun, utcnow
+from models import Agent, Flow, FlowRun, utcnow
 from models.db import session_scope
 from voicebot.errors import EvaError, NotFound
 from voicebot.flows.engine import (
@@ -121,7 +121,7 @@ class FlowRunner:
                     actions: ChannelActions | None = None) -> FlowReply:
         """Start ``flow`` (name or id) in a conversation; any earlier active run there is ended (replaced)."""
         row, spec = await asyncio.to_thread(self._load_flow, flow)
-        engine = FlowEngine(spec, row.name)
+        engine = FlowEngine(spec, row.name, await asyncio.to_thread(self._language, row.agent_id))
         start_vars = {"channel": channel, **{k: str(v)[:500] for k, v in (variables or {}).items()}}
         # Every engine step runs off the event loop: routing evaluates designers' patterns on caller data.
         advance = await asyncio.to_thread(engine.start, start_vars)
@@ -436,7 +436,15 @@ class FlowRunner:
         if state.step not in {s.id for s in spec.steps}:
             # The designer removed the step this run was at: end it rather than guess.
             state.waiting, state.result = "ended", "flow_changed"
-        return FlowEngine(spec, flow.name), state, version
+        return FlowEngine(spec, flow.name, self._language(flow.agent_id)), state, version
+
+    def _language(self, agent_id: int | None) -> str:
+        """The language of the flow's agent ("en" when it has none)."""
+        if agent_id is None:
+            return "en"
+        with session_scope(self.engine) as session:
+            agent = session.get(Agent, agent_id)
+            return agent.language if agent is not None else "en"
 
     def _store(self, run_id: int, state: FlowState, version: int) -> None:
         changes: dict[str, Any] = {"state": state.to_json(), "step": state.step, "variables": dict(state.variables),

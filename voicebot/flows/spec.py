@@ -196,8 +196,12 @@ class Step(_Spec):
     EVA_VAR_* set; ``hangup``: the call is hung up; anything else is stored and the call is hung up."""
     branches: list[Branch] = Field(default_factory=list, max_length=50)
     next: StepId | None = None
-    no_input: Text = "Sorry, I didn't hear anything."
-    no_match: Text = "Sorry, I didn't understand that."
+    no_input: Text | None = None
+    """Said before the re-prompt when nothing was heard; none: "Sorry, I didn't hear anything." in the language of
+    the flow's agent (the message catalog, voicebot.i18n)."""
+    no_match: Text | None = None
+    """Said before the re-prompt when the answer did not fit; none: the catalog's "Sorry, I didn't understand
+    that." in the agent's language."""
     max_retries: int = Field(default=2, ge=0, le=10)
     """Re-prompts after no input or an invalid answer; then ``fallback``."""
     fallback: StepId | None = None
@@ -401,7 +405,7 @@ def _uses(step: Step) -> list[tuple[str, str]]:
     """(variable, where) for every variable the step reads."""
     uses = [(b.when.var, f"branches.{i}.when.var") for i, b in enumerate(step.branches)]
     texts: list[tuple[str, str]] = [("say", step.say), ("ask_agent", step.ask_agent or ""),
-                                    ("no_input", step.no_input), ("no_match", step.no_match)]
+                                    ("no_input", step.no_input or ""), ("no_match", step.no_match or "")]
     if step.action is not None:
         texts += [("action.text", step.action.text or ""), ("action.to", step.action.to or "")]
         texts += [(f"action.values.{k}", v) for k, v in (step.action.values or {}).items()]

@@ -2,8 +2,10 @@
 
 Pure functions of the text, the keys and today's date.  Speech arrives as Whisper writes it ("Five five five,
 one two three four.", "john at example dot com", "next Tuesday"), so each parser accepts the spoken forms
-as well as the written ones.  Input is untrusted: it is cut to ``MAX_INPUT`` characters before any parsing and
-no parser backtracks on it (the designer's own ``pattern`` runs on at most that much text).
+as well as the written ones, in English and in Spanish ("cinco cinco cinco", "juan arroba ejemplo punto com",
+"el martes", "el 5 de diciembre", "treinta y cinco", "sí"): one vocabulary for both, as callers mix them.
+Input is untrusted: it is cut to ``MAX_INPUT`` characters before any parsing and no parser backtracks on it
+(the designer's own ``pattern`` runs on at most that much text).
 """
 
 from __future__ import annotations
@@ -26,27 +28,49 @@ catastrophically on some input (``(a|aa)+$``) fails that answer instead of freez
 MAX_INPUT = 500
 
 DIGIT_WORDS = {"zero": 0, "oh": 0, "o": 0, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6,
-               "seven": 7, "eight": 8, "nine": 9}
+               "seven": 7, "eight": 8, "nine": 9,
+               "cero": 0, "uno": 1, "una": 1, "dos": 2, "tres": 3, "cuatro": 4, "cinco": 5, "seis": 6, "siete": 7,
+               "ocho": 8, "nueve": 9}
 TEENS = {"ten": 10, "eleven": 11, "twelve": 12, "thirteen": 13, "fourteen": 14, "fifteen": 15, "sixteen": 16,
-         "seventeen": 17, "eighteen": 18, "nineteen": 19}
+         "seventeen": 17, "eighteen": 18, "nineteen": 19,
+         # Spanish says 10-29 in one word each.
+         "diez": 10, "once": 11, "doce": 12, "trece": 13, "catorce": 14, "quince": 15, "dieciséis": 16,
+         "dieciseis": 16, "diecisiete": 17, "dieciocho": 18, "diecinueve": 19, "veinte": 20, "veintiuno": 21,
+         "veintiún": 21, "veintidós": 22, "veintidos": 22, "veintitrés": 23, "veintitres": 23, "veinticuatro": 24,
+         "veinticinco": 25, "veintiséis": 26, "veintiseis": 26, "veintisiete": 27, "veintiocho": 28,
+         "veintinueve": 29}
 TENS = {"twenty": 20, "thirty": 30, "forty": 40, "fifty": 50, "sixty": 60, "seventy": 70, "eighty": 80,
-        "ninety": 90}
+        "ninety": 90,
+        "treinta": 30, "cuarenta": 40, "cincuenta": 50, "sesenta": 60, "setenta": 70, "ochenta": 80, "noventa": 90}
+HUNDREDS = {"doscientos": 200, "doscientas": 200, "trescientos": 300, "trescientas": 300, "cuatrocientos": 400,
+            "quinientos": 500, "seiscientos": 600, "setecientos": 700, "ochocientos": 800, "novecientos": 900}
+"""Spanish hundreds are one word each ("quinientos"); "cien"/"ciento" work like "hundred"."""
 YES = {"yes", "yeah", "yep", "yup", "correct", "right", "sure", "ok", "okay", "affirmative", "absolutely",
-       "indeed", "exactly", "true", "definitely", "that's right", "that is right", "it is", "si", "sí"}
-NO = {"no", "nope", "nah", "wrong", "incorrect", "negative", "not", "false", "never", "that's wrong"}
+       "indeed", "exactly", "true", "definitely", "that's right", "that is right", "it is", "si", "sí",
+       "claro", "vale", "correcto", "exacto", "afirmativo", "de acuerdo", "por supuesto", "eso es"}
+NO = {"no", "nope", "nah", "wrong", "incorrect", "negative", "not", "false", "never", "that's wrong",
+      "nunca", "incorrecto", "negativo"}
 MONTHS = {name: i + 1 for i, name in enumerate(
     ["january", "february", "march", "april", "may", "june", "july", "august", "september", "october",
      "november", "december"])}
 MONTHS.update({name[:3]: num for name, num in list(MONTHS.items())})
 MONTHS["sept"] = 9
+MONTHS.update({name: i + 1 for i, name in enumerate(  # no Spanish abbreviations: "mar" is the sea
+    ["enero", "febrero", "marzo", "abril", "mayo", "junio", "julio", "agosto", "septiembre", "octubre",
+     "noviembre", "diciembre"])})
+MONTHS["setiembre"] = 9
 WEEKDAYS = {name: i for i, name in enumerate(
     ["monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday"])}
+WEEKDAYS.update({name: i for i, name in enumerate(
+    ["lunes", "martes", "miércoles", "jueves", "viernes", "sábado", "domingo"])})
+WEEKDAYS.update({"miercoles": 2, "sabado": 5, "sábados": 5, "domingos": 6})
 ORDINALS = {"first": 1, "second": 2, "third": 3, "fourth": 4, "fifth": 5, "sixth": 6, "seventh": 7,
             "eighth": 8, "ninth": 9, "tenth": 10, "eleventh": 11, "twelfth": 12, "thirteenth": 13,
             "fourteenth": 14, "fifteenth": 15, "sixteenth": 16, "seventeenth": 17, "eighteenth": 18,
-            "nineteenth": 19, "twentieth": 20, "thirtieth": 30}
-LEAD_IN = re.compile(r"^(?:(?:well|um+|uh+|so|yes|hi|hello)[,.]?\s+)?(?:my name is|my name's|the name is|"
-                     r"this is|it's|it is|i am|i'm|call me)\s+", re.IGNORECASE)
+            "nineteenth": 19, "twentieth": 20, "thirtieth": 30, "primero": 1, "uno": 1}
+LEAD_IN = re.compile(r"^(?:(?:well|um+|uh+|so|yes|hi|hello|hola|bueno|pues|sí)[,.]?\s+)?(?:my name is|my name's|"
+                     r"the name is|this is|it's|it is|i am|i'm|call me|me llamo|mi nombre es|soy)\s+",
+                     re.IGNORECASE)
 EMAIL_RE = re.compile(r"^[A-Za-z0-9._%+-]{1,64}@[A-Za-z0-9-]{1,63}(\.[A-Za-z0-9-]{1,63}){1,8}$")
 
 
@@ -105,12 +129,14 @@ def spoken_number(text: str) -> float | None:
             current += TEENS[word]
         elif word in TENS:
             current += TENS[word]
-        elif word == "hundred":
+        elif word in HUNDREDS:
+            current += HUNDREDS[word]
+        elif word in ("hundred", "cien", "ciento"):
             current = max(current, 1) * 100
-        elif word == "thousand":
+        elif word in ("thousand", "mil"):
             total += max(current, 1) * 1000
             current = 0
-        elif word in ("and", "a") and seen:
+        elif word in ("and", "a", "y") and seen:
             continue
         else:
             if seen:
@@ -135,11 +161,12 @@ def parse_date(text: str, today: date) -> date | None:
         return _safe_date(year, int(slash.group(2)), int(slash.group(1)))
     ws = words(text)
     joined = " ".join(ws)
-    if "day after tomorrow" in joined:
+    if "day after tomorrow" in joined or "pasado mañana" in joined:
         return today + timedelta(days=2)
-    if "tomorrow" in ws:
+    # "mañana" is tomorrow, except "por la mañana" / "de la mañana" (in the morning).
+    if "tomorrow" in ws or re.search(r"(?<!la )\bmañana\b", joined):
         return today + timedelta(days=1)
-    if "today" in ws:
+    if "today" in ws or "hoy" in ws:
         return today
     day = _day_of_month(ws)
     # "may" is a month only beside a day ("May 5th"), not in "may I book".
@@ -170,12 +197,27 @@ def _day_of_month(ws: list[str]) -> int | None:
             return int(m.group(1))
         if w in TENS and i + 1 < len(ws) and ws[i + 1] in ORDINALS and ORDINALS[ws[i + 1]] < 10:
             return TENS[w] + ORDINALS[ws[i + 1]]
-        if w in ORDINALS:
+        if w in ORDINALS and not (w == "uno" and not _before_month(ws, i)):
             return ORDINALS[w]
-        if w.isdigit() and 1 <= int(w) <= 31 and (
-                (i + 1 < len(ws) and ws[i + 1] in MONTHS) or (i > 0 and ws[i - 1] in MONTHS)):
-            return int(w)  # "5 December", "December 5"
+        if w.isdigit() and 1 <= int(w) <= 31 and (_before_month(ws, i) or (i > 0 and ws[i - 1] in MONTHS)):
+            return int(w)  # "5 December", "December 5", "5 de diciembre"
+        spoken = DIGIT_WORDS.get(w) if w not in ("o", "oh") else None
+        spoken = TEENS.get(w, spoken) if spoken is None else spoken
+        if w in TENS and i + 2 < len(ws) and ws[i + 1] == "y" and ws[i + 2] in DIGIT_WORDS:
+            spoken = TENS[w] + DIGIT_WORDS[ws[i + 2]]  # "treinta y uno de enero"
+            if _before_month(ws, i + 2):
+                return spoken
+        elif w in TENS:
+            spoken = TENS[w]
+        if spoken is not None and 1 <= spoken <= 31 and _before_month(ws, i):
+            return spoken  # "el cinco de diciembre"
     return None
+
+
+def _before_month(ws: list[str], i: int) -> bool:
+    """The word after ``ws[i]`` is a month, or "de" and then a month."""
+    return (i + 1 < len(ws) and ws[i + 1] in MONTHS) or (
+        i + 2 < len(ws) and ws[i + 1] == "de" and ws[i + 2] in MONTHS)
 
 
 def _safe_date(year: int, month: int, day: int) -> date | None:
@@ -192,16 +234,22 @@ def spoken_email(text: str) -> str | None:
     if direct:
         candidate = direct.group(0).rstrip(".")
     else:
-        spoken = re.sub(r"\s+(at)\s+", "@", raw)
-        spoken = re.sub(r"\s+(dot|period|point)\s+", ".", spoken)
-        spoken = re.sub(r"\s+(underscore)\s+", "_", spoken)
-        spoken = re.sub(r"\s+(dash|hyphen)\s+", "-", spoken)
+        spoken = re.sub(r"\s+(at|arroba)\s+", "@", raw)
+        spoken = re.sub(r"\s+(dot|period|point|punto)\s+", ".", spoken)
+        spoken = re.sub(r"\s+(underscore|guion bajo|guión bajo)\s+", "_", spoken)
+        spoken = re.sub(r"\s+(dash|hyphen|guion|guión)\s+", "-", spoken)
         spoken = re.sub(r"^(my )?(e-?mail )?(address )?(is )?", "", spoken)
+        spoken = re.sub(r"^(mi )?(correo )?(electr[oó]nico )?(es )?", "", spoken)
         candidate = spoken.replace(" ", "").replace(",", "")
     return candidate if EMAIL_RE.match(candidate) else None
 
 
-DIGIT_NAMES = {str(v): k for k, v in DIGIT_WORDS.items() if k not in ("o", "oh")}
+DIGIT_NAMES: dict[str, set[str]] = {}
+for _name, _digit in DIGIT_WORDS.items():
+    if _name not in ("o", "oh"):
+        DIGIT_NAMES.setdefault(str(_digit), set()).add(_name)
+KEY_LEADS = ("number", "option", "press", "número", "numero", "opción", "opcion", "el", "la", "pulse", "marque",
+             "la opción", "la opcion", "el número", "el numero", "opción número", "the number", "option number")
 
 
 def match_choice(collect: Collect, text: str, dtmf: str | None) -> str | None:
@@ -224,9 +272,8 @@ def match_choice(collect: Collect, text: str, dtmf: str | None) -> str | None:
             if not norm:
                 continue
             if norm.isdigit():
-                names = {norm, DIGIT_NAMES.get(norm, norm)}
-                hit = said in names or said in {f"{lead} {n}" for lead in ("number", "option", "press")
-                                                for n in names}
+                names = {norm, *DIGIT_NAMES.get(norm, set())}
+                hit = said in names or said in {f"{lead} {n}" for lead in KEY_LEADS for n in names}
                 strength = 1000 if hit else 0
             else:
                 strength = len(norm) if f" {norm} " in padded else 0

@@ -36,6 +36,7 @@ from voicebot.flows.resume import start_call_flow
 from voicebot.flows.runner import FlowReply, FlowRunner
 from voicebot.flows.spec import MAX_CHAIN, Collect
 from voicebot.flows.triggers import trigger_for
+from voicebot.i18n import phrase
 from voicebot.pipeline.responder import (
     CallContext,
     CallerInput,
@@ -51,7 +52,7 @@ from voicebot.pipeline.responder import (
 
 log = logging.getLogger(__name__)
 
-FLOW_TROUBLE = "I'm sorry, something went wrong on my side."
+FLOW_TROUBLE = phrase("flow_trouble")
 PROMPT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,79}$")
 PROMPT_MAX_BYTES = 8 * 1024 * 1024
 """A recorded prompt larger than this (about 8 minutes at 8 kHz) is not loaded into a call."""
@@ -166,7 +167,7 @@ class FlowResponder:
                 if greeting:
                     yield TextDelta(greeting)
             else:
-                yield TextDelta(FLOW_TROUBLE)
+                yield TextDelta(phrase("flow_trouble", ctx.language))
                 yield ToolCall("hang_up")
             return
         self.run_id = reply.run_id
@@ -193,7 +194,7 @@ class FlowResponder:
         except EvaError as exc:
             log.error("call %s: flow run %d failed: [%s] %s", ctx.call_id, run_id, exc.code, exc.message)
             self.run_id = None
-            yield TextDelta(FLOW_TROUBLE)
+            yield TextDelta(phrase("flow_trouble", ctx.language))
             if not self.from_agent:
                 yield ToolCall("hang_up")
             return

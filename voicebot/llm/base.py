@@ -69,6 +69,8 @@ class GenerationOptions:
     temperature: float = 0.3
     max_tokens: int = 160
     stop: tuple[str, ...] = ()
+    language: str = "en"
+    """The agent's language: a backend that adds its own instructions (the grounding rule) writes them in it."""
 
 
 @dataclass(frozen=True)

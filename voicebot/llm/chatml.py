@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from voicebot.i18n import phrase
 from voicebot.llm.base import ChatMessage, TextDelta, ToolCall, ToolSpec
 
 IM_START = "<|im_start|>"
@@ -29,16 +30,10 @@ TOOL_CLOSE = "</tool_call>"
 MAX_TOOL_CALL_CHARS = 2000
 """A "call" longer than this is not one: the text is spoken instead (bounded buffering)."""
 
-GROUNDING = (
-    "Use only the facts in the knowledge below. If the knowledge does not answer the question, say: "
-    "I am sorry, I do not know that. Would you like me to put you through to a colleague? "
-    "Never guess or invent facts, prices, times or services."
-    # Measured on the exam: with these examples Qwen 0.5B stopped answering "I do not know" to "are you open
-    # on Saturday?" when the knowledge says it is closed (single questions 7 → 8 of 10).
-    " Examples from another business (a flower shop that sells roses and tulips and is closed on Sunday): "
-    "Caller: Do you sell tulips? Agent: Yes, we sell tulips. Caller: Are you open on Sunday? Agent: No, on "
-    "Sunday we are closed. Caller: Do you sell cakes? Agent: I am sorry, I do not know that. Would you like me "
-    "to put you through to a colleague?")
+# The rule and examples live in the message catalog (voicebot/i18n, key "grounding"), one per language.
+# Measured on the exam: with the examples Qwen 0.5B stopped answering "I do not know" to "are you open on
+# Saturday?" when the knowledge says it is closed (single questions 7 → 8 of 10).
+GROUNDING = phrase("grounding")
 
 _TOOLS_HEADER = (
     "# Tools\n\nYou may call one or more functions to assist with the user query.\n\n"
@@ -62,11 +57,12 @@ class ChatPrompt:
         return self.prefix + self.conversation
 
 
-def system_text(instructions: Sequence[str], knowledge: Sequence[str], tools: Sequence[ToolSpec]) -> str:
+def system_text(instructions: Sequence[str], knowledge: Sequence[str], tools: Sequence[ToolSpec],
+                language: str = "en") -> str:
     parts = [" ".join(text.split()) for text in instructions if text.strip()]
     passages = [passage.strip() for passage in knowledge if passage.strip()]
     if passages:
-        parts.append(GROUNDING)
+        parts.append(phrase("grounding", language))
         parts.append("Knowledge:\n" + "\n\n".join(passages))
     text = "\n\n".join(parts)
     if tools:
@@ -98,14 +94,14 @@ def instruction_count(messages: Sequence[ChatMessage]) -> int:
 
 
 def build_chat_prompt(messages: Sequence[ChatMessage], knowledge: Sequence[str],
-                      tools: Sequence[ToolSpec]) -> ChatPrompt:
+                      tools: Sequence[ToolSpec], language: str = "en") -> ChatPrompt:
     """The ChatML prompt: the leading system messages (persona, channel guidance) join the one system block with
     the knowledge and tools; the other messages follow in order, then the assistant header.  A system message
     later in the conversation (a note for one turn) stays in its place: merged into the block it would change
     the cached prefix on every turn."""
     lead = instruction_count(messages)
     instructions = [m.content for m in messages[:lead]]
-    prefix = _message("system", system_text(instructions, knowledge, tools))
+    prefix = _message("system", system_text(instructions, knowledge, tools, language))
     parts: list[str] = []
     tool_results: list[str] = []
     for message in messages[lead:]:

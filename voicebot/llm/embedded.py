@@ -399,7 +399,7 @@ class EmbeddedLLM(LanguageModel):
         from llama_cpp import StoppingCriteriaList
 
         opts, stop, emit = job.options, job.stop, job.emit
-        prompt = build_chat_prompt(job.messages, job.knowledge, job.tools)
+        prompt = build_chat_prompt(job.messages, job.knowledge, job.tools, opts.language)
         prefix_tokens: list[int] = llama.tokenize(prompt.prefix.encode("utf-8"), add_bos=False, special=True)
         tokens: list[int] = llama.tokenize(prompt.text.encode("utf-8"), add_bos=False, special=True)
         if tokens[:len(prefix_tokens)] != prefix_tokens:  # a merge across the boundary (never seen): no pin
@@ -505,14 +505,14 @@ class EmbeddedLLM(LanguageModel):
         emit(Done(_finish(finish), prompt_tokens=None, completion_tokens=pieces))
 
     async def prefill(self, messages: Sequence[ChatMessage], *, tools: Sequence[ToolSpec] = (),
-                      knowledge: Sequence[str] = ()) -> int:
+                      knowledge: Sequence[str] = (), language: str = "en") -> int:
         """Evaluate and pin the system block :meth:`stream` would build for ``messages`` (their leading
         system messages), so the first caller of an agent does not wait for it.  Returns the tokens evaluated (0
         when it was cached or the model has no ChatML template)."""
         if self._closed or self._llama is None or not self._chatml:
             return 0
         prompt = build_chat_prompt(messages[:instruction_count(messages)], list(knowledge),
-                                   list(tools) if self.supports_tools else [])
+                                   list(tools) if self.supports_tools else [], language)
 
         def run() -> int:
             llama = self._llama

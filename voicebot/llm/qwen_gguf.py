@@ -50,7 +50,7 @@ def sha256_of(path: Path) -> str:
 
 
 def assemble(target: Path, *, parts: list[Path] | None = None, expected_sha256: str = GGUF_SHA256,
-             expected_size: int = GGUF_SIZE) -> Path:
+             expected_size: int = GGUF_SIZE, license_file: Path | None = LICENSE_FILE) -> Path:
     """Concatenate the parts into ``target``, verified: written to a temporary name beside it, hashed
     while written, and renamed only when size and sha256 match.  Raises SetupError on a mismatch (the
     temporary file is removed).  Also copies the licence text next to the model."""
@@ -78,8 +78,8 @@ def assemble(target: Path, *, parts: list[Path] | None = None, expected_sha256: 
         _write_stamp(target, actual)
     finally:
         partial.unlink(missing_ok=True)
-    if LICENSE_FILE.is_file():
-        shutil.copyfile(LICENSE_FILE, target.with_name(target.stem + ".LICENSE"))
+    if license_file is not None and license_file.is_file():
+        shutil.copyfile(license_file, target.with_name(target.stem + ".LICENSE"))
     return target
 
 
@@ -101,13 +101,14 @@ def _write_stamp(target: Path, sha256: str) -> None:
     _stamp_path(target).write_text(_stamp_line(target, sha256))
 
 
-def stamp_ok(target: Path) -> bool:
+def stamp_ok(target: Path, expected_sha256: str = GGUF_SHA256) -> bool:
     """Whether ``target`` was verified by :func:`assemble` and has not changed since (size and mtime as
-    recorded), so a second ``eva setup`` does not hash 491 MB again."""
+    recorded), so a second ``eva setup`` does not hash 491 MB again.  The multilingual Whisper model
+    (voicebot.stt.multilingual) is assembled and stamped the same way."""
     stamp = _stamp_path(target)
     if not target.is_file() or not stamp.is_file():
         return False
     try:
-        return stamp.read_text() == _stamp_line(target, GGUF_SHA256)
+        return stamp.read_text() == _stamp_line(target, expected_sha256)
     except OSError:
         return False

