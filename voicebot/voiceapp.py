@@ -310,7 +310,14 @@ class VoiceApp:
                              dtmf_timeout_s=int(agent.get("dtmf_timeout_ms", 2000)) / 1000.0)
             if base_language(language) != "en":
                 config = replace(config, not_heard=phrase("not_heard", language))
-            # The speech model for the agent's language (tiny.en for English, the multilingual one otherwise).
+            # The speech model for the agent's language (tiny.en for English, the multilingual one otherwise; an
+            # agent made Spanish after start loads it now, once).
+            load = getattr(self.stt, "load", None)
+            if load is not None and base_language(language) != "en":
+                try:
+                    await asyncio.to_thread(load, language)
+                except EvaError as exc:
+                    log.error("call %d: no speech model for %s: %s", live.call_id, language, exc.message)
             for_language = getattr(self.stt, "for_language", None)
             stt = for_language(language) if for_language is not None else self.stt
             live.session = CallSession(ctx, transport, stt, self.tts, self._call_responder(live, agent),

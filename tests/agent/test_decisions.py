@@ -163,8 +163,23 @@ def test_grounding_guard_in_spanish_replaces_an_invented_price_with_the_spanish_
     from voicebot.agent.decisions import GroundingGuard
 
     guard = GroundingGuard(["Reparar un pinchazo cuesta 12 euros. Abrimos a las nueve."], ["¿Precio?"],
-                           unknown_reply="Lo siento, no lo sé.")
+                           unknown_reply="Lo siento, no lo sé.", language="es")
     assert guard.push("Reparar un pinchazo cuesta doce euros. ") == ["Reparar un pinchazo cuesta doce euros. "]
     assert guard.push("Abrimos a las 9. ") == ["Abrimos a las 9. "]  # "nueve" in the knowledge is 9
     assert guard.push("Un casco cuesta 30 euros.") + guard.finish() == ["Lo siento, no lo sé."]
     assert guard.reason == "number"
+
+
+def test_english_replies_are_not_checked_with_spanish_number_words() -> None:
+    from voicebot.agent.decisions import GroundingGuard
+
+    english = GroundingGuard(["We open at 9 every day."], ["When do you open?"])
+    assert english.push("Once you arrive, ring the bell. ") == ["Once you arrive, ring the bell. "]
+    assert not english.tripped
+    spanish = GroundingGuard(["Abrimos a las 9."], ["¿Cuándo abren?"], language="es", unknown_reply="No lo sé.")
+    assert spanish.push("Abrimos a las once. ") == ["No lo sé."]  # "once" is 11 in Spanish: not in the knowledge
+
+
+def test_no_se_preocupe_is_not_i_do_not_know() -> None:
+    assert offer_after_unknown("No se preocupe, abrimos a las 9.", SPANISH_TARGETS, "¿Le paso?") == ""
+    assert offer_after_unknown("No sé a qué hora abrimos.", SPANISH_TARGETS, "¿Le paso?") == "¿Le paso?"

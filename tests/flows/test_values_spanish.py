@@ -1,5 +1,6 @@
-"""A flow's collect understands Spanish answers as Whisper writes them: numbers, dates, yes/no, digits, e-mail
-addresses and menu choices (pure functions, no model)."""
+"""A Spanish agent's flow understands Spanish answers as Whisper writes them: numbers, dates, yes/no, digits,
+e-mail addresses and menu choices; an English flow is not confused by the Spanish words that are English words too
+("once", "dos", "may") (pure functions, no model)."""
 
 from __future__ import annotations
 
@@ -21,13 +22,14 @@ TODAY = date(2026, 12, 1)  # a Tuesday
     ("el primero de marzo", "2027-03-01"), ("15 de mayo", "2027-05-15"), ("mañana por la mañana", "2026-12-02"),
 ])
 def test_spanish_dates(said: str, expected: str) -> None:
-    found = parse_date(said, TODAY)
+    found = parse_date(said, TODAY, "es")
     assert found is not None and found.isoformat() == expected, said
 
 
-@pytest.mark.parametrize("said", ["a las diez de la mañana", "el mar está bonito", "treinta y dos de enero"])
+@pytest.mark.parametrize("said", ["a las diez de la mañana", "el mar está bonito", "treinta y dos de enero",
+                                  "esta mañana"])
 def test_what_is_not_a_date_in_spanish(said: str) -> None:
-    assert parse_date(said, TODAY) is None, said
+    assert parse_date(said, TODAY, "es") is None, said
 
 
 @pytest.mark.parametrize(("said", "expected"), [
@@ -35,12 +37,12 @@ def test_what_is_not_a_date_in_spanish(said: str) -> None:
     ("somos cuatro personas", 4), ("veintitrés", 23), ("cien", 100), ("dieciocho", 18),
 ])
 def test_spanish_numbers(said: str, expected: int) -> None:
-    assert spoken_number(said) == expected, said
+    assert spoken_number(said, "es") == expected, said
 
 
 def test_spanish_digits_yes_no_and_email() -> None:
-    assert spoken_digits("cinco cinco cinco, uno dos tres cuatro") == "5551234"
-    assert spoken_digits("seis cero cero") == "600"
+    assert spoken_digits("cinco cinco cinco, uno dos tres cuatro", "es") == "5551234"
+    assert spoken_digits("seis cero cero, treinta y cinco, veinte, doce", "es") == "600352012"  # said in pairs
     assert yes_no("Sí, claro.", None) == "yes" and yes_no("Vale", None) == "yes"
     assert yes_no("No, gracias.", None) == "no" and yes_no("Nunca", None) == "no"
     assert spoken_email("juan punto pérez arroba ejemplo punto com") is None  # an accent is no e-mail address
@@ -84,3 +86,19 @@ def test_a_spanish_agents_flow_apologises_in_spanish_unless_the_designer_wrote_t
     assert FlowEngine(later, "x", language="es").answer(
         FlowEngine(later, "x", language="es").start().state, "no sé", today=TODAY).says()[0].startswith(
         "Diga una hora, por favor.")  # the designer's own text wins
+
+
+@pytest.mark.parametrize(("said", "expected"), [
+    ("twenty five December", None), ("thirty one December", None), ("Friday at ten may be best", "2026-12-04"),
+    ("Monday around two may suit me", "2026-12-07"), ("December 5th", "2026-12-05"), ("5 December", "2026-12-05"),
+])
+def test_english_dates_are_not_read_with_spanish_rules(said: str, expected: str | None) -> None:
+    found = parse_date(said, TODAY)
+    assert (found.isoformat() if found else None) == expected, said
+
+
+def test_english_numbers_ignore_spanish_words_that_are_english_too() -> None:
+    assert spoken_digits("once again five five five one two three four") == "5551234"
+    assert spoken_number("just once") is None
+    assert spoken_number("dos") is None and spoken_number("dos", "es") == 2
+    assert spoken_number("a hundred and five") == 105

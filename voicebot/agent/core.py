@@ -508,7 +508,7 @@ class AgentCore:
         english = base_language(agent.language) == "en"
         guard = GroundingGuard(knowledge, [text, *(m.content for m in turn.opened.memory)],
                                closed_line=closed_day_line(text, turn.opened.memory, knowledge) if english else "",
-                               unknown_reply=phrase("unknown", agent.language)) \
+                               unknown_reply=phrase("unknown", agent.language), language=agent.language) \
             if knowledge and pinned and channel == "voice" else None
         async with contextlib.aclosing(self._generate_llm(agent, turn, channel=channel, text=text,
                                                           knowledge=knowledge, offered=offered,

@@ -130,7 +130,7 @@ def decide(text: str, memory: Sequence[ChatMessage], transfer_targets: Mapping[s
 
 
 _DONT_KNOW = re.compile(r"\b(?:do not know|don't know|dont know|not sure|no information|cannot help|can't help|"
-                        r"unable to (?:help|answer)|no lo s[eé]|no s[eé]|no tengo (?:esa |es[ao] )?informaci[oó]n|"
+                        r"unable to (?:help|answer)|no lo s[eé]|no sé|no tengo (?:esa |es[ao] )?informaci[oó]n|"
                         r"no puedo ayudar)\b", re.IGNORECASE)
 
 
@@ -147,22 +147,24 @@ def offer_after_unknown(reply: str, transfer_targets: Mapping[str, str],
 _NUMBER_WORDS = {"one": "1", "two": "2", "three": "3", "four": "4", "five": "5", "six": "6", "seven": "7",
                  "eight": "8", "nine": "9", "ten": "10", "eleven": "11", "twelve": "12", "fifteen": "15",
                  "twenty": "20", "thirty": "30", "forty": "40", "fifty": "50", "sixty": "60", "hundred": "100",
-                 "noon": "12", "midnight": "12",
-                 # Spanish ("uno/una/un" left out: they are the article far more often than the number).
-                 "dos": "2", "tres": "3", "cuatro": "4", "cinco": "5", "seis": "6", "siete": "7", "ocho": "8",
-                 "nueve": "9", "diez": "10", "once": "11", "doce": "12", "quince": "15", "veinte": "20",
-                 "treinta": "30", "cuarenta": "40", "cincuenta": "50", "sesenta": "60", "cien": "100",
-                 "mediodía": "12", "medianoche": "12"}
+                 "noon": "12", "midnight": "12"}
+# "uno/una/un" left out: they are the article far more often than the number.  Only for Spanish agents: "once"
+# (11) and "dos" are English words too ("once you arrive...").
+_SPANISH_NUMBER_WORDS = {"dos": "2", "tres": "3", "cuatro": "4", "cinco": "5", "seis": "6", "siete": "7", "ocho": "8",
+                         "nueve": "9", "diez": "10", "once": "11", "doce": "12", "quince": "15", "veinte": "20",
+                         "treinta": "30", "cuarenta": "40", "cincuenta": "50", "sesenta": "60", "cien": "100",
+                         "mediodía": "12", "medianoche": "12"}
 _DIGITS = re.compile(r"\d+")
 _WORD = re.compile(r"[a-zñáéíóú]+")
 _SENTENCE_END = re.compile(r"[.!?](?:\s|$)")
 UNKNOWN_REPLY = "I am sorry, I do not know that."
 
 
-def _numbers(text: str) -> set[str]:
+def _numbers(text: str, language: str = "en") -> set[str]:
     lowered = text.lower()
     found = {n.lstrip("0") or "0" for n in _DIGITS.findall(lowered)}
-    found.update(_NUMBER_WORDS[w] for w in _WORD.findall(lowered) if w in _NUMBER_WORDS)
+    words = _NUMBER_WORDS | _SPANISH_NUMBER_WORDS if language.lower().startswith("es") else _NUMBER_WORDS
+    found.update(words[w] for w in _WORD.findall(lowered) if w in words)
     return found
 
 
@@ -179,8 +181,9 @@ class GroundingGuard:
     sentence until its end costs the caller nothing."""
 
     def __init__(self, knowledge: Sequence[str], conversation: Sequence[str], *, closed_line: str = "",
-                 unknown_reply: str = "") -> None:
-        self.allowed = set().union(*(_numbers(t) for t in (*knowledge, *conversation)))
+                 unknown_reply: str = "", language: str = "en") -> None:
+        self.language = language
+        self.allowed = set().union(*(_numbers(t, language) for t in (*knowledge, *conversation)))
         self.unknown_reply = unknown_reply or UNKNOWN_REPLY
         """What replaces an invented sentence, in the agent's language."""
         self.closed_line = closed_line
@@ -207,7 +210,7 @@ class GroundingGuard:
             if self.tripped:
                 self.spoken += sentence
                 return [sentence]
-        if _numbers(sentence) - self.allowed:
+        if _numbers(sentence, self.language) - self.allowed:
             self.tripped, self.reason = True, "number"
             sentence = self.unknown_reply if not self.spoken or self.spoken.endswith((" ", "\n")) \
                 else " " + self.unknown_reply

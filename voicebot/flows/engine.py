@@ -156,7 +156,7 @@ class FlowEngine:
             self._agent_input(state, step, text, dtmf, out)
             return Advance(state, out)
         assert step.collect is not None
-        parsed = values.parse(step.collect, text, dtmf=dtmf, today=today)
+        parsed = values.parse(step.collect, text, dtmf=dtmf, today=today, language=self.language)
         # Free text has no parser that could fail, so with ``extract`` the LLM always reads it (a name out of
         # "yes hi, this is Maria calling about my dog"); typed values only when their parser found nothing.
         wants_llm = step.collect.extract and not dtmf and text.strip() and (
@@ -197,9 +197,11 @@ class FlowEngine:
             self._finish(state, "flow_changed", out)
             return Advance(state, out)
         pending, state.pending_text, state.waiting = state.pending_text, "", "input"
-        parsed = values.parse(step.collect, value or "", today=today) if value else values.Parsed(None, "no_match")
+        parsed = values.parse(step.collect, value or "", today=today, language=self.language) if value \
+            else values.Parsed(None, "no_match")
         if not parsed.ok and step.collect.type == "text":
-            parsed = values.parse(step.collect, pending, today=today)  # the LLM failed us: the words as said
+            # The LLM failed us: the words as said.
+            parsed = values.parse(step.collect, pending, today=today, language=self.language)
         if parsed.ok:
             assert parsed.value is not None
             self._collected(state, step, parsed.value, out)

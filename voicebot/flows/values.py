@@ -2,8 +2,9 @@
 
 Pure functions of the text, the keys and today's date.  Speech arrives as Whisper writes it ("Five five five,
 one two three four.", "john at example dot com", "next Tuesday"), so each parser accepts the spoken forms
-as well as the written ones, in English and in Spanish ("cinco cinco cinco", "juan arroba ejemplo punto com",
-"el martes", "el 5 de diciembre", "treinta y cinco", "sí"): one vocabulary for both, as callers mix them.
+as well as the written ones, in English and, for a Spanish agent's flow, in Spanish too ("cinco cinco cinco",
+"juan arroba ejemplo punto com", "el martes", "el 5 de diciembre", "treinta y cinco", "sí"; callers mix them).
+Spanish number words are only read for Spanish flows: "once" and "dos" are English words as well.
 Input is untrusted: it is cut to ``MAX_INPUT`` characters before any parsing and no parser backtracks on it
 (the designer's own ``pattern`` runs on at most that much text).
 """
@@ -28,20 +29,21 @@ catastrophically on some input (``(a|aa)+$``) fails that answer instead of freez
 MAX_INPUT = 500
 
 DIGIT_WORDS = {"zero": 0, "oh": 0, "o": 0, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6,
-               "seven": 7, "eight": 8, "nine": 9,
-               "cero": 0, "uno": 1, "una": 1, "dos": 2, "tres": 3, "cuatro": 4, "cinco": 5, "seis": 6, "siete": 7,
-               "ocho": 8, "nueve": 9}
+               "seven": 7, "eight": 8, "nine": 9}
 TEENS = {"ten": 10, "eleven": 11, "twelve": 12, "thirteen": 13, "fourteen": 14, "fifteen": 15, "sixteen": 16,
-         "seventeen": 17, "eighteen": 18, "nineteen": 19,
-         # Spanish says 10-29 in one word each.
+         "seventeen": 17, "eighteen": 18, "nineteen": 19}
+TENS = {"twenty": 20, "thirty": 30, "forty": 40, "fifty": 50, "sixty": 60, "seventy": 70, "eighty": 80,
+        "ninety": 90}
+SPANISH_DIGITS = {"cero": 0, "uno": 1, "una": 1, "dos": 2, "tres": 3, "cuatro": 4, "cinco": 5, "seis": 6,
+                  "siete": 7, "ocho": 8, "nueve": 9}
+SPANISH_TEENS = {  # Spanish says 10-29 in one word each
          "diez": 10, "once": 11, "doce": 12, "trece": 13, "catorce": 14, "quince": 15, "dieciséis": 16,
          "dieciseis": 16, "diecisiete": 17, "dieciocho": 18, "diecinueve": 19, "veinte": 20, "veintiuno": 21,
          "veintiún": 21, "veintidós": 22, "veintidos": 22, "veintitrés": 23, "veintitres": 23, "veinticuatro": 24,
          "veinticinco": 25, "veintiséis": 26, "veintiseis": 26, "veintisiete": 27, "veintiocho": 28,
          "veintinueve": 29}
-TENS = {"twenty": 20, "thirty": 30, "forty": 40, "fifty": 50, "sixty": 60, "seventy": 70, "eighty": 80,
-        "ninety": 90,
-        "treinta": 30, "cuarenta": 40, "cincuenta": 50, "sesenta": 60, "setenta": 70, "ochenta": 80, "noventa": 90}
+SPANISH_TENS = {"treinta": 30, "cuarenta": 40, "cincuenta": 50, "sesenta": 60, "setenta": 70, "ochenta": 80,
+                "noventa": 90}
 HUNDREDS = {"doscientos": 200, "doscientas": 200, "trescientos": 300, "trescientas": 300, "cuatrocientos": 400,
             "quinientos": 500, "seiscientos": 600, "setecientos": 700, "ochocientos": 800, "novecientos": 900}
 """Spanish hundreds are one word each ("quinientos"); "cien"/"ciento" work like "hundred"."""
@@ -64,6 +66,30 @@ WEEKDAYS = {name: i for i, name in enumerate(
 WEEKDAYS.update({name: i for i, name in enumerate(
     ["lunes", "martes", "miércoles", "jueves", "viernes", "sábado", "domingo"])})
 WEEKDAYS.update({"miercoles": 2, "sabado": 5, "sábados": 5, "domingos": 6})
+
+
+@dataclass(frozen=True)
+class Numbers:
+    """The number words of a flow's language: English, or English and Spanish for a Spanish flow."""
+
+    digits: dict[str, int]
+    teens: dict[str, int]
+    tens: dict[str, int]
+    hundreds: dict[str, int]
+    hundred: frozenset[str]
+    thousand: frozenset[str]
+    joiners: frozenset[str]
+
+
+ENGLISH = Numbers(DIGIT_WORDS, TEENS, TENS, {}, frozenset({"hundred"}), frozenset({"thousand"}),
+                  frozenset({"and", "a"}))
+SPANISH = Numbers(DIGIT_WORDS | SPANISH_DIGITS, TEENS | SPANISH_TEENS, TENS | SPANISH_TENS, HUNDREDS,
+                  frozenset({"hundred", "cien", "ciento"}), frozenset({"thousand", "mil"}),
+                  frozenset({"and", "a", "y"}))
+
+
+def numbers_for(language: str) -> Numbers:
+    return SPANISH if language.lower().startswith("es") else ENGLISH
 ORDINALS = {"first": 1, "second": 2, "third": 3, "fourth": 4, "fifth": 5, "sixth": 6, "seventh": 7,
             "eighth": 8, "ninth": 9, "tenth": 10, "eleventh": 11, "twelfth": 12, "thirteenth": 13,
             "fourteenth": 14, "fifteenth": 15, "sixteenth": 16, "seventeenth": 17, "eighteenth": 18,
@@ -91,27 +117,38 @@ def words(text: str) -> list[str]:
     return re.findall(r"[a-z0-9@+'áéíóúñ]+", text[:MAX_INPUT].lower().replace("-", " "))
 
 
-def spoken_digits(text: str) -> str:
-    """Every digit said or written, in order: "five five five, 1 2 3 4" -> "5551234"; "double five" -> "55"."""
+def spoken_digits(text: str, language: str = "en") -> str:
+    """Every digit said or written, in order: "five five five, 1 2 3 4" -> "5551234"; "double five" -> "55";
+    Spanish pairs: "seis cero cero, treinta y cinco" -> "60035"."""
+    vocab = numbers_for(language)
     out: list[str] = []
     repeat = 1
-    for word in words(text):
+    ws = words(text)
+    skip = 0
+    for i, word in enumerate(ws):
+        if skip:
+            skip -= 1
+            continue
         if word in ("double", "triple"):
             repeat = 2 if word == "double" else 3
             continue
-        if word in DIGIT_WORDS and word != "o":
-            out.append(str(DIGIT_WORDS[word]) * repeat)
-        elif word == "o" and out:
+        if word in vocab.digits and word != "o" and not (word == "o" and vocab is SPANISH):
+            out.append(str(vocab.digits[word]) * repeat)
+        elif word == "o" and out and vocab is ENGLISH:
             out.append("0" * repeat)
         elif word.isdigit():
             out.append(word * repeat if len(word) == 1 else word)
-        elif word in TEENS or word in TENS:
-            out.append(str(TEENS.get(word) or TENS[word]))
+        elif word in vocab.tens and "y" in vocab.joiners and i + 2 < len(ws) and ws[i + 1] == "y" \
+                and ws[i + 2] in vocab.digits and ws[i + 2] not in DIGIT_WORDS:
+            out.append(str(vocab.tens[word] + vocab.digits[ws[i + 2]]))  # "treinta y cinco" -> "35"
+            skip = 2
+        elif word in vocab.teens or word in vocab.tens:
+            out.append(str(vocab.teens.get(word) or vocab.tens[word]))
         repeat = 1
     return "".join(out)
 
 
-def spoken_number(text: str) -> float | None:
+def spoken_number(text: str, language: str = "en") -> float | None:
     """A number written ("42", "3.5") or said ("forty two", "one hundred and five", "two thousand")."""
     found = re.search(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?|-?\d+(?:[.,]\d+)?", text[:MAX_INPUT])
     if found:
@@ -121,22 +158,23 @@ def spoken_number(text: str) -> float | None:
         if len(raw.lstrip("-").split(".")[0]) > 15:
             return None  # not a number anybody says: never "inf"
         return float(raw)
+    vocab = numbers_for(language)
     total, current, seen = 0, 0, False
     for word in words(text):
-        if word in DIGIT_WORDS and word not in ("o", "oh"):
-            current += DIGIT_WORDS[word]
-        elif word in TEENS:
-            current += TEENS[word]
-        elif word in TENS:
-            current += TENS[word]
-        elif word in HUNDREDS:
-            current += HUNDREDS[word]
-        elif word in ("hundred", "cien", "ciento"):
+        if word in vocab.digits and word not in ("o", "oh"):
+            current += vocab.digits[word]
+        elif word in vocab.teens:
+            current += vocab.teens[word]
+        elif word in vocab.tens:
+            current += vocab.tens[word]
+        elif word in vocab.hundreds:
+            current += vocab.hundreds[word]
+        elif word in vocab.hundred:
             current = max(current, 1) * 100
-        elif word in ("thousand", "mil"):
+        elif word in vocab.thousand:
             total += max(current, 1) * 1000
             current = 0
-        elif word in ("and", "a", "y") and seen:
+        elif word in vocab.joiners and seen:
             continue
         else:
             if seen:
@@ -146,7 +184,7 @@ def spoken_number(text: str) -> float | None:
     return float(total + current) if seen else None
 
 
-def parse_date(text: str, today: date) -> date | None:
+def parse_date(text: str, today: date, language: str = "en") -> date | None:
     """ISO (2026-12-05), d/m/y, "today", "tomorrow", "the day after tomorrow", a weekday ("on Tuesday":
     the next one, never today), "December 5th", "5th of December", "the fifth" (this month, or next if
     past)."""
@@ -163,12 +201,12 @@ def parse_date(text: str, today: date) -> date | None:
     joined = " ".join(ws)
     if "day after tomorrow" in joined or "pasado mañana" in joined:
         return today + timedelta(days=2)
-    # "mañana" is tomorrow, except "por la mañana" / "de la mañana" (in the morning).
-    if "tomorrow" in ws or re.search(r"(?<!la )\bmañana\b", joined):
+    # "mañana" is tomorrow, except "por la mañana" / "de la mañana" / "esta mañana" (in the morning).
+    if "tomorrow" in ws or re.search(r"(?<!la )(?<!esta )\bmañana\b", joined):
         return today + timedelta(days=1)
     if "today" in ws or "hoy" in ws:
         return today
-    day = _day_of_month(ws)
+    day = _day_of_month(ws, numbers_for(language))
     # "may" is a month only beside a day ("May 5th"), not in "may I book".
     month = next((MONTHS[w] for w in ws if w in MONTHS and (w != "may" or day is not None)), None)
     if day is not None and month is not None:
@@ -189,35 +227,37 @@ def parse_date(text: str, today: date) -> date | None:
     return None
 
 
-def _day_of_month(ws: list[str]) -> int | None:
-    """"5th", "the fifth", "twenty first": a day written as an ordinal (a bare number is not a date)."""
+def _day_of_month(ws: list[str], vocab: Numbers = ENGLISH) -> int | None:
+    """"5th", "the fifth", "twenty first": a day written as an ordinal (a bare number is not a date); in Spanish
+    also a cardinal before "de" and a month ("el cinco de diciembre", "treinta y uno de enero")."""
     for i, w in enumerate(ws):
         m = re.fullmatch(r"(\d{1,2})(st|nd|rd|th)", w)
         if m:
             return int(m.group(1))
         if w in TENS and i + 1 < len(ws) and ws[i + 1] in ORDINALS and ORDINALS[ws[i + 1]] < 10:
             return TENS[w] + ORDINALS[ws[i + 1]]
-        if w in ORDINALS and not (w == "uno" and not _before_month(ws, i)):
+        if w in ORDINALS and not (w == "uno" and not _de_month(ws, i)):
             return ORDINALS[w]
-        if w.isdigit() and 1 <= int(w) <= 31 and (_before_month(ws, i) or (i > 0 and ws[i - 1] in MONTHS)):
+        if w.isdigit() and 1 <= int(w) <= 31 and (
+                (i + 1 < len(ws) and ws[i + 1] in MONTHS) or _de_month(ws, i) or (i > 0 and ws[i - 1] in MONTHS)):
             return int(w)  # "5 December", "December 5", "5 de diciembre"
-        spoken = DIGIT_WORDS.get(w) if w not in ("o", "oh") else None
-        spoken = TEENS.get(w, spoken) if spoken is None else spoken
-        if w in TENS and i + 2 < len(ws) and ws[i + 1] == "y" and ws[i + 2] in DIGIT_WORDS:
-            spoken = TENS[w] + DIGIT_WORDS[ws[i + 2]]  # "treinta y uno de enero"
-            if _before_month(ws, i + 2):
-                return spoken
-        elif w in TENS:
-            spoken = TENS[w]
-        if spoken is not None and 1 <= spoken <= 31 and _before_month(ws, i):
+        if vocab is not SPANISH:
+            continue
+        if w in vocab.tens and i + 2 < len(ws) and ws[i + 1] == "y" and ws[i + 2] in vocab.digits:
+            if _de_month(ws, i + 2):  # "treinta y uno de enero"; "treinta y dos de enero" is no day
+                day = vocab.tens[w] + vocab.digits[ws[i + 2]]
+                return day if day <= 31 else None
+            continue
+        spoken = vocab.digits.get(w) if w not in ("o", "oh") else None
+        spoken = vocab.teens.get(w, vocab.tens.get(w)) if spoken is None else spoken
+        if spoken is not None and 1 <= spoken <= 31 and _de_month(ws, i):
             return spoken  # "el cinco de diciembre"
     return None
 
 
-def _before_month(ws: list[str], i: int) -> bool:
-    """The word after ``ws[i]`` is a month, or "de" and then a month."""
-    return (i + 1 < len(ws) and ws[i + 1] in MONTHS) or (
-        i + 2 < len(ws) and ws[i + 1] == "de" and ws[i + 2] in MONTHS)
+def _de_month(ws: list[str], i: int) -> bool:
+    """``ws[i]`` is followed by "de" and a month (the Spanish "5 de diciembre")."""
+    return i + 2 < len(ws) and ws[i + 1] == "de" and ws[i + 2] in MONTHS
 
 
 def _safe_date(year: int, month: int, day: int) -> date | None:
@@ -245,7 +285,8 @@ def spoken_email(text: str) -> str | None:
 
 
 DIGIT_NAMES: dict[str, set[str]] = {}
-for _name, _digit in DIGIT_WORDS.items():
+# English and Spanish names: a key synonym matches speech only as the whole answer, so "uno" cannot collide.
+for _name, _digit in SPANISH.digits.items():
     if _name not in ("o", "oh"):
         DIGIT_NAMES.setdefault(str(_digit), set()).add(_name)
 KEY_LEADS = ("number", "option", "press", "número", "numero", "opción", "opcion", "el", "la", "pulse", "marque",
@@ -306,12 +347,13 @@ def yes_no(text: str, dtmf: str | None) -> str | None:
     return None
 
 
-def parse(collect: Collect, text: str, *, dtmf: str | None = None, today: date) -> Parsed:
-    """The value of one answer to ``collect`` (speech ``text`` or DTMF ``dtmf`` keys)."""
+def parse(collect: Collect, text: str, *, dtmf: str | None = None, today: date, language: str = "en") -> Parsed:
+    """The value of one answer to ``collect`` (speech ``text`` or DTMF ``dtmf`` keys) in a flow whose agent
+    speaks ``language``."""
     text = (text or "")[:MAX_INPUT].strip()
     if not text and not dtmf:
         return Parsed(None, "no_input")
-    value = _parse(collect, text, dtmf, today)
+    value = _parse(collect, text, dtmf, today, language)
     if value is None:
         return Parsed(None, "no_match")
     if collect.min_length is not None and len(value) < collect.min_length:
@@ -321,35 +363,36 @@ def parse(collect: Collect, text: str, *, dtmf: str | None = None, today: date) 
     return Parsed(value)
 
 
-def _parse(collect: Collect, text: str, dtmf: str | None, today: date) -> str | None:
+def _parse(collect: Collect, text: str, dtmf: str | None, today: date, language: str = "en") -> str | None:
     kind = collect.type
     if kind == "choice":
         return match_choice(collect, text, dtmf)
     if kind == "yes_no":
         return yes_no(text, dtmf)
     if kind == "digits":
-        digits = dtmf if dtmf else spoken_digits(text)
+        digits = dtmf if dtmf else spoken_digits(text, language)
         return digits if digits and digits.isdigit() else None
     if kind == "phone":
         raw = dtmf if dtmf else text
-        digits = re.sub(r"\D", "", raw) if re.search(r"\d{3}", raw) else spoken_digits(raw)
+        digits = re.sub(r"\D", "", raw) if re.search(r"\d{3}", raw) else spoken_digits(raw, language)
         plus = "+" if re.search(r"(?:^|\s)\+\s*\d", raw) or " plus " in f" {raw.lower()} " else ""
         return plus + digits if 7 <= len(digits) <= 15 else None
     if kind == "number":
-        number = (float(dtmf) if dtmf.isdigit() and len(dtmf) <= 15 else None) if dtmf else spoken_number(text)
+        number = (float(dtmf) if dtmf.isdigit() and len(dtmf) <= 15 else None) if dtmf \
+            else spoken_number(text, language)
         if number is None:
             return None
         if (collect.min is not None and number < collect.min) or (collect.max is not None and number > collect.max):
             return None
         return str(int(number)) if number.is_integer() else str(number)
     if kind == "date":
-        found = parse_date(text, today) if not dtmf else _dtmf_date(dtmf, today)
+        found = parse_date(text, today, language) if not dtmf else _dtmf_date(dtmf, today)
         return found.isoformat() if found else None
     if kind == "email":
         return spoken_email(text)
     if kind == "regex":
         assert collect.pattern is not None
-        candidates = [dtmf] if dtmf else [text.rstrip(".!?"), text, spoken_digits(text)]
+        candidates = [dtmf] if dtmf else [text.rstrip(".!?"), text, spoken_digits(text, language)]
         for candidate in candidates:
             if candidate and designer_match(collect.pattern, candidate):
                 return candidate

@@ -493,7 +493,8 @@ class CallSession:
                     log.debug("call %s: refused transfer target %r", self.ctx.call_id, tool.arguments.get("target"))
                     apology = phrase("transfer_refused", self.ctx.language)
                     if exc.options:
-                        apology += f" I can transfer you to {_spoken_list(exc.options)}."
+                        options = _spoken_list(exc.options, phrase("list_or", self.ctx.language))
+                        apology += " " + phrase("transfer_options", self.ctx.language, options=options)
                     turn.bot_text = f"{turn.bot_text} {apology}".strip()
                     await self._speak(turn, self._sentence(turn, apology, loop.time()))
                     continue
@@ -703,9 +704,9 @@ def _loop_now() -> float:
         return 0.0
 
 
-def _spoken_list(names: tuple[str, ...]) -> str:
-    """``("sales", "billing", "support")`` → ``"sales, billing or support"``."""
-    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
+def _spoken_list(names: tuple[str, ...], conjunction: str = "or") -> str:
+    """``("sales", "billing", "support")`` → ``"sales, billing or support"`` (``o`` in Spanish)."""
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} {conjunction} {names[-1]}"
 
 
 async def reap(task: asyncio.Task[Any]) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,6 +63,9 @@ class WhisperStt:
         audio = resample(Audio(samples, rate), self.RATE).samples.astype(np.float32) / 32768.0
         if len(audio) < self.RATE // 10:
             return SttResult("", language, 1.0)
+        forced: str | None = language
+        if self.multilingual and language not in _known_languages():
+            forced = None  # a tag Whisper has no code for ("fil", "zz"): let it identify the language itself
         extra: dict[str, Any] = {}
         if self.multilingual:
             # Whisper base was seen looping on synthetic Spanish ("de la familia de los niños" for 4.6 s): a
@@ -69,7 +73,7 @@ class WhisperStt:
             extra = {"no_repeat_ngram_size": 3, "max_new_tokens": int(10 * len(audio) / self.RATE) + 12}
         try:
             segments, info = self._model.transcribe(
-                audio, language=language, beam_size=1, best_of=1, temperature=0.0,
+                audio, language=forced, beam_size=1, best_of=1, temperature=0.0,
                 condition_on_previous_text=False, without_timestamps=True, vad_filter=False, **extra)
             parts = list(segments)
         except Exception as exc:
@@ -97,6 +101,12 @@ class WhisperStt:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
 
+def _known_languages() -> frozenset[str]:
+    from faster_whisper.tokenizer import _LANGUAGE_CODES
+
+    return frozenset(_LANGUAGE_CODES)
+
+
 def whisper_language(tag: str) -> str:
     """Whisper's language code for a BCP-47 tag: ``es-ES`` -> ``es``, ``pt_BR`` -> ``pt``."""
     return (tag or "en").replace("_", "-").split("-")[0].lower()
@@ -120,8 +130,9 @@ class _Bound:
 class SpeechRouter:
     """The process's speech recognisers, by language.  English uses ``english`` (tiny.en unless configured
     otherwise); every other language uses the multilingual model at ``multilingual_path``, loaded the first
-    time :meth:`load` is asked for a non-English language (the runtime does it at start for the languages its
-    active agents speak, so no caller waits for a model to load).  Both models share nothing: a Spanish call
+    time :meth:`load` is asked for a non-English language: the runtime does it at start for the languages its
+    active agents speak, so no caller waits for a model to load, and the voice app before the first call of an
+    agent made Spanish later (that caller waits for the load once).  Both models share nothing: a Spanish call
     does not queue behind English ones on the same worker thread."""
 
     def __init__(self, english: WhisperStt, multilingual_path: str, compute_type: str = "int8") -> None:
@@ -129,6 +140,7 @@ class SpeechRouter:
         self.multilingual_path = multilingual_path
         self.compute_type = compute_type
         self._multilingual: WhisperStt | None = english if english.multilingual else None
+        self._loading = threading.Lock()  # two first calls in Spanish load the model once
 
     def _model_for(self, language: str) -> WhisperStt | None:
         return self.english if whisper_language(language) == "en" else self._multilingual
@@ -136,11 +148,12 @@ class SpeechRouter:
     def load(self, language: str) -> WhisperStt:
         """The model for ``language``, loading the multilingual one if needed (blocking: call off the loop).
         Raises SttError when the multilingual model is missing (run ``eva setup``)."""
-        model = self._model_for(language)
-        if model is None:
-            self._multilingual = model = WhisperStt(self.multilingual_path, self.compute_type)
-            log.info("multilingual speech model loaded for %s", whisper_language(language))
-        return model
+        with self._loading:
+            model = self._model_for(language)
+            if model is None:
+                self._multilingual = model = WhisperStt(self.multilingual_path, self.compute_type)
+                log.info("multilingual speech model loaded for %s", whisper_language(language))
+            return model
 
     def for_language(self, language: str) -> WhisperStt | _Bound:
         """What a call in ``language`` transcribes with.  A language whose model is not loaded falls back to
@@ -166,9 +179,8 @@ class SpeechRouter:
 
 
 _HALLUCINATIONS = {"you", "thank you.", "thanks for watching!", "bye.", ".",
-                   # Whisper base's Spanish inventions on silence (subtitle credits from its training data).
-                   "gracias.", "¡gracias!", "subtítulos realizados por la comunidad de amara.org",
-                   "subtítulos por la comunidad de amara.org", "¡suscríbete!", "..."}
+                   # Whisper's Spanish inventions on noise (subtitle credits from its training data: never a caller).
+                   "subtítulos realizados por la comunidad de amara.org", "subtítulos por la comunidad de amara.org"}
 
 
 def _clean(text: str) -> str:
