@@ -32,7 +32,7 @@ def test_db_upgrade_and_status(data_dir: Path, capsys: pytest.CaptureFixture[str
     assert main(["db", "status"]) == 1  # empty database: needs an upgrade
     assert "needs `eva db upgrade`" in capsys.readouterr().out
     assert main(["db", "upgrade"]) == 0
-    assert "upgraded from empty to 0001" in capsys.readouterr().out
+    assert "upgraded from empty to 0002" in capsys.readouterr().out
     assert main(["db", "upgrade"]) == 0
     assert "up to date" in capsys.readouterr().out
     assert main(["db", "status"]) == 0
@@ -99,15 +99,16 @@ def test_setup_seeds_the_demo_once_and_chat_answers_from_it(data_dir: Path, monk
     engine = make_engine(settings.effective_database_url)
     try:
         with Session(engine) as session:
-            assert [a.name for a in session.exec(select(Agent)).all()] == ["demo"]
+            agents = {a.name: a.id for a in session.exec(select(Agent)).all()}
+            assert sorted(agents) == ["demo", "demo-es"]  # English on 100, its Spanish twin on 101
             routes = session.exec(select(Route).order_by(Route.did)).all()
             menu = session.exec(select(Flow).where(Flow.name == "main-menu")).one()
             assert [(r.did, r.agent_id, r.flow_id) for r in routes] == [
-                ("100", session.exec(select(Agent)).one().id, None), ("200", None, menu.id)]
+                ("100", agents["demo"], None), ("101", agents["demo-es"], None), ("200", None, menu.id)]
             shipped = sorted(p.stem for p in EXAMPLE_FLOWS.glob("*.json"))
             assert sorted(f.name for f in session.exec(select(Flow)).all()) == shipped  # seeded once
             documents = session.exec(select(KnowledgeDocument)).all()
-            assert [(d.status, d.chunk_count > 0) for d in documents] == [("ready", True)]
+            assert [(d.status, d.chunk_count > 0) for d in documents] == [("ready", True), ("ready", True)]
     finally:
         engine.dispose()
 

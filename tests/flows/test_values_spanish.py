@@ -80,6 +80,7 @@ def test_a_spanish_agents_flow_apologises_in_spanish_unless_the_designer_wrote_t
     assert spanish.answer(state, "plátanos", today=TODAY).says()[0].startswith(phrase("flow_no_match", "es"))
     done = spanish.answer(state, "el cinco de diciembre", today=TODAY)
     assert done.state.ended and done.state.variables["dia"] == "2026-12-05"
+    assert done.says() == ["Perfecto, el 5 de diciembre de 2026."]  # said in Spanish, stored as ISO
     english = FlowEngine(spec, "citas")
     assert english.no_input(english.start().state).says()[0].startswith("Sorry, I didn't hear anything.")
     later = parse_flow("hora", steps)

@@ -43,11 +43,11 @@ def spanish_whisper(runtime: EvaRuntime) -> WhisperStt:
     return WhisperStt(runtime.settings.stt_multilingual_model)
 
 
-def _spoken_language(whisper: WhisperStt, audio: Audio) -> str:
-    """Whisper's own language identification of ``audio`` (no language forced)."""
+def _language_odds(whisper: WhisperStt, audio: Audio) -> dict[str, float]:
+    """Whisper's own language identification of ``audio`` (no language forced): language -> probability."""
     samples = resample(audio, 16000).samples.astype(np.float32) / 32768.0
     _segments, info = whisper._model.transcribe(samples, language=None, beam_size=1, without_timestamps=True)
-    return str(info.language)
+    return dict(info.all_language_probs or [])
 
 
 def _transcribe_es(whisper: WhisperStt, audio: Audio) -> str:
@@ -85,9 +85,11 @@ async def test_a_spanish_caller_is_answered_in_spanish_from_the_spanish_document
     # from Whisper base as "mente" or "en este" (bench/spanish_voice.py measures the round trip), so the number
     # is checked in what was said (above), the sentence in what was heard.
     assert heard_phrase(heard, "cuesta veinte euros al día", 0.6), heard
-    # What the caller heard after the question is Spanish by Whisper's own language identification.
-    ends = [b for _a, b in voiced_regions(recording, min_gap_s=0.6)]
-    starts = [a for a, _b in voiced_regions(recording, min_gap_s=0.6)]
-    assert len(starts) >= 2, (starts, heard)
-    tail = Audio(recording.samples[int(starts[-1] * recording.rate):int(ends[-1] * recording.rate)], recording.rate)
-    assert _spoken_language(spanish_whisper, tail) == "es", heard
+    # What the caller heard after the greeting is Spanish, not English, by Whisper's own language identification
+    # (on eSpeak's robotic voice its first guess was once Latin: the check is Spanish against English).
+    regions = voiced_regions(recording, min_gap_s=0.6)
+    assert len(regions) >= 2, (regions, heard)
+    reply_audio = Audio(recording.samples[int(regions[1][0] * recording.rate):int(regions[-1][1] * recording.rate)],
+                        recording.rate)
+    odds = _language_odds(spanish_whisper, reply_audio)
+    assert odds.get("es", 0.0) > 5 * odds.get("en", 0.0), (sorted(odds.items(), key=lambda kv: -kv[1])[:3], heard)

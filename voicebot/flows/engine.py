@@ -132,6 +132,14 @@ class FlowEngine:
         self.language = language
         """The flow's agent's language: the default no-input / no-match apologies are said in it."""
         self._steps = {s.id: s for s in spec.steps}
+        self._kinds = {s.collect.var: s.collect.type for s in spec.steps if s.collect is not None}
+        """What each collected variable is, so a sentence says it as spoken (a date, a phone number)."""
+
+    def say_text(self, text: str, variables: dict[str, str]) -> str:
+        """``text`` with ``{var}`` filled as a sentence says it: "el {dia}" -> "el 5 de diciembre de 2026" (the
+        variable itself stays ISO, for branches, webhooks and the dialplan)."""
+        spoken = {k: values.spoken_value(v, self._kinds.get(k, ""), self.language) for k, v in variables.items()}
+        return fill(text, spoken)
 
     # ------------------------------------------------------------------ inputs
     def start(self, variables: dict[str, str] | None = None) -> Advance:
@@ -254,7 +262,7 @@ class FlowEngine:
         state.step, state.retries, state.agent_turns, state.waiting = step_id, 0, 0, "input"
         state.steps_run += 1
         if step.say or step.prompt:
-            out.append(Say(fill(step.say, state.variables), step.prompt))
+            out.append(Say(self.say_text(step.say, state.variables), step.prompt))
         if step.collect is not None:
             out.append(Listen(step.id, step.collect))
         elif step.agent is not None:
@@ -311,8 +319,8 @@ class FlowEngine:
         designed = step.no_input if problem == "no_input" else step.no_match
         if designed is None:
             designed = phrase("flow_no_input" if problem == "no_input" else "flow_no_match", self.language)
-        sorry = fill(designed, state.variables)
-        question = fill(step.say, state.variables)
+        sorry = self.say_text(designed, state.variables)
+        question = self.say_text(step.say, state.variables)
         out.append(Say(" ".join(t for t in (sorry, question) if t), step.prompt if not sorry else None))
         out.append(Listen(step.id, step.collect))
 

@@ -47,6 +47,7 @@ from voicebot.flows.engine import (
     Say,
 )
 from voicebot.flows.spec import BUILTIN_VARS, Collect, FlowSpec, fill, parse_flow
+from voicebot.i18n import phrase
 from voicebot.llm.base import ChatMessage, GenerationOptions, LanguageModel, TextDelta
 
 log = logging.getLogger(__name__)
@@ -208,10 +209,11 @@ class FlowRunner:
             # unknown): listen again at this step, so the caller is never ignored.
             state.waiting, state.pending_text = "input", ""
             await asyncio.to_thread(self._store, run_id, state, version)
-        question = fill(step.say, state.variables)
-        reply.says.append(Say(f"Welcome back. {question}".strip(), None))
+        question = engine.say_text(step.say, state.variables)
+        welcome = phrase("welcome_back", engine.language)
+        reply.says.append(Say(f"{welcome} {question}".strip(), None))
         if step.prompt and question:
-            reply.says[-1] = Say("Welcome back.", None)
+            reply.says[-1] = Say(welcome, None)
             reply.says.append(Say(question, step.prompt))
         reply.listen = step.collect if step.collect is not None else (
             Collect(var="last_input", type="text", required=False) if step.agent is not None else None)

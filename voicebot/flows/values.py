@@ -417,6 +417,30 @@ def _dtmf_date(keys: str, today: date) -> date | None:
     return None
 
 
+_MONTH_NAMES = {
+    "en": ["January", "February", "March", "April", "May", "June", "July", "August", "September", "October",
+           "November", "December"],
+    "es": ["enero", "febrero", "marzo", "abril", "mayo", "junio", "julio", "agosto", "septiembre", "octubre",
+           "noviembre", "diciembre"],
+}
+
+
+def spoken_value(value: str, kind: str, language: str = "en") -> str:
+    """A collected value as a sentence says it: a date "December 5, 2026" / "5 de diciembre de 2026" (stored as
+    ISO), digits and phone numbers one by one ("5 5 5 1 2"); anything else as stored."""
+    if kind == "date":
+        try:
+            day = date.fromisoformat(value)
+        except ValueError:
+            return value
+        if language.lower().startswith("es"):
+            return f"{day.day} de {_MONTH_NAMES['es'][day.month - 1]} de {day.year}"
+        return f"{_MONTH_NAMES['en'][day.month - 1]} {day.day}, {day.year}"
+    if kind in ("digits", "phone") and re.fullmatch(r"\+?\d{1,20}", value):
+        return " ".join(value)
+    return value
+
+
 def designer_match(pattern: str, text: str) -> bool:
     """``pattern`` (written by a flow designer) matches all of ``text`` (caller data, cut to MAX_INPUT),
     within PATTERN_TIMEOUT_S; a timeout is no match."""
