@@ -55,8 +55,11 @@ def test_dtmf_menu_then_booking_collects_every_variable() -> None:
     assert adv.state.variables["date"] == "2026-12-04"
     adv = engine.answer(roundtrip(adv), "", dtmf="5551234567", today=TODAY)
     assert adv.state.step == "confirm"
-    # Said as a sentence says them; the variables stay ISO / plain digits (for branches, webhooks, the dialplan).
-    assert "I have Maria Lopez, on December 4, 2026, phone 5 5 5 1 2 3 4 5 6 7" in adv.says()[0]
+    assert "I have Maria Lopez, on 2026-12-04, phone 5551234567" in adv.says()[0]  # a message: as stored
+    # On a call the values are said as a sentence says them; the variables stay ISO / plain digits.
+    on_call = roundtrip(adv)
+    on_call.variables["channel"] = "voice"
+    assert "I have Maria Lopez, on December 4, 2026, phone 5 5 5 1 2 3 4 5 6 7" in engine.no_input(on_call).says()[0]
     assert adv.state.variables["phone"] == "5551234567"
     adv = engine.answer(roundtrip(adv), "Yes, that's right.", today=TODAY)
     assert adv.state.ended and adv.state.result == "booked"

@@ -75,7 +75,7 @@ def test_a_spanish_agents_flow_apologises_in_spanish_unless_the_designer_wrote_t
              {"id": "fin", "say": "Perfecto, el {dia}.", "end": "booked"}]
     spec = parse_flow("cita", steps)
     spanish = FlowEngine(spec, "citas", language="es")
-    state = spanish.start().state
+    state = spanish.start({"channel": "voice"}).state
     assert spanish.no_input(state).says()[0].startswith(phrase("flow_no_input", "es"))
     assert spanish.answer(state, "plátanos", today=TODAY).says()[0].startswith(phrase("flow_no_match", "es"))
     done = spanish.answer(state, "el cinco de diciembre", today=TODAY)

@@ -136,8 +136,11 @@ class FlowEngine:
         """What each collected variable is, so a sentence says it as spoken (a date, a phone number)."""
 
     def say_text(self, text: str, variables: dict[str, str]) -> str:
-        """``text`` with ``{var}`` filled as a sentence says it: "el {dia}" -> "el 5 de diciembre de 2026" (the
-        variable itself stays ISO, for branches, webhooks and the dialplan)."""
+        """``text`` with ``{var}`` filled; on a call as a sentence says it: "el {dia}" -> "el 5 de diciembre de
+        2026", a phone number digit by digit (the variable itself stays ISO, for branches, webhooks and the
+        dialplan; a written message shows the value as stored)."""
+        if variables.get("channel") != "voice":
+            return fill(text, variables)
         spoken = {k: values.spoken_value(v, self._kinds.get(k, ""), self.language) for k, v in variables.items()}
         return fill(text, spoken)
 
