@@ -31,6 +31,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.latency import QUESTIONS
 from bench.stats import summary
 from voicebot.audio import Audio, read_wav, voiced_regions, write_wav
 
@@ -46,12 +47,7 @@ SPANISH_QUESTIONS = [
     "¿Hay aparcamiento para bicicletas?",
     "¿A qué hora cierran el viernes?",
 ]
-ENGLISH_QUESTIONS = [
-    "What are your opening hours on Saturday?", "How much does a flat tire repair cost?", "What is your address?",
-    "Are you open on Sunday?", "How much does it cost to rent a bike?", "What does a basic bike service cost?",
-    "What is your phone number?", "When do you open on Monday?", "Is there bike parking at the shop?",
-    "What time do you close on Friday?",
-]
+ENGLISH_QUESTIONS = QUESTIONS  # the English demo's questions, as bench/latency.py asks them
 
 
 def words(text: str) -> list[str]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -103,6 +103,18 @@ async def agent_responder(runtime: EvaRuntime) -> AsyncIterator[AgentResponder]:
     finally:
         await kb.close()
         await llm.close()
+
+
+@pytest.fixture
+def real_agent(runtime: EvaRuntime, agent_responder: AgentResponder) -> Iterator[None]:
+    """The call answered by the real agent core instead of the scripted responder, for one test."""
+    assert runtime.voice is not None
+    scripted = runtime.voice.responder
+    runtime.voice.responder = agent_responder
+    try:
+        yield
+    finally:
+        runtime.voice.responder = scripted
 
 
 @pytest.fixture(autouse=True)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -13,23 +13,11 @@ from models import Message
 from models.db import session_scope
 from tests.conftest import Caller
 from tests.voice.conftest import heard_phrase, load, transcribe
-from voicebot.pipeline.agent_responder import AgentResponder
 from voicebot.server import EvaRuntime
 from voicebot.sipcaller import Action, place_call_async
 from voicebot.stt.whisper import WhisperStt
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")  # asterisk/models marks: derived (tests/conftest.py)
-
-
-@pytest.fixture
-def real_agent(runtime: EvaRuntime, agent_responder: AgentResponder) -> Iterator[None]:
-    assert runtime.voice is not None
-    scripted = runtime.voice.responder
-    runtime.voice.responder = agent_responder
-    try:
-        yield
-    finally:
-        runtime.voice.responder = scripted
 
 
 @pytest.mark.usefixtures("real_agent")

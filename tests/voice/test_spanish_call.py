@@ -5,7 +5,6 @@ voice is installed), all through real Asterisk and a real SIP caller."""
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -18,24 +17,12 @@ from tests.conftest import Caller
 from tests.voice.conftest import heard_phrase, load
 from voicebot.agent.demo import SPANISH_AGENT, SPANISH_DID
 from voicebot.audio import Audio, resample, voiced_regions, write_wav
-from voicebot.pipeline.agent_responder import AgentResponder
 from voicebot.server import EvaRuntime
 from voicebot.sipcaller import Action, place_call_async
 from voicebot.stt.whisper import WhisperStt
 from voicebot.tts.espeak import EspeakTts
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")  # asterisk/models marks: derived (tests/conftest.py)
-
-
-@pytest.fixture
-def real_agent(runtime: EvaRuntime, agent_responder: AgentResponder) -> Iterator[None]:
-    assert runtime.voice is not None
-    scripted = runtime.voice.responder
-    runtime.voice.responder = agent_responder
-    try:
-        yield
-    finally:
-        runtime.voice.responder = scripted
 
 
 @pytest.fixture(scope="module")

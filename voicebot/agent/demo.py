@@ -89,31 +89,29 @@ def demo_seeded(engine: Engine) -> bool:
         return all(json.loads(p.read_text())["name"] in names for p in EXAMPLE_FLOWS.glob("*.json"))
 
 
+def _seed_agent(session: Session, fields: dict[str, object], did: str, description: str) -> int:
+    """A demo agent and its route, each created only when missing; returns the agent id."""
+    agent = _demo_agent(session, str(fields["name"])) or store.create_agent(session, fields)
+    assert agent.id is not None
+    try:
+        store.get_route_by_did(session, did)
+    except NotFound:
+        store.create_route(session, {"did": did, "agent_id": agent.id, "description": description})
+    return agent.id
+
+
 def seed_demo_rows(engine: Engine) -> int:
     """Create the demo agent and route ``100`` when missing; returns the agent id."""
     with session_scope(engine) as session:
-        agent = _demo_agent(session) or store.create_agent(session, DEMO_FIELDS)
-        assert agent.id is not None
-        try:
-            store.get_route_by_did(session, DEMO_DID)
-        except NotFound:
-            store.create_route(session, {"did": DEMO_DID, "agent_id": agent.id,
-                                         "description": "demo agent (created by eva setup)"})
-        _seed_example_flows(session, agent.id)
-        return agent.id
+        agent_id = _seed_agent(session, DEMO_FIELDS, DEMO_DID, "demo agent (created by eva setup)")
+        _seed_example_flows(session, agent_id)
+        return agent_id
 
 
 def seed_spanish_demo_rows(engine: Engine) -> int:
     """Create the Spanish demo agent and route ``101`` when missing; returns the agent id."""
     with session_scope(engine) as session:
-        agent = _demo_agent(session, SPANISH_AGENT) or store.create_agent(session, SPANISH_FIELDS)
-        assert agent.id is not None
-        try:
-            store.get_route_by_did(session, SPANISH_DID)
-        except NotFound:
-            store.create_route(session, {"did": SPANISH_DID, "agent_id": agent.id,
-                                         "description": "Spanish demo agent (created by eva setup)"})
-        return agent.id
+        return _seed_agent(session, SPANISH_FIELDS, SPANISH_DID, "Spanish demo agent (created by eva setup)")
 
 
 def _seed_example_flows(session: Session, agent_id: int) -> None:
