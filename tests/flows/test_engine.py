@@ -374,6 +374,26 @@ def test_the_parsers_take_any_caller_input(text: str, keys: str | None) -> None:
     collects.append(Collect(var="v", type="choice", choices={"a": ["1", "alpha"], "b": ["two words"]}))
     collects.append(Collect(var="v", type="regex", pattern=r"[0-9]{4}"))
     for collect in collects:
-        parsed = parse(collect, text, dtmf=keys, today=TODAY)
+        for language in ("en", "es"):  # a Spanish flow reads more number and date words
+            parsed = parse(collect, text, dtmf=keys, today=TODAY, language=language)
+            assert parsed.ok or parsed.problem in ("no_input", "no_match")
+            assert parsed.value is None or len(parsed.value) <= 500
+
+
+SPANISH_WORDS = ["treinta", "y", "uno", "de", "enero", "mañana", "pasado", "mil", "ciento", "quinientos", "cero",
+                 "veintidós", "el", "la", "sí", "no", "arroba", "punto", "2026", "31", "once", "dos", "may"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(words=st.lists(st.sampled_from(SPANISH_WORDS), max_size=400))
+def test_spanish_number_and_date_words_in_any_order_never_break_a_parser(words: list[str]) -> None:
+    """Long runs of the words the Spanish rules act on ("treinta y treinta y de de enero ..."): a value or a
+    problem, never an exception or an impossible date."""
+    from voicebot.flows.spec import Collect
+    from voicebot.flows.values import parse
+
+    text = " ".join(words)
+    for kind in ("number", "digits", "date", "phone", "email", "yes_no"):
+        parsed = parse(Collect(var="v", type=kind), text, today=TODAY, language="es")
         assert parsed.ok or parsed.problem in ("no_input", "no_match")
         assert parsed.value is None or len(parsed.value) <= 500
