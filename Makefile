@@ -2,6 +2,11 @@
 VENV := .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
+# Test workers.  Each is a whole private Eva (own Asterisk, data folder, port slot, servers, models), and most of a
+# call test is real-time audio rather than CPU, so one more worker than cores keeps the CPUs busy.  Capped because
+# each worker holds its own models (about 2 GB).  JOBS=0 runs everything in one process.
+JOBS ?= $(shell n=$$(nproc 2>/dev/null || echo 1); n=$$((n + 1)); [ $$n -gt 6 ] && n=6; echo $$n)
+XDIST = $(if $(filter 0,$(JOBS)),,-n $(JOBS) --dist loadfile)
 
 .PHONY: setup run test lint unit fast bench clean-data
 
@@ -16,13 +21,13 @@ lint: setup
 	@echo "== mypy"; $(VENV)/bin/mypy
 
 test: setup lint
-	@echo "== pytest"; $(PY) -m pytest $(PYTEST_ARGS)
+	@echo "== pytest ($(if $(XDIST),$(JOBS) workers,one process))"; $(PY) -m pytest $(XDIST) $(PYTEST_ARGS)
 
 # Tiers come from marks derived from the fixtures a test uses (tests/conftest.py): asterisk, models (LLM, embedder,
 # Whisper, Piper), servers (PostgreSQL, dovecot, Chroma), fuzz (hypothesis property tests).
 # unit: everything that needs neither Asterisk nor a model (servers and property tests included).
 unit: setup
-	@$(PY) -m pytest -m "not asterisk and not models" $(PYTEST_ARGS)
+	@$(PY) -m pytest $(XDIST) -m "not asterisk and not models" $(PYTEST_ARGS)
 
 # fast: the inner loop; no setup step, no Asterisk, no model, no server process, no database migration, no property
 # test, no attack replayed at scale (marked long).  A test that would do one of them without its mark fails

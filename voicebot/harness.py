@@ -47,10 +47,13 @@ def free_port_slot() -> dict[str, int]:
             "ari_port": 18088 + slot * 10,
             "ami_port": 15038 + slot * 10,
             "api_port": 18080 + slot * 10 + 1,
-            "rtp_port_start": 40000 + slot * 200,
-            "rtp_port_end": 40099 + slot * 200,
-            "media_port_start": 40100 + slot * 200,
-            "media_port_end": 40199 + slot * 200,
+            # Below Linux's ephemeral range (32768-60999): a port the kernel hands out for port 0 (a test caller's,
+            # another instance's client socket) can never be one a parallel instance's RTP is about to bind.
+            # Above `make run`'s default 20000-20999.
+            "rtp_port_start": 21000 + slot * 200,
+            "rtp_port_end": 21099 + slot * 200,
+            "media_port_start": 21100 + slot * 200,
+            "media_port_end": 21199 + slot * 200,
         }
         if (_port_free(ports["sip_port"], socket.SOCK_DGRAM) and _port_free(ports["ari_port"], socket.SOCK_STREAM)
                 and _port_free(ports["ami_port"], socket.SOCK_STREAM)

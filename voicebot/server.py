@@ -166,10 +166,10 @@ class EvaRuntime:
         await self.warm_up(llm, kb)
         core = AgentCore(self.settings, engine, llm, kb)
         self.components["core"] = core
-        await self._warm_agents(engine, core)
+        await self.warm_agents(engine, core)
         return AgentResponder(engine, core)
 
-    async def _warm_agents(self, engine: Engine, core: Any, limit: int = 20) -> None:
+    async def warm_agents(self, engine: Engine, core: Any, limit: int = 20) -> None:
         """Evaluate each routed agent's prompt prefix now (the embedded model pins it), so no first caller
         waits seconds for it.  Best effort: a failure only means that agent's first call is slower."""
         from models.db import session_scope

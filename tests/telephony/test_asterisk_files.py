@@ -178,17 +178,35 @@ def test_setup_repairs_an_image_built_under_a_private_umask(tmp_path: Path) -> N
 
 
 @pytest.mark.asterisk
-def test_asterisk_start_repairs_the_mount_parent(settings: Settings) -> None:
-    """Even without `eva setup`, starting Asterisk repairs /eva before mounting (and then boots)."""
-    mount_parent = settings.asterisk_root / "eva"
+def test_asterisk_start_repairs_the_image_before_it_mounts(settings: Settings,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Even without `eva setup`, starting Asterisk repairs the image's modes before mounting (and then boots).
+
+    What the repair does to a 0750 /eva is proven on an image of our own above
+    (`test_setup_repairs_an_image_built_under_a_private_umask`); here it is only watched, because the real image
+    is shared with every Asterisk of a parallel test run, and a 0750 /eva would cut them all off."""
+    from voicebot.asterisk import image, process
+
+    order: list[str] = []
+    real_repair, real_mount = image.repair_image_modes, Asterisk._mount
+
+    def repair(root: Path) -> None:
+        order.append("repair")
+        real_repair(root)
+
+    def mount(self: Asterisk) -> None:
+        order.append("mount")
+        real_mount(self)
+
+    monkeypatch.setattr(process, "repair_image_modes", repair)
+    monkeypatch.setattr(Asterisk, "_mount", mount)
     instance = Asterisk(settings)
     try:
-        os.chmod(mount_parent, 0o750)
         instance.start()
-        assert stat.S_IMODE(mount_parent.stat().st_mode) == 0o755
+        assert order[:2] == ["repair", "mount"], order
+        assert stat.S_IMODE((settings.asterisk_root / "eva").stat().st_mode) == 0o755
         assert instance.status().running
     finally:
-        os.chmod(mount_parent, 0o755)
         instance.stop()
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -105,10 +105,15 @@ async def agent_responder(runtime: EvaRuntime) -> AsyncIterator[AgentResponder]:
         await llm.close()
 
 
-@pytest.fixture
-def real_agent(runtime: EvaRuntime, agent_responder: AgentResponder) -> Iterator[None]:
+@pytest_asyncio.fixture(loop_scope="session")
+async def real_agent(runtime: EvaRuntime, agent_responder: AgentResponder) -> AsyncIterator[None]:
     """The call answered by the real agent core instead of the scripted responder, for one test."""
-    assert runtime.voice is not None
+    assert runtime.voice is not None and runtime.engine is not None
+    # As `eva run` does at start: every routed agent's prompt prefix is evaluated before its first caller.  Again
+    # for each test, because earlier tests in this worker may have changed an agent or pinned other prefixes;
+    # without it the caller's first turn evaluated ~300 prompt tokens (10 s on a loaded machine) and the caller
+    # hung up unanswered.  Already pinned, it evaluates nothing.
+    await runtime.warm_agents(runtime.engine, agent_responder.core)
     scripted = runtime.voice.responder
     runtime.voice.responder = agent_responder
     try:

@@ -17,11 +17,12 @@ depends_on = None
 
 
 def upgrade() -> None:
-    # Existing agents keep answering in their one language: an empty list.
-    with op.batch_alter_table("agents") as batch:
-        batch.add_column(sa.Column("languages", sa.JSON(), nullable=False, server_default=sa.text("'[]'")))
+    # Existing agents keep answering in their one language: an empty list.  A plain ADD COLUMN, not a batch
+    # rebuild: on SQLite a batch copies, drops and renames `agents`, and with foreign keys on (as Eva connects)
+    # dropping a table that routes and conversations point at fails, so every database with an agent refused the
+    # upgrade.  SQLite adds a NOT NULL column with a constant default in place, as PostgreSQL does.
+    op.add_column("agents", sa.Column("languages", sa.JSON(), nullable=False, server_default=sa.text("'[]'")))
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("agents") as batch:
-        batch.drop_column("languages")
+    op.drop_column("agents", "languages")  # SQLite >= 3.35 drops a column in place, without a rebuild
