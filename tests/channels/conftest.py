@@ -1,11 +1,10 @@
 """Fixtures of the channel tests: migrated databases with the demo agent, a scripted language model for the
-mechanics (what the agent says is beside the point there; the real embedded model answers in the end-to-end
-tests), the local Graph API server, and real mail servers: aiosmtpd (SMTP) in-process and Debian's dovecot (IMAP)
-started once per session with a private configuration."""
+mechanics, speaking Ollama's wire format (what the agent says is beside the point there; the real embedded model
+answers in the end-to-end tests), the local Graph API server, and real mail servers: aiosmtpd (SMTP) in-process
+and Debian's dovecot (IMAP) started once per session with a private configuration."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import imaplib
 import os
@@ -18,7 +17,7 @@ import tempfile
 import threading
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from email import message_from_bytes, policy
 from email.message import EmailMessage
 from pathlib import Path
@@ -31,13 +30,21 @@ from sqlalchemy.engine import Engine
 from models.db import make_engine, upgrade
 from tests.conftest import stop_process
 from tests.fakes.graph_server import FakeGraph
+from tests.fakes.ollama_server import ChatScript, FakeOllama
 from voicebot.agent.demo import seed_demo_rows
-from voicebot.llm.base import ChatMessage, Done, GenerationOptions, LanguageModel, LlmEvent, TextDelta, ToolSpec
+from voicebot.config import Settings
+from voicebot.llm.base import ChatMessage, GenerationOptions, LanguageModel, LlmEvent, ToolSpec
+from voicebot.llm.ollama import OllamaLLM
 
 
 # ---------------------------------------------------------------------------------------------- a scripted model
 class ScriptedLLM(LanguageModel):
-    """Answers ``reply(messages)`` word by word and records every request (to check memory and call counts)."""
+    """Answers ``reply(messages)`` word by word and records every request (to check memory and call counts).
+
+    The words go over Ollama's wire format: each generation starts a :class:`FakeOllama` whose answer is
+    ``reply`` of the messages it was sent, and streams it as NDJSON through the official client and Eva's
+    :class:`OllamaLLM`, so the channel code under test meets a real backend's parsing, not an in-process shortcut.
+    ``supports_tools`` stays False: what these tests script is text."""
 
     name = "scripted"
     supports_tools = False
@@ -52,16 +59,28 @@ class ScriptedLLM(LanguageModel):
     def default_model(self) -> str:
         return "scripted"
 
+    def _answer(self, body: dict[str, Any]) -> ChatScript:
+        sent = [ChatMessage(m["role"], str(m.get("content", ""))) for m in body["messages"]]
+        words = tuple(re.findall(r"\S+\s*", self.reply(sent)))
+        return ChatScript(chunks=words, delay=self.delay,
+                          prompt_eval_count=sum(len(m.content.split()) for m in sent))
+
     async def stream(self, messages: Sequence[ChatMessage], *, tools: Sequence[ToolSpec] = (),
                      knowledge: Sequence[str] = (),
                      options: GenerationOptions | None = None) -> AsyncGenerator[LlmEvent, None]:
         self.calls.append(list(messages))
-        pieces = re.findall(r"\S+\s*", self.reply(messages))
-        for piece in pieces:
-            if self.delay:
-                await asyncio.sleep(self.delay)
-            yield TextDelta(piece)
-        yield Done("stop", prompt_tokens=sum(len(m.content.split()) for m in messages), completion_tokens=len(pieces))
+        wire_options = replace(options or GenerationOptions(), model="llama3.2")
+        fake = FakeOllama(reply=self._answer)
+        await fake.start()
+        client = OllamaLLM(Settings(), url=fake.url, model="llama3.2", timeout=30)
+        try:
+            async with contextlib.aclosing(client.stream(messages, knowledge=knowledge,
+                                                         options=wire_options)) as events:
+                async for event in events:
+                    yield event
+        finally:
+            await client.close()
+            await fake.stop()
 
     async def list_models(self) -> list[str]:
         return ["scripted"]

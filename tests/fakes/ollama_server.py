@@ -85,7 +85,8 @@ class FakeOllama:
         app.router.add_post("/api/chat", self._chat)
         app.router.add_get("/api/tags", self._tags)
         app.router.add_post("/api/embed", self._embed)
-        self._runner = web.AppRunner(app, access_log=None)
+        # A stream the client left mid-way must not hold stop() for aiohttp's default 60 s grace period.
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
         await site.start()
