@@ -3,10 +3,12 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 # Test workers.  Each is a whole private Eva (own Asterisk, data folder, port slot, servers, models), and most of a
-# call test is real-time audio rather than CPU, so one more worker than cores keeps the CPUs busy.  Capped because
-# each worker holds its own models (about 2 GB).  JOBS=0 runs everything in one process.
-JOBS ?= $(shell n=$$(nproc 2>/dev/null || echo 1); n=$$((n + 1)); [ $$n -gt 6 ] && n=6; echo $$n)
-XDIST = $(if $(filter 0,$(JOBS)),,-n $(JOBS) --dist loadfile)
+# call test is real-time audio rather than CPU, so one more worker than cores keeps the CPUs busy.  Capped at 6, and
+# by memory (each worker holds about 2.5 GB of models).  Worked out once; JOBS=0 (or empty) runs one process.
+ifneq ($(origin JOBS),command line)
+JOBS := $(shell n=$$(nproc 2>/dev/null || echo 1); m=$$(awk '/^MemAvailable:/ {print int($$2 / 2500000)}' /proc/meminfo 2>/dev/null); n=$$((n + 1)); [ $$n -gt 6 ] && n=6; [ -n "$$m" ] && [ $$n -gt $$m ] && n=$$m; [ $$n -lt 1 ] && n=1; echo $$n)
+endif
+XDIST = $(if $(filter-out 0,$(strip $(JOBS))),-n $(strip $(JOBS)) --dist loadfile)
 
 .PHONY: setup run test lint unit fast bench clean-data
 

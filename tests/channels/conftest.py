@@ -71,16 +71,21 @@ class ScriptedLLM(LanguageModel):
         self.calls.append(list(messages))
         wire_options = replace(options or GenerationOptions(), model="llama3.2")
         fake = FakeOllama(reply=self._answer)
-        await fake.start()
-        client = OllamaLLM(Settings(), url=fake.url, model="llama3.2", timeout=30)
+        client: OllamaLLM | None = None
         try:
+            await fake.start()
+            client = OllamaLLM(Settings(), url=fake.url, model="llama3.2", timeout=30)
             async with contextlib.aclosing(client.stream(messages, knowledge=knowledge,
                                                          options=wire_options)) as events:
                 async for event in events:
                     yield event
         finally:
-            await client.close()
-            await fake.stop()
+            if client is not None:
+                await client.close()
+            # Inside a cancelled generation aiohttp's shutdown may time out instead: the cancellation is what must
+            # travel on, not a TimeoutError the agent would take for a slow model.
+            with contextlib.suppress(Exception):
+                await fake.stop()
 
     async def list_models(self) -> list[str]:
         return ["scripted"]

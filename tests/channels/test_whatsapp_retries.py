@@ -4,6 +4,7 @@ failure becomes ``failed`` after ``max_attempts``, and ``concurrency`` bounds th
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncGenerator, Sequence
 from pathlib import Path
 
@@ -69,8 +70,10 @@ class CountingLLM(ScriptedLLM):
         self.running += 1
         self.most = max(self.most, self.running)
         try:
-            async for event in super().stream(messages, tools=tools, knowledge=knowledge, options=options):
-                yield event
+            async with contextlib.aclosing(super().stream(messages, tools=tools, knowledge=knowledge,
+                                                          options=options)) as events:
+                async for event in events:
+                    yield event
         finally:
             self.running -= 1
 

@@ -7,9 +7,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from sqlmodel import select
+from sqlmodel import col, select
 
-from models import CallTurn, Message
+from models import Call, CallTurn, Message
 from models.db import session_scope
 from tests.conftest import Caller
 from tests.voice.conftest import heard_phrase, load, transcribe
@@ -40,7 +40,9 @@ async def test_caller_hears_the_greeting_and_an_answer_from_the_knowledge_base(
         assert all(c["document_id"] and c["chunk_id"] for c in reply.citations), reply.citations
         # The agent's prefix (persona, guidance, its small knowledge) was evaluated at start, as `eva run` does:
         # the caller's turn evaluated only its own words, not the 300-odd tokens before them.
-        turn = session.exec(select(CallTurn).where(CallTurn.kind == "speech")
-                            .order_by(CallTurn.id.desc())).first()  # type: ignore[union-attr]
+        call = session.exec(select(Call).order_by(Call.id.desc())).first()  # type: ignore[union-attr]
+        assert call is not None
+        turn = session.exec(select(CallTurn).where(CallTurn.call_id == call.id, CallTurn.kind == "speech")
+                            .order_by(col(CallTurn.index))).first()  # this call's first caller turn
         assert turn is not None and turn.user_text and turn.prompt_tokens_evaluated is not None, turn
         assert turn.prompt_tokens_evaluated <= 40, turn
