@@ -7,12 +7,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from sqlmodel import col, select
+from sqlmodel import select
 
-from models import Call, CallTurn, Message
+from models import Message
 from models.db import session_scope
 from tests.conftest import Caller
 from tests.voice.conftest import heard_phrase, load, transcribe
+from tests.voice.test_call_mechanics import _call_row
 from voicebot.server import EvaRuntime
 from voicebot.sipcaller import Action, place_call_async
 from voicebot.stt.whisper import WhisperStt
@@ -38,11 +39,9 @@ async def test_caller_hears_the_greeting_and_an_answer_from_the_knowledge_base(
         # The demo document, by its title (every citation names some document: that alone proves nothing).
         assert any(c["title"] == "Sunny Side Bike Shop facts" for c in reply.citations), reply.citations
         assert all(c["document_id"] and c["chunk_id"] for c in reply.citations), reply.citations
-        # The agent's prefix (persona, guidance, its small knowledge) was evaluated at start, as `eva run` does:
-        # the caller's turn evaluated only its own words, not the 300-odd tokens before them.
-        call = session.exec(select(Call).order_by(Call.id.desc())).first()  # type: ignore[union-attr]
-        assert call is not None
-        turn = session.exec(select(CallTurn).where(CallTurn.call_id == call.id, CallTurn.kind == "speech")
-                            .order_by(col(CallTurn.index))).first()  # this call's first caller turn
-        assert turn is not None and turn.user_text and turn.prompt_tokens_evaluated is not None, turn
-        assert turn.prompt_tokens_evaluated <= 40, turn
+    # The agent's prefix (persona, guidance, its small knowledge) was evaluated at start, as `eva run` does: this
+    # call's first caller turn evaluated only its own words, not the 300-odd tokens before them.
+    _call, turns = _call_row(runtime)
+    turn = next((t for t in turns if t.kind == "speech"), None)
+    assert turn is not None and turn.user_text and turn.prompt_tokens_evaluated is not None, turns
+    assert turn.prompt_tokens_evaluated <= 40, turn
