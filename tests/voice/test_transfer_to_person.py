@@ -55,8 +55,9 @@ async def test_a_question_then_put_me_through_to_a_person_rings_the_operator(
     assert result.connected, result
     heard = transcribe(whisper, load(result.record_path)).lower()
     assert re.search(r"\b15\b|fifteen", heard), heard  # the answer from the demo knowledge
-    # transferred, and it rang
-    assert heard_phrase(heard, "put you through") and heard_phrase(heard, "operator test line"), heard
+    # Told where it is going, and it rang there.  The target's name is the check, not the verb: Whisper has
+    # written "put you through to the front desk" as "put you to the front desk" (CI, 2026-12-02).
+    assert heard_phrase(heard, "the front desk") and heard_phrase(heard, "operator test line"), heard
     assert runtime.engine is not None
     with session_scope(runtime.engine) as session:
         call = session.exec(select(Call).order_by(col(Call.id).desc())).first()
