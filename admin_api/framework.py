@@ -63,6 +63,9 @@ _STATUS_PHRASES = {
 }
 
 SERVICES_KEY: web.AppKey[Services] = web.AppKey("eva_services")
+CORS_HEADERS_KEY: web.RequestKey[dict[str, str]] = web.RequestKey("eva_cors_headers", dict[str, str])
+"""Request key: the CORS headers this request's response gets.  A streamed response sends its headers before
+the handler returns, so it must add these itself (``request.get(CORS_HEADERS_KEY)``)."""
 
 
 @dataclass
@@ -426,6 +429,8 @@ def cors_middleware(origins: str) -> Callable[..., Awaitable[web.StreamResponse]
     ) -> web.StreamResponse:
         origin = request.headers.get("Origin", "")
         permitted = bool(origin) and (any_origin or origin in allowed)
+        granted = {"Access-Control-Allow-Origin": origin, "Vary": "Origin",
+                   "Access-Control-Expose-Headers": "Content-Range, Retry-After"} if permitted else {}
         if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
             if not permitted:
                 return error_response(403, "cors_forbidden", "this origin is not allowed")
@@ -438,11 +443,10 @@ def cors_middleware(origins: str) -> Callable[..., Awaitable[web.StreamResponse]
                 },
             )
         else:
+            request[CORS_HEADERS_KEY] = granted
             response = await handler(request)
-        if permitted:
-            response.headers["Access-Control-Allow-Origin"] = origin
-            response.headers["Vary"] = "Origin"
-            response.headers["Access-Control-Expose-Headers"] = "Content-Range, Retry-After"
+        if granted and not response.prepared:
+            response.headers.update(granted)
         return response
 
     return cors

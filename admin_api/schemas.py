@@ -24,6 +24,10 @@ TransferName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9
 Extension = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9*#+][A-Za-z0-9*#+_.-]{0,39}$")]
 """A plain dialplan extension in ``eva-inbound`` (no pattern: it cannot start with ``_``)."""
 TransferTargets = Annotated[dict[TransferName, Extension], Field(max_length=50)]
+TriggerPhrase = Annotated[str, StringConstraints(min_length=1, max_length=100)]
+FlowTriggers = Annotated[dict[Slug, Annotated[list[TriggerPhrase], Field(min_length=1, max_length=20)]],
+                         Field(max_length=20)]
+"""Flow name → phrases that start it when a message contains one (``{"booking": ["book", "appointment"]}``)."""
 PhoneNumber = Annotated[str, StringConstraints(pattern=r"^\+?[0-9*#]{1,32}$")]
 RoleName = Literal["admin", "designer", "viewer", "pending"]
 """``pending``: signed up (open signup), no access until an admin grants a role."""
@@ -185,6 +189,9 @@ class AgentCreate(Input):
     )
     transfer_targets: TransferTargets = Field(default_factory=dict)
     """Where calls may be transferred: name → extension (e.g. ``{"sales": "201"}``); nothing else is."""
+    start_flow: Slug | None = None
+    """The flow every new conversation with this agent starts in (by name; null: none)."""
+    flow_triggers: FlowTriggers = Field(default_factory=dict)
     active: bool = True
 
 
@@ -201,6 +208,9 @@ class AgentUpdate(Input):
     greeting: Text2000 = optional()
     fallback_message: Text2000 = optional()
     transfer_targets: TransferTargets = optional()
+    start_flow: Slug | None = None
+    """A flow name, or null to start none (leaving it out keeps it)."""
+    flow_triggers: FlowTriggers = optional()
     active: bool = optional()
 
 
@@ -218,6 +228,8 @@ class AgentOut(Output):
     greeting: str
     fallback_message: str
     transfer_targets: dict[str, str]
+    start_flow: str | None
+    flow_triggers: dict[str, list[str]]
     active: bool
     created_at: Timestamp
     updated_at: Timestamp

@@ -24,6 +24,7 @@ from voicebot.config import Settings
 from voicebot.errors import Unavailable
 
 if TYPE_CHECKING:
+    from channels.chat.service import ChatService
     from channels.email.service import EmailService
     from channels.whatsapp.service import WhatsAppService
     from rag import KnowledgeBase
@@ -48,6 +49,7 @@ class Services:
     ami: AmiClient | None = None
     whatsapp: WhatsAppService | None = None
     email: EmailService | None = None
+    chat: ChatService | None = None
     asterisk_process: Any = None
     """The local Asterisk's supervisor (``snapshot()`` → state, restarts) when ``eva run`` manages Asterisk."""
     started: float = field(default_factory=time.monotonic)
@@ -84,6 +86,12 @@ class Services:
         if self.email is None:
             raise Unavailable("the e-mail channel is not running in this process", code="email_unavailable")
         return self.email
+
+    def need_chat(self) -> ChatService:
+        if self.chat is None:
+            raise Unavailable("no language model is configured in this process, so chat cannot answer",
+                              code="llm_unavailable")
+        return self.chat
 
     def need_calls(self) -> CallControl:
         if self.call_control is None:

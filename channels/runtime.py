@@ -1,9 +1,10 @@
 """The text channels of one Eva process, started by ``eva run`` (``voicebot.server.EvaRuntime``).
 
-Both services always exist (so the admin API can say exactly which setting is missing); the background work
-starts only where it is configured: the WhatsApp retry sweeper when a WhatsApp token or app secret is set, the
-IMAP poller when ``EVA_IMAP_HOST`` is set.  They share one :class:`ConversationFlows`, so a flow running on
-either channel can send a message on the other (``send_message`` actions).
+The chat channel needs no background work (the admin API serves it).  WhatsApp and e-mail always exist (so
+the admin API can say exactly which setting is missing); the background work starts only where it is
+configured: the WhatsApp retry sweeper when a WhatsApp token or app secret is set, the IMAP poller when
+``EVA_IMAP_HOST`` is set.  All three share one :class:`ConversationFlows`, so a flow running on any of them can
+send a message on WhatsApp or e-mail (``send_message`` actions).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 
 from sqlalchemy.engine import Engine
 
+from channels.chat.service import ChatService
 from channels.email.service import FLOW_MESSAGE_SUBJECT, EmailService
 from channels.whatsapp.service import WhatsAppService
 from voicebot.agent.core import AgentCore
@@ -26,6 +28,7 @@ log = logging.getLogger(__name__)
 class Channels:
     whatsapp: WhatsAppService
     email: EmailService
+    chat: ChatService
 
     async def close(self) -> None:
         """Stop taking messages; finish (or leave pending/unseen) what is in hand."""
@@ -55,4 +58,4 @@ async def start_channels(settings: Settings, engine: Engine, core: AgentCore | N
         await email.start()
         log.info("e-mail channel polling %s every %gs (agent %r)", settings.imap_host, email.poll_interval,
                  settings.email_agent)
-    return Channels(whatsapp, email)
+    return Channels(whatsapp, email, ChatService(engine, core, flows))

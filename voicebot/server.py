@@ -230,6 +230,7 @@ class EvaRuntime:
         app = create_app(self.settings, engine, kb=self.components.get("kb"),
                          call_control=AriCallControl(self.voice.ari), llm=self.components.get("llm"),
                          whatsapp=channels.whatsapp if channels else None, email=channels.email if channels else None,
+                         chat=channels.chat if channels else None,
                          asterisk_supervisor=self.components.get("asterisk_supervisor"))
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()

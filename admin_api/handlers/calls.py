@@ -14,7 +14,7 @@ from sqlmodel import Session, col, select
 
 from admin_api.control import OriginateRequest
 from admin_api.framework import ApiRouter, Ctx
-from admin_api.handlers.common import aware_utc, flow_runs_of, get_row
+from admin_api.handlers.common import aware_utc, flow_runs_of, get_row, message_page, paginate
 from admin_api.schemas import (
     CallDetail,
     CallOut,
@@ -27,14 +27,13 @@ from admin_api.schemas import (
     ConversationQuery,
     FlowRunOut,
     LiveCallOut,
-    MessageOut,
     MessagePage,
     OutgoingCall,
     OutgoingCallOut,
     Pagination,
 )
 from admin_api.trunks import endpoint_name
-from models import Call, CallTurn, Conversation, Message
+from models import Call, CallTurn, Conversation
 from voicebot.asterisk.files import open_below
 from voicebot.asterisk.render import instance_path
 from voicebot.errors import Conflict, InvalidInput, NotFound
@@ -268,15 +267,8 @@ async def list_conversations(ctx: Ctx, query: ConversationQuery) -> Conversation
             conditions.append(col(Conversation.agent_id) == query.agent_id)
         if query.contact_id is not None:
             conditions.append(col(Conversation.contact_id) == query.contact_id)
-        rows = session.exec(
-            select(Conversation)
-            .where(*conditions)
-            .order_by(col(Conversation.updated_at).desc(), col(Conversation.id).desc())
-            .offset(query.offset)
-            .limit(query.limit)
-        ).all()
-        total = session.exec(select(func.count()).select_from(Conversation).where(*conditions)).one()
-        return list(rows), int(total)
+        return paginate(session, select(Conversation).where(*conditions)
+                        .order_by(col(Conversation.updated_at).desc(), col(Conversation.id).desc()), query)
 
     rows, total = await ctx.services.db(load)
     return ConversationPage(
@@ -310,23 +302,4 @@ async def get_conversation(ctx: Ctx, conversation_id: int) -> ConversationDetail
 )
 async def list_messages(ctx: Ctx, conversation_id: int, query: Pagination) -> MessagePage:
     await get_row(ctx, Conversation, conversation_id, "conversation")
-
-    def load(session: Session) -> tuple[list[Message], int]:
-        condition = col(Message.conversation_id) == conversation_id
-        rows = session.exec(
-            select(Message)
-            .where(condition)
-            .order_by(col(Message.created_at), col(Message.id))
-            .offset(query.offset)
-            .limit(query.limit)
-        ).all()
-        total = session.exec(select(func.count()).select_from(Message).where(condition)).one()
-        return list(rows), int(total)
-
-    rows, total = await ctx.services.db(load)
-    return MessagePage(
-        items=[MessageOut.model_validate(r) for r in rows],
-        total=total,
-        limit=query.limit,
-        offset=query.offset,
-    )
+    return await message_page(ctx, conversation_id, query)

@@ -5,10 +5,13 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import TypeVar
 
+from sqlalchemy import func
 from sqlmodel import Session, SQLModel, col, select
+from sqlmodel.sql.expression import SelectOfScalar
 
 from admin_api.framework import Ctx
-from models import FlowRun
+from admin_api.schemas import MessageOut, MessagePage, Pagination
+from models import FlowRun, Message
 from voicebot.errors import NotFound
 
 M = TypeVar("M", bound=SQLModel)
@@ -24,6 +27,26 @@ async def get_row(ctx: Ctx, model: type[M], row_id: int, what: str) -> M:
     if row is None:
         raise NotFound(f"{what} {row_id} does not exist", field=f"{what}_id")
     return row
+
+
+def paginate(session: Session, query: SelectOfScalar[M], page: Pagination) -> tuple[list[M], int]:
+    """One page of ``query`` (already ordered) and the number of rows the whole query matches."""
+    total = session.exec(select(func.count()).select_from(query.order_by(None).subquery())).one()
+    rows = session.exec(query.offset(page.offset).limit(page.limit)).all()
+    return list(rows), int(total)
+
+
+async def message_page(ctx: Ctx, conversation_id: int, page: Pagination) -> MessagePage:
+    """A conversation's messages, oldest first (the conversation is known to exist)."""
+
+    def load(session: Session) -> tuple[list[Message], int]:
+        query = (select(Message).where(col(Message.conversation_id) == conversation_id)
+                 .order_by(col(Message.created_at), col(Message.id)))
+        return paginate(session, query, page)
+
+    rows, total = await ctx.services.db(load)
+    return MessagePage(items=[MessageOut.model_validate(r) for r in rows], total=total, limit=page.limit,
+                       offset=page.offset)
 
 
 def aware_utc(value: datetime) -> datetime:

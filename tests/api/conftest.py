@@ -88,10 +88,20 @@ class Api:
         return response.status, await response.text()
 
 
+class ServedAsEvaServes(TestServer):
+    """aiohttp's test server with the server settings ``eva run`` uses.  The test server cancels a handler when its
+    client disconnects; Eva's ``web.AppRunner`` does not (aiohttp's default), so code that must notice a client
+    leaving (a streamed reply) is tested as it runs in production."""
+
+    async def _make_runner(self, **kwargs: Any) -> web.BaseRunner:
+        kwargs["handler_cancellation"] = False
+        return await super()._make_runner(**kwargs)
+
+
 async def start_api(settings: Settings, engine: Engine, **kwargs: Any) -> Api:
     users, keys = seed_principals(engine)
     app = create_app(settings, engine, **kwargs)
-    client: TestClient[web.Request, web.Application] = TestClient(TestServer(app, host="127.0.0.1", port=0))
+    client: TestClient[web.Request, web.Application] = TestClient(ServedAsEvaServes(app, host="127.0.0.1", port=0))
     await client.start_server()
     api = Api(client=client, settings=settings, engine=engine, users=users, keys=keys)
     for role in ROLES:

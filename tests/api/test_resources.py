@@ -100,6 +100,28 @@ async def test_patch_null_is_refused_and_changes_nothing(api: Api) -> None:
     assert (await api.call("GET", f"/api/v1/agents/{agent['id']}", role="viewer"))[1]["greeting"] == agent["greeting"]
 
 
+async def test_agents_start_flows_by_name(api_db: Api) -> None:
+    api = api_db
+    _, flow = await api.call("POST", "/api/v1/flows", role="designer", json={
+        "name": "booking", "start_step": "ask", "steps": [{"id": "ask", "say": "Which day?"}]})
+    status, agent = await api.call("POST", "/api/v1/agents", role="designer", json={
+        "name": "frontdesk", "flow_triggers": {"booking": ["book", "an appointment"]}})
+    assert (status, agent["flow_triggers"], agent["start_flow"]) == (201, {"booking": ["book", "an appointment"]},
+                                                                      None), agent
+    path = f"/api/v1/agents/{agent['id']}"
+    status, changed = await api.call("PATCH", path, role="designer", json={"start_flow": "booking"})
+    assert (status, changed["start_flow"], changed["flow_triggers"]) == (200, "booking", agent["flow_triggers"])
+    for body, field in (({"start_flow": "bookin"}, "start_flow"),
+                        ({"flow_triggers": {"nope": ["x"]}}, "flow_triggers.nope"),
+                        ({"flow_triggers": {"booking": []}}, "flow_triggers.booking"),
+                        ({"flow_triggers": {"booking": ["x" * 101]}}, "flow_triggers.booking.0")):
+        status, error = await api.call("PATCH", path, role="designer", json=body)
+        assert (status, _error(error)["field"]) == (422, field), body
+    status, cleared = await api.call("PATCH", path, role="designer", json={"start_flow": None})
+    assert (status, cleared["start_flow"]) == (200, None)
+    assert flow["name"] == "booking"
+
+
 async def test_routes_point_at_agents_or_flows(api_db: Api) -> None:
     api = api_db
     _, agent = await api.call("POST", "/api/v1/agents", json={"name": "support"})

@@ -62,6 +62,12 @@ EXPECTED: dict[tuple[str, str], str | None] = {
     ("GET", "/api/v1/whatsapp/webhook"): P, ("POST", "/api/v1/whatsapp/webhook"): P,
     ("POST", "/api/v1/whatsapp/send-message"): D, ("GET", "/api/v1/whatsapp/conversations"): V,
     ("POST", "/api/v1/email/send"): D, ("POST", "/api/v1/email/chat"): D, ("GET", "/api/v1/email/conversations"): V,
+    # chat: viewers read sessions; a reply costs model time and writes messages, so it is a designer's (an API key)
+    ("POST", "/api/v1/chat/sessions"): D, ("GET", "/api/v1/chat/sessions"): V,
+    ("GET", "/api/v1/chat/sessions/{session_id}"): V, ("GET", "/api/v1/chat/sessions/{session_id}/messages"): V,
+    ("POST", "/api/v1/chat/sessions/{session_id}/messages"): D,
+    ("POST", "/api/v1/chat/sessions/{session_id}/stream"): D,
+    ("POST", "/api/v1/agents/{agent_id}/chat/stream"): D, ("POST", "/api/v1/agents/ollama/{agent_id}/chat/stream"): D,
 }
 NOT_FOR_API_KEYS = {("POST", "/api/v1/auth/password")}
 """A machine key has no password to change (403 by design, covered in test_auth)."""
@@ -72,7 +78,8 @@ def _concrete(path: str) -> str:
     return (path.replace("{name}", "no-such-dialplan")
             .replace("{user_id}", "999999").replace("{key_id}", "999999").replace("{agent_id}", "999999")
             .replace("{route_id}", "999999").replace("{document_id}", "999999").replace("{call_id}", "999999")
-            .replace("{conversation_id}", "999999").replace("{trunk_id}", "999999").replace("{flow_id}", "999999"))
+            .replace("{conversation_id}", "999999").replace("{trunk_id}", "999999").replace("{flow_id}", "999999")
+            .replace("{session_id}", "999999"))
 
 
 def _served(api: Api) -> dict[tuple[str, str], str | None]:

@@ -34,7 +34,8 @@ T = TypeVar("T")
 
 AGENT_FIELDS = frozenset({
     "name", "description", "persona", "language", "languages", "voice", "llm_model", "temperature", "max_tokens",
-    "greeting", "fallback_message", "dtmf_terminator", "dtmf_timeout_ms", "transfer_targets", "active",
+    "greeting", "fallback_message", "dtmf_terminator", "dtmf_timeout_ms", "transfer_targets", "start_flow",
+    "flow_triggers", "active",
 })
 """Fields a caller may set on an agent (ids and timestamps are ours)."""
 
@@ -139,12 +140,22 @@ def get_agent_by_name(session: Session, name: str) -> Agent:
     return agent
 
 
+def _check_flows(session: Session, data: Mapping[str, Any]) -> None:
+    """``start_flow`` and the ``flow_triggers`` keys name flows that exist (a typo would silently start none)."""
+    named = [("start_flow", data["start_flow"])] if data.get("start_flow") else []
+    named += [(f"flow_triggers.{name}", name) for name in (data.get("flow_triggers") or {})]
+    for field, name in named:
+        if session.exec(select(Flow.id).where(Flow.name == name)).first() is None:
+            raise InvalidInput(f"there is no flow named {name!r}", field=field)
+
+
 def create_agent(session: Session, data: Mapping[str, Any]) -> Agent:
     _check_keys(data, AGENT_FIELDS)
     if "name" not in data:
         raise InvalidInput("name is required", field="name")
     _check_name(data["name"])
     _check_languages(data)
+    _check_flows(session, data)
     try:
         agent = Agent.model_validate(dict(data))
     except ValidationError as exc:
@@ -162,6 +173,7 @@ def create_agent(session: Session, data: Mapping[str, Any]) -> Agent:
 def update_agent(session: Session, agent_id: int, changes: Mapping[str, Any]) -> Agent:
     _check_keys(changes, AGENT_FIELDS)
     _check_languages(changes)
+    _check_flows(session, changes)
     agent = get_agent(session, agent_id)
     if "name" in changes:
         _check_name(changes["name"])
