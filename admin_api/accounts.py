@@ -19,7 +19,7 @@ from sqlmodel import Session, col, select
 
 from admin_api.passwords import DEFAULT_ROUNDS, hash_password, new_api_key
 from models import ApiKey, RefreshToken, User, utcnow
-from models.users import ROLE_RANK, ROLES
+from models.users import KEY_ONLY_ROLES, ROLE_RANK, ROLES, rank_to_hold
 from voicebot.errors import Conflict, InvalidInput, NotFound
 
 _USERNAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]{2,79}")
@@ -222,12 +222,13 @@ def create_api_key(
     name = name.strip()
     if not 1 <= len(name) <= 120:
         raise InvalidInput("name must be 1-120 characters", field="name")
-    check_role(role)
+    if role not in KEY_ONLY_ROLES:
+        check_role(role)
     if role == "pending":
         raise InvalidInput("an API key needs a role that can do something", field="role")
     if owner_id is not None:
         owner = get_user(session, owner_id)
-        if ROLE_RANK.get(owner.role, -1) < ROLE_RANK[role]:
+        if ROLE_RANK.get(owner.role, -1) < rank_to_hold(role):
             raise InvalidInput(f"you cannot make a key with more rights than your own ({owner.role})", field="role")
     key, prefix, digest = new_api_key()
     row = ApiKey(name=name, prefix=prefix, key_hash=digest, role=role, owner_id=owner_id, expires_at=expires_at)

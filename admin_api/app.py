@@ -52,7 +52,7 @@ MAX_JSON_BODY = 2 * 1024 * 1024
 
 
 def routers(settings: Settings) -> list[ApiRouter]:
-    from admin_api.handlers import agents, auth, calls, channels, chat, knowledge, system, telephony
+    from admin_api.handlers import agents, auth, calls, channels, chat, contacts, knowledge, system, telephony
 
     mounted = [
         system.router,
@@ -69,6 +69,8 @@ def routers(settings: Settings) -> list[ApiRouter]:
         channels.whatsapp,
         channels.email,
         chat.router,
+        contacts.router,
+        contacts.audit_router,
     ]
     if settings.open_signup:
         mounted.append(auth.signup_router)

@@ -54,7 +54,7 @@ from admin_api.passwords import (
 )
 from models import ApiKey, KnownLoginAddress, RefreshToken, RevokedAccessToken, User, utcnow
 from models.db import session_scope
-from models.users import ROLE_RANK
+from models.users import KEY_ONLY_ROLES, ROLE_RANK, rank_to_hold
 from voicebot.config import Settings
 from voicebot.errors import AuthError, ConfigError, Forbidden, RateLimited, TokenReused
 
@@ -83,6 +83,10 @@ class Principal:
     token_expires_at: float = 0.0
 
     def has_role(self, role: str) -> bool:
+        if self.role in KEY_ONLY_ROLES:  # a scoped key reaches only the endpoints of its own role
+            return role == self.role
+        if role in KEY_ONLY_ROLES:  # and every user or key at least as strong as the scope's owner may too
+            return ROLE_RANK.get(self.role, -1) >= rank_to_hold(role)
         return ROLE_RANK.get(self.role, -1) >= ROLE_RANK[role]
 
 
@@ -746,7 +750,7 @@ class AuthService:
                     # A key never outranks the user who made it: demoting, deactivating or deleting that
                     # user ends every key of a higher role at once.
                     owner = session.get(User, row.owner_id)
-                    if owner is None or not owner.active or ROLE_RANK.get(owner.role, -1) < ROLE_RANK[row.role]:
+                    if owner is None or not owner.active or ROLE_RANK.get(owner.role, -1) < rank_to_hold(row.role):
                         return None
                 assert row.id is not None
                 if now - self._key_touched.get(row.id, -math.inf) > API_KEY_TOUCH_INTERVAL:

@@ -153,7 +153,8 @@ def build_openapi(
             "version": version,
             "description": 'Eva\'s admin API. Errors are always {"error": {"code", "message", '
             '"field"}}. Roles: viewer < designer < admin (x-eva-role names the least '
-            "role an operation needs).",
+            "role an operation needs); chat is an API-key role that reaches only the operations marked chat "
+            "(designers and admins reach them too).",
         },
         "paths": paths,
         "components": {

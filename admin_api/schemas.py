@@ -31,6 +31,7 @@ FlowTriggers = Annotated[dict[Slug, Annotated[list[TriggerPhrase], Field(min_len
 PhoneNumber = Annotated[str, StringConstraints(pattern=r"^\+?[0-9*#]{1,32}$")]
 RoleName = Literal["admin", "designer", "viewer", "pending"]
 """``pending``: signed up (open signup), no access until an admin grants a role."""
+KeyRoleName = Literal["admin", "designer", "viewer", "chat"]
 Text200 = Annotated[str, StringConstraints(max_length=200)]
 Text2000 = Annotated[str, StringConstraints(max_length=2000)]
 LANGUAGE_TAG = r"^[A-Za-z]{2,3}([_-][A-Za-z0-9]{2,8})?$"
@@ -146,7 +147,8 @@ class UserUpdate(Input):
 
 class ApiKeyCreate(Input):
     name: str = Field(min_length=1, max_length=120)
-    role: RoleName = "viewer"
+    role: KeyRoleName = "viewer"
+    """``chat``: only the chat endpoints (a website backend's key; a designer may make one)."""
     expires_in_days: int | None = Field(default=None, ge=1, le=3650)
     """The key stops working after this many days (default: never).  It also stops when its owner (the
     caller) is deactivated, deleted or loses the key's role."""
@@ -156,7 +158,7 @@ class ApiKeyOut(Output):
     id: int
     name: str
     prefix: str
-    role: RoleName
+    role: KeyRoleName | Literal["pending"]
     owner_id: int | None
     """The user who made it (null: made on the host with ``eva apikey create``)."""
     expires_at: Timestamp | None

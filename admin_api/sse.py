@@ -79,6 +79,7 @@ class EventStream:
             "X-Accel-Buffering": "no",  # nginx would otherwise hold the tokens back
             **(headers or {})})
         self._lock = asyncio.Lock()
+        self._last_write = 0.0
         self.client_gone = False
 
     def _closing(self) -> bool:
@@ -96,20 +97,20 @@ class EventStream:
                 await self.response.write(chunk)
             except ConnectionError as exc:  # aiohttp's ClientConnectionResetError is one
                 raise ClientGone from exc
+            self._last_write = asyncio.get_running_loop().time()
 
     async def _watch(self) -> None:
-        idle = 0.0
+        loop = asyncio.get_running_loop()
         while not self._closing():
             await asyncio.sleep(DISCONNECT_POLL_S)
-            idle += DISCONNECT_POLL_S
-            if idle >= KEEPALIVE_S:
-                idle = 0.0
+            if loop.time() - self._last_write >= KEEPALIVE_S:  # only while nothing else was sent
                 with contextlib.suppress(ClientGone):
                     await self._write(b": keep-alive\n\n")
 
     async def run(self, producer: Callable[[Callable[[str, Any], Awaitable[None]]], Coroutine[Any, Any, None]]
                   ) -> web.StreamResponse:
         await self.response.prepare(self.request)
+        self._last_write = asyncio.get_running_loop().time()
         produce = asyncio.create_task(producer(self.send), name=f"sse-producer {self.request.path}")
         watch = asyncio.create_task(self._watch(), name=f"sse-watch {self.request.path}")
         try:
@@ -119,7 +120,9 @@ class EventStream:
             for task in (produce, watch):
                 task.cancel()
             results = await asyncio.gather(produce, watch, return_exceptions=True)
-        failure = results[0]
+        failure, watch_failure = results
+        if isinstance(watch_failure, Exception):
+            failure = watch_failure  # the watcher broke (not the client leaving): report it, not a quiet end
         if isinstance(failure, ClientGone) or (isinstance(failure, asyncio.CancelledError) and self._closing()):
             self.client_gone = True
             log.debug("SSE client left %s before the end", self.request.path)

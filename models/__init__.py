@@ -5,6 +5,7 @@ Vectors are not here: they live in Chroma (see ``rag/``).
 """
 
 from models.agents import Agent, Route
+from models.audit import AuditEvent
 from models.base import utcnow
 from models.calls import Call, CallTurn
 from models.channels import InboundMessage
@@ -18,6 +19,7 @@ from models.users import ApiKey, KnownLoginAddress, RefreshToken, RevokedAccessT
 __all__ = [
     "Agent",
     "ApiKey",
+    "AuditEvent",
     "Call",
     "CallTurn",
     "Contact",

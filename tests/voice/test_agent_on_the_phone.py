@@ -21,7 +21,7 @@ import pytest
 import pytest_asyncio
 from sqlmodel import col, select
 
-from models import Call, CallTurn, Contact, Conversation, Message
+from models import Call, CallTurn, Contact, Conversation
 from models.db import session_scope
 from tests.conftest import Caller
 from tests.fakes.ollama_server import ChatScript, FakeOllama
@@ -150,22 +150,16 @@ async def test_a_whatsapp_message_then_a_call_from_the_same_verified_number(
             voice = session.exec(select(Conversation).where(Conversation.channel == "voice",
                                                             Conversation.external_id == call.channel_id)).one()
             assert voice.contact_id == contact.id  # one contact across WhatsApp and the phone
+            assert call.conversation_id == voice.id  # the call row names its conversation
     finally:
         _forget_contact(runtime, int(contact.id or 0))
 
 
 def _forget_contact(runtime: EvaRuntime, contact_id: int) -> None:
-    """Remove what the test left of the contact (other tests of the session use the same numbers' trunk)."""
+    """Erase the contact as the admin API does (other tests of the session call from the same numbers)."""
+    from admin_api.contacts import erase
+
     assert runtime.engine is not None
     with session_scope(runtime.engine) as session:
-        conversations = list(session.exec(select(Conversation).where(Conversation.contact_id == contact_id)))
-        ids = [c.id for c in conversations]
-        for message in session.exec(select(Message).where(col(Message.conversation_id).in_(ids))):
-            session.delete(message)
-        session.flush()
-        for conversation in conversations:
-            session.delete(conversation)
-        session.flush()
-        row = session.get(Contact, contact_id)
-        if row is not None:
-            session.delete(row)
+        if session.get(Contact, contact_id) is not None:
+            erase(session, contact_id, "test")

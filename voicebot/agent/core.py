@@ -369,12 +369,18 @@ class AgentCore:
         if self.knowledge is None:
             offered = [t for t in offered if t.name != SEARCH_KNOWLEDGE.name]
 
-        opening = asyncio.to_thread(
+        opening = asyncio.ensure_future(asyncio.to_thread(
             self._transaction, _open_turn, agent_id=agent_id, contact_id=contact.id if contact else None,
             channel=channel, conversation_id=conversation_id, external_id=external_id, text=text,
-            memory_limit=self.memory_messages)
-        opened, (hits, retrieval_ms, retrieval_error) = await asyncio.gather(opening,
-                                                                             self._knowledge(agent_id, text))
+            memory_limit=self.memory_messages))
+        try:
+            # The opening is shielded: its thread commits whatever happens to this task, so a cancellation here
+            # must wait for it and close the reply it opened (else an empty, unmarked reply stays behind).
+            opened, (hits, retrieval_ms, retrieval_error) = await asyncio.gather(
+                asyncio.shield(opening), self._knowledge(agent_id, text))
+        except asyncio.CancelledError:
+            await asyncio.shield(self._close_abandoned(opening, started))
+            raise
         turn = _Turn(opened)
         turn.timings["language"] = language
         turn.timings["retrieval_ms"] = retrieval_ms
@@ -415,6 +421,15 @@ class AgentCore:
         yield ReplyDone(opened.conversation_id, opened.user_message_id, opened.assistant_message_id,
                         turn.text, tuple(turn.citations.values()), tuple(turn.tool_calls), dict(turn.timings),
                         turn.fallback, turn.error, turn.prompt_tokens, turn.completion_tokens)
+
+    async def _close_abandoned(self, opening: asyncio.Future[_Opened], started: float) -> None:
+        """The reply was cancelled while its messages were being stored: mark the stored reply cancelled."""
+        try:
+            opened = await opening
+        except Exception:  # nothing was stored, so nothing is left open
+            return
+        await asyncio.to_thread(self._transaction, _close_turn, opened.assistant_message_id,
+                                {"timings": {"cancelled": True, "total_ms": _ms_since(started)}})
 
     def _final_changes(self, turn: _Turn) -> dict[str, Any]:
         return {"text": turn.text, "timings": dict(turn.timings),

@@ -14,8 +14,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
     create = actions.add_parser("create", help="create a key (printed once; send it as X-API-Key)")
     create.add_argument("name", help="what the key is for, e.g. 'crm-sync'")
-    create.add_argument("--role", choices=("admin", "designer", "viewer"), default="viewer",
-                        help="what the key may do (default viewer: read only)")
+    create.add_argument("--role", choices=("admin", "designer", "viewer", "chat"), default="viewer",
+                        help="what the key may do (default viewer: read only; chat: only chat sessions and replies, "
+                             "for a website backend)")
     create.set_defaults(func=create_key)
 
     listing = actions.add_parser("list", help="list keys (never the keys themselves)")

@@ -1,9 +1,10 @@
 """The production :class:`~voicebot.pipeline.responder.Responder`: the shared agent core, on the voice channel.
 
 One conversation per call session (created on the first caller turn, keyed by the call row's id, so a
-channel transferred back into Eva starts a new one).  SIP caller ID is trivially spoofed, so the caller is a
-contact (one person by phone number across channels, remembered from WhatsApp or e-mail too) only when the
-call's ``caller_verified`` is set; otherwise the conversation has no contact and its memory is this call alone.
+channel transferred back into Eva starts a new one; the call row's ``conversation_id`` names it).  SIP caller
+ID is trivially spoofed, so the caller is a contact (one person by phone number across channels, remembered
+from WhatsApp or e-mail too) only when the call's ``caller_verified`` is set; otherwise the conversation has no
+contact and its memory is this call alone.
 """
 
 from __future__ import annotations
@@ -13,9 +14,11 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 
+from sqlalchemy import update
 from sqlalchemy.engine import Engine
+from sqlmodel import col
 
-from models import Agent, Contact
+from models import Agent, Call, Contact
 from models.db import session_scope
 from voicebot.agent import store
 from voicebot.agent.core import AgentCore
@@ -47,6 +50,10 @@ class AgentResponder:
                     contact = None  # anonymous or a SIP user name instead of a number
             return agent, contact
 
+    def _link(self, call_id: int, conversation_id: int) -> None:
+        with session_scope(self.engine) as session:
+            session.execute(update(Call).where(col(Call.id) == call_id).values(conversation_id=conversation_id))
+
     async def respond(self, ctx: CallContext, text: str) -> AsyncIterator[ReplyEvent]:
         agent, contact = await asyncio.to_thread(self._load, ctx)
         conversation_id = self._conversations.get(ctx.call_id)
@@ -54,6 +61,9 @@ class AgentResponder:
             conversation_id = await self.core.start_conversation(
                 ctx.agent_id, contact.id if contact else None, "voice", external_id=ctx.channel_id)
             self._conversations[ctx.call_id] = conversation_id
+            # The call row points at its conversation: the call is then found from the contact (history,
+            # erasure) and its transcript beside the messages.
+            await asyncio.to_thread(self._link, ctx.call_id, conversation_id)
         async with contextlib.aclosing(self.core.reply(agent, contact, "voice", text,
                                                        conversation_id=conversation_id)) as events:
             async for event in events:

@@ -1,0 +1,198 @@
+"""Contacts (the people Eva talks to, one row across channels): search, change, merge, and erase with every trace.
+
+Blocking functions on an open ``Session`` (the handlers run them in worker threads), plus :func:`remove_files`
+for the recordings an erase leaves to delete once its transaction has committed.
+
+Erasing a contact (a GDPR-style request) removes, in one transaction: its conversations on every channel with
+their messages, the flow runs it took part in, its calls (those linked to its conversations, and those that came
+from its phone number) with their turns, the WhatsApp inbox rows of its WhatsApp id, the e-mail receipts of its
+address, and the contact row.  An audit row records who erased which contact id and how much was removed, never
+who the person was.  Knowledge in Chroma belongs to agents, not contacts: nothing of a contact is stored there.
+
+Merging moves everything of one contact onto another (the second keeps its identifiers where it has none of
+its own) and deletes the first; also audited.  A phone number changed by hand is no longer verified: only a
+trunk that attests caller ID can vouch for one, and a verified number is what lets WhatsApp memory be shared.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import delete, func, or_, update
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, col, select
+from sqlmodel.sql.expression import SelectOfScalar
+
+from models import Call, CallTurn, Contact, Conversation, EmailReceipt, FlowRun, InboundMessage, Message
+from models.audit import AuditEvent
+from voicebot.agent.store import get_contact, normalize_email, normalize_phone, normalize_whatsapp_id
+from voicebot.errors import Conflict, InvalidInput, NotFound
+
+log = logging.getLogger(__name__)
+
+IDENTIFIERS = ("phone", "whatsapp_id", "email")
+_NORMALIZE = {"phone": normalize_phone, "whatsapp_id": normalize_whatsapp_id, "email": normalize_email}
+
+
+def search(q: str | None) -> SelectOfScalar[Contact]:
+    """Contacts whose name or any identifier contains ``q`` (case-insensitive; ``%``/``_`` are literal)."""
+    query = select(Contact)
+    if q:
+        pattern = "%" + q.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        query = query.where(or_(*(func.lower(col(getattr(Contact, name))).like(pattern, escape="\\")
+                                  for name in ("name", *IDENTIFIERS))))
+    return query.order_by(col(Contact.created_at).desc(), col(Contact.id).desc())
+
+
+def channel_counts(session: Session, contact_ids: list[int]) -> dict[int, dict[str, int]]:
+    """Per contact: how many conversations it has on each channel."""
+    if not contact_ids:
+        return {}
+    rows = session.exec(select(Conversation.contact_id, Conversation.channel, func.count())
+                        .where(col(Conversation.contact_id).in_(contact_ids))
+                        .group_by(col(Conversation.contact_id), col(Conversation.channel))).all()
+    counts: dict[int, dict[str, int]] = {}
+    for contact_id, channel, count in rows:
+        if contact_id is not None:
+            counts.setdefault(contact_id, {})[channel] = int(count)
+    return counts
+
+
+def _holder(session: Session, name: str, value: str, other_than: int) -> int | None:
+    return session.exec(select(Contact.id).where(col(getattr(Contact, name)) == value,
+                                                 col(Contact.id) != other_than)).first()
+
+
+def update_contact(session: Session, contact_id: int, changes: dict[str, Any]) -> Contact:
+    """Change name and identifiers (``None`` clears one).  Conflict when another contact holds an identifier."""
+    contact = get_contact(session, contact_id)
+    for name in IDENTIFIERS:
+        if name not in changes:
+            continue
+        value = changes[name]
+        value = _NORMALIZE[name](value) if value else None
+        if value is not None and (other := _holder(session, name, value, contact_id)) is not None:
+            raise Conflict(f"contact {other} already has this {name}; merge the two contacts instead",
+                           code="contact_identifier_taken", field=name)
+        if name == "phone" and value != contact.phone:
+            contact.phone_verified = False  # typed by a person: nothing attests it
+        setattr(contact, name, value)
+    if not (contact.phone or contact.whatsapp_id or contact.email):
+        raise InvalidInput("a contact needs a phone number, a WhatsApp id or an e-mail address", field="phone")
+    if "name" in changes:
+        contact.name = changes["name"]
+    session.add(contact)
+    try:
+        session.flush()
+    except IntegrityError as exc:  # a concurrent change took the identifier first
+        raise Conflict("another contact already has one of these identifiers", code="contact_identifier_taken"
+                       ) from exc
+    return contact
+
+
+def audit(session: Session, actor: str, action: str, subject: str, details: dict[str, Any]) -> None:
+    session.add(AuditEvent(actor=actor[:200], action=action, subject=subject, details=details))
+
+
+def merge(session: Session, into_id: int, from_id: int, actor: str) -> tuple[Contact, dict[str, int]]:
+    """Move ``from_id``'s conversations and flow runs to ``into_id``, fill identifiers ``into`` lacks, delete
+    ``from_id``.  Returns the kept contact and what moved."""
+    if into_id == from_id:
+        raise InvalidInput("a contact cannot be merged into itself", field="from_contact_id")
+    into = get_contact(session, into_id)
+    try:
+        source = get_contact(session, from_id)
+    except NotFound as exc:
+        raise InvalidInput(f"contact {from_id} does not exist", field="from_contact_id") from exc
+    moved = {
+        "conversations": _rowcount(session.execute(update(Conversation).where(col(Conversation.contact_id) == from_id)
+                                                   .values(contact_id=into_id))),
+        "flow_runs": _rowcount(session.execute(update(FlowRun).where(col(FlowRun.contact_id) == from_id)
+                                               .values(contact_id=into_id))),
+    }
+    taken: dict[str, Any] = {}
+    for name in IDENTIFIERS:
+        if getattr(into, name) is None and getattr(source, name) is not None:
+            taken[name] = getattr(source, name)
+    verified = into.phone_verified if into.phone is not None else source.phone_verified
+    if not into.name and source.name:
+        into.name = source.name
+    session.delete(source)
+    session.flush()  # the source's identifiers are free before the kept contact takes them (unique columns)
+    for name, value in taken.items():
+        setattr(into, name, value)
+    into.phone_verified = bool(into.phone) and verified
+    session.add(into)
+    session.flush()
+    audit(session, actor, "contact.merge", f"contact:{into_id}",
+          {"from_contact_id": from_id, **moved, "identifiers_taken": sorted(taken)})
+    return into, moved
+
+
+@dataclass
+class Erased:
+    contact_id: int
+    counts: dict[str, int]
+    recordings: list[str] = field(default_factory=list)
+    """Recording paths as the calls stored them (deleted from disk after the transaction commits)."""
+
+
+def erase(session: Session, contact_id: int, actor: str) -> Erased:
+    contact = get_contact(session, contact_id)
+    conversations = list(session.exec(select(Conversation.id).where(Conversation.contact_id == contact_id)).all())
+    call_conditions: list[Any] = [col(Call.conversation_id).in_(conversations)] if conversations else []
+    if contact.phone:  # caller ID as the trunk sent it: with or without the +
+        call_conditions.append(col(Call.caller).in_({contact.phone, contact.phone.removeprefix("+")}))
+    calls = [c for c in session.exec(select(Call).where(or_(*call_conditions))).all()] if call_conditions else []
+    call_ids = [c.id for c in calls if c.id is not None]
+    recordings = [c.recording_path for c in calls if c.recording_path]
+
+    runs: list[Any] = [col(FlowRun.contact_id) == contact_id]
+    if conversations:
+        runs.append(col(FlowRun.conversation_id).in_(conversations))
+    if call_ids:
+        runs.append(col(FlowRun.call_id).in_(call_ids))
+    inbox: list[Any] = [col(InboundMessage.conversation_id).in_(conversations)] if conversations else []
+    if contact.whatsapp_id:
+        inbox.append((col(InboundMessage.channel) == "whatsapp") & (col(InboundMessage.sender) == contact.whatsapp_id))
+
+    counts = {
+        "call_turns": _rowcount(session.execute(delete(CallTurn).where(col(CallTurn.call_id).in_(call_ids))))
+        if call_ids else 0,
+        "flow_runs": _rowcount(session.execute(delete(FlowRun).where(or_(*runs)))),
+        "inbound_messages": _rowcount(session.execute(delete(InboundMessage).where(or_(*inbox)))) if inbox else 0,
+        "calls": _rowcount(session.execute(delete(Call).where(col(Call.id).in_(call_ids)))) if call_ids else 0,
+        "messages": _rowcount(session.execute(delete(Message).where(col(Message.conversation_id).in_(conversations))))
+        if conversations else 0,
+        "conversations": _rowcount(session.execute(delete(Conversation).where(col(Conversation.id).in_(conversations))))
+        if conversations else 0,
+        "email_receipts": _rowcount(session.execute(delete(EmailReceipt).where(col(EmailReceipt.sender) ==
+                                                                                contact.email)))
+        if contact.email else 0,
+    }
+    session.delete(contact)
+    session.flush()
+    audit(session, actor, "contact.erase", f"contact:{contact_id}", counts)
+    return Erased(contact_id, counts, recordings)
+
+
+def remove_files(paths: list[Path]) -> int:
+    """Delete recording files (a link is removed, never followed); returns how many could not be deleted."""
+    failed = 0
+    for path in paths:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            failed += 1
+            log.error("could not delete a recording of an erased contact (%s): %s", path.name, exc)
+    return failed
+
+
+def _rowcount(result: Any) -> int:
+    return int(getattr(result, "rowcount", 0) or 0)

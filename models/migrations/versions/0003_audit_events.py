@@ -1,0 +1,36 @@
+"""audit_events: who erased or merged which contact
+
+Revision ID: 0003
+Revises: 0002
+Create Date: 2026-12-02 04:00:00
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+import sqlmodel
+from alembic import op
+
+revision = "0003"
+down_revision = "0002"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    op.create_table(
+        "audit_events",
+        sa.Column("id", sa.Integer(), primary_key=True),
+        sa.Column("at", sqlmodel.sql.sqltypes.UTCDateTime(), nullable=False),
+        sa.Column("actor", sqlmodel.sql.sqltypes.AutoString(length=200), nullable=False),
+        sa.Column("action", sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
+        sa.Column("subject", sqlmodel.sql.sqltypes.AutoString(length=200), nullable=False),
+        sa.Column("details", sa.JSON(), nullable=True),
+    )
+    op.create_index("ix_audit_events_at", "audit_events", ["at"])
+    op.create_index("ix_audit_events_action", "audit_events", ["action"])
+    op.create_index("ix_audit_events_subject", "audit_events", ["subject"])
+
+
+def downgrade() -> None:
+    op.drop_table("audit_events")
