@@ -52,7 +52,18 @@ MAX_JSON_BODY = 2 * 1024 * 1024
 
 
 def routers(settings: Settings) -> list[ApiRouter]:
-    from admin_api.handlers import agents, auth, calls, channels, chat, contacts, knowledge, system, telephony
+    from admin_api.handlers import (
+        agents,
+        analytics,
+        auth,
+        calls,
+        channels,
+        chat,
+        contacts,
+        knowledge,
+        system,
+        telephony,
+    )
 
     mounted = [
         system.router,
@@ -71,6 +82,7 @@ def routers(settings: Settings) -> list[ApiRouter]:
         chat.router,
         contacts.router,
         contacts.audit_router,
+        analytics.router,
     ]
     if settings.open_signup:
         mounted.append(auth.signup_router)

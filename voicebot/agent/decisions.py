@@ -134,6 +134,11 @@ _DONT_KNOW = re.compile(r"\b(?:do not know|don't know|dont know|not sure|no info
                         r"no puedo ayudar)\b", re.IGNORECASE)
 
 
+def says_dont_know(reply: str) -> bool:
+    """The reply says the agent could not answer (English or Spanish)."""
+    return bool(_DONT_KNOW.search(reply))
+
+
 def offer_after_unknown(reply: str, transfer_targets: Mapping[str, str],
                         offer: str = "Would you like me to put you through to a colleague?") -> str:
     """The sentence to add (``offer``, in the agent's language) when the agent could not answer and did not offer
