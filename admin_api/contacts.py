@@ -17,7 +17,6 @@ trunk that attests caller ID can vouch for one, and a verified number is what le
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,11 +29,14 @@ from sqlmodel.sql.expression import SelectOfScalar
 from models import Call, CallTurn, Contact, Conversation, EmailReceipt, FlowRun, InboundMessage, Message
 from models.audit import AuditEvent
 from voicebot.agent.store import get_contact, normalize_email, normalize_phone, normalize_whatsapp_id
+from voicebot.asterisk.files import unlink_below
 from voicebot.errors import Conflict, InvalidInput, NotFound
 
 log = logging.getLogger(__name__)
 
 IDENTIFIERS = ("phone", "whatsapp_id", "email")
+MIN_PHONE_DIGITS = 7
+"""A number this long at least is a person's; shorter ones (extensions) never match calls for an erasure."""
 _NORMALIZE = {"phone": normalize_phone, "whatsapp_id": normalize_whatsapp_id, "email": normalize_email}
 
 
@@ -141,13 +143,44 @@ class Erased:
     """Recording paths as the calls stored them (deleted from disk after the transaction commits)."""
 
 
+def _from_their_number(session: Session, phone: str, contact_id: int) -> list[Call]:
+    """Calls from the contact's number that no other contact owns: the unverified calls (no contact, memory of
+    the call alone) are theirs; a call linked to someone else (a shared or switchboard number) is not."""
+    digits = phone.removeprefix("+")
+    if len(digits) < MIN_PHONE_DIGITS:  # an extension, not a person's number
+        return []
+    found: list[Call] = []
+    owners: dict[int, int | None] = {}
+    for call in session.exec(select(Call).where(col(Call.caller).contains(digits[-MIN_PHONE_DIGITS:]))).all():
+        try:
+            same = normalize_phone(call.caller) in (phone, "+" + digits) or call.caller.strip() == digits
+        except InvalidInput:
+            same = False
+        if not same:
+            continue
+        if call.conversation_id is not None and call.conversation_id not in owners:
+            row = session.get(Conversation, call.conversation_id)
+            owners[call.conversation_id] = row.contact_id if row is not None else None
+        owner = owners.get(call.conversation_id) if call.conversation_id is not None else None
+        if owner is None or owner == contact_id:
+            found.append(call)
+    return found
+
+
 def erase(session: Session, contact_id: int, actor: str) -> Erased:
     contact = get_contact(session, contact_id)
     conversations = list(session.exec(select(Conversation.id).where(Conversation.contact_id == contact_id)).all())
-    call_conditions: list[Any] = [col(Call.conversation_id).in_(conversations)] if conversations else []
-    if contact.phone:  # caller ID as the trunk sent it: with or without the +
-        call_conditions.append(col(Call.caller).in_({contact.phone, contact.phone.removeprefix("+")}))
-    calls = [c for c in session.exec(select(Call).where(or_(*call_conditions))).all()] if call_conditions else []
+    calls = list(session.exec(select(Call).where(col(Call.conversation_id).in_(conversations))).all()
+                 ) if conversations else []
+    if contact.phone:
+        known = {c.id for c in calls}
+        for call in _from_their_number(session, contact.phone, contact_id):
+            if call.id not in known:
+                calls.append(call)
+                if call.conversation_id is not None and call.conversation_id not in conversations:
+                    conversations.append(call.conversation_id)  # an unverified call's own conversation
+    if any(c.ended_at is None and c.outcome == "active" for c in calls):
+        raise Conflict("the contact is on a call right now; erase them after it ends", code="contact_on_call")
     call_ids = [c.id for c in calls if c.id is not None]
     recordings = [c.recording_path for c in calls if c.recording_path]
 
@@ -180,18 +213,17 @@ def erase(session: Session, contact_id: int, actor: str) -> Erased:
     return Erased(contact_id, counts, recordings)
 
 
-def remove_files(paths: list[Path]) -> int:
-    """Delete recording files (a link is removed, never followed); returns how many could not be deleted."""
-    failed = 0
-    for path in paths:
+def remove_files(base: Path, relative: list[str]) -> tuple[int, int]:
+    """Delete recording files below ``base`` (links removed, never followed; no folder on the way followed
+    either: Asterisk's uid owns them).  Returns (deleted, failed)."""
+    deleted = failed = 0
+    for name in relative:
         try:
-            os.unlink(path)
-        except FileNotFoundError:
-            continue
+            deleted += unlink_below(base, name)
         except OSError as exc:
             failed += 1
-            log.error("could not delete a recording of an erased contact (%s): %s", path.name, exc)
-    return failed
+            log.error("could not delete a recording of an erased contact (%s): %s", Path(name).name, exc)
+    return deleted, failed
 
 
 def _rowcount(result: Any) -> int:

@@ -148,7 +148,7 @@ class UserUpdate(Input):
 class ApiKeyCreate(Input):
     name: str = Field(min_length=1, max_length=120)
     role: KeyRoleName = "viewer"
-    """``chat``: only the chat endpoints (a website backend's key; a designer may make one)."""
+    """``chat``: only the chat endpoints (a website backend's key)."""
     expires_in_days: int | None = Field(default=None, ge=1, le=3650)
     """The key stops working after this many days (default: never).  It also stops when its owner (the
     caller) is deactivated, deleted or loses the key's role."""

@@ -36,6 +36,8 @@ class Conversation(SQLModel, table=True):
     agent_id: int | None = Field(default=None, foreign_key="agents.id", index=True)
     external_id: str = Field(default="", index=True, max_length=255)
     """Channel's own id: call id, email thread id, WhatsApp conversation."""
+    opened_by: str = Field(default="", max_length=200)
+    """Chat: the API key that opened the session (``api_key:<id>``); a chat key may continue only its own."""
     started_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)
 

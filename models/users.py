@@ -16,8 +16,9 @@ ROLE_RANK: dict[str, int] = {"pending": -1, "viewer": 0, "designer": 1, "admin":
 """Roles are ordered; an endpoint (or an API key) names the least one it needs."""
 KEY_ONLY_ROLES: dict[str, str] = {"chat": "designer"}
 """Roles outside the order, for API keys only, each with the least user role that may make and keep such a key.
-``chat``: a website backend's key; it opens chat sessions and streams replies, and can do nothing else (it reads no
-conversations, changes no agent), so a leaked widget key costs model time, not data."""
+``chat``: a website backend's key; it opens chat sessions and streams replies in the sessions it opened, and can do
+nothing else (it reads no conversation, names no contact, changes no agent), so a leaked widget key costs model
+time, not the data of anyone who is not the leaking site's own visitor."""
 
 
 def rank_to_hold(role: str) -> int:

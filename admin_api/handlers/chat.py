@@ -32,8 +32,9 @@ from channels.chat.service import (
     session_row,
 )
 from models import Conversation, Message
+from models.users import KEY_ONLY_ROLES
 from voicebot.agent.core import MAX_INPUT_CHARS, Citation
-from voicebot.errors import InvalidInput, NotFound
+from voicebot.errors import Forbidden, InvalidInput, NotFound
 
 router = ApiRouter("chat")
 
@@ -126,6 +127,18 @@ async def _session_out(ctx: Ctx, session_id: int) -> ChatSessionOut:
     return outs[0]
 
 
+def _scope(ctx: Ctx) -> str | None:
+    """A chat-role key's own mark (it may continue only the sessions it opened); None for everyone else."""
+    who = ctx.user
+    return f"{who.kind}:{who.id}" if who.role in KEY_ONLY_ROLES else None
+
+
+def _check_contact(ctx: Ctx, contact_id: int | None) -> None:
+    if contact_id is not None and _scope(ctx) is not None:
+        # Naming a contact opens their memory from every channel: only a full designer or admin may vouch.
+        raise Forbidden("a chat key cannot open a session for a contact", field="contact_id")
+
+
 async def _stream(ctx: Ctx, turn: ChatTurn) -> web.StreamResponse:
     """Relay one turn's events as SSE (the turn is released however the stream ends)."""
 
@@ -154,8 +167,9 @@ async def _stream(ctx: Ctx, turn: ChatTurn) -> web.StreamResponse:
 @router.post("/chat/sessions", role="chat", status=201, errors=(409, 503),
              summary="Open a chat session with an agent")
 async def create_session(ctx: Ctx, body: ChatSessionCreate) -> ChatSessionOut:
+    _check_contact(ctx, body.contact_id)
     row = await ctx.services.need_chat().create_session(body.agent_id, contact_id=body.contact_id,
-                                                        external_id=body.external_id)
+                                                        external_id=body.external_id, opened_by=_scope(ctx) or "")
     assert row.id is not None
     return ChatSessionOut.model_validate({**row.model_dump(), "messages": 0})
 
@@ -191,18 +205,19 @@ async def session_messages(ctx: Ctx, session_id: int, query: Pagination) -> Mess
 @router.post("/chat/sessions/{session_id}/messages", role="chat", errors=(409, 503),
              summary="Send a message and get the whole reply (no streaming)")
 async def send_message(ctx: Ctx, session_id: int, body: ChatMessageIn) -> ChatReplyOut:
-    return _reply_out(await ctx.services.need_chat().send(session_id, body.message))
+    return _reply_out(await ctx.services.need_chat().send(session_id, body.message, scoped_to=_scope(ctx)))
 
 
 @router.post("/chat/sessions/{session_id}/stream", role="chat", errors=(409, 503), response_media=_SSE_MEDIA,
              summary="Send a message; the reply streams as Server-Sent Events (disconnect cancels it)")
 async def stream_message(ctx: Ctx, session_id: int, body: ChatMessageIn) -> web.StreamResponse:
-    turn = await ctx.services.need_chat().prepare(session_id, body.message)
+    turn = await ctx.services.need_chat().prepare(session_id, body.message, scoped_to=_scope(ctx))
     return await _stream(ctx, turn)
 
 
 async def _agent_stream(ctx: Ctx, agent_id: int, body: AgentChatStreamIn) -> web.StreamResponse:
     chat = ctx.services.need_chat()
+    _check_contact(ctx, body.contact_id)
     if body.session_id is not None:
         if body.contact_id is not None:
             raise InvalidInput("contact_id is only for a new session", field="contact_id")
@@ -214,10 +229,10 @@ async def _agent_stream(ctx: Ctx, agent_id: int, body: AgentChatStreamIn) -> web
     else:
         # The message is checked before a session is opened for it, so a refused message leaves no session.
         chat.check_message(body.message)
-        row = await chat.create_session(agent_id, contact_id=body.contact_id)
+        row = await chat.create_session(agent_id, contact_id=body.contact_id, opened_by=_scope(ctx) or "")
         assert row.id is not None
         session_id = row.id
-    return await _stream(ctx, await chat.prepare(session_id, body.message))
+    return await _stream(ctx, await chat.prepare(session_id, body.message, scoped_to=_scope(ctx)))
 
 
 @router.post("/agents/{agent_id}/chat/stream", role="chat", errors=(409, 503), response_media=_SSE_MEDIA,

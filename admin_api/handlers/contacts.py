@@ -5,15 +5,15 @@ in ``admin_api.contacts``."""
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 from typing import Annotated, Any
 
 from pydantic import Field, StringConstraints
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 from admin_api import contacts
 from admin_api.framework import ApiRouter, Ctx
-from admin_api.handlers.calls import recording_file
+from admin_api.handlers.calls import RECORDINGS, recording_file
 from admin_api.handlers.common import get_row, paginate
 from admin_api.schemas import (
     ConversationOut,
@@ -28,7 +28,7 @@ from admin_api.schemas import (
 )
 from models import AuditEvent, Contact, Conversation
 from voicebot.agent.store import get_contact
-from voicebot.errors import NotFound
+from voicebot.errors import Conflict, NotFound
 
 router = ApiRouter("contacts")
 audit_router = ApiRouter("audit")
@@ -175,20 +175,26 @@ async def merge_contacts(ctx: Ctx, contact_id: int, body: ContactMerge) -> Merge
     return result
 
 
-@router.delete("/contacts/{contact_id}", role="admin", status=200,
+@router.delete("/contacts/{contact_id}", role="admin", status=200, errors=(409,),
                summary="Erase a contact and every trace: conversations, messages, calls, transcripts, recordings")
 async def erase_contact(ctx: Ctx, contact_id: int) -> EraseOut:
     actor = _actor(ctx)
-    erased = await ctx.services.db(lambda s: contacts.erase(s, contact_id, actor))
+    for attempt in range(3):
+        try:
+            erased = await ctx.services.db(lambda s: contacts.erase(s, contact_id, actor))
+            break
+        except IntegrityError as exc:  # a message arrived in one of their conversations meanwhile: again
+            if attempt == 2:
+                raise Conflict("the contact's data kept changing; try again", code="contact_busy") from exc
     settings = ctx.services.settings
-    paths: list[Path] = []
+    names: list[str] = []
     for stored in erased.recordings:
         try:
-            paths.append(settings.recordings_dir / recording_file(settings, stored))
+            names.append(f"{RECORDINGS}/{recording_file(settings, stored)}")
         except NotFound:
             continue  # a path outside the recordings folder is not ours to delete
-    failed = await asyncio.to_thread(contacts.remove_files, paths)
-    return EraseOut(contact_id=contact_id, erased={**erased.counts, "recordings": len(paths) - failed},
+    deleted, failed = await asyncio.to_thread(contacts.remove_files, settings.asterisk_dir, names)
+    return EraseOut(contact_id=contact_id, erased={**erased.counts, "recordings": deleted},
                     recordings_not_deleted=failed)
 
 

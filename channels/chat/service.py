@@ -102,7 +102,8 @@ ChatEvent = ChatStarted | ChatDelta | ChatTool | ChatDone
 
 
 # ---------------------------------------------------------------------------------------------- database work
-def _create(session: Session, agent_id: int, contact_id: int | None, external_id: str) -> Conversation:
+def _create(session: Session, agent_id: int, contact_id: int | None, external_id: str,
+            opened_by: str) -> Conversation:
     agent = get_agent(session, agent_id)
     if not agent.active:
         raise Conflict(f"agent {agent_id} is not active", code="agent_inactive", field="agent_id")
@@ -112,7 +113,7 @@ def _create(session: Session, agent_id: int, contact_id: int | None, external_id
         except NotFound as exc:
             raise InvalidInput(exc.message, field="contact_id") from exc
     conversation = Conversation(channel=CHANNEL, agent_id=agent_id, contact_id=contact_id,
-                                external_id=external_id)
+                                external_id=external_id, opened_by=opened_by)
     session.add(conversation)
     session.flush()
     session.refresh(conversation)
@@ -160,9 +161,14 @@ class ChatTurn:
         self.contact = contact
         self.text = text
         self._released = False
+        self._detached: asyncio.Task[Any] | None = None
+        """A flow turn still finishing after its client left: the session stays busy until it is done."""
 
     def release(self) -> None:
-        """Let the session take its next message (idempotent; the events' end calls it too)."""
+        """Let the session take its next message (idempotent; the events' end calls it too).  A flow turn that
+        is still finishing keeps the session (and its place among the replies under way) until it ends."""
+        if self._detached is not None and not self._detached.done():
+            return
         if not self._released:
             self._released = True
             self.service._busy.discard(self.session_id)
@@ -180,7 +186,12 @@ class ChatTurn:
                                  caller=caller), name=f"chat-flow-turn {self.session_id}")
                 self.service._background.add(handling)
                 handling.add_done_callback(self.service._background.discard)
-                flowed = await asyncio.shield(handling)
+                try:
+                    flowed = await asyncio.shield(handling)
+                except asyncio.CancelledError:
+                    self._detached = handling
+                    handling.add_done_callback(lambda _task: self.release())
+                    raise
                 if flowed is not None:
                     yield ChatStarted(self.session_id, flowed.user_message_id, flowed.assistant_message_id)
                     yield ChatDelta(flowed.text)
@@ -243,12 +254,13 @@ class ChatService:
 
         return await asyncio.to_thread(transaction)
 
-    async def create_session(self, agent_id: int, *, contact_id: int | None = None,
-                             external_id: str = "") -> Conversation:
+    async def create_session(self, agent_id: int, *, contact_id: int | None = None, external_id: str = "",
+                             opened_by: str = "") -> Conversation:
+        """``opened_by``: the scoped key opening it (only that key may continue it), '' for a full user or key."""
         self.core  # noqa: B018 - no model, no chat: refused before a session is stored
         if len(external_id) > MAX_EXTERNAL_ID:
             raise InvalidInput(f"external_id is longer than {MAX_EXTERNAL_ID} characters", field="external_id")
-        row: Conversation = await self._db(_create, agent_id, contact_id, external_id)
+        row: Conversation = await self._db(_create, agent_id, contact_id, external_id, opened_by)
         log.info("chat session %s opened with agent %d", row.id, agent_id)
         return row
 
@@ -266,11 +278,15 @@ class ChatService:
             raise InvalidInput(f"the message is longer than {MAX_INPUT_CHARS} characters", field="message")
         return text
 
-    async def prepare(self, session_id: int, text: str) -> ChatTurn:
-        """Accept ``text`` for the session or raise: InvalidInput (empty, too long), NotFound (no such session),
-        Conflict (agent gone or inactive, a reply already under way), Unavailable (no model)."""
+    async def prepare(self, session_id: int, text: str, *, scoped_to: str | None = None) -> ChatTurn:
+        """Accept ``text`` for the session or raise: InvalidInput (empty, too long), NotFound (no such session,
+        or one ``scoped_to`` a key did not open), Conflict (agent gone or inactive, a reply already under way),
+        RateLimited (too many replies under way), Unavailable (no model)."""
         text = self.check_message(text)
         row, agent, contact = await self._db(_turn_context, session_id)
+        if scoped_to is not None and row.opened_by != scoped_to:
+            # Another visitor's session: continuing it would read their conversation back.
+            raise NotFound(f"chat session {session_id} does not exist", field="session_id")
         if session_id in self._busy:
             raise Conflict(f"chat session {session_id} is still answering the previous message", code="chat_busy",
                            field="session_id")
@@ -280,9 +296,9 @@ class ChatService:
         self._busy.add(session_id)
         return ChatTurn(self, row, agent, contact, text)
 
-    async def send(self, session_id: int, text: str) -> ChatDone:
+    async def send(self, session_id: int, text: str, *, scoped_to: str | None = None) -> ChatDone:
         """One whole reply (for clients that do not stream)."""
-        turn = await self.prepare(session_id, text)
+        turn = await self.prepare(session_id, text, scoped_to=scoped_to)
         async with contextlib.aclosing(turn.events()) as events:
             async for event in events:
                 if isinstance(event, ChatDone):

@@ -456,3 +456,15 @@ async def test_a_reply_cancelled_while_its_messages_are_stored_is_closed_as_canc
         added = list(session.exec(select(Message).order_by(col(Message.id))).all())[before:]
     assert [(m.role, m.text) for m in added] == [("user", "Are you open on Sunday?"), ("assistant", "")]
     assert added[1].timings is not None and added[1].timings["cancelled"] is True
+
+
+async def test_a_consumer_that_stops_after_the_first_event_leaves_a_cancelled_reply(
+        demo: Demo, ollama_llm: OllamaLLM) -> None:
+    core = AgentCore(demo.settings, demo.engine, ollama_llm)
+    events = core.reply(demo.agent, None, "chat", "Are you open on Sunday?")
+    started = await anext(events)
+    assert isinstance(started, ReplyStarted)
+    await events.aclose()  # the client went away as soon as the session event was sent
+    with session_scope(demo.engine) as session:
+        reply = session.get(Message, started.assistant_message_id)
+        assert reply is not None and reply.timings is not None and reply.timings["cancelled"] is True

@@ -394,3 +394,39 @@ def chat_rows(engine: Engine) -> int:
     with session_scope(engine) as db:
         return len(db.exec(select(Conversation).where(Conversation.channel == "chat")).all()) + len(
             db.exec(select(Message)).all())
+
+
+async def test_a_chat_key_continues_only_its_own_sessions_and_names_no_contact(chat_api: Api, fake: FakeOllama) -> None:
+    from admin_api import accounts
+
+    with session_scope(chat_api.engine) as db:
+        _row, site = accounts.create_api_key(db, "site", "chat")
+        _row, other_site = accounts.create_api_key(db, "other-site", "chat")
+        contact = Contact(name="Ada", email="ada@example.org")
+        db.add(contact)
+        db.flush()
+        contact_id = contact.id
+    agent_id = await new_agent(chat_api)
+    as_site, as_other = {"X-API-Key": site}, {"X-API-Key": other_site}
+    status, error = await chat_api.call("POST", "/api/v1/chat/sessions", role=None, headers=as_site,
+                                        json={"agent_id": agent_id, "contact_id": contact_id})
+    assert (status, error["error"]["field"]) == (403, "contact_id")  # a contact's memory is not a website's to open
+    status, session = await chat_api.call("POST", "/api/v1/chat/sessions", role=None, headers=as_site,
+                                          json={"agent_id": agent_id})
+    assert status == 201, session
+    fake.scripts.extend([ChatScript(chunks=("Hello.",)), ChatScript(chunks=("Hi again.",))])
+    path = f"/api/v1/chat/sessions/{session['id']}/messages"
+    status, reply = await chat_api.call("POST", path, role=None, headers=as_site, json={"message": "Hi"})
+    assert (status, reply["reply"]) == (200, "Hello.")
+    # Another site's key cannot continue this visitor's session (it would read their conversation back) ...
+    for route in (path, f"/api/v1/chat/sessions/{session['id']}/stream"):
+        status, error = await chat_api.call("POST", route, role=None, headers=as_other, json={"message": "Hi"})
+        assert (status, error["error"]["code"]) == (404, "not_found"), route
+    status, error = await chat_api.call("POST", f"/api/v1/agents/{agent_id}/chat/stream", role=None,
+                                        headers=as_other, json={"message": "Hi", "session_id": session["id"]})
+    assert status == 404
+    # ... nor read it; a designer (the site's operator) can do both.
+    assert (await chat_api.call("GET", path, role=None, headers=as_other))[0] == 403
+    status, reply = await chat_api.call("POST", path, role="designer", json={"message": "Hi"})
+    assert (status, reply["reply"]) == (200, "Hi again.")
+    assert len(fake.bodies("/api/chat")) == 2

@@ -55,13 +55,16 @@ def seed_person(api: Api, name: str, phone: str, email: str, wa_id: str) -> Pers
     recordings.mkdir(parents=True, exist_ok=True)
     recording = recordings / f"{name}-call.wav"
     recording.write_bytes(b"RIFF....WAVE")
+    # An earlier call on a trunk that does not vouch for caller ID: its conversation has no contact.
+    (anonymous,) = _add(engine, Conversation(channel="voice", external_id=f"{name}-anonymous"))
     call_id, unlinked_call = _add(
-        engine, Call(channel_id=f"{name}-1", caller=phone, conversation_id=voice, recording_path=str(recording)),
-        Call(channel_id=f"{name}-0", caller=phone.removeprefix("+")))
+        engine, Call(channel_id=f"{name}-1", caller=phone, conversation_id=voice, recording_path=str(recording),
+                     outcome="completed"),
+        Call(channel_id=f"{name}-0", caller=phone.removeprefix("+"), conversation_id=anonymous, outcome="completed"))
     _add(engine, CallTurn(call_id=call_id, user_text=f"I am {name}", bot_text="Hello"),
          CallTurn(call_id=unlinked_call, user_text=f"{name} again", bot_text="Hi"),
          *(Message(conversation_id=c, role=role, text=f"{name} said something")
-           for c in conversations for role in ("user", "assistant")),
+           for c in (*conversations, anonymous) for role in ("user", "assistant")),
          InboundMessage(channel="whatsapp", external_id=f"wamid.{name}", sender=wa_id, text=f"Hi from {name}",
                         conversation_id=whatsapp),
          InboundMessage(channel="whatsapp", external_id=f"wamid.{name}.2", sender=wa_id, text="a second one"),
@@ -90,7 +93,7 @@ def remaining(engine: Engine, text: str) -> dict[str, int]:
         }
 
 
-ALL_THERE = {"contacts": 1, "conversations": 4, "messages": 8, "calls": 2, "call_turns": 2, "inbound": 2,
+ALL_THERE = {"contacts": 1, "conversations": 5, "messages": 10, "calls": 2, "call_turns": 2, "inbound": 2,
              "receipts": 1, "flow_runs": 1}
 
 
@@ -105,8 +108,8 @@ async def test_erasing_a_contact_removes_every_trace_and_only_theirs(api_db: Api
         assert (status, error["error"]["code"]) == (403, "forbidden")
     status, report = await api.call("DELETE", f"/api/v1/contacts/{ada.contact_id}", role="admin")
     assert status == 200, report
-    assert report["erased"] == {"call_turns": 2, "flow_runs": 1, "inbound_messages": 2, "calls": 2, "messages": 8,
-                                "conversations": 4, "email_receipts": 1, "recordings": 1}
+    assert report["erased"] == {"call_turns": 2, "flow_runs": 1, "inbound_messages": 2, "calls": 2, "messages": 10,
+                                "conversations": 5, "email_receipts": 1, "recordings": 1}
     assert report["recordings_not_deleted"] == 0
     assert remaining(api.engine, "ada") == dict.fromkeys(ALL_THERE, 0)
     assert not ada.recording.exists()
@@ -122,9 +125,39 @@ async def test_erasing_a_contact_removes_every_trace_and_only_theirs(api_db: Api
     assert status == 200 and trail["total"] == 1
     event = trail["items"][0]
     assert (event["subject"], event["actor"]) == (f"contact:{ada.contact_id}", f"user:{api.users['admin']} admin")
-    assert event["details"]["messages"] == 8
+    assert event["details"]["messages"] == 10
     assert not any(secret in str(event) for secret in ("ada", "15550100001"))
     assert (await api.call("GET", "/api/v1/audit", role="designer"))[0] == 403
+
+
+async def test_a_shared_number_erases_only_the_persons_own_calls_and_never_a_live_one(api: Api) -> None:
+    ada = seed_person(api, "ada", "+15550100001", "ada@example.org", "15550100001")
+    # The office line: Ada's number, but this call was Bob's (a verified caller of his own contact).
+    with session_scope(api.engine) as session:
+        bob = Contact(name="bob", phone="+15550100002", phone_verified=True)
+        session.add(bob)
+        session.flush()
+        theirs = Conversation(channel="voice", contact_id=bob.id, external_id="bob-office")
+        session.add(theirs)
+        session.flush()
+        session.add(Call(channel_id="bob-office", caller="+1 555 010 0001", conversation_id=theirs.id,
+                         outcome="completed"))
+        live = Call(channel_id="ada-live", caller="0015550100001", outcome="active")  # Ada, on the phone now
+        session.add(live)
+        session.flush()
+        live_id = live.id
+    status, error = await api.call("DELETE", f"/api/v1/contacts/{ada.contact_id}", role="admin")
+    assert (status, error["error"]["code"]) == (409, "contact_on_call")
+    assert remaining(api.engine, "ada")["calls"] == 3  # nothing was erased
+    with session_scope(api.engine) as session:
+        call = session.get(Call, live_id)
+        assert call is not None
+        call.outcome = "completed"
+        session.add(call)
+    status, report = await api.call("DELETE", f"/api/v1/contacts/{ada.contact_id}", role="admin")
+    assert status == 200 and report["erased"]["calls"] == 3, report  # her two calls and the one that ended
+    assert remaining(api.engine, "ada") == dict.fromkeys(ALL_THERE, 0)
+    assert remaining(api.engine, "bob")["calls"] == 1  # Bob's call from her number is his
 
 
 async def test_a_recording_link_is_removed_not_followed(api: Api, tmp_path: Path) -> None:

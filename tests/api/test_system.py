@@ -43,6 +43,14 @@ async def test_liveness_and_health_without_dependencies(api: Api) -> None:
     assert checks["asterisk_ami"]["status"] == "unconfigured"  # offline API
     assert checks["llm"]["status"] == checks["chroma"]["status"] == "unconfigured"
     assert health["status"] == "degraded"
+    # A scoped chat key (a website's) is a valid credential, but not one that reads internals.
+    from admin_api import accounts
+    from models.db import session_scope
+
+    with session_scope(api.engine) as session:
+        _row, key = accounts.create_api_key(session, "site", "chat")
+    status, scoped = await api.call("GET", "/api/v1/health", role=None, headers={"X-API-Key": key})
+    assert status == 200 and all(c["detail"] == "" for c in scoped["checks"])
 
 
 async def test_metrics_endpoint_counts_requests_and_exposes_the_voice_metrics(api: Api) -> None:

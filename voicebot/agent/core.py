@@ -388,10 +388,11 @@ class AgentCore:
             turn.timings["retrieval_error"] = retrieval_error
         for hit in hits:
             turn.citations.setdefault(hit.chunk_id, Citation.from_hit(hit))
-        yield ReplyStarted(opened.conversation_id, opened.user_message_id, opened.assistant_message_id)
-
         persisted = False
         try:
+            # Inside the try: a consumer that stops right after this first event still leaves a reply marked
+            # cancelled, not an empty one.
+            yield ReplyStarted(opened.conversation_id, opened.user_message_id, opened.assistant_message_id)
             generation = self._generate(agent, turn, channel=channel, text=text,
                                         knowledge=[h.text for h in hits], offered=offered, started=started)
             async with contextlib.aclosing(generation) as events:

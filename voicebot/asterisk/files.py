@@ -155,6 +155,34 @@ def open_below(base: Path, relative: str) -> int:
     return file_fd
 
 
+def unlink_below(base: Path, relative: str) -> bool:
+    """Remove the entry ``base/relative`` (a file, or a link itself, never what it points to), each folder on the
+    way opened ``O_NOFOLLOW`` from ``base``, so a folder swapped for a link cannot aim the unlink elsewhere.
+    Returns False when there was nothing to remove; raises OSError when it cannot be removed."""
+    parts = [p for p in relative.split("/") if p]
+    if not parts or any(p in (".", "..") for p in parts):
+        raise FileNotFoundError(relative)
+    try:
+        fd = _nofollow_dir(base)
+    except FileNotFoundError:
+        return False
+    try:
+        for part in parts[:-1]:
+            try:
+                child = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+            except FileNotFoundError:
+                return False
+            os.close(fd)
+            fd = child
+        try:
+            os.unlink(parts[-1], dir_fd=fd)
+        except FileNotFoundError:
+            return False
+        return True
+    finally:
+        os.close(fd)
+
+
 def ensure_tree(base: Path, uid: int | None, gid: int | None) -> None:
     """Create the instance folder and give each part the owner and mode its role needs, whatever the umask.
 

@@ -1,4 +1,4 @@
-"""audit_events: who erased or merged which contact
+"""audit_events: who erased or merged which contact; conversations.opened_by: which key opened a chat
 
 Revision ID: 0003
 Revises: 0002
@@ -30,7 +30,11 @@ def upgrade() -> None:
     op.create_index("ix_audit_events_at", "audit_events", ["at"])
     op.create_index("ix_audit_events_action", "audit_events", ["action"])
     op.create_index("ix_audit_events_subject", "audit_events", ["subject"])
+    # A plain ADD COLUMN with a constant default (no batch rebuild: see 0002).
+    op.add_column("conversations", sa.Column("opened_by", sqlmodel.sql.sqltypes.AutoString(length=200),
+                                             nullable=False, server_default=""))
 
 
 def downgrade() -> None:
+    op.drop_column("conversations", "opened_by")
     op.drop_table("audit_events")
