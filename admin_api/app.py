@@ -41,6 +41,8 @@ if TYPE_CHECKING:
     from channels.whatsapp.service import WhatsAppService
     from rag import KnowledgeBase
     from voicebot.llm.base import LanguageModel
+    from voicebot.stt.whisper import SpeechRouter
+    from voicebot.tts.piper import PiperSpeaker
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +63,7 @@ def routers(settings: Settings) -> list[ApiRouter]:
         chat,
         contacts,
         knowledge,
+        speech,
         system,
         telephony,
     )
@@ -83,6 +86,7 @@ def routers(settings: Settings) -> list[ApiRouter]:
         contacts.router,
         contacts.audit_router,
         analytics.router,
+        speech.router,
     ]
     if settings.open_signup:
         mounted.append(auth.signup_router)
@@ -102,6 +106,8 @@ def create_app(
     whatsapp: WhatsAppService | None = None,
     email: EmailService | None = None,
     chat: ChatService | None = None,
+    stt: SpeechRouter | None = None,
+    tts: PiperSpeaker | None = None,
     asterisk_supervisor: Any = None,
 ) -> web.Application:
     """The admin API application.
@@ -112,6 +118,7 @@ def create_app(
     without Asterisk: trunk and dialplan changes are written and take effect when Asterisk next starts.
     Without an explicit ``call_control``, live calls, hangup and originate go through AMI.  ``whatsapp`` and
     ``email`` are the running text channels (their endpoints answer 503 without them); their owner closes them.
+    ``stt``/``tts`` are the voice app's speech engines (the speech endpoints answer 503 without them).
     ``chat`` is the process's chat channel; without one, an app given an ``llm`` answers chat with its own agent
     core over ``llm`` and ``kb``.  ``asterisk_supervisor`` (when Eva manages Asterisk) tells the health endpoints
     whether Asterisk is running.
@@ -146,6 +153,8 @@ def create_app(
         whatsapp=whatsapp,
         email=email,
         chat=chat,
+        stt=stt,
+        tts=tts,
         asterisk_process=asterisk_supervisor,
     )
     if ami_client is not None and ami is None:

@@ -29,6 +29,8 @@ if TYPE_CHECKING:
     from channels.whatsapp.service import WhatsAppService
     from rag import KnowledgeBase
     from voicebot.llm.base import LanguageModel
+    from voicebot.stt.whisper import SpeechRouter
+    from voicebot.tts.piper import PiperSpeaker
 
 T = TypeVar("T")
 
@@ -50,6 +52,9 @@ class Services:
     whatsapp: WhatsAppService | None = None
     email: EmailService | None = None
     chat: ChatService | None = None
+    stt: SpeechRouter | None = None
+    """The process's speech recognisers (the calls' own), when this process runs the voice app."""
+    tts: PiperSpeaker | None = None
     asterisk_process: Any = None
     """The local Asterisk's supervisor (``snapshot()`` → state, restarts) when ``eva run`` manages Asterisk."""
     started: float = field(default_factory=time.monotonic)
@@ -92,6 +97,16 @@ class Services:
             raise Unavailable("no language model is configured in this process, so chat cannot answer",
                               code="llm_unavailable")
         return self.chat
+
+    def need_stt(self) -> SpeechRouter:
+        if self.stt is None:
+            raise Unavailable("speech recognition is not running in this process", code="stt_unavailable")
+        return self.stt
+
+    def need_tts(self) -> PiperSpeaker:
+        if self.tts is None:
+            raise Unavailable("speech synthesis is not running in this process", code="tts_unavailable")
+        return self.tts
 
     def need_calls(self) -> CallControl:
         if self.call_control is None:

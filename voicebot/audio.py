@@ -8,6 +8,7 @@ from __future__ import annotations
 import wave
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import numpy.typing as npt
@@ -39,8 +40,8 @@ def read_wav(path: str | Path) -> Audio:
     return Audio(data.astype(np.int16), rate)
 
 
-def write_wav(path: str | Path, audio: Audio) -> None:
-    with wave.open(str(path), "wb") as handle:
+def write_wav(path: str | Path | BinaryIO, audio: Audio) -> None:
+    with wave.open(path if not isinstance(path, str | Path) else str(path), "wb") as handle:
         handle.setnchannels(1)
         handle.setsampwidth(2)
         handle.setframerate(audio.rate)

@@ -99,7 +99,9 @@ class EvaRuntime:
         stt = SpeechRouter(english, settings.stt_multilingual_model or str(multilingual_model_dir(settings)),
                            settings.stt_compute_type)
         self.closers.append(stt.close)
+        self.components["stt"] = stt
         tts = PiperSpeaker(settings.tts_voice)
+        self.components["tts"] = tts
         self.closers.append(tts.close)
         await tts.speak("Ready.", 8000)  # load the voice and warm ONNX before the first caller
         await self._load_languages(engine, stt, tts)
@@ -231,6 +233,7 @@ class EvaRuntime:
                          call_control=AriCallControl(self.voice.ari), llm=self.components.get("llm"),
                          whatsapp=channels.whatsapp if channels else None, email=channels.email if channels else None,
                          chat=channels.chat if channels else None,
+                         stt=self.components.get("stt"), tts=self.components.get("tts"),
                          asterisk_supervisor=self.components.get("asterisk_supervisor"))
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()

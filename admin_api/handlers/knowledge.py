@@ -2,20 +2,14 @@
 
 from __future__ import annotations
 
-import re
-import unicodedata
 from pathlib import PurePosixPath
-from typing import Any
-from urllib.parse import unquote
 
-from aiohttp import BodyPartReader
-from aiohttp.http_exceptions import HttpProcessingError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy import func
 from sqlmodel import Session, col, select
 
 from admin_api.framework import ApiRouter, Ctx, validation_error
-from admin_api.handlers.common import get_row
+from admin_api.handlers.common import get_row, read_form
 from admin_api.schemas import (
     DocumentOut,
     DocumentPage,
@@ -29,7 +23,6 @@ from admin_api.schemas import (
 )
 from models import KnowledgeDocument
 from voicebot.errors import (
-    BadRequest,
     DocumentError,
     InvalidInput,
     NotFound,
@@ -43,10 +36,6 @@ SUPPORTED_EXTENSIONS = frozenset(
     {".pdf", ".docx", ".txt", ".text", ".md", ".markdown", ".rst", ".csv", ".log", ".html", ".htm"}
 )
 """What ``rag`` can read (rag.extract decides for sure from the content; this is the early, cheap check)."""
-FIELD_LIMIT = 4096
-"""Bytes allowed in a non-file form field (title, description, agent_id)."""
-MULTIPART_OVERHEAD = 64 * 1024
-_UNSAFE_CHARS = re.compile(r"[\x00-\x1f\x7f/\\:*?\"<>|]")
 
 
 class _UploadFields(BaseModel):
@@ -55,32 +44,6 @@ class _UploadFields(BaseModel):
     agent_id: Id
     title: str = Field(default="", max_length=500)
     description: str = Field(default="", max_length=2000)
-
-
-def safe_filename(raw: str) -> str:
-    """The client's file name reduced to a harmless base name (no folders, '..' or control chars)."""
-    # Some clients (aiohttp among them) percent-encode the name: decode first, then sanitise what it says.
-    name = PurePosixPath(unquote(raw).replace("\\", "/")).name
-    name = unicodedata.normalize("NFC", name)
-    name = _UNSAFE_CHARS.sub("_", name).strip(" .")
-    return name[:200] or "document.txt"
-
-
-async def _read_limited(part: BodyPartReader, limit: int, what: str) -> bytes:
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        chunk = await part.read_chunk(65536)
-        if not chunk:
-            return b"".join(chunks)
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(
-                f"{what} is larger than {limit // (1024 * 1024) or limit} "
-                f"{'MB' if limit >= 1024 * 1024 else 'bytes'}",
-                field=what,
-            )
-        chunks.append(chunk)
 
 
 @router.post(
@@ -96,46 +59,20 @@ async def upload(ctx: Ctx) -> DocumentOut:
     request = ctx.request
     kb = ctx.services.need_kb()
     limit = ctx.services.settings.max_upload_mb * 1024 * 1024
-    if request.content_length is not None and request.content_length > limit + MULTIPART_OVERHEAD:
-        raise PayloadTooLarge(
-            f"the upload is larger than {ctx.services.settings.max_upload_mb} MB", field="file"
-        )
-    if request.content_type != "multipart/form-data":
-        raise UnsupportedMediaType("send the upload as multipart/form-data", field="Content-Type")
-    fields: dict[str, Any] = {}
-    data: bytes | None = None
-    filename = ""
-    try:
-        reader = await request.multipart()
-        while True:
-            part = await reader.next()
-            if part is None:
-                break
-            if not isinstance(part, BodyPartReader):
-                raise BadRequest("nested multipart bodies are not supported", code="malformed_multipart")
-            name = part.name or ""
-            if name == "file":
-                if data is not None:
-                    raise InvalidInput("send one file per upload", field="file")
-                filename = safe_filename(part.filename or "")
-                extension = PurePosixPath(filename).suffix.lower()
-                if extension not in SUPPORTED_EXTENSIONS:
-                    raise UnsupportedMediaType(
-                        f"{filename}: unsupported file type {extension or '(none)'!r} "
-                        "(supported: PDF, DOCX, Markdown, HTML, plain text)",
-                        field="file",
-                    )
-                data = await _read_limited(part, limit, "file")
-            elif name in _UploadFields.model_fields:
-                if name in fields:
-                    raise InvalidInput(f"field {name!r} given twice", field=name)
-                raw = await _read_limited(part, FIELD_LIMIT, name)
-                fields[name] = raw.decode("utf-8")
-            else:
-                raise InvalidInput(f"unknown field {name!r}", field=name or None)
-    except (HttpProcessingError, ValueError, LookupError, RuntimeWarning, AssertionError) as exc:
-        # Malformed boundaries, headers or encodings; aiohttp signals some of them as warnings.
-        raise BadRequest("the multipart body is malformed", code="malformed_multipart") from exc
+
+    def check_file(filename: str) -> None:
+        filename = filename or "document.txt"  # a file part without a name is taken as text
+        extension = PurePosixPath(filename).suffix.lower()
+        if extension not in SUPPORTED_EXTENSIONS:
+            raise UnsupportedMediaType(
+                f"{filename}: unsupported file type {extension or '(none)'!r} "
+                "(supported: PDF, DOCX, Markdown, HTML, plain text)",
+                field="file",
+            )
+
+    fields, filename, data = await read_form(request, file_limit=limit, names=set(_UploadFields.model_fields),
+                                             check_file=check_file)
+    filename = filename or "document.txt"
     if data is None:
         raise InvalidInput("the upload has no file part", field="file")
     if "agent_id" in fields:

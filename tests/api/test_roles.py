@@ -75,6 +75,9 @@ EXPECTED: dict[tuple[str, str], str | None] = {
     ("PATCH", "/api/v1/contacts/{contact_id}"): D, ("GET", "/api/v1/contacts/{contact_id}/conversations"): V,
     ("POST", "/api/v1/contacts/{contact_id}/merge"): A, ("DELETE", "/api/v1/contacts/{contact_id}"): A,
     ("GET", "/api/v1/audit"): A,
+    # speech: transcribing and synthesizing cost CPU (designers); engine status for all
+    ("POST", "/api/v1/calls/stt/transcribe"): D, ("POST", "/api/v1/calls/tts/generate"): D,
+    ("GET", "/api/v1/calls/speech/status"): V,
     # analytics: read-only
     ("GET", "/api/v1/analytics"): V, ("GET", "/api/v1/analytics/unanswered"): V,
     ("POST", "/api/v1/agents/{agent_id}/chat/stream"): C, ("POST", "/api/v1/agents/ollama/{agent_id}/chat/stream"): C,

@@ -38,6 +38,51 @@ class SttResult:
     no_speech_prob: float
 
 
+@dataclass(frozen=True)
+class SttSegment:
+    """A stretch of a transcribed file: seconds from its start, the words, and how sure Whisper was."""
+
+    start: float
+    end: float
+    text: str
+    confidence: float
+    """exp(average token log-probability): 1.0 is certain; below ~0.4 the words are guesses."""
+    no_speech_prob: float
+
+
+@dataclass(frozen=True)
+class FileTranscript:
+    text: str
+    language: str
+    seconds: float
+    segments: tuple[SttSegment, ...]
+    processing_s: float
+
+
+FILE_CHUNK_S = 12.0
+"""A file is transcribed in pieces of about this length, each its own job on the model's worker thread, so a
+caller's turn queued meanwhile waits for one piece at most, never for the whole file."""
+
+
+def chunk_bounds(samples: Pcm, rate: int, target_s: float = FILE_CHUNK_S) -> list[tuple[int, int]]:
+    """Split points near every ``target_s``, each at the quietest 100 ms within 2 s before it to 1 s after (so a
+    word is rarely cut in two)."""
+    total = len(samples)
+    step, frame = int(target_s * rate), rate // 10
+    bounds: list[tuple[int, int]] = []
+    start = 0
+    while total - start > step + rate:
+        lo, hi = start + step - 2 * rate, min(total - frame, start + step + rate)
+        window = samples[lo:hi].astype(np.float32)
+        frames = len(window) // frame
+        energy = (window[: frames * frame].reshape(frames, frame) ** 2).mean(axis=1)
+        cut = lo + int(np.argmin(energy)) * frame + frame // 2
+        bounds.append((start, cut))
+        start = cut
+    bounds.append((start, total))
+    return bounds
+
+
 class WhisperStt:
     RATE = 16000
 
@@ -57,8 +102,20 @@ class WhisperStt:
         self.multilingual = bool(getattr(self._model.model, "is_multilingual", False))
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="whisper")
         self._in_flight = 0
+        self.path = path
+        self._recent: list[tuple[float, float]] = []
+        """(audio seconds, processing seconds) of the last transcriptions, for the real-time factor."""
 
     def transcribe_blocking(self, samples: Pcm, rate: int, language: str = "") -> SttResult:
+        import time
+
+        started = time.monotonic()
+        try:
+            return self._transcribe_blocking(samples, rate, language)
+        finally:
+            self._note(len(samples) / rate, time.monotonic() - started)
+
+    def _transcribe_blocking(self, samples: Pcm, rate: int, language: str = "") -> SttResult:
         language = whisper_language(language or self.language)
         audio = resample(Audio(samples, rate), self.RATE).samples.astype(np.float32) / 32768.0
         if len(audio) < self.RATE // 10:
@@ -81,6 +138,57 @@ class WhisperStt:
         text = " ".join(p.text.strip() for p in parts if p.no_speech_prob < 0.8).strip()
         no_speech = min((p.no_speech_prob for p in parts), default=1.0)
         return SttResult(text=_clean(text), language=str(info.language), no_speech_prob=float(no_speech))
+
+    def _segments_blocking(self, audio: Pcm, language: str) -> tuple[list[SttSegment], str]:
+        # An English-only model always hears English; the multilingual one is told the language when Whisper
+        # knows it, and identifies it itself for '' or a tag it has no code for.
+        code = whisper_language(language) if language else ""
+        forced: str | None = "en" if not self.multilingual else (code if code in _known_languages() else None)
+        floats = audio.astype(np.float32) / 32768.0
+        try:
+            segments, info = self._model.transcribe(
+                floats, language=forced, beam_size=1, best_of=1, temperature=0.0,
+                condition_on_previous_text=False, vad_filter=False, no_repeat_ngram_size=3)
+            parts = [SttSegment(float(p.start), float(p.end), p.text.strip(), float(np.exp(p.avg_logprob)),
+                                float(p.no_speech_prob)) for p in segments]
+        except Exception as exc:
+            raise SttError(f"transcription failed: {exc}") from exc
+        return [p for p in parts if p.text and p.no_speech_prob < 0.8 and _clean(p.text)], str(info.language)
+
+    async def transcribe_file(self, audio: Audio, language: str = "") -> FileTranscript:
+        """A whole file (a voice note, an upload), piece by piece between the calls' own transcriptions."""
+        import time
+
+        samples = resample(audio, self.RATE).samples
+        loop = asyncio.get_running_loop()
+        segments: list[SttSegment] = []
+        detected = whisper_language(language) if language else ""
+        started = time.monotonic()
+        for begin, end in chunk_bounds(samples, self.RATE):
+            if end - begin < self.RATE // 10:
+                continue
+            self._in_flight += 1
+            try:
+                parts, detected = await loop.run_in_executor(self._executor, self._segments_blocking,
+                                                             samples[begin:end], language)
+            finally:
+                self._in_flight -= 1
+            offset = begin / self.RATE
+            segments += [SttSegment(round(p.start + offset, 2), round(p.end + offset, 2), p.text,
+                                    round(p.confidence, 3), round(p.no_speech_prob, 3)) for p in parts]
+        processing = time.monotonic() - started
+        self._note(audio.seconds, processing)
+        return FileTranscript(" ".join(s.text for s in segments).strip(), detected, round(audio.seconds, 2),
+                              tuple(segments), round(processing, 3))
+
+    def _note(self, audio_s: float, processing_s: float) -> None:
+        self._recent = [*self._recent[-19:], (audio_s, processing_s)]
+
+    @property
+    def recent_rtf(self) -> float | None:
+        """Processing time per second of audio over the last transcriptions (below 1: faster than real time)."""
+        audio = sum(a for a, _ in self._recent)
+        return round(sum(p for _, p in self._recent) / audio, 3) if audio > 0 else None
 
     @property
     def busy(self) -> bool:
@@ -171,6 +279,19 @@ class SpeechRouter:
 
     async def transcribe(self, samples: Pcm, rate: int, language: str = "en") -> SttResult:
         return await self.for_language(language).transcribe(samples, rate)
+
+    async def transcribe_file(self, audio: Audio, language: str = "en") -> FileTranscript:
+        """A whole file in ``language`` ('' or an unknown tag: the multilingual model identifies it)."""
+        code = whisper_language(language) if language else ""
+        model = self.english if code == "en" else await asyncio.to_thread(self.load, code or "xx")
+        return await model.transcribe_file(audio, code)
+
+    def models(self) -> list[tuple[str, WhisperStt]]:
+        """The loaded models by role (``english``, ``multilingual``)."""
+        loaded = [("english", self.english)]
+        if self._multilingual is not None and self._multilingual is not self.english:
+            loaded.append(("multilingual", self._multilingual))
+        return loaded
 
     def close(self) -> None:
         self.english.close()

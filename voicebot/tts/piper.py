@@ -97,6 +97,9 @@ class PiperSpeaker:
         self.default_voice = default_voice
         self._voices: dict[str, Voice] = {}
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="piper")
+        self._in_flight = 0
+        self._recent: dict[str, list[tuple[float, float]]] = {}
+        """Voice key → (audio seconds, processing seconds) of its last sentences, for the real-time factor."""
 
     def voice(self, path: str = "") -> Voice:
         key = path or self.default_voice
@@ -113,11 +116,34 @@ class PiperSpeaker:
         return self._voices[key]
 
     def speak_blocking(self, text: str, rate: int, voice: str = "") -> Audio:
-        return self.voice(voice).synthesize_blocking(text, rate)
+        import time
+
+        started = time.monotonic()
+        audio = self.voice(voice).synthesize_blocking(text, rate)
+        key = voice or self.default_voice
+        self._recent[key] = [*self._recent.get(key, [])[-19:], (audio.seconds, time.monotonic() - started)]
+        return audio
 
     async def speak(self, text: str, rate: int, voice: str = "") -> Audio:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self.speak_blocking, text, rate, voice)
+        self._in_flight += 1
+        try:
+            return await loop.run_in_executor(self._executor, self.speak_blocking, text, rate, voice)
+        finally:
+            self._in_flight -= 1
+
+    @property
+    def busy(self) -> bool:
+        return self._in_flight > 0
+
+    def loaded(self) -> list[tuple[str, float | None]]:
+        """Each loaded voice's key and its recent real-time factor (processing per second of audio)."""
+        out: list[tuple[str, float | None]] = []
+        for key in list(self._voices):
+            recent = self._recent.get(key, [])
+            audio = sum(a for a, _ in recent)
+            out.append((key, round(sum(p for _, p in recent) / audio, 3) if audio > 0 else None))
+        return out
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
