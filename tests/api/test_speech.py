@@ -42,22 +42,26 @@ async def speech_api(tmp_path: Path, sqlite_engine: Engine) -> AsyncIterator[Api
     tts.close()
 
 
-def to_ogg(audio: Audio) -> bytes:
-    """Opus in an Ogg file at 48 kHz, as WhatsApp voice notes and many phones record."""
+def encode(audio: Audio, container: str = "ogg", codec: str = "libopus", rate: int = 48000) -> bytes:
+    """Compressed audio as phones and apps record it (default: Opus in Ogg, as WhatsApp voice notes)."""
     import av
 
     from voicebot.audio import resample
 
-    pcm = resample(audio, 48000).samples.reshape(1, -1)
+    pcm = resample(audio, rate).samples.reshape(1, -1)
     buffer = io.BytesIO()
-    with av.open(buffer, "w", format="ogg") as out:
-        stream = out.add_stream("libopus", rate=48000)
+    with av.open(buffer, "w", format=container) as out:
+        stream = out.add_stream(codec, rate=rate)
         stream.layout = "mono"
-        frame = av.AudioFrame.from_ndarray(pcm, format="s16", layout="mono")
-        frame.rate = 48000
+        frame = av.AudioFrame.from_ndarray(pcm, format="s16p" if codec == "libmp3lame" else "s16", layout="mono")
+        frame.rate = rate
         for packet in (*stream.encode(frame), *stream.encode(None)):
             out.mux(packet)
     return buffer.getvalue()
+
+
+def to_ogg(audio: Audio) -> bytes:
+    return encode(audio)
 
 
 def wav_bytes(audio: Audio) -> bytes:
@@ -97,9 +101,10 @@ async def test_text_to_speech_to_text(speech_api: Api) -> None:
     assert isinstance(segments, list) and segments
     assert all(0 < s["confidence"] <= 1 and 0 <= s["start"] < s["end"] <= seconds + 0.5 for s in segments)
     assert abs(float(str(transcript["duration_s"])) - seconds) < 0.2
-    # A WAV works the same way.
-    status, again = await upload(speech_api, wav_bytes(spoken), name="note.wav")
-    assert status == 200 and re.search(r"\bnine\b|\b9\b", str(again["text"]).lower())
+    # A WAV and an MP3 work the same way.
+    for data, name in ((wav_bytes(spoken), "note.wav"), (encode(spoken, "mp3", "libmp3lame", 44100), "note.mp3")):
+        status, again = await upload(speech_api, data, name=name)
+        assert status == 200 and re.search(r"\bnine\b|\b9\b", str(again["text"]).lower()), (name, again)
 
     status, engines = await speech_api.call("GET", "/api/v1/calls/speech/status", role="viewer")
     assert status == 200
