@@ -20,6 +20,7 @@ from channels.whatsapp.service import WhatsAppService
 from voicebot.agent.core import AgentCore
 from voicebot.config import Settings
 from voicebot.flows.conversation import ConversationFlows
+from voicebot.stt.whisper import SpeechRouter
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +37,9 @@ class Channels:
         await self.email.close()
 
 
-async def start_channels(settings: Settings, engine: Engine, core: AgentCore | None) -> Channels:
+async def start_channels(settings: Settings, engine: Engine, core: AgentCore | None, *,
+                         stt: SpeechRouter | None = None) -> Channels:
+    """``stt``: the calls' speech recognisers, which WhatsApp voice notes are transcribed with."""
     async def send_message(channel: str, to: str, text: str) -> bool:
         # A flow's send_message action, on either channel whichever one the flow runs on (the services are
         # bound below, before any message can arrive).
@@ -49,7 +52,7 @@ async def start_channels(settings: Settings, engine: Engine, core: AgentCore | N
         return True
 
     flows = ConversationFlows(engine, core, send_message=send_message) if core is not None else None
-    whatsapp = WhatsAppService(settings, engine, core, flows=flows)
+    whatsapp = WhatsAppService(settings, engine, core, flows=flows, stt=stt)
     email = EmailService(settings, engine, core, flows=flows)
     if settings.whatsapp_token or settings.whatsapp_app_secret:
         await whatsapp.start()

@@ -41,13 +41,13 @@ points both at freshly built throw-away folders).  Everything else is settings a
 MARK_BY_FIXTURE: dict[str, frozenset[str]] = {
     "asterisk": frozenset({"asterisk", "own_asterisk"}),
     "models": frozenset({"embedded_llm", "qwen", "demo_world", "demo_data", "local_embedder", "api_embedder",
-                         "embedder", "whisper", "say", "llm_api", "live_server", "speech_api",
+                         "embedder", "whisper", "say", "llm_api", "live_server", "speech_api", "voice_world", "voice_note",
                          "runtime",  # the voice runtime loads Whisper and Piper
                          "own_asterisk"}),  # a private Asterisk whose prompts Piper synthesizes first
     "servers": frozenset({"postgres_server", "postgres_url", "dovecot", "chroma_server"}),
     "db": frozenset({"engine", "sqlite_engine", "new_engine", "any_engine", "api", "api_db", "sqlite_db", "any_db",
                      "demo_engine", "demo_world", "demo_data", "kb", "make_agent", "voice_settings", "runtime",
-                     "live_server", "live_api", "llm_api", "db", "database_url", "speech_api"}),
+                     "live_server", "live_api", "llm_api", "db", "database_url", "speech_api", "voice_world"}),
 }
 """Fixtures that boot Asterisk, load a real model, start a server process (PostgreSQL, dovecot, Chroma), or
 migrate a database (SQLite files: a tenth of a second or more each, most of what a test with one costs)."""

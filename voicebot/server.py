@@ -197,7 +197,8 @@ class EvaRuntime:
         """WhatsApp and e-mail (channels/): the IMAP poller runs when EVA_IMAP_HOST is set."""
         from channels.runtime import start_channels
 
-        channels = await start_channels(self.settings, engine, self.components.get("core"))
+        channels = await start_channels(self.settings, engine, self.components.get("core"),
+                                        stt=self.components.get("stt"))
         self.components["channels"] = channels
         self.closers.append(channels.close)  # runs before the LLM and knowledge base they answer with close
 

@@ -41,7 +41,8 @@ class WhatsAppClient:
         if not phone_number_id or not token:
             raise WhatsAppError("WhatsApp needs EVA_WHATSAPP_PHONE_NUMBER_ID and EVA_WHATSAPP_TOKEN",
                                 code="whatsapp_not_configured")
-        self.url = f"{api_url.rstrip('/')}/{phone_number_id}/messages"
+        self.api_url = api_url.rstrip("/")
+        self.url = f"{self.api_url}/{phone_number_id}/messages"
         self._token = token
         self.timeout = timeout
         self.max_attempts = max(1, max_attempts)
@@ -115,6 +116,67 @@ class WhatsAppClient:
                         self.max_attempts, delay)
             await self._sleep(delay)
         raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
+
+
+async def fetch_media(client: WhatsAppClient, media_id: str, *, max_bytes: int,
+                      mime_prefixes: tuple[str, ...] = ("audio/",)) -> tuple[bytes, str]:
+    """Download an inbound message's media: ``GET {api_url}/{media_id}`` gives its URL, type, size and sha256
+    (https://developers.facebook.com/docs/whatsapp/cloud-api/reference/media), then ``GET url`` with the same
+    token gives the bytes.  Refuses a type not in ``mime_prefixes``, a size over ``max_bytes`` (declared or
+    actual), a URL on a host that is not Meta's (or the configured API's: a proxy, a test server), and bytes whose
+    sha256 differs.  Returns (bytes, mime type)."""
+    import base64
+    import hashlib
+    import re
+    from urllib.parse import urlsplit
+
+    if not re.fullmatch(r"[0-9A-Za-z_.-]{1,128}", media_id):
+        raise WhatsAppError("the media id is malformed", code="whatsapp_bad_response")
+    headers = {"Authorization": f"Bearer {client._token}"}
+    session = client._client()
+    try:
+        async with session.get(f"{client.api_url}/{media_id}", headers=headers) as response:
+            info = await _json_or_none(response)
+            if response.status != 200:
+                raise parse_graph_error(response.status, info)
+        if not isinstance(info, dict) or not isinstance(info.get("url"), str):
+            raise WhatsAppError("the media answer has no URL", code="whatsapp_bad_response")
+        mime = str(info.get("mime_type") or "").split(";")[0].strip().lower()
+        if not mime.startswith(mime_prefixes):
+            raise WhatsAppError(f"media of type {mime or 'unknown'} is not accepted", code="whatsapp_media_refused")
+        declared = int(str(info.get("file_size") or 0)) if str(info.get("file_size") or "0").isdigit() else 0
+        if declared > max_bytes:
+            raise WhatsAppError(f"the media is larger than {max_bytes} bytes", code="whatsapp_media_too_large")
+        url = urlsplit(info["url"])
+        api = urlsplit(client.api_url)
+        host = (url.hostname or "").lower()
+        meta = url.scheme == "https" and (host.endswith((".fbsbx.com", ".facebook.com", ".whatsapp.net"))
+                                          or host in ("fbsbx.com", "facebook.com"))
+        if not meta and (url.scheme, url.hostname, url.port) != (api.scheme, api.hostname, api.port):
+            # Never fetch with the token from anywhere Meta did not put the file.
+            raise WhatsAppError("the media URL is not on Meta's servers", code="whatsapp_media_refused")
+        chunks: list[bytes] = []
+        size = 0
+        async with session.get(info["url"], headers=headers, allow_redirects=False) as response:
+            if response.status != 200:
+                raise parse_graph_error(response.status, await _json_or_none(response))
+            async for chunk in response.content.iter_chunked(65536):
+                size += len(chunk)
+                if size > max_bytes:
+                    raise WhatsAppError(f"the media is larger than {max_bytes} bytes",
+                                        code="whatsapp_media_too_large")
+                chunks.append(chunk)
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        raise WhatsAppError(f"could not download the media: {exc}", code="whatsapp_unavailable",
+                            retryable=True) from exc
+    data = b"".join(chunks)
+    expected = str(info.get("sha256") or "")
+    if expected:
+        actual = hashlib.sha256(data).hexdigest()
+        encoded = base64.b64encode(hashlib.sha256(data).digest()).decode()
+        if expected not in (actual, encoded):
+            raise WhatsAppError("the media does not match its sha256", code="whatsapp_bad_response")
+    return data, mime
 
 
 async def _json_or_none(response: aiohttp.ClientResponse) -> Any:

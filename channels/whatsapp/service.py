@@ -50,15 +50,16 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from functools import partial
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 from channels import store
-from channels.whatsapp.client import WhatsAppClient
+from channels.whatsapp.client import WhatsAppClient, fetch_media
 from channels.whatsapp.codec import (
+    MAX_TEXT_CHARS,
     WaMessage,
     WaStatus,
     build_text_message,
@@ -75,6 +76,10 @@ from voicebot.config import Settings
 from voicebot.errors import EvaError, InvalidInput, Unavailable, WhatsAppError
 from voicebot.flows.conversation import ConversationFlows
 from voicebot.i18n import phrase
+from voicebot.media.decode import decode_audio
+
+if TYPE_CHECKING:
+    from voicebot.stt.whisper import SpeechRouter as FileTranscriber
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +89,9 @@ CHANNEL = "whatsapp"
 DECLINE_TEXT = phrase("whatsapp_text_only")
 """The answer to images, voice notes, documents, locations and other non-text messages (in English; the agent's
 language picks the catalog's translation)."""
+MAX_VOICE_NOTE_BYTES = 10 * 1024 * 1024
+MAX_VOICE_NOTE_SECONDS = 120.0
+"""Voice notes beyond these are answered as unclear (WhatsApp allows 16 MB; a caller-length question is far less)."""
 CONVERSATION_WINDOW = timedelta(hours=24)
 """Messages within this time of the last one continue its conversation (WhatsApp's customer-service window)."""
 MAX_MESSAGE_AGE = CONVERSATION_WINDOW
@@ -122,10 +130,12 @@ class WhatsAppService:
                  client: WhatsAppClient | None = None, concurrency: int = 4, retry_interval: float = 60.0,
                  max_attempts: int = 5, drain_timeout: float = 30.0, max_queued: int = 200,
                  claim_lease: float = 120.0, worker_id: str | None = None,
-                 flows: ConversationFlows | None = None) -> None:
+                 flows: ConversationFlows | None = None, stt: FileTranscriber | None = None) -> None:
         self.settings = settings
         self.engine = engine
         self.core = core
+        self.stt = stt
+        """Transcribes voice notes (the calls' own Whisper); without it they get the "text only" answer."""
         self.flows = flows if flows is not None or core is None else ConversationFlows(
             engine, core, send_message=self._flow_send)
         """Flows answer before the agent (an active run, the agent's start_flow or a trigger phrase)."""
@@ -444,6 +454,12 @@ class WhatsAppService:
             assistant_id = stored_id
         else:
             conversation_id = await self._conversation(agent, contact, wa_id)
+            if not row.text.strip() and row.kind == "audio" and self.stt is not None:
+                heard = await self._voice_note_text(row, agent)
+                if heard:
+                    # Kept on the inbox row: a retry after a crash answers these words, not the audio again.
+                    row_id, row.text = row.id, heard
+                    await self._db(lambda s: _set_text(s, row_id, heard))
             flowed = None
             if row.text.strip() and self.flows is not None:
                 flowed = await self.flows.handle(agent, contact, CHANNEL, row.text, conversation_id=conversation_id,
@@ -458,7 +474,8 @@ class WhatsAppService:
                              ", ".join(c.name for c in done.tool_calls))
                 text, assistant_id = done.text, done.assistant_message_id
             else:
-                text = phrase("whatsapp_text_only", agent.language)
+                text = phrase("whatsapp_voice_unclear" if row.kind == "audio" and self.stt is not None
+                              else "whatsapp_text_only", agent.language)
                 assistant_id = await self._db(lambda s: _store_declined(s, conversation_id, row, text))
         sent = await self._send_parts(row.id, row.external_id, wa_id, text, list(row.sent_parts or []))
         if sent is None:
@@ -466,6 +483,30 @@ class WhatsAppService:
         extra = {"whatsapp_ids": sent} if len(sent) > 1 else None
         await self._db(lambda s: store.record_sent(s, assistant_id, sent[0], extra))
         return conversation_id
+
+    async def _voice_note_text(self, row: InboundMessage, agent: Agent) -> str:
+        """What the voice note says ('' when it cannot be heard: too large, not audio, silence).  A download that
+        may work later (the API unreachable) raises, so the row is retried."""
+        assert self.stt is not None
+        audio_part = (row.payload or {}).get("audio")
+        media_id = audio_part.get("id") if isinstance(audio_part, dict) else None
+        if not isinstance(media_id, str):
+            return ""
+        try:
+            data, _mime = await fetch_media(self.client, media_id, max_bytes=MAX_VOICE_NOTE_BYTES)
+            audio = await decode_audio(data, max_seconds=MAX_VOICE_NOTE_SECONDS)
+            transcript = await self.stt.transcribe_file(audio, agent.language)
+        except WhatsAppError as exc:
+            if exc.retryable:
+                raise
+            log.warning("WhatsApp voice note %s not transcribed: [%s] %s", row.id, exc.code, exc.message)
+            return ""
+        except EvaError as exc:
+            log.warning("WhatsApp voice note %s not transcribed: [%s] %s", row.id, exc.code, exc.message)
+            return ""
+        log.info("WhatsApp voice note %s transcribed (%.1f s of audio in %.2f s)", row.id, transcript.seconds,
+                 transcript.processing_s)
+        return transcript.text.strip()[:MAX_TEXT_CHARS]
 
     async def _send_parts(self, row_id: int, inbound_wamid: str, wa_id: str, text: str,
                           already: list[str]) -> list[str] | None:
@@ -586,6 +627,13 @@ def _parse_part_tag(data: str) -> tuple[str, int] | None:
         return None
     wamid, _, index = data.removeprefix(PART_TAG).rpartition(":")
     return (wamid, int(index)) if wamid and index.isascii() and index.isdigit() and len(index) < 4 else None
+
+
+def _set_text(session: Session, row_id: int, text: str) -> None:
+    row = session.get(InboundMessage, row_id)
+    if row is not None:
+        row.text = text
+        session.add(row)
 
 
 def _store_declined(session: Session, conversation_id: int, row: InboundMessage, text: str) -> int:

@@ -52,6 +52,7 @@ def encode(audio: Audio, container: str = "ogg", codec: str = "libopus", rate: i
     buffer = io.BytesIO()
     with av.open(buffer, "w", format=container) as out:
         stream = out.add_stream(codec, rate=rate)
+        assert isinstance(stream, av.AudioStream)
         stream.layout = "mono"
         frame = av.AudioFrame.from_ndarray(pcm, format="s16p" if codec == "libmp3lame" else "s16", layout="mono")
         frame.rate = rate

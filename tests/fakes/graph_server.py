@@ -10,6 +10,10 @@ A test can queue answers (:class:`Reply`): a documented Graph error JSON with it
 a body that is not JSON, or a delay (to trip the client's timeout; a delayed success is recorded as sent before
 the delay, as a real send that is answered late has reached the customer).  Every accepted message is in
 ``sent``.
+
+Media (https://developers.facebook.com/docs/whatsapp/cloud-api/reference/media): ``GET /{version}/{media_id}``
+answers ``{"messaging_product", "url", "mime_type", "sha256", "file_size", "id"}`` and ``GET url`` (same token)
+the bytes; :meth:`FakeGraph.add_media` puts a file there (a real webhook then names its id).
 """
 
 from __future__ import annotations
@@ -57,6 +61,9 @@ class FakeGraph:
     """Bodies of the messages accepted (status 200), in order."""
     requests: int = 0
     message_arrived: asyncio.Event = field(default_factory=asyncio.Event)
+    media: dict[str, tuple[bytes, str]] = field(default_factory=dict)
+    """Media id → (bytes, mime type)."""
+    media_downloads: int = 0
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
     _runner: web.AppRunner | None = None
     _port: int = 0
@@ -69,6 +76,8 @@ class FakeGraph:
     async def start(self) -> None:
         app = web.Application()
         app.router.add_post(f"/{API_VERSION}/{{phone_number_id}}/messages", self._messages)
+        app.router.add_get(f"/{API_VERSION}/{{media_id}}", self._media_info)
+        app.router.add_get("/whatsapp_business/attachments/{media_id}", self._media_bytes)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -86,6 +95,38 @@ class FakeGraph:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
+
+    def add_media(self, data: bytes, mime_type: str, *, sha256: str | None = None) -> str:
+        """Store a file as an inbound message's media; returns its media id."""
+        media_id = str(1_000_000_000_000_000 + next(self._ids))
+        self.media[media_id] = (data, mime_type)
+        if sha256 is not None:
+            self.media[f"{media_id}:sha256"] = (sha256.encode(), "")
+        return media_id
+
+    async def _media_info(self, request: web.Request) -> web.StreamResponse:
+        import hashlib
+
+        if request.headers.get("Authorization") != f"Bearer {self.token}":
+            return web.json_response(graph_error("error_token_expired"), status=401)
+        media_id = request.match_info["media_id"]
+        if media_id not in self.media:
+            return _invalid_parameter(f"Unsupported get request. Object with ID '{media_id}' does not exist")
+        data, mime = self.media[media_id]
+        override = self.media.get(f"{media_id}:sha256")
+        digest = override[0].decode() if override else hashlib.sha256(data).hexdigest()
+        return web.json_response({
+            "messaging_product": "whatsapp", "url": f"http://127.0.0.1:{self._port}/whatsapp_business/attachments/"
+            f"{media_id}", "mime_type": mime, "sha256": digest, "file_size": str(len(data)), "id": media_id})
+
+    async def _media_bytes(self, request: web.Request) -> web.StreamResponse:
+        if request.headers.get("Authorization") != f"Bearer {self.token}":
+            return web.json_response(graph_error("error_token_expired"), status=401)
+        found = self.media.get(request.match_info["media_id"])
+        if found is None:
+            return web.Response(status=404)
+        self.media_downloads += 1
+        return web.Response(body=found[0], content_type=found[1].split(";")[0])
 
     async def wait_for_messages(self, count: int, timeout: float = 20.0) -> list[dict[str, Any]]:
         async with asyncio.timeout(timeout):
