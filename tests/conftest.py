@@ -41,7 +41,8 @@ points both at freshly built throw-away folders).  Everything else is settings a
 MARK_BY_FIXTURE: dict[str, frozenset[str]] = {
     "asterisk": frozenset({"asterisk", "own_asterisk"}),
     "models": frozenset({"embedded_llm", "qwen", "demo_world", "demo_data", "local_embedder", "api_embedder",
-                         "embedder", "whisper", "say", "llm_api", "live_server", "speech_api", "voice_world", "voice_note",
+                         "embedder", "whisper", "say", "llm_api", "live_server", "speech_api", "voice_world",
+                         "voice_note",
                          "runtime",  # the voice runtime loads Whisper and Piper
                          "own_asterisk"}),  # a private Asterisk whose prompts Piper synthesizes first
     "servers": frozenset({"postgres_server", "postgres_url", "dovecot", "chroma_server"}),

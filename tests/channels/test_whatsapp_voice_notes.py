@@ -72,7 +72,7 @@ async def test_a_voice_note_is_transcribed_and_answered(voice_world: World, voic
     assert "saturday" in heard and "open" in heard, heard
     (reply,) = voice_world.graph.sent
     assert reply["text"]["body"].lower().startswith("you said: what time do you open")
-    user, assistant = voice_world.rows(Message)
+    user, _assistant = voice_world.rows(Message)
     assert user.role == "user" and "saturday" in user.text.lower()
     (row,) = voice_world.rows(InboundMessage)
     assert row.status == "done" and "saturday" in row.text.lower()  # kept: a retry answers these words
