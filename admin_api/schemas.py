@@ -194,6 +194,8 @@ class AgentCreate(Input):
     start_flow: Slug | None = None
     """The flow every new conversation with this agent starts in (by name; null: none)."""
     flow_triggers: FlowTriggers = Field(default_factory=dict)
+    email_signature: Text2000 = ""
+    """Closes the agent's e-mail replies (plain text)."""
     active: bool = True
 
 
@@ -213,6 +215,7 @@ class AgentUpdate(Input):
     start_flow: Slug | None = None
     """A flow name, or null to start none (leaving it out keeps it)."""
     flow_triggers: FlowTriggers = optional()
+    email_signature: Text2000 = optional()
     active: bool = optional()
 
 
@@ -232,6 +235,7 @@ class AgentOut(Output):
     transfer_targets: dict[str, str]
     start_flow: str | None
     flow_triggers: dict[str, list[str]]
+    email_signature: str
     active: bool
     created_at: Timestamp
     updated_at: Timestamp

@@ -10,7 +10,7 @@ from models.base import utcnow
 from models.calls import Call, CallTurn
 from models.channels import InboundMessage
 from models.contacts import Contact, Conversation, Message
-from models.email import EmailReceipt
+from models.email import EmailReceipt, EmailTemplate
 from models.flows import Flow, FlowRun
 from models.knowledge import KnowledgeChunk, KnowledgeDocument
 from models.trunks import SipTrunk
@@ -25,6 +25,7 @@ __all__ = [
     "Contact",
     "Conversation",
     "EmailReceipt",
+    "EmailTemplate",
     "Flow",
     "FlowRun",
     "InboundMessage",

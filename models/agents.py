@@ -46,6 +46,8 @@ class Agent(SQLModel, table=True):
     flow_triggers: dict[str, list[str]] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     """Flows the agent runs when the caller asks for them: flow name → phrases ("book", "appointment").
     A message containing one of the phrases starts the flow; when it ends, the agent carries on."""
+    email_signature: str = Field(default="", max_length=2000)
+    """Closes the agent's e-mail replies (plain text; the HTML part shows it escaped, line by line)."""
     active: bool = Field(default=True)
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)

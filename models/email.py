@@ -45,3 +45,18 @@ class EmailReceipt(SQLModel, table=True):
     """When it was first claimed."""
     updated_at: datetime = Field(default_factory=utcnow, index=True)
     """Last change; for an answered receipt, when it was answered (the rate limits count from it)."""
+
+
+class EmailTemplate(SQLModel, table=True):
+    """A message designers write once and send with variables (``{{ name }}``): a subject, a plain-text body and
+    an optional HTML body, rendered by a sandboxed Jinja2 (HTML autoescaped: a variable never becomes markup)."""
+
+    __tablename__ = "email_templates"
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(index=True, unique=True, max_length=80)
+    subject: str = Field(max_length=400)
+    text: str = Field(max_length=65536)
+    html: str = Field(default="", max_length=65536)
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)

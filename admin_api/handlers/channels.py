@@ -4,15 +4,21 @@ conversations."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated, Any, Literal
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from sqlmodel import Session, col, select
 
 from admin_api.framework import ApiRouter, Ctx
-from admin_api.schemas import Input, Output, Pagination, SourceOut, Timestamp
+from admin_api.handlers.common import get_row
+from admin_api.schemas import Input, Output, Pagination, SourceOut, Timestamp, optional
 from channels import store
+from channels.email import templates
 from channels.whatsapp.codec import MAX_TEXT_CHARS, SIGNATURE_HEADER
+from models import EmailTemplate, utcnow
+from voicebot.errors import Conflict, InvalidInput, NotFound
 
 whatsapp = ApiRouter("whatsapp")
 email = ApiRouter("email")
@@ -62,10 +68,46 @@ class WhatsAppSendOut(Output):
     contact_id: int
 
 
+VariableName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")]
+
+
 class EmailSendRequest(Input):
+    """Either ``subject`` and ``body`` (with ``html: true`` an HTML part is made from the body), or a
+    ``template`` filled with ``variables``."""
+
     to: EmailAddress
-    subject: str = Field(min_length=1, max_length=200)
-    body: str = Field(min_length=1, max_length=100_000)
+    subject: str = Field(default="", max_length=200)
+    body: str = Field(default="", max_length=100_000)
+    html: bool = False
+    template: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,79}$")] | None = None
+    variables: Annotated[dict[VariableName, Annotated[str, StringConstraints(max_length=10_000)]],
+                         Field(max_length=50)] = Field(default_factory=dict)
+
+
+class EmailTemplateIn(Input):
+    name: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,79}$")]
+    subject: str = Field(min_length=1, max_length=400)
+    text: str = Field(min_length=1, max_length=65_536)
+    """The plain-text body (Jinja2: ``{{ name }}``, ``{% if %}``); every e-mail has one."""
+    html: str = Field(default="", max_length=65_536)
+    """An HTML body (variables are escaped); empty: text only."""
+
+
+class EmailTemplateUpdate(Input):
+    name: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,79}$")] = optional()
+    subject: str = optional(min_length=1, max_length=400)
+    text: str = optional(min_length=1, max_length=65_536)
+    html: str = optional(max_length=65_536)
+
+
+class EmailTemplateOut(Output):
+    id: int
+    name: str
+    subject: str
+    text: str
+    html: str
+    created_at: Timestamp
+    updated_at: Timestamp
 
 
 class EmailSendOut(Output):
@@ -154,7 +196,30 @@ async def whatsapp_conversations(ctx: Ctx, query: Pagination) -> ChannelConversa
 # ------------------------------ e-mail ------------------------------------------------------------
 @email.post("/email/send", role="designer", errors=(502, 503), summary="Send an e-mail from the channel's address")
 async def email_send(ctx: Ctx, body: EmailSendRequest) -> EmailSendOut:
-    sent = await ctx.services.need_email().send(body.to, body.subject, body.body)
+    service = ctx.services.need_email()
+    if body.template is not None:
+        if body.subject or body.body or body.html:
+            raise InvalidInput("a template brings its own subject and body", field="template")
+        name = body.template
+        row = await ctx.services.db(lambda s: s.exec(select(EmailTemplate).where(EmailTemplate.name == name)).first())
+        if row is None:
+            raise InvalidInput(f"there is no e-mail template named {name!r}", field="template")
+        variables = body.variables
+        # Rendering is CPU work on designers' templates: off the event loop.
+        subject, text, html = await asyncio.to_thread(lambda: (
+            " ".join(templates.render(row.subject, variables, html=False, field="subject").split()),
+            templates.render(row.text, variables, html=False, field="text"),
+            templates.render(row.html, variables, html=True, field="html") if row.html else ""))
+    else:
+        if not body.subject.strip():
+            raise InvalidInput("subject is required without a template", field="subject")
+        if not body.body.strip():
+            raise InvalidInput("body is required without a template", field="body")
+        if body.variables:
+            raise InvalidInput("variables fill a template; name one", field="variables")
+        subject, text = body.subject, body.body
+        html = templates.reply_html(text) if body.html else ""
+    sent = await service.send(body.to, subject[:200], text, html=html)
     return EmailSendOut(message_id=sent.email_message_id, conversation_id=sent.conversation_id,
                         stored_message_id=sent.message_id, contact_id=sent.contact_id)
 
@@ -168,6 +233,75 @@ async def email_chat(ctx: Ctx, body: EmailChatRequest) -> EmailChatOut:
         stored_message_id=result.message_id,
         sources=[SourceOut(document_id=c.document_id, title=c.title, page=c.page, similarity=c.similarity)
                  for c in result.citations])
+
+
+def _check_template(fields: dict[str, Any]) -> None:
+    for field in ("subject", "text", "html"):
+        if fields.get(field):
+            templates.check(fields[field], html=field == "html", field=field)
+
+
+@email.get("/email/templates", role="viewer", summary="E-mail templates")
+async def list_templates(ctx: Ctx) -> list[EmailTemplateOut]:
+    rows = await ctx.services.db(lambda s: list(s.exec(select(EmailTemplate).order_by(col(EmailTemplate.name)))))
+    return [EmailTemplateOut.model_validate(r) for r in rows]
+
+
+@email.post("/email/templates", role="designer", status=201, errors=(409,),
+            summary="Create an e-mail template (Jinja2, sandboxed; HTML variables are escaped)")
+async def create_template(ctx: Ctx, body: EmailTemplateIn) -> EmailTemplateOut:
+    fields = body.model_dump()
+    _check_template(fields)
+
+    def create(session: Session) -> EmailTemplate:
+        if session.exec(select(EmailTemplate.id).where(EmailTemplate.name == body.name)).first() is not None:
+            raise Conflict(f"an e-mail template named {body.name!r} exists", field="name")
+        row = EmailTemplate(**fields)
+        session.add(row)
+        session.flush()
+        session.refresh(row)
+        return row
+
+    return EmailTemplateOut.model_validate(await ctx.services.db(create))
+
+
+@email.get("/email/templates/{template_id}", role="viewer", summary="An e-mail template")
+async def get_template(ctx: Ctx, template_id: int) -> EmailTemplateOut:
+    return EmailTemplateOut.model_validate(await get_row(ctx, EmailTemplate, template_id, "template"))
+
+
+@email.patch("/email/templates/{template_id}", role="designer", errors=(409,), summary="Change an e-mail template")
+async def update_template(ctx: Ctx, template_id: int, body: EmailTemplateUpdate) -> EmailTemplateOut:
+    changes = body.model_dump(exclude_unset=True)
+    _check_template(changes)
+
+    def change(session: Session) -> EmailTemplate:
+        row = session.get(EmailTemplate, template_id)
+        if row is None:
+            raise NotFound(f"template {template_id} does not exist", field="template_id")
+        if "name" in changes and session.exec(select(EmailTemplate.id).where(
+                EmailTemplate.name == changes["name"], col(EmailTemplate.id) != template_id)).first() is not None:
+            raise Conflict(f"an e-mail template named {changes['name']!r} exists", field="name")
+        for key, value in changes.items():
+            setattr(row, key, value)
+        row.updated_at = utcnow()
+        session.add(row)
+        session.flush()
+        session.refresh(row)
+        return row
+
+    return EmailTemplateOut.model_validate(await ctx.services.db(change))
+
+
+@email.delete("/email/templates/{template_id}", role="designer", summary="Delete an e-mail template")
+async def delete_template(ctx: Ctx, template_id: int) -> None:
+    def delete(session: Session) -> None:
+        row = session.get(EmailTemplate, template_id)
+        if row is None:
+            raise NotFound(f"template {template_id} does not exist", field="template_id")
+        session.delete(row)
+
+    await ctx.services.db(delete)
 
 
 @email.get("/email/conversations", role="viewer", summary="E-mail conversations, most recent first")

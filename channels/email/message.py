@@ -485,8 +485,9 @@ def new_message_id(sender: str) -> str:
 
 
 def build_message(*, sender: str, to: str, subject: str, body: str, in_reply_to: str = "",
-                  references: tuple[str, ...] = (), message_id: str = "") -> EmailMessage:
-    """A plain-text message; with ``in_reply_to`` it threads as a reply (RFC 5322 In-Reply-To/References)."""
+                  references: tuple[str, ...] = (), message_id: str = "", html: str = "") -> EmailMessage:
+    """A plain-text message, or with ``html`` a multipart/alternative of the text and the HTML (clients show the
+    best they can); with ``in_reply_to`` it threads as a reply (RFC 5322 In-Reply-To/References)."""
     # No control characters in a header (CR/LF would inject headers; others break mail clients).
     subject = " ".join("".join(" " if unicodedata.category(c) == "Cc" else c for c in subject).split())
     message = EmailMessage()
@@ -503,10 +504,13 @@ def build_message(*, sender: str, to: str, subject: str, body: str, in_reply_to:
     message["Auto-Submitted"] = "auto-replied" if in_reply_to else "auto-generated"
     # quoted-printable keeps the message 7-bit clean for relays without 8BITMIME.
     message.set_content(body, cte="quoted-printable")
+    if html:
+        message.add_alternative(html, subtype="html", cte="quoted-printable")
     return message
 
 
-def build_reply(inbound: InboundEmail, body: str, *, sender: str, message_id: str = "") -> EmailMessage:
+def build_reply(inbound: InboundEmail, body: str, *, sender: str, message_id: str = "",
+                html: str = "") -> EmailMessage:
     """The reply to ``inbound``: same thread, ``Re:`` subject, to its From address (never to a Reply-To: see
     :attr:`InboundEmail.reply_to_header`)."""
     recipient = inbound.sender
@@ -518,4 +522,4 @@ def build_reply(inbound: InboundEmail, body: str, *, sender: str, message_id: st
     return build_message(sender=sender, to=recipient, subject=reply_subject(inbound.subject), body=body,
                          in_reply_to=inbound.message_id,
                          references=inbound.references or ((inbound.in_reply_to,) if inbound.in_reply_to else ()),
-                         message_id=message_id)
+                         message_id=message_id, html=html)

@@ -57,6 +57,7 @@ from channels import store
 from channels.email import receipts
 from channels.email.message import InboundEmail, build_message, build_reply, new_message_id
 from channels.email.parse_worker import ParseWorker
+from channels.email.templates import reply_html, with_signature
 from channels.email.transport import ImapMailbox, SmtpSender
 from models import Agent, Contact, utcnow
 from models.db import session_scope
@@ -420,7 +421,10 @@ class EmailService:
                     log.info("e-mail reply asked for tools %s, which this channel does not run",
                              ", ".join(c.name for c in done.tool_calls))
                 reply_text, assistant_id = done.text, done.assistant_message_id
-        reply = build_reply(mail, reply_text, sender=own_display(self.settings, own))
+        # Text and HTML, both closed with the agent's signature (the stored reply stays the agent's words).
+        reply = build_reply(mail, with_signature(reply_text, agent.email_signature),
+                            sender=own_display(self.settings, own),
+                            html=reply_html(reply_text, agent.email_signature))
         await asyncio.to_thread(self.sender.send, reply)
 
         def sent(session: Session) -> None:
@@ -449,8 +453,9 @@ class EmailService:
         await self.send(to, FLOW_MESSAGE_SUBJECT, text)
         return True
 
-    async def send(self, to: str, subject: str, body: str) -> EmailSent:
-        """Send an e-mail from the channel (not generated) and store it as the start of a conversation."""
+    async def send(self, to: str, subject: str, body: str, *, html: str = "") -> EmailSent:
+        """Send an e-mail from the channel (not generated) and store it as the start of a conversation; with
+        ``html`` it goes as text + HTML alternatives."""
         sender = self.sender
         address = normalize_email(to)
         if not body.strip():
@@ -459,7 +464,8 @@ class EmailService:
         contact = await self.contacts.find_or_create_contact(email=address)
         assert contact.id is not None
         contact_id = contact.id
-        message = build_message(sender=own_display(self.settings, own), to=address, subject=subject, body=body)
+        message = build_message(sender=own_display(self.settings, own), to=address, subject=subject, body=body,
+                                html=html)
         message_id = str(message["Message-ID"])
         await asyncio.to_thread(sender.send, message)
 
@@ -499,8 +505,9 @@ class EmailService:
                                       tools=(SEARCH_KNOWLEDGE,))
             reply_text, assistant_id, citations = done.text, done.assistant_message_id, done.citations
         message = build_message(sender=own_display(self.settings, own), to=address,
-                                subject=subject.strip() or DEFAULT_CHAT_SUBJECT, body=reply_text,
-                                message_id=message_id)
+                                subject=subject.strip() or DEFAULT_CHAT_SUBJECT,
+                                body=with_signature(reply_text, agent.email_signature), message_id=message_id,
+                                html=reply_html(reply_text, agent.email_signature))
         await asyncio.to_thread(sender.send, message)
         await self._db(lambda s: store.record_sent(s, assistant_id, message_id))
         return EmailChatResult(reply_text, conversation_id, assistant_id, message_id, citations)

@@ -65,6 +65,9 @@ EXPECTED: dict[tuple[str, str], str | None] = {
     ("GET", "/api/v1/whatsapp/webhook"): P, ("POST", "/api/v1/whatsapp/webhook"): P,
     ("POST", "/api/v1/whatsapp/send-message"): D, ("GET", "/api/v1/whatsapp/conversations"): V,
     ("POST", "/api/v1/email/send"): D, ("POST", "/api/v1/email/chat"): D, ("GET", "/api/v1/email/conversations"): V,
+    ("GET", "/api/v1/email/templates"): V, ("POST", "/api/v1/email/templates"): D,
+    ("GET", "/api/v1/email/templates/{template_id}"): V, ("PATCH", "/api/v1/email/templates/{template_id}"): D,
+    ("DELETE", "/api/v1/email/templates/{template_id}"): D,
     # chat: viewers read sessions; replies are for chat keys (a website backend), designers and admins
     ("POST", "/api/v1/chat/sessions"): C, ("GET", "/api/v1/chat/sessions"): V,
     ("GET", "/api/v1/chat/sessions/{session_id}"): V, ("GET", "/api/v1/chat/sessions/{session_id}/messages"): V,
@@ -92,7 +95,8 @@ def _concrete(path: str) -> str:
             .replace("{user_id}", "999999").replace("{key_id}", "999999").replace("{agent_id}", "999999")
             .replace("{route_id}", "999999").replace("{document_id}", "999999").replace("{call_id}", "999999")
             .replace("{conversation_id}", "999999").replace("{trunk_id}", "999999").replace("{flow_id}", "999999")
-            .replace("{session_id}", "999999").replace("{contact_id}", "999999"))
+            .replace("{session_id}", "999999").replace("{contact_id}", "999999")
+            .replace("{template_id}", "999999"))
 
 
 def _served(api: Api) -> dict[tuple[str, str], str | None]:

@@ -315,3 +315,15 @@ def stop_server(process: subprocess.Popen[bytes], root: Path) -> None:
     if process.stderr is not None:
         process.stderr.close()
     shutil.rmtree(root, ignore_errors=True)
+
+
+def plain_of(message: EmailMessage) -> str:
+    """A sent message's plain-text body (replies are text + HTML alternatives; clients read either)."""
+    part = message.get_body(("plain",))
+    assert part is not None, "the message has no text/plain part"
+    return str(part.get_content()).replace("\r\n", "\n")
+
+
+def all_text_of(message: EmailMessage) -> str:
+    """Every text part of a message (plain and HTML): what a recipient could read in it."""
+    return "\n".join(str(p.get_content()) for p in message.walk() if p.get_content_maintype() == "text")

@@ -23,7 +23,7 @@ from models import Message
 from models.db import make_engine, session_scope, upgrade
 from rag import KnowledgeBase
 from tests.api.conftest import offline_settings, start_api
-from tests.channels.conftest import Dovecot, SmtpSink
+from tests.channels.conftest import Dovecot, SmtpSink, plain_of
 from tests.embedded_model import gguf_path, shared_embedded_llm
 from tests.fakes.graph_server import FakeGraph
 from voicebot.agent.core import AgentCore
@@ -114,7 +114,7 @@ async def test_email_question_answered_from_the_knowledge(core: AgentCore, demo_
     assert result.answered == 1
     (sent,) = smtp_sink.messages
     reply = last_reply(demo_engine)
-    assert sent.get_content().strip() == reply.text.strip() and sent["In-Reply-To"] == "<flat@example.org>"
+    assert plain_of(sent).strip() == reply.text.strip() and sent["In-Reply-To"] == "<flat@example.org>"
     assert "15" in reply.text, reply.text
     assert reply.citations
     assert dovecot.flags("demo-inbox") == [("<flat@example.org>", True)]

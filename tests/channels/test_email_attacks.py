@@ -23,7 +23,7 @@ from channels.email.transport import ImapMailbox
 from models import EmailReceipt
 from models.db import session_scope
 from tests.api.conftest import closed_port
-from tests.channels.conftest import Dovecot, ScriptedLLM, SmtpSink
+from tests.channels.conftest import Dovecot, ScriptedLLM, SmtpSink, all_text_of
 from tests.channels.test_email_service import EVA, mail, make_mail
 from tests.loop_probe import LoopProbe, stall_bound
 from voicebot.agent.core import AgentCore
@@ -112,7 +112,7 @@ async def test_hostile_mail_never_stalls_the_event_loop(
     assert all(seen for _id, seen in box.seen())  # nothing is left to be fetched again for ever
     assert sorted(rcpts[0] for _from, rcpts in smtp_sink.envelopes) == ["attacker@example.net", "html@example.net"]
     brakes = next(m for m in smtp_sink.messages if m["To"] == "html@example.net")
-    assert "Do you fix brakes?" in brakes.get_content()
+    assert "Do you fix brakes?" in all_text_of(brakes)
     refused = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
     assert any("email_too_large" in line and "2000000" in line for line in refused), refused
     assert any("email_unparseable" in line and "multipart sections" in line for line in refused), refused
@@ -159,7 +159,7 @@ async def test_reply_goes_to_from_never_to_a_different_reply_to(
     assert result.answered == 1
     assert smtp_sink.by_recipient("attacker@evil.example") == []
     assert [rcpts for _from, rcpts in smtp_sink.envelopes] == [["victim@example.org"], ["victim@example.org"]]
-    assert "12 Elm Street" in smtp_sink.messages[1].get_content()  # it went to its owner only
+    assert "12 Elm Street" in all_text_of(smtp_sink.messages[1])  # it went to its owner only
     assert smtp_sink.messages[1]["To"] == "Victim <victim@example.org>"
 
 
@@ -202,7 +202,7 @@ async def test_a_message_id_reused_by_another_sender_is_that_senders_own_mail(
     await box.service.close()
     assert (result.answered, result.duplicates) == (2, 1)
     to_attacker = smtp_sink.by_recipient("attacker@evil.example")
-    assert len(to_attacker) == 1 and "4711" not in to_attacker[0].get_content()
+    assert len(to_attacker) == 1 and "4711" not in all_text_of(to_attacker[0])
     assert len(smtp_sink.by_recipient("victim@example.org")) == 1
 
 
@@ -261,7 +261,7 @@ async def test_a_reused_message_id_never_gets_another_senders_unsent_reply(
     assert result.answered == 2
     (to_victim,) = smtp_sink.by_recipient("victim@example.org")
     (to_attacker,) = smtp_sink.by_recipient("attacker@evil.example")
-    assert "4711" in to_victim.get_content() and "4711" not in to_attacker.get_content()
+    assert "4711" in all_text_of(to_victim) and "4711" not in all_text_of(to_attacker)
 
 
 def _an_hour_passes(engine: Engine) -> None:

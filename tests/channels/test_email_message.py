@@ -21,6 +21,7 @@ from channels.email.message import (
     reply_subject,
     strip_quoted,
 )
+from tests.channels.conftest import plain_of
 from voicebot.errors import InvalidInput
 
 
@@ -164,7 +165,7 @@ def test_reply_threads_under_the_message() -> None:
     assert parsed.reply_to_header == "ada.work@example.org"
     assert again["Subject"] == "Re: Repairs" and again["To"] == "Ada <ada@example.org>"
     assert again["Message-ID"].endswith("@shop.example>") and again["Auto-Submitted"] == "auto-replied"
-    assert again.get_content().strip() == "We do, any day."
+    assert plain_of(again).strip() == "We do, any day."
 
 
 def test_header_injection_is_neutralised() -> None:

@@ -21,7 +21,7 @@ from channels.email.transport import ImapMailbox
 from models import Contact, Conversation, Message
 from models.db import session_scope
 from tests.api.conftest import Api, closed_port, offline_settings, start_api
-from tests.channels.conftest import Dovecot, ScriptedLLM, SmtpSink
+from tests.channels.conftest import Dovecot, ScriptedLLM, SmtpSink, plain_of
 from voicebot.agent.core import AgentCore
 from voicebot.config import Settings
 from voicebot.errors import EmailError
@@ -96,7 +96,7 @@ async def test_mail_is_answered_in_its_thread_and_marked_seen_after_the_reply(
     assert smtp_sink.envelopes[0] == (EVA, ["ada@example.org"])
     assert (reply["To"], reply["From"], reply["Subject"], reply["In-Reply-To"]) == (
         "Ada <ada@example.org>", f"Eva <{EVA}>", "Re: Repairs", "<q1@example.org>")
-    assert reply.get_content().strip() == "You said: Do you repair e-bikes?"
+    assert plain_of(reply).strip() == "You said: Do you repair e-bikes?"
     assert box.seen() == [("<q1@example.org>", True)]
     (contact,) = box.rows(Contact)
     assert (contact.email, contact.name) == ("ada@example.org", "Ada")
@@ -150,7 +150,7 @@ async def test_smtp_outage_leaves_mail_unseen_and_the_stored_reply_is_sent_later
     up = EmailService(up_settings, sqlite_db, AgentCore(up_settings, sqlite_db, down.llm))
     result = await up.poll_once()
     assert result.answered == 2
-    assert [m.get_content().strip() for m in smtp_sink.messages] == [
+    assert [plain_of(m).strip() for m in smtp_sink.messages] == [
         "You said: Are you open on Sunday?", "You said: And on Monday?"]
     assert len(down.llm.calls) == 2  # Sunday's reply was generated once, sent when SMTP was back
     assert all(seen for _id, seen in down.seen())
@@ -171,7 +171,7 @@ async def test_poller_runs_in_the_background_and_stops(box: Mail) -> None:
     box.deliver(mail("Background?", message_id="<bg@example.org>"))
     assert await asyncio.to_thread(box.sink.received.wait, 15)
     await box.service.close()
-    assert box.sink.messages[0].get_content().strip() == "You said: Background?"
+    assert plain_of(box.sink.messages[0]).strip() == "You said: Background?"
     assert box.seen() == [("<bg@example.org>", True)]
 
 
@@ -200,7 +200,7 @@ async def test_send_chat_and_conversations_routes(api: Api, box: Mail) -> None:
     assert status == 200, sent
     (first,) = box.sink.messages
     assert (first["To"], first["Subject"], first["Message-ID"]) == ("bob@example.org", "Your bike", sent["message_id"])
-    assert first.get_content().strip() == "It is ready."
+    assert plain_of(first).strip() == "It is ready."
 
     status, chat = await api.call("POST", "/api/v1/email/chat", role="designer",
                                   json={"email": "carol@example.org", "message": "Do you sell helmets?"})
@@ -209,7 +209,7 @@ async def test_send_chat_and_conversations_routes(api: Api, box: Mail) -> None:
     second = box.sink.messages[1]
     assert (second["To"], second["Subject"], second["Message-ID"]) == (
         "carol@example.org", "Your question", chat["message_id"])
-    assert second.get_content().strip() == chat["reply"]
+    assert plain_of(second).strip() == chat["reply"]
 
     status, page = await api.call("GET", "/api/v1/email/conversations", role="viewer")
     assert status == 200 and page["total"] == 2

@@ -27,7 +27,7 @@ from channels.whatsapp.service import WhatsAppService
 from models import Agent, Conversation, Flow, FlowRun, InboundMessage, Message, utcnow
 from models.db import session_scope
 from tests.api.conftest import offline_settings
-from tests.channels.conftest import Dovecot, ScriptedLLM, SmtpSink
+from tests.channels.conftest import Dovecot, ScriptedLLM, SmtpSink, plain_of
 from tests.channels.test_email_service import mail, mail_settings
 from tests.channels.test_whatsapp_service import APP_SECRET, SENDER, VERIFY_TOKEN, WEBHOOK, no_sleep, text_payload
 from tests.fakes.graph_server import FakeGraph, Reply
@@ -246,7 +246,7 @@ def email_service(engine: Engine, dovecot: Dovecot, sink: SmtpSink, tmp_path: Pa
 
 def answer_to(reply: Any, body: str, number: int) -> bytes:
     """Ada's answer to our ``reply``, quoting it, in its thread."""
-    quoted = "\n".join(f"> {line}" for line in reply.get_content().strip().splitlines())
+    quoted = "\n".join(f"> {line}" for line in plain_of(reply).strip().splitlines())
     return mail(f"{body}\n\nOn Mon, Eva <eva@shop.example> wrote:\n{quoted}", message_id=f"<a{number}@example.org>",
                 subject="Re: Appointment", In_Reply_To=reply["Message-ID"],
                 References=f"{reply.get('References', '')} {reply['Message-ID']}".strip())
@@ -264,7 +264,7 @@ async def test_email_booking_survives_a_new_service_mid_flow_in_one_thread(
     assert (await first.poll_once()).answered == 1
     assert (await first.poll_once()).unseen == 0  # answered mail is marked seen: never answered again
     await first.close()
-    bodies = [m.get_content().strip() for m in smtp_sink.messages]
+    bodies = [plain_of(m).strip() for m in smtp_sink.messages]
     assert bodies == [ASK_NAME, ASK_DATE]
 
     second = email_service(sqlite_db, dovecot, smtp_sink, tmp_path, user)
@@ -275,7 +275,7 @@ async def test_email_booking_survives_a_new_service_mid_flow_in_one_thread(
         assert (await second.poll_once()).answered == 1
     finally:
         await second.close()
-    assert [m.get_content().strip() for m in smtp_sink.messages][2:] == [ASK_PHONE, BOOKED]
+    assert [plain_of(m).strip() for m in smtp_sink.messages][2:] == [ASK_PHONE, BOOKED]
     assert [m["In-Reply-To"] for m in smtp_sink.messages] == [f"<a{i}@example.org>" for i in range(4)]
     assert all(seen for _id, seen in dovecot.flags(user))
     (conversation,) = rows(sqlite_db, Conversation)
@@ -324,7 +324,7 @@ async def test_the_lead_qualification_example_starts_a_new_conversation_and_hand
             assert (await service.poll_once()).answered == 1
     finally:
         await service.close()
-    bodies = [m.get_content().strip() for m in smtp_sink.messages]
+    bodies = [plain_of(m).strip() for m in smtp_sink.messages]
     assert bodies == [
         "Hi! Thanks for getting in touch. In a few words, what are you looking for?",
         "Thanks. How many people are in your team?",
@@ -445,7 +445,7 @@ async def test_a_flow_on_whatsapp_sends_an_email_through_the_runtime(
         await channels.close()
     assert sent(graph) == ["Which e-mail address should get the confirmation?", "Sent to ada@example.org."]
     (message,) = smtp_sink.messages
-    assert (message["To"], message.get_content().strip()) == ("ada@example.org",
+    assert (message["To"], plain_of(message).strip()) == ("ada@example.org",
                                                               f"Your repair is booked (WhatsApp {SENDER}).")
     (run,) = rows(sqlite_db, FlowRun)
     assert run.result == "sent"
@@ -478,6 +478,6 @@ async def test_the_email_chat_entry_starts_a_flow_that_the_customers_reply_conti
         assert (await service.poll_once()).answered == 1
     finally:
         await service.close()
-    assert [m.get_content().strip() for m in smtp_sink.messages] == [ASK_NAME, ASK_DATE]
+    assert [plain_of(m).strip() for m in smtp_sink.messages] == [ASK_NAME, ASK_DATE]
     (run,) = rows(sqlite_db, FlowRun)
     assert (run.conversation_id, run.step, run.variables["name"]) == (result.conversation_id, "date", "Maria Lopez")

@@ -12,7 +12,7 @@ from channels.runtime import start_channels
 from models import InboundMessage
 from models.db import session_scope
 from tests.api.conftest import offline_settings
-from tests.channels.conftest import Dovecot, ScriptedLLM, SmtpSink
+from tests.channels.conftest import Dovecot, ScriptedLLM, SmtpSink, plain_of
 from tests.fakes.graph_server import FakeGraph
 from voicebot.agent.core import AgentCore
 
@@ -38,7 +38,7 @@ async def test_configured_channels_run_and_stop(sqlite_db: Engine, dovecot: Dove
     finally:
         await channels.close()
     assert graph.sent[0]["text"]["body"] == "You said: Hello again"
-    assert smtp_sink.messages[0].get_content().strip() == "You said: When are you open?"
+    assert plain_of(smtp_sink.messages[0]).strip() == "You said: When are you open?"
     assert dovecot.flags("runtime-inbox") == [("<rt@example.org>", True)]
 
 

@@ -35,7 +35,7 @@ T = TypeVar("T")
 AGENT_FIELDS = frozenset({
     "name", "description", "persona", "language", "languages", "voice", "llm_model", "temperature", "max_tokens",
     "greeting", "fallback_message", "dtmf_terminator", "dtmf_timeout_ms", "transfer_targets", "start_flow",
-    "flow_triggers", "active",
+    "flow_triggers", "email_signature", "active",
 })
 """Fields a caller may set on an agent (ids and timestamps are ours)."""
 
