@@ -77,6 +77,7 @@ class SpeechError(EvaError):
     """Base for speech-to-text and text-to-speech failures."""
 
     code = "speech_error"
+    http_status = 503  # a speech engine (a model, a voice) that cannot work: the service, not the request
 
 
 class SttError(SpeechError):

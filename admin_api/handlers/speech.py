@@ -17,14 +17,32 @@ from admin_api.framework import ApiRouter, Ctx
 from admin_api.handlers.common import read_form
 from admin_api.schemas import LANGUAGE_TAG, Id, Input, Output
 from voicebot.audio import Audio, write_wav
-from voicebot.errors import InvalidInput
+from voicebot.errors import InvalidInput, RateLimited
 from voicebot.media.decode import MAX_BYTES, MAX_SECONDS, decode_audio
 
 router = ApiRouter("speech")
 
 MAX_TTS_CHARS = 2000
 TTS_RATE = 22050
+PIECE_CHARS = 240
+"""Longest piece synthesized as one job (about 15 s of speech, well under a second of CPU on 2 cores)."""
 _SENTENCES = re.compile(r"(?<=[.!?;:])\s+")
+
+
+def pieces(text: str, limit: int = PIECE_CHARS) -> list[str]:
+    """``text`` in sentences, each sentence over ``limit`` cut at a comma, else a space, else anywhere: no one
+    job on the calls' speaker thread may take long, whatever the text."""
+    out: list[str] = []
+    for sentence in _SENTENCES.split(text):
+        rest = sentence.strip()
+        while len(rest) > limit:
+            cut = max(rest.rfind(", ", 0, limit), rest.rfind(" ", 0, limit))
+            cut = cut + 1 if cut > limit // 3 else limit
+            out.append(rest[:cut].strip())
+            rest = rest[cut:].strip()
+        if rest:
+            out.append(rest)
+    return out
 
 
 class TranscribeForm(BaseModel):
@@ -77,26 +95,30 @@ class SpeechStatusOut(Output):
     tts: list[EngineOut]
 
 
-@router.post("/calls/stt/transcribe", role="designer", errors=(400, 413, 415, 503),
+@router.post("/calls/stt/transcribe", role="designer", errors=(400, 413, 415, 422, 429, 503),
              request_media={"multipart/form-data": TranscribeForm},
              summary=f"Transcribe an audio file (multipart: file, language; at most {MAX_BYTES // 2**20} MiB and "
                      f"{MAX_SECONDS:g} s)")
 async def transcribe(ctx: Ctx) -> TranscriptOut:
     stt = ctx.services.need_stt()
+    if stt.files_busy:
+        raise RateLimited("another recording is being transcribed; try again shortly", retry_after=5,
+                          code="speech_busy")
     fields, _name, data = await read_form(ctx.request, file_limit=MAX_BYTES, names={"language"})
     if data is None:
         raise InvalidInput("the upload has no file part", field="file")
     language = fields.get("language", "").strip()
     if language and not re.fullmatch(LANGUAGE_TAG, language):
         raise InvalidInput("language must be a language tag such as en or es-MX", field="language")
-    audio = await decode_audio(data)
-    result = await stt.transcribe_file(audio, language)
+    async with stt.file_slot:  # one file at a time: a caller's turn waits for one piece, not one per file
+        audio = await decode_audio(data)
+        result = await stt.transcribe_file(audio, language)
     return TranscriptOut(text=result.text, language=result.language, duration_s=result.seconds,
                          processing_s=result.processing_s,
                          segments=[SegmentOut.model_validate(s, from_attributes=True) for s in result.segments])
 
 
-@router.post("/calls/tts/generate", role="designer", errors=(503,),
+@router.post("/calls/tts/generate", role="designer", errors=(404, 503),
              response_media={"audio/wav": {"type": "string", "format": "binary"}},
              summary=f"Synthesize text (at most {MAX_TTS_CHARS} characters) to a 16-bit mono WAV")
 async def synthesize(ctx: Ctx, body: SynthesizeIn) -> web.StreamResponse:
@@ -107,13 +129,16 @@ async def synthesize(ctx: Ctx, body: SynthesizeIn) -> web.StreamResponse:
     if body.agent_id is not None:
         agent = await ctx.services.agents.get_agent(body.agent_id)
         voice, language = agent.voice, agent.language
+    parts = pieces(body.text)
+    if not parts:
+        raise InvalidInput("the text has nothing to say", field="text")
     key = await asyncio.to_thread(resolve_voice, voice, language, ctx.services.settings.voices_dir)
-    pieces: list[Audio] = []
-    for sentence in (s for s in _SENTENCES.split(body.text.strip()) if s.strip()):
-        # One sentence per job on the speaker's thread: a live call's next sentence slips in between.
-        pieces.append(await tts.speak(sentence, TTS_RATE, key))
+    spoken: list[Audio] = []
+    for part in parts:
+        # One short piece per job on the speaker's thread: a live call's next sentence slips in between.
+        spoken.append(await tts.speak(part, TTS_RATE, key))
     pause = np.zeros(TTS_RATE // 5, dtype=np.int16)
-    samples = np.concatenate([part for piece in pieces for part in (piece.samples, pause)][:-1] or [pause])
+    samples = np.concatenate([chunk for piece in spoken for chunk in (piece.samples, pause)][:-1])
     buffer = io.BytesIO()
     write_wav(buffer, Audio(samples, TTS_RATE))
     return web.Response(body=buffer.getvalue(), content_type="audio/wav",

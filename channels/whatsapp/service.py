@@ -494,8 +494,9 @@ class WhatsAppService:
             return ""
         try:
             data, _mime = await fetch_media(self.client, media_id, max_bytes=MAX_VOICE_NOTE_BYTES)
-            audio = await decode_audio(data, max_seconds=MAX_VOICE_NOTE_SECONDS)
-            transcript = await self.stt.transcribe_file(audio, agent.language)
+            async with self.stt.file_slot:  # one file at a time, beside the API's uploads
+                audio = await decode_audio(data, max_seconds=MAX_VOICE_NOTE_SECONDS)
+                transcript = await self.stt.transcribe_file(audio, agent.language)
         except WhatsAppError as exc:
             if exc.retryable:
                 raise

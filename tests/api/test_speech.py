@@ -19,6 +19,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sqlalchemy.engine import Engine
 
+from admin_api.framework import SERVICES_KEY
+from admin_api.handlers.speech import PIECE_CHARS, pieces
 from tests.api.conftest import Api, offline_settings, start_api
 from voicebot.audio import Audio, read_wav, write_wav
 from voicebot.config import Settings
@@ -139,11 +141,37 @@ async def test_refusals(speech_api: Api, tmp_path: Path) -> None:
     response = await speech_api.client.post("/api/v1/calls/stt/transcribe", data=b"raw", headers={
         **speech_api.auth("designer"), "Content-Type": "audio/ogg"})
     assert response.status == 415
-    for tts_body, field in (({"text": "x" * 2001}, "text"), ({"text": ""}, "text"),
+    for tts_body, field in (({"text": "x" * 2001}, "text"), ({"text": ""}, "text"), ({"text": "  \n "}, "text"),
                             ({"text": "hi", "voice": "/etc"}, "voice")):  # no voice paths from the outside
         status, error = await speech_api.call("POST", "/api/v1/calls/tts/generate", role="designer",
                                               json=tts_body)
         assert (status, error["error"]["field"]) == (422, field)
+
+
+async def test_one_recording_at_a_time(speech_api: Api) -> None:
+    stt = speech_api.app[SERVICES_KEY].stt
+    assert stt is not None
+    async with stt.file_slot:  # a voice note is being transcribed
+        status, body = await upload(speech_api, wav_bytes(Audio(np.zeros(16000, dtype=np.int16), 16000)))
+    error = body["error"]
+    assert isinstance(error, dict) and (status, error["code"]) == (429, "speech_busy")
+
+
+def test_long_text_is_spoken_in_short_pieces() -> None:
+    text = ("word " * 400).strip()  # 2000 characters without a stop: one job would hold the calls' speaker
+    parts = pieces(text)
+    assert all(len(p) <= PIECE_CHARS for p in parts) and " ".join(parts) == text
+    assert pieces("Hello there. How are you?") == ["Hello there.", "How are you?"]
+    assert pieces("x" * 500) == ["x" * 240, "x" * 240, "x" * 20]
+    assert pieces("  \n ") == []
+
+
+async def test_the_decoder_limits_itself() -> None:
+    note = _NOTE
+    assert (await decode_audio(note)).seconds > 0.9
+    with pytest.raises(EvaError) as refused:
+        await decode_audio(note, cpu_seconds=0)  # no CPU time at all: the child stops before decoding
+    assert refused.value.code == "audio_invalid"
 
 
 async def test_without_speech_engines_the_endpoints_say_so(api: Api) -> None:

@@ -85,6 +85,14 @@ async def test_a_voice_note_that_cannot_be_heard_gets_a_polite_answer(voice_worl
         graph.add_media(voice_note, "audio/ogg", sha256="not-its-hash"),  # tampered on the way
         graph.add_media(voice_note, "application/x-msdownload"),  # not a sound at all
         graph.add_media(b"\0" * (10 * 1024 * 1024 + 1), "audio/ogg"),  # over the size limit
+        # The token goes nowhere but Meta's hosts (or the configured API's): not to another host, not to a
+        # look-alike, not with credentials in the URL, not over plain http or another port.
+        graph.add_media(voice_note, "audio/ogg", url="https://evil.example/x"),
+        graph.add_media(voice_note, "audio/ogg", url="https://lookaside.fbsbx.com.evil.example/x"),
+        graph.add_media(voice_note, "audio/ogg", url="https://u:p@lookaside.fbsbx.com/x"),
+        graph.add_media(voice_note, "audio/ogg", url="http://lookaside.fbsbx.com/x"),
+        graph.add_media(voice_note, "audio/ogg", url="https://lookaside.fbsbx.com:8443/x"),
+        graph.add_media(voice_note, "audio/ogg", url="https://lookaside.fbsbx.com:99999/x"),
     ]
     for index, media_id in enumerate(cases):
         status, _ = await voice_world.post(audio_payload(media_id, wamid=f"wamid.bad-{index}"))

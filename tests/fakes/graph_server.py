@@ -96,12 +96,15 @@ class FakeGraph:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-    def add_media(self, data: bytes, mime_type: str, *, sha256: str | None = None) -> str:
-        """Store a file as an inbound message's media; returns its media id."""
+    def add_media(self, data: bytes, mime_type: str, *, sha256: str | None = None, url: str | None = None) -> str:
+        """Store a file as an inbound message's media; returns its media id.  ``url``: what the media answer
+        says the file's address is (default: this server's download path)."""
         media_id = str(1_000_000_000_000_000 + next(self._ids))
         self.media[media_id] = (data, mime_type)
         if sha256 is not None:
             self.media[f"{media_id}:sha256"] = (sha256.encode(), "")
+        if url is not None:
+            self.media[f"{media_id}:url"] = (url.encode(), "")
         return media_id
 
     async def _media_info(self, request: web.Request) -> web.StreamResponse:
@@ -115,9 +118,10 @@ class FakeGraph:
         data, mime = self.media[media_id]
         override = self.media.get(f"{media_id}:sha256")
         digest = override[0].decode() if override else hashlib.sha256(data).hexdigest()
-        return web.json_response({
-            "messaging_product": "whatsapp", "url": f"http://127.0.0.1:{self._port}/whatsapp_business/attachments/"
-            f"{media_id}", "mime_type": mime, "sha256": digest, "file_size": str(len(data)), "id": media_id})
+        where = self.media.get(f"{media_id}:url")
+        url = where[0].decode() if where else f"http://127.0.0.1:{self._port}/whatsapp_business/attachments/{media_id}"
+        return web.json_response({"messaging_product": "whatsapp", "url": url, "mime_type": mime, "sha256": digest,
+                                  "file_size": str(len(data)), "id": media_id})
 
     async def _media_bytes(self, request: web.Request) -> web.StreamResponse:
         if request.headers.get("Authorization") != f"Bearer {self.token}":

@@ -7,8 +7,8 @@ loop that paces every call's audio.  So :func:`decode_audio` pipes the bytes to 
 voicebot.media.decode`` (niced, ``RLIMIT_CPU``, ``RLIMIT_AS``), which writes raw PCM at the asked rate and stops
 at ``max_seconds`` of audio; a child that does not finish within the wall-clock backstop is killed.
 
-Child protocol: ``argv = [rate, max_seconds]``; stdin = the file; stdout = little-endian int16 samples; exit 0,
-or exit 3 with ``{"code", "message"}`` JSON on stderr for a refusal.
+Child protocol: ``argv = [rate, max_seconds, cpu_seconds]``; stdin = the file; stdout = little-endian int16
+samples; exit 0, or exit 3 with ``{"code", "message"}`` JSON on stderr for a refusal.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from voicebot.audio import Audio
-from voicebot.errors import EvaError, InvalidInput, PayloadTooLarge
+from voicebot.errors import EvaError, InvalidInput, PayloadTooLarge, Unavailable
 
 MAX_BYTES = 10 * 1024 * 1024
 MAX_SECONDS = 120.0
@@ -53,22 +53,18 @@ async def decode_audio(data: bytes, *, rate: int = 16000, max_seconds: float = M
     if not data:
         raise InvalidInput("the audio file is empty", code="audio_invalid", field="file")
 
-    def limits() -> None:  # in the child, before it runs Python
-        import resource
-
-        os.nice(10)
-        resource.setrlimit(resource.RLIMIT_CPU, (cpu_seconds, cpu_seconds + 1))
-        resource.setrlimit(resource.RLIMIT_AS, (MEMORY_BYTES, MEMORY_BYTES))
-
+    # No preexec_fn: in a threaded server it forces a full fork and may deadlock before exec; the child sets
+    # its own limits first thing.  Nor the server's environment (tokens, database URL): only what Python needs.
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8", "OMP_NUM_THREADS": "1"}
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "voicebot.media.decode", str(rate), str(max_seconds),
+        sys.executable, "-m", "voicebot.media.decode", str(rate), str(max_seconds), str(cpu_seconds),
         stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        cwd=str(_ROOT), preexec_fn=limits)
+        cwd=str(_ROOT), env=env)
     try:
-        out, err = await asyncio.wait_for(process.communicate(data), cpu_seconds * WALL_FACTOR)
-    except TimeoutError as exc:
-        raise InvalidInput("the audio file took too long to decode", code="audio_decode_timeout",
-                           field="file") from exc
+        out, err = await asyncio.wait_for(process.communicate(data), max(10.0, cpu_seconds * WALL_FACTOR))
+    except TimeoutError as exc:  # the machine is starved (the CPU budget would have stopped a hostile file)
+        raise Unavailable("the audio could not be decoded in time; try again", code="audio_decode_timeout",
+                          field="file") from exc
     finally:
         if process.returncode is None:
             with contextlib.suppress(ProcessLookupError):
@@ -129,8 +125,18 @@ def _decode(data: bytes, rate: int, max_seconds: float) -> None:
     out.flush()
 
 
+def _limit_self(cpu_seconds: int) -> None:
+    """Before reading a byte of the file: low priority, a CPU-time budget, a memory ceiling."""
+    import resource
+
+    os.nice(10)
+    resource.setrlimit(resource.RLIMIT_CPU, (cpu_seconds, cpu_seconds + 1))
+    resource.setrlimit(resource.RLIMIT_AS, (MEMORY_BYTES, MEMORY_BYTES))
+
+
 def main(argv: list[str]) -> None:
-    rate, max_seconds = int(argv[0]), float(argv[1])
+    rate, max_seconds, cpu_seconds = int(argv[0]), float(argv[1]), int(argv[2])
+    _limit_self(cpu_seconds)
     _decode(sys.stdin.buffer.read(), rate, max_seconds)
 
 

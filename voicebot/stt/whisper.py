@@ -169,10 +169,13 @@ class WhisperStt:
                 continue
             self._in_flight += 1
             try:
-                parts, detected = await loop.run_in_executor(self._executor, self._segments_blocking,
-                                                             samples[begin:end], language)
+                parts, found = await loop.run_in_executor(self._executor, self._segments_blocking,
+                                                          samples[begin:end], language)
             finally:
                 self._in_flight -= 1
+            if not language and parts:
+                # Identified once, from the first piece with words: the rest is heard in that language.
+                language = detected = found
             offset = begin / self.RATE
             segments += [SttSegment(round(p.start + offset, 2), round(p.end + offset, 2), p.text,
                                     round(p.confidence, 3), round(p.no_speech_prob, 3)) for p in parts]
@@ -249,6 +252,9 @@ class SpeechRouter:
         self.compute_type = compute_type
         self._multilingual: WhisperStt | None = english if english.multilingual else None
         self._loading = threading.Lock()  # two first calls in Spanish load the model once
+        self.file_slot = asyncio.Semaphore(1)
+        """Held while a file (an upload, a voice note) is decoded and transcribed: one at a time, so a caller's
+        turn queues behind one file piece at most."""
 
     def _model_for(self, language: str) -> WhisperStt | None:
         return self.english if whisper_language(language) == "en" else self._multilingual
@@ -285,6 +291,10 @@ class SpeechRouter:
         code = whisper_language(language) if language else ""
         model = self.english if code == "en" else await asyncio.to_thread(self.load, code or "xx")
         return await model.transcribe_file(audio, code)
+
+    @property
+    def files_busy(self) -> bool:
+        return self.file_slot.locked()
 
     def models(self) -> list[tuple[str, WhisperStt]]:
         """The loaded models by role (``english``, ``multilingual``)."""
