@@ -164,7 +164,7 @@ async def _stream(ctx: Ctx, turn: ChatTurn) -> web.StreamResponse:
 
 
 # ------------------------------ endpoints ---------------------------------------------------------
-@router.post("/chat/sessions", role="chat", status=201, errors=(409, 503),
+@router.post("/chat/sessions", role="chat", status=201, errors=(404, 409, 503),
              summary="Open a chat session with an agent")
 async def create_session(ctx: Ctx, body: ChatSessionCreate) -> ChatSessionOut:
     _check_contact(ctx, body.contact_id)
@@ -202,13 +202,13 @@ async def session_messages(ctx: Ctx, session_id: int, query: Pagination) -> Mess
     return await message_page(ctx, session_id, query)
 
 
-@router.post("/chat/sessions/{session_id}/messages", role="chat", errors=(409, 503),
+@router.post("/chat/sessions/{session_id}/messages", role="chat", errors=(409, 429, 503),
              summary="Send a message and get the whole reply (no streaming)")
 async def send_message(ctx: Ctx, session_id: int, body: ChatMessageIn) -> ChatReplyOut:
     return _reply_out(await ctx.services.need_chat().send(session_id, body.message, scoped_to=_scope(ctx)))
 
 
-@router.post("/chat/sessions/{session_id}/stream", role="chat", errors=(409, 503), response_media=_SSE_MEDIA,
+@router.post("/chat/sessions/{session_id}/stream", role="chat", errors=(404, 409, 429, 503), response_media=_SSE_MEDIA,
              summary="Send a message; the reply streams as Server-Sent Events (disconnect cancels it)")
 async def stream_message(ctx: Ctx, session_id: int, body: ChatMessageIn) -> web.StreamResponse:
     turn = await ctx.services.need_chat().prepare(session_id, body.message, scoped_to=_scope(ctx))
@@ -235,13 +235,13 @@ async def _agent_stream(ctx: Ctx, agent_id: int, body: AgentChatStreamIn) -> web
     return await _stream(ctx, await chat.prepare(session_id, body.message, scoped_to=_scope(ctx)))
 
 
-@router.post("/agents/{agent_id}/chat/stream", role="chat", errors=(409, 503), response_media=_SSE_MEDIA,
+@router.post("/agents/{agent_id}/chat/stream", role="chat", errors=(404, 409, 429, 503), response_media=_SSE_MEDIA,
              summary="Chat with an agent, streamed as Server-Sent Events (opens a session unless one is named)")
 async def agent_chat_stream(ctx: Ctx, agent_id: int, body: AgentChatStreamIn) -> web.StreamResponse:
     return await _agent_stream(ctx, agent_id, body)
 
 
-@router.post("/agents/ollama/{agent_id}/chat/stream", role="chat", errors=(409, 503),
+@router.post("/agents/ollama/{agent_id}/chat/stream", role="chat", errors=(404, 409, 429, 503),
              response_media=_SSE_MEDIA,
              summary="The same as /agents/{agent_id}/chat/stream (the path the original product documents)")
 async def agent_chat_stream_compat(ctx: Ctx, agent_id: int, body: AgentChatStreamIn) -> web.StreamResponse:

@@ -8,7 +8,8 @@ to this server's own data directory, not into the shared Asterisk, which random 
 Excluded from generation, each covered by its own test: ``POST /agents/{id}/test`` (a generated agent may ask
 for 8192 tokens: minutes of CPU per example), ``POST /calls/outgoing`` (it would place real calls) and
 ``POST /email/chat`` (a model reply per example; tests/channels covers it), and the chat channel's replies
-(``/chat/sessions/{id}/messages`` and the streams: a model reply per example; tests/api/test_chat.py covers them).
+(``/chat/sessions/{id}/messages`` and the streams: a model reply per example; tests/api/test_chat.py covers them),
+and the speech endpoints (a transcription or synthesis per example; tests/api/test_speech.py covers them).
 """
 
 from __future__ import annotations
@@ -44,7 +45,8 @@ EXAMPLES = 12
 """Examples per operation and phase: bounded so the whole run stays well under a minute on two cores."""
 EXCLUDED = ("/api/v1/agents/{agent_id}/test", "/api/v1/calls/outgoing", "/api/v1/email/chat",
             "/api/v1/chat/sessions/{session_id}/stream",
-            "/api/v1/agents/{agent_id}/chat/stream", "/api/v1/agents/ollama/{agent_id}/chat/stream")
+            "/api/v1/agents/{agent_id}/chat/stream", "/api/v1/agents/ollama/{agent_id}/chat/stream",
+            "/api/v1/calls/stt/transcribe", "/api/v1/calls/tts/generate")
 
 
 class LiveServer(threading.Thread):
