@@ -12,13 +12,13 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from sqlmodel import Session, col, select
 
 from admin_api.framework import ApiRouter, Ctx
-from admin_api.handlers.common import get_row
+from admin_api.handlers.common import get_row, row_or_404
 from admin_api.schemas import Input, Output, Pagination, SourceOut, Timestamp, optional
 from channels import store
 from channels.email import templates
 from channels.whatsapp.codec import MAX_TEXT_CHARS, SIGNATURE_HEADER
 from models import EmailTemplate, utcnow
-from voicebot.errors import Conflict, InvalidInput, NotFound
+from voicebot.errors import Conflict, InvalidInput
 
 whatsapp = ApiRouter("whatsapp")
 email = ApiRouter("email")
@@ -276,9 +276,7 @@ async def update_template(ctx: Ctx, template_id: int, body: EmailTemplateUpdate)
     _check_template(changes)
 
     def change(session: Session) -> EmailTemplate:
-        row = session.get(EmailTemplate, template_id)
-        if row is None:
-            raise NotFound(f"template {template_id} does not exist", field="template_id")
+        row = row_or_404(session, EmailTemplate, template_id, "template")
         if "name" in changes and session.exec(select(EmailTemplate.id).where(
                 EmailTemplate.name == changes["name"], col(EmailTemplate.id) != template_id)).first() is not None:
             raise Conflict(f"an e-mail template named {changes['name']!r} exists", field="name")
@@ -296,10 +294,7 @@ async def update_template(ctx: Ctx, template_id: int, body: EmailTemplateUpdate)
 @email.delete("/email/templates/{template_id}", role="designer", summary="Delete an e-mail template")
 async def delete_template(ctx: Ctx, template_id: int) -> None:
     def delete(session: Session) -> None:
-        row = session.get(EmailTemplate, template_id)
-        if row is None:
-            raise NotFound(f"template {template_id} does not exist", field="template_id")
-        session.delete(row)
+        session.delete(row_or_404(session, EmailTemplate, template_id, "template"))
 
     await ctx.services.db(delete)
 

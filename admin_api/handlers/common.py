@@ -24,16 +24,17 @@ from voicebot.errors import BadRequest, InvalidInput, NotFound, PayloadTooLarge,
 M = TypeVar("M", bound=SQLModel)
 
 
-async def get_row(ctx: Ctx, model: type[M], row_id: int, what: str) -> M:
-    """The row or NotFound (``what`` names it in the message and the field)."""
-
-    def load(session: Session) -> M | None:
-        return session.get(model, row_id)
-
-    row = await ctx.services.db(load)
+def row_or_404(session: Session, model: type[M], row_id: int, what: str) -> M:
+    """The row or NotFound (``what`` names it in the message and the field), inside a transaction."""
+    row = session.get(model, row_id)
     if row is None:
         raise NotFound(f"{what} {row_id} does not exist", field=f"{what}_id")
     return row
+
+
+async def get_row(ctx: Ctx, model: type[M], row_id: int, what: str) -> M:
+    """:func:`row_or_404` in its own transaction."""
+    return await ctx.services.db(lambda session: row_or_404(session, model, row_id, what))
 
 
 def paginate(session: Session, query: SelectOfScalar[M], page: Pagination) -> tuple[list[M], int]:

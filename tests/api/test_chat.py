@@ -73,6 +73,18 @@ async def model_asked(fake: FakeOllama) -> None:
     await asyncio.wait_for(asked(), 10)
 
 
+async def cancelled_reply(engine: Engine, session_id: int, *, within: float) -> Message:
+    """The session's last message once it is stored as a cancelled reply (the core writes it after the cancel)."""
+    async def stored() -> Message:
+        while True:
+            reply = messages_of(engine, session_id)[-1]
+            if reply.timings and reply.timings.get("cancelled"):
+                return reply
+            await asyncio.sleep(0.05)
+
+    return await asyncio.wait_for(stored(), within)
+
+
 def messages_of(engine: Engine, session_id: int) -> list[Message]:
     with session_scope(engine) as session:
         return list(session.exec(select(Message).where(Message.conversation_id == session_id)
@@ -176,14 +188,7 @@ async def test_leaving_mid_stream_cancels_the_generation_and_keeps_what_was_writ
     await asyncio.wait_for(fake.disconnected.wait(), 10)
     assert fake.chunks_sent < 40
 
-    async def stored_reply() -> Message:
-        while True:
-            reply = messages_of(chat_api.engine, session["id"])[-1]
-            if reply.timings and reply.timings.get("cancelled"):
-                return reply
-            await asyncio.sleep(0.05)
-
-    reply = await asyncio.wait_for(stored_reply(), 10)
+    reply = await cancelled_reply(chat_api.engine, session["id"], within=10)
     assert reply.role == "assistant" and reply.text.startswith("word0 ") and len(reply.text.split()) < 40
     # The session is free again: the next message is answered.
     fake.scripts.append(ChatScript(chunks=("Sorry, ", "go on.")))
@@ -204,16 +209,9 @@ async def test_leaving_while_the_model_is_still_silent_cancels_it_at_once(chat_a
     await model_asked(fake)
     response.close()
 
-    async def cancelled_reply() -> Message:
-        while True:
-            reply = messages_of(chat_api.engine, session["id"])[-1]
-            if reply.timings and reply.timings.get("cancelled"):
-                return reply
-            await asyncio.sleep(0.05)
-
     # Eva gave the generation up well before the model's first word (5 s): nothing had to be written to notice
     # that the client was gone.
-    reply = await asyncio.wait_for(cancelled_reply(), 3)
+    reply = await cancelled_reply(chat_api.engine, session["id"], within=3)
     assert reply.text == ""
 
 

@@ -195,3 +195,31 @@ def heard_phrase(heard: str, phrase: str, min_ratio: float = 0.8) -> bool:
 
 def load(path: str) -> Audio:
     return read_wav(path)
+
+
+async def forget_contact(runtime: EvaRuntime, contact_id: int, *, within: float = 15.0) -> None:
+    """Erase a contact as the admin API does (other tests of the session call from the same numbers), once
+    its last call has been recorded as ended (an erasure is refused while the person is on a call)."""
+    from admin_api.contacts import erase
+    from models import Contact
+    from models.db import session_scope
+    from voicebot.errors import Conflict
+
+    engine = runtime.engine
+    assert engine is not None
+
+    def run() -> None:
+        with session_scope(engine) as session:
+            if session.get(Contact, contact_id) is not None:
+                erase(session, contact_id, "test")
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while True:
+        try:
+            await asyncio.to_thread(run)
+            return
+        except Conflict:
+            if loop.time() > deadline:
+                raise
+            await asyncio.sleep(0.2)

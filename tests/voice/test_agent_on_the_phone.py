@@ -21,11 +21,11 @@ import pytest
 import pytest_asyncio
 from sqlmodel import col, select
 
-from models import Call, CallTurn, Contact, Conversation
+from models import Call, CallTurn, Conversation
 from models.db import session_scope
 from tests.conftest import Caller
 from tests.fakes.ollama_server import ChatScript, FakeOllama
-from tests.voice.conftest import load, transcribe_regions
+from tests.voice.conftest import forget_contact, load, transcribe_regions
 from tests.voice.test_call_security import verified_trunk  # noqa: F401 - fixture: a trunk that vouches
 from voicebot.agent import store
 from voicebot.agent.core import AgentCore
@@ -152,14 +152,4 @@ async def test_a_whatsapp_message_then_a_call_from_the_same_verified_number(
             assert voice.contact_id == contact.id  # one contact across WhatsApp and the phone
             assert call.conversation_id == voice.id  # the call row names its conversation
     finally:
-        _forget_contact(runtime, int(contact.id or 0))
-
-
-def _forget_contact(runtime: EvaRuntime, contact_id: int) -> None:
-    """Erase the contact as the admin API does (other tests of the session call from the same numbers)."""
-    from admin_api.contacts import erase
-
-    assert runtime.engine is not None
-    with session_scope(runtime.engine) as session:
-        if session.get(Contact, contact_id) is not None:
-            erase(session, contact_id, "test")
+        await forget_contact(runtime, int(contact.id or 0))

@@ -21,10 +21,10 @@ import pytest
 import pytest_asyncio
 from sqlmodel import col, select
 
-from models import Agent, Call, CallTurn, Contact, Conversation, Message
+from models import Agent, Call, CallTurn, Conversation, Message
 from models.db import session_scope
 from tests.conftest import Caller
-from tests.voice.conftest import ScriptedResponder, load, transcribe, transcribe_regions
+from tests.voice.conftest import ScriptedResponder, forget_contact, load, transcribe, transcribe_regions
 from voicebot.agent import store
 from voicebot.asterisk.process import Asterisk
 from voicebot.llm.base import ChatMessage, GenerationOptions, LanguageModel, LlmEvent, ToolSpec
@@ -244,8 +244,8 @@ async def recording_agent(runtime: EvaRuntime, agent_responder: AgentResponder) 
         runtime.voice.responder = scripted
 
 
-@pytest.fixture
-def whatsapp_history(runtime: EvaRuntime) -> Iterator[int]:
+@pytest_asyncio.fixture(loop_scope="session")
+async def whatsapp_history(runtime: EvaRuntime) -> AsyncIterator[int]:
     """What a signed WhatsApp message from 15551234567 left behind: the contact, its conversation with demo.
     Yields the contact id."""
     assert runtime.engine is not None
@@ -261,18 +261,7 @@ def whatsapp_history(runtime: EvaRuntime) -> Iterator[int]:
                             text="Thank you, I noted order 4711."))
         contact_id = int(contact.id or 0)
     yield contact_id
-    with session_scope(runtime.engine) as session:
-        conversations = list(session.exec(select(Conversation).where(Conversation.contact_id == contact_id)))
-        ids = [c.id for c in conversations]
-        for message in list(session.exec(select(Message).where(col(Message.conversation_id).in_(ids)))):
-            session.delete(message)
-        session.flush()
-        for conversation in conversations:
-            session.delete(conversation)
-        session.flush()
-        row = session.get(Contact, contact_id)
-        if row is not None:
-            session.delete(row)
+    await forget_contact(runtime, contact_id)
 
 
 @pytest_asyncio.fixture(loop_scope="session")
