@@ -109,10 +109,7 @@ async def test_agent(ctx: Ctx, agent_id: int, body: AgentTestRequest) -> AgentTe
     timings.setdefault("total_ms", (time.monotonic() - started) * 1000)
     return AgentTestOut(
         reply=done.text,
-        sources=[
-            SourceOut(document_id=c.document_id, title=c.title, page=c.page, similarity=c.similarity)
-            for c in done.citations
-        ],
+        sources=[SourceOut.model_validate(c) for c in done.citations],
         timings=timings,
     )
 

@@ -231,8 +231,15 @@ async def email_chat(ctx: Ctx, body: EmailChatRequest) -> EmailChatOut:
     return EmailChatOut(
         reply=result.reply, message_id=result.email_message_id, conversation_id=result.conversation_id,
         stored_message_id=result.message_id,
-        sources=[SourceOut(document_id=c.document_id, title=c.title, page=c.page, similarity=c.similarity)
-                 for c in result.citations])
+        sources=[SourceOut.model_validate(c) for c in result.citations])
+
+
+def _refuse_taken_name(session: Session, name: str, other_than: int | None = None) -> None:
+    query = select(EmailTemplate.id).where(EmailTemplate.name == name)
+    if other_than is not None:
+        query = query.where(col(EmailTemplate.id) != other_than)
+    if session.exec(query).first() is not None:
+        raise Conflict(f"an e-mail template named {name!r} exists", field="name")
 
 
 def _check_template(fields: dict[str, Any]) -> None:
@@ -254,8 +261,7 @@ async def create_template(ctx: Ctx, body: EmailTemplateIn) -> EmailTemplateOut:
     _check_template(fields)
 
     def create(session: Session) -> EmailTemplate:
-        if session.exec(select(EmailTemplate.id).where(EmailTemplate.name == body.name)).first() is not None:
-            raise Conflict(f"an e-mail template named {body.name!r} exists", field="name")
+        _refuse_taken_name(session, body.name)
         row = EmailTemplate(**fields)
         session.add(row)
         session.flush()
@@ -277,9 +283,8 @@ async def update_template(ctx: Ctx, template_id: int, body: EmailTemplateUpdate)
 
     def change(session: Session) -> EmailTemplate:
         row = row_or_404(session, EmailTemplate, template_id, "template")
-        if "name" in changes and session.exec(select(EmailTemplate.id).where(
-                EmailTemplate.name == changes["name"], col(EmailTemplate.id) != template_id)).first() is not None:
-            raise Conflict(f"an e-mail template named {changes['name']!r} exists", field="name")
+        if "name" in changes:
+            _refuse_taken_name(session, changes["name"], other_than=template_id)
         for key, value in changes.items():
             setattr(row, key, value)
         row.updated_at = utcnow()

@@ -33,7 +33,7 @@ from channels.chat.service import (
 )
 from models import Conversation, Message
 from models.users import KEY_ONLY_ROLES
-from voicebot.agent.core import MAX_INPUT_CHARS, Citation
+from voicebot.agent.core import MAX_INPUT_CHARS
 from voicebot.errors import Forbidden, InvalidInput, NotFound
 
 router = ApiRouter("chat")
@@ -101,14 +101,10 @@ class ChatReplyOut(Output):
 
 
 # ------------------------------ helpers -----------------------------------------------------------
-def _sources(citations: tuple[Citation, ...]) -> list[SourceOut]:
-    return [SourceOut(document_id=c.document_id, title=c.title, page=c.page, similarity=c.similarity)
-            for c in citations]
-
-
 def _reply_out(done: ChatDone) -> ChatReplyOut:
     return ChatReplyOut(session_id=done.session_id, message_id=done.message_id,
-                        user_message_id=done.user_message_id, reply=done.text, sources=_sources(done.sources),
+                        user_message_id=done.user_message_id, reply=done.text,
+                        sources=[SourceOut.model_validate(c) for c in done.sources],
                         tool_calls=list(done.tool_calls), timings=done.timings, fallback=done.fallback,
                         error=done.error, flow=done.flow)
 
