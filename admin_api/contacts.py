@@ -193,19 +193,18 @@ def erase(session: Session, contact_id: int, actor: str) -> Erased:
     if contact.whatsapp_id:
         inbox.append((col(InboundMessage.channel) == "whatsapp") & (col(InboundMessage.sender) == contact.whatsapp_id))
 
+    # In foreign-key order: turns and runs before their calls, messages and inbox rows before their conversations.
     counts = {
-        "call_turns": _rowcount(session.execute(delete(CallTurn).where(col(CallTurn.call_id).in_(call_ids))))
-        if call_ids else 0,
-        "flow_runs": _rowcount(session.execute(delete(FlowRun).where(or_(*runs)))),
-        "inbound_messages": _rowcount(session.execute(delete(InboundMessage).where(or_(*inbox)))) if inbox else 0,
-        "calls": _rowcount(session.execute(delete(Call).where(col(Call.id).in_(call_ids)))) if call_ids else 0,
-        "messages": _rowcount(session.execute(delete(Message).where(col(Message.conversation_id).in_(conversations))))
-        if conversations else 0,
-        "conversations": _rowcount(session.execute(delete(Conversation).where(col(Conversation.id).in_(conversations))))
-        if conversations else 0,
-        "email_receipts": _rowcount(session.execute(delete(EmailReceipt).where(col(EmailReceipt.sender) ==
-                                                                                contact.email)))
-        if contact.email else 0,
+        "call_turns": _delete(session, CallTurn, [col(CallTurn.call_id).in_(call_ids)] if call_ids else []),
+        "flow_runs": _delete(session, FlowRun, runs),
+        "inbound_messages": _delete(session, InboundMessage, inbox),
+        "calls": _delete(session, Call, [col(Call.id).in_(call_ids)] if call_ids else []),
+        "messages": _delete(session, Message,
+                            [col(Message.conversation_id).in_(conversations)] if conversations else []),
+        "conversations": _delete(session, Conversation,
+                                 [col(Conversation.id).in_(conversations)] if conversations else []),
+        "email_receipts": _delete(session, EmailReceipt,
+                                  [col(EmailReceipt.sender) == contact.email] if contact.email else []),
     }
     session.delete(contact)
     session.flush()
@@ -224,6 +223,13 @@ def remove_files(base: Path, relative: list[str]) -> tuple[int, int]:
             failed += 1
             log.error("could not delete a recording of an erased contact (%s): %s", Path(name).name, exc)
     return deleted, failed
+
+
+def _delete(session: Session, model: Any, conditions: list[Any]) -> int:
+    """Delete the rows of ``model`` matching any of ``conditions`` (none: nothing); returns how many."""
+    if not conditions:
+        return 0
+    return _rowcount(session.execute(delete(model).where(or_(*conditions))))
 
 
 def _rowcount(result: Any) -> int:
