@@ -141,6 +141,8 @@ class Erased:
     counts: dict[str, int]
     recordings: list[str] = field(default_factory=list)
     """Recording paths as the calls stored them (deleted from disk after the transaction commits)."""
+    conversations: list[int] = field(default_factory=list)
+    """The erased conversations, whose media folders go after the commit too."""
 
 
 def _from_their_number(session: Session, phone: str, contact_id: int) -> list[Call]:
@@ -209,7 +211,7 @@ def erase(session: Session, contact_id: int, actor: str) -> Erased:
     session.delete(contact)
     session.flush()
     audit(session, actor, "contact.erase", f"contact:{contact_id}", counts)
-    return Erased(contact_id, counts, recordings)
+    return Erased(contact_id, counts, recordings, [c for c in conversations if c is not None])
 
 
 def remove_files(base: Path, relative: list[str]) -> tuple[int, int]:

@@ -19,6 +19,11 @@ MAX_OFFSET = 1_000_000_000
 
 Id = Annotated[int, Field(ge=1, le=MAX_DB_INT)]
 Slug = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,79}$")]
+_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+EmailAddress = Annotated[str, StringConstraints(pattern=rf"^{_ATOM}(?:\.{_ATOM})*@{_LABEL}(?:\.{_LABEL})+$",
+                                                max_length=254)]
+"""A plain address (dot-atom local part, host name): nothing that could break a header or an SMTP command."""
 Did = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9+*#_.-]{1,64}$")]
 TransferName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9 _.-]{0,39}$")]
 Extension = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9*#+][A-Za-z0-9*#+_.-]{0,39}$")]
@@ -196,6 +201,12 @@ class AgentCreate(Input):
     flow_triggers: FlowTriggers = Field(default_factory=dict)
     email_signature: Text2000 = ""
     """Closes the agent's e-mail replies (plain text)."""
+    email_address: EmailAddress | None = None
+    """Mail to this address is answered by this agent, from it (null: the agent gets mail only as
+    ``EVA_EMAIL_AGENT``)."""
+    learn_from_media: bool = False
+    """Documents contacts send this agent (PDF, DOCX, text) are offered to its knowledge base (off: they are only
+    kept and listed)."""
     active: bool = True
 
 
@@ -216,6 +227,9 @@ class AgentUpdate(Input):
     """A flow name, or null to start none (leaving it out keeps it)."""
     flow_triggers: FlowTriggers = optional()
     email_signature: Text2000 = optional()
+    email_address: EmailAddress | None = None
+    """An address, or null for none (leaving it out keeps it)."""
+    learn_from_media: bool = optional()
     active: bool = optional()
 
 
@@ -236,6 +250,8 @@ class AgentOut(Output):
     start_flow: str | None
     flow_triggers: dict[str, list[str]]
     email_signature: str
+    email_address: str | None = None
+    learn_from_media: bool = False
     active: bool
     created_at: Timestamp
     updated_at: Timestamp
@@ -545,6 +561,10 @@ class ConversationOut(Output):
     contact_id: int | None
     agent_id: int | None
     external_id: str
+    needs_human: bool = False
+    """E-mail triage set it aside for a person: no automatic answer goes out in it."""
+    category: str | None = None
+    """The category of its latest classified message."""
     started_at: Timestamp
     updated_at: Timestamp
 
@@ -572,6 +592,13 @@ class MessageOut(Output):
     timings: dict[str, Any] | None
     citations: list[dict[str, Any]] | None
     tool_calls: list[dict[str, Any]] | None
+    attachments: list[dict[str, Any]] | None = None
+    """Files that came or went with it: name, content_type, size, sha256, and ``path`` when Eva kept the file
+    (download it from ``/messages/{id}/attachments/{index}``)."""
+    sentiment: str | None = None
+    """positive | neutral | negative, once the contact's message was analysed."""
+    category: str | None = None
+    """The admin's category the message was put in, once analysed."""
 
 
 class MessagePage(Output):

@@ -5,6 +5,7 @@ Vectors are not here: they live in Chroma (see ``rag/``).
 """
 
 from models.agents import Agent, Route
+from models.analysis import Category
 from models.audit import AuditEvent
 from models.base import utcnow
 from models.calls import Call, CallTurn
@@ -22,6 +23,7 @@ __all__ = [
     "AuditEvent",
     "Call",
     "CallTurn",
+    "Category",
     "Contact",
     "Conversation",
     "EmailReceipt",

@@ -48,6 +48,12 @@ class Agent(SQLModel, table=True):
     A message containing one of the phrases starts the flow; when it ends, the agent carries on."""
     email_signature: str = Field(default="", max_length=2000)
     """Closes the agent's e-mail replies (plain text; the HTML part shows it escaped, line by line)."""
+    email_address: str | None = Field(default=None, index=True, unique=True, max_length=320)
+    """Mail sent to this address (To, Cc or Delivered-To of the inbound mail) is answered by this agent, from this
+    address; mail to no agent's address goes to ``EVA_EMAIL_AGENT``."""
+    learn_from_media: bool = Field(default=False)
+    """An admin allows documents (PDF, DOCX, text) contacts send this agent to be offered to its knowledge base.
+    Off by default: what a stranger sends must not become what the agent tells everyone."""
     active: bool = Field(default=True)
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)

@@ -38,6 +38,10 @@ class Conversation(SQLModel, table=True):
     """Channel's own id: call id, email thread id, WhatsApp conversation."""
     opened_by: str = Field(default="", max_length=200)
     """Chat: the API key that opened the session (``api_key:<id>``); a chat key may continue only its own."""
+    needs_human: bool = Field(default=False, index=True)
+    """Triage set it aside for a person: no automatic answer is sent in it until someone clears it."""
+    category: str | None = Field(default=None, index=True, max_length=80)
+    """The category of its latest classified message (see ``models.analysis``)."""
     started_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)
 
@@ -58,3 +62,16 @@ class Message(SQLModel, table=True):
     tool_calls: list[dict[str, Any]] | None = Field(default=None, sa_column=Column(JSON))
     external_id: str = Field(default="", index=True, max_length=255)
     """Channel message id (WhatsApp wamid, email Message-ID) for de-duplication."""
+    attachments: list[dict[str, Any]] | None = Field(default=None, sa_column=Column(JSON))
+    """Files that came or went with the message: ``{"name", "content_type", "size", "sha256", "path"}``
+    (``path`` below ``<data_dir>/media``, absent when the file was listed but not kept; see
+    ``channels.attachments``)."""
+    sentiment: str | None = Field(default=None, max_length=16)
+    """positive | neutral | negative (a contact's message, once analysed)"""
+    category: str | None = Field(default=None, index=True, max_length=80)
+    """One of the admin's categories (``models.analysis.Category``), once analysed."""
+    analysis_status: str = Field(default="", index=True, max_length=16)
+    """'' (not to be analysed) | pending | done | failed"""
+    analysis_claimed_by: str = Field(default="", max_length=200)
+    analysis_lease_until: datetime | None = None
+    """A worker analysing the message holds it until then (an atomic conditional UPDATE takes it)."""

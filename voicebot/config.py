@@ -238,6 +238,11 @@ class Settings:
         return self.asterisk_dir / "sounds"
 
     @property
+    def media_dir(self) -> Path:
+        """Files contacts sent or were sent (WhatsApp media, e-mail attachments), one folder per conversation."""
+        return self.data_dir / "media"
+
+    @property
     def backup_dir(self) -> Path:
         return self.data_dir / "backups"
 

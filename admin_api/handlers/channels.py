@@ -13,7 +13,7 @@ from sqlmodel import Session, col, select
 
 from admin_api.framework import ApiRouter, Ctx
 from admin_api.handlers.common import get_row, row_or_404
-from admin_api.schemas import Input, Output, Pagination, SourceOut, Timestamp, optional
+from admin_api.schemas import EmailAddress, Input, Output, Pagination, SourceOut, Timestamp, optional
 from channels import store
 from channels.email import templates
 from channels.whatsapp.codec import MAX_TEXT_CHARS, SIGNATURE_HEADER
@@ -23,11 +23,6 @@ from voicebot.errors import Conflict, InvalidInput
 whatsapp = ApiRouter("whatsapp")
 email = ApiRouter("email")
 
-_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
-_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-EmailAddress = Annotated[str, StringConstraints(pattern=rf"^{_ATOM}(?:\.{_ATOM})*@{_LABEL}(?:\.{_LABEL})+$",
-                                                max_length=254)]
-"""A plain address (dot-atom local part, host name): nothing that could break a header or an SMTP command."""
 WhatsAppId = Annotated[str, StringConstraints(pattern=r"^\+?[0-9]{4,20}$")]
 
 

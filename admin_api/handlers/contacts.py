@@ -26,6 +26,7 @@ from admin_api.schemas import (
     Timestamp,
     optional,
 )
+from channels import attachments
 from models import AuditEvent, Contact, Conversation
 from voicebot.agent.store import get_contact
 from voicebot.errors import Conflict, NotFound
@@ -194,7 +195,8 @@ async def erase_contact(ctx: Ctx, contact_id: int) -> EraseOut:
         except NotFound:
             continue  # a path outside the recordings folder is not ours to delete
     deleted, failed = await asyncio.to_thread(contacts.remove_files, settings.asterisk_dir, names)
-    return EraseOut(contact_id=contact_id, erased={**erased.counts, "recordings": deleted},
+    media = await asyncio.to_thread(attachments.remove_conversations, settings.media_dir, erased.conversations)
+    return EraseOut(contact_id=contact_id, erased={**erased.counts, "recordings": deleted, "media_folders": media},
                     recordings_not_deleted=failed)
 
 
