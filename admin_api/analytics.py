@@ -1,5 +1,6 @@
-"""Analytics over a time window, per day and agent: conversations and messages per channel, calls (answer rate,
-duration, transfers, barge-ins, voice-to-voice latency p50/p95), and the questions the agents could not answer.
+"""Analytics over a time window, per day and agent: conversations and messages per channel (with the contacts'
+messages by sentiment and category), calls (answer rate, duration, transfers, barge-ins, voice-to-voice latency
+p50/p95), and the questions the agents could not answer.
 
 Each report is read straight from the rows (no second bookkeeping that could drift from them): the database
 groups what SQL groups portably (counts per day, agent, channel), and this module does the rest over the
@@ -15,6 +16,7 @@ from datetime import date, datetime
 from typing import Any
 
 from sqlalchemy import func
+from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, select
 
 from models import Call, CallTurn, Conversation, Message
@@ -47,6 +49,10 @@ class ChannelDay:
     """Conversations started that day."""
     messages: int = 0
     """Messages written that day (both sides), in conversations of any age."""
+    sentiments: dict[str, int] = field(default_factory=dict)
+    """Contacts' messages of that day by sentiment (those analysed so far)."""
+    categories: dict[str, int] = field(default_factory=dict)
+    """Contacts' messages of that day by category, most frequent first."""
 
 
 @dataclass
@@ -102,14 +108,22 @@ def channel_days(session: Session, since: datetime, until: datetime, agent_id: i
     _check(started)
     for at, agent, chan in started:
         row(_day(at), agent, chan).conversations += 1
-    written = session.exec(select(Message.created_at, Conversation.agent_id, Conversation.channel)
-                           .join(Conversation, col(Message.conversation_id) == col(Conversation.id))
-                           .where(col(Message.created_at) >= since, col(Message.created_at) < until,
-                                  col(Message.role).in_(("user", "assistant")), *conditions)
-                           .limit(MAX_ROWS + 1)).all()
+    written = session.execute(sa_select(Message.created_at, Conversation.agent_id, Conversation.channel,  # type: ignore[call-overload]
+                                        Message.role, Message.sentiment, Message.category)
+                              .join(Conversation, col(Message.conversation_id) == col(Conversation.id))
+                              .where(col(Message.created_at) >= since, col(Message.created_at) < until,
+                                     col(Message.role).in_(("user", "assistant")), *conditions)
+                              .limit(MAX_ROWS + 1)).all()
     _check(written)
-    for at, agent, chan in written:
-        row(_day(at), agent, chan).messages += 1
+    for at, agent, chan, role, sentiment, category in written:
+        day = row(_day(at), agent, chan)
+        day.messages += 1
+        if role == "user" and sentiment:
+            day.sentiments[sentiment] = day.sentiments.get(sentiment, 0) + 1
+        if role == "user" and category:
+            day.categories[category] = day.categories.get(category, 0) + 1
+    for day in days.values():
+        day.categories = dict(sorted(day.categories.items(), key=lambda item: (-item[1], item[0])))
     return sorted(days.values(), key=lambda d: (d.day, d.agent_id or 0, d.channel))
 
 

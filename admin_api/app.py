@@ -56,9 +56,11 @@ MAX_JSON_BODY = 2 * 1024 * 1024
 def routers(settings: Settings) -> list[ApiRouter]:
     from admin_api.handlers import (
         agents,
+        analysis,
         analytics,
         auth,
         calls,
+        campaigns,
         channels,
         chat,
         contacts,
@@ -86,6 +88,9 @@ def routers(settings: Settings) -> list[ApiRouter]:
         contacts.router,
         contacts.audit_router,
         analytics.router,
+        analysis.router,
+        campaigns.router,
+        campaigns.dnc_router,
         speech.router,
     ]
     if settings.open_signup:

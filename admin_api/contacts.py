@@ -6,8 +6,10 @@ for the recordings an erase leaves to delete once its transaction has committed.
 Erasing a contact (a GDPR-style request) removes, in one transaction: its conversations on every channel with
 their messages, the flow runs it took part in, its calls (those linked to its conversations, and those that came
 from its phone number) with their turns, the WhatsApp inbox rows of its WhatsApp id, the e-mail receipts of its
-address, and the contact row.  An audit row records who erased which contact id and how much was removed, never
-who the person was.  Knowledge in Chroma belongs to agents, not contacts: nothing of a contact is stored there.
+address, its campaign entries with their attempts, and the contact row (a do-not-call entry of its number stays:
+it is how the opt-out keeps being honoured).  An audit row records who erased which contact id and how much was
+removed, never who the person was.  Knowledge in Chroma belongs to agents, not contacts: nothing of a contact is
+stored there.
 
 Merging moves everything of one contact onto another (the second keeps its identifiers where it has none of
 its own) and deletes the first; also audited.  A phone number changed by hand is no longer verified: only a
@@ -30,6 +32,7 @@ from models import Call, CallTurn, Contact, Conversation, EmailReceipt, FlowRun,
 from models.audit import AuditEvent
 from voicebot.agent.store import get_contact, normalize_email, normalize_phone, normalize_whatsapp_id
 from voicebot.asterisk.files import unlink_below
+from voicebot.campaigns import store as campaign_store
 from voicebot.errors import Conflict, InvalidInput, NotFound
 
 log = logging.getLogger(__name__)
@@ -115,6 +118,7 @@ def merge(session: Session, into_id: int, from_id: int, actor: str) -> tuple[Con
                                                    .values(contact_id=into_id))),
         "flow_runs": _rowcount(session.execute(update(FlowRun).where(col(FlowRun.contact_id) == from_id)
                                                .values(contact_id=into_id))),
+        "campaign_entries": campaign_store.move_entries(session, from_id, into_id),
     }
     taken: dict[str, Any] = {}
     for name in IDENTIFIERS:
@@ -200,6 +204,7 @@ def erase(session: Session, contact_id: int, actor: str) -> Erased:
         "call_turns": _delete(session, CallTurn, [col(CallTurn.call_id).in_(call_ids)] if call_ids else []),
         "flow_runs": _delete(session, FlowRun, runs),
         "inbound_messages": _delete(session, InboundMessage, inbox),
+        "campaign_entries": campaign_store.erase_entries(session, contact_id),  # its attempts point at calls
         "calls": _delete(session, Call, [col(Call.id).in_(call_ids)] if call_ids else []),
         "messages": _delete(session, Message,
                             [col(Message.conversation_id).in_(conversations)] if conversations else []),

@@ -109,6 +109,17 @@ def keep(media_dir: Path, conversation_id: int, name: str, content_type: str, da
     return Attachment(clean_name(name), content_type or "application/octet-stream", len(data), digest, relative)
 
 
+def keep_or_list(media_dir: Path, conversation_id: int, name: str, content_type: str, data: bytes) -> Attachment:
+    """:func:`keep`, or, when the disk refuses (full, unwritable), the file only listed with ``note: "not_kept"``:
+    a message is never lost or left unanswered over a file that could not be written (blocking)."""
+    try:
+        return keep(media_dir, conversation_id, name, content_type, data)
+    except OSError as exc:
+        log.error("a file of conversation %d could not be kept (%s); it is only listed", conversation_id,
+                  exc.strerror or type(exc).__name__)
+        return listed(name, content_type or "application/octet-stream", data, note="not_kept")
+
+
 def kept_path(media_dir: Path, attachment: Attachment) -> Path:
     """The file of a kept attachment; NotFound when it was not kept or is gone (a path that is not one this module
     wrote is refused, whatever the row says)."""

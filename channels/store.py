@@ -172,6 +172,36 @@ def add_message(session: Session, conversation_id: int, role: str, text: str, *,
     return message.id
 
 
+def needs_human(session: Session, conversation_id: int) -> bool:
+    """Whether the conversation is set aside for a person (triage): then nothing is answered in it automatically."""
+    conversation = session.get(Conversation, conversation_id)
+    return conversation is not None and conversation.needs_human
+
+
+def conversation_agent(session: Session, conversation_id: int) -> Agent | None:
+    conversation = session.get(Conversation, conversation_id)
+    return session.get(Agent, conversation.agent_id) if conversation and conversation.agent_id else None
+
+
+def assign_agent(session: Session, conversation_id: int, agent_id: int) -> Agent | None:
+    """Hand the conversation to another agent (triage routed it); returns that agent, None when it is gone."""
+    agent = session.get(Agent, agent_id)
+    conversation = session.get(Conversation, conversation_id)
+    if agent is None or conversation is None:
+        return None
+    conversation.agent_id = agent_id
+    session.add(conversation)
+    return agent
+
+
+def set_needs_human(session: Session, conversation_id: int) -> None:
+    conversation = session.get(Conversation, conversation_id)
+    if conversation is not None:
+        conversation.needs_human = True
+        conversation.updated_at = utcnow()
+        session.add(conversation)
+
+
 def record_sent(session: Session, message_id: int, external_id: str, extra: dict[str, Any] | None = None) -> None:
     """Mark an assistant message as sent: its channel id (and e.g. the ids of further parts in ``timings``)."""
     message = session.get(Message, message_id)

@@ -9,6 +9,7 @@ from models.analysis import Category
 from models.audit import AuditEvent
 from models.base import utcnow
 from models.calls import Call, CallTurn
+from models.campaigns import Campaign, CampaignAttempt, CampaignEntry, DncEntry
 from models.channels import InboundMessage
 from models.contacts import Contact, Conversation, Message
 from models.email import EmailReceipt, EmailTemplate
@@ -23,9 +24,13 @@ __all__ = [
     "AuditEvent",
     "Call",
     "CallTurn",
+    "Campaign",
+    "CampaignAttempt",
+    "CampaignEntry",
     "Category",
     "Contact",
     "Conversation",
+    "DncEntry",
     "EmailReceipt",
     "EmailTemplate",
     "Flow",

@@ -205,6 +205,13 @@ class Settings:
     email_max_bytes: int = 10 * 1024 * 1024
     """Largest inbound e-mail read, in bytes (checked with RFC822.SIZE before it is downloaded); a larger one is
     marked seen without an answer and logged."""
+    email_attachment_max_bytes: int = 5 * 1024 * 1024
+    """Largest attachment of an inbound e-mail kept (decoded bytes, under ``media_dir``); a larger one is only listed
+    on the message (``note: too_large``).  At most 20 attachments of a mail are kept, together no more than
+    ``email_max_bytes``.  Also the most the files of one e-mail sent through ``/email/send`` may be together."""
+    analysis: bool = True
+    """Give each contact's message (on every channel, call transcripts too) a sentiment and one of the admin's
+    categories with the local LLM, in the background while no call or chat is using it (``voicebot.analysis``)."""
     email_parse_timeout: float = 10.0
     """CPU seconds one inbound e-mail may take to parse (in a niced child process; a child that gives no answer in
     6 times that, at least a minute, is killed); a slower one is refused and logged."""

@@ -112,6 +112,12 @@ class LlmTimeout(LlmError):
     http_status = 504
 
 
+class AnalysisError(LlmError):
+    """The model's analysis of a message could not be read (not the JSON asked for)."""
+
+    code = "analysis_unreadable"
+
+
 class KnowledgeError(EvaError):
     code = "knowledge_error"
 

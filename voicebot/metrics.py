@@ -8,7 +8,7 @@ The voice loop, the agent core and the knowledge base import the module-level me
 
     from voicebot import metrics
     metrics.CALLS_ACTIVE.inc()
-    metrics.TURN_STAGE_SECONDS.observe(0.42, stage="stt")
+    metrics.TURN_STAGE_SECONDS.observe(0.42, stage="stt", agent=metrics.agent_label("demo"))
 
 """
 
@@ -68,6 +68,13 @@ class _Metric:
             raise ValueError(f"{self.name} takes labels {self.labelnames}, got {tuple(labels)}")
         return tuple(str(labels[name]) for name in self.labelnames)
 
+    def _matches(self, key: LabelKey, labels: dict[str, str]) -> bool:
+        """Whether the series ``key`` has the given labels (some of them: the others may be anything)."""
+        unknown = set(labels) - set(self.labelnames)
+        if unknown:
+            raise ValueError(f"{self.name} has no labels {sorted(unknown)}")
+        return all(key[self.labelnames.index(name)] == str(value) for name, value in labels.items())
+
     def header(self) -> list[str]:
         return [f"# HELP {self.name} {self.documentation}", f"# TYPE {self.name} {self.kind}"]
 
@@ -92,8 +99,9 @@ class Counter(_Metric):
             self._values[key] = self._values.get(key, 0.0) + amount
 
     def value(self, **labels: str) -> float:
+        """The series with these labels; labels left out are summed over."""
         with self._lock:
-            return self._values.get(self._key(labels), 0.0)
+            return sum(v for key, v in self._values.items() if self._matches(key, labels))
 
     def samples(self) -> list[str]:
         with self._lock:
@@ -181,8 +189,9 @@ class Histogram(_Metric):
             self._sums[key] = self._sums.get(key, 0.0) + value
 
     def count(self, **labels: str) -> int:
+        """Observations of the series with these labels; labels left out are summed over."""
         with self._lock:
-            return sum(self._counts.get(self._key(labels), []))
+            return sum(sum(counts) for key, counts in self._counts.items() if self._matches(key, labels))
 
     def samples(self) -> list[str]:
         with self._lock:
@@ -247,6 +256,26 @@ class Registry:
         return "\n".join(lines) + "\n"
 
 
+MAX_AGENT_LABELS = 50
+"""Distinct ``agent`` label values one process reports; later agents are counted as ``other`` (agents are few and
+admin-made, but a label per value is a series per value: the bound keeps a runaway from costing the scraper)."""
+_agent_labels: set[str] = set()
+_agent_lock = threading.Lock()
+
+
+def agent_label(name: str | None) -> str:
+    """The ``agent`` label for an agent's name: ``-`` for none, ``other`` past :data:`MAX_AGENT_LABELS`."""
+    if not name:
+        return "-"
+    with _agent_lock:
+        if name in _agent_labels:
+            return name
+        if len(_agent_labels) < MAX_AGENT_LABELS:
+            _agent_labels.add(name)
+            return name
+    return "other"
+
+
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 REGISTRY = Registry()
@@ -254,15 +283,19 @@ REGISTRY = Registry()
 # --- calls (voice loop) -----------------------------------------------------------------------------------
 CALLS_ACTIVE = REGISTRY.gauge("eva_calls_active", "Calls in progress on this worker.")
 CALLS_TOTAL = REGISTRY.counter(
-    "eva_calls_total", "Calls finished, by direction and outcome.", ("direction", "outcome")
+    "eva_calls_total", "Calls finished, by direction, outcome and agent.", ("direction", "outcome", "agent")
 )
 TURN_STAGE_SECONDS = REGISTRY.histogram(
     "eva_turn_stage_seconds",
     "Per-turn latency of each stage, measured from the end of the caller's speech "
-    "(stage: stt, llm_first_token, first_sentence, tts_first_audio, first_frame_out).",
-    ("stage",),
+    "(stage: stt, llm_first_token, first_sentence, tts_first_audio, first_frame_out), by agent.",
+    ("stage", "agent"),
 )
-BARGE_INS_TOTAL = REGISTRY.counter("eva_barge_ins_total", "Times a caller interrupted the bot's playout.")
+BARGE_INS_TOTAL = REGISTRY.counter("eva_barge_ins_total", "Times a caller interrupted the bot's playout, by agent.",
+                                   ("agent",))
+MESSAGES_TOTAL = REGISTRY.counter(
+    "eva_messages_total", "Text-channel turns the agent core answered, by channel and agent.", ("channel", "agent")
+)
 
 # --- language model and knowledge -------------------------------------------------------------------------
 LLM_ERRORS_TOTAL = REGISTRY.counter(

@@ -201,6 +201,16 @@ class EvaRuntime:
                                         stt=self.components.get("stt"))
         self.components["channels"] = channels
         self.closers.append(channels.close)  # runs before the LLM and knowledge base they answer with close
+        llm = self.components.get("llm")
+        if self.settings.analysis and llm is not None:
+            from voicebot.analysis import Analyzer
+            from voicebot.analysis.worker import AnalysisWorker, model_busy
+
+            # Only while nobody is talking to the model: no call up, no reply generating or queued.
+            worker = AnalysisWorker(engine, Analyzer(llm), busy=model_busy(llm))
+            await worker.start()
+            self.components["analysis"] = worker
+            self.closers.append(worker.close)  # closes first (closers run in reverse)
 
     async def warm_up(self, llm: Any, kb: Any) -> None:
         """Load the embedding model and run the LLM once now, so the first caller does not wait seconds for it."""

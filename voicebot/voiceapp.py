@@ -58,7 +58,7 @@ from voicebot.flows.voice import FlowResponder
 from voicebot.i18n import base_language, phrase
 from voicebot.media.ports import PortAllocator
 from voicebot.media.transport import RtpTransport
-from voicebot.metrics import CALLS_ACTIVE, CALLS_TOTAL
+from voicebot.metrics import CALLS_ACTIVE, CALLS_TOTAL, agent_label
 from voicebot.pipeline.responder import CallContext, Responder
 from voicebot.pipeline.session import CallSession, SessionConfig, Stt, Tts
 from voicebot.pipeline.turns import TurnConfig
@@ -340,7 +340,7 @@ class VoiceApp:
             log.exception("call %s failed", live.call_id)
         finally:
             CALLS_ACTIVE.dec()
-            CALLS_TOTAL.inc(direction=direction, outcome=outcome)
+            CALLS_TOTAL.inc(direction=direction, outcome=outcome, agent=agent_label(live.agent_name))
             await asyncio.shield(self._teardown(live, transport, outcome))
 
     def _call_responder(self, live: LiveCall, agent: dict[str, Any]) -> Responder:

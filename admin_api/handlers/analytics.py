@@ -41,6 +41,10 @@ class ChannelDayOut(Output):
     channel: str
     conversations: int
     messages: int
+    sentiments: dict[str, int] = Field(default_factory=dict)
+    """Contacts' messages by sentiment (negative, neutral, positive), those analysed so far."""
+    categories: dict[str, int] = Field(default_factory=dict)
+    """Contacts' messages by category, most frequent first."""
 
 
 class CallDayOut(Output):
@@ -115,7 +119,8 @@ async def get_analytics(ctx: Ctx, query: AnalyticsQuery) -> AnalyticsOut:
         return AnalyticsOut(
             since=since, until=until, totals=analytics.totals(session, since, until),
             channels=[ChannelDayOut(day=c.day.isoformat(), agent_id=c.agent_id, channel=c.channel,
-                                    conversations=c.conversations, messages=c.messages) for c in channels],
+                                    conversations=c.conversations, messages=c.messages, sentiments=c.sentiments,
+                                    categories=c.categories) for c in channels],
             calls=[CallDayOut.model_validate(c.summary()) for c in calls])
 
     result: AnalyticsOut = await _read(ctx, load)

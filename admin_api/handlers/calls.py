@@ -1,5 +1,5 @@
 """Calls: history with filters and pagination, detail with turns, recordings (Range), live calls, hangup,
-outbound calls; conversations and messages of every channel (read-only)."""
+outbound calls; conversations and messages of every channel (read-only), and the files kept with messages."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import asyncio
 import os
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from aiohttp import web
 from sqlalchemy import func
@@ -33,7 +34,8 @@ from admin_api.schemas import (
     Pagination,
 )
 from admin_api.trunks import endpoint_name
-from models import Call, CallTurn, Conversation
+from channels import attachments
+from models import Call, CallTurn, Conversation, Message
 from voicebot.asterisk.files import open_below
 from voicebot.asterisk.render import instance_path
 from voicebot.config import Settings
@@ -303,3 +305,59 @@ async def get_conversation(ctx: Ctx, conversation_id: int) -> ConversationDetail
 async def list_messages(ctx: Ctx, conversation_id: int, query: Pagination) -> MessagePage:
     await get_row(ctx, Conversation, conversation_id, "conversation")
     return await message_page(ctx, conversation_id, query)
+
+
+SERVED_AS_IS = frozenset({
+    "application/pdf", "image/png", "image/jpeg", "image/gif", "image/webp", "audio/ogg", "audio/mpeg", "audio/mp4",
+    "audio/aac", "audio/amr", "audio/wav", "video/mp4", "video/3gpp", "text/plain", "text/csv", "application/zip",
+    "application/msword", "application/vnd.ms-excel", "application/vnd.ms-powerpoint",
+    "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
+    "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+    "application/vnd.openxmlformats-officedocument.presentationml.presentation", "message/rfc822",
+})
+"""Content types a kept file is served with; any other (HTML, SVG, scripts: what a browser would run in the API's
+origin) goes as application/octet-stream.  The sender chose the type, so it is a claim, never trusted further."""
+
+
+def content_disposition(name: str) -> str:
+    """``attachment`` with the file name twice (RFC 6266): an ASCII ``filename`` fallback and the exact UTF-8
+    ``filename*`` (RFC 5987), so no name can end the header value or add a parameter."""
+    fallback = "".join(c if c.isascii() and c.isprintable() and c not in '"\\;%' else "_" for c in name)
+    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(name, safe='')}"
+
+
+@conversations.get(
+    "/messages/{message_id}/attachments/{index}",
+    role="viewer",
+    path_patterns={"index": r"\d{1,4}"},
+    response_media={"application/octet-stream": {"type": "string", "format": "binary"}},
+    summary="Download a file kept with a message (the index in its attachments, from 0; Range supported)",
+)
+async def get_attachment(ctx: Ctx, message_id: int, index: str) -> web.StreamResponse:
+    message = await get_row(ctx, Message, message_id, "message")
+    rows = message.attachments or []
+    position = int(index)
+    if position >= len(rows) or not isinstance(rows[position], dict):
+        raise NotFound(f"message {message_id} has no attachment {position}", code="attachment_not_found",
+                       field="index")
+    try:
+        listed = attachments.Attachment.from_dict(rows[position])
+    except (TypeError, ValueError) as exc:
+        raise NotFound("the attachment was not kept", code="attachment_not_kept", field="index") from exc
+    media_dir = ctx.services.settings.media_dir
+    # Only a file this message's conversation kept (whatever the row says), opened without following links.
+    if listed.path.split("/", 1)[0] != str(message.conversation_id):
+        raise NotFound("the attachment was not kept", code="attachment_not_kept", field="index")
+    await asyncio.to_thread(attachments.kept_path, media_dir, listed)
+    try:
+        fd = await asyncio.to_thread(open_below, media_dir, listed.path)
+    except FileNotFoundError as exc:
+        raise NotFound("the attachment's file is gone", code="attachment_not_found", field="index") from exc
+    content_type = listed.content_type.split(";", 1)[0].strip().lower()
+    name = attachments.clean_name(listed.name, fallback=f"attachment-{position}")
+    return _DescriptorResponse(fd, headers={
+        "Content-Type": content_type if content_type in SERVED_AS_IS else "application/octet-stream",
+        "Content-Disposition": content_disposition(name),
+        "X-Content-Type-Options": "nosniff",
+        "Content-Security-Policy": "default-src 'none'; sandbox",
+    })

@@ -5,6 +5,8 @@ conversations."""
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 from typing import Annotated, Any, Literal
 
 from aiohttp import web
@@ -12,12 +14,21 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from sqlmodel import Session, col, select
 
 from admin_api.framework import ApiRouter, Ctx
-from admin_api.handlers.common import get_row, row_or_404
-from admin_api.schemas import EmailAddress, Input, Output, Pagination, SourceOut, Timestamp, optional
+from admin_api.handlers.common import changed, get_row, row_or_404, saved
+from admin_api.schemas import EmailAddress, Input, Output, Pagination, Slug, SourceOut, Timestamp, optional
 from channels import store
 from channels.email import templates
-from channels.whatsapp.codec import MAX_TEXT_CHARS, SIGNATURE_HEADER
-from models import EmailTemplate, utcnow
+from channels.email.message import MAX_OUTGOING_ATTACHMENTS, OutgoingFile
+from channels.whatsapp.codec import (
+    MAX_CAPTION_CHARS,
+    MAX_LINK_CHARS,
+    MAX_TEMPLATE_PARAMETER_CHARS,
+    MAX_TEMPLATE_PARAMETERS,
+    MAX_TEXT_CHARS,
+    OUTBOUND_MEDIA,
+    SIGNATURE_HEADER,
+)
+from models import EmailTemplate
 from voicebot.errors import Conflict, InvalidInput
 
 whatsapp = ApiRouter("whatsapp")
@@ -49,10 +60,38 @@ class WebhookAck(Output):
     statuses: int
 
 
+MAX_UPLOAD_BASE64 = max(limit for _types, limit in OUTBOUND_MEDIA.values()) * 4 // 3 + 4
+"""Base64 of the largest file WhatsApp takes (the request body limit of the API is far lower: use ``link``)."""
+TemplateName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9_]{1,512}$")]
+TemplateParameter = Annotated[str, StringConstraints(min_length=1, max_length=MAX_TEMPLATE_PARAMETER_CHARS)]
+
+
+class WhatsAppTemplateIn(Input):
+    name: TemplateName
+    """The approved template's name in WhatsApp Manager."""
+    language: Annotated[str, StringConstraints(pattern=r"^[a-z]{2,3}(_[A-Z]{2,4})?$")]
+    """The template's language code (``en``, ``en_US``, ``es_MX``)."""
+    parameters: Annotated[list[TemplateParameter], Field(max_length=MAX_TEMPLATE_PARAMETERS)] = Field(
+        default_factory=list)
+    """The body's ``{{1}}``, ``{{2}}``... in order (no new lines, tabs or more than 4 spaces in a row)."""
+
+
 class WhatsAppSendRequest(Input):
+    """``type`` ``text`` (the default): ``text``.  ``template``: ``template``.  ``image``, ``document``, ``audio``:
+    either ``link`` (https) or the file as ``content_base64`` with ``filename`` and ``content_type`` (uploaded to
+    the Graph API first; WhatsApp's types and sizes, and this API's 2 MB request limit), and an optional
+    ``caption`` (not for audio)."""
+
     to: WhatsAppId
     """The recipient's WhatsApp number, international format (``+15551234567`` or ``15551234567``)."""
-    text: str = Field(min_length=1, max_length=MAX_TEXT_CHARS)
+    type: Literal["text", "template", "image", "document", "audio"] = "text"
+    text: str | None = Field(default=None, min_length=1, max_length=MAX_TEXT_CHARS)
+    template: WhatsAppTemplateIn | None = None
+    link: str | None = Field(default=None, min_length=9, max_length=MAX_LINK_CHARS, pattern=r"^https://")
+    content_base64: str | None = Field(default=None, min_length=1, max_length=MAX_UPLOAD_BASE64)
+    filename: str | None = Field(default=None, min_length=1, max_length=240)
+    content_type: str | None = Field(default=None, min_length=3, max_length=100)
+    caption: str | None = Field(default=None, min_length=1, max_length=MAX_CAPTION_CHARS)
 
 
 class WhatsAppSendOut(Output):
@@ -64,11 +103,26 @@ class WhatsAppSendOut(Output):
 
 
 VariableName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")]
+ContentType = Annotated[str, StringConstraints(
+    pattern=r"^[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,63}/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,63}$")]
+"""A plain ``type/subtype`` (no parameters: nothing that could add to a MIME header)."""
+MAX_ATTACHMENT_BASE64 = 2 * 1024 * 1024
+"""Characters of one attachment's base64 (the whole JSON body is capped at 2 MB anyway, so the files of one
+request are about 1.5 MB together; the service also holds them to EVA_EMAIL_ATTACHMENT_MAX_BYTES)."""
+
+
+class EmailAttachmentIn(Input):
+    filename: str = Field(min_length=1, max_length=255)
+    """Shown to the recipient; cleaned (no path, no control characters) before it is used."""
+    content_type: ContentType = "application/octet-stream"
+    content_base64: str = Field(max_length=MAX_ATTACHMENT_BASE64)
+    """The file's bytes, base64 (RFC 4648, padded)."""
 
 
 class EmailSendRequest(Input):
     """Either ``subject`` and ``body`` (with ``html: true`` an HTML part is made from the body), or a
-    ``template`` filled with ``variables``."""
+    ``template`` filled with ``variables``.  ``agent`` (a name) sends it From that agent's address with its
+    signature; ``attachments`` go beside the text (and HTML)."""
 
     to: EmailAddress
     subject: str = Field(default="", max_length=200)
@@ -77,6 +131,9 @@ class EmailSendRequest(Input):
     template: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,79}$")] | None = None
     variables: Annotated[dict[VariableName, Annotated[str, StringConstraints(max_length=10_000)]],
                          Field(max_length=50)] = Field(default_factory=dict)
+    agent: Slug | None = None
+    """The agent it is sent for (its address and signature); null: the channel's address, no signature."""
+    attachments: list[EmailAttachmentIn] = Field(default_factory=list, max_length=MAX_OUTGOING_ATTACHMENTS)
 
 
 class EmailTemplateIn(Input):
@@ -118,6 +175,8 @@ class EmailChatRequest(Input):
     """Who writes (the agent's answer is e-mailed there)."""
     message: str = Field(min_length=1, max_length=8000)
     subject: str = Field(default="", max_length=200)
+    agent: Slug | None = None
+    """The agent that answers (from its address); null: ``EVA_EMAIL_AGENT``."""
 
 
 class EmailChatOut(Output):
@@ -175,10 +234,49 @@ async def whatsapp_webhook(ctx: Ctx) -> WebhookAck:
                       statuses=accepted.statuses)
 
 
-@whatsapp.post("/whatsapp/send-message", role="designer", errors=(502, 503),
-               summary="Send a WhatsApp text from the business number (stored in the contact's conversation)")
+_MEDIA_FIELDS = ("link", "content_base64", "filename", "content_type", "caption")
+
+
+def _only(body: WhatsAppSendRequest, allowed: tuple[str, ...]) -> None:
+    """Refuse the fields of another message type (a template with a text would silently lose the text)."""
+    for name in ("text", "template", *_MEDIA_FIELDS):
+        if name not in allowed and getattr(body, name) is not None:
+            raise InvalidInput(f"{name} does not go with type {body.type!r}", field=name)
+
+
+@whatsapp.post("/whatsapp/send-message", role="designer", errors=(413, 415, 502, 503),
+               summary="Send a WhatsApp text, template, image, document or audio from the business number "
+                       "(stored in the contact's conversation)")
 async def whatsapp_send(ctx: Ctx, body: WhatsAppSendRequest) -> WhatsAppSendOut:
-    sent = await ctx.services.need_whatsapp().send_message(body.to, body.text)
+    service = ctx.services.need_whatsapp()
+    if body.type == "text":
+        _only(body, ("text",))
+        if body.text is None:
+            raise InvalidInput("a text message needs text", field="text")
+        sent = await service.send_message(body.to, body.text)
+    elif body.type == "template":
+        _only(body, ("template",))
+        if body.template is None:
+            raise InvalidInput("a template message needs template: {name, language, parameters}", field="template")
+        sent = await service.send_template(body.to, body.template.name, body.template.language,
+                                           body.template.parameters)
+    else:
+        _only(body, _MEDIA_FIELDS)
+        data = None
+        if body.content_base64 is not None:
+            if body.filename is None or body.content_type is None:
+                raise InvalidInput("an uploaded file needs filename and content_type",
+                                   field="filename" if body.filename is None else "content_type")
+            try:
+                # Up to 2 MB of base64: decoded off the event loop.
+                data = await asyncio.to_thread(base64.b64decode, body.content_base64, validate=True)
+            except ValueError as exc:  # binascii.Error: not base64
+                raise InvalidInput("content_base64 is not base64", field="content_base64") from exc
+        elif (body.filename is not None and body.type != "document") or body.content_type is not None:
+            raise InvalidInput("filename and content_type describe an uploaded file (content_base64)",
+                               field="content_type" if body.content_type is not None else "filename")
+        sent = await service.send_media(body.to, body.type, link=body.link, data=data, filename=body.filename or "",
+                                        content_type=body.content_type or "", caption=body.caption or "")
     return WhatsAppSendOut(message_id=sent.wamid, conversation_id=sent.conversation_id,
                            stored_message_id=sent.message_id, contact_id=sent.contact_id)
 
@@ -189,9 +287,24 @@ async def whatsapp_conversations(ctx: Ctx, query: Pagination) -> ChannelConversa
 
 
 # ------------------------------ e-mail ------------------------------------------------------------
+def _decoded_files(files: list[EmailAttachmentIn]) -> list[OutgoingFile]:
+    """The request's attachments decoded (blocking: up to 2 MB of base64)."""
+    decoded = []
+    for index, file in enumerate(files):
+        try:
+            data = base64.b64decode(file.content_base64, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise InvalidInput("content_base64 is not base64", field=f"attachments.{index}.content_base64") from exc
+        decoded.append(OutgoingFile.of(file.filename, file.content_type, data))
+    return decoded
+
+
 @email.post("/email/send", role="designer", errors=(502, 503), summary="Send an e-mail from the channel's address")
 async def email_send(ctx: Ctx, body: EmailSendRequest) -> EmailSendOut:
     service = ctx.services.need_email()
+    agent = await service.named_agent(body.agent, active=False)
+    signature = agent.email_signature if agent is not None else ""
+    files = await asyncio.to_thread(_decoded_files, body.attachments) if body.attachments else []
     if body.template is not None:
         if body.subject or body.body or body.html:
             raise InvalidInput("a template brings its own subject and body", field="template")
@@ -213,8 +326,8 @@ async def email_send(ctx: Ctx, body: EmailSendRequest) -> EmailSendOut:
         if body.variables:
             raise InvalidInput("variables fill a template; name one", field="variables")
         subject, text = body.subject, body.body
-        html = templates.reply_html(text) if body.html else ""
-    sent = await service.send(body.to, subject[:200], text, html=html)
+        html = templates.reply_html(text, signature) if body.html else ""
+    sent = await service.send(body.to, subject[:200], text, html=html, agent=agent, files=files)
     return EmailSendOut(message_id=sent.email_message_id, conversation_id=sent.conversation_id,
                         stored_message_id=sent.message_id, contact_id=sent.contact_id)
 
@@ -222,7 +335,7 @@ async def email_send(ctx: Ctx, body: EmailSendRequest) -> EmailSendOut:
 @email.post("/email/chat", role="designer", errors=(502, 503),
             summary="One e-mail turn: the agent answers the message and the reply is e-mailed to the address")
 async def email_chat(ctx: Ctx, body: EmailChatRequest) -> EmailChatOut:
-    result = await ctx.services.need_email().chat(body.email, body.message, body.subject)
+    result = await ctx.services.need_email().chat(body.email, body.message, body.subject, agent_name=body.agent)
     return EmailChatOut(
         reply=result.reply, message_id=result.email_message_id, conversation_id=result.conversation_id,
         stored_message_id=result.message_id,
@@ -257,11 +370,7 @@ async def create_template(ctx: Ctx, body: EmailTemplateIn) -> EmailTemplateOut:
 
     def create(session: Session) -> EmailTemplate:
         _refuse_taken_name(session, body.name)
-        row = EmailTemplate(**fields)
-        session.add(row)
-        session.flush()
-        session.refresh(row)
-        return row
+        return saved(session, EmailTemplate(**fields))
 
     return EmailTemplateOut.model_validate(await ctx.services.db(create))
 
@@ -280,13 +389,7 @@ async def update_template(ctx: Ctx, template_id: int, body: EmailTemplateUpdate)
         row = row_or_404(session, EmailTemplate, template_id, "template")
         if "name" in changes:
             _refuse_taken_name(session, changes["name"], other_than=template_id)
-        for key, value in changes.items():
-            setattr(row, key, value)
-        row.updated_at = utcnow()
-        session.add(row)
-        session.flush()
-        session.refresh(row)
-        return row
+        return changed(session, row, changes)
 
     return EmailTemplateOut.model_validate(await ctx.services.db(change))
 

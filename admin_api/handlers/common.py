@@ -7,7 +7,7 @@ import unicodedata
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import PurePosixPath
-from typing import TypeVar
+from typing import Any, TypeVar
 from urllib.parse import unquote
 
 from aiohttp import BodyPartReader, web
@@ -18,7 +18,7 @@ from sqlmodel.sql.expression import SelectOfScalar
 
 from admin_api.framework import Ctx
 from admin_api.schemas import MessageOut, MessagePage, Pagination
-from models import FlowRun, Message
+from models import FlowRun, Message, utcnow
 from voicebot.errors import BadRequest, InvalidInput, NotFound, PayloadTooLarge, UnsupportedMediaType
 
 M = TypeVar("M", bound=SQLModel)
@@ -30,6 +30,23 @@ def row_or_404(session: Session, model: type[M], row_id: int, what: str) -> M:
     if row is None:
         raise NotFound(f"{what} {row_id} does not exist", field=f"{what}_id")
     return row
+
+
+def saved(session: Session, row: M) -> M:
+    """``row`` written and read back (its id, defaults and server-side values filled in)."""
+    session.add(row)
+    session.flush()
+    session.refresh(row)
+    return row
+
+
+def changed(session: Session, row: M, changes: dict[str, Any]) -> M:
+    """``row`` with ``changes`` applied (and ``updated_at`` moved when it has one), written and read back."""
+    for key, value in changes.items():
+        setattr(row, key, value)
+    if hasattr(row, "updated_at"):
+        row.updated_at = utcnow()
+    return saved(session, row)
 
 
 async def get_row(ctx: Ctx, model: type[M], row_id: int, what: str) -> M:

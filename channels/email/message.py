@@ -2,9 +2,9 @@
 the reply that threads under it.  No I/O here.
 
 What the agent reads: the ``text/plain`` body when there is one, else the ``text/html`` body as text; attachments
-are never read.  The quoted history a mail client appends ("On Mon, … wrote:" and ``>`` lines, Outlook's
-"-----Original Message-----" block, Gmail's ``gmail_quote``/``<blockquote>``) and the signature after ``-- ``
-are removed, because the conversation memory already holds the earlier turns.
+are never read (the service may show it their names).  The quoted history a mail client appends ("On Mon, …
+wrote:" and ``>`` lines, Outlook's "-----Original Message-----" block, Gmail's ``gmail_quote``/``<blockquote>``)
+and the signature after ``-- `` are removed, because the conversation memory already holds the earlier turns.
 
 Mail is untrusted input from anyone on the internet, so every step here is linear in the size of the message and
 bounded: the message (:data:`MAX_MESSAGE_BYTES`) and its header section are capped, the body read is cut at
@@ -13,6 +13,17 @@ markers are found by plain string tests plus patterns without nested unbounded r
 ``^On.*wrote.*:$`` patterns took minutes on one long line).  The only error :func:`parse_email` raises is
 :class:`~voicebot.errors.InvalidInput`.  The service still runs it in a separate process with a time and memory
 limit (:mod:`channels.email.parse_worker`): the stdlib parsers are not ours to prove linear.
+
+Attachments (:func:`extract_attachments`): every leaf part that is not the body is one, except text parts with no
+file name that are not marked ``attachment`` (the other alternative of the body, footers a list appends).  Parts
+with a Content-ID that are not marked ``attachment`` are the HTML body's inline images (signature logos, pasted
+screenshots): they are listed and kept too, with ``note: "inline"`` (a pasted screenshot may be the point of the
+mail, and a logo costs one file per conversation: files are stored by content), after the real attachments in
+the count, and never named to the agent.  A forwarded message (``message/rfc822``) is one attachment (an
+``.eml``), not walked into.  Bounds: at most :data:`MAX_LISTED_ATTACHMENTS` listed; of those the first
+:data:`MAX_ATTACHMENTS` that are each within ``attachment_max_bytes`` and together within the message limit
+carry their bytes, the others only their name, type, size and hash (``note``: ``too_many`` or ``too_large``).
+The file name is only data: cleaned with :func:`channels.attachments.clean_name`, never part of a path.
 """
 
 from __future__ import annotations
@@ -23,15 +34,17 @@ import email.errors
 import email.policy
 import hashlib
 import html
+import mimetypes
 import re
 import unicodedata
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from email.headerregistry import Address
 from email.message import EmailMessage, MIMEPart
 from email.utils import formatdate, getaddresses, make_msgid, parseaddr
 from typing import Any
 
+from channels.attachments import clean_name
 from voicebot.errors import InvalidInput
 
 MAX_SUBJECT = 200
@@ -57,6 +70,18 @@ and real mail has a few dozen parts at most."""
 MAX_REFERENCES = 20
 """Message-IDs of References kept: the root and the nearest ancestors (each one is a database lookup key)."""
 MAX_RECIPIENTS = 50
+"""Addresses kept of each of To, Cc and Delivered-To (also of the header instances read)."""
+MAX_ATTACHMENTS = 20
+"""Attachments of one message whose bytes are kept."""
+MAX_LISTED_ATTACHMENTS = 50
+"""Attachments of one message listed at all (beyond :data:`MAX_ATTACHMENTS` with ``note: too_many``)."""
+MAX_ATTACHMENT_BYTES = 5 * 1024 * 1024
+"""The largest attachment kept by default (the service passes EVA_EMAIL_ATTACHMENT_MAX_BYTES)."""
+MAX_OUTGOING_ATTACHMENTS = 10
+"""Files one sent e-mail may carry (together at most EVA_EMAIL_ATTACHMENT_MAX_BYTES)."""
+MAX_FILENAME_CHARS = 1_000
+"""Characters of a file name looked at before it is cleaned (its start and its end, where the extension is); the
+cleaned name is shorter still."""
 MAX_MARKER_LINE = 1_000
 """A line longer than this is never a quote marker ("On … wrote:", a separator, a header): marker lines are short,
 and skipping long ones keeps every test on them cheap."""
@@ -66,6 +91,8 @@ _UNSAFE_CODECS = frozenset({"punycode", "idna"})
 """Text codecs with super-linear decoders: a body declared in them is read as UTF-8 instead."""
 
 _MSGID_RE = re.compile(r"<[^<>\s]+>")
+_CONTENT_TYPE_RE = re.compile(r"[a-z0-9][a-z0-9!#$&^_.+-]{0,63}/[a-z0-9][a-z0-9!#$&^_.+-]{0,63}")
+"""A plain ``type/subtype`` (what the stdlib gives back lower-cased); anything else is application/octet-stream."""
 # One whitespace run per prefix (two adjacent \s* would split a run every possible way).
 _REPLY_PREFIX_RE = re.compile(r"^\s*((re|aw|sv|antw|fwd?|wg)\s*(\[\d+\]\s*)?:\s*)+", re.IGNORECASE)
 # "On <date>, <name> wrote:" and its translations (the verb may come before the name: "Am …, schrieb X:").
@@ -84,6 +111,40 @@ _SIGNOFF_RE = re.compile(
     r"^\s*(thanks?( you)?( (so|very) much)?( in advance)?|many thanks|thx|cheers|best( wishes| regards)?|"
     r"(kind|warm|best) regards|regards|sincerely|yours( truly| sincerely)?|greetings|all the best|"
     r"(viele|beste|liebe) grüße|mit freundlichen grüßen|danke|cordialement|saludos)[\s,.!]*$", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class MailAttachment:
+    """One attachment of an inbound message.  ``data`` is None when it is only listed (see ``note``)."""
+
+    name: str
+    """The sender's file name, cleaned (:func:`channels.attachments.clean_name`): data, never a path."""
+    content_type: str
+    """A plain ``type/subtype``."""
+    size: int
+    """Decoded bytes."""
+    sha256: str
+    data: bytes | None
+    note: str = ""
+    """``inline`` (an image of the HTML body; kept), ``too_large``, ``too_many`` or ``unreadable`` (not kept)."""
+
+
+@dataclass(frozen=True)
+class OutgoingFile:
+    """A file to attach to an outbound message."""
+
+    name: str
+    content_type: str
+    data: bytes
+
+    @classmethod
+    def of(cls, name: str, content_type: str, data: bytes) -> OutgoingFile:
+        """The file with its name cleaned (no path, no control characters: it goes into a header) and its type a
+        plain ``type/subtype`` (else application/octet-stream)."""
+        content_type = content_type.strip().lower()
+        if not _CONTENT_TYPE_RE.fullmatch(content_type):
+            content_type = "application/octet-stream"
+        return cls(clean_name(_bounded_name(name), fallback="attachment"), content_type, data)
 
 
 @dataclass(frozen=True)
@@ -108,6 +169,19 @@ class InboundEmail:
     """The new text of the message (quotes, signature and attachments removed)."""
     auto_generated: bool
     """An auto-reply, a bounce or list mail: never answered (mail loops)."""
+    cc: tuple[str, ...] = ()
+    delivered_to: tuple[str, ...] = ()
+    """Delivered-To and X-Original-To: written by the receiving mail server, not the sender."""
+    attachments: tuple[MailAttachment, ...] = ()
+
+    @property
+    def recipients(self) -> tuple[str, ...]:
+        """Every address the message was for, lower-cased: Delivered-To first (the receiving server says so), then
+        To, then Cc (the sender says so)."""
+        seen: dict[str, None] = {}
+        for address in (*self.delivered_to, *self.to, *self.cc):
+            seen.setdefault(address, None)
+        return tuple(seen)
 
     @property
     def thread_ids(self) -> list[str]:
@@ -121,9 +195,11 @@ class InboundEmail:
         return self.references[0] if self.references else (self.in_reply_to or self.message_id)
 
 
-def parse_email(raw: bytes, *, max_bytes: int = MAX_MESSAGE_BYTES) -> InboundEmail:
+def parse_email(raw: bytes, *, max_bytes: int = MAX_MESSAGE_BYTES,
+                attachment_max_bytes: int = MAX_ATTACHMENT_BYTES) -> InboundEmail:
     """Parse a whole RFC 5322 message.  InvalidInput (and only that) when it is larger than ``max_bytes``, its
-    header section is too large, it cannot be parsed, or it has no usable From address."""
+    header section is too large, it cannot be parsed, or it has no usable From address.  Attachments larger than
+    ``attachment_max_bytes`` are listed without their bytes."""
     if len(raw) > max_bytes:
         raise InvalidInput(f"the e-mail is {len(raw)} bytes, more than the {max_bytes} allowed",
                            code="email_too_large")
@@ -134,7 +210,7 @@ def parse_email(raw: bytes, *, max_bytes: int = MAX_MESSAGE_BYTES) -> InboundEma
     if raw.count(b"\n--") > MAX_DELIMITERS:
         raise InvalidInput(f"the e-mail has more than {MAX_DELIMITERS} MIME part delimiters", code="email_unparseable")
     try:
-        return _parse(raw)
+        return _parse(raw, max_bytes, attachment_max_bytes)
     except RecursionError as exc:  # the stdlib walks nested multiparts recursively
         raise InvalidInput("the e-mail's MIME parts are nested too deeply", code="email_unparseable") from exc
     except (ValueError, LookupError, TypeError, AttributeError, IndexError, email.errors.MessageError) as exc:
@@ -154,7 +230,7 @@ def _header_section_size(raw: bytes) -> int:
     return min(ends) if ends else len(raw)
 
 
-def _parse(raw: bytes) -> InboundEmail:
+def _parse(raw: bytes, max_bytes: int, attachment_max_bytes: int) -> InboundEmail:
     message = email.message_from_bytes(raw, policy=_POLICY)
     assert isinstance(message, EmailMessage)
     name, sender = parseaddr(_header(message, "From"))
@@ -168,8 +244,6 @@ def _parse(raw: bytes) -> InboundEmail:
     references = [r[:255] for r in _MSGID_RE.findall(_header(message, "References"))]
     if len(references) > MAX_REFERENCES:
         references = references[:1] + references[-(MAX_REFERENCES - 1):]
-    recipients = tuple(addr.lower()[:320] for _n, addr in getaddresses(_all_headers(message, "To"))
-                       if addr)[:MAX_RECIPIENTS]
     _reply_name, reply_to = parseaddr(_header(message, "Reply-To"))
     return InboundEmail(
         message_id=message_id[:255],
@@ -178,11 +252,28 @@ def _parse(raw: bytes) -> InboundEmail:
         sender=sender,
         sender_name=" ".join("".join(c for c in name if _printable(c) or c.isspace()).split())[:200],
         reply_to_header=reply_to.strip().lower()[:320] if "@" in reply_to else "",
-        to=recipients,
+        to=_addresses(message, "To"),
         subject=" ".join(_header(message, "Subject")[:MAX_SUBJECT * 4].split())[:MAX_SUBJECT],
         text=extract_text(message),
         auto_generated=_auto_generated(message, sender),
+        cc=_addresses(message, "Cc"),
+        delivered_to=_addresses(message, "Delivered-To", "X-Original-To"),
+        attachments=extract_attachments(message, max_each=attachment_max_bytes, max_total=max_bytes),
     )
+
+
+def _addresses(message: EmailMessage, *names: str) -> tuple[str, ...]:
+    """The distinct addresses of these headers, lower-cased, at most :data:`MAX_RECIPIENTS`; ones that could not be
+    a recipient (no ``@``, whitespace or control characters, too long) are left out."""
+    values = [value for name in names for value in _all_headers(message, name)[:MAX_RECIPIENTS]]
+    found: dict[str, None] = {}
+    for _name, raw in getaddresses(values):
+        address = raw.strip().lower()
+        if "@" in address and len(address) <= 320 and _printable(address):
+            found.setdefault(address, None)
+            if len(found) >= MAX_RECIPIENTS:
+                break
+    return tuple(found)
 
 
 class _BoundedPolicy(email.policy.EmailPolicy):
@@ -233,6 +324,90 @@ def extract_text(message: EmailMessage) -> str:
     else:
         content = _decoded(body, MAX_BODY_CHARS)
     return strip_courtesies(strip_quoted(content[:MAX_BODY_CHARS]))[:MAX_TEXT]
+
+
+_PART_ERRORS = (ValueError, LookupError, TypeError, AttributeError, IndexError, UnicodeError,
+                email.errors.MessageError)
+"""What the stdlib may raise reading one hostile part: that part is listed as well as it can be, the mail lives."""
+
+
+def extract_attachments(message: EmailMessage, *, max_each: int = MAX_ATTACHMENT_BYTES,
+                        max_total: int = MAX_MESSAGE_BYTES) -> tuple[MailAttachment, ...]:
+    """The attachments of ``message`` (see the module docstring for which parts are, and the bounds)."""
+    body = message.get_body(preferencelist=("plain", "html"))
+    files: list[MIMEPart] = []
+    inline: list[MIMEPart] = []
+    # Depth first, in the order of the message, without recursion (multiparts are already capped in number).
+    stack: list[MIMEPart] = [message]
+    while stack:
+        part = stack.pop()
+        content_type = part.get_content_type()
+        if part.is_multipart() and content_type != "message/rfc822":
+            children = part.get_payload()
+            if isinstance(children, list):
+                stack.extend(reversed([c for c in children if isinstance(c, MIMEPart)]))
+            continue
+        if part is body or content_type.startswith("multipart/"):
+            continue
+        disposition = _safely(part.get_content_disposition)
+        if disposition != "attachment" and part.get("Content-ID") is not None:
+            inline.append(part)
+        elif (disposition == "attachment" or not content_type.startswith("text/")
+              or _safely(part.get_filename) is not None):
+            files.append(part)
+    listed: list[MailAttachment] = []
+    total = 0
+    for index, part in enumerate((files + inline)[:MAX_LISTED_ATTACHMENTS]):
+        found = _attachment(part, note="inline" if index >= len(files) else "")
+        if found.data is None:  # unreadable: listed as it is
+            listed.append(found)
+            continue
+        if index >= MAX_ATTACHMENTS:
+            found = MailAttachment(found.name, found.content_type, found.size, found.sha256, None, "too_many")
+        elif found.size > max_each or total + found.size > max_total:
+            found = MailAttachment(found.name, found.content_type, found.size, found.sha256, None, "too_large")
+        else:
+            total += found.size
+        listed.append(found)
+    return tuple(listed)
+
+
+def _bounded_name(name: str) -> str:
+    """At most :data:`MAX_FILENAME_CHARS` of ``name``: its start and its end (the extension)."""
+    half = MAX_FILENAME_CHARS // 2
+    return name if len(name) <= MAX_FILENAME_CHARS else name[:half] + name[-half:]
+
+
+def _safely(read: Any) -> Any:
+    """``read()``, or None when the part's headers are too broken to say."""
+    try:
+        return read()
+    except _PART_ERRORS:
+        return None
+
+
+def _attachment(part: MIMEPart, *, note: str) -> MailAttachment:
+    """One part as an attachment: its cleaned name and type and its decoded bytes (None when unreadable)."""
+    content_type = part.get_content_type()
+    if not _CONTENT_TYPE_RE.fullmatch(content_type):
+        content_type = "application/octet-stream"
+    filename = _safely(part.get_filename)
+    fallback = "forwarded.eml" if content_type == "message/rfc822" else \
+        "attachment" + (mimetypes.guess_extension(content_type) or ".bin")
+    name = clean_name(_bounded_name(str(filename)) if filename is not None else "", fallback=fallback)
+    data: bytes | None
+    try:
+        if content_type == "message/rfc822":
+            inner = part.get_payload(0)
+            data = inner.as_bytes() if isinstance(inner, EmailMessage) else None
+        else:
+            payload = part.get_payload(decode=True)
+            data = payload if isinstance(payload, bytes) else b""
+    except _PART_ERRORS:
+        data = None
+    if data is None:
+        return MailAttachment(name, content_type, 0, "", None, "unreadable")
+    return MailAttachment(name, content_type, len(data), hashlib.sha256(data).hexdigest(), data, note)
 
 
 def _decoded(part: MIMEPart, limit: int) -> str:
@@ -479,15 +654,19 @@ def reply_subject(subject: str) -> str:
 
 
 def new_message_id(sender: str) -> str:
-    """A fresh Message-ID in the sender's domain."""
-    domain = sender.rsplit("@", 1)[-1] if "@" in sender else "eva.invalid"
+    """A fresh Message-ID in the sender's domain (``sender`` may carry a display name)."""
+    address = parseaddr(sender)[1] or sender
+    domain = address.rsplit("@", 1)[-1] if "@" in address else "eva.invalid"
     return make_msgid(domain=domain)
 
 
 def build_message(*, sender: str, to: str, subject: str, body: str, in_reply_to: str = "",
-                  references: tuple[str, ...] = (), message_id: str = "", html: str = "") -> EmailMessage:
+                  references: tuple[str, ...] = (), message_id: str = "", html: str = "",
+                  attachments: Sequence[OutgoingFile] = ()) -> EmailMessage:
     """A plain-text message, or with ``html`` a multipart/alternative of the text and the HTML (clients show the
-    best they can); with ``in_reply_to`` it threads as a reply (RFC 5322 In-Reply-To/References)."""
+    best they can); with ``attachments`` a multipart/mixed of that and the files (base64, each with its file name,
+    RFC 2231-encoded when it is not ASCII); with ``in_reply_to`` it threads as a reply (RFC 5322
+    In-Reply-To/References)."""
     # No control characters in a header (CR/LF would inject headers; others break mail clients).
     subject = " ".join("".join(" " if unicodedata.category(c) == "Cc" else c for c in subject).split())
     message = EmailMessage()
@@ -506,6 +685,10 @@ def build_message(*, sender: str, to: str, subject: str, body: str, in_reply_to:
     message.set_content(body, cte="quoted-printable")
     if html:
         message.add_alternative(html, subtype="html", cte="quoted-printable")
+    for given in attachments:
+        file = OutgoingFile.of(given.name, given.content_type, given.data)  # whoever built it: the name is a header
+        maintype, subtype = file.content_type.split("/", 1)
+        message.add_attachment(file.data, maintype=maintype, subtype=subtype, filename=file.name)
     return message
 
 

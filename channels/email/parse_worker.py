@@ -13,13 +13,17 @@ and that message is refused the same way.  The child's address space is capped (
 decompression or allocation bomb ends in ``MemoryError`` there, not in the server.
 
 Wire format: on start the child writes one byte (ready); then per message a request ``>I`` length + raw bytes
-(``max_bytes`` is fixed per child on its command line) and an answer ``>I`` length + ``{"mail": {...}}`` or
-``{"error": {"code": ..., "message": ...}}``.
+(``max_bytes`` and ``attachment_max_bytes`` are fixed per child on its command line) and an answer ``>I`` length
++ ``{"mail": {...}}`` or ``{"error": {"code": ..., "message": ...}}``.  The bytes of the attachments that are kept
+travel base64 in the mail's ``attachments`` (together at most ``max_bytes``, so an answer is bounded by the
+message limit; see :func:`answer_limit`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import contextlib
 import json
 import logging
@@ -28,12 +32,19 @@ import signal
 import struct
 import sys
 import traceback
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from channels.email.message import MAX_MESSAGE_BYTES, InboundEmail, parse_email
+from channels.email.message import (
+    MAX_ATTACHMENT_BYTES,
+    MAX_LISTED_ATTACHMENTS,
+    MAX_MESSAGE_BYTES,
+    InboundEmail,
+    MailAttachment,
+    parse_email,
+)
 from voicebot.errors import EvaError, InvalidInput, Unavailable
 
 log = logging.getLogger(__name__)
@@ -41,13 +52,20 @@ log = logging.getLogger(__name__)
 DEFAULT_TIMEOUT = 10.0
 DEFAULT_MEMORY_BYTES = 1024 * 1024 * 1024
 MAX_ANSWER_BYTES = 4 * 1024 * 1024
-"""An answer is a few KB (the text is capped); a larger one means the child misbehaves."""
+"""An answer without attachment bytes is a few KB (the text is capped); the kept attachments' bytes come on top
+(:func:`answer_limit`).  A larger answer means the child misbehaves."""
 _LENGTH = struct.Struct(">I")
 _READY = b"\x01"
 START_TIMEOUT = 30.0
 WALL_FACTOR = 6.0
 """The wall-clock backstop is this many times the CPU budget (at least a minute): the niced child may wait."""
 _ROOT = Path(__file__).resolve().parents[2]
+
+
+def answer_limit(max_bytes: int) -> int:
+    """The largest answer a child may give for messages of at most ``max_bytes``: the fields, plus the kept
+    attachments' bytes in base64 (together at most ``max_bytes`` decoded)."""
+    return MAX_ANSWER_BYTES + (max_bytes // 3 + 1) * 4
 
 
 class ParseWorker:
@@ -58,8 +76,11 @@ class ParseWorker:
     """What the child runs (``python -m``)."""
 
     def __init__(self, *, max_bytes: int = MAX_MESSAGE_BYTES, timeout: float = DEFAULT_TIMEOUT,
-                 wall_timeout: float | None = None, memory_bytes: int = DEFAULT_MEMORY_BYTES) -> None:
+                 wall_timeout: float | None = None, memory_bytes: int = DEFAULT_MEMORY_BYTES,
+                 attachment_max_bytes: int = MAX_ATTACHMENT_BYTES) -> None:
         self.max_bytes = max_bytes
+        self.attachment_max_bytes = attachment_max_bytes
+        """Attachments larger than this (decoded) are listed without their bytes."""
         self.timeout = timeout
         """CPU seconds one message may take to parse."""
         self.wall_timeout = wall_timeout if wall_timeout is not None else max(60.0, WALL_FACTOR * timeout)
@@ -120,7 +141,8 @@ class ParseWorker:
         try:
             process = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", self.module, str(self.max_bytes), str(self.memory_bytes), repr(self.timeout),
-                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, env=env, cwd=str(_ROOT))
+                str(self.attachment_max_bytes), stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+                env=env, cwd=str(_ROOT))
         except OSError as exc:
             raise Unavailable(f"the e-mail parser process cannot start: {exc}",
                               code="email_parser_unavailable") from exc
@@ -145,7 +167,7 @@ class ParseWorker:
         process.stdin.write(_LENGTH.pack(len(raw)) + raw)
         await process.stdin.drain()
         (size,) = _LENGTH.unpack(await process.stdout.readexactly(_LENGTH.size))
-        if size > MAX_ANSWER_BYTES:
+        if size > answer_limit(self.max_bytes):
             raise ValueError(f"an answer of {size} bytes")
         answer = json.loads(await process.stdout.readexactly(size))
         if not isinstance(answer, dict):
@@ -175,9 +197,30 @@ def _answer_to_mail(answer: dict[str, Any]) -> InboundEmail:
     if not isinstance(fields, dict):
         raise InvalidInput("the e-mail parser gave no answer", code="email_parser_crashed")
     try:
-        return InboundEmail(**{**fields, "references": tuple(fields["references"]), "to": tuple(fields["to"])})
-    except (TypeError, KeyError) as exc:
+        return mail_from_wire(fields)
+    except (TypeError, KeyError, ValueError, binascii.Error) as exc:
         raise InvalidInput("the e-mail parser gave a malformed answer", code="email_parser_crashed") from exc
+
+
+def mail_to_wire(mail: InboundEmail) -> dict[str, Any]:
+    """``mail`` as JSON-safe fields (attachment bytes in base64)."""
+    fields = asdict(replace(mail, attachments=()))
+    fields["attachments"] = [
+        {**asdict(replace(a, data=None)), "data": base64.b64encode(a.data).decode() if a.data is not None else None}
+        for a in mail.attachments]
+    return fields
+
+
+def mail_from_wire(fields: dict[str, Any]) -> InboundEmail:
+    """The mail :func:`mail_to_wire` wrote (TypeError, KeyError, ValueError when it is not that)."""
+    attachments = []
+    for row in list(fields.get("attachments") or ())[:MAX_LISTED_ATTACHMENTS]:
+        data = row["data"]
+        attachments.append(MailAttachment(**{**row, "data": base64.b64decode(data, validate=True)
+                                             if isinstance(data, str) else None}))
+    return InboundEmail(**{**fields, "references": tuple(fields["references"]), "to": tuple(fields["to"]),
+                           "cc": tuple(fields.get("cc") or ()), "delivered_to": tuple(fields.get("delivered_to") or ()),
+                           "attachments": tuple(attachments)})
 
 
 # ---------------------------------------------------------------------------------------------- the child
@@ -192,7 +235,7 @@ def _over_budget(signum: int, frame: object) -> None:
     raise _OverBudget
 
 
-def _serve(max_bytes: int, budget: float) -> None:
+def _serve(max_bytes: int, budget: float, attachment_max_bytes: int = MAX_ATTACHMENT_BYTES) -> None:
     stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
     signal.signal(signal.SIGPROF, _over_budget)
     stdout.write(_READY)
@@ -206,7 +249,7 @@ def _serve(max_bytes: int, budget: float) -> None:
         try:
             signal.setitimer(signal.ITIMER_PROF, budget)
             try:
-                answer = _parse_answer(raw, max_bytes)
+                answer = _parse_answer(raw, max_bytes, attachment_max_bytes)
             finally:
                 signal.setitimer(signal.ITIMER_PROF, 0)
         except _OverBudget:
@@ -217,9 +260,10 @@ def _serve(max_bytes: int, budget: float) -> None:
         stdout.flush()
 
 
-def _parse_answer(raw: bytes, max_bytes: int) -> dict[str, Any]:
+def _parse_answer(raw: bytes, max_bytes: int, attachment_max_bytes: int = MAX_ATTACHMENT_BYTES) -> dict[str, Any]:
     try:
-        return {"mail": asdict(parse_email(raw, max_bytes=max_bytes))}
+        return {"mail": mail_to_wire(parse_email(raw, max_bytes=max_bytes,
+                                                 attachment_max_bytes=attachment_max_bytes))}
     except EvaError as exc:
         return {"error": exc.to_dict()}
     except MemoryError:
@@ -233,6 +277,7 @@ def _parse_answer(raw: bytes, max_bytes: int) -> dict[str, Any]:
 
 def main(argv: list[str]) -> None:
     max_bytes, memory, budget = int(argv[0]), int(argv[1]), float(argv[2])
+    attachment_max_bytes = int(argv[3]) if len(argv) > 3 else MAX_ATTACHMENT_BYTES
     # Behind the calls' media and speech work for the CPU: a slow parse delays mail, never audio (the budget is
     # CPU time, so waiting for the CPU does not count against it).
     os.nice(10)
@@ -240,7 +285,7 @@ def main(argv: list[str]) -> None:
         import resource
 
         resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
-    _serve(max_bytes, budget)
+    _serve(max_bytes, budget, attachment_max_bytes)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,8 @@ from models import EmailReceipt, utcnow
 Claim = Literal["claimed", "busy", "done"]
 """claimed: this worker answers it | busy: another worker holds it | done: answered or settled already"""
 
-FINAL = ("answered",)
+FINAL = ("answered", "held")
+"""Settled for good: answered, or set aside for a person by triage (stored; a copy is a duplicate)."""
 WAITING = "waiting"
 """Over a rate limit: not final (the mail stays unseen and any worker claims it again once the limit allows)."""
 COUNTED = ("claimed", "answered")

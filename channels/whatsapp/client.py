@@ -10,12 +10,19 @@ uncertain send (the Cloud API has no idempotency key that would make a resend sa
 :class:`~voicebot.errors.WhatsAppError` with a stable code (``whatsapp_auth_failed``, ``whatsapp_rate_limited``,
 ``whatsapp_window_closed``, ``whatsapp_rejected``, ``whatsapp_unavailable``, ``whatsapp_timeout``,
 ``whatsapp_bad_response``).  The token is never logged.
+
+Besides text: :meth:`WhatsAppClient.send_template` (an approved template, the only message allowed outside the
+24-hour window), :meth:`WhatsAppClient.upload_media` (``POST {api_url}/{phone_number_id}/media``, multipart with
+``messaging_product=whatsapp``; answers a media id) and :meth:`WhatsAppClient.send_media` (an image, document or
+audio by media id or https link).  An upload is retried like a send, and also after a timeout: a second upload only
+makes a second media id, never a second message.
 """
 
 from __future__ import annotations
 
 import asyncio
 import email.utils
+import io
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -23,7 +30,17 @@ from typing import Any
 
 import aiohttp
 
-from channels.whatsapp.codec import SentMessage, build_text_message, parse_graph_error, parse_send_response, split_text
+from channels.whatsapp.codec import (
+    SentMessage,
+    build_media_message,
+    build_template_message,
+    build_text_message,
+    check_upload,
+    parse_graph_error,
+    parse_send_response,
+    parse_upload_response,
+    split_text,
+)
 from voicebot.config import Settings
 from voicebot.errors import WhatsAppError
 
@@ -43,6 +60,7 @@ class WhatsAppClient:
                                 code="whatsapp_not_configured")
         self.api_url = api_url.rstrip("/")
         self.url = f"{self.api_url}/{phone_number_id}/messages"
+        self.media_url = f"{self.api_url}/{phone_number_id}/media"
         self._token = token
         self.timeout = timeout
         self.max_attempts = max(1, max_attempts)
@@ -75,6 +93,55 @@ class WhatsAppClient:
         if not sent:
             raise WhatsAppError("the message text is empty", code="invalid_input", field="text")
         return sent
+
+    async def send_template(self, to: str, name: str, language: str,
+                            parameters: list[str] | tuple[str, ...] = ()) -> SentMessage:
+        """Send the approved template ``name`` in ``language`` with its body parameters in order."""
+        return await self.send(build_template_message(to, name, language, parameters))
+
+    async def send_media(self, to: str, kind: str, *, media_id: str | None = None, link: str | None = None,
+                         caption: str = "", filename: str = "") -> SentMessage:
+        """Send an ``image``, ``document`` or ``audio`` message by uploaded ``media_id`` or https ``link``."""
+        return await self.send(build_media_message(to, kind, media_id=media_id, link=link, caption=caption,
+                                                   filename=filename))
+
+    async def upload_media(self, data: bytes, content_type: str, filename: str, *, kind: str) -> str:
+        """Upload a file for a ``kind`` message (type and size checked against the Cloud API's limits first);
+        returns its media id."""
+        mime = check_upload(kind, content_type, len(data))
+        headers = {"Authorization": f"Bearer {self._token}"}
+        for attempt in range(1, self.max_attempts + 1):
+            # A fresh form each attempt: aiohttp consumes one while sending it.  The file name goes as browsers
+            # send it (UTF-8, quotes escaped), not percent-encoded, which the server would show as it is.
+            form = aiohttp.FormData(quote_fields=False)
+            form.add_field("messaging_product", "whatsapp")
+            form.add_field("type", mime)
+            # A file object: aiohttp writes a large bytes value in one blocking piece (and warns).
+            form.add_field("file", io.BytesIO(data), filename=filename or "file", content_type=mime)
+            try:
+                async with self._client().post(self.media_url, data=form, headers=headers) as response:
+                    answer = await _json_or_none(response)
+                    if response.status == 200:
+                        return parse_upload_response(answer)
+                    error = parse_graph_error(response.status, answer)
+                    retry_after = _retry_after(response.headers.get("Retry-After"))
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                # Nothing but an unused media id can come of a lost upload, so every transport failure is retried.
+                error = WhatsAppError(f"the WhatsApp media upload failed: {exc or type(exc).__name__}",
+                                      code="whatsapp_timeout" if isinstance(exc, TimeoutError)
+                                      else "whatsapp_unavailable", retryable=True)
+                error.__cause__ = exc
+                retry_after = None
+            automatic = error.retryable and (error.upstream_status is None or error.upstream_status == 429
+                                             or error.upstream_status >= 500)
+            if not automatic or attempt == self.max_attempts:
+                raise error
+            delay = min(retry_after, self.max_retry_after) if retry_after is not None \
+                else self.backoff * 2 ** (attempt - 1)
+            log.warning("WhatsApp media upload failed (%s, attempt %d of %d); retrying in %.1fs", error.code,
+                        attempt, self.max_attempts, delay)
+            await self._sleep(delay)
+        raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
 
     async def send(self, payload: dict[str, Any]) -> SentMessage:
         """POST one message payload (see :func:`~channels.whatsapp.codec.build_text_message`)."""

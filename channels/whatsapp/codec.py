@@ -15,6 +15,12 @@ Webhook shape (``object`` is always ``whatsapp_business_account``)::
                                        "errors": [{"code": 130429, "title": "...", ...}]}}]}]}
 
 Meta signs the exact request body with the app secret: ``X-Hub-Signature-256: sha256=<hex HMAC-SHA256>``.
+
+A media message (``image``, ``video``, ``sticker``, ``document``, ``audio``) names its file by media id in the part of
+its type (``{"id", "mime_type", "sha256", "caption", "filename"}``); :func:`parse_media` reads that part, trusting
+nothing in it.  Outbound, :func:`build_template_message` and :func:`build_media_message` build the documented
+``template`` and media send requests (https://developers.facebook.com/docs/whatsapp/cloud-api/reference/messages),
+validated against the Cloud API's limits before anything is sent.
 """
 
 from __future__ import annotations
@@ -28,7 +34,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from voicebot.errors import AuthError, BadRequest, Forbidden, InvalidInput, WhatsAppError
+from voicebot.errors import (
+    AuthError,
+    BadRequest,
+    Forbidden,
+    InvalidInput,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+    WhatsAppError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +51,9 @@ MAX_TEXT_CHARS = 4096
 SIGNATURE_HEADER = "X-Hub-Signature-256"
 
 Disposition = Literal["answer", "decline", "ignore"]
-"""What a channel does with an inbound message: answer its text, answer politely that only text is read,
-or nothing (reactions, system notices)."""
+"""What a channel does with an inbound message: answer its text, answer without text to answer (the service
+keeps and acknowledges files, transcribes voice notes, declines locations politely), or nothing (reactions,
+system notices)."""
 
 _DECLINED_TYPES = frozenset({"image", "audio", "video", "document", "sticker", "location", "contacts", "order",
                              "unsupported", "unknown"})
@@ -88,6 +103,44 @@ class WaMessage:
         if self.kind in ("text", "button", "interactive"):
             return "ignore"  # nothing to answer (an empty body, an interactive event without a title)
         return "decline"
+
+
+MEDIA_KINDS = ("image", "video", "sticker", "document", "audio")
+"""Message types whose content is a file fetched by media id."""
+_MEDIA_ID = re.compile(r"[0-9A-Za-z_.-]{1,128}")
+MAX_CAPTION_CHARS = 1024
+"""The Cloud API's limit on a media caption (inbound captions are cut there too)."""
+
+
+@dataclass(frozen=True)
+class WaMedia:
+    """The file of a media message, as the webhook names it (nothing here is verified: the Graph API's media
+    answer and the downloaded bytes are what count)."""
+
+    kind: str
+    media_id: str
+    """'' when the webhook's id is missing or malformed (the file cannot be fetched)."""
+    mime_type: str
+    caption: str = ""
+    filename: str = ""
+    """The sender's file name (documents only); data, never a path."""
+
+
+def parse_media(raw: Any, kind: str) -> WaMedia | None:
+    """The media part of a message (``raw[kind]``) or None when ``kind`` is not a media type.  Never raises:
+    whatever the part holds, the fields come back as bounded, clean text."""
+    if kind not in MEDIA_KINDS:
+        return None
+    part = raw.get(kind) if isinstance(raw, Mapping) else None
+    part = part if isinstance(part, Mapping) else {}
+    media_id = part.get("id")
+    media_id = media_id if isinstance(media_id, str) and _MEDIA_ID.fullmatch(media_id) else ""
+    mime = _text(part.get("mime_type")).partition(";")[0].strip().lower()[:100]
+    caption = part.get("caption") if kind in ("image", "video", "document") else None
+    filename = part.get("filename") if kind == "document" else None
+    return WaMedia(kind=kind, media_id=media_id, mime_type=mime,
+                   caption=_clean(caption)[:MAX_CAPTION_CHARS].strip() if isinstance(caption, str) else "",
+                   filename=_clean(filename)[:500] if isinstance(filename, str) else "")
 
 
 @dataclass(frozen=True)
@@ -327,6 +380,126 @@ def build_text_message(to: str, body: str, *, preview_url: bool = False,
     if reply_to:
         payload["context"] = {"message_id": reply_to}
     return payload
+
+
+TEMPLATE_NAME = re.compile(r"[a-z0-9_]{1,512}")
+"""A message template's name as WhatsApp Manager allows it (lower-case letters, digits, underscores)."""
+TEMPLATE_LANGUAGE = re.compile(r"[a-z]{2,3}(_[A-Z]{2,4})?")
+"""A template language code (``en``, ``en_US``, ``pt_BR``, ``zh_Hant``-style tags are written ``zh_HK``)."""
+MAX_TEMPLATE_PARAMETERS = 20
+MAX_TEMPLATE_PARAMETER_CHARS = 1024
+"""A template body is at most 1024 characters in all, so no single parameter needs more."""
+_PARAMETER_FORBIDDEN = re.compile(r"[\n\t]| {5}")
+"""What the Cloud API refuses in a body parameter (error 132018: new lines, tabs, more than 4 spaces in a row)."""
+
+OUTBOUND_MEDIA: dict[str, tuple[frozenset[str], int]] = {
+    "image": (frozenset({"image/jpeg", "image/png"}), 5 * 1024 * 1024),
+    "audio": (frozenset({"audio/aac", "audio/amr", "audio/mpeg", "audio/mp4", "audio/ogg"}), 16 * 1024 * 1024),
+    "document": (frozenset({
+        "text/plain", "application/pdf", "application/msword", "application/vnd.ms-excel",
+        "application/vnd.ms-powerpoint",
+        "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
+        "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+        "application/vnd.openxmlformats-officedocument.presentationml.presentation"}), 100 * 1024 * 1024),
+}
+"""What may be uploaded and sent per message type: the supported types and sizes of the media reference
+(https://developers.facebook.com/docs/whatsapp/cloud-api/reference/media#supported-media-types)."""
+MAX_LINK_CHARS = 2000
+
+
+def build_template_message(to: str, name: str, language: str, parameters: list[str] | tuple[str, ...] = ()
+                           ) -> dict[str, Any]:
+    """The JSON of a ``template`` message: an approved template by name and language, its body ``{{1}}``...
+    filled from ``parameters`` in order.  InvalidInput (naming the field) for what the Cloud API would refuse."""
+    if not TEMPLATE_NAME.fullmatch(name):
+        raise InvalidInput("a template name is 1 to 512 lower-case letters, digits and underscores",
+                           field="template.name")
+    if not TEMPLATE_LANGUAGE.fullmatch(language):
+        raise InvalidInput("a template language is a code such as 'en' or 'en_US'", field="template.language")
+    if len(parameters) > MAX_TEMPLATE_PARAMETERS:
+        raise InvalidInput(f"a template takes at most {MAX_TEMPLATE_PARAMETERS} parameters",
+                           field="template.parameters")
+    for index, value in enumerate(parameters):
+        where = f"template.parameters.{index}"
+        if not value.strip():
+            raise InvalidInput("a template parameter is empty", field=where)
+        if len(value) > MAX_TEMPLATE_PARAMETER_CHARS:
+            raise InvalidInput(f"a template parameter is at most {MAX_TEMPLATE_PARAMETER_CHARS} characters",
+                               field=where)
+        if _PARAMETER_FORBIDDEN.search(value):
+            raise InvalidInput("a template parameter may not hold new lines, tabs or more than 4 spaces in a row",
+                               field=where)
+    template: dict[str, Any] = {"name": name, "language": {"code": language}}
+    if parameters:
+        template["components"] = [{"type": "body",
+                                   "parameters": [{"type": "text", "text": value} for value in parameters]}]
+    return {"messaging_product": "whatsapp", "recipient_type": "individual", "to": to, "type": "template",
+            "template": template}
+
+
+def check_link(link: str) -> str:
+    """``link`` if it is an https URL WhatsApp can fetch (a host, no credentials, no spaces); else InvalidInput."""
+    from urllib.parse import urlsplit
+
+    try:
+        url = urlsplit(link)
+        url.port  # noqa: B018 - raises ValueError for a port out of range
+    except ValueError as exc:
+        raise InvalidInput("link is not a valid URL", field="link") from exc
+    if (url.scheme != "https" or not url.hostname or url.username is not None or url.password is not None
+            or len(link) > MAX_LINK_CHARS or any(ch.isspace() or ord(ch) < 32 for ch in link) or "\\" in link):
+        raise InvalidInput(f"link must be an https URL of at most {MAX_LINK_CHARS} characters, without "
+                           "credentials or spaces", field="link")
+    return link
+
+
+def build_media_message(to: str, kind: str, *, media_id: str | None = None, link: str | None = None,
+                        caption: str = "", filename: str = "") -> dict[str, Any]:
+    """The JSON of an ``image``, ``document`` or ``audio`` message: the file by uploaded media id or by https
+    ``link``; a caption for images and documents, a file name for documents."""
+    if kind not in OUTBOUND_MEDIA:
+        raise InvalidInput(f"type must be one of {', '.join(sorted(OUTBOUND_MEDIA))}", field="type")
+    if (media_id is None) == (link is None):
+        raise InvalidInput("give either link or the uploaded file (content_base64), not both", field="link")
+    media: dict[str, Any] = {}
+    if media_id is not None:
+        if not _MEDIA_ID.fullmatch(media_id):
+            raise InvalidInput("the media id is malformed", field="media_id")
+        media["id"] = media_id
+    else:
+        media["link"] = check_link(link or "")
+    if caption.strip():
+        if kind == "audio":
+            raise InvalidInput("an audio message has no caption", field="caption")
+        if len(caption) > MAX_CAPTION_CHARS:
+            raise InvalidInput(f"a caption is at most {MAX_CAPTION_CHARS} characters", field="caption")
+        media["caption"] = caption
+    if filename and kind == "document":
+        media["filename"] = filename
+    return {"messaging_product": "whatsapp", "recipient_type": "individual", "to": to, "type": kind, kind: media}
+
+
+def check_upload(kind: str, content_type: str, size: int) -> str:
+    """The bare, lower-case content type when ``size`` bytes of it may be sent as ``kind``; InvalidInput or
+    PayloadTooLarge naming the field otherwise."""
+    mime = content_type.partition(";")[0].strip().lower()
+    types, limit = OUTBOUND_MEDIA.get(kind, (frozenset(), 0))
+    if mime not in types:
+        raise UnsupportedMediaType(f"a WhatsApp {kind} is one of {', '.join(sorted(types)) or 'nothing'}, not "
+                                   f"{mime or 'no type'}", field="content_type")
+    if size <= 0:
+        raise InvalidInput("the file is empty", field="content_base64")
+    if size > limit:
+        raise PayloadTooLarge(f"a WhatsApp {kind} is at most {limit // (1024 * 1024)} MB", field="content_base64")
+    return mime
+
+
+def parse_upload_response(data: Any) -> str:
+    """The media id of a successful upload (``{"id": "<media id>"}``); WhatsAppError without one."""
+    media_id = data.get("id") if isinstance(data, Mapping) else None
+    if not isinstance(media_id, str) or not _MEDIA_ID.fullmatch(media_id):
+        raise WhatsAppError("the WhatsApp API answered the upload without a media id", code="whatsapp_bad_response")
+    return media_id
 
 
 def parse_send_response(data: Any) -> SentMessage:

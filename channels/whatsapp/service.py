@@ -8,8 +8,20 @@ expects a fast 200 and retries otherwise).  The answering runs in background tas
   of the second message holds the first; ``concurrency`` bounds the replies generated at once;
 * a text message gets the agent's reply (``AgentCore.respond``, channel ``whatsapp``), or a flow's when the
   conversation runs one or the message starts one (:mod:`voicebot.flows.conversation`; its turn is stored like an
-  agent turn, so everything below holds for it too); media and locations get a polite "text only" answer;
-  reactions and system notices get none;
+  agent turn, so everything below holds for it too); a voice note is transcribed and answered like a text;
+  locations, contacts and unsupported messages get a polite "text only" answer; reactions and system notices
+  get none;
+* an image, video, sticker or document is downloaded through the Graph API (:func:`fetch_media`: type allow-list,
+  size limit, Meta's hosts only), kept below ``settings.media_dir`` (:mod:`channels.attachments`) and listed on the
+  stored user message (``Message.attachments``); the reply is a short acknowledgement in the agent's language.  A
+  caption is answered by the agent as a text turn, in the same message after the acknowledgement (so the stored
+  reply is exactly what was sent, and a retry sends it as it was).  A file over the limit or of a type not
+  accepted is listed with a note (``too_large``, ``refused``, ``unavailable``), not kept, and answered politely;
+  only a download that may work later (the API unreachable) is retried.  A document of a type the knowledge
+  pipeline reads (PDF, DOCX, plain text, Markdown) is offered to the agent's knowledge, through the same
+  ``ingest_bytes`` as the admin upload, only when the admin enabled ``Agent.learn_from_media`` (note
+  ``offered_to_knowledge``); a redelivery or retry offers the same bytes again, which the knowledge base
+  recognises by their sha256;
 * the reply is sent with :class:`~channels.whatsapp.client.WhatsAppClient` and its wamid stored on the
   assistant message, which is how a redelivered or recovered message is recognised as answered.
 
@@ -48,21 +60,32 @@ import socket
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from dataclasses import replace as replace_fields
 from datetime import timedelta
 from functools import partial
-from typing import TYPE_CHECKING, Any, TypeVar
+from pathlib import PurePath
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
+from urllib.parse import unquote, urlsplit
 
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
-from channels import store
+from channels import attachments, store
+from channels.attachments import Attachment
 from channels.whatsapp.client import WhatsAppClient, fetch_media
 from channels.whatsapp.codec import (
     MAX_TEXT_CHARS,
+    SentMessage,
+    WaMedia,
     WaMessage,
     WaStatus,
+    build_media_message,
+    build_template_message,
     build_text_message,
+    check_link,
+    check_upload,
+    parse_media,
     parse_webhook_body,
     split_text,
     verify_signature,
@@ -73,7 +96,7 @@ from models.db import durable_session_scope, session_scope
 from voicebot.agent.core import SEARCH_KNOWLEDGE, AgentCore
 from voicebot.agent.store import AgentStore, normalize_whatsapp_id
 from voicebot.config import Settings
-from voicebot.errors import EvaError, InvalidInput, Unavailable, WhatsAppError
+from voicebot.errors import Conflict, DocumentError, EvaError, InvalidInput, Unavailable, WhatsAppError
 from voicebot.flows.conversation import ConversationFlows
 from voicebot.i18n import phrase
 from voicebot.media.decode import decode_audio
@@ -96,6 +119,33 @@ CONVERSATION_WINDOW = timedelta(hours=24)
 """Messages within this time of the last one continue its conversation (WhatsApp's customer-service window)."""
 MAX_MESSAGE_AGE = CONVERSATION_WINDOW
 """A message older than this when it arrives is stored as ``expired`` and not answered (see the module doc)."""
+FILE_KINDS = frozenset({"image", "video", "sticker", "document"})
+"""Inbound message types kept as files (audio is a voice note: transcribed, not kept)."""
+_DOCX = "application/vnd.openxmlformats-officedocument.wordprocessingml.document"
+INBOUND_TYPES: dict[str, tuple[str, ...]] = {
+    "image": ("image/jpeg", "image/png", "image/webp"),
+    "sticker": ("image/webp",),
+    "video": ("video/mp4", "video/3gpp"),
+    "document": ("application/pdf", _DOCX, "text/plain", "text/markdown", "text/csv", "application/msword",
+                 "application/vnd.ms-excel", "application/vnd.ms-powerpoint",
+                 "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+                 "application/vnd.openxmlformats-officedocument.presentationml.presentation"),
+}
+"""The types kept per message type (WhatsApp's supported media types); anything else is refused politely (an
+executable or an archive sent as a "document" is never written to disk)."""
+MAX_INBOUND_BYTES = {"image": 5 * 1024 * 1024, "sticker": 512 * 1024, "video": 16 * 1024 * 1024}
+"""WhatsApp's own limits per type; a document may be as large as a knowledge upload (``EVA_MAX_UPLOAD_MB``,
+at most WhatsApp's 100 MB)."""
+KNOWLEDGE_TYPES = {"application/pdf": ".pdf", _DOCX: ".docx", "text/plain": ".txt", "text/markdown": ".md"}
+"""Document types the knowledge pipeline reads (``rag.extract``), with the extension it reads them by."""
+
+
+@runtime_checkable
+class KnowledgeIngest(Protocol):
+    """What the channel needs from the knowledge base to offer a document (``rag.KnowledgeBase`` implements it)."""
+
+    async def ingest_bytes(self, agent_id: int, data: bytes, filename: str, *, title: str = "",
+                           description: str = "") -> Any: ...
 
 
 @dataclass(frozen=True)
@@ -130,10 +180,15 @@ class WhatsAppService:
                  client: WhatsAppClient | None = None, concurrency: int = 4, retry_interval: float = 60.0,
                  max_attempts: int = 5, drain_timeout: float = 30.0, max_queued: int = 200,
                  claim_lease: float = 120.0, worker_id: str | None = None,
-                 flows: ConversationFlows | None = None, stt: FileTranscriber | None = None) -> None:
+                 flows: ConversationFlows | None = None, stt: FileTranscriber | None = None,
+                 knowledge: KnowledgeIngest | None = None) -> None:
         self.settings = settings
         self.engine = engine
         self.core = core
+        found = getattr(core, "knowledge", None)
+        self.knowledge = knowledge if knowledge is not None else (
+            found if isinstance(found, KnowledgeIngest) else None)
+        """Where documents go when an agent learns from media (default: the core's knowledge base)."""
         self.stt = stt
         """Transcribes voice notes (the calls' own Whisper); without it they get the "text only" answer."""
         self.flows = flows if flows is not None or core is None else ConversationFlows(
@@ -452,8 +507,27 @@ class WhatsAppService:
             if stored_id is None:
                 stored_id = await self._db(lambda s: store.add_message(s, conversation_id, "assistant", text))
             assistant_id = stored_id
+            user_id = turn.user_message_id
+            media = _file_of(row)
+            if media is not None and not row.sent_parts and not await self._db(lambda s: _listed(s, user_id)):
+                # The caption was answered but the file's listing and acknowledgement were not stored yet (a crash
+                # in between): nothing was sent, so finish the turn as it would have been.
+                listing, ack = await self._receive_media(media, agent, conversation_id)
+                text = f"{ack}\n\n{text}"
+                reply = text
+                await self._db(lambda s: _attach(s, user_id, assistant_id, listing, reply))
         else:
             conversation_id = await self._conversation(agent, contact, wa_id)
+            media = _file_of(row)
+            received: tuple[Attachment, str] | None = None
+            if media is not None:
+                received = await self._receive_media(media, agent, conversation_id)
+                if media.caption and row.text != media.caption:
+                    # Kept on the inbox row like a voice note's words: a reply cut off by a shutdown is then
+                    # generated afresh instead of sent half-written.
+                    row_id, caption = row.id, media.caption
+                    row.text = caption
+                    await self._db(lambda s: _set_text(s, row_id, caption))
             if not row.text.strip() and row.kind == "audio" and self.stt is not None:
                 heard = await self._voice_note_text(row, agent)
                 if heard:
@@ -473,10 +547,20 @@ class WhatsAppService:
                     log.info("WhatsApp reply asked for tools %s, which this channel does not run",
                              ", ".join(c.name for c in done.tool_calls))
                 text, assistant_id = done.text, done.assistant_message_id
+            elif received is not None:
+                listing, text = received
+                assistant_id = await self._db(lambda s: _store_received(s, conversation_id, row, listing, text))
             else:
                 text = phrase("whatsapp_voice_unclear" if row.kind == "audio" and self.stt is not None
                               else "whatsapp_text_only", agent.language)
                 assistant_id = await self._db(lambda s: _store_declined(s, conversation_id, row, text))
+            if received is not None and row.text.strip():
+                # The caption's answer follows the acknowledgement in the same message; the stored reply becomes
+                # exactly what is sent, so a retry after a failed send sends it unchanged.
+                listing, ack = received
+                text = f"{ack}\n\n{text}"
+                reply, external_id = text, row.external_id
+                await self._db(lambda s: _attach_turn(s, contact_id, external_id, assistant_id, listing, reply))
         sent = await self._send_parts(row.id, row.external_id, wa_id, text, list(row.sent_parts or []))
         if sent is None:
             return None
@@ -508,6 +592,73 @@ class WhatsAppService:
         log.info("WhatsApp voice note %s transcribed (%.1f s of audio in %.2f s)", row.id, transcript.seconds,
                  transcript.processing_s)
         return transcript.text.strip()[:MAX_TEXT_CHARS]
+
+    async def _receive_media(self, media: WaMedia, agent: Agent, conversation_id: int) -> tuple[Attachment, str]:
+        """Download and keep an inbound file (and offer a document to the agent's knowledge when the admin allows
+        it); returns its listing and the acknowledgement to send.  A file that cannot be accepted is listed with a
+        note and answered politely; only a download that may work later raises (the row is retried)."""
+        language = agent.language
+        allowed = INBOUND_TYPES[media.kind]
+        limit = MAX_INBOUND_BYTES.get(media.kind, min(self.settings.max_upload_mb, 100) * 1024 * 1024)
+        name = attachments.clean_name(media.filename, fallback=media.kind) if media.filename else ""
+        if not media.media_id:
+            log.warning("WhatsApp %s without a usable media id: not downloaded", media.kind)
+            return attachments.listed(name or media.kind, media.mime_type, None, note="unavailable"), \
+                phrase("whatsapp_media_unavailable", language)
+        try:
+            data, mime = await fetch_media(self.client, media.media_id, max_bytes=limit, mime_prefixes=allowed)
+            if mime not in allowed:  # a prefix of an allowed type is not one (image/jpegfoo)
+                raise WhatsAppError(f"media of type {mime} is not accepted", code="whatsapp_media_refused")
+        except WhatsAppError as exc:
+            if exc.retryable:
+                raise
+            note, key = {"whatsapp_media_too_large": ("too_large", "whatsapp_media_too_large"),
+                         "whatsapp_media_refused": ("refused", "whatsapp_media_refused")}.get(
+                exc.code, ("unavailable", "whatsapp_media_unavailable"))
+            log.warning("WhatsApp %s not accepted: [%s]", media.kind, exc.code)
+            log.debug("WhatsApp %s not accepted: %s", media.kind, exc.message)  # it names the sender's type
+            return attachments.listed(name or media.kind, media.mime_type, None, note=note), phrase(key, language)
+        if not name:  # images, videos and stickers come without a name: one from the type
+            name = f"{media.kind}{attachments.extension('', mime)}"
+        kept = await asyncio.to_thread(attachments.keep_or_list, self.settings.media_dir, conversation_id, name, mime,
+                                       data)
+        log.info("WhatsApp %s kept (%d bytes) in conversation %s", media.kind, kept.size, conversation_id)
+        log.debug("WhatsApp %s kept as %r", media.kind, kept.name)
+        if media.kind == "document" and agent.learn_from_media:
+            kept = replace_fields(kept, note=await self._offer_to_knowledge(agent, kept.name, mime, data))
+        return kept, phrase(f"whatsapp_received_{media.kind}", language, name=kept.name)
+
+    async def _offer_to_knowledge(self, agent: Agent, name: str, mime: str, data: bytes) -> str:
+        """Submit a document to the agent's knowledge (the admin upload's ``ingest_bytes``); returns the note for
+        its listing ('' when its type is not one the knowledge base reads)."""
+        extension = KNOWLEDGE_TYPES.get(mime)
+        if extension is None:
+            return ""
+        if self.knowledge is None:
+            log.warning("agent %s learns from media, but no knowledge base runs in this process", agent.name)
+            return "knowledge_unavailable"
+        assert agent.id is not None
+        stem = PurePath(name).stem if PurePath(name).suffix.lower() == extension else name
+        filename = f"{stem}{extension}"  # the pipeline reads plain text and Markdown by their extension
+        # The title says where it came from, never who sent it (a phone number is not knowledge to share).
+        title = f"WhatsApp: {stem}"[:500]
+        try:
+            await self.knowledge.ingest_bytes(agent.id, data, filename, title=title,
+                                              description="A document a contact sent on WhatsApp.")
+        except Conflict as exc:
+            if exc.code != "document_duplicate":
+                log.warning("a WhatsApp document could not be offered to knowledge: [%s] %s", exc.code, exc.message)
+                return "knowledge_unavailable"
+            log.info("a WhatsApp document is already in agent %s's knowledge", agent.name)  # a retry, or a resend
+        except DocumentError as exc:
+            # The message names the sender's file: only at DEBUG.
+            log.warning("a WhatsApp document was not taken into knowledge: [%s]", exc.code)
+            log.debug("the knowledge base refused the WhatsApp document: %s", exc.message)
+            return "knowledge_refused"
+        except EvaError as exc:  # the knowledge base is closing or its store is down: the file is kept anyway
+            log.warning("a WhatsApp document could not be offered to knowledge: [%s] %s", exc.code, exc.message)
+            return "knowledge_unavailable"
+        return "offered_to_knowledge"
 
     async def _send_parts(self, row_id: int, inbound_wamid: str, wa_id: str, text: str,
                           already: list[str]) -> list[str] | None:
@@ -590,28 +741,93 @@ class WhatsAppService:
         wa_id = normalize_whatsapp_id(to)
         if not text.strip():
             raise InvalidInput("the message text is empty", field="text")
+        contact_id = await self._outbound_contact(wa_id)
+        sent = await client.send_text(wa_id, text)
+        return await self._record_outbound(contact_id, wa_id, text, sent)
+
+    async def send_template(self, to: str, name: str, language: str,
+                            parameters: Sequence[str] = ()) -> AdminSent:
+        """Send the approved template ``name`` (the way to write first, or after the 24-hour window) and store
+        it as ``[template name (language)]: parameters`` in the contact's conversation."""
+        client = self.client
+        wa_id = normalize_whatsapp_id(to)
+        payload = build_template_message(wa_id, name, language, tuple(parameters))  # refused before a contact exists
+        contact_id = await self._outbound_contact(wa_id)
+        sent = await client.send(payload)
+        text = f"[template {name} ({language})]" + (": " + " | ".join(parameters) if parameters else "")
+        return await self._record_outbound(contact_id, wa_id, text, [sent], extra={"template": name})
+
+    async def send_media(self, to: str, kind: str, *, link: str | None = None, data: bytes | None = None,
+                         filename: str = "", content_type: str = "", caption: str = "") -> AdminSent:
+        """Send an image, document or audio by https ``link`` or as uploaded bytes (``data`` with its
+        ``content_type``; uploaded to the Graph API, then sent by media id).  Uploaded bytes are kept with the
+        stored message like an inbound file; a link is listed with the note ``link``."""
+        client = self.client
+        wa_id = normalize_whatsapp_id(to)
+        if (link is None) == (data is None):
+            raise InvalidInput("give either link or content_base64 (with filename and content_type)", field="link")
+        mime = ""
+        if data is not None:
+            mime = check_upload(kind, content_type, len(data))
+            name = attachments.clean_name(filename, fallback=f"{kind}{attachments.extension('', mime)}")
+        else:
+            check_link(link or "")
+            last = unquote(urlsplit(link or "").path.rsplit("/", 1)[-1])
+            name = attachments.clean_name(filename or last, fallback=kind)
+        shown = name if kind == "document" else ""
+        # Everything the send would refuse is refused now, before a contact is made or anything is uploaded.
+        build_media_message(wa_id, kind, media_id="0" if data is not None else None, link=link, caption=caption,
+                            filename=shown)
+        contact_id = await self._outbound_contact(wa_id)
+        media_id = await client.upload_media(data, mime, name, kind=kind) if data is not None else None
+        sent = await client.send_media(wa_id, kind, media_id=media_id, link=link, caption=caption, filename=shown)
+        text = caption.strip() or f"[{kind}]"
+        extra: dict[str, Any] = {"media_id": media_id} if media_id else {"link": link}
+        return await self._record_outbound(contact_id, wa_id, text, [sent], extra=extra,
+                                           file=(name, mime, data) if data is not None else None,
+                                           listing=None if data is not None
+                                           else attachments.listed(name, "", None, note="link"))
+
+    async def _outbound_contact(self, wa_id: str) -> int:
         contact = await self.contacts.find_or_create_contact(whatsapp_id=wa_id)
         assert contact.id is not None
-        contact_id = contact.id
-        sent = await client.send_text(wa_id, text)
+        return contact.id
 
-        def record(session: Session) -> tuple[int, int]:
+    async def _record_outbound(self, contact_id: int, wa_id: str, text: str, sent: list[SentMessage], *,
+                               extra: dict[str, Any] | None = None, file: tuple[str, str, bytes] | None = None,
+                               listing: Attachment | None = None) -> AdminSent:
+        """Store a message sent through the admin API in the contact's WhatsApp conversation (with the file it
+        carried, kept below the media folder)."""
+        def conversation(session: Session) -> int:
             agent = session.exec(select(Agent).where(Agent.name == self.settings.whatsapp_agent)).first()
             agent_id = agent.id if agent is not None else None
-            conversation_id = None
+            found = None
             if agent_id is not None:
-                conversation_id = store.recent_conversation(session, CHANNEL, agent_id, contact_id,
-                                                            CONVERSATION_WINDOW)
-            if conversation_id is None:
-                conversation_id = store.new_conversation(session, CHANNEL, agent_id, contact_id, wa_id)
-            timings: dict[str, Any] = {"sent_by": "admin_api"}
-            if len(sent) > 1:
-                timings["whatsapp_ids"] = [m.wamid for m in sent]
+                found = store.recent_conversation(session, CHANNEL, agent_id, contact_id, CONVERSATION_WINDOW)
+            return found if found is not None else store.new_conversation(session, CHANNEL, agent_id, contact_id,
+                                                                          wa_id)
+
+        conversation_id = await self._db(conversation)
+        if file is not None:
+            name, mime, data = file
+            listing = await asyncio.to_thread(attachments.keep_or_list, self.settings.media_dir, conversation_id, name,
+                                              mime, data)
+        timings: dict[str, Any] = {"sent_by": "admin_api", **(extra or {})}
+        if len(sent) > 1:
+            timings["whatsapp_ids"] = [m.wamid for m in sent]
+        listed = [listing.to_dict()] if listing is not None else None
+
+        def record(session: Session) -> int:
             message_id = store.add_message(session, conversation_id, "assistant", text,
                                            external_id=sent[0].wamid, timings=timings)
-            return conversation_id, message_id
+            if listed is not None:
+                message = session.get(Message, message_id)
+                assert message is not None
+                message.attachments = listed
+                session.add(message)
+            return message_id
 
-        conversation_id, message_id = await self._db(record)
+        message_id = await self._db(record)
         return AdminSent(conversation_id, message_id, sent[0].wamid, contact_id, len(sent))
 
 
@@ -641,3 +857,42 @@ def _store_declined(session: Session, conversation_id: int, row: InboundMessage,
     """The user's non-text message (as ``[image]`` etc.) and our polite answer; returns the answer's id."""
     store.add_message(session, conversation_id, "user", f"[{row.kind}]", external_id=row.external_id)
     return store.add_message(session, conversation_id, "assistant", text)
+
+
+def _file_of(row: InboundMessage) -> WaMedia | None:
+    """The file of an inbound image, video, sticker or document (None for other messages)."""
+    return parse_media(row.payload or {}, row.kind) if row.kind in FILE_KINDS else None
+
+
+def _store_received(session: Session, conversation_id: int, row: InboundMessage, listing: Attachment,
+                    text: str) -> int:
+    """The user's file (as ``[image]`` etc., listed in ``attachments``) and our acknowledgement; returns the
+    acknowledgement's id."""
+    user_id = store.add_message(session, conversation_id, "user", f"[{row.kind}]", external_id=row.external_id)
+    _attach(session, user_id, None, listing, "")
+    return store.add_message(session, conversation_id, "assistant", text)
+
+
+def _attach_turn(session: Session, contact_id: int, external_id: str, assistant_id: int, listing: Attachment,
+                 text: str) -> None:
+    """List the file on the user message of a captioned file's turn and store the reply as sent."""
+    turn = store.find_turn(session, CHANNEL, external_id, contact_id=contact_id)
+    if turn is not None:
+        _attach(session, turn.user_message_id, assistant_id, listing, text)
+
+
+def _attach(session: Session, user_id: int, assistant_id: int | None, listing: Attachment, text: str) -> None:
+    user = session.get(Message, user_id)
+    if user is not None:
+        user.attachments = [listing.to_dict()]
+        session.add(user)
+    reply = session.get(Message, assistant_id) if assistant_id is not None else None
+    if reply is not None:
+        reply.text = text
+        session.add(reply)
+
+
+def _listed(session: Session, user_id: int) -> bool:
+    """Whether the user message already lists its file."""
+    user = session.get(Message, user_id)
+    return user is not None and bool(user.attachments)

@@ -76,3 +76,27 @@ def test_an_agent_with_routes_and_conversations_survives_every_upgrade(first_rev
     assert agent.languages in ([], "[]")  # the agent keeps answering in its one language
     assert (route.did, route.agent_id) == ("100", agent_id)
     assert conversation.agent_id == agent_id
+
+
+def test_campaign_tables_join_a_database_with_contacts_and_calls(first_revision: Engine) -> None:
+    upgrade(first_revision, "0004")
+    meta = sa.MetaData()
+    meta.reflect(first_revision, only=["contacts", "calls"])
+    with first_revision.begin() as connection:
+        contact_id = _insert(connection, meta.tables["contacts"], phone="+34600000001")
+        call_id = _insert(connection, meta.tables["calls"], channel_id="c-1", direction="outbound")
+
+    upgrade(first_revision)  # 0005: new tables only
+
+    meta = sa.MetaData()
+    meta.reflect(first_revision, only=["campaigns", "campaign_entries", "campaign_attempts", "dnc_entries"])
+    with first_revision.begin() as connection:
+        campaign_id = _insert(connection, meta.tables["campaigns"], name="spring", rules={})
+        entry_id = _insert(connection, meta.tables["campaign_entries"], campaign_id=campaign_id,
+                           contact_id=contact_id, variables={})
+        _insert(connection, meta.tables["campaign_attempts"], campaign_id=campaign_id, entry_id=entry_id,
+                call_id=call_id, outcome="answered")
+        _insert(connection, meta.tables["dnc_entries"], phone="+34600000002", campaign_id=None)
+        contact = connection.execute(sa.text("SELECT phone FROM contacts")).one()
+        entries = connection.execute(sa.text("SELECT contact_id FROM campaign_entries")).all()
+    assert contact.phone == "+34600000001" and [e.contact_id for e in entries] == [contact_id]

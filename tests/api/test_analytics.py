@@ -17,6 +17,8 @@ from tests.api.conftest import Api
 START = datetime(2026, 11, 20, tzinfo=UTC)
 CHANNELS = ("voice", "whatsapp", "email", "chat")
 QUESTIONS = ["When do you open?", "How much is a repair?", "Do you sell scooters?", "Can I pay by card?"]
+SENTIMENTS = ("negative", "neutral", "positive")
+CATEGORIES = ("sales", "support", "complaint", "other")
 REPLIES = ["We open at nine.", "A repair is 15 dollars.", "I am sorry, I do not know that.", "Yes, we take cards."]
 
 
@@ -42,8 +44,15 @@ def seed(api: Api) -> dict[str, Any]:
                 at = day + timedelta(minutes=turn, seconds=1)
                 pick = rng.randrange(len(QUESTIONS))
                 for role, text in (("user", QUESTIONS[pick]), ("assistant", REPLIES[pick])):
-                    session.add(Message(conversation_id=conversation.id, role=role, text=text, created_at=at))
-                    written["messages"].append((at, agent_id, channel, role, text, QUESTIONS[pick]))
+                    # Some of the contacts' messages analysed (sentiment, category), as the worker leaves them.
+                    analysed = role == "user" and rng.random() < 0.7
+                    sentiment = rng.choice(SENTIMENTS) if analysed else None
+                    category = rng.choice(CATEGORIES) if analysed else None
+                    session.add(Message(conversation_id=conversation.id, role=role, text=text, created_at=at,
+                                        sentiment=sentiment, category=category,
+                                        analysis_status="done" if analysed else ""))
+                    written["messages"].append((at, agent_id, channel, role, text, QUESTIONS[pick], sentiment,
+                                                category))
                     at += timedelta(seconds=1)
                 session.flush()
             if channel == "voice":
@@ -86,6 +95,21 @@ async def test_numbers_match_the_rows(api_db: Api) -> None:
     got = {(c["day"], c["agent_id"], c["channel"]): (c["conversations"], c["messages"]) for c in report["channels"]}
     keys = set(expected_channels) | set(expected_messages)
     assert got == {k: (expected_channels[k], expected_messages[k]) for k in keys}
+    sentiments: dict[tuple[str, int, str], Counter[str]] = defaultdict(Counter)
+    categories: dict[tuple[str, int, str], Counter[str]] = defaultdict(Counter)
+    for at, agent, channel, _role, _text, _question, sentiment, category in data["messages"]:
+        key = (at.date().isoformat(), agent, channel)
+        if sentiment:
+            sentiments[key][sentiment] += 1
+        if category:
+            categories[key][category] += 1
+    assert sum(sum(c.values()) for c in sentiments.values()) > 20  # the seed analysed a fair share
+    for c in report["channels"]:
+        key = (c["day"], c["agent_id"], c["channel"])
+        assert c["sentiments"] == dict(sentiments[key]), key
+        assert c["categories"] == dict(categories[key]), key
+        counts = list(c["categories"].values())
+        assert counts == sorted(counts, reverse=True)  # the top categories first
 
     calls: dict[tuple[str, int], dict[str, Any]] = defaultdict(lambda: {"calls": 0, "answered": 0, "transferred": 0,
                                                                         "failed": 0, "durations": [],

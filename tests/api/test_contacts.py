@@ -12,6 +12,7 @@ from typing import Any
 from sqlalchemy.engine import Engine
 from sqlmodel import SQLModel, col, select
 
+from channels import attachments
 from models import (
     AuditEvent,
     Call,
@@ -72,6 +73,9 @@ def seed_person(api: Api, name: str, phone: str, email: str, wa_id: str) -> Pers
          FlowRun(flow_name="booking", channel="chat", conversation_id=chat, contact_id=contact_id, step="ask",
                  variables={"name": name}))
     assert mail
+    # A photo they sent on WhatsApp, kept in the conversation's media folder.
+    photo = attachments.keep(api.settings.media_dir, whatsapp, "me.jpg", "image/jpeg", f"{name} photo".encode())
+    _add(engine, Message(conversation_id=whatsapp, role="user", text="", attachments=[photo.to_dict()]))
     return Person(contact_id, conversations, call_id, recording)
 
 
@@ -108,13 +112,16 @@ async def test_erasing_a_contact_removes_every_trace_and_only_theirs(api_db: Api
         assert (status, error["error"]["code"]) == (403, "forbidden")
     status, report = await api.call("DELETE", f"/api/v1/contacts/{ada.contact_id}", role="admin")
     assert status == 200, report
-    assert report["erased"] == {"call_turns": 2, "flow_runs": 1, "inbound_messages": 2, "calls": 2, "messages": 10,
-                                "conversations": 5, "email_receipts": 1, "recordings": 1}
+    assert report["erased"] == {"call_turns": 2, "flow_runs": 1, "inbound_messages": 2, "calls": 2, "messages": 11,
+                                "conversations": 5, "email_receipts": 1, "recordings": 1, "media_folders": 1,
+                                "campaign_entries": 0}
     assert report["recordings_not_deleted"] == 0
     assert remaining(api.engine, "ada") == dict.fromkeys(ALL_THERE, 0)
     assert not ada.recording.exists()
-    # The other person is untouched, recording included.
+    assert not (api.settings.media_dir / str(ada.conversations[1])).exists()  # the photo folder is gone
+    # The other person is untouched, recording and photo included.
     assert remaining(api.engine, "bob") == ALL_THERE and bob.recording.exists()
+    assert (api.settings.media_dir / str(bob.conversations[1])).is_dir()
     status, _ = await api.call("GET", f"/api/v1/contacts/{ada.contact_id}", role="viewer")
     assert status == 404
     status, _ = await api.call("DELETE", f"/api/v1/contacts/{ada.contact_id}", role="admin")
@@ -125,7 +132,7 @@ async def test_erasing_a_contact_removes_every_trace_and_only_theirs(api_db: Api
     assert status == 200 and trail["total"] == 1
     event = trail["items"][0]
     assert (event["subject"], event["actor"]) == (f"contact:{ada.contact_id}", f"user:{api.users['admin']} admin")
-    assert event["details"]["messages"] == 10
+    assert event["details"]["messages"] == 11
     assert not any(secret in str(event) for secret in ("ada", "15550100001"))
     assert (await api.call("GET", "/api/v1/audit", role="designer"))[0] == 403
 
@@ -240,7 +247,7 @@ async def test_merging_two_contacts(api_db: Api) -> None:
         assert (status, error["error"]["field"]) == (422, field)
     status, merged = await api.call("POST", path, role="admin", json={"from_contact_id": fold})
     assert status == 200, merged
-    assert merged["moved"] == {"conversations": 2, "flow_runs": 1}
+    assert merged["moved"] == {"conversations": 2, "flow_runs": 1, "campaign_entries": 0}
     contact = merged["contact"]
     assert (contact["id"], contact["phone"], contact["phone_verified"], contact["email"]) == (
         keep, "+15550100007", True, "cat@example.org")

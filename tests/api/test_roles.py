@@ -51,6 +51,7 @@ EXPECTED: dict[tuple[str, str], str | None] = {
     # conversations: read-only
     ("GET", "/api/v1/conversations"): V, ("GET", "/api/v1/conversations/{conversation_id}"): V,
     ("GET", "/api/v1/conversations/{conversation_id}/messages"): V,
+    ("GET", "/api/v1/messages/{message_id}/attachments/{index}"): V,
     # SIP trunks: admins change them (they carry credentials and cost money)
     ("GET", "/api/v1/sip/trunks"): V, ("POST", "/api/v1/sip/trunks"): A, ("GET", "/api/v1/sip/trunks/{trunk_id}"): V,
     ("PATCH", "/api/v1/sip/trunks/{trunk_id}"): A, ("DELETE", "/api/v1/sip/trunks/{trunk_id}"): A,
@@ -68,6 +69,12 @@ EXPECTED: dict[tuple[str, str], str | None] = {
     ("GET", "/api/v1/email/templates"): V, ("POST", "/api/v1/email/templates"): D,
     ("GET", "/api/v1/email/templates/{template_id}"): V, ("PATCH", "/api/v1/email/templates/{template_id}"): D,
     ("DELETE", "/api/v1/email/templates/{template_id}"): D,
+    ("GET", "/api/v1/analysis/categories"): V, ("POST", "/api/v1/analysis/categories"): D,
+    ("GET", "/api/v1/analysis/categories/{category_id}"): V,
+    ("PATCH", "/api/v1/analysis/categories/{category_id}"): D,
+    ("DELETE", "/api/v1/analysis/categories/{category_id}"): D,
+    ("GET", "/api/v1/analysis/status"): V,
+    ("GET", "/api/v1/triage/conversations"): V, ("POST", "/api/v1/triage/conversations/{conversation_id}/release"): D,
     # chat: viewers read sessions; replies are for chat keys (a website backend), designers and admins
     ("POST", "/api/v1/chat/sessions"): C, ("GET", "/api/v1/chat/sessions"): V,
     ("GET", "/api/v1/chat/sessions/{session_id}"): V, ("GET", "/api/v1/chat/sessions/{session_id}/messages"): V,
@@ -83,6 +90,18 @@ EXPECTED: dict[tuple[str, str], str | None] = {
     ("GET", "/api/v1/calls/speech/status"): V,
     # analytics: read-only
     ("GET", "/api/v1/analytics"): V, ("GET", "/api/v1/analytics/unanswered"): V,
+    # campaigns: designers build them; starting or resuming places calls (admins, as /calls/outgoing)
+    ("GET", "/api/v1/campaigns"): V, ("POST", "/api/v1/campaigns"): D, ("GET", "/api/v1/campaigns/{campaign_id}"): V,
+    ("PUT", "/api/v1/campaigns/{campaign_id}"): D, ("DELETE", "/api/v1/campaigns/{campaign_id}"): D,
+    ("POST", "/api/v1/campaigns/{campaign_id}/start"): A, ("POST", "/api/v1/campaigns/{campaign_id}/pause"): D,
+    ("POST", "/api/v1/campaigns/{campaign_id}/resume"): A, ("POST", "/api/v1/campaigns/{campaign_id}/cancel"): D,
+    ("GET", "/api/v1/campaigns/{campaign_id}/contacts"): V,
+    ("POST", "/api/v1/campaigns/{campaign_id}/contacts/import"): D,
+    ("GET", "/api/v1/campaigns/{campaign_id}/analytics"): V,
+    # do-not-call: anyone who may write adds a number; only admins take one off (someone asked not to be called)
+    ("GET", "/api/v1/dnc"): V, ("POST", "/api/v1/dnc"): D, ("DELETE", "/api/v1/dnc/{dnc_id}"): A,
+    ("GET", "/api/v1/campaigns/{campaign_id}/dnc"): V, ("POST", "/api/v1/campaigns/{campaign_id}/dnc"): D,
+    ("DELETE", "/api/v1/campaigns/{campaign_id}/dnc/{dnc_id}"): A,
     ("POST", "/api/v1/agents/{agent_id}/chat/stream"): C, ("POST", "/api/v1/agents/ollama/{agent_id}/chat/stream"): C,
 }
 NOT_FOR_API_KEYS = {("POST", "/api/v1/auth/password")}
@@ -96,7 +115,9 @@ def _concrete(path: str) -> str:
             .replace("{route_id}", "999999").replace("{document_id}", "999999").replace("{call_id}", "999999")
             .replace("{conversation_id}", "999999").replace("{trunk_id}", "999999").replace("{flow_id}", "999999")
             .replace("{session_id}", "999999").replace("{contact_id}", "999999")
-            .replace("{template_id}", "999999"))
+            .replace("{message_id}", "999999").replace("{index}", "0")
+            .replace("{template_id}", "999999").replace("{category_id}", "999999")
+            .replace("{campaign_id}", "999999").replace("{dnc_id}", "999999"))
 
 
 def _served(api: Api) -> dict[tuple[str, str], str | None]:

@@ -59,8 +59,8 @@ async def test_metrics_endpoint_counts_requests_and_exposes_the_voice_metrics(ap
     # tests/voice/test_call_mechanics.py (barge-in test).
     before = parse_exposition(await (await api.client.get("/metrics")).text())
     metrics.CALLS_ACTIVE.inc()
-    metrics.TURN_STAGE_SECONDS.observe(0.42, stage="stt")
-    metrics.BARGE_INS_TOTAL.inc()
+    metrics.TURN_STAGE_SECONDS.observe(0.42, stage="stt", agent=metrics.agent_label("front-desk"))
+    metrics.BARGE_INS_TOTAL.inc(agent=metrics.agent_label("front-desk"))
     try:
         for _ in range(3):
             await api.call("GET", "/api/v1/agents", role="viewer")
@@ -78,13 +78,30 @@ async def test_metrics_endpoint_counts_requests_and_exposes_the_voice_metrics(ap
         return after[name] - before.get(name, 0)
 
     assert delta("eva_calls_active") == 1
-    assert delta('eva_turn_stage_seconds_bucket{stage="stt",le="0.3"}') == 0
-    assert delta('eva_turn_stage_seconds_bucket{stage="stt",le="0.5"}') == 1  # cumulative buckets
-    assert delta('eva_turn_stage_seconds_bucket{stage="stt",le="+Inf"}') == 1
-    assert delta('eva_turn_stage_seconds_count{stage="stt"}') == 1
-    assert abs(delta('eva_turn_stage_seconds_sum{stage="stt"}') - 0.42) < 1e-9
-    assert delta("eva_barge_ins_total") == 1
+    series = 'stage="stt",agent="front-desk"'
+    assert delta(f'eva_turn_stage_seconds_bucket{{{series},le="0.3"}}') == 0
+    assert delta(f'eva_turn_stage_seconds_bucket{{{series},le="0.5"}}') == 1  # cumulative buckets
+    assert delta(f'eva_turn_stage_seconds_bucket{{{series},le="+Inf"}}') == 1
+    assert delta(f'eva_turn_stage_seconds_count{{{series}}}') == 1
+    assert abs(delta(f'eva_turn_stage_seconds_sum{{{series}}}') - 0.42) < 1e-9
+    assert delta('eva_barge_ins_total{agent="front-desk"}') == 1
     assert after["eva_ingestion_queue"] == 0
+
+
+def test_agent_labels_are_bounded_and_partial_labels_sum() -> None:
+    names = [f"agent-{n}" for n in range(metrics.MAX_AGENT_LABELS + 5)]
+    labels = {metrics.agent_label(name) for name in names}
+    assert "other" in labels and len(labels) <= metrics.MAX_AGENT_LABELS + 1
+    assert metrics.agent_label(None) == "-" and metrics.agent_label(names[0]) in (names[0], "other")
+    registry = Registry()
+    counter = registry.counter("calls_total", "Calls.", ("direction", "agent"))
+    counter.inc(direction="inbound", agent="a")
+    counter.inc(2, direction="inbound", agent="b")
+    counter.inc(4, direction="outbound", agent="a")
+    assert counter.value(direction="inbound") == 3 and counter.value(agent="a") == 5 and counter.value() == 7
+    assert counter.value(direction="inbound", agent="b") == 2
+    with pytest.raises(ValueError):
+        counter.value(outcome="x")
 
 
 def test_registry_exposition_rules() -> None:

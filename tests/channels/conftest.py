@@ -34,6 +34,7 @@ from tests.fakes.ollama_server import ChatScript, FakeOllama
 from voicebot.agent.demo import seed_demo_rows
 from voicebot.config import Settings
 from voicebot.llm.base import ChatMessage, GenerationOptions, LanguageModel, LlmEvent, ToolSpec
+from voicebot.llm.embedded import EmbeddedLLM
 from voicebot.llm.ollama import OllamaLLM
 
 
@@ -327,3 +328,11 @@ def plain_of(message: EmailMessage) -> str:
 def all_text_of(message: EmailMessage) -> str:
     """Every text part of a message (plain and HTML): what a recipient could read in it."""
     return "\n".join(str(p.get_content()) for p in message.walk() if p.get_content_maintype() == "text")
+
+
+@pytest.fixture(scope="module")
+def qwen() -> EmbeddedLLM:
+    """The default embedded model (Qwen2.5 0.5B), loaded once per test process."""
+    from tests.embedded_model import shared_qwen_llm
+
+    return shared_qwen_llm()

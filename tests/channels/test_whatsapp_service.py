@@ -201,8 +201,9 @@ async def test_one_sender_is_answered_in_order_with_memory(world: World) -> None
     assert len(conversations) == 2  # one per sender; the second message continued the first's conversation
 
 
-async def test_media_is_declined_reactions_ignored_and_receipts_recorded(world: World) -> None:
-    status, body = await world.post(payload("image_message"))
+async def test_unsupported_messages_are_declined_reactions_ignored_and_receipts_recorded(world: World) -> None:
+    # Images and documents are kept and acknowledged (test_whatsapp_media.py); what cannot be read is declined.
+    status, body = await world.post(payload("unsupported_message"))
     assert (status, body["accepted"]) == (200, 1)
     status, body = await world.post(payload("reaction_message"))
     assert (status, body["accepted"], body["ignored"]) == (200, 0, 1)
@@ -212,7 +213,7 @@ async def test_media_is_declined_reactions_ignored_and_receipts_recorded(world: 
     assert [m["text"]["body"] for m in world.graph.sent] == [DECLINE_TEXT]
     assert world.llm.calls == []
     user, assistant = world.rows(Message)
-    assert (user.text, assistant.text) == ("[image]", DECLINE_TEXT)
+    assert (user.text, assistant.text) == ("[unsupported]", DECLINE_TEXT)
     receipt = payload("status_read")
     receipt["entry"][0]["changes"][0]["value"]["statuses"][0]["id"] = assistant.external_id
     status, body = await world.post(receipt)

@@ -13,7 +13,15 @@ the delay, as a real send that is answered late has reached the customer).  Ever
 
 Media (https://developers.facebook.com/docs/whatsapp/cloud-api/reference/media): ``GET /{version}/{media_id}``
 answers ``{"messaging_product", "url", "mime_type", "sha256", "file_size", "id"}`` and ``GET url`` (same token)
-the bytes; :meth:`FakeGraph.add_media` puts a file there (a real webhook then names its id).
+the bytes; :meth:`FakeGraph.add_media` puts a file there (a real webhook then names its id).  ``POST
+/{version}/{phone_number_id}/media`` takes an upload as the reference documents it (multipart/form-data with
+``messaging_product=whatsapp``, ``type`` = the file's MIME type and the ``file`` part), refuses a type or size the
+supported-media table does not allow, answers ``{"id": "<media id>"}`` and records it in ``uploads``.
+
+Besides text messages, ``/messages`` accepts the documented ``template`` message (``template: {name, language:
+{code}, components: [{type: body, parameters: [{type: text, text}]}]}``) and ``image``/``document``/``audio``/
+``video``/``sticker`` messages (``{<type>: {id | link, caption?, filename?}}``: exactly one of ``id`` (of an upload
+here) and an https ``link``, a caption only where the type has one, a file name only for documents).
 """
 
 from __future__ import annotations
@@ -22,12 +30,13 @@ import asyncio
 import base64
 import itertools
 import json
+import re
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from aiohttp import web
+from aiohttp import BodyPartReader, web
 
 DATA = Path(__file__).resolve().parent.parent / "data" / "whatsapp"
 API_VERSION = "v21.0"
@@ -64,6 +73,10 @@ class FakeGraph:
     media: dict[str, tuple[bytes, str]] = field(default_factory=dict)
     """Media id → (bytes, mime type)."""
     media_downloads: int = 0
+    uploads: list[dict[str, Any]] = field(default_factory=list)
+    """Uploads accepted: ``{"messaging_product", "type", "filename", "content_type", "data", "id"}``."""
+    media_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Media id → fields of its media answer to replace (``file_size``, ``mime_type``...): a lying answer."""
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
     _runner: web.AppRunner | None = None
     _port: int = 0
@@ -76,6 +89,7 @@ class FakeGraph:
     async def start(self) -> None:
         app = web.Application()
         app.router.add_post(f"/{API_VERSION}/{{phone_number_id}}/messages", self._messages)
+        app.router.add_post(f"/{API_VERSION}/{{phone_number_id}}/media", self._upload)
         app.router.add_get(f"/{API_VERSION}/{{media_id}}", self._media_info)
         app.router.add_get("/whatsapp_business/attachments/{media_id}", self._media_bytes)
         self._runner = web.AppRunner(app, access_log=None)
@@ -96,11 +110,15 @@ class FakeGraph:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-    def add_media(self, data: bytes, mime_type: str, *, sha256: str | None = None, url: str | None = None) -> str:
+    def add_media(self, data: bytes, mime_type: str, *, sha256: str | None = None, url: str | None = None,
+                  **answer: Any) -> str:
         """Store a file as an inbound message's media; returns its media id.  ``url``: what the media answer
-        says the file's address is (default: this server's download path)."""
+        says the file's address is (default: this server's download path); ``answer``: other fields of the media
+        answer to replace (e.g. a ``file_size`` that lies)."""
         media_id = str(1_000_000_000_000_000 + next(self._ids))
         self.media[media_id] = (data, mime_type)
+        if answer:
+            self.media_overrides[media_id] = answer
         if sha256 is not None:
             self.media[f"{media_id}:sha256"] = (sha256.encode(), "")
         if url is not None:
@@ -121,7 +139,49 @@ class FakeGraph:
         where = self.media.get(f"{media_id}:url")
         url = where[0].decode() if where else f"http://127.0.0.1:{self._port}/whatsapp_business/attachments/{media_id}"
         return web.json_response({"messaging_product": "whatsapp", "url": url, "mime_type": mime, "sha256": digest,
-                                  "file_size": str(len(data)), "id": media_id})
+                                  "file_size": str(len(data)), "id": media_id,
+                                  **self.media_overrides.get(media_id, {})})
+
+    async def _upload(self, request: web.Request) -> web.StreamResponse:
+        """``POST /{phone_number_id}/media``: one multipart upload, checked as the media reference says."""
+        self.requests += 1
+        if request.headers.get("Authorization") != f"Bearer {self.token}":
+            return web.json_response(graph_error("error_token_expired"), status=401)
+        if request.match_info["phone_number_id"] != self.phone_number_id:
+            return _invalid_parameter("Unsupported post request: unknown phone number id")
+        if request.content_type != "multipart/form-data":
+            return _invalid_parameter("The upload must be multipart/form-data")
+        fields: dict[str, str] = {}
+        upload: dict[str, Any] | None = None
+        reader = await request.multipart()
+        async for part in reader:
+            if not isinstance(part, BodyPartReader) or part.name is None:
+                return _invalid_parameter("Unexpected part")
+            if part.name == "file":
+                upload = {"filename": part.filename or "", "content_type": part.headers.get("Content-Type", ""),
+                          "data": bytes(await part.read())}
+            else:
+                fields[part.name] = await part.text()
+        if fields.get("messaging_product") != "whatsapp":
+            return _invalid_parameter("The parameter messaging_product is required and must be 'whatsapp'")
+        if upload is None:
+            return _invalid_parameter("The parameter file is required")
+        unexpected = set(fields) - {"messaging_product", "type"}
+        if unexpected:
+            return _invalid_parameter(f"Unexpected parameters: {', '.join(sorted(unexpected))}")
+        mime = upload["content_type"].split(";", 1)[0].strip().lower()
+        if "type" in fields and fields["type"] != mime:
+            return _invalid_parameter("The parameter type does not match the file's content type")
+        limit = next((size for types, size in SUPPORTED_MEDIA.values() if mime in types), None)
+        if limit is None:
+            return _invalid_parameter(f"Param file must be a file with one of the supported types, not {mime}")
+        if not upload["data"] or len(upload["data"]) > limit:
+            return _invalid_parameter(f"Param file must be between 1 and {limit} bytes")
+        media_id = str(2_000_000_000_000_000 + next(self._ids))
+        self.media[media_id] = (upload["data"], mime)
+        self.uploads.append({"messaging_product": fields["messaging_product"], "type": fields.get("type"),
+                             **upload, "id": media_id})
+        return web.json_response({"id": media_id})
 
     async def _media_bytes(self, request: web.Request) -> web.StreamResponse:
         if request.headers.get("Authorization") != f"Bearer {self.token}":
@@ -163,7 +223,7 @@ class FakeGraph:
             body = await request.json()
         except ValueError:
             return _invalid_parameter("The request body is not JSON")
-        problem = _check_text_message(body)
+        problem = _check_message(body, self.media)
         if problem:
             return _invalid_parameter(problem)
         to = body["to"]
@@ -178,8 +238,65 @@ class FakeGraph:
                                   "messages": [{"id": wamid}]})
 
 
-def _check_text_message(body: Any) -> str:
-    """What is wrong with a text-message body, per the send-message reference ('' when it is right)."""
+SUPPORTED_MEDIA: dict[str, tuple[frozenset[str], int]] = {
+    "audio": (frozenset({"audio/aac", "audio/amr", "audio/mpeg", "audio/mp4", "audio/ogg"}), 16 * 1024 * 1024),
+    "document": (frozenset({
+        "text/plain", "application/pdf", "application/msword", "application/vnd.ms-excel",
+        "application/vnd.ms-powerpoint", "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
+        "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+        "application/vnd.openxmlformats-officedocument.presentationml.presentation"}), 100 * 1024 * 1024),
+    "image": (frozenset({"image/jpeg", "image/png"}), 5 * 1024 * 1024),
+    "sticker": (frozenset({"image/webp"}), 500 * 1024),
+    "video": (frozenset({"video/3gpp", "video/mp4"}), 16 * 1024 * 1024),
+}
+"""The media reference's supported types and sizes (written out here, not imported: the fake is the reference)."""
+_CAPTIONED = frozenset({"image", "video", "document"})
+
+
+def _check_template(template: Any) -> str:
+    if not isinstance(template, dict):
+        return "The parameter template is required"
+    name, language = template.get("name"), template.get("language")
+    if not isinstance(name, str) or not re.fullmatch(r"[a-z0-9_]{1,512}", name):
+        return "Param template['name'] must be a template name"
+    if not isinstance(language, dict) or not isinstance(language.get("code"), str) or set(language) != {"code"}:
+        return "Param template['language'] must be {\"code\": ...}"
+    for component in template.get("components", []):
+        if not isinstance(component, dict) or component.get("type") not in ("header", "body", "button"):
+            return "Param template['components'] holds an invalid component"
+        for parameter in component.get("parameters", []):
+            if not isinstance(parameter, dict) or parameter.get("type") != "text" or set(parameter) != {"type", "text"}:
+                return "This fake only accepts text parameters"
+            if not isinstance(parameter["text"], str) or not parameter["text"].strip():
+                return "Param text is required"
+            if re.search(r"[\n\t]| {5}", parameter["text"]):
+                return "(#132018) Param text cannot have new-line/tab characters or more than 4 consecutive spaces"
+    if set(template) - {"name", "language", "components"}:
+        return "Unexpected template parameters"
+    return ""
+
+
+def _check_media(kind: str, media: Any, uploaded: dict[str, tuple[bytes, str]]) -> str:
+    if not isinstance(media, dict):
+        return f"The parameter {kind} is required"
+    if ("id" in media) == ("link" in media):
+        return f"Param {kind} must have exactly one of id and link"
+    if "id" in media and media["id"] not in uploaded:
+        return f"Param {kind}['id'] is not a media id of this phone number"
+    if "link" in media and (not isinstance(media["link"], str) or not media["link"].startswith("https://")):
+        return f"Param {kind}['link'] must be an https URL"
+    if "caption" in media and (kind not in _CAPTIONED or not isinstance(media["caption"], str)
+                               or len(media["caption"]) > 1024):
+        return f"Param {kind}['caption'] is not allowed here or too long"
+    if "filename" in media and (kind != "document" or not isinstance(media["filename"], str)):
+        return f"Param {kind}['filename'] is only for documents"
+    if set(media) - {"id", "link", "caption", "filename"}:
+        return f"Unexpected parameters in {kind}"
+    return ""
+
+
+def _check_message(body: Any, uploaded: dict[str, tuple[bytes, str]]) -> str:
+    """What is wrong with a message body, per the send-message reference ('' when it is right)."""
     if not isinstance(body, dict):
         return "The request body must be a JSON object"
     if body.get("messaging_product") != "whatsapp":
@@ -189,8 +306,17 @@ def _check_text_message(body: Any) -> str:
     to = body.get("to")
     if not isinstance(to, str) or not to.lstrip("+").isdigit():
         return "The parameter to is required and must be a phone number"
-    if body.get("type") != "text":
-        return "This fake only accepts type 'text'"
+    kind = body.get("type")
+    if kind == "template" or kind in SUPPORTED_MEDIA:
+        problem = _check_template(body.get("template")) if kind == "template" else \
+            _check_media(kind, body.get(kind), uploaded)
+        if problem:
+            return problem
+        extra = set(body) - {"messaging_product", "recipient_type", "to", "type", kind, "context",
+                             "biz_opaque_callback_data"}
+        return f"Unexpected parameters: {', '.join(sorted(extra))}" if extra else ""
+    if kind != "text":
+        return "This fake accepts types text, template, image, document, audio, video and sticker"
     text = body.get("text")
     if not isinstance(text, dict) or not isinstance(text.get("body"), str) or not text["body"].strip():
         return "The parameter text['body'] is required"

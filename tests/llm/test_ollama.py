@@ -254,3 +254,40 @@ def test_a_turns_system_note_is_not_sent_to_ollama() -> None:
                                   ChatMessage("user", "Are you open on Monday?")], ["Closed on Monday."])
     assert [m["role"] for m in payload] == ["system", "user", "assistant", "user"]
     assert "Relevant knowledge" not in str(payload)
+
+
+async def test_an_analysis_goes_to_ollama_as_structured_output(fake: FakeOllama, llm: OllamaLLM) -> None:
+    """The analysis asks for JSON matching a schema: Ollama takes it as ``format`` (its structured outputs), and the
+    reply is read back as the analysis."""
+    from voicebot.analysis import Analyzer, CategorySpec
+    from voicebot.analysis.classifier import reply_schema
+
+    categories = [CategorySpec("sales", "wants to buy")]
+    fake.scripts.append(ChatScript(chunks=['{"sentiment": ', '"positive", "category": "sales"}']))
+    analysis = await Analyzer(llm).analyze("I'd love to buy two!", categories)
+    assert (analysis.sentiment, analysis.category) == ("positive", "sales")
+    body = fake.bodies("/api/chat")[0]
+    assert body["format"] == reply_schema(categories)
+    assert body["options"]["temperature"] == 0.0
+    await collect(llm.stream(MESSAGES))
+    assert "format" not in fake.bodies("/api/chat")[1]  # a conversation's reply is free text
+
+
+async def test_a_request_counts_as_in_flight_from_the_start_even_before_its_first_token(
+        fake: FakeOllama, llm: OllamaLLM) -> None:
+    fake.scripts.append(ChatScript(chunks=["slow", " start"], delay=0.4))
+    task = asyncio.create_task(collect(llm.stream(MESSAGES)))
+    await asyncio.sleep(0.2)  # the request is out, no token back yet (the prompt is being evaluated)
+    assert llm.in_flight == 1
+    assert text_of(await task) == "slow start" and llm.in_flight == 0
+    fake.scripts.append(ChatScript(chunks=["never", " read"], delay=0.4))
+    task = asyncio.create_task(collect(llm.stream(MESSAGES)))
+    await asyncio.sleep(0.2)
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    assert llm.in_flight == 0
+    fake.scripts.append(ChatScript(status=500, error="boom"))
+    with contextlib.suppress(Exception):
+        await collect(llm.stream(MESSAGES))
+    assert llm.in_flight == 0

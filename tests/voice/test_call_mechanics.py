@@ -98,6 +98,7 @@ async def test_barge_in_stops_playout_and_marks_the_turn_interrupted(
     barge_at = 11.0
     barge_ins, stt_turns = BARGE_INS_TOTAL.value(), TURN_STAGE_SECONDS.count(stage="stt")
     calls = CALLS_TOTAL.value(direction="inbound", outcome="caller_hangup")
+    unlabelled = CALLS_TOTAL.value(agent="-") + BARGE_INS_TOTAL.value(agent="-")
     result = await place_call_async(caller.script(
         "100", Action("play", at=5.0, path=str(question)), Action("play", at=barge_at, path=str(interruption)),
         # Time after the interruption for it to become a turn (end of turn + STT) even on a loaded machine.
@@ -137,6 +138,8 @@ async def test_barge_in_stops_playout_and_marks_the_turn_interrupted(
             break
         await asyncio.sleep(0.05)
     assert CALLS_TOTAL.value(direction="inbound", outcome="caller_hangup") == calls + 1
+    # Counted under the agent that answered (its name), not under "-" (no agent).
+    assert CALLS_TOTAL.value(agent="-") + BARGE_INS_TOTAL.value(agent="-") == unlabelled
 
 
 async def test_dtmf_digits_reach_the_agent(

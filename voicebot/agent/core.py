@@ -55,7 +55,7 @@ from voicebot.llm.base import (
     ToolCall,
     ToolSpec,
 )
-from voicebot.metrics import LLM_ERRORS_TOTAL
+from voicebot.metrics import LLM_ERRORS_TOTAL, MESSAGES_TOTAL, agent_label
 
 log = logging.getLogger(__name__)
 
@@ -419,6 +419,7 @@ class AgentCore:
                 turn.timings["total_ms"] = _ms_since(started)
                 await asyncio.shield(asyncio.to_thread(
                     self._transaction, _close_turn, opened.assistant_message_id, self._final_changes(turn)))
+        MESSAGES_TOTAL.inc(channel=channel, agent=agent_label(agent.name))
         yield ReplyDone(opened.conversation_id, opened.user_message_id, opened.assistant_message_id,
                         turn.text, tuple(turn.citations.values()), tuple(turn.tool_calls), dict(turn.timings),
                         turn.fallback, turn.error, turn.prompt_tokens, turn.completion_tokens)

@@ -25,7 +25,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
-from models import Agent, Contact, Conversation, Flow, KnowledgeDocument, Route, utcnow
+from models import Agent, Category, Contact, Conversation, Flow, KnowledgeDocument, Route, utcnow
 from models.calls import Call
 from models.db import session_scope
 from voicebot.errors import Conflict, InvalidInput, NotFound
@@ -35,7 +35,7 @@ T = TypeVar("T")
 AGENT_FIELDS = frozenset({
     "name", "description", "persona", "language", "languages", "voice", "llm_model", "temperature", "max_tokens",
     "greeting", "fallback_message", "dtmf_terminator", "dtmf_timeout_ms", "transfer_targets", "start_flow",
-    "flow_triggers", "email_signature", "active",
+    "flow_triggers", "email_signature", "email_address", "learn_from_media", "active",
 })
 """Fields a caller may set on an agent (ids and timestamps are ours)."""
 
@@ -149,6 +149,41 @@ def _check_flows(session: Session, data: Mapping[str, Any]) -> None:
             raise InvalidInput(f"there is no flow named {name!r}", field=field)
 
 
+def _check_email_address(session: Session, data: Mapping[str, Any], other_than: int | None = None) -> dict[str, Any]:
+    """``data`` with its ``email_address`` lower-cased (None clears it); Conflict ``email_address_taken`` when
+    another agent has that address (inbound mail to it must have exactly one agent to answer it)."""
+    fields = dict(data)
+    if fields.get("email_address") is None:
+        return fields
+    value = fields["email_address"]
+    if not isinstance(value, str):
+        raise InvalidInput("email_address must be an e-mail address or null", field="email_address")
+    try:
+        address = fields["email_address"] = normalize_email(value)
+    except InvalidInput as exc:
+        raise InvalidInput("email_address must be an e-mail address or null", field="email_address") from exc
+    query = select(Agent.id).where(Agent.email_address == address)
+    if other_than is not None:
+        query = query.where(col(Agent.id) != other_than)
+    if session.exec(query).first() is not None:
+        raise Conflict(f"another agent has the e-mail address {address!r}", code="email_address_taken",
+                       field="email_address")
+    return fields
+
+
+def _conflict(session: Session, name: str, address: str | None, agent_id: int | None) -> Conflict:
+    """The Conflict a failed flush means: a concurrent write took the name or the address first (the values are
+    read before the flush: the session must be rolled back before it can tell which)."""
+    session.rollback()
+    query = select(Agent.id).where(Agent.email_address == address)
+    if agent_id is not None:
+        query = query.where(col(Agent.id) != agent_id)
+    if address and session.exec(query).first() is not None:
+        return Conflict(f"another agent has the e-mail address {address!r}", code="email_address_taken",
+                        field="email_address")
+    return Conflict(f"an agent named {name!r} already exists", field="name")
+
+
 def create_agent(session: Session, data: Mapping[str, Any]) -> Agent:
     _check_keys(data, AGENT_FIELDS)
     if "name" not in data:
@@ -156,6 +191,7 @@ def create_agent(session: Session, data: Mapping[str, Any]) -> Agent:
     _check_name(data["name"])
     _check_languages(data)
     _check_flows(session, data)
+    data = _check_email_address(session, data)
     try:
         agent = Agent.model_validate(dict(data))
     except ValidationError as exc:
@@ -163,10 +199,11 @@ def create_agent(session: Session, data: Mapping[str, Any]) -> Agent:
     if session.exec(select(Agent.id).where(Agent.name == agent.name)).first() is not None:
         raise Conflict(f"an agent named {agent.name!r} already exists", field="name")
     session.add(agent)
+    name, address = agent.name, agent.email_address
     try:
         session.flush()
-    except IntegrityError as exc:  # a concurrent create won the race for the unique name
-        raise Conflict(f"an agent named {agent.name!r} already exists", field="name") from exc
+    except IntegrityError as exc:  # a concurrent create won the race for the unique name or address
+        raise _conflict(session, name, address, None) from exc
     return agent
 
 
@@ -175,6 +212,7 @@ def update_agent(session: Session, agent_id: int, changes: Mapping[str, Any]) ->
     _check_languages(changes)
     _check_flows(session, changes)
     agent = get_agent(session, agent_id)
+    changes = _check_email_address(session, changes, other_than=agent_id)
     if "name" in changes:
         _check_name(changes["name"])
         clash = session.exec(
@@ -191,10 +229,11 @@ def update_agent(session: Session, agent_id: int, changes: Mapping[str, Any]) ->
         setattr(agent, key, value)
     agent.updated_at = utcnow()
     session.add(agent)
+    name, address = agent.name, agent.email_address
     try:
         session.flush()
     except IntegrityError as exc:
-        raise Conflict(f"an agent named {agent.name!r} already exists", field="name") from exc
+        raise _conflict(session, name, address, agent_id) from exc
     return agent
 
 
@@ -216,6 +255,10 @@ def delete_agent(session: Session, agent_id: int) -> None:
     if flows:
         raise Conflict(f"agent {agent.name!r} is used by {flows} flow(s); delete or re-point them first",
                        field="flows")
+    routed = session.exec(select(func.count()).select_from(Category).where(Category.route_agent_id == agent_id)).one()
+    if routed:
+        raise Conflict(f"agent {agent.name!r} answers the mail of {routed} triage categor"
+                       f"{'y' if routed == 1 else 'ies'}; re-point them first", field="categories")
     for conversation in session.exec(select(Conversation).where(Conversation.agent_id == agent_id)).all():
         conversation.agent_id = None
         session.add(conversation)
@@ -223,11 +266,12 @@ def delete_agent(session: Session, agent_id: int) -> None:
         call.agent_id = None
         session.add(call)
     session.flush()
+    name = agent.name  # read now: after a failed flush the session cannot load it
     session.delete(agent)
     try:
         session.flush()
     except IntegrityError as exc:  # a reference added since the checks above (or one they do not know)
-        raise Conflict(f"agent {agent.name!r} is still referenced; remove what uses it first",
+        raise Conflict(f"agent {name!r} is still referenced; remove what uses it first",
                        field="agent_id") from exc
 
 

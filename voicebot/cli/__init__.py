@@ -22,6 +22,7 @@ COMMAND_MODULES = (
     "voicebot.cli.chat_cmd",
     "voicebot.cli.kb_cmd",
     "voicebot.cli.flow_cmd",
+    "voicebot.cli.campaign_cmd",
     "voicebot.cli.user_cmd",
     "voicebot.cli.apikey_cmd",
     "voicebot.cli.voice_cmd",

@@ -71,6 +71,10 @@ class GenerationOptions:
     stop: tuple[str, ...] = ()
     language: str = "en"
     """The agent's language: a backend that adds its own instructions (the grounding rule) writes them in it."""
+    json_schema: Mapping[str, Any] | None = None
+    """Constrain the reply to JSON matching this schema (the embedded model samples through a grammar made from
+    it, Ollama takes it as ``format``).  Such replies are bookkeeping (message analysis), not conversation: the
+    embedded backend keeps no snapshot of them."""
 
 
 @dataclass(frozen=True)
@@ -110,6 +114,8 @@ class LanguageModel(abc.ABC):
     caches_prefix: bool = False
     """Whether the backend keeps evaluated prompt prefixes (then callers should keep the system prompt and
     knowledge identical across turns, so only new words are evaluated)."""
+    in_flight: int = 0
+    """Generations running or queued now (background work waits while the model is busy with people)."""
 
     @property
     @abc.abstractmethod

@@ -27,12 +27,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import re
 import threading
 import time
-from collections.abc import AsyncGenerator, Callable, Iterator, Sequence
+from collections.abc import AsyncGenerator, Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -198,6 +199,7 @@ class EmbeddedLLM(LanguageModel):
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="eva-llm")
         self._llama: Any = None
         self._chat_template = False
+        self._grammars: dict[str, Any] = {}
         self._chatml = False
         self._closed = False
         self._cache = PrefixCache()
@@ -304,6 +306,7 @@ class EmbeddedLLM(LanguageModel):
         # Tools only reach chat-template models; the few-shot transcript has no way to call them.
         job = _Job(list(messages), list(knowledge), list(tools) if self.supports_tools else [], opts, stop,
                    emit)
+        self.in_flight += 1
         loop.run_in_executor(self._executor, self._generate, job)
         try:
             while True:
@@ -318,6 +321,7 @@ class EmbeddedLLM(LanguageModel):
         finally:
             # Cancelled, closed early or finished: the worker stops at its next token.
             stop.set()
+            self.in_flight -= 1
 
     def _generate(self, job: _Job) -> None:
         try:
@@ -351,7 +355,8 @@ class EmbeddedLLM(LanguageModel):
 
         chunks: Iterator[dict[str, Any]] = llama.create_completion(
             prompt_tokens, max_tokens=opts.max_tokens, temperature=0.0, stream=True,
-            stop=[*TRANSCRIPT_STOP, *opts.stop], stopping_criteria=StoppingCriteriaList([stopping]))
+            stop=[*TRANSCRIPT_STOP, *opts.stop], stopping_criteria=StoppingCriteriaList([stopping]),
+            grammar=self._grammar(opts.json_schema))
         finish: str | None = None
         first = True
         for chunk in chunks:
@@ -393,6 +398,26 @@ class EmbeddedLLM(LanguageModel):
                 raise LlmError(f"prompt does not fit the model context ({self.n_ctx} tokens) with "
                                f"max_tokens={max_tokens}")
 
+    def _grammar(self, schema: Mapping[str, Any] | None) -> Any:
+        """The llama.cpp grammar that makes sampling follow ``schema`` (None: free text).  Built once per schema:
+        the analysis worker asks with the same one for every message."""
+        if schema is None:
+            return None
+        from llama_cpp.llama_grammar import LlamaGrammar
+
+        key = json.dumps(schema, sort_keys=True)
+        grammar = self._grammars.get(key)
+        if grammar is None:
+            try:
+                # In the schema's own property order: the model writes the fields in it.
+                grammar = LlamaGrammar.from_json_schema(json.dumps(schema), verbose=False)
+            except Exception as exc:  # llama.cpp's converter raises plain errors on schemas it cannot express
+                raise LlmError(f"the JSON schema cannot be turned into a grammar: {exc}") from exc
+            if len(self._grammars) >= 16:
+                self._grammars.pop(next(iter(self._grammars)))
+            self._grammars[key] = grammar
+        return grammar
+
     def _generate_chat(self, llama: Any, job: _Job) -> None:
         """Chat-template models (the default Qwen): our own ChatML rendering, KV snapshots so only new
         tokens are evaluated, and Qwen's textual tool calls parsed into :class:`ToolCall` events."""
@@ -422,8 +447,9 @@ class EmbeddedLLM(LanguageModel):
 
         chunks: Iterator[dict[str, Any]] = llama.create_completion(
             tokens, max_tokens=opts.max_tokens, temperature=opts.temperature, stream=True,
-            stop=[*STOP, *opts.stop], stopping_criteria=StoppingCriteriaList([stopping]))
-        parser = ToolCallParser() if job.tools else None
+            stop=[*STOP, *opts.stop], stopping_criteria=StoppingCriteriaList([stopping]),
+            grammar=self._grammar(opts.json_schema))
+        parser = ToolCallParser() if job.tools and opts.json_schema is None else None
         finish: str | None = None
         called = False
         for chunk in chunks:
@@ -449,8 +475,10 @@ class EmbeddedLLM(LanguageModel):
         reason: FinishReason = "tool_calls" if called else _finish(finish)
         emit(Done(reason, prompt_tokens=len(tokens), completion_tokens=generated,
                   prompt_tokens_evaluated=evaluated, prompt_eval_ms=round(eval_seconds * 1000.0, 1)))
-        # After the reply, off the caller's clock: keep this call's state for its next turn.
-        self._cache.save(llama)
+        # After the reply, off the caller's clock: keep this call's state for its next turn (not for bookkeeping
+        # replies: a message's analysis has no next turn, and its snapshot would evict a call's).
+        if opts.json_schema is None:
+            self._cache.save(llama)
 
     def _prepare_context(self, llama: Any, tokens: list[int], prefix_tokens: list[int]) -> int:
         """Bring the context as close to ``tokens`` as the cache allows; returns the tokens evaluated here
@@ -487,7 +515,7 @@ class EmbeddedLLM(LanguageModel):
             payload.append({"role": message.role, "content": content})
         chunks: Iterator[dict[str, Any]] = llama.create_chat_completion(
             messages=payload, max_tokens=opts.max_tokens, temperature=opts.temperature, stream=True,
-            stop=list(opts.stop) or None)
+            stop=list(opts.stop) or None, grammar=self._grammar(opts.json_schema))
         finish: str | None = None
         pieces = 0
         for chunk in chunks:

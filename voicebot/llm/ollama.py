@@ -117,15 +117,25 @@ class OllamaLLM(LanguageModel):
         if opts.stop:
             model_options["stop"] = list(opts.stop)
         offered = [t.to_json_schema_tool() for t in tools] if tools and model not in self._no_tools else None
+        # Counted from the request on: prompt evaluation (before the first token) is when the model is busiest.
+        self.in_flight += 1
         try:
-            parts, first = await self._start(model, payload, offered, model_options)
+            async for event in self._stream(model, payload, offered, model_options, opts):
+                yield event
+        finally:
+            self.in_flight -= 1
+
+    async def _stream(self, model: str, payload: list[dict[str, Any]], offered: list[dict[str, Any]] | None,
+                      model_options: dict[str, Any], opts: GenerationOptions) -> AsyncGenerator[LlmEvent, None]:
+        try:
+            parts, first = await self._start(model, payload, offered, model_options, opts.json_schema)
         except ollama.ResponseError as exc:
             if not (offered and exc.status_code == 400 and "tool" in str(exc.error).lower()):
                 raise self._map_error(exc, model) from exc
             log.warning("Ollama model %s does not support tools; answering without them", model)
             self._no_tools.add(model)
             try:
-                parts, first = await self._start(model, payload, None, model_options)
+                parts, first = await self._start(model, payload, None, model_options, opts.json_schema)
             except LlmError:
                 raise
             except Exception as retry_exc:
@@ -165,11 +175,14 @@ class OllamaLLM(LanguageModel):
             await parts.aclose()
 
     async def _start(self, model: str, payload: list[dict[str, Any]], tools: list[dict[str, Any]] | None,
-                     model_options: dict[str, Any]) -> tuple[AsyncGenerator[Any, None], Any]:
+                     model_options: dict[str, Any], schema: Mapping[str, Any] | None = None,
+                     ) -> tuple[AsyncGenerator[Any, None], Any]:
         """Send the request and read the first part (the client sends nothing until iterated, and HTTP
-        errors such as a missing model only surface there)."""
+        errors such as a missing model only surface there).  ``schema``: Ollama's structured output
+        (``format`` = a JSON schema)."""
         parts = cast("AsyncGenerator[Any, None]", await self._client.chat(
-            model=model, messages=payload, tools=tools, stream=True, options=model_options))
+            model=model, messages=payload, tools=tools, stream=True, options=model_options,
+            format=dict(schema) if schema is not None else None))
         try:
             first = await anext(parts)
         except StopAsyncIteration:

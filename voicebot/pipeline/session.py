@@ -23,7 +23,7 @@ from voicebot.audio import Audio, Pcm, resample
 from voicebot.calls.store import TurnRecord
 from voicebot.errors import EvaError, TransferRefused
 from voicebot.i18n import phrase
-from voicebot.metrics import BARGE_INS_TOTAL, TURN_STAGE_SECONDS
+from voicebot.metrics import BARGE_INS_TOTAL, TURN_STAGE_SECONDS, agent_label
 from voicebot.pipeline.dtmf import KEYS, DtmfCollector, DtmfStep, dtmf_turn_text
 from voicebot.pipeline.frames import Sentence, SpeechPaused, SpeechStarted, UserUtterance
 from voicebot.pipeline.playout import Playout
@@ -343,7 +343,7 @@ class CallSession:
         turn.spoken = heard  # only what reached the caller: a sentence cut short counts for its played part
         if heard or self.playout.frames_out:
             self.barge_ins += 1
-            BARGE_INS_TOTAL.inc()
+            BARGE_INS_TOTAL.inc(agent=agent_label(self.ctx.agent_name))
             log.info("barge-in (%s) on call %s after %d frames, %.0f ms after speech onset", reason, self.ctx.call_id,
                      self.playout.frames_out, (t - onset) * 1000 if onset is not None else 0.0)
         elif not turn.first_frame_at and turn.kind == "speech":
@@ -600,7 +600,8 @@ class CallSession:
                             timings_ms=turn.timings_ms(), prompt_tokens_evaluated=turn.prompt_tokens_evaluated,
                             prompt_eval_ms=turn.prompt_eval_ms, variables=turn.variables)
         for name, value in record.timings_ms.items():
-            TURN_STAGE_SECONDS.observe(value / 1000.0, stage=STAGE_METRIC.get(name, name))
+            TURN_STAGE_SECONDS.observe(value / 1000.0, stage=STAGE_METRIC.get(name, name),
+                                       agent=agent_label(self.ctx.agent_name))
         try:
             await self.persist(record)
             if turn.interrupted and turn.message_id is not None:

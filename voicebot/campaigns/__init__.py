@@ -1,0 +1,5 @@
+"""Outbound campaigns, the pure parts: the rules a campaign is configured with (:mod:`.rules`), the CSV import
+parser (:mod:`.importer`), the do-not-call checks and opt-out phrase detector (:mod:`.dnc`) and the dialer's
+scheduling state machine (:mod:`.scheduler`).  None of these touch a socket, a clock or the database; the
+blocking database work on an open session is in :mod:`.store`.
+"""

@@ -1,0 +1,206 @@
+"""``eva campaign list|create|import|status``: outbound campaigns from the host.
+
+``create`` takes the same configuration as ``POST /api/v1/campaigns`` (the rules -- windows, pacing, retries, A/B
+arms, breaker -- from a JSON file with ``--rules-file``); ``import`` reads a CSV the way the API's import does and
+prints its progress and the report (every row not taken, with its line and reason); ``status`` prints the
+campaign's state, its audience and the outcome counts.  Starting, pausing and cancelling stay in the API for now:
+nothing dials until the dialer exists.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from voicebot.config import Settings
+from voicebot.errors import InvalidInput
+
+MAX_RULES_BYTES = 256 * 1024
+SHOWN_PROBLEMS = 20
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = sub.add_parser("campaign", help="outbound campaigns: list, create, import contacts, status")
+    actions = parser.add_subparsers(dest="campaign_command", required=True, metavar="ACTION")
+    listing = actions.add_parser("list", help="list campaigns")
+    listing.add_argument("--json", action="store_true", help="print JSON")
+    listing.set_defaults(func=list_cmd)
+
+    create = actions.add_parser("create", help="create a campaign (a draft)")
+    create.add_argument("name")
+    create.add_argument("--channel", choices=("voice", "whatsapp", "email"), default="voice")
+    create.add_argument("--agent", help="the agent's name")
+    create.add_argument("--flow", help="a flow's name")
+    create.add_argument("--timezone", default="UTC", help="zone of contacts whose own is unknown (IANA)")
+    create.add_argument("--country-code", default="", help="calling code for numbers written without one")
+    create.add_argument("--start", help="start, ISO 8601 with offset (2026-12-01T09:00:00+01:00)")
+    create.add_argument("--end", help="end, ISO 8601 with offset")
+    create.add_argument("--rules-file", help="JSON: windows, pacing, retry, arms, breaker")
+    create.add_argument("--description", default="")
+    create.set_defaults(func=create_cmd)
+
+    load = actions.add_parser("import", help="import contacts from a CSV file into a campaign")
+    load.add_argument("name")
+    load.add_argument("path")
+    load.add_argument("--country-code", default="", help="overrides the campaign's calling code for this file")
+    load.add_argument("--all", action="store_true", help="list every row not imported (default: the first 20)")
+    load.add_argument("--json", action="store_true", help="print the report as JSON")
+    load.set_defaults(func=import_cmd)
+
+    status = actions.add_parser("status", help="a campaign's status, audience and outcomes")
+    status.add_argument("name")
+    status.add_argument("--json", action="store_true", help="print JSON (the API's analytics)")
+    status.set_defaults(func=status_cmd)
+
+
+def _engine() -> Any:
+    from voicebot.cli.db_cmd import open_engine
+
+    return open_engine(Settings.load())
+
+
+def _find(session: Any, name: str) -> Any:
+    from sqlmodel import select
+
+    from models.campaigns import Campaign
+
+    campaign = session.exec(select(Campaign).where(Campaign.name == name)).first()
+    if campaign is None:
+        raise InvalidInput(f"there is no campaign named {name!r}", field="name")
+    return campaign
+
+
+def list_cmd(args: argparse.Namespace) -> int:
+    from sqlmodel import col, select
+
+    from models.campaigns import Campaign
+    from models.db import session_scope
+    from voicebot.campaigns import store
+
+    with session_scope(_engine()) as session:
+        rows = list(session.exec(select(Campaign).order_by(col(Campaign.created_at).desc())).all())
+        counts = store.entry_counts(session, [r.id for r in rows if r.id is not None])
+    if args.json:
+        print(json.dumps([{"id": r.id, "name": r.name, "channel": r.channel, "status": r.status,
+                           "status_reason": r.status_reason, "contacts": counts.get(r.id or 0, {})} for r in rows],
+                         indent=2))
+        return 0
+    if not rows:
+        print("no campaigns")
+        return 0
+    for r in rows:
+        total = sum(counts.get(r.id or 0, {}).values())
+        reason = f" ({r.status_reason})" if r.status_reason else ""
+        print(f"{r.name:30} {r.channel:9} {r.status:10} {total:6} contacts{reason}")
+    return 0
+
+
+def create_cmd(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+    from sqlmodel import select
+
+    from admin_api.framework import validation_error
+    from admin_api.handlers.campaigns import CampaignIn, campaign_columns
+    from models import Agent
+    from models.db import session_scope
+    from voicebot.campaigns import store
+
+    body: dict[str, Any] = {"name": args.name, "channel": args.channel, "timezone": args.timezone,
+                            "country_code": args.country_code.removeprefix("+"), "description": args.description,
+                            "flow": args.flow, "start_at": args.start, "end_at": args.end}
+    if args.rules_file:
+        body["rules"] = _read_json(args.rules_file)
+    engine = _engine()
+    with session_scope(engine) as session:
+        if args.agent:
+            agent_id = session.exec(select(Agent.id).where(Agent.name == args.agent)).first()
+            if agent_id is None:
+                raise InvalidInput(f"there is no agent named {args.agent!r}", field="agent")
+            body["agent_id"] = agent_id
+        try:
+            validated = CampaignIn.model_validate({k: v for k, v in body.items() if v is not None})
+        except ValidationError as exc:
+            raise validation_error(exc, where="campaign") from exc
+        campaign = store.create_campaign(session, campaign_columns(validated))
+    print(f"created campaign {campaign.name} (id {campaign.id}, {campaign.channel}, draft)")
+    return 0
+
+
+def _read_json(path: str) -> Any:
+    try:
+        raw = Path(path).read_bytes()[: MAX_RULES_BYTES + 1]
+    except OSError as exc:
+        raise InvalidInput(f"cannot read {path}: {exc.strerror}", field="rules_file") from exc
+    if len(raw) > MAX_RULES_BYTES:
+        raise InvalidInput(f"{path} is larger than {MAX_RULES_BYTES} bytes", field="rules_file")
+    try:
+        return json.loads(raw)
+    except ValueError as exc:
+        raise InvalidInput(f"{path} is not valid JSON: {exc}", field="rules_file") from exc
+
+
+def import_cmd(args: argparse.Namespace) -> int:
+    from models import utcnow
+    from models.db import session_scope
+    from voicebot.campaigns import store
+    from voicebot.campaigns.importer import MAX_FILE_BYTES, parse_csv
+
+    file = Path(args.path)
+    try:
+        data = file.read_bytes()[: MAX_FILE_BYTES + 1]
+    except OSError as exc:
+        raise InvalidInput(f"cannot read {args.path}: {exc.strerror}", field="path") from exc
+    if len(data) > MAX_FILE_BYTES:
+        raise InvalidInput(f"{args.path} is larger than {MAX_FILE_BYTES // (1024 * 1024)} MB; split it", field="path")
+    engine = _engine()
+    with session_scope(engine) as session:
+        campaign = _find(session, args.name)
+        campaign_id, code = campaign.id, args.country_code.removeprefix("+") or campaign.country_code
+    started = time.monotonic()
+    say = (lambda text: print(text, file=sys.stderr)) if args.json else print
+    say(f"reading {file.name} ({len(data) / 1024:.0f} KiB) ...")
+    parsed = parse_csv(data, country_code=code)
+    say(f"parsed {parsed.data_rows} rows ({parsed.encoding}, delimiter {parsed.delimiter!r}): {len(parsed.rows)} "
+        f"valid, {len(parsed.invalid)} invalid, {len(parsed.duplicates)} duplicate")
+    say(f"adding {len(parsed.rows)} contacts to {args.name} ...")
+    with session_scope(engine) as session:
+        report = store.apply_import(session, campaign_id, parsed, now=utcnow())
+    if args.json:
+        print(json.dumps(report, indent=2, ensure_ascii=False))
+        return 0
+    print(f"imported {report['imported']} of {report['rows']} rows in {time.monotonic() - started:.1f} s "
+          f"({report['contacts_created']} new contacts, {report['contacts_existing']} known)")
+    skipped = [(kind, p) for kind in ("invalid", "duplicates", "dnc", "already_in_campaign") for p in report[kind]]
+    skipped.sort(key=lambda item: item[1]["line"])
+    for kind, problem in skipped if args.all else skipped[:SHOWN_PROBLEMS]:
+        column = f" [{problem['column']}]" if problem["column"] else ""
+        print(f"  line {problem['line']}: {kind.replace('_', ' ')}{column}: {problem['reason']}")
+    if len(skipped) > SHOWN_PROBLEMS and not args.all:
+        print(f"  ... and {len(skipped) - SHOWN_PROBLEMS} more (--all lists them)")
+    return 0
+
+
+def status_cmd(args: argparse.Namespace) -> int:
+    from models.db import session_scope
+    from voicebot.campaigns import store
+
+    with session_scope(_engine()) as session:
+        stats = store.analytics(session, _find(session, args.name))
+    if args.json:
+        print(json.dumps(stats, indent=2))
+        return 0
+    reason = f" ({stats['status_reason']})" if stats["status_reason"] else ""
+    print(f"{args.name}: {stats['status']}{reason}")
+    states = ", ".join(f"{n} {state}" for state, n in sorted(stats["entries_by_state"].items())) or "none"
+    print(f"contacts: {stats['contacts']} ({states})")
+    print(f"attempts: {stats['attempts']} placed, {stats['pending_attempts']} waiting; reached {stats['reached']}")
+    print("outcomes: " + (", ".join(f"{k} {v}" for k, v in stats["outcomes"].items() if v) or "none yet"))
+    for arm in stats["per_arm"]:
+        if arm["arm"]:
+            print(f"  arm {arm['arm']}: {arm['contacts']} contacts, {arm['attempts']} attempts, "
+                  f"{arm['reached']} reached")
+    return 0
