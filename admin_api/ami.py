@@ -16,7 +16,7 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from panoramisk import Manager
@@ -87,17 +87,39 @@ def output_text(message: Message) -> str:
     return "\n".join([*lines, body] if body and body not in lines else lines)
 
 
-class AmiClient:
-    """One AMI connection, opened on first use.  Every method raises AmiError on failure or timeout."""
+EventCallback = Callable[[Any, Message], None]
+"""``callback(manager, event)``: called on the event loop for each event matching its pattern."""
 
-    def __init__(self, settings: Settings, *, timeout: float = 10.0) -> None:
+
+class AmiClient:
+    """One AMI connection, opened on first use.  Every method raises AmiError on failure or timeout.
+
+    ``events`` is the Login's event mask (``"off"``: responses only; e.g. ``"system,call"`` for a client that
+    listens with :meth:`on_event`)."""
+
+    def __init__(self, settings: Settings, *, timeout: float = 10.0, events: str = "off") -> None:
         self.host = settings.asterisk_host or settings.bind_host
         self.port = settings.ami_port
         self.user = settings.ami_user
         self._secret = settings.ami_password
         self.timeout = timeout
+        self.events = events
+        self._listeners: list[tuple[str, EventCallback]] = []
         self._manager: _Manager | None = None
         self._lock = asyncio.Lock()
+
+    def on_event(self, pattern: str, callback: EventCallback) -> None:
+        """Call ``callback`` for every event whose name matches ``pattern`` (fnmatch), on this connection and on
+        every later one (each reconnect builds a new manager)."""
+        self._listeners.append((pattern, callback))
+        if self._manager is not None:
+            self._manager.register_event(pattern, callback)
+
+    @property
+    def connected(self) -> bool:
+        """Logged in and not (yet) seen to drop; no network round trip."""
+        manager = self._manager
+        return manager is not None and bool(manager._connected) and bool(manager.authenticated)
 
     async def _connected(self) -> _Manager:
         async with self._lock:
@@ -112,12 +134,14 @@ class AmiClient:
                 port=self.port,
                 username=self.user,
                 secret=self._secret,
-                events="off",
+                events=self.events,
                 ping_delay=15,
                 ping_interval=15,
                 loop=asyncio.get_running_loop(),
                 log=_WIRE_LOG,
             )
+            for pattern, callback in self._listeners:  # before login: no event of the new session is missed
+                manager.register_event(pattern, callback)
             try:
                 await asyncio.wait_for(manager.connect(), self.timeout)
             except (OSError, TimeoutError) as exc:

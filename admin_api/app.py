@@ -29,6 +29,7 @@ from admin_api.framework import (
 )
 from admin_api.openapi import build_openapi, render_docs
 from admin_api.services import Services
+from admin_api.trunk_monitor import TrunkMonitor
 from admin_api.trunks import TrunkService
 from voicebot.agent.store import AgentStore
 from voicebot.config import Settings
@@ -164,6 +165,12 @@ def create_app(
     )
     if ami_client is not None and ami is None:
         services.owned.append(ami_client)
+    if ami_client is not None:
+        # Its own AMI connection (with events), started with the app and closed with it.
+        monitor = TrunkMonitor(settings, engine)
+        services.trunk_monitor = monitor
+        services.trunks.on_change = monitor.kick
+        services.owned.append(monitor)
 
     middlewares: list[Any] = [metrics_middleware]
     if settings.api_cors_origins.strip():
@@ -181,6 +188,7 @@ def create_app(
     app[_SPEC_KEY] = build_openapi(endpoints)
     app[_DOCS_KEY] = render_docs(app[_SPEC_KEY])
     app.on_startup.append(_sync_trunks)
+    app.on_startup.append(_start_trunk_monitor)
     app.on_cleanup.append(_close_owned)
     return app
 
@@ -192,6 +200,13 @@ async def _sync_trunks(app: web.Application) -> None:
         await services.trunks.sync(only_if_changed=True)
     except EvaError as exc:
         log.warning("could not sync SIP trunks into Asterisk at start: [%s] %s", exc.code, exc.message)
+
+
+async def _start_trunk_monitor(app: web.Application) -> None:
+    """After the trunk file is in line with the database: the monitor reads what Asterisk loaded from it."""
+    monitor = app[SERVICES_KEY].trunk_monitor
+    if monitor is not None:
+        await monitor.start()
 
 
 async def _close_owned(app: web.Application) -> None:

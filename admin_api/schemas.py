@@ -535,6 +535,15 @@ class TrunkOut(Output):
     updated_at: Timestamp
 
 
+class TrunkStateEventOut(Output):
+    id: int
+    trunk_id: int
+    state: str
+    previous: str
+    detail: str
+    at: Timestamp
+
+
 class TrunkStatusOut(Output):
     trunk_id: int
     endpoint: str
@@ -546,6 +555,30 @@ class TrunkStatusOut(Output):
     contacts: list[dict[str, str]]
     registration: str | None
     """Outbound registration status (Registered, Unregistered, Rejected, ...); null when not registering."""
+    state: Literal["up", "down", "rejected", "registering", "unknown", "disabled"]
+    """From the trunk monitor (AMI events and a periodic re-read): up (answers qualify, registered if it
+    registers), down (qualify unanswered, or not loaded), rejected (registration refused), registering, unknown
+    (not read yet, or Asterisk unreachable), disabled."""
+    state_detail: str
+    since: Timestamp | None
+    """When the trunk entered its state (null: never recorded)."""
+    monitored: bool
+    """False when this API runs without Asterisk: state is then unknown and the call counts are 0."""
+    active_calls: int
+    """Channels on the trunk now (either direction)."""
+    calls_today: int
+    """Channels Asterisk created on the trunk since 00:00 UTC (either direction, answered or not), counted from
+    ``calls_counted_since`` (Eva's start, when that was later)."""
+    calls_counted_since: Timestamp | None
+    recent_changes: list[TrunkStateEventOut]
+    """The last state changes, newest first (all of them: ``/history``)."""
+
+
+class TrunkHistoryPage(Output):
+    items: list[TrunkStateEventOut]
+    total: int
+    limit: int
+    offset: int
 
 
 # ------------------------------ conversations -----------------------------------------------------

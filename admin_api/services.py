@@ -24,6 +24,7 @@ from voicebot.config import Settings
 from voicebot.errors import Unavailable
 
 if TYPE_CHECKING:
+    from admin_api.trunk_monitor import TrunkMonitor
     from channels.chat.service import ChatService
     from channels.email.service import EmailService
     from channels.whatsapp.service import WhatsAppService
@@ -57,6 +58,8 @@ class Services:
     tts: PiperSpeaker | None = None
     asterisk_process: Any = None
     """The local Asterisk's supervisor (``snapshot()`` → state, restarts) when ``eva run`` manages Asterisk."""
+    trunk_monitor: TrunkMonitor | None = None
+    """Follows the trunks' state through AMI (None when the API runs without Asterisk)."""
     started: float = field(default_factory=time.monotonic)
     owned: list[Any] = field(default_factory=list)
     """Objects this app created and closes on shutdown (e.g. its AMI client)."""

@@ -20,11 +20,12 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
+from sqlalchemy import delete
 from sqlalchemy.engine import Engine
 from sqlmodel import col, select
 
 from admin_api.asterisk_link import AsteriskLink
-from models import SipTrunk, utcnow
+from models import SipTrunk, TrunkStateEvent, utcnow
 from models.db import session_scope
 from voicebot.asterisk.render import WILDCARD_HOSTS
 from voicebot.errors import AsteriskRejected, Conflict, InvalidInput, NotFound
@@ -54,8 +55,21 @@ def _has_auth(trunk: SipTrunk) -> bool:
     return bool(trunk.username and trunk.password)
 
 
-def render_trunks(trunks: Sequence[SipTrunk], *, bind_host: str, sip_port: int) -> str:
-    """The whole ``pjsip_trunks.conf`` for these trunks (disabled ones are left out)."""
+def server_uri(trunk: SipTrunk) -> str:
+    """The provider's URI: the aor's contact (what qualify pings) and the registration's server_uri."""
+    return f"sip:{trunk.host}:{trunk.port}" + (";transport=tcp" if trunk.transport == "tcp" else "")
+
+
+def client_uri(trunk: SipTrunk) -> str:
+    """The registration's client_uri (Asterisk's ``Registry`` AMI event names a registration by it)."""
+    return f"sip:{_value(trunk.username)}@{trunk.host}:{trunk.port}"
+
+
+def render_trunks(trunks: Sequence[SipTrunk], *, bind_host: str, sip_port: int, qualify_s: int = 60) -> str:
+    """The whole ``pjsip_trunks.conf`` for these trunks (disabled ones are left out).
+
+    ``qualify_s``: how often Asterisk sends each trunk an OPTIONS ping; the trunk monitor learns from the answers
+    (or their absence) whether the trunk is up."""
     lines = ["; SIP trunks managed by Eva's admin API (/api/v1/sip/trunks).  Edits here are overwritten.", ""]
     enabled = [t for t in sorted(trunks, key=lambda t: t.name) if t.enabled]
     if any(t.transport == "tcp" for t in enabled):
@@ -69,7 +83,7 @@ def render_trunks(trunks: Sequence[SipTrunk], *, bind_host: str, sip_port: int) 
     for trunk in enabled:
         name = endpoint_name(trunk.name)
         transport = TCP_TRANSPORT if trunk.transport == "tcp" else "transport-udp"
-        uri = f"sip:{trunk.host}:{trunk.port}" + (";transport=tcp" if trunk.transport == "tcp" else "")
+        uri = server_uri(trunk)
         lines += [
             f"; trunk {trunk.name}",
             f"[{name}]",
@@ -95,7 +109,8 @@ def render_trunks(trunks: Sequence[SipTrunk], *, bind_host: str, sip_port: int) 
             lines.append(f"from_user = {_value(trunk.from_user)}")
         if trunk.from_domain:
             lines.append(f"from_domain = {_value(trunk.from_domain)}")
-        lines += ["", f"[{name}]", "type = aor", f"contact = {uri}", "qualify_frequency = 60", ""]
+        lines += ["", f"[{name}]", "type = aor", f"contact = {uri}",
+                  f"qualify_frequency = {max(1, qualify_s)}", ""]
         if _has_auth(trunk):
             lines += [
                 f"[{name}]",
@@ -113,7 +128,7 @@ def render_trunks(trunks: Sequence[SipTrunk], *, bind_host: str, sip_port: int) 
                 f"transport = {transport}",
                 f"outbound_auth = {name}",
                 f"server_uri = {uri}",
-                f"client_uri = sip:{_value(trunk.username)}@{trunk.host}:{trunk.port}",
+                f"client_uri = {client_uri(trunk)}",
                 f"contact_user = {_value(trunk.username)}",
                 "retry_interval = 60",
                 "forbidden_retry_interval = 600",
@@ -156,6 +171,17 @@ class TrunkService:
     def __init__(self, engine: Engine, link: AsteriskLink) -> None:
         self.engine = engine
         self.link = link
+        self.on_change: Callable[[], None] | None = None
+        """Called after every change Asterisk took (the trunk monitor re-reads the trunks then)."""
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change()
+
+    def _render(self, trunks: Sequence[SipTrunk]) -> str:
+        settings = self.link.settings
+        return render_trunks(trunks, bind_host=settings.sip_bind_host or settings.bind_host,
+                             sip_port=settings.sip_port, qualify_s=settings.trunk_qualify_s)
 
     @property
     def path(self) -> Any:
@@ -195,7 +221,9 @@ class TrunkService:
                     session.flush()
                     return candidate
 
-            return await self._persist(insert)
+            created = await self._persist(insert)
+            self._changed()
+            return created
 
     async def update(self, trunk_id: int, changes: dict[str, Any]) -> SipTrunk:
         async with self.link.lock:
@@ -222,7 +250,9 @@ class TrunkService:
                     session.flush()
                     return row
 
-            return await self._persist(save)
+            saved = await self._persist(save)
+            self._changed()
+            return saved
 
     async def delete(self, trunk_id: int) -> None:
         async with self.link.lock:
@@ -237,23 +267,24 @@ class TrunkService:
                     row = session.get(SipTrunk, trunk_id)
                     if row is not None:
                         session.delete(row)
+                    # Its history goes with it: SQLite may give the next trunk this id again.
+                    session.execute(delete(TrunkStateEvent).where(col(TrunkStateEvent.trunk_id) == trunk_id))
 
             await self._persist(remove)
+            self._changed()
 
     async def sync(self, *, only_if_changed: bool = False) -> bool:
         """Render the file from the database (e.g. at start); True when Asterisk reloaded it."""
         async with self.link.lock:
             trunks = await asyncio.to_thread(self._all)
-            text = render_trunks(
-                trunks, bind_host=self.link.settings.sip_bind_host or self.link.settings.bind_host,
-                sip_port=self.link.settings.sip_port
-            )
+            text = self._render(trunks)
             if only_if_changed and await asyncio.to_thread(self.link.read_text, self.path) == text:
                 return False
             await asyncio.to_thread(self.link.write_config, self.path, text)
             if not self.link.live:
                 return False
             await self.link.reload(RELOAD_COMMAND, marker=RELOAD_MARKER)
+            self._changed()
             return True
 
     async def _persist(self, write: Callable[[], T]) -> T:
@@ -263,10 +294,7 @@ class TrunkService:
             return await asyncio.to_thread(write)
         except BaseException:
             trunks = await asyncio.to_thread(self._all)
-            text = render_trunks(
-                trunks, bind_host=self.link.settings.sip_bind_host or self.link.settings.bind_host,
-                sip_port=self.link.settings.sip_port
-            )
+            text = self._render(trunks)
             await asyncio.to_thread(self.link.write_config, self.path, text)
             if self.link.live:
                 await self.link.reload(RELOAD_COMMAND, marker=RELOAD_MARKER)
@@ -276,9 +304,7 @@ class TrunkService:
     async def _apply(
         self, trunks: list[SipTrunk], changed: SipTrunk | None, *, removed: SipTrunk | None
     ) -> None:
-        settings = self.link.settings
-        new_text = render_trunks(trunks, bind_host=settings.sip_bind_host or settings.bind_host,
-                                 sip_port=settings.sip_port)
+        new_text = self._render(trunks)
         old_text = await asyncio.to_thread(self.link.read_text, self.path)
         await asyncio.to_thread(self.link.write_config, self.path, new_text)
         if not self.link.live:

@@ -15,7 +15,7 @@ from models.contacts import Contact, Conversation, Message
 from models.email import EmailReceipt, EmailTemplate
 from models.flows import Flow, FlowRun
 from models.knowledge import KnowledgeChunk, KnowledgeDocument
-from models.trunks import SipTrunk
+from models.trunks import SipTrunk, TrunkStateEvent
 from models.users import ApiKey, KnownLoginAddress, RefreshToken, RevokedAccessToken, User
 
 __all__ = [
@@ -44,6 +44,7 @@ __all__ = [
     "RevokedAccessToken",
     "Route",
     "SipTrunk",
+    "TrunkStateEvent",
     "User",
     "utcnow",
 ]

@@ -93,6 +93,8 @@ class CampaignAttempt(SQLModel, table=True):
     sip_cause: str = Field(default="", max_length=64)
     """The SIP status or Q.850 cause of a failed attempt (``486``, ``503``, ``cause 34``)."""
     call_id: int | None = Field(default=None, foreign_key="calls.id", index=True)
+    conversation_id: int | None = Field(default=None, foreign_key="conversations.id", index=True)
+    """A WhatsApp or e-mail attempt's conversation, which its sent message started (replies continue it)."""
     started_at: datetime | None = Field(default=None, index=True)
     ended_at: datetime | None = None
     created_at: datetime = Field(default_factory=utcnow)
@@ -106,7 +108,9 @@ class DncEntry(SQLModel, table=True):
 
     id: int | None = Field(default=None, primary_key=True)
     phone: str = Field(max_length=32)
-    """E.164."""
+    """E.164; '' for an entry that blocks an e-mail address only."""
+    email: str | None = Field(default=None, index=True, max_length=320)
+    """A blocked e-mail address (lower-case): someone who unsubscribed by e-mail."""
     campaign_id: int | None = Field(default=None, foreign_key="campaigns.id", index=True)
     source: str = Field(default="api", max_length=16)
     """import | api | phrase (said or wrote it) | dtmf (pressed the opt-out key) | reply (STOP)"""

@@ -42,3 +42,24 @@ class SipTrunk(SQLModel, table=True):
     enabled: bool = True
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)
+
+
+class TrunkStateEvent(SQLModel, table=True):
+    """One change of a trunk's monitored state (``admin_api.trunk_monitor``): the trunk's history.
+
+    No foreign key to ``sip_trunks``: deleting a trunk deletes its history in the same transaction (so a new trunk
+    that SQLite gives the same id starts with none), and a worker's late write for a trunk just deleted must not
+    fail on a constraint.  ``trunk_name`` keeps the row readable on its own (logs, exports)."""
+
+    __tablename__ = "trunk_state_events"
+
+    id: int | None = Field(default=None, primary_key=True)
+    trunk_id: int = Field(index=True)
+    trunk_name: str = Field(default="", max_length=40)
+    state: str = Field(max_length=16)
+    """up | down | rejected | registering | unknown | disabled"""
+    previous: str = Field(default="", max_length=16)
+    """The state before this change ('' for the first one recorded)."""
+    detail: str = Field(default="", max_length=200)
+    """Why, in Asterisk's terms (qualify unanswered, registration rejected, AMI unreachable, ...); never call data."""
+    at: datetime = Field(default_factory=utcnow, index=True)

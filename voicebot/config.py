@@ -79,6 +79,13 @@ class Settings:
     dialplan_dial_targets: str = ""
     """Comma-separated dial strings (e.g. ``PJSIP/reception``) that IVR designers may use in ``Dial()``; besides
     them designers may only Dial ``Local/<exten>@<context>`` of the dialplan.  Admins may dial anything."""
+    trunk_qualify_s: int = 60
+    """Seconds between the SIP OPTIONS pings (qualify) Asterisk sends each trunk: how soon a dead trunk is seen."""
+    trunk_resync_s: float = 30.0
+    """Seconds between full re-reads of every trunk's state through AMI, beside the events (heals a missed one)."""
+    channel_capacity: int = 0
+    """Calls this system carries at once (trunk channels, CPU): campaigns keep their ``reserve_inbound`` of them
+    free for callers.  0: unknown, and the reserve is not applied."""
 
     # --- media transport (ExternalMedia RTP between Asterisk and Eva) ---
     media_host: str = "127.0.0.1"

@@ -134,6 +134,12 @@ class Gauge(_Metric):
     def dec(self, amount: float = 1.0, **labels: str) -> None:
         self.inc(-amount, **labels)
 
+    def remove(self, **labels: str) -> None:
+        """Drop the series with these labels (what it measured is gone, e.g. a deleted trunk)."""
+        key = self._key(labels)
+        with self._lock:
+            self._values.pop(key, None)
+
     def set_function(self, function: Callable[[], float] | None) -> None:
         """Compute the (label-less) value when scraped; ``None`` returns to stored values."""
         if self.labelnames:
@@ -314,6 +320,15 @@ LLM_PROMPT_EVAL_SECONDS = REGISTRY.histogram(
 INGESTION_QUEUE = REGISTRY.gauge(
     "eva_ingestion_queue", "Knowledge documents accepted but not yet indexed (pending or processing)."
 )
+
+# --- telephony (admin_api/trunk_monitor.py) ----------------------------------------------------------------
+TRUNK_UP = REGISTRY.gauge(
+    "eva_trunk_up", "1 while a SIP trunk is up (answers qualify and, if it registers, is registered), else 0.",
+    ("trunk",))
+TRUNK_STATE_CHANGES_TOTAL = REGISTRY.counter(
+    "eva_trunk_state_changes_total",
+    "Changes of a SIP trunk's state, by trunk and new state (up, down, rejected, registering, unknown, disabled).",
+    ("trunk", "state"))
 
 # --- admin API --------------------------------------------------------------------------------------------
 HTTP_REQUESTS_TOTAL = REGISTRY.counter(

@@ -82,6 +82,8 @@ class EvaRuntime:
         self.with_api = with_api
         self.engine: Engine | None = None
         self.voice: VoiceApp | None = None
+        self.dialer: Any = None
+        """The campaign dialer (``voicebot.campaigns.dialer.Dialer``); closed before the voice app it follows."""
         self.closers: list[Any] = []
         self._api_runner: Any = None
         self.components: dict[str, Any] = {}
@@ -110,6 +112,7 @@ class EvaRuntime:
         self.voice = VoiceApp(settings, engine, ari, stt, tts, responder, _resolver(engine))
         self.voice.flows.llm = self.components.get("llm")  # flows extract values from free speech with it
         await self.voice.start()
+        await self._start_dialer(engine)
         await self._start_channels(engine)
         if self.with_api:
             await self._start_api(engine)
@@ -193,6 +196,17 @@ class EvaRuntime:
         if evaluated:
             log.info("prefilled agent prompts: %d tokens in %.1fs", evaluated, time.monotonic() - started)
 
+    async def _start_dialer(self, engine: Engine) -> None:
+        """The campaign dialer: places running voice campaigns' calls through the voice app's ARI connection."""
+        from voicebot.campaigns.dialer import Dialer, voicemail_sounds
+
+        assert self.voice is not None
+        self.dialer = Dialer(engine, self.voice.ari, worker=self.voice.worker, listeners=self.voice.listeners,
+                             responder_wrappers=self.voice.responder_wrappers, stasis_gates=self.voice.stasis_gates,
+                             voicemail_sound=voicemail_sounds(self.settings, self.components["tts"]),
+                             channel_capacity=self.settings.channel_capacity or None)
+        await self.dialer.start()
+
     async def _start_channels(self, engine: Engine) -> None:
         """WhatsApp and e-mail (channels/): the IMAP poller runs when EVA_IMAP_HOST is set."""
         from channels.runtime import start_channels
@@ -256,6 +270,9 @@ class EvaRuntime:
         if self._api_runner is not None:
             await self._api_runner.cleanup()
             self._api_runner = None
+        if self.dialer is not None:  # before the voice app: ringing attempts end on its ARI events
+            await self.dialer.close()
+            self.dialer = None
         if self.voice is not None:
             await self.voice.close()
             self.voice = None

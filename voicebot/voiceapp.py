@@ -179,6 +179,14 @@ class VoiceApp:
         self._media_ready: dict[str, asyncio.Future[None]] = {}
         self._playbacks: dict[str, asyncio.Future[None]] = {}
         """Playback id → resolved when Asterisk reports it finished (see :meth:`_play_and_hangup`)."""
+        self.listeners: list[Callable[[AriEvent], None]] = []
+        """Called (synchronously, must not block) with every ARI event first: the campaign dialer follows the
+        channels it originated through them, also before they are answered."""
+        self.responder_wrappers: dict[str, Callable[[Responder], Responder]] = {}
+        """Channel id → wraps that call's responder (the dialer's do-not-call guard on campaign calls)."""
+        self.stasis_gates: dict[str, Callable[[], None]] = {}
+        """Channel id → called instead of starting a call on the channel's next Stasis entry (once): the dialer
+        sends an answered campaign call through answering-machine detection first."""
         self.worker = f"{socket.gethostname()}:{settings.ari_app}"
         self.transfer_context = "eva-inbound"
         self.session_config = SessionConfig(
@@ -226,6 +234,11 @@ class VoiceApp:
 
     # ------------------------------------------------------------------ events
     async def on_event(self, event: AriEvent) -> None:
+        for listener in self.listeners:
+            try:
+                listener(event)
+            except Exception:  # one listener's bug must not stop calls
+                log.exception("ARI event listener failed")
         if event.type == "PlaybackFinished":
             finished = self._playbacks.get(event.playback_id)
             if finished is not None and not finished.done():
@@ -239,6 +252,10 @@ class VoiceApp:
                 waiter = self._media_ready.pop(channel.id, None)
                 if waiter is not None and not waiter.done():
                     waiter.set_result(None)
+                return
+            gate = self.stasis_gates.pop(channel.id, None)
+            if gate is not None:
+                gate()
                 return
             # A channel already known here left Stasis (a transfer) and came back: a new session.  The old one
             # is ending on its own; its row is left as it is.
@@ -320,7 +337,11 @@ class VoiceApp:
                     log.error("call %d: no speech model for %s: %s", live.call_id, language, exc.message)
             for_language = getattr(self.stt, "for_language", None)
             stt = for_language(language) if for_language is not None else self.stt
-            live.session = CallSession(ctx, transport, stt, self.tts, self._call_responder(live, agent),
+            responder = self._call_responder(live, agent)
+            wrap = self.responder_wrappers.get(live.channel_id)
+            if wrap is not None:
+                responder = wrap(responder)
+            live.session = CallSession(ctx, transport, stt, self.tts, responder,
                                        _AriCallControl(self, live), persist, config)
             transport = None  # the session owns (and closes) it now
             limit = asyncio.get_running_loop().call_later(self.settings.max_call_seconds, live.session.end,

@@ -5,7 +5,7 @@ do-not-call list, global (``/dnc``) and per campaign.  The database work is in `
 Roles: viewers read; designers create and change campaigns, import, pause, cancel and add numbers to the
 do-not-call list; starting or resuming a campaign places calls that cost money and reach people, so it is for
 admins (as ``POST /calls/outgoing`` is), and so is taking a number off the do-not-call list (someone asked not to
-be called).  Nothing dials yet: the dialer that acts on a running campaign is the next piece.
+be called).  A running WhatsApp or e-mail campaign is sent by ``voicebot.campaigns.senders`` (in ``eva run``).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import asyncio
 from datetime import UTC
 from typing import Annotated, Any, Literal
 
+from aiohttp import web
 from pydantic import AwareDatetime, BaseModel, Field, StringConstraints
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
@@ -23,7 +24,7 @@ from admin_api.handlers.common import paginate, read_form
 from admin_api.schemas import Id, Input, Output, Pagination, Slug, Text200, Text2000, Timestamp
 from models import utcnow
 from models.campaigns import Campaign, CampaignEntry, DncEntry
-from voicebot.campaigns import store
+from voicebot.campaigns import reports, store
 from voicebot.campaigns.importer import MAX_FILE_BYTES, MAX_ROWS, parse_csv
 from voicebot.campaigns.phones import to_e164
 from voicebot.campaigns.rules import CampaignRules
@@ -159,6 +160,44 @@ class ArmStats(Output):
     reached: int
     reach_rate: float | None
     outcomes: dict[str, int]
+    converted: int = 0
+    """Contacts of the arm that converted (``rules.roi``'s flow variable collected with its value)."""
+    conversion_rate: float | None = None
+
+
+class RateComparison(Output):
+    rate_a: float | None
+    """Per contact of the arm."""
+    rate_b: float | None
+    difference: float | None
+    """rate_b - rate_a."""
+    z: float | None
+    p_value: float | None
+    """Two-sided, of the pooled two-proportion z-test."""
+    significant: bool
+    """p_value < 0.05 (rough with fewer than about 5 successes and 5 failures per arm)."""
+
+
+class ArmComparison(Output):
+    a: str
+    b: str
+    reached: RateComparison
+    conversion: RateComparison
+
+
+class RoiStats(Output):
+    cost_per_attempt: float
+    cost_per_minute: float
+    value_per_conversion: float
+    answered_minutes: float
+    cost: float
+    """attempts x cost_per_attempt + answered_minutes x cost_per_minute."""
+    value: float
+    """conversions x value_per_conversion."""
+    net: float
+    roi: float | None
+    """net / cost (None without a cost)."""
+    cost_per_conversion: float | None
 
 
 class DayStats(Output):
@@ -185,6 +224,11 @@ class CampaignAnalytics(Output):
     outcomes: dict[str, int]
     per_arm: list[ArmStats]
     per_day: list[DayStats]
+    conversions: int = 0
+    conversion_rate: float | None = None
+    comparison: ArmComparison | None = None
+    """Arm B against arm A, when the campaign has two arms."""
+    roi: RoiStats | None = None
 
 
 class DncIn(Input):
@@ -196,6 +240,9 @@ class DncIn(Input):
 class DncOut(Output):
     id: int
     phone: str
+    """'' for an e-mail address's entry."""
+    email: str | None = None
+    """The blocked address of someone who unsubscribed by e-mail."""
     campaign_id: int | None
     source: str
     note: str
@@ -343,12 +390,22 @@ async def import_contacts(ctx: Ctx, campaign_id: int) -> ImportReport:
 
 
 @router.get("/campaigns/{campaign_id}/analytics", role="viewer",
-            summary="Attempts, contacts reached, outcomes, per A/B arm and per day")
+            summary="Attempts, contacts reached, outcomes, conversions, per A/B arm (compared) and per day, ROI")
 async def campaign_analytics(ctx: Ctx, campaign_id: int) -> CampaignAnalytics:
     def load(session: Session) -> dict[str, Any]:
-        return store.analytics(session, store.get_campaign(session, campaign_id))
+        campaign = store.get_campaign(session, campaign_id)
+        return reports.extend(session, campaign, store.analytics(session, campaign))
 
     return CampaignAnalytics.model_validate(await ctx.services.db(load))
+
+
+@router.get("/campaigns/{campaign_id}/analytics.csv", role="viewer",
+            response_media={"text/csv": {"type": "string"}},
+            summary="Every attempt of a campaign as CSV (cells that a spreadsheet would run as formulas are quoted)")
+async def campaign_attempts_csv(ctx: Ctx, campaign_id: int) -> web.StreamResponse:
+    text = await ctx.services.db(lambda s: reports.export_csv(s, store.get_campaign(s, campaign_id)))
+    return web.Response(text=text, content_type="text/csv", charset="utf-8",
+                        headers={"Content-Disposition": f'attachment; filename="campaign-{campaign_id}.csv"'})
 
 
 # ------------------------------ do-not-call -------------------------------------------------------

@@ -7,6 +7,7 @@ from sqlmodel import Session, col, select
 
 from admin_api.dialplans import NAME_PATTERN
 from admin_api.framework import ApiRouter, Ctx
+from admin_api.handlers.common import paginate
 from admin_api.schemas import (
     DialplanApplied,
     DialplanOut,
@@ -18,11 +19,15 @@ from admin_api.schemas import (
     FlowRunPage,
     FlowRunQuery,
     FlowUpdate,
+    Pagination,
     TrunkCreate,
+    TrunkHistoryPage,
     TrunkOut,
+    TrunkStateEventOut,
     TrunkStatusOut,
     TrunkUpdate,
 )
+from admin_api.trunk_monitor import history_query, recent_changes
 from admin_api.trunks import endpoint_name
 from models import FlowRun, SipTrunk
 
@@ -75,11 +80,38 @@ async def delete_trunk(ctx: Ctx, trunk_id: int) -> None:
     "/sip/trunks/{trunk_id}/status",
     role="viewer",
     errors=(502,),
-    summary="Endpoint and registration state from Asterisk (AMI)",
+    summary="The trunk's monitored state (up, down, rejected, ...) since when, its calls now and today, its last "
+    "state changes, and Asterisk's endpoint and registration details (AMI)",
 )
 async def trunk_status(ctx: Ctx, trunk_id: int) -> TrunkStatusOut:
     trunk = await ctx.services.trunks.get(trunk_id)
-    return TrunkStatusOut.model_validate(await ctx.services.trunks.status(trunk))
+    live = await ctx.services.trunks.status(trunk)
+    monitor = ctx.services.trunk_monitor
+    snapshot = monitor.snapshot(trunk_id) if monitor is not None else None
+    recent = await ctx.services.db(lambda session: recent_changes(session, trunk_id))
+    if snapshot is not None:
+        monitored = {"state": snapshot.state, "state_detail": snapshot.detail, "since": snapshot.since,
+                     "active_calls": snapshot.active_calls, "calls_today": snapshot.calls_today,
+                     "calls_counted_since": snapshot.calls_counted_since}
+    else:
+        # No monitor (offline API), or a trunk created a moment ago that it has not read yet.
+        state = "disabled" if not trunk.enabled else "unknown"
+        detail = ("not monitored: this API does not control an Asterisk" if monitor is None
+                  else "not read from Asterisk yet")
+        monitored = {"state": state, "state_detail": detail, "since": None,
+                     "active_calls": 0, "calls_today": 0, "calls_counted_since": None}
+    return TrunkStatusOut.model_validate({
+        **live, **monitored, "monitored": monitor is not None,
+        "recent_changes": [TrunkStateEventOut.model_validate(r) for r in recent]})
+
+
+@trunks.get("/sip/trunks/{trunk_id}/history", role="viewer",
+            summary="The trunk's state changes, newest first (kept while the trunk exists)")
+async def trunk_history(ctx: Ctx, trunk_id: int, query: Pagination) -> TrunkHistoryPage:
+    await ctx.services.trunks.get(trunk_id)
+    rows, total = await ctx.services.db(lambda session: paginate(session, history_query(trunk_id), query))
+    return TrunkHistoryPage(items=[TrunkStateEventOut.model_validate(r) for r in rows], total=total,
+                            limit=query.limit, offset=query.offset)
 
 
 # ------------------------------ dialplans ---------------------------------------------------------

@@ -87,8 +87,10 @@ MAX_MARKER_LINE = 1_000
 and skipping long ones keeps every test on them cheap."""
 MAX_COURTESY_LINE = 200
 """A greeting or sign-off line is short."""
-_UNSAFE_CODECS = frozenset({"punycode", "idna"})
-"""Text codecs with super-linear decoders: a body declared in them is read as UTF-8 instead."""
+_UNSAFE_CODECS = frozenset({"punycode", "idna", "unicode-escape", "raw-unicode-escape", "utf-7"})
+"""Codecs no mail charset should name: super-linear decoders (punycode, idna), Python's escape decoders (they
+interpret the sender's backslashes and warn on bad ones) and UTF-7 (a classic way to smuggle markup);
+a body declared in them is read as UTF-8 instead."""
 
 _MSGID_RE = re.compile(r"<[^<>\s]+>")
 _CONTENT_TYPE_RE = re.compile(r"[a-z0-9][a-z0-9!#$&^_.+-]{0,63}/[a-z0-9][a-z0-9!#$&^_.+-]{0,63}")

@@ -82,6 +82,7 @@ from voicebot.agent.core import SEARCH_KNOWLEDGE, AgentCore, Citation
 from voicebot.agent.store import AgentStore, get_agent_by_name, normalize_email
 from voicebot.analysis import Analyzer
 from voicebot.analysis.worker import record as record_analysis
+from voicebot.campaigns.replies import answer_opt_out
 from voicebot.config import Settings
 from voicebot.errors import EmailError, EvaError, InvalidInput, NotFound, Unavailable
 from voicebot.flows.conversation import ConversationFlows
@@ -440,10 +441,14 @@ class EmailService:
             await self._attach(turn.conversation_id, turn.user_message_id, mail.attachments)
         else:
             conversation_id = await self._thread(agent, contact, mail)
+            # "Unsubscribe": the do-not-call list and a confirmation, stored as this mail's turn, instead of a reply.
+            opted = await answer_opt_out(self._db, channel=CHANNEL, address=key.sender,
+                                         conversation_id=conversation_id, text=text, external_id=mail.message_id,
+                                         agent=agent)
             # A conversation set aside waits for its person, whatever the new mail is about (no model time spent).
-            if await self._db(lambda s: store.needs_human(s, conversation_id)):
+            if opted is None and await self._db(lambda s: store.needs_human(s, conversation_id)):
                 return await self._hold(conversation_id, mail, text, triage.Decision(None), key)
-            decision = await self._triage(mail, text)
+            decision = triage.Decision(None) if opted is not None else await self._triage(mail, text)
             if decision.held:
                 return await self._hold(conversation_id, mail, text, decision, key)
             if decision.agent_id is not None and decision.agent_id != agent.id:
@@ -452,10 +457,12 @@ class EmailService:
                 routed: Agent | None = await self._db(lambda s: store.assign_agent(s, conversation_id, routed_id))
                 agent = routed or agent
             flowed = None
-            if self.flows is not None:
+            if self.flows is not None and opted is None:
                 flowed = await self.flows.handle(agent, contact, CHANNEL, text, conversation_id=conversation_id,
                                                  external_id=mail.message_id, caller=key.sender)
-            if flowed is not None:
+            if opted is not None:
+                reply_text, assistant_id, user_id = opted.text, opted.assistant_message_id, opted.user_message_id
+            elif flowed is not None:
                 reply_text, assistant_id = flowed.text, flowed.assistant_message_id
                 user_id = flowed.user_message_id
             else:

@@ -95,6 +95,7 @@ from models import Agent, Contact, Conversation, InboundMessage, Message
 from models.db import durable_session_scope, session_scope
 from voicebot.agent.core import SEARCH_KNOWLEDGE, AgentCore
 from voicebot.agent.store import AgentStore, normalize_whatsapp_id
+from voicebot.campaigns.replies import answer_opt_out, campaign_agent
 from voicebot.config import Settings
 from voicebot.errors import Conflict, DocumentError, EvaError, InvalidInput, Unavailable, WhatsAppError
 from voicebot.flows.conversation import ConversationFlows
@@ -491,6 +492,9 @@ class WhatsAppService:
                                                              verified=True)
         assert agent.id is not None and contact.id is not None
         contact_id = contact.id
+        # Someone answering a campaign's template talks on with the campaign's agent, in its conversation.
+        answering: Agent | None = await self._db(lambda s: campaign_agent(s, CHANNEL, contact_id, CONVERSATION_WINDOW))
+        agent = answering or agent
         turn = await self._db(lambda s: store.find_turn(s, CHANNEL, row.external_id, contact_id=contact_id))
         if turn is not None and turn.answered:
             return turn.conversation_id  # answered before a crash, only the bookkeeping was lost
@@ -534,11 +538,16 @@ class WhatsAppService:
                     # Kept on the inbox row: a retry after a crash answers these words, not the audio again.
                     row_id, row.text = row.id, heard
                     await self._db(lambda s: _set_text(s, row_id, heard))
+            # "STOP": the do-not-call list and a confirmation, stored as this message's turn, instead of a reply.
+            opted = await answer_opt_out(self._db, channel=CHANNEL, address=wa_id, conversation_id=conversation_id,
+                                         text=row.text, external_id=row.external_id, agent=agent)
             flowed = None
-            if row.text.strip() and self.flows is not None:
+            if opted is None and row.text.strip() and self.flows is not None:
                 flowed = await self.flows.handle(agent, contact, CHANNEL, row.text, conversation_id=conversation_id,
                                                  external_id=row.external_id, caller=wa_id)
-            if flowed is not None:
+            if opted is not None:
+                text, assistant_id = opted.text, opted.assistant_message_id
+            elif flowed is not None:
                 text, assistant_id = flowed.text, flowed.assistant_message_id
             elif row.text.strip():
                 done = await self.core.respond(agent, contact, CHANNEL, row.text, conversation_id=conversation_id,

@@ -13,7 +13,7 @@ from sqlmodel import Session, select
 
 from models import Agent, Category, Contact, Conversation, Message
 from models.db import session_scope
-from voicebot.analysis import Analyzer
+from voicebot.analysis import Analyzer, CategorySpec
 from voicebot.analysis.worker import AnalysisWorker, claim, model_busy
 from voicebot.llm.base import ChatMessage, Done, GenerationOptions, LanguageModel, LlmEvent, TextDelta, ToolSpec
 from voicebot.llm.embedded import EmbeddedLLM
@@ -207,3 +207,18 @@ async def test_the_model_counts_as_busy_while_a_call_is_up_or_a_reply_generates(
         await task
     await asyncio.sleep(0.05)
     assert qwen.in_flight == 0
+
+
+async def test_after_a_call_uses_the_model_an_analysis_evaluates_only_the_new_message(qwen: EmbeddedLLM) -> None:
+    """Instructions and example turns are pinned in the KV cache: a reply for someone else in between (a call's
+    turn) does not make the next analysis evaluate them again."""
+    categories = [CategorySpec(name, description) for name, description in CATEGORIES]
+    analyzer = Analyzer(qwen)
+    await analyzer.analyze("Do you have this in blue?", categories)
+    between = qwen.stream([ChatMessage("system", "You are a pirate who answers in one short line."),
+                           ChatMessage("user", "Where is the treasure?")], options=GenerationOptions(max_tokens=8))
+    async for _event in between:
+        pass
+    await analyzer.analyze("My router keeps dropping the connection every evening.", categories)
+    evaluated, _seconds = qwen.last_prompt_eval
+    assert evaluated < 40, evaluated  # the message and the reply header, not the ~300 tokens before them

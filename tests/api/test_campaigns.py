@@ -142,7 +142,8 @@ async def test_status_transitions_and_their_conflicts(api: Api) -> None:
     mail = (await make_campaign(api, name="mail", channel="email", agent_id=agent_id))["id"]
     await upload(api, mail, "phone\n+34600000001\n")
     status, body = await api.call("POST", f"/api/v1/campaigns/{mail}/start")
-    assert (status, body["error"]["code"]) == (409, "campaign_channel_unsupported")
+    assert (status, body["error"]["code"], body["error"]["field"]) == (409, "campaign_incomplete",
+                                                                       "rules.email_template")
     assert (await api.call("DELETE", f"/api/v1/campaigns/{cid}", role="designer"))[0] == 204
 
 

@@ -55,7 +55,7 @@ EXPECTED: dict[tuple[str, str], str | None] = {
     # SIP trunks: admins change them (they carry credentials and cost money)
     ("GET", "/api/v1/sip/trunks"): V, ("POST", "/api/v1/sip/trunks"): A, ("GET", "/api/v1/sip/trunks/{trunk_id}"): V,
     ("PATCH", "/api/v1/sip/trunks/{trunk_id}"): A, ("DELETE", "/api/v1/sip/trunks/{trunk_id}"): A,
-    ("GET", "/api/v1/sip/trunks/{trunk_id}/status"): V,
+    ("GET", "/api/v1/sip/trunks/{trunk_id}/status"): V, ("GET", "/api/v1/sip/trunks/{trunk_id}/history"): V,
     # dialplans and flows: designers
     ("GET", "/api/v1/dialplans"): V, ("GET", "/api/v1/dialplans/{name}"): V, ("PUT", "/api/v1/dialplans/{name}"): D,
     ("DELETE", "/api/v1/dialplans/{name}"): D,
@@ -98,6 +98,7 @@ EXPECTED: dict[tuple[str, str], str | None] = {
     ("GET", "/api/v1/campaigns/{campaign_id}/contacts"): V,
     ("POST", "/api/v1/campaigns/{campaign_id}/contacts/import"): D,
     ("GET", "/api/v1/campaigns/{campaign_id}/analytics"): V,
+    ("GET", "/api/v1/campaigns/{campaign_id}/analytics.csv"): V,
     # do-not-call: anyone who may write adds a number; only admins take one off (someone asked not to be called)
     ("GET", "/api/v1/dnc"): V, ("POST", "/api/v1/dnc"): D, ("DELETE", "/api/v1/dnc/{dnc_id}"): A,
     ("GET", "/api/v1/campaigns/{campaign_id}/dnc"): V, ("POST", "/api/v1/campaigns/{campaign_id}/dnc"): D,

@@ -254,3 +254,12 @@ def test_an_address_with_line_breaking_characters_is_refused_and_a_name_cleaned(
     parsed = parse_email(f"From: An{odd}na <anna@example.org>\r\n\r\nhi".encode())
     assert parsed.sender_name in ("An na", "Anna")
     assert build_reply(parsed, "ok", sender="eva@shop.example")["To"] == f"{parsed.sender_name} <anna@example.org>"
+
+
+@pytest.mark.parametrize("charset", ["unicode_escape", "raw_unicode_escape", "utf-7", "punycode"])
+def test_a_body_declared_in_a_codec_no_mail_uses_is_read_as_utf8(charset: str) -> None:
+    raw = (b"From: Ada <ada@example.org>\r\nTo: eva@shop.example\r\nMessage-ID: <c@example.org>\r\n"
+           b"MIME-Version: 1.0\r\nContent-Type: text/plain; charset=" + charset.encode() + b"\r\n\r\n"
+           b"Hi \\x00 +ADw-script+AD4- there\r\n")
+    mail = parse_email(raw)
+    assert "\\x00" in mail.text and "+ADw-script" in mail.text  # the sender's bytes, not what the codec makes of them

@@ -244,7 +244,7 @@ async def test_agent_failure_is_apologised_for_and_the_call_goes_on(
         "100", Action("play", when_quiet=0.8, path=str(question)), Action("play", when_quiet=0.8, path=str(question)),
         Action("hangup", when_quiet=2.5), timeout=30))
     text = transcribe(whisper, load(result.record_path)).lower()
-    assert "something went wrong" in text, text
+    assert "went wrong on my side" in text, text  # Whisper sometimes hears "something" as "thing"
     assert "second time lucky" in text, text
 
 

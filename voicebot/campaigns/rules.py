@@ -23,8 +23,11 @@ WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
 WindowText = Annotated[str, StringConstraints(pattern=r"^([01]\d|2[0-3]):[0-5]\d-(([01]\d|2[0-3]):[0-5]\d|24:00)$")]
 RetryOutcome = Literal["busy", "no_answer", "failed", "voicemail"]
-OUTCOMES = ("answered", "busy", "no_answer", "failed", "voicemail", "dnc_skipped")
-"""Every way an attempt ends."""
+OUTCOMES = ("answered", "busy", "no_answer", "failed", "voicemail", "dnc_skipped", "sent", "uncertain")
+"""Every way an attempt ends (``sent``/``uncertain``: a WhatsApp or e-mail campaign's message went out, or may
+have: a timeout, a crash during the send; an uncertain attempt is never sent again automatically)."""
+REACHED = frozenset({"answered", "sent"})
+"""Outcomes that count as the contact reached (a call answered, a campaign message accepted for delivery)."""
 CHANNELS = ("voice", "whatsapp", "email")
 STATUSES = ("draft", "running", "paused", "cancelled", "completed")
 MAX_ATTEMPTS = 10
@@ -92,6 +95,42 @@ class Breaker(Rules):
     failure_ratio: float = Field(default=0.5, gt=0.0, le=1.0)
 
 
+VariableName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9_]{1,64}$")]
+
+
+class WhatsAppTemplate(Rules):
+    """The approved template a WhatsApp campaign sends (the Cloud API allows nothing else to a contact who has not
+    written in the last 24 hours)."""
+
+    name: Annotated[str, StringConstraints(pattern=r"^[a-z0-9_]{1,512}$")]
+    language: Annotated[str, StringConstraints(pattern=r"^[a-z]{2,3}(_[A-Z]{2,4})?$")] = "en"
+    parameters: list[VariableName] = Field(default_factory=list, max_length=20)
+    """The contact variables (import columns, or ``name``) that fill the body's ``{{1}}``, ``{{2}}``... in order."""
+
+
+class Roi(Rules):
+    """What the admin says a campaign costs and earns, for the analytics' return on investment (per campaign:
+    trunks differ in price, but one campaign dials on one trunk and its failover, so its own price is simpler)."""
+
+    cost_per_minute: float = Field(default=0.0, ge=0.0, le=1_000_000.0)
+    """Of answered calls (their duration)."""
+    cost_per_attempt: float = Field(default=0.0, ge=0.0, le=1_000_000.0)
+    """Of every attempt placed or message sent (do-not-call skips cost nothing)."""
+    value_per_conversion: float = Field(default=0.0, ge=0.0, le=1_000_000_000.0)
+    conversion_variable: VariableName | None = None
+    """A conversion: an attempt whose conversation's flow collected this variable..."""
+    conversion_value: Annotated[str, StringConstraints(max_length=200)] | None = None
+    """...with this value (compared trimmed and case-insensitively; None: any non-empty value)."""
+
+
+class Voicemail(Rules):
+    """Answering-machine detection (Asterisk's ``AMD()``) on a voice campaign's answered calls."""
+
+    message: Annotated[str, StringConstraints(max_length=500)] = ""
+    """Said (synthesized in the agent's language) to a machine once its greeting has ended; '' hangs up without a
+    message."""
+
+
 class CampaignRules(Rules):
     windows: dict[Weekday, Annotated[list[WindowText], Field(max_length=4)]] = Field(
         default_factory=lambda: {k: list(v) for k, v in DEFAULT_WINDOWS.items()}, min_length=1)
@@ -102,6 +141,22 @@ class CampaignRules(Rules):
     arms: list[Arm] = Field(default_factory=list, max_length=2)
     """A/B test: up to two arms, each with its own agent or flow, assigned by weight (none: the campaign's own)."""
     breaker: Breaker = Field(default_factory=Breaker)
+    trunk_ids: list[Annotated[int, Field(ge=1)]] = Field(default_factory=list, max_length=8)
+    """SIP trunks a voice campaign dials through, in order: when one fails (down, unreachable, congested) the same
+    attempt goes at once to the next; busy and no answer never move on.  None: Eva's local carrier."""
+    ring_timeout_s: int = Field(default=30, ge=5, le=120)
+    """How long a call rings before the attempt ends as ``no_answer``."""
+    caller_id: Annotated[str, StringConstraints(pattern=r"^\+?[0-9]{0,20}$")] = ""
+    """The number presented to contacts ('' lets the trunk decide)."""
+    voicemail: Voicemail | None = None
+    """Detect answering machines: a machine is left the message and the attempt ends ``voicemail``; a person goes
+    on to the agent.  Detection listens to the first seconds of every answered call before the agent speaks, so it
+    is off (None) unless asked for."""
+    whatsapp_template: WhatsAppTemplate | None = None
+    """What a WhatsApp campaign sends (required to start one)."""
+    email_template: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,79}$")] | None = None
+    """The name of the e-mail template (``/email/templates``) an e-mail campaign sends (required to start one)."""
+    roi: Roi = Field(default_factory=Roi)
 
     @field_validator("windows")
     @classmethod

@@ -39,7 +39,7 @@ from typing import Literal
 from zoneinfo import ZoneInfo
 
 from voicebot.campaigns.dnc import DncList
-from voicebot.campaigns.rules import WEEKDAYS, Arm, CampaignRules, parse_window, zone
+from voicebot.campaigns.rules import REACHED, WEEKDAYS, Arm, CampaignRules, parse_window, zone
 
 PACING_WINDOW = timedelta(seconds=60)
 IDLE_WAKE = timedelta(seconds=60)
@@ -303,7 +303,7 @@ def plan(campaign: CampaignView, snapshot: Snapshot, dnc: DncList) -> Tick:
 def after_outcome(rules: CampaignRules, *, number: int, outcome: str, now: datetime) -> AfterOutcome:
     """What follows attempt ``number`` of an entry ending with ``outcome``: a retry (a new attempt, due later) while
     the outcome's rule allows more attempts, else the entry's final state."""
-    if outcome == "answered":
+    if outcome in REACHED:  # a call answered, or a campaign message sent
         return AfterOutcome("reached")
     if outcome == "dnc_skipped":
         return AfterOutcome("dnc")

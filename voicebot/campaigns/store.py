@@ -19,10 +19,20 @@ from sqlmodel import Session, col, select
 
 from models import Agent, Contact, Flow
 from models.campaigns import Campaign, CampaignAttempt, CampaignEntry, DncEntry
+from models.trunks import SipTrunk
 from voicebot.campaigns.dnc import DncList
 from voicebot.campaigns.importer import ParsedCsv, Problem
 from voicebot.campaigns.phones import to_e164
-from voicebot.campaigns.rules import DELETABLE, EDITABLE, OUTCOMES, CampaignRules, load_rules, transition, zone
+from voicebot.campaigns.rules import (
+    DELETABLE,
+    EDITABLE,
+    OUTCOMES,
+    REACHED,
+    CampaignRules,
+    load_rules,
+    transition,
+    zone,
+)
 from voicebot.campaigns.scheduler import (
     AfterOutcome,
     CampaignView,
@@ -87,6 +97,9 @@ def _check(session: Session, data: dict[str, Any], campaign_id: int | None) -> N
     for name, where in flows:
         if name is not None and session.exec(select(Flow.id).where(Flow.name == name)).first() is None:
             raise InvalidInput(f"there is no flow named {name!r}", field=where)
+    for index, trunk_id in enumerate(rules.trunk_ids):
+        if session.get(SipTrunk, trunk_id) is None:
+            raise InvalidInput(f"trunk {trunk_id} does not exist", field=f"rules.trunk_ids.{index}")
 
 
 def create_campaign(session: Session, data: dict[str, Any]) -> Campaign:
@@ -137,11 +150,11 @@ def change_status(session: Session, campaign_id: int, action: str, *, now: datet
     campaign = get_campaign(session, campaign_id)
     after = transition(campaign.status, action)
     if action in ("start", "resume"):
-        if campaign.channel != "voice":
-            # Sending WhatsApp templates and e-mails to an audience is not built yet: refuse rather than pretend.
-            raise Conflict(f"{campaign.channel} campaigns cannot run yet (only voice campaigns are dialled)",
-                           code="campaign_channel_unsupported", field="channel")
         rules = load_rules(campaign.rules)
+        if campaign.channel != "voice":
+            from voicebot.campaigns.senders import check_startable  # the text sender's own requirements
+
+            check_startable(session, campaign, rules)
         if campaign.agent_id is None and campaign.flow_name is None and not rules.arms:
             raise Conflict("the campaign has no agent, flow or A/B arms to talk with", code="campaign_incomplete",
                            field="agent_id")
@@ -261,10 +274,11 @@ def apply_import(session: Session, campaign_id: int, parsed: ParsedCsv, *, now: 
 # ------------------------------ do-not-call -------------------------------------------------------
 def load_dnc(session: Session, campaign_id: int | None = None) -> DncList:
     """The global list, and ``campaign_id``'s own (None: every campaign's)."""
-    query = select(DncEntry.phone, DncEntry.campaign_id)
+    query = select(DncEntry.phone, DncEntry.email, DncEntry.campaign_id)
     if campaign_id is not None:
         query = query.where(or_(col(DncEntry.campaign_id).is_(None), col(DncEntry.campaign_id) == campaign_id))
-    return DncList.of(session.exec(query).all())
+    # An e-mail opt-out's address sits in the same sets as numbers: "+<digits>" and "x@y" never collide.
+    return DncList.of((phone or email or "", campaign) for phone, email, campaign in session.exec(query).all())
 
 
 def add_dnc(session: Session, phone: str, *, campaign_id: int | None = None, source: str = "api", note: str = "",
@@ -404,10 +418,10 @@ def analytics(session: Session, campaign: Campaign) -> dict[str, Any]:
         when = started or ended
         if when is not None:
             day_outcomes[when.astimezone(tz).date().isoformat()][outcome] += 1
-        if outcome == "answered":
+        if outcome in REACHED:
             reached.add(entry_id)
             reached_per_arm[arm].add(entry_id)
-            if started is not None and ended is not None:
+            if outcome == "answered" and started is not None and ended is not None:
                 answered_seconds.append((ended - started).total_seconds())
 
     def placed(counts: Counter[str]) -> int:
@@ -428,7 +442,8 @@ def analytics(session: Session, campaign: Campaign) -> dict[str, Any]:
                      "reach_rate": round(len(reached_per_arm[arm]) / entries_per_arm[arm], 4)
                      if entries_per_arm.get(arm) else None,
                      "outcomes": _tally(arm_outcomes[arm])} for arm in arms],
-        "per_day": [{"day": day, "attempts": placed(counts), "reached": counts.get("answered", 0),
+        "per_day": [{"day": day, "attempts": placed(counts),
+                     "reached": sum(counts.get(outcome, 0) for outcome in REACHED),
                      "outcomes": _tally(counts)} for day, counts in sorted(day_outcomes.items())],
     }
 

@@ -1,10 +1,10 @@
-"""``eva campaign list|create|import|status``: outbound campaigns from the host.
+"""``eva campaign list|create|import|start|pause|resume|cancel|status``: outbound campaigns from the host.
 
 ``create`` takes the same configuration as ``POST /api/v1/campaigns`` (the rules -- windows, pacing, retries, A/B
 arms, breaker -- from a JSON file with ``--rules-file``); ``import`` reads a CSV the way the API's import does and
 prints its progress and the report (every row not taken, with its line and reason); ``status`` prints the
-campaign's state, its audience and the outcome counts.  Starting, pausing and cancelling stay in the API for now:
-nothing dials until the dialer exists.
+campaign's state, its audience, the outcome counts, the A/B comparison and the ROI; ``start``, ``pause``,
+``resume`` and ``cancel`` change its status through the same store function (and checks) as the API's routes.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ SHOWN_PROBLEMS = 20
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = sub.add_parser("campaign", help="outbound campaigns: list, create, import contacts, status")
+    parser = sub.add_parser("campaign", help="outbound campaigns: list, create, import contacts, start, pause, status")
     actions = parser.add_subparsers(dest="campaign_command", required=True, metavar="ACTION")
     listing = actions.add_parser("list", help="list campaigns")
     listing.add_argument("--json", action="store_true", help="print JSON")
@@ -50,6 +50,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     load.add_argument("--all", action="store_true", help="list every row not imported (default: the first 20)")
     load.add_argument("--json", action="store_true", help="print the report as JSON")
     load.set_defaults(func=import_cmd)
+
+    for action, text in (("start", "start a draft campaign (it needs contacts, and an agent, flow or arms)"),
+                         ("pause", "pause a running campaign (what is in progress finishes)"),
+                         ("resume", "resume a paused campaign (also after the circuit breaker paused it)"),
+                         ("cancel", "cancel a campaign for good")):
+        change = actions.add_parser(action, help=text)
+        change.add_argument("name")
+        change.set_defaults(func=change_cmd, action=action)
 
     status = actions.add_parser("status", help="a campaign's status, audience and outcomes")
     status.add_argument("name")
@@ -184,12 +192,28 @@ def import_cmd(args: argparse.Namespace) -> int:
     return 0
 
 
-def status_cmd(args: argparse.Namespace) -> int:
+def change_cmd(args: argparse.Namespace) -> int:
+    """Start, pause, resume or cancel: the same transition, with the same checks, as the API's routes."""
+    from models import utcnow
     from models.db import session_scope
     from voicebot.campaigns import store
 
     with session_scope(_engine()) as session:
-        stats = store.analytics(session, _find(session, args.name))
+        campaign = store.change_status(session, _find(session, args.name).id, args.action, now=utcnow())
+        status, channel = campaign.status, campaign.channel
+    print(f"{args.name}: {status}")
+    if args.action in ("start", "resume") and channel != "voice":
+        print(f"  its {channel} messages are sent by `eva run` (the campaign sender), within the campaign's windows")
+    return 0
+
+
+def status_cmd(args: argparse.Namespace) -> int:
+    from models.db import session_scope
+    from voicebot.campaigns import reports, store
+
+    with session_scope(_engine()) as session:
+        campaign = _find(session, args.name)
+        stats = reports.extend(session, campaign, store.analytics(session, campaign))
     if args.json:
         print(json.dumps(stats, indent=2))
         return 0
@@ -202,5 +226,13 @@ def status_cmd(args: argparse.Namespace) -> int:
     for arm in stats["per_arm"]:
         if arm["arm"]:
             print(f"  arm {arm['arm']}: {arm['contacts']} contacts, {arm['attempts']} attempts, "
-                  f"{arm['reached']} reached")
+                  f"{arm['reached']} reached, {arm['converted']} converted")
+    comparison = stats["comparison"]
+    if comparison is not None:
+        for metric in ("reached", "conversion"):
+            got = comparison[metric]
+            if got["p_value"] is not None:
+                print(f"  {metric}: {comparison['b']} - {comparison['a']} = {got['difference']:+.4f} "
+                      f"(p = {got['p_value']:.4f}, {'significant' if got['significant'] else 'not significant'})")
+    print(f"conversions: {stats['conversions']}; cost {stats['roi']['cost']:.2f}, value {stats['roi']['value']:.2f}")
     return 0

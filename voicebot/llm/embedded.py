@@ -429,6 +429,13 @@ class EmbeddedLLM(LanguageModel):
         tokens: list[int] = llama.tokenize(prompt.text.encode("utf-8"), add_bos=False, special=True)
         if tokens[:len(prefix_tokens)] != prefix_tokens:  # a merge across the boundary (never seen): no pin
             prefix_tokens = []
+        elif opts.json_schema is not None and len(job.messages) > 1:
+            # Bookkeeping (message analysis): everything before the message analysed — instructions and example
+            # turns, the same for every message — is pinned, so after a call has used the context only the new
+            # message's own tokens are evaluated.
+            head = build_chat_prompt(job.messages[:-1], job.knowledge, job.tools, opts.language)
+            head_tokens: list[int] = llama.tokenize(head.text.encode("utf-8"), add_bos=False, special=True)
+            prefix_tokens = tokens[:max(len(prefix_tokens), common_prefix(head_tokens, tokens))]
         if len(tokens) + opts.max_tokens > self.n_ctx:
             raise LlmError(f"prompt of {len(tokens)} tokens does not fit the model context ({self.n_ctx} "
                            f"tokens) with max_tokens={opts.max_tokens}")

@@ -57,6 +57,13 @@ class CallScript:
     answer: bool = False
     """Be the callee instead: listen on ``bind_ip:bind_port`` for one call (``uri`` is not dialled), answer it
     and run the actions; ``timeout`` bounds the wait for the call and, again, the call once answered."""
+    refuse: dict[str, int] = field(default_factory=dict)
+    """Callee: numbers (the user part Eva dials) not answered but given this final status instead (486 busy, 503
+    unavailable, ...), or 180: it rings until the caller gives up.  Each such call is listed in ``events`` as
+    ``{"kind": "incoming", "number": ..., "status": ..., "at": <seconds since start>}``."""
+    calls: int = 0
+    """Callee: keep listening (after the answered call, if any) until this many calls came in and ended, or the
+    timeout; 0: the first answered call ends it."""
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))

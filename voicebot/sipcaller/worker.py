@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import sys
 import tempfile
 import time
@@ -31,6 +32,10 @@ class _Call(pj.Call):  # type: ignore[misc]
 
     def onCallState(self, prm: Any) -> None:
         info = self.getInfo()
+        if self in self.worker.refused:  # a call refused or left ringing: not the one the script runs
+            if info.state == pj.PJSIP_INV_STATE_DISCONNECTED:
+                self.worker.others_ended += 1
+            return
         self.worker.on_state(info)
 
     def onCallMediaState(self, prm: Any) -> None:
@@ -50,10 +55,23 @@ class _Account(pj.Account):  # type: ignore[misc]
     def onIncomingCall(self, prm: Any) -> None:
         call = _Call(self, self.worker, prm.callId)
         op = pj.CallOpParam()
+        match = re.search(r"sip:([^@;>]+)@", str(call.getInfo().localUri))
+        number = match.group(1) if match else ""
+        status = self.worker.script.refuse.get(number)
+        if status is not None:
+            self.worker.refused.append(call)
+            self.worker.result.events.append({"kind": "incoming", "number": number, "status": status,
+                                              "at": round(time.monotonic() - self.worker.started, 4)})
+            op.statusCode = status
+            if status < 200:
+                call.answer(op)  # a provisional answer: it rings until the caller cancels
+            else:
+                call.hangup(op)
+            return
         if self.worker.incoming is not None:
             op.statusCode = pj.PJSIP_SC_BUSY_HERE
-            call.hangup(op)
             self.worker.refused.append(call)  # pjsua2 needs the object alive until the call is gone
+            call.hangup(op)
             return
         self.worker.incoming = call
         op.statusCode = pj.PJSIP_SC_OK
@@ -73,6 +91,9 @@ class Worker:
         self.we_hung_up = False
         self.incoming: _Call | None = None
         self.refused: list[_Call] = []
+        self.others_ended = 0
+        """Refused (or left ringing) calls that have ended."""
+        self.started = time.monotonic()
         self._armed_at: float | None = None
         """When the waiting ``when_quiet`` step became next (None: none waits)."""
         self._heard = False
@@ -209,8 +230,11 @@ class Worker:
                 if call is None:
                     call = self.incoming
                     if call is None:
+                        if self.script.calls and self.others_ended >= self.script.calls:
+                            break  # a callee that answers nothing saw every call it expected
                         if now - started > self.script.timeout:
-                            self.result.error = "no call came in before the timeout"
+                            if not self.script.refuse:
+                                self.result.error = "no call came in before the timeout"
                             break
                         continue
                 if self.answered_at is None:
@@ -229,6 +253,10 @@ class Worker:
                     call.hangup(pj.CallOpParam(True))
                     self._drain(ep, 2.0)
                     break
+            # A callee told to expect more calls keeps answering them (refusing, or ringing) after this one.
+            while (self.script.calls and self.others_ended + (self.incoming is not None) < self.script.calls
+                   and time.monotonic() - started < 2 * self.script.timeout):
+                ep.libHandleEvents(10)
         except pj.Error as exc:
             self.result.error = f"pjsua2: {exc.info()}"
         finally:

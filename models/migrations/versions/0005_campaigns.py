@@ -1,4 +1,5 @@
-"""campaigns, campaign_entries, campaign_attempts, dnc_entries: outbound campaigns and the do-not-call list
+"""campaigns, campaign_entries, campaign_attempts, dnc_entries: outbound campaigns and the do-not-call list;
+trunk_state_events: the history of each SIP trunk's monitored state
 
 Revision ID: 0005
 Revises: 0004
@@ -84,6 +85,7 @@ def upgrade() -> None:
         sa.Column("outcome", _text(16), nullable=True),
         sa.Column("sip_cause", _text(64), nullable=False),
         sa.Column("call_id", sa.Integer(), sa.ForeignKey("calls.id"), nullable=True),
+        sa.Column("conversation_id", sa.Integer(), sa.ForeignKey("conversations.id"), nullable=True),
         sa.Column("started_at", _when(), nullable=True),
         sa.Column("ended_at", _when(), nullable=True),
         sa.Column("created_at", _when(), nullable=False),
@@ -91,6 +93,7 @@ def upgrade() -> None:
     op.create_index("ix_campaign_attempts_campaign_id", "campaign_attempts", ["campaign_id"])
     op.create_index("ix_campaign_attempts_entry_id", "campaign_attempts", ["entry_id"])
     op.create_index("ix_campaign_attempts_call_id", "campaign_attempts", ["call_id"])
+    op.create_index("ix_campaign_attempts_conversation_id", "campaign_attempts", ["conversation_id"])
     op.create_index("ix_campaign_attempts_started_at", "campaign_attempts", ["started_at"])
     op.create_index("ix_campaign_attempts_due", "campaign_attempts", ["campaign_id", "outcome", "due_at"])
 
@@ -98,16 +101,34 @@ def upgrade() -> None:
         "dnc_entries",
         sa.Column("id", sa.Integer(), primary_key=True),
         sa.Column("phone", _text(32), nullable=False),
+        sa.Column("email", _text(320), nullable=True),
         sa.Column("campaign_id", sa.Integer(), sa.ForeignKey("campaigns.id"), nullable=True),
         sa.Column("source", _text(16), nullable=False),
         sa.Column("note", _text(200), nullable=False),
         sa.Column("created_at", _when(), nullable=False),
     )
     op.create_index("ix_dnc_entries_campaign_id", "dnc_entries", ["campaign_id"])
+    op.create_index("ix_dnc_entries_email", "dnc_entries", ["email"])
     op.create_index("ix_dnc_entries_phone_campaign", "dnc_entries", ["phone", "campaign_id"])
+
+    # Trunk monitoring (admin_api/trunk_monitor.py): each change of a trunk's state.  No foreign key: a trunk's
+    # history is deleted with it, in the same transaction.
+    op.create_table(
+        "trunk_state_events",
+        sa.Column("id", sa.Integer(), primary_key=True),
+        sa.Column("trunk_id", sa.Integer(), nullable=False),
+        sa.Column("trunk_name", _text(40), nullable=False),
+        sa.Column("state", _text(16), nullable=False),
+        sa.Column("previous", _text(16), nullable=False),
+        sa.Column("detail", _text(200), nullable=False),
+        sa.Column("at", _when(), nullable=False),
+    )
+    op.create_index("ix_trunk_state_events_trunk_id", "trunk_state_events", ["trunk_id"])
+    op.create_index("ix_trunk_state_events_at", "trunk_state_events", ["at"])
 
 
 def downgrade() -> None:
+    op.drop_table("trunk_state_events")
     op.drop_table("dnc_entries")
     op.drop_table("campaign_attempts")
     op.drop_table("campaign_entries")
