@@ -41,12 +41,14 @@ def offline_settings(data_dir: Path, **changes: Any) -> Settings:
 
 
 def seed_principals(engine: Engine) -> tuple[dict[str, int], dict[str, str]]:
-    """One user per role (username = role) and one API key per role."""
+    """One user per role (username = role) and one API key per role.  A database that already has them (a voice
+    runtime shared by several test modules of one worker) keeps its users and gets fresh keys."""
     users: dict[str, int] = {}
     keys: dict[str, str] = {}
     with session_scope(engine) as session:
         for role in ROLES:
-            user = accounts.create_user(session, role, PASSWORD, role, rounds=FAST_ROUNDS)
+            user = accounts.find_user(session, role) or accounts.create_user(session, role, PASSWORD, role,
+                                                                             rounds=FAST_ROUNDS)
             assert user.id is not None
             users[role] = user.id
             _row, keys[role] = accounts.create_api_key(session, f"{role}-key", role)
