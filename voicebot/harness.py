@@ -3,14 +3,20 @@ of ports, so it never disturbs an Eva started with ``make run`` (or another test
 
 from __future__ import annotations
 
+import asyncio
+import errno
 import fcntl
 import os
 import socket
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from voicebot.config import Settings
 from voicebot.secrets import ensure_secrets
+
+if TYPE_CHECKING:
+    from voicebot.sipcaller import CallResult, CallScript
 
 
 def _port_free(port: int, kind: int) -> bool:
@@ -78,8 +84,31 @@ def isolated_settings(data_dir: Path) -> Settings:
                                      stt_multilingual_model=multilingual, **free_port_slot()))
 
 
-def free_udp_port() -> int:
+def free_udp_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind(("127.0.0.1", 0))
+        sock.bind((host, 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def udp_port_bound(host: str, port: int) -> bool:
+    """Someone (a callee process) has bound this UDP port."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            return exc.errno == errno.EADDRINUSE
+        return False
+
+
+async def start_callee(script: CallScript) -> asyncio.Future[CallResult]:
+    """A pjsua2 callee (``script`` with ``bind_ip``/``bind_port``) running, returned once its SIP socket is up
+    (state, not a guessed delay) or it has already ended; the future is its result."""
+    from voicebot.sipcaller import place_call_async
+
+    result = asyncio.ensure_future(place_call_async(script))
+    for _ in range(200):
+        if udp_port_bound(script.bind_ip, script.bind_port) or result.done():
+            break
+        await asyncio.sleep(0.05)
+    return result

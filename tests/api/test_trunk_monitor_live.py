@@ -8,8 +8,6 @@ the first read come from Asterisk's AMI events, as they do in production."""
 from __future__ import annotations
 
 import asyncio
-import errno
-import socket
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -22,7 +20,8 @@ from models.db import make_engine, upgrade
 from tests.api.conftest import Api, start_api
 from voicebot.asterisk.process import Asterisk
 from voicebot.config import Settings
-from voicebot.sipcaller import Action, CallScript, place_call_async
+from voicebot.harness import free_udp_port, start_callee
+from voicebot.sipcaller import Action, CallScript
 
 UP_IP = "127.0.0.24"
 """The live endpoint's own loopback address: the trunk's identify rule must not claim other tests' callers."""
@@ -46,20 +45,8 @@ async def monitored_api(asterisk: Asterisk, eva_settings: Settings, tmp_path: Pa
         engine.dispose()
 
 
-def _free_port(host: str) -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
-def _bound(host: str, port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        try:
-            sock.bind((host, port))
-        except OSError as exc:
-            return exc.errno == errno.EADDRINUSE
-        return False
 
 
 async def _until(api: Api, trunk_id: int, check: Callable[[dict[str, Any]], bool], what: str,
@@ -81,21 +68,17 @@ async def test_a_live_trunk_is_up_a_dead_one_down_and_the_history_shows_the_chan
     seen: list[dict[str, str]] = []
     services.trunk_monitor._ami.on_event("ContactStatus", lambda _m, event: seen.append(dict(event)))
 
-    port = _free_port(UP_IP)
+    port = free_udp_port(UP_IP)
     # The endpoint answers OPTIONS while it runs; it takes one call, hangs it up after 2 s, and exits.
-    callee = asyncio.ensure_future(place_call_async(CallScript(
+    callee = await start_callee(CallScript(
         uri="", answer=True, bind_ip=UP_IP, bind_port=port, timeout=20, record_path="",
-        actions=(Action("hangup", at=2.0),))))
-    for _ in range(200):
-        if _bound(UP_IP, port) or callee.done():
-            break
-        await asyncio.sleep(0.05)
+        actions=(Action("hangup", at=2.0),)))
     try:
         status, live = await api.call("POST", "/api/v1/sip/trunks", json={"name": "mon-up", "host": UP_IP,
                                                                          "port": port})
         assert status == 201, live
         status, dead = await api.call("POST", "/api/v1/sip/trunks", json={"name": "mon-down", "host": DOWN_IP,
-                                                                         "port": _free_port(DOWN_IP)})
+                                                                         "port": free_udp_port(DOWN_IP)})
         assert status == 201, dead
         up = await _until(api, live["id"], lambda s: s["state"] == "up", "the live trunk up")
         assert up["monitored"] is True and "answers SIP OPTIONS" in up["state_detail"], up

@@ -15,8 +15,6 @@ The busy retry is due a minute later (the smallest interval a rule allows); the 
 from __future__ import annotations
 
 import asyncio
-import errno
-import socket
 import time
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
@@ -39,9 +37,10 @@ from voicebot.callcontrol import AriCallControl
 from voicebot.campaigns import store
 from voicebot.campaigns.dialer import Dialer, voicemail_sounds
 from voicebot.campaigns.importer import parse_csv
+from voicebot.harness import free_udp_port, start_callee
 from voicebot.i18n import phrase
 from voicebot.server import EvaRuntime
-from voicebot.sipcaller import Action, CallResult, CallScript, place_call_async
+from voicebot.sipcaller import Action, CallResult, CallScript
 from voicebot.stt.whisper import WhisperStt
 
 pytestmark = [pytest.mark.asterisk, pytest.mark.slow, pytest.mark.asyncio(loop_scope="session")]
@@ -70,33 +69,16 @@ async def api(runtime: EvaRuntime) -> AsyncIterator[Api]:
                 print("  " + " | ".join(str(v) for v in row))
 
 
-def _free_port(host: str) -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
-def _bound(host: str, port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        try:
-            sock.bind((host, port))
-        except OSError as exc:
-            return exc.errno == errno.EADDRINUSE
-        return False
 
 
 async def callee(api: Api, name: str, ip: str, **script: Any) -> tuple[int, asyncio.Future[CallResult]]:
     """A pjsua2 callee listening on ``ip`` and a trunk (through the API) pointing at it; (trunk id, its result)."""
-    port = _free_port(ip)
+    port = free_udp_port(ip)
     status, trunk = await api.call("POST", "/api/v1/sip/trunks", json={"name": name, "host": ip, "port": port})
     assert status == 201, trunk
-    result = asyncio.ensure_future(place_call_async(CallScript(uri="", answer=True, bind_ip=ip, bind_port=port,
-                                                               **script)))
-    for _ in range(200):  # its SIP socket is up (state, not a guessed delay)
-        if _bound(ip, port) or result.done():
-            break
-        await asyncio.sleep(0.05)
+    result = await start_callee(CallScript(uri="", answer=True, bind_ip=ip, bind_port=port, **script))
     return int(trunk["id"]), result
 
 

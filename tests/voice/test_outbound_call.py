@@ -10,8 +10,6 @@ greeting.
 from __future__ import annotations
 
 import asyncio
-import errno
-import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -25,8 +23,9 @@ from tests.api.conftest import Api, start_api
 from tests.voice.conftest import heard_phrase, load, transcribe
 from voicebot.agent import store
 from voicebot.callcontrol import AriCallControl
+from voicebot.harness import free_udp_port, start_callee
 from voicebot.server import EvaRuntime
-from voicebot.sipcaller import Action, CallScript, place_call_async
+from voicebot.sipcaller import Action, CallScript
 from voicebot.stt.whisper import WhisperStt
 
 pytestmark = [pytest.mark.asterisk, pytest.mark.slow, pytest.mark.asyncio(loop_scope="session")]
@@ -50,40 +49,23 @@ async def api(runtime: EvaRuntime) -> AsyncIterator[Api]:
         await api.client.close()
 
 
-def _free_port(host: str) -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
-def _bound(host: str, port: int) -> bool:
-    """Someone (the callee process) has bound this UDP port."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        try:
-            sock.bind((host, port))
-        except OSError as exc:
-            return exc.errno == errno.EADDRINUSE
-        return False
 
 
 async def test_an_outgoing_call_is_answered_and_the_callee_hears_the_agents_greeting(
         api: Api, runtime: EvaRuntime, whisper: WhisperStt, tmp_path: Path) -> None:
     assert runtime.engine is not None
-    port = _free_port(CALLEE_IP)
+    port = free_udp_port(CALLEE_IP)
     status, trunk = await api.call("POST", "/api/v1/sip/trunks", json={"name": "callee", "host": CALLEE_IP,
                                                                        "port": port})
     assert status == 201, trunk
     with session_scope(runtime.engine) as session:
         demo_id = int(store.get_agent_by_name(session, "demo").id or 0)
     # The callee answers, listens to the greeting, and hangs up once Eva has been quiet for a moment.
-    callee = asyncio.ensure_future(place_call_async(CallScript(
+    callee = await start_callee(CallScript(
         uri="", answer=True, bind_ip=CALLEE_IP, bind_port=port, record_path=str(tmp_path / "callee.wav"),
-        timeout=25, actions=(Action("hangup", when_quiet=2.5),))))
-    for _ in range(200):  # the callee's SIP socket is up (state, not a guessed delay)
-        if _bound(CALLEE_IP, port) or callee.done():
-            break
-        await asyncio.sleep(0.05)
+        timeout=25, actions=(Action("hangup", when_quiet=2.5),)))
     status, placed = await api.call("POST", "/api/v1/calls/outgoing", json={
         "agent_id": demo_id, "number": NUMBER, "trunk_id": trunk["id"], "caller_id": "+15550009999",
         "timeout_s": 15})
