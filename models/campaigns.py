@@ -65,7 +65,8 @@ class CampaignEntry(SQLModel, table=True):
     arm: str = Field(default="", max_length=16)
     """The A/B arm it was assigned ('' when the campaign has no arms)."""
     state: str = Field(default="pending", index=True, max_length=16)
-    """pending (an attempt is due or scheduled) | calling | reached | exhausted (retries used up) | dnc"""
+    """pending (an attempt is due or scheduled) | calling | reached | exhausted (retries used up) | dnc |
+    excluded (outside the campaign's segment: kept, with no open attempt, never contacted)"""
     attempts: int = 0
     last_outcome: str | None = Field(default=None, max_length=16)
     created_at: datetime = Field(default_factory=utcnow)
@@ -89,7 +90,8 @@ class CampaignAttempt(SQLModel, table=True):
     lease_until: datetime | None = None
     """A worker dialling it holds it until then (an atomic conditional UPDATE takes it)."""
     outcome: str | None = Field(default=None, max_length=16)
-    """None until it ends: answered | busy | no_answer | failed | voicemail | dnc_skipped"""
+    """None until it ends: answered | busy | no_answer | failed | voicemail | dnc_skipped; or excluded: withdrawn
+    before it started, its entry having left the campaign's segment (reopened if the entry comes back)."""
     sip_cause: str = Field(default="", max_length=64)
     """The SIP status or Q.850 cause of a failed attempt (``486``, ``503``, ``cause 34``)."""
     call_id: int | None = Field(default=None, foreign_key="calls.id", index=True)

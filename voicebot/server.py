@@ -14,7 +14,7 @@ import logging
 import signal
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.engine import Engine
 
@@ -23,6 +23,9 @@ from voicebot.config import Settings
 from voicebot.pipeline.responder import Responder
 from voicebot.secrets import ensure_secrets
 from voicebot.voiceapp import VoiceApp
+
+if TYPE_CHECKING:
+    from voicebot.campaigns.dialer import Dialer
 
 log = logging.getLogger(__name__)
 
@@ -198,14 +201,20 @@ class EvaRuntime:
 
     async def _start_dialer(self, engine: Engine) -> None:
         """The campaign dialer: places running voice campaigns' calls through the voice app's ARI connection."""
+        self.dialer = self.new_dialer(engine)
+        await self.dialer.start()
+
+    def new_dialer(self, engine: Engine) -> Dialer:
+        """A dialer wired to the voice app's hooks (opt-out guard, machine detection, contact variables): one
+        place, so a dialer made again (a restart) cannot miss one."""
         from voicebot.campaigns.dialer import Dialer, voicemail_sounds
 
         assert self.voice is not None
-        self.dialer = Dialer(engine, self.voice.ari, worker=self.voice.worker, listeners=self.voice.listeners,
-                             responder_wrappers=self.voice.responder_wrappers, stasis_gates=self.voice.stasis_gates,
-                             voicemail_sound=voicemail_sounds(self.settings, self.components["tts"]),
-                             channel_capacity=self.settings.channel_capacity or None)
-        await self.dialer.start()
+        return Dialer(engine, self.voice.ari, worker=self.voice.worker, listeners=self.voice.listeners,
+                      responder_wrappers=self.voice.responder_wrappers, stasis_gates=self.voice.stasis_gates,
+                      call_variables=self.voice.call_variables,
+                      voicemail_sound=voicemail_sounds(self.settings, self.components["tts"]),
+                      channel_capacity=self.settings.channel_capacity or None)
 
     async def _start_channels(self, engine: Engine) -> None:
         """WhatsApp and e-mail (channels/): the IMAP poller runs when EVA_IMAP_HOST is set."""

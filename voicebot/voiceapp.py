@@ -16,6 +16,9 @@ agent is done but the dialplan is not (``continue_dialplan``), Eva sets ``EVA_RE
 the channel continues at the priority after ``Stasis()``; like a transferred caller, it is not hung up.
 The caller ID names a contact (with memory across calls and channels) only when the call came in on a trunk
 the admin marked ``verified_caller_id``; otherwise the call remembers only itself.
+A campaign call also carries its contact's variables (:attr:`VoiceApp.call_variables`, registered by the dialer
+for the channel it originates; see :mod:`voicebot.pipeline.variables`): the greeting's ``{contact_<name>}``
+placeholders are filled with them and the call's context hands them to the flow and the agent.
 
 A channel can enter Stasis more than once: a transfer to a number Eva answers brings it back.  Each entry is
 its own session (a new call row, generation + 1), keyed by (channel id, Stasis generation), so the first
@@ -62,6 +65,7 @@ from voicebot.metrics import CALLS_ACTIVE, CALLS_TOTAL, agent_label
 from voicebot.pipeline.responder import CallContext, Responder
 from voicebot.pipeline.session import CallSession, SessionConfig, Stt, Tts
 from voicebot.pipeline.turns import TurnConfig
+from voicebot.pipeline.variables import personalize
 from voicebot.tts.voices import resolve_voice
 
 log = logging.getLogger(__name__)
@@ -184,6 +188,9 @@ class VoiceApp:
         channels it originated through them, also before they are answered."""
         self.responder_wrappers: dict[str, Callable[[Responder], Responder]] = {}
         """Channel id → wraps that call's responder (the dialer's do-not-call guard on campaign calls)."""
+        self.call_variables: dict[str, dict[str, str]] = {}
+        """Channel id → the contact variables of a campaign call (registered by the dialer before it originates,
+        see :mod:`voicebot.pipeline.variables`); honoured only on a channel Eva proved it placed itself."""
         self.stasis_gates: dict[str, Callable[[], None]] = {}
         """Channel id → called instead of starting a call on the channel's next Stasis entry (once): the dialer
         sends an answered campaign call through answering-machine detection first."""
@@ -315,10 +322,16 @@ class VoiceApp:
             language = str(agent.get("language") or "en")
             voice = await asyncio.to_thread(resolve_voice, str(agent.get("voice", "")), language,
                                             self.settings.voices_dir)
+            contact = self.call_variables.get(live.channel_id, {}) if identity.direction == "outbound" else {}
+            if contact:
+                log.info("call %d: %d contact variable(s) from its campaign", live.call_id, len(contact))
+                log.debug("call %d: contact variables %r", live.call_id, contact)
             ctx = CallContext(call_id=live.call_id, channel_id=live.channel_id, caller=live.caller, did=live.did,
                               agent_id=int(agent["id"]), agent_name=live.agent_name,
-                              greeting=str(agent.get("greeting", "")), fallback=str(agent.get("fallback_message", "")),
-                              voice=voice, language=language, caller_verified=verified, flow=flow)
+                              greeting=personalize(str(agent.get("greeting", "")), contact),
+                              fallback=str(agent.get("fallback_message", "")),
+                              voice=voice, language=language, caller_verified=verified, flow=flow,
+                              variables=dict(contact))
 
             async def persist(record: calls.TurnRecord) -> None:
                 await asyncio.to_thread(calls.add_turn, self.engine, live.call_id, record)

@@ -1,5 +1,6 @@
 """Outbound campaigns: create, list, read, replace and delete; start, pause, resume and cancel; import the audience
-from CSV (with a report of every row not taken); the audience with each entry's state; analytics; and the
+from CSV (with a report of every row not taken; rows outside the campaign's segment, ``rules.segment``, are kept as
+``excluded`` and never contacted); the audience with each entry's state; analytics; and the
 do-not-call list, global (``/dnc``) and per campaign.  The database work is in ``voicebot.campaigns.store``.
 
 Roles: viewers read; designers create and change campaigns, import, pause, cancel and add numbers to the
@@ -35,7 +36,8 @@ dnc_router = ApiRouter("dnc")
 
 Channel = Literal["voice", "whatsapp", "email"]
 Status = Literal["draft", "running", "paused", "cancelled", "completed"]
-EntryState = Literal["pending", "calling", "reached", "exhausted", "dnc"]
+EntryState = Literal["pending", "calling", "reached", "exhausted", "dnc", "excluded"]
+"""``excluded``: outside the campaign's segment (``rules.segment``): kept, never contacted."""
 Zone = Annotated[str, StringConstraints(min_length=1, max_length=64)]
 CountryCode = Annotated[str, StringConstraints(pattern=r"^([1-9][0-9]{0,2})?$")]
 DncPhone = Annotated[str, StringConstraints(min_length=1, max_length=40)]
@@ -138,6 +140,9 @@ class ImportReport(Output):
     rows: int
     """Lines with data; each is imported or listed in exactly one of the lists below."""
     imported: int
+    excluded: int = 0
+    """Of the imported rows, those outside the campaign's segment: added as ``excluded`` entries, never contacted
+    (a later change of the segment may bring them in)."""
     blank_lines: int
     encoding: str
     delimiter: str
@@ -156,6 +161,7 @@ class ImportReport(Output):
 class ArmStats(Output):
     arm: str
     contacts: int
+    """Entries of the arm in the segment (excluded ones are never tried)."""
     attempts: int
     reached: int
     reach_rate: float | None
@@ -213,6 +219,8 @@ class CampaignAnalytics(Output):
     status: Status
     status_reason: str
     contacts: int
+    excluded: int = 0
+    """Entries outside the segment (in ``contacts``, in no rate)."""
     entries_by_state: dict[str, int]
     attempts: int
     """Calls placed (attempts that ended, do-not-call skips not counted)."""
@@ -312,7 +320,8 @@ async def get_campaign(ctx: Ctx, campaign_id: int) -> CampaignOut:
 
 
 @router.put("/campaigns/{campaign_id}", role="designer", errors=(409,),
-            summary="Replace a draft or paused campaign's configuration (its audience stays)")
+            summary="Replace a draft or paused campaign's configuration (its audience stays; a changed segment is "
+                    "applied to the entries not yet contacted)")
 async def replace_campaign(ctx: Ctx, campaign_id: int, body: CampaignIn) -> CampaignOut:
     data = campaign_columns(body)
     return await _one(ctx, lambda s: store.replace_campaign(s, campaign_id, data, now=utcnow()))

@@ -49,3 +49,20 @@ def test_campaign_commands(data_dir: Path, capsys: pytest.CaptureFixture[str]) -
     assert json.loads(capsys.readouterr().out)[0]["contacts"] == {"pending": 2}
     assert main(["campaign", "status", "summer"]) == 2
     assert "no campaign named 'summer'" in capsys.readouterr().err
+
+
+def test_a_segment_from_the_command_line(data_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rules = data_dir / "rules.json"
+    rules.write_text(json.dumps({"segment": [{"variable": "city", "op": "eq", "value": "madrid"}]}), encoding="utf-8")
+    assert main(["campaign", "create", "spring", "--country-code", "34", "--rules-file", str(rules)]) == 0
+    listing = data_dir / "list.csv"
+    listing.write_text("phone,city\n600000001, Madrid\n600000002,Bilbao\n", encoding="utf-8")
+    assert main(["campaign", "import", "spring", str(listing)]) == 0
+    out = capsys.readouterr().out
+    assert "imported 2 of 2 rows" in out and "1 of them outside the campaign's segment" in out
+    assert main(["campaign", "status", "spring"]) == 0
+    out = capsys.readouterr().out
+    assert "contacts: 2 (1 excluded, 1 pending)" in out and "1 outside the segment" in out
+    rules.write_text(json.dumps({"segment": [{"variable": "city", "op": "in"}]}), encoding="utf-8")
+    assert main(["campaign", "create", "bad-segment", "--rules-file", str(rules)]) == 2
+    assert "rules.segment.0: Value error, in needs values" in capsys.readouterr().err

@@ -58,3 +58,26 @@ async def test_close_releases_the_port() -> None:
     await transport.close()
     await transport.close()
     assert ports.in_use == 0
+
+
+async def test_the_pacing_stats_tell_the_bots_audio_from_the_silence_between() -> None:
+    """``voiced`` counts the frames of bot audio among those sent (the hostile-payload call test asks whether the
+    bot was speaking, which the count of all frames, silence included, could not tell)."""
+    import socket
+
+    ports = PortAllocator(41020, 41029)
+    transport = RtpTransport(ports)
+    sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sink.bind(("127.0.0.1", 0))
+    transport.set_remote("127.0.0.1", sink.getsockname()[1])
+    audio = [np.full(transport.frame_samples, 1000, dtype=np.int16) for _ in range(5)]
+    await transport.start(lambda samples, at: None, lambda: audio.pop() if audio else None)
+    try:
+        for _ in range(200):
+            if transport.stats.sent >= 10:
+                break
+            await asyncio.sleep(0.02)
+    finally:
+        await transport.close()
+        sink.close()
+    assert transport.stats.sent >= 10 and transport.stats.voiced == 5, transport.stats

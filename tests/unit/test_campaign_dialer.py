@@ -390,6 +390,52 @@ async def test_the_do_not_call_guard_blocks_the_number_says_goodbye_and_hangs_up
 
 
 @pytest.mark.asyncio
+async def test_the_opt_out_key_alone_blocks_the_number_and_other_keys_reach_the_agent(engine: Engine) -> None:
+    from models.campaigns import DncEntry
+    from voicebot.campaigns.oncall import dnc_guard
+    from voicebot.pipeline.dtmf import dtmf_turn_text
+    from voicebot.pipeline.responder import CallContext, CallerInput, ReplyDone, ToolCall
+
+    class Echo:
+        def __init__(self) -> None:
+            self.heard: list[str] = []
+
+        async def respond(self, ctx: CallContext, text: str) -> Any:
+            self.heard.append(text)
+            yield ReplyDone(text="ok")
+
+        async def respond_input(self, ctx: CallContext, event: CallerInput) -> Any:
+            self.heard.append(f"{event.kind}:{event.keys or event.text}")
+            yield ReplyDone(text="ok")
+
+        async def mark_interrupted(self, ctx: CallContext, message_id: int | None, spoken_text: str) -> None:
+            return None
+
+    ctx = CallContext(call_id=8, channel_id="c", caller="+15550001111", did="+15550001111", agent_id=1,
+                      agent_name="a", greeting="", fallback="", language="en")
+    plain = Echo()
+    guard = dnc_guard(engine, "+15550001111", "en", opt_out_digit="9")(plain)
+    assert [e async for e in guard.respond(ctx, dtmf_turn_text("19"))] == [ReplyDone(text="ok")]  # not alone
+    events = [e async for e in guard.respond(ctx, dtmf_turn_text("9"))]
+    assert ToolCall("hang_up") in events
+    assert plain.heard == [dtmf_turn_text("19")]
+    # A flow-aware responder gets the keys as an event: the same key is the opt-out there too.
+    flow = Echo()
+    flow_guard = dnc_guard(engine, "+15550002222", "en", opt_out_digit="#")(flow)
+    assert hasattr(flow_guard, "respond_input")
+    assert [e async for e in flow_guard.respond_input(ctx, CallerInput("dtmf", text="", keys="1"))] == [
+        ReplyDone(text="ok")]
+    assert ToolCall("hang_up") in [e async for e in flow_guard.respond_input(ctx, CallerInput("dtmf", keys="#"))]
+    # Without a configured key, pressing 9 is just a key for the agent.
+    unguarded = Echo()
+    no_key = dnc_guard(engine, "+15550003333", "en")(unguarded)
+    assert [e async for e in no_key.respond(ctx, dtmf_turn_text("9"))] == [ReplyDone(text="ok")]
+    with session_scope(engine) as session:
+        rows = session.exec(select(DncEntry).order_by(col(DncEntry.id))).all()
+        assert [(r.phone, r.source) for r in rows] == [("+15550001111", "dtmf"), ("+15550002222", "dtmf")]
+
+
+@pytest.mark.asyncio
 async def test_answering_machine_detection_leaves_the_message_or_hands_a_person_to_the_agent(
         engine: Engine) -> None:
     gates: dict[str, Any] = {}
@@ -497,3 +543,36 @@ async def test_the_inbound_reserve_counts_callers_on_the_line(engine: Engine) ->
     # 3 channels, 1 kept free, 1 taken by the caller: one campaign call at a time (the peak also counts the
     # caller's channel and its media channel).
     assert ari.peak - 2 == 1 and len(ari.dialled) == 4
+
+
+async def test_campaigns_asking_for_the_same_voicemail_at_once_share_one_whole_file(tmp_path: Path) -> None:
+    """Two campaigns with one message dial at once: one synthesis, and the WAV Asterisk plays is never half
+    written (CI heard an empty voicemail when both wrote the same file side by side)."""
+    import numpy as np
+
+    from voicebot.audio import Audio, read_wav
+    from voicebot.campaigns.dialer import voicemail_sounds
+    from voicebot.config import Settings
+
+    settings = Settings(data_dir=tmp_path)
+    spoken: list[str] = []
+    release = asyncio.Event()
+
+    class SlowTts:
+        async def speak(self, text: str, rate: int, voice: str) -> Audio:
+            spoken.append(text)
+            await release.wait()
+            return Audio(np.full(rate, 1000, dtype=np.int16), rate)
+
+    sound = voicemail_sounds(settings, SlowTts())
+    both = asyncio.gather(sound("Please call us back.", "en", ""), sound("Please call us back.", "en", ""))
+    await asyncio.sleep(0.05)
+    release.set()
+    first, second = await both
+    assert first == second and first.endswith("/sounds/" + Path(first).name)
+    assert spoken == ["Please call us back."]
+    wav = settings.sounds_dir / f"{Path(first).name}.wav"
+    assert len(read_wav(wav).samples) == 8000
+    assert [p.name for p in settings.sounds_dir.iterdir()] == [wav.name]  # no part file left behind
+    wav.unlink()  # an instance folder re-rendered: the next call makes it again
+    assert await sound("Please call us back.", "en", "") == first and wav.exists() and len(spoken) == 2

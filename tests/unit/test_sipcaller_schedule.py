@@ -23,3 +23,10 @@ def test_timed_steps_keep_sorting_by_time_whatever_their_listed_order() -> None:
 def test_a_when_quiet_step_first_in_the_script_is_first() -> None:
     script = (Action("play", when_quiet=1.0, path="a.wav"), Action("hangup", at=30.0))
     assert kinds(script) == ["play@0", "hangup@30"]
+
+
+def test_a_when_heard_step_comes_after_the_steps_listed_before_it() -> None:
+    # The barge-in test: ask at 5 s, then talk over the reply once it has been heard for a second.
+    script = (Action("play", at=5.0, path="q.wav"), Action("play", when_heard=1.0, path="stop.wav"),
+              Action("hangup", at=18.0))
+    assert kinds(script) == ["play@5", "play@0", "hangup@18"]

@@ -35,7 +35,6 @@ from tests.voice.conftest import heard_phrase, load, transcribe_regions
 from voicebot.agent import store as agents
 from voicebot.callcontrol import AriCallControl
 from voicebot.campaigns import store
-from voicebot.campaigns.dialer import Dialer, voicemail_sounds
 from voicebot.campaigns.importer import parse_csv
 from voicebot.harness import free_udp_port, start_callee
 from voicebot.i18n import phrase
@@ -197,8 +196,11 @@ async def test_a_do_not_call_phrase_on_a_call_blocks_later_attempts(
     await until(lambda: all(a.outcome is not None for a, _ in attempts(engine, campaign_id)), 40,
                 "the call ended")
     result = await heard
-    assert result.connected and result.remote_hangup, result  # Eva hung up, after the goodbye
     (attempt, _), = attempts(engine, campaign_id)
+    with session_scope(engine) as session:  # what Eva heard and said, for the failure message
+        turns = [(t.kind, t.user_text, t.bot_text) for t in session.exec(
+            select(CallTurn).where(CallTurn.call_id == attempt.call_id))]
+    assert result.connected and result.remote_hangup, (result, turns)  # Eva hung up, after the goodbye
     assert attempt.outcome == "answered" and attempt.call_id is not None
     with session_scope(engine) as session:
         blocked = session.exec(select(DncEntry).where(DncEntry.phone == number)).all()
@@ -215,6 +217,29 @@ async def test_a_do_not_call_phrase_on_a_call_blocks_later_attempts(
     assert runtime.dialer.dialled == dialled_before  # nobody was dialled for it
     table("dnc", engine, campaign_id)
     table("dnc-later", engine, later)
+
+
+async def test_the_opt_out_key_on_a_call_puts_the_number_on_the_do_not_call_list(
+        api: Api, runtime: EvaRuntime) -> None:
+    engine = runtime.engine
+    assert engine is not None and runtime.dialer is not None
+    number = "+15557020002"
+    # The callee hears the greeting out, then presses 9 (and nothing else: the key alone is the opt-out).
+    trunk_id, heard = await callee(api, "camp-dnc-key", "127.0.0.40", timeout=30,
+                                   actions=(Action("dtmf", digits="9", when_quiet=1.0),))
+    campaign_id = make_campaign(engine, "dialer-dnc-key", [number], trunk_ids=[trunk_id], opt_out_digit="9")
+    await until(lambda: all(a.outcome is not None for a, _ in attempts(engine, campaign_id)), 40,
+                "the call ended")
+    result = await heard
+    assert result.connected and result.remote_hangup, result  # Eva said goodbye and hung up
+    (attempt, _), = attempts(engine, campaign_id)
+    assert attempt.outcome == "answered" and attempt.call_id is not None
+    with session_scope(engine) as session:
+        blocked = session.exec(select(DncEntry).where(DncEntry.phone == number)).all()
+        assert [(d.source, d.campaign_id) for d in blocked] == [("dtmf", None)], blocked
+        said = [t.bot_text for t in session.exec(select(CallTurn).where(CallTurn.call_id == attempt.call_id))]
+    assert any(phrase("campaign_call_opted_out", "en") in text for text in said), said
+    table("dnc-key", engine, campaign_id)
 
 
 async def test_a_trunk_answering_503_fails_over_to_the_next_trunk(api: Api, runtime: EvaRuntime) -> None:
@@ -247,10 +272,7 @@ async def test_a_restart_mid_campaign_dials_nobody_twice_and_loses_no_attempt(
                 "the first call placed")
     # Restart while the first call rings: the old dialer lets it ring out, the new one goes on with the rest.
     await runtime.dialer.close()
-    voice = runtime.voice
-    runtime.dialer = Dialer(engine, voice.ari, worker=voice.worker, listeners=voice.listeners,
-                            responder_wrappers=voice.responder_wrappers, stasis_gates=voice.stasis_gates,
-                            voicemail_sound=voicemail_sounds(runtime.settings, runtime.components["tts"]))
+    runtime.dialer = runtime.new_dialer(engine)
     await runtime.dialer.start()
     await until(lambda: all(a.outcome is not None for a, _ in attempts(engine, campaign_id)), 40,
                 "every attempt ended")
@@ -335,3 +357,47 @@ async def test_throughput_at_the_pacing_limits(api: Api, runtime: EvaRuntime) ->
     print(f"\nthroughput: 20 attempts in {span:.2f} s from first dial to last outcome = {20 / span * 60:.0f} "
           f"attempts/min ({elapsed:.1f} s with start-up; max_concurrent 5, every call busy; over a full minute "
           "max_per_minute caps it)")
+
+
+async def test_a_campaign_calls_flow_greets_the_contact_with_the_imported_name_and_columns(
+        api: Api, runtime: EvaRuntime, whisper: WhisperStt, tmp_path: Path) -> None:
+    """The contact list's name and extra columns reach the answered call: its flow says ``{contact_name}`` and
+    ``{contact_appointment_day}`` and branches on ``contact_vip``; the callee's recording (Whisper) has them."""
+    from models import Flow, FlowRun
+
+    engine = runtime.engine
+    assert engine is not None and runtime.dialer is not None
+    number = "+15557080001"
+    greeting = "Hello Ana, this is about your appointment on Tuesday."
+    with session_scope(engine) as session:
+        session.add(Flow(name="campaign-vars", agent_id=demo_id(engine), start_step="hello", steps=[
+            {"id": "hello", "say": "Hello {contact_name}, this is about your appointment on {contact_appointment_day}.",
+             "branches": [{"when": {"var": "contact_vip", "equals": "yes"}, "next": "vip"}], "next": "bye"},
+            {"id": "vip", "say": "As a gold member, you may bring a guest.", "next": "bye"},
+            {"id": "bye", "say": "Goodbye.", "end": "reminded"}]))
+    trunk_id, heard = await callee(api, "camp-vars", "127.0.0.47", timeout=30, record_path=str(tmp_path / "vars.wav"))
+    with session_scope(engine) as session:
+        campaign = store.create_campaign(session, {
+            "name": "dialer-vars", "flow_name": "campaign-vars", "timezone": "UTC",
+            "rules": {"windows": ALWAYS, "ring_timeout_s": RING_S, "trunk_ids": [trunk_id]}})
+        assert campaign.id is not None
+        campaign_id, now = campaign.id, datetime.now(UTC)
+        csv = f"phone,name,appointment_day,vip\n{number},Ana,Tuesday,yes\n".encode()
+        assert store.apply_import(session, campaign_id, parse_csv(csv), now=now)["imported"] == 1
+        store.change_status(session, campaign_id, "start", now=now)
+    await until(lambda: all(a.outcome is not None for a, _ in attempts(engine, campaign_id)), 40, "the call ended")
+    result = await heard
+    table("variables", engine, campaign_id)
+    (attempt, _), = attempts(engine, campaign_id)
+    with session_scope(engine) as session:
+        said = [t.bot_text for t in session.exec(select(CallTurn).where(CallTurn.call_id == attempt.call_id))]
+        run = session.exec(select(FlowRun).where(FlowRun.call_id == attempt.call_id)).first()
+    assert attempt.outcome == "answered" and attempt.call_id is not None, attempt
+    assert any(greeting in text and "gold member" in text for text in said), said
+    assert run is not None and run.result == "reminded", run
+    assert (run.variables.get("contact_name"), run.variables.get("contact_vip")) == ("Ana", "yes"), run.variables
+    assert result.connected and result.remote_hangup, result  # the flow ended: Eva hung up after speaking
+    spoken = transcribe_regions(whisper, load(result.record_path)).lower()
+    assert heard_phrase(spoken, "hello ana", 0.75), spoken
+    assert heard_phrase(spoken, "your appointment on tuesday", 0.75), spoken
+    assert heard_phrase(spoken, "gold member", 0.75), spoken

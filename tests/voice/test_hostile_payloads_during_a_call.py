@@ -62,7 +62,7 @@ async def test_hostile_mail_and_markdown_while_a_call_speaks_keep_its_audio_pace
             "100", Action("play", at=3.0, path=str(say("Tell me about your company."))), timeout=20)))
         stats = await _pacing_of_the_live_call(runtime)
         await asyncio.sleep(6.0)  # the greeting is over and the long answer is playing
-        sent_before = stats.sent
+        voiced_before = stats.voiced
         mail: object
         async with ParseWorker() as worker:
             try:
@@ -71,7 +71,7 @@ async def test_hostile_mail_and_markdown_while_a_call_speaks_keep_its_audio_pace
                 mail = exc
         document = await kb.ingest_bytes(agent_id, BRACKETS, "brackets.md")
         await kb.wait_idle()
-        sent_during = stats.sent - sent_before
+        voiced_during = stats.voiced - voiced_before
         assert document.id is not None
         status = (await kb.get_document(document.id)).status
         result = await call
@@ -80,7 +80,9 @@ async def test_hostile_mail_and_markdown_while_a_call_speaks_keep_its_audio_pace
     assert result.connected, result
     assert mail is not None
     assert status in ("ready", "failed")
-    assert sent_during > 25, "the call was not speaking while the payloads were processed"
+    # Bot audio went out while the payloads were processed (the window's length depends on the machine: on a fast
+    # one it was 0.5 s, so a frame count that stood for "long enough" failed there).
+    assert voiced_during > 0, "the call was not speaking while the payloads were processed"
     worst = max(max(stats.lateness_ms, default=0.0), stats.longest_stall_ms)
     print(f"\n{stats.sent} frames sent, worst lateness {worst:.1f} ms, {stats.skipped} skipped")
     # The bound: no gap of 100 ms in the caller's audio (a stall of 60 ms already makes the clock skip

@@ -36,7 +36,12 @@ hears the campaign's message (synthesized once with Piper into the instance's so
 (``voicemail``, with AMD's cause).  Every answered campaign call also gets the do-not-call guard
 (:mod:`voicebot.campaigns.oncall`).
 
-Phone numbers are personal data: logged at DEBUG only.
+Contact variables.  Each placed call carries its entry's variables (the contact's name and the import's extra
+columns, bounded by :func:`voicebot.pipeline.variables.call_variables`), registered for the channel in the voice
+app's ``call_variables`` before the originate: the greeting says them, the flow starts with them set and the
+agent's LLM reads them as the call's context.
+
+Phone numbers and contact variables are personal data: logged at DEBUG only.
 """
 
 from __future__ import annotations
@@ -45,19 +50,21 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import os
 import re
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any, Literal
 
 from sqlalchemy import update
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
-from models import Agent, Call
-from models.campaigns import Campaign, CampaignAttempt
+from models import Agent, Call, Contact
+from models.campaigns import Campaign, CampaignAttempt, CampaignEntry
 from models.db import session_scope
 from models.trunks import SipTrunk
 from voicebot.ari import AriClient, AriEvent
@@ -66,6 +73,7 @@ from voicebot.campaigns import store
 from voicebot.campaigns.rules import CampaignRules, load_rules
 from voicebot.campaigns.scheduler import Dial, plan
 from voicebot.errors import AriError, EvaError
+from voicebot.pipeline.variables import call_variables
 
 log = logging.getLogger(__name__)
 
@@ -205,6 +213,10 @@ class _Plan:
     voice: str = ""
     voicemail: str | None = None
     """The message left on an answering machine; None: no detection."""
+    opt_out_digit: str = ""
+    """The key that puts the callee on the do-not-call list ('' none)."""
+    variables: dict[str, str] = field(default_factory=dict)
+    """The contact's variables for the answered call (:func:`voicebot.pipeline.variables.call_variables`)."""
 
 
 class Dialer:
@@ -213,16 +225,19 @@ class Dialer:
     def __init__(self, engine: Engine, ari: AriClient, *, worker: str,
                  listeners: list[Callable[[AriEvent], None]] | None = None,
                  responder_wrappers: dict[str, Any] | None = None,
+                 call_variables: dict[str, dict[str, str]] | None = None,
                  stasis_gates: dict[str, Callable[[], None]] | None = None,
                  voicemail_sound: VoicemailSound | None = None, channel_capacity: int | None = None,
                  poll_s: float = POLL_S, batch: int = 50) -> None:
         """``listeners`` is the voice app's list of event listeners (the dialer adds itself); ``responder_wrappers``
-        its per-channel responder wrappers (the do-not-call guard on answered campaign calls)."""
+        its per-channel responder wrappers (the do-not-call guard on answered campaign calls); ``call_variables``
+        its per-channel contact variables (what the greeting, the flow and the agent know of the callee)."""
         self.engine = engine
         self.ari = ari
         self.worker = f"{worker}:dialer:{uuid.uuid4().hex[:8]}"
         self.listeners = listeners if listeners is not None else []
         self.responder_wrappers = responder_wrappers
+        self.call_variables = call_variables
         self.stasis_gates = stasis_gates
         """The voice app's Stasis gates: without them (or without ``voicemail_sound``) no machine detection."""
         self.voicemail_sound = voicemail_sound
@@ -449,7 +464,8 @@ class Dialer:
                 return None
             if not store.claim(session, dial.attempt_id, self.worker, now=now, lease=lease):
                 return None  # another worker took it
-            return _plan_of(session, campaign, rules, dial.arm)
+            return replace(_plan_of(session, campaign, rules, dial.arm),
+                           variables=_entry_variables(session, dial.entry_id))
 
         placed = await self._db(take)
         if placed is None:
@@ -517,7 +533,11 @@ class Dialer:
             if self.responder_wrappers is not None:
                 from voicebot.campaigns.oncall import dnc_guard
 
-                self.responder_wrappers[channel_id] = dnc_guard(self.engine, phone, placed.language)
+                self.responder_wrappers[channel_id] = dnc_guard(self.engine, phone, placed.language,
+                                                                opt_out_digit=placed.opt_out_digit)
+            if self.call_variables is not None and placed.variables:
+                # Before the originate: the voice app reads them as the answered channel enters Stasis.
+                self.call_variables[channel_id] = dict(placed.variables)
             args = f"did={phone},direction=outbound" + (f",agent={placed.agent_name}" if placed.agent_name else "")
             variables = self.ari.origin_variables(channel_id)
             if placed.flow and not placed.agent_name:
@@ -566,6 +586,8 @@ class Dialer:
             self._watches.pop(channel_id, None)
             if self.stasis_gates is not None:
                 self.stasis_gates.pop(channel_id, None)
+            if self.call_variables is not None:
+                self.call_variables.pop(channel_id, None)
 
     async def _answered(self, placing: _Placing, watch: _Watch, channel_id: str) -> Verdict:
         """The call was picked up: with detection, a machine is left the message (``voicemail``) and a person
@@ -659,24 +681,43 @@ async def _first(*events: asyncio.Event, timeout: float | None = None) -> None:
 
 def voicemail_sounds(settings: Any, tts: Any) -> VoicemailSound:
     """Synthesizes a campaign's voicemail message (8 kHz WAV in the instance's sounds folder, once per text and
-    voice) and returns the name Asterisk's ``Playback()`` finds it by."""
+    voice) and returns the name Asterisk's ``Playback()`` finds it by.
+
+    Calls of several campaigns with the same message ask at once: one synthesis per key (the others wait for it),
+    and the file appears whole (written aside, then renamed), so ``Playback()`` never reads a half-written WAV."""
     from voicebot.asterisk.render import instance_path
-    from voicebot.audio import write_wav
     from voicebot.tts.voices import resolve_voice
 
     made: dict[str, str] = {}
+    locks: dict[str, asyncio.Lock] = {}
 
     async def sound(text: str, language: str, voice: str) -> str:
         key = hashlib.sha256(f"{language}\n{voice}\n{text}".encode()).hexdigest()[:16]
-        if key not in made:
-            name = f"eva-campaign-vm-{key}"
-            resolved = await asyncio.to_thread(resolve_voice, voice, language, settings.voices_dir)
-            audio = await tts.speak(text, 8000, resolved)
-            await asyncio.to_thread(write_wav, settings.sounds_dir / f"{name}.wav", audio)
-            made[key] = f"{instance_path(settings)}/sounds/{name}"
+        name = f"eva-campaign-vm-{key}"
+        path = settings.sounds_dir / f"{name}.wav"
+        async with locks.setdefault(key, asyncio.Lock()):
+            if key not in made or not await asyncio.to_thread(path.exists):
+                resolved = await asyncio.to_thread(resolve_voice, voice, language, settings.voices_dir)
+                audio = await tts.speak(text, 8000, resolved)
+                await asyncio.to_thread(write_wav_atomically, path, audio)
+                made[key] = f"{instance_path(settings)}/sounds/{name}"
         return made[key]
 
     return sound
+
+
+def write_wav_atomically(path: Path, audio: Any) -> None:
+    """``audio`` as ``path``, written to a temporary name beside it and renamed over it (readers see old or new)."""
+    from voicebot.audio import write_wav
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    part = path.with_name(f".{path.name}.{os.getpid()}.part")
+    try:
+        write_wav(part, audio)
+        os.chmod(part, 0o644)  # Asterisk runs as another user
+        os.replace(part, path)
+    finally:
+        part.unlink(missing_ok=True)
 
 
 # ------------------------------ blocking helpers (in a worker thread) -----------------------------------
@@ -698,7 +739,17 @@ def _plan_of(session: Session, campaign: Campaign, rules: CampaignRules, arm_nam
     voice = str(agent.voice or "") if agent is not None else ""
     voicemail = rules.voicemail.message if rules.voicemail is not None else None
     return _Plan(tuple(endpoints), agent_name, flow, rules.ring_timeout_s, rules.caller_id, language, voice,
-                 voicemail)
+                 voicemail, rules.opt_out_digit or "")
+
+
+def _entry_variables(session: Session, entry_id: int) -> dict[str, str]:
+    """The variables a call to entry ``entry_id`` carries: its contact's name and the import's columns, bounded
+    (the same view the campaign's WhatsApp and e-mail templates get)."""
+    entry = session.get(CampaignEntry, entry_id)
+    if entry is None:
+        return {}
+    contact = session.get(Contact, entry.contact_id)
+    return call_variables(contact.name if contact is not None else "", dict(entry.variables or {}))
 
 
 def _expire_lost_claims(session: Session, campaign_id: int, now: datetime, worker: str, *,

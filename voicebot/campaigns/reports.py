@@ -71,7 +71,7 @@ def extend(session: Session, campaign: Campaign, result: dict[str, Any]) -> dict
         arm["converted"] = per_arm.get(arm["arm"], 0)
         arm["conversion_rate"] = rate(arm["converted"], arm["contacts"])
     result["conversions"] = len(converted)
-    result["conversion_rate"] = rate(len(converted), result["contacts"])
+    result["conversion_rate"] = rate(len(converted), result["contacts"] - result.get("excluded", 0))
     result["comparison"] = None
     if len(rules.arms) == 2:
         a, b = (next(s for s in result["per_arm"] if s["arm"] == arm.name) for arm in rules.arms)

@@ -16,6 +16,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
+from voicebot.campaigns.segments import Segment
 from voicebot.errors import Conflict, InvalidInput
 
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
@@ -148,6 +149,9 @@ class CampaignRules(Rules):
     """How long a call rings before the attempt ends as ``no_answer``."""
     caller_id: Annotated[str, StringConstraints(pattern=r"^\+?[0-9]{0,20}$")] = ""
     """The number presented to contacts ('' lets the trunk decide)."""
+    opt_out_digit: Annotated[str, StringConstraints(pattern=r"^[0-9*#]$")] | None = None
+    """A key the callee presses to be put on the do-not-call list (the agent's greeting should say so: "press 9
+    to stop these calls"); the call then ends with a goodbye, as when they ask in words.  None: words only."""
     voicemail: Voicemail | None = None
     """Detect answering machines: a machine is left the message and the attempt ends ``voicemail``; a person goes
     on to the agent.  Detection listens to the first seconds of every answered call before the agent speaks, so it
@@ -157,6 +161,9 @@ class CampaignRules(Rules):
     email_template: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,79}$")] | None = None
     """The name of the e-mail template (``/email/templates``) an e-mail campaign sends (required to start one)."""
     roi: Roi = Field(default_factory=Roi)
+    segment: Segment = Field(default_factory=list)
+    """Who of the imported audience is contacted: conditions on each entry's variables, all of which must hold
+    (``voicebot.campaigns.segments``); the others are kept, as ``excluded``, and never contacted.  Empty: everyone."""
 
     @field_validator("windows")
     @classmethod

@@ -1,5 +1,5 @@
-"""Campaigns in the database: create, replace, delete, change status, import an audience, the do-not-call list,
-analytics, and the durable claiming of due attempts the dialer will use.
+"""Campaigns in the database: create, replace, delete, change status, import an audience (and apply its segment),
+the do-not-call list, analytics, and the durable claiming of due attempts the dialer will use.
 
 Blocking functions on an open ``Session`` (the admin API runs them in worker threads, the CLI directly); each
 leaves committing to its caller's transaction, so an import is all or nothing.  Phone numbers are personal data:
@@ -15,6 +15,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import and_, delete, func, insert, or_, update
+from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, select
 
 from models import Agent, Contact, Flow
@@ -42,6 +43,7 @@ from voicebot.campaigns.scheduler import (
     after_outcome,
     assign_arm,
 )
+from voicebot.campaigns.segments import EXCLUDED, matcher, subject
 from voicebot.errors import Conflict, InvalidInput, NotFound
 
 log = logging.getLogger(__name__)
@@ -112,17 +114,21 @@ def create_campaign(session: Session, data: dict[str, Any]) -> Campaign:
 
 
 def replace_campaign(session: Session, campaign_id: int, data: dict[str, Any], *, now: datetime) -> Campaign:
-    """Replace the configuration of a draft or paused campaign (its audience and attempts stay)."""
+    """Replace the configuration of a draft or paused campaign (its audience and attempts stay; a changed segment is
+    applied to the audience in the same transaction: :func:`resegment`)."""
     campaign = get_campaign(session, campaign_id)
     if campaign.status not in EDITABLE:
         raise Conflict(f"a {campaign.status} campaign cannot be changed; pause it first",
                        code="campaign_not_editable", field="status")
     _check(session, data, campaign_id)
+    segment_before = (campaign.rules or {}).get("segment") or []
     for key, value in data.items():
         setattr(campaign, key, value)
     campaign.updated_at = now
     session.add(campaign)
     session.flush()
+    if ((campaign.rules or {}).get("segment") or []) != segment_before:  # a full pass only when it changed
+        resegment(session, campaign, now=now)
     return campaign
 
 
@@ -198,7 +204,8 @@ def _problems(items: list[Problem]) -> list[dict[str, Any]]:
 def apply_import(session: Session, campaign_id: int, parsed: ParsedCsv, *, now: datetime) -> dict[str, Any]:
     """Add the parsed rows to the campaign's audience: contacts found by phone or created, one entry each with its
     variables, zone and A/B arm, and a first attempt due now.  Rows whose number is on the do-not-call list or
-    already in this campaign are reported, not added.  Returns the import report."""
+    already in this campaign are reported, not added; rows outside the campaign's segment are added as
+    ``excluded``, with no attempt, and counted.  Returns the import report."""
     campaign = get_campaign(session, campaign_id)
     if campaign.status not in IMPORTABLE:
         raise Conflict(f"contacts cannot be added to a {campaign.status} campaign", code="campaign_closed",
@@ -207,11 +214,13 @@ def apply_import(session: Session, campaign_id: int, parsed: ParsedCsv, *, now: 
     dnc = load_dnc(session, campaign_id)
     phones = [row.phone for row in parsed.rows]
     contact_of: dict[str, int] = {}
+    name_of: dict[str, str] = {}  # a known contact keeps its name, and the segment sees that one (as resegment)
     for chunk in _chunks(phones):
-        for contact_id, phone in session.exec(select(Contact.id, Contact.phone)
-                                              .where(col(Contact.phone).in_(chunk))).all():
+        for contact_id, phone, name in session.exec(select(Contact.id, Contact.phone, Contact.name)
+                                                    .where(col(Contact.phone).in_(chunk))).all():
             if contact_id is not None and phone is not None:
                 contact_of[phone] = contact_id
+                name_of[phone] = name or ""
     already = set(session.exec(select(CampaignEntry.contact_id)
                                .where(col(CampaignEntry.campaign_id) == campaign_id)).all())
     blocked: list[Problem] = []
@@ -239,29 +248,37 @@ def apply_import(session: Session, campaign_id: int, parsed: ParsedCsv, *, now: 
                 if contact_id is not None and phone is not None:
                     contact_of[phone] = contact_id
     arm_of = {row.phone: assign_arm(rules.arms, campaign_id, contact_of[row.phone]) for row in taken}
+    inside = matcher(rules.segment)
+    state_of = {row.phone: "pending" if inside(subject(row.variables, name=name_of.get(row.phone, row.name),
+                                                       phone=row.phone, timezone=row.timezone)) else EXCLUDED
+                for row in taken}
+    called = [row for row in taken if state_of[row.phone] == "pending"]
     if taken:
         session.execute(insert(CampaignEntry), [
             {"campaign_id": campaign_id, "contact_id": contact_of[row.phone], "phone": row.phone,
-             "variables": row.variables, "timezone": row.timezone, "arm": arm_of[row.phone], "state": "pending",
-             "attempts": 0, "last_outcome": None, "created_at": now, "updated_at": now} for row in taken])
+             "variables": row.variables, "timezone": row.timezone, "arm": arm_of[row.phone],
+             "state": state_of[row.phone], "attempts": 0, "last_outcome": None, "created_at": now,
+             "updated_at": now} for row in taken])
         entry_of: dict[int, int] = {}
-        for chunk in _chunks([contact_of[row.phone] for row in taken]):
+        for chunk in _chunks([contact_of[row.phone] for row in called]):
             for entry_id, contact_id in session.exec(select(CampaignEntry.id, CampaignEntry.contact_id).where(
                     col(CampaignEntry.campaign_id) == campaign_id, col(CampaignEntry.contact_id).in_(chunk))).all():
                 if entry_id is not None:
                     entry_of[contact_id] = entry_id
-        session.execute(insert(CampaignAttempt), [
-            {"campaign_id": campaign_id, "entry_id": entry_of[contact_of[row.phone]], "number": 1,
-             "arm": arm_of[row.phone], "due_at": now, "claimed_by": "", "lease_until": None, "outcome": None,
-             "sip_cause": "", "call_id": None, "started_at": None, "ended_at": None, "created_at": now}
-            for row in taken])
+        if called:  # never an empty list: execute(insert, []) would insert one row of defaults
+            session.execute(insert(CampaignAttempt), [
+                {"campaign_id": campaign_id, "entry_id": entry_of[contact_of[row.phone]], "number": 1,
+                 "arm": arm_of[row.phone], "due_at": now, "claimed_by": "", "lease_until": None, "outcome": None,
+                 "sip_cause": "", "call_id": None, "started_at": None, "ended_at": None, "created_at": now}
+                for row in called])
     arms = Counter(arm_of.values())
     zones = Counter(row.timezone_source for row in taken)
-    log.info("campaign %s: imported %d of %d rows (%d invalid, %d duplicate, %d do-not-call, %d already in it)",
-             campaign_id, len(taken), parsed.data_rows, len(parsed.invalid), len(parsed.duplicates), len(blocked),
-             len(repeated))
+    log.info("campaign %s: imported %d of %d rows, %d outside the segment (%d invalid, %d duplicate, "
+             "%d do-not-call, %d already in it)", campaign_id, len(taken), parsed.data_rows, len(taken) - len(called),
+             len(parsed.invalid), len(parsed.duplicates), len(blocked), len(repeated))
     return {
-        "rows": parsed.data_rows, "imported": len(taken), "blank_lines": parsed.blank_lines,
+        "rows": parsed.data_rows, "imported": len(taken), "excluded": len(taken) - len(called),
+        "blank_lines": parsed.blank_lines,
         "encoding": parsed.encoding, "delimiter": parsed.delimiter, "columns": parsed.columns,
         "contacts_created": len(new_contacts), "contacts_existing": len(taken) - len(new_contacts),
         "timezones": {source: zones.get(source, 0) for source in ("column", "country", "campaign")},
@@ -269,6 +286,81 @@ def apply_import(session: Session, campaign_id: int, parsed: ParsedCsv, *, now: 
         "invalid": _problems(parsed.invalid), "duplicates": _problems(parsed.duplicates),
         "dnc": _problems(blocked), "already_in_campaign": _problems(repeated),
     }
+
+
+def resegment(session: Session, campaign: Campaign, *, now: datetime) -> dict[str, int]:
+    """Apply the campaign's (new) segment to the entries it may still move, in the caller's transaction: pending
+    entries outside it become excluded, and their open attempts that no worker holds are withdrawn (closed with
+    the outcome ``excluded``, never started); excluded entries inside it become pending again: their withdrawn
+    attempt reopens as it was (a retry keeps its due time and number), or, for an entry never tried, a first
+    attempt is due now.  Entries being called, reached, exhausted or on the do-not-call list stay as they are.
+    Returns how many entries went each way (``excluded``, ``included``).
+
+    Exactly once: a worker takes an attempt with a conditional UPDATE of that row (:func:`claim`, on an open row
+    only), so either it took the row first (the withdrawal skips it, and the entry, no longer pending or still
+    holding an open attempt, is not excluded) or it finds the row closed and dials nothing.  Withdrawn, not
+    deleted: SQLite gives a deleted highest id to the next row inserted, and a dialer holding an older snapshot
+    would then claim someone else's attempt by that id.  Entries are switched by conditional UPDATEs too, and an
+    attempt is opened only for an entry this call switched (RETURNING), so two overlapping replaces cannot give
+    one entry two open attempts."""
+    assert campaign.id is not None
+    inside = matcher(load_rules(campaign.rules).segment)
+    leaving: list[int] = []
+    coming: list[int] = []
+    for entry_id, state, variables, phone, timezone, name in session.execute(  # six columns: past sqlmodel's select
+            sa_select(col(CampaignEntry.id), col(CampaignEntry.state), col(CampaignEntry.variables),
+                      col(CampaignEntry.phone), col(CampaignEntry.timezone), col(Contact.name))
+            .join(Contact, col(Contact.id) == col(CampaignEntry.contact_id))
+            .where(col(CampaignEntry.campaign_id) == campaign.id,
+                   col(CampaignEntry.state).in_(("pending", EXCLUDED)))).all():
+        if entry_id is None:
+            continue
+        wanted = inside(subject(variables or {}, name=name or "", phone=phone, timezone=timezone))
+        if state == "pending" and not wanted:
+            leaving.append(entry_id)
+        elif state == EXCLUDED and wanted:
+            coming.append(entry_id)
+    excluded = included = 0
+    still_open = (select(CampaignAttempt.id).where(col(CampaignAttempt.entry_id) == col(CampaignEntry.id),
+                                                   col(CampaignAttempt.outcome).is_(None)).exists())
+    for chunk in _chunks(leaving):
+        # ended_at stays None: the pacing and the circuit breaker read recently ended attempts, and this is none.
+        session.execute(update(CampaignAttempt).where(col(CampaignAttempt.entry_id).in_(chunk),
+                                                      col(CampaignAttempt.outcome).is_(None),
+                                                      col(CampaignAttempt.claimed_by) == "")
+                        .values(outcome=EXCLUDED).execution_options(synchronize_session=False))
+        excluded += _rowcount(session.execute(
+            update(CampaignEntry).where(col(CampaignEntry.id).in_(chunk), col(CampaignEntry.state) == "pending",
+                                        ~still_open)
+            .values(state=EXCLUDED, updated_at=now).execution_options(synchronize_session=False)))
+    for chunk in _chunks(coming):
+        moved = session.execute(
+            update(CampaignEntry).where(col(CampaignEntry.id).in_(chunk), col(CampaignEntry.state) == EXCLUDED)
+            .values(state="pending", updated_at=now)
+            .returning(col(CampaignEntry.id), col(CampaignEntry.attempts), col(CampaignEntry.arm))
+            .execution_options(synchronize_session=False)).all()
+        # An entry has at most one withdrawn attempt: excluded, it has no open one; included, that one reopens.
+        withdrawn: dict[int, int] = {entry_id: attempt_id for entry_id, attempt_id in session.execute(
+            sa_select(col(CampaignAttempt.entry_id), func.max(col(CampaignAttempt.id)))
+            .where(col(CampaignAttempt.entry_id).in_([row[0] for row in moved]),
+                   col(CampaignAttempt.outcome) == EXCLUDED)
+            .group_by(col(CampaignAttempt.entry_id))).all()}
+        if withdrawn:
+            session.execute(update(CampaignAttempt).where(col(CampaignAttempt.id).in_(list(withdrawn.values())),
+                                                          col(CampaignAttempt.outcome) == EXCLUDED)
+                            .values(outcome=None).execution_options(synchronize_session=False))
+        fresh = [row for row in moved if row[0] not in withdrawn]
+        if fresh:
+            session.execute(insert(CampaignAttempt), [
+                {"campaign_id": campaign.id, "entry_id": entry_id, "number": attempts + 1, "arm": arm,
+                 "due_at": now, "claimed_by": "", "lease_until": None, "outcome": None, "sip_cause": "",
+                 "call_id": None, "started_at": None, "ended_at": None, "created_at": now}
+                for entry_id, attempts, arm in fresh])
+        included += len(moved)
+    session.flush()
+    log.info("campaign %s: segment applied, %d entries excluded, %d included again", campaign.id, excluded,
+             included)
+    return {"excluded": excluded, "included": included}
 
 
 # ------------------------------ do-not-call -------------------------------------------------------
@@ -386,7 +478,9 @@ def _tally(outcomes: Counter[str]) -> dict[str, int]:
 
 
 def analytics(session: Session, campaign: Campaign) -> dict[str, Any]:
-    """Attempts, contacts reached, outcomes, per A/B arm and per day (the campaign's zone), from the rows."""
+    """Attempts, contacts reached, outcomes, per A/B arm and per day (the campaign's zone), from the rows.  Rates
+    are per contact in the segment: ``excluded`` entries are counted in ``contacts`` (the list holds them) but in
+    no rate, and not in the per-arm contacts (nobody tries to reach them)."""
     assert campaign.id is not None
     tz = zone(campaign.timezone)
     entries: Counter[str] = Counter()
@@ -397,8 +491,10 @@ def analytics(session: Session, campaign: Campaign) -> dict[str, Any]:
             .where(col(CampaignEntry.campaign_id) == campaign.id)
             .group_by(col(CampaignEntry.arm), col(CampaignEntry.state))).all():
         states[state] += int(count)
-        entries_per_arm[arm] += int(count)
         entries["all"] += int(count)
+        if state != EXCLUDED:
+            entries_per_arm[arm] += int(count)
+            entries["targeted"] += int(count)
     outcomes: Counter[str] = Counter()
     arm_outcomes: dict[str, Counter[str]] = defaultdict(Counter)
     day_outcomes: dict[str, Counter[str]] = defaultdict(Counter)
@@ -412,6 +508,8 @@ def analytics(session: Session, campaign: Campaign) -> dict[str, Any]:
         entry_id, arm, outcome, started, ended = row.entry_id, row.arm, row.outcome, row.started_at, row.ended_at
         if outcome is None:
             pending += 1
+            continue
+        if outcome == EXCLUDED:  # withdrawn before it started (its entry left the segment): no attempt made
             continue
         outcomes[outcome] += 1
         arm_outcomes[arm][outcome] += 1
@@ -431,9 +529,9 @@ def analytics(session: Session, campaign: Campaign) -> dict[str, Any]:
     arms += sorted(set(entries_per_arm) - set(arms))  # rows of arms the campaign no longer has
     return {
         "campaign_id": campaign.id, "status": campaign.status, "status_reason": campaign.status_reason,
-        "contacts": entries["all"], "entries_by_state": dict(states),
+        "contacts": entries["all"], "excluded": states.get(EXCLUDED, 0), "entries_by_state": dict(states),
         "attempts": placed(outcomes), "pending_attempts": pending, "reached": len(reached),
-        "reach_rate": round(len(reached) / entries["all"], 4) if entries["all"] else None,
+        "reach_rate": round(len(reached) / entries["targeted"], 4) if entries["targeted"] else None,
         "average_answered_seconds": round(sum(answered_seconds) / len(answered_seconds), 1)
         if answered_seconds else None,
         "outcomes": _tally(outcomes),

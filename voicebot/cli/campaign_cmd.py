@@ -3,7 +3,9 @@
 ``create`` takes the same configuration as ``POST /api/v1/campaigns`` (the rules -- windows, pacing, retries, A/B
 arms, breaker -- from a JSON file with ``--rules-file``); ``import`` reads a CSV the way the API's import does and
 prints its progress and the report (every row not taken, with its line and reason); ``status`` prints the
-campaign's state, its audience, the outcome counts, the A/B comparison and the ROI; ``start``, ``pause``,
+campaign's state, its audience, the outcome counts, the A/B comparison and the ROI, and with ``--watch`` follows a
+running campaign (a progress view redrawn every ``--interval`` seconds, or one line per change when stdout is not a
+terminal) until it completes, is paused or cancelled, then prints the outcome table; ``start``, ``pause``,
 ``resume`` and ``cancel`` change its status through the same store function (and checks) as the API's routes.
 """
 
@@ -13,6 +15,8 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +25,13 @@ from voicebot.errors import InvalidInput
 
 MAX_RULES_BYTES = 256 * 1024
 SHOWN_PROBLEMS = 20
+WATCH_INTERVAL_S = 2.0
+MIN_WATCH_INTERVAL_S = 0.5
+"""Each look reads the campaign's attempts (the analytics' counts): more often than this only loads the database that
+the dialer writes to, and no one reads a terminal faster."""
+MAX_WATCH_INTERVAL_S = 3600.0
+WATCH_ENDS = frozenset({"completed", "cancelled", "paused"})
+"""Statuses in which a watched campaign dials no more (until someone resumes it): the watch ends."""
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -62,6 +73,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     status = actions.add_parser("status", help="a campaign's status, audience and outcomes")
     status.add_argument("name")
     status.add_argument("--json", action="store_true", help="print JSON (the API's analytics)")
+    status.add_argument("--watch", action="store_true",
+                        help="follow the campaign: a progress view redrawn until it completes, is paused or "
+                             "cancelled, or Ctrl-C (not a terminal: one line per change)")
+    status.add_argument("--interval", type=float, default=WATCH_INTERVAL_S,
+                        help=f"seconds between looks with --watch ({MIN_WATCH_INTERVAL_S} to {MAX_WATCH_INTERVAL_S};"
+                             f" default {WATCH_INTERVAL_S})")
     status.set_defaults(func=status_cmd)
 
 
@@ -182,6 +199,8 @@ def import_cmd(args: argparse.Namespace) -> int:
         return 0
     print(f"imported {report['imported']} of {report['rows']} rows in {time.monotonic() - started:.1f} s "
           f"({report['contacts_created']} new contacts, {report['contacts_existing']} known)")
+    if report["excluded"]:
+        print(f"  {report['excluded']} of them outside the campaign's segment: kept as excluded, never contacted")
     skipped = [(kind, p) for kind in ("invalid", "duplicates", "dnc", "already_in_campaign") for p in report[kind]]
     skipped.sort(key=lambda item: item[1]["line"])
     for kind, problem in skipped if args.all else skipped[:SHOWN_PROBLEMS]:
@@ -211,16 +230,25 @@ def status_cmd(args: argparse.Namespace) -> int:
     from models.db import session_scope
     from voicebot.campaigns import reports, store
 
+    if args.watch:
+        return watch_cmd(args)
     with session_scope(_engine()) as session:
         campaign = _find(session, args.name)
         stats = reports.extend(session, campaign, store.analytics(session, campaign))
     if args.json:
         print(json.dumps(stats, indent=2))
         return 0
+    _print_status(args.name, stats)
+    return 0
+
+
+def _print_status(name: str, stats: dict[str, Any]) -> None:
     reason = f" ({stats['status_reason']})" if stats["status_reason"] else ""
-    print(f"{args.name}: {stats['status']}{reason}")
+    print(f"{name}: {stats['status']}{reason}")
     states = ", ".join(f"{n} {state}" for state, n in sorted(stats["entries_by_state"].items())) or "none"
     print(f"contacts: {stats['contacts']} ({states})")
+    if stats.get("excluded"):
+        print(f"  {stats['excluded']} outside the segment (rules.segment): kept, never contacted")
     print(f"attempts: {stats['attempts']} placed, {stats['pending_attempts']} waiting; reached {stats['reached']}")
     print("outcomes: " + (", ".join(f"{k} {v}" for k, v in stats["outcomes"].items() if v) or "none yet"))
     for arm in stats["per_arm"]:
@@ -235,4 +263,164 @@ def status_cmd(args: argparse.Namespace) -> int:
                 print(f"  {metric}: {comparison['b']} - {comparison['a']} = {got['difference']:+.4f} "
                       f"(p = {got['p_value']:.4f}, {'significant' if got['significant'] else 'not significant'})")
     print(f"conversions: {stats['conversions']}; cost {stats['roi']['cost']:.2f}, value {stats['roi']['value']:.2f}")
+
+
+# ------------------------------ status --watch ----------------------------------------------------
+@dataclass(frozen=True)
+class Progress:
+    """One look at a running campaign: what the progress view shows."""
+
+    status: str
+    reason: str
+    done: int
+    """Entries with nothing more to do: reached, retries used up, or on the do-not-call list."""
+    total: int
+    """Entries the campaign tries to reach (those outside its segment, if it has one, are not)."""
+    in_progress: int
+    """Attempts a dialer has claimed (the call rings or talks) that have not ended."""
+    waiting: int
+    """Attempts not placed yet: due now, held by a window or the pacing, or retries due later."""
+    placed: int
+    outcomes: tuple[tuple[str, int], ...]
+    reached_per_arm: tuple[tuple[str, int], ...]
+    elapsed_s: float
+    """Since the campaign was started (to its end once it has ended)."""
+    per_minute: float | None
+    """Attempts placed per minute, from the first dial to now (to the campaign's end once it has ended)."""
+    stats: dict[str, Any] = field(compare=False, hash=False, repr=False)
+
+    def key(self) -> tuple[Any, ...]:
+        """What a change is: everything but the clock-driven numbers (elapsed, rate), which change on every look."""
+        return (self.status, self.reason, self.done, self.total, self.in_progress, self.waiting, self.placed,
+                self.outcomes, self.reached_per_arm)
+
+
+def _aware(moment: datetime | None) -> datetime | None:
+    # SQLite hands back naive datetimes (stored as UTC); PostgreSQL aware ones.
+    return moment.replace(tzinfo=UTC) if moment is not None and moment.tzinfo is None else moment
+
+
+def look(session: Any, name: str, now: datetime) -> Progress:
+    """The campaign's progress now, from the same counts as the analytics plus the calls in flight."""
+    from sqlmodel import col, func, select
+
+    from models.campaigns import CampaignAttempt
+    from voicebot.campaigns import store
+
+    campaign = _find(session, name)
+    stats = store.analytics(session, campaign)
+    in_progress, first_dial = session.exec(
+        select(func.count(col(CampaignAttempt.id)).filter(col(CampaignAttempt.outcome).is_(None),
+                                                          col(CampaignAttempt.started_at).is_not(None)),
+               func.min(CampaignAttempt.started_at))
+        .where(col(CampaignAttempt.campaign_id) == campaign.id)).one()
+    started, finished, first = _aware(campaign.started_at), _aware(campaign.finished_at), _aware(first_dial)
+    until = finished or now
+    minutes = (until - first).total_seconds() / 60 if first is not None else 0.0
+    states = stats["entries_by_state"]
+    in_progress = int(in_progress or 0)
+    return Progress(
+        status=campaign.status, reason=campaign.status_reason,
+        done=sum(states.get(state, 0) for state in ("reached", "exhausted", "dnc")),
+        total=stats["contacts"] - stats.get("excluded", 0),  # entries outside a segment are never dialled
+        in_progress=in_progress, waiting=max(0, stats["pending_attempts"] - in_progress), placed=stats["attempts"],
+        outcomes=tuple((k, v) for k, v in stats["outcomes"].items() if v),
+        reached_per_arm=tuple((arm["arm"], arm["reached"]) for arm in stats["per_arm"] if arm["arm"]),
+        elapsed_s=max(0.0, (until - started).total_seconds()) if started is not None else 0.0,
+        per_minute=stats["attempts"] / minutes if minutes > 0 else None, stats=stats)
+
+
+def _clock(seconds: float) -> str:
+    whole = int(seconds)
+    return f"{whole // 3600}:{whole % 3600 // 60:02d}:{whole % 60:02d}"
+
+
+def _rate(progress: Progress) -> str:
+    return "-" if progress.per_minute is None else f"{progress.per_minute:.1f}"
+
+
+def progress_line(name: str, progress: Progress) -> str:
+    """One line of the progress (what a log or a pipe gets, once per change)."""
+    reason = f" ({progress.reason})" if progress.reason else ""
+    outcomes = ", ".join(f"{k} {v}" for k, v in progress.outcomes) or "no outcomes yet"
+    arms = "; reached " + ", ".join(f"{arm} {n}" for arm, n in progress.reached_per_arm) \
+        if progress.reached_per_arm else ""
+    return (f"[{_clock(progress.elapsed_s)}] {name}: {progress.status}{reason}; {progress.done}/{progress.total} done, "
+            f"{progress.in_progress} in progress, {progress.waiting} waiting; {outcomes}{arms}; "
+            f"{_rate(progress)} attempts/min")
+
+
+def progress_view(name: str, progress: Progress) -> list[str]:
+    """The compact view a terminal gets, redrawn in place."""
+    reason = f" ({progress.reason})" if progress.reason else ""
+    lines = [f"{name}: {progress.status}{reason}   {_clock(progress.elapsed_s)} elapsed",
+             f"  contacts  {progress.done}/{progress.total} done, {progress.in_progress} in progress, "
+             f"{progress.waiting} waiting",
+             "  outcomes  " + (", ".join(f"{k} {v}" for k, v in progress.outcomes) or "none yet")]
+    if progress.reached_per_arm:
+        lines.append("  reached   " + ", ".join(f"arm {arm} {n}" for arm, n in progress.reached_per_arm))
+    lines.append(f"  rate      {_rate(progress)} attempts/min ({progress.placed} placed)")
+    return lines
+
+
+def outcome_table(stats: dict[str, Any]) -> list[str]:
+    """Outcomes by A/B arm (and in all): the table the watch ends with."""
+    arms = [arm for arm in stats["per_arm"] if arm["arm"]]
+    names = [k for k, v in stats["outcomes"].items() if v]
+    if not names:
+        return ["  (no outcomes)"]
+    head = ["outcome"] + [f"arm {arm['arm']}" for arm in arms] + ["all"]
+    rows = [[k] + [str(arm["outcomes"].get(k, 0)) for arm in arms] + [str(stats["outcomes"][k])] for k in names]
+    rows.append(["total"] + [str(arm["attempts"]) for arm in arms] + [str(stats["attempts"])])
+    widths = [max(len(row[i]) for row in [head, *rows]) for i in range(len(head))]
+    return ["  " + "  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in
+                             enumerate(zip(row, widths, strict=True))) for row in [head, *rows]]
+
+
+def watch_cmd(args: argparse.Namespace) -> int:
+    """``status --watch``: look every ``--interval`` seconds until the campaign completes, is paused or cancelled.
+
+    On a terminal the view is redrawn in place; anywhere else (a pipe, a log) one line is printed per change, so a
+    long campaign does not fill a log with identical lines.  Ctrl-C only stops watching (exit 0): the campaign is
+    dialled by ``eva run``, not by this command.
+    """
+    from models import utcnow
+    from models.db import session_scope
+    from voicebot.campaigns import reports
+
+    interval = float(args.interval)
+    if not MIN_WATCH_INTERVAL_S <= interval <= MAX_WATCH_INTERVAL_S:  # also refuses nan
+        raise InvalidInput(f"--interval is {MIN_WATCH_INTERVAL_S} to {MAX_WATCH_INTERVAL_S} seconds", field="interval")
+    if args.json:
+        raise InvalidInput("--watch prints a progress view; use --json without --watch", field="json")
+    tty = sys.stdout.isatty()
+    engine = _engine()  # once: every CLI engine migrates the schema, which is not for every look
+    drawn, last_key = 0, None
+    try:
+        while True:
+            with session_scope(engine) as session:
+                progress = look(session, args.name, utcnow())
+            if tty:
+                view = progress_view(args.name, progress)
+                # Back to the top of the previous frame and clear below: redrawn in place, scrollback untouched.
+                sys.stdout.write((f"\x1b[{drawn}F\x1b[J" if drawn else "") + "\n".join(view) + "\n")
+                sys.stdout.flush()
+                drawn = len(view)
+            elif progress.key() != last_key:
+                print(progress_line(args.name, progress), flush=True)
+                last_key = progress.key()
+            if progress.status in WATCH_ENDS:
+                break
+            time.sleep(interval)
+        with session_scope(engine) as session:
+            campaign = _find(session, args.name)
+            stats = reports.extend(session, campaign, progress.stats)
+    except KeyboardInterrupt:
+        print("\nstopped watching (the campaign goes on)", flush=True)
+        return 0
+    finally:
+        engine.dispose()
+    print()
+    _print_status(args.name, stats)
+    print("\n".join(outcome_table(stats)), flush=True)
     return 0

@@ -55,7 +55,8 @@ async def start_call_flow(runner: FlowRunner, engine: Engine, ctx: CallContext, 
                           resume_minutes: float, conversation_id: int | None = None,
                           variables: dict[str, str] | None = None,
                           actions: ChannelActions | None = None) -> CallFlowStart:
-    """Resume the verified caller's recent run of ``flow``, or start a new one for this call."""
+    """Resume the verified caller's recent run of ``flow``, or start a new one for this call with ``variables``
+    (a campaign contact's) set; a resumed run keeps the variables it already has."""
     contact_id = await asyncio.to_thread(call_contact, engine, ctx)
     if contact_id is not None and resume_minutes > 0:
         run_id = await runner.resumable_run(flow, contact_id, channel=CHANNEL, within_s=resume_minutes * 60.0)
@@ -63,7 +64,8 @@ async def start_call_flow(runner: FlowRunner, engine: Engine, ctx: CallContext, 
             log.info("call %s resumes flow run %d", ctx.call_id, run_id)
             reply = await runner.resume(run_id, call_id=ctx.call_id, conversation_id=conversation_id)
             return CallFlowStart(reply, True, contact_id)
-    start_vars = {"caller": ctx.caller, "did": ctx.did, **(variables or {})}
+    # ``variables`` (a campaign contact's) come first: Eva's own caller and DID are never replaced by a column.
+    start_vars = {**(variables or {}), "caller": ctx.caller, "did": ctx.did}
     reply = await runner.start(flow, channel=CHANNEL, conversation_id=conversation_id, call_id=ctx.call_id,
                                contact_id=contact_id, variables=start_vars, actions=actions)
     return CallFlowStart(reply, False, contact_id)

@@ -123,7 +123,9 @@ class FlowRunner:
         """Start ``flow`` (name or id) in a conversation; any earlier active run there is ended (replaced)."""
         row, spec = await asyncio.to_thread(self._load_flow, flow)
         engine = FlowEngine(spec, row.name, await asyncio.to_thread(self._language, row.agent_id))
-        start_vars = {"channel": channel, **{k: str(v)[:500] for k, v in (variables or {}).items()}}
+        # ``channel`` last: it decides how values are said (voicebot.flows.engine.say_text), so no start variable
+        # (a campaign contact's column) may replace it.
+        start_vars = {**{k: str(v)[:500] for k, v in (variables or {}).items()}, "channel": channel}
         # Every engine step runs off the event loop: routing evaluates designers' patterns on caller data.
         advance = await asyncio.to_thread(engine.start, start_vars)
         run_id = await asyncio.to_thread(self._create_run, row, channel, conversation_id, call_id, contact_id,

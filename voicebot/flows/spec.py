@@ -22,7 +22,8 @@ Example::
       {"id": "operator", "action": {"type": "transfer", "target": "front desk"}}]}
 
 :func:`check_flow` adds what a schema cannot say: ids unique and every reference known; every variable used
-in a branch or a text is collected (or set) on *every* path before it; no step unreachable; no loop that never
+in a branch or a text is collected (or set) on *every* path before it (a campaign contact's ``contact_<column>``
+variables excepted: the campaign sets them, see :data:`CONTACT_PREFIX`); no step unreachable; no loop that never
 waits for the caller; every recorded prompt exists; the flow can end.
 """
 
@@ -49,6 +50,11 @@ MAX_CHAIN = 48
 """Steps that may run one after another without waiting for the caller (the engine's per-input limit is higher)."""
 BUILTIN_VARS = frozenset({"caller", "channel", "did", "last_input"})
 """Variables every run has from the start (the caller's number or address, the channel, the DID)."""
+CONTACT_PREFIX = "contact_"
+"""``contact_<column>`` variables are a campaign contact's (``contact_name`` and the contact list's columns), set
+when a campaign call's flow starts (:mod:`voicebot.pipeline.variables`).  The check counts them as available at
+every step, since no step collects them: on any other conversation they are empty (a text says nothing for them,
+``is_set`` is false).  A step may still collect or set one; from then on the flow's value is the one it reads."""
 
 
 class _Spec(BaseModel):
@@ -438,7 +444,7 @@ def _check_variables(spec: FlowSpec, index: dict[str, int]) -> None:
                 changed = True
     for position, s in enumerate(spec.steps):
         for name, where in _uses(s):
-            if name in available[s.id]:
+            if name in available[s.id] or name.startswith(CONTACT_PREFIX):
                 continue
             # Branch conditions and texts are evaluated after the step itself collected its variable.
             if where.startswith("branches.") and name in _defines(s):

@@ -15,6 +15,11 @@ the session's sentence splitter, TTS, playout and barge-in work unchanged inside
   any other result hangs up after speaking -- unless the flow was entered from an agent's conversation
   (``start_flow`` / ``flow_triggers``): then the agent carries on.
 
+On a campaign call the run starts with the contact's variables (``CallContext.variables``: the name and the
+import's columns) set as ``contact_<name>`` (:func:`voicebot.pipeline.variables.placeholders`), so ``say: "Hello
+{contact_name}"`` and a branch on ``contact_<column>`` work from the first step; what a step collects or an action
+sets under such a name replaces the contact's value (the engine's variables are one map, the last write wins).
+
 Recorded prompts are WAV files in the instance's sounds folder (``<data>/sounds/<name>.wav``, where Eva's own
 ``eva-operator`` and ``eva-no-route`` live); :func:`prompt_exists` is the check the admin API gives
 :func:`voicebot.flows.spec.check_flow`.
@@ -49,6 +54,7 @@ from voicebot.pipeline.responder import (
     TextDelta,
     ToolCall,
 )
+from voicebot.pipeline.variables import placeholders
 
 log = logging.getLogger(__name__)
 
@@ -159,8 +165,10 @@ class FlowResponder:
     async def _start(self, ctx: CallContext, flow: str, *, greeting: str) -> AsyncIterator[ReplyEvent]:
         try:
             # A verified caller whose call dropped mid-flow continues at the same step (voicebot.flows.resume).
+            # A campaign call's flow starts with the contact's variables set (the flow's own values win later).
             reply = (await start_call_flow(self.runner, self.runner.engine, ctx, flow, actions=self,
-                                           resume_minutes=self.settings.flow_resume_minutes)).reply
+                                           resume_minutes=self.settings.flow_resume_minutes,
+                                           variables=placeholders(ctx.variables))).reply
         except EvaError as exc:
             log.error("call %s: flow %s could not start: [%s] %s", ctx.call_id, flow, exc.code, exc.message)
             if self.from_agent:  # the agent's own conversation goes on without it

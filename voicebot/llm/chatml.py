@@ -87,6 +87,13 @@ class SystemNote(ChatMessage):
     plain system message would join the cached block and change the prefix the agent's warm-up pinned."""
 
 
+class ContextNote(SystemNote):
+    """A system note that holds for the whole conversation (a campaign call's contact details), placed right
+    after the instructions: outside the cached block like any note, and the same on every turn, so the
+    conversation stays append-only.  Backends that drop a turn's notes keep this one (see
+    :func:`voicebot.llm.ollama.build_chat_payload`)."""
+
+
 def instruction_count(messages: Sequence[ChatMessage]) -> int:
     """How many leading messages are instructions (plain system messages before anything else)."""
     return next((i for i, m in enumerate(messages) if m.role != "system" or isinstance(m, SystemNote)),

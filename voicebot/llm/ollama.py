@@ -33,7 +33,7 @@ from voicebot.llm.base import (
     ToolCall,
     ToolSpec,
 )
-from voicebot.llm.chatml import SystemNote
+from voicebot.llm.chatml import ContextNote, SystemNote
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +60,10 @@ def _message_payload(message: ChatMessage) -> dict[str, Any]:
 def build_chat_payload(messages: Sequence[ChatMessage], knowledge: Sequence[str]) -> list[dict[str, Any]]:
     """Messages for ``/api/chat``; knowledge joins the (first) system message, or becomes one.  A turn's
     :class:`SystemNote` is left out: Ollama joins every system message, wherever it stands, into the one system
-    prompt, so each turn's note would change the prompt's start and pile up there, away from its question."""
-    payload = [_message_payload(m) for m in messages if not isinstance(m, SystemNote)]
+    prompt, so each turn's note would change the prompt's start and pile up there, away from its question.  A
+    :class:`ContextNote` is kept: it is the same on every turn of the conversation (a call's contact details), so
+    it changes nothing from one turn to the next."""
+    payload = [_message_payload(m) for m in messages if not isinstance(m, SystemNote) or isinstance(m, ContextNote)]
     section = knowledge_section(knowledge)
     if section:
         for item in payload:

@@ -48,14 +48,17 @@ class PacingStats:
     """Send times of outgoing frames relative to their deadlines (for the jitter benchmark)."""
 
     sent: int = 0
+    voiced: int = 0
+    """Frames of the bot's audio among ``sent`` (the rest were silence while it was quiet)."""
     skipped: int = 0
     longest_stall_ms: float = 0.0
     """The longest the clock woke after a frame's deadline when it had to skip frames (a blocked loop)."""
     lateness_ms: list[float] = field(default_factory=list)
     keep: int = 3000
 
-    def record(self, late_s: float) -> None:
+    def record(self, late_s: float, voiced: bool = False) -> None:
         self.sent += 1
+        self.voiced += voiced
         if len(self.lateness_ms) < self.keep:
             self.lateness_ms.append(late_s * 1000.0)
 
@@ -149,7 +152,8 @@ class RtpTransport:
             backlog = 1 + max(0, len(self.jitter) - self.jitter.depth - 1)
             try:
                 outgoing = next_frame()
-                self._send(outgoing if outgoing is not None else self._silence, now - deadline)
+                self._send(outgoing if outgoing is not None else self._silence, now - deadline,
+                           voiced=outgoing is not None)
                 for _ in range(backlog):
                     payload = self.jitter.pop()
                     on_frame(self.format.decode(payload) if payload is not None else self._silence, now)
@@ -159,7 +163,7 @@ class RtpTransport:
                 log.exception("media clock callback failed")
             n += 1
 
-    def _send(self, samples: Pcm, late_s: float) -> None:
+    def _send(self, samples: Pcm, late_s: float, voiced: bool = False) -> None:
         if self.remote is None or self._dgram is None:
             return
         if len(samples) != self.frame_samples:
@@ -170,7 +174,7 @@ class RtpTransport:
         self._dgram.sendto(rtp.pack(packet), self.remote)
         self._seq = (self._seq + 1) & 0xFFFF
         self._ts = (self._ts + self.frame_samples) & 0xFFFFFFFF
-        self.stats.record(late_s)
+        self.stats.record(late_s, voiced)
 
     async def close(self) -> None:
         """Stop the clock and release the port.  Idempotent."""

@@ -4,7 +4,8 @@ One conversation per call session (created on the first caller turn, keyed by th
 channel transferred back into Eva starts a new one; the call row's ``conversation_id`` names it).  SIP caller
 ID is trivially spoofed, so the caller is a contact (one person by phone number across channels, remembered
 from WhatsApp or e-mail too) only when the call's ``caller_verified`` is set; otherwise the conversation has no
-contact and its memory is this call alone.
+contact and its memory is this call alone.  A campaign call's contact variables (``CallContext.variables``) go
+with every turn as the reply's ``context``: the model reads them after the agent's cached prompt prefix.
 """
 
 from __future__ import annotations
@@ -64,8 +65,8 @@ class AgentResponder:
             # The call row points at its conversation: the call is then found from the contact (history,
             # erasure) and its transcript beside the messages.
             await asyncio.to_thread(self._link, ctx.call_id, conversation_id)
-        async with contextlib.aclosing(self.core.reply(agent, contact, "voice", text,
-                                                       conversation_id=conversation_id)) as events:
+        async with contextlib.aclosing(self.core.reply(agent, contact, "voice", text, conversation_id=conversation_id,
+                                                       context=ctx.variables)) as events:
             async for event in events:
                 if isinstance(event, CoreStarted):
                     yield ReplyStarted(event.assistant_message_id)

@@ -100,6 +100,10 @@ class CallContext:
     flow: str = ""
     """The flow the dialplan asked for (``Set(EVA_FLOW=name)`` before ``Stasis()``, see
     :mod:`voicebot.ari.handback`), '' when none: a flow-aware responder runs it."""
+    variables: dict[str, str] = field(default_factory=dict)
+    """The contact's variables on a campaign call Eva placed (name and the import's columns, bounded by
+    :func:`voicebot.pipeline.variables.call_variables`); empty on every other call.  The greeting was filled
+    with them, a flow starts with them set, and the agent's LLM reads them as the call's context."""
 
 
 class Responder(Protocol):

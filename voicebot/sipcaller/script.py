@@ -19,6 +19,10 @@ class Action:
     With ``when_quiet`` the step waits for the far end instead of a guessed time: it is done at the first moment
     after ``at`` (and after the steps before it) when the far end has been heard and then stayed quiet for
     ``when_quiet`` seconds -- "ask once the greeting is over", "hang up once the reply is over".
+
+    With ``when_heard`` the step is done once the far end, after this caller's own plays have ended, has been
+    speaking for ``when_heard`` seconds without a pause longer than a breath -- "talk over the reply one second
+    into it", wherever the reply falls on a loaded machine.
     """
 
     kind: ActionKind
@@ -26,17 +30,19 @@ class Action:
     path: str = ""
     digits: str = ""
     when_quiet: float = 0.0
+    when_heard: float = 0.0
 
 
 def schedule(actions: tuple[Action, ...]) -> list[tuple[int, Action]]:
-    """The order the steps are done in: by ``at``, except that a ``when_quiet`` step comes after every step listed
+    """The order the steps are done in: by ``at``, except that a ``when_quiet`` (or ``when_heard``) step comes after
+    every step listed
     before it.  (A plain sort by ``at`` put a ``when_quiet`` hang-up, ``at`` 0, before the timed plays listed ahead
     of it: the call ended after the greeting and the far end never heard them.)"""
     keyed: list[tuple[float, int, Action]] = []
     latest = 0.0
     for index, action in enumerate(actions):
         latest = max(latest, action.at)
-        keyed.append((latest if action.when_quiet > 0 else action.at, index, action))
+        keyed.append((latest if action.when_quiet > 0 or action.when_heard > 0 else action.at, index, action))
     return [(index, action) for _key, index, action in sorted(keyed, key=lambda item: (item[0], item[1]))]
 
 
@@ -64,6 +70,12 @@ class CallScript:
     calls: int = 0
     """Callee: keep listening (after the answered call, if any) until this many calls came in and ended, or the
     timeout; 0: the first answered call ends it."""
+    answer_briefly: dict[str, float] = field(default_factory=dict)
+    """Callee: numbers answered (200 OK) -- any number of them at once -- and hung up this many seconds later, with no
+    actions (those are for the one call not listed here): people who pick up and hang up, for campaign tests with
+    many answered calls through one trunk.  Listed in ``events`` like ``refuse`` (``"status": 200``); each counts
+    towards ``calls``.  One callee holds at most 4 calls at once (ringing, answered or the scripted one): the
+    pjsua2 wheel is built with ``PJSUA_MAX_CALLS`` 4, above which pjsua itself answers 486 (a false "busy")."""
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))

@@ -23,6 +23,8 @@ from voicebot.sipcaller.script import Action, CallResult, CallScript, schedule
 HEARD_LEVEL = 8
 """The far end's signal level (pjmedia's 0..255 scale) above which it counts as making sound; Eva sends digital
 silence (level 0) between its words."""
+HEARD_GAP_S = 0.4
+"""A pause of the far end longer than this ends a stretch of speech (``when_heard``); shorter ones are breaths."""
 
 
 class _Call(pj.Call):  # type: ignore[misc]
@@ -39,6 +41,8 @@ class _Call(pj.Call):  # type: ignore[misc]
         self.worker.on_state(info)
 
     def onCallMediaState(self, prm: Any) -> None:
+        if self in self.worker.refused:  # a brief answer's media: not the scripted call's, nothing records it
+            return
         info = self.getInfo()
         for index, media in enumerate(info.media):
             if media.type == pj.PJMEDIA_TYPE_AUDIO and media.status == pj.PJSUA_CALL_MEDIA_ACTIVE:
@@ -57,6 +61,15 @@ class _Account(pj.Account):  # type: ignore[misc]
         op = pj.CallOpParam()
         match = re.search(r"sip:([^@;>]+)@", str(call.getInfo().localUri))
         number = match.group(1) if match else ""
+        hold = self.worker.script.answer_briefly.get(number)
+        if hold is not None:  # answered outside the script, hung up by the main loop once ``hold`` has passed
+            self.worker.refused.append(call)
+            self.worker.brief.append((time.monotonic() + hold, call))
+            self.worker.result.events.append({"kind": "incoming", "number": number, "status": 200,
+                                              "at": round(time.monotonic() - self.worker.started, 4)})
+            op.statusCode = pj.PJSIP_SC_OK
+            call.answer(op)
+            return
         status = self.worker.script.refuse.get(number)
         if status is not None:
             self.worker.refused.append(call)
@@ -93,11 +106,15 @@ class Worker:
         self.refused: list[_Call] = []
         self.others_ended = 0
         """Refused (or left ringing) calls that have ended."""
+        self.brief: list[tuple[float, _Call]] = []
+        """Calls answered through ``answer_briefly`` not yet hung up, with when to hang up (monotonic)."""
         self.started = time.monotonic()
         self._armed_at: float | None = None
         """When the waiting ``when_quiet`` step became next (None: none waits)."""
         self._heard = False
         self._quiet_since: float | None = None
+        self._speaking_since: float | None = None
+        self._last_heard = 0.0
         self._playing_until = 0.0
         """When the last play started ends (seconds after answer): a ``when_quiet`` wait starts after it, so the far
         end's silence while it listens (and thinks) is not taken for the end of its reply."""
@@ -138,16 +155,27 @@ class Worker:
         """Is ``action`` (the next step) to be done now?"""
         if action.at > self.elapsed() or self.audio is None:
             return False
-        if action.when_quiet <= 0:
+        if action.when_quiet <= 0 and action.when_heard <= 0:
             return True
         if self.elapsed() < self._playing_until:
             return False
         now = time.monotonic()
         if self._armed_at is None:
-            self._armed_at, self._heard, self._quiet_since = now, False, None
+            self._armed_at, self._heard, self._quiet_since, self._speaking_since = now, False, None, None
         # pjsua2 names levels from the conference bridge's side: "tx" is what the bridge takes from the call's
         # port to pass on, i.e. the far end's voice ("rx" is what this caller plays into the call).
-        if self.audio.getTxLevel() > HEARD_LEVEL:
+        level = self.audio.getTxLevel()
+        if action.when_heard > 0:
+            if level > HEARD_LEVEL:
+                if self._speaking_since is None or now - self._last_heard > HEARD_GAP_S:
+                    self._speaking_since = now
+                self._last_heard = now
+            if self._speaking_since is None or now - self._last_heard > HEARD_GAP_S \
+                    or now - self._speaking_since < action.when_heard:
+                return False
+            self._armed_at = None
+            return True
+        if level > HEARD_LEVEL:
             self._heard, self._quiet_since = True, None
         elif self._heard and self._quiet_since is None:
             self._quiet_since = now
@@ -181,6 +209,15 @@ class Worker:
             self.we_hung_up = True
             call.hangup(pj.CallOpParam(True))
         self.result.events.append(event)
+
+    def hang_up_brief(self) -> None:
+        """Hang up the brief answers whose time has come (from the loop: pjsua2 runs on this thread only)."""
+        now = time.monotonic()
+        due = [call for when, call in self.brief if when <= now]
+        self.brief = [(when, call) for when, call in self.brief if when > now]
+        for call in due:
+            with contextlib.suppress(pj.Error):  # the caller may have hung up first
+                call.hangup(pj.CallOpParam(True))
 
     # ------------------------------------------------------------------ main
     def run(self) -> CallResult:
@@ -226,6 +263,7 @@ class Worker:
             pending = schedule(self.script.actions)
             while not self.ended:
                 ep.libHandleEvents(5)
+                self.hang_up_brief()
                 now = time.monotonic()
                 if call is None:
                     call = self.incoming
@@ -257,6 +295,7 @@ class Worker:
             while (self.script.calls and self.others_ended + (self.incoming is not None) < self.script.calls
                    and time.monotonic() - started < 2 * self.script.timeout):
                 ep.libHandleEvents(10)
+                self.hang_up_brief()
         except pj.Error as exc:
             self.result.error = f"pjsua2: {exc.info()}"
         finally:
