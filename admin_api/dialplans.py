@@ -651,7 +651,11 @@ def designer_problem(app: str, arguments: str, dialling: set[str], reachable: It
             return why
     targets = jump_targets(app, arguments)
     if targets is None and app != "dial":  # Dial with a variable: outbound_problem says why
-        example = f" such as [{next(iter(dialling))}], which dials out" if dialling else ", one that dials out too"
+        # Named in a stable order (a set's order changes from one process to the next), the site's own contexts
+        # before Eva's packaged ones, which every installation has.
+        named = sorted(dialling, key=lambda name: (name.startswith("eva-"), name))[:3]
+        example = (f" such as {', '.join(f'[{name}]' for name in named)}, which "
+                   f"{'dials' if len(named) == 1 else 'dial'} out" if named else ", one that dials out too")
         return (f"{app.capitalize()}() with a variable or expression in its target: Asterisk substitutes "
                 f"${{...}} and $[...] before splitting at ',', '?' and ':', so it could name any context{example}; "
                 "designers write jump targets literally (a condition may be a $[...] of numbers only)")

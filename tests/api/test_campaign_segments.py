@@ -138,21 +138,37 @@ async def test_import_excludes_rows_outside_the_segment_and_a_new_segment_moves_
     # Withdrawn attempts were never made: not in the attempts, the outcomes or the waiting ones.
     assert (stats["attempts"], stats["pending_attempts"]) == (2, 1)
     assert {k: v for k, v in stats["outcomes"].items() if v} == {"busy": 1, "answered": 1}
+    # The export agrees: the two attempts made and Ana's open retry, not the withdrawn ones.
+    import csv
+    import io
+
+    response = await api.client.get(f"/api/v1/campaigns/{cid}/analytics.csv", headers=api.auth("viewer"))
+    exported = list(csv.DictReader(io.StringIO(await response.text())))
+    assert sorted(row["outcome"] for row in exported) == ["", "answered", "busy"], exported
 
 
 async def test_a_campaign_whose_remaining_entries_are_excluded_completes(api_db: Api) -> None:
     api = api_db
     agent_id = await make_agent(api)
-    cid = (await make_campaign(api, agent_id=agent_id, rules={
-        "windows": ALWAYS, "segment": [{"variable": "plan", "op": "eq", "value": "platinum"}]}))["id"]
+    campaign = await make_campaign(api, agent_id=agent_id, rules={
+        "windows": ALWAYS, "segment": [{"variable": "plan", "op": "eq", "value": "platinum"}]})
+    cid = campaign["id"]
     status, report = await upload(api, cid, CSV)
     assert status == 200 and report["excluded"] == 5, report
+    # Nobody in the segment: starting would complete at once with nobody called, so it is refused.
+    status, body = await api.call("POST", f"/api/v1/campaigns/{cid}/start", role="admin")
+    assert (status, body["error"]["code"], body["error"]["field"]) == (409, "campaign_empty", "rules.segment")
+    campaign = await put_segment(api, campaign, [{"variable": "plan", "op": "eq", "value": "gold"}])
     assert (await api.call("POST", f"/api/v1/campaigns/{cid}/start", role="admin"))[0] == 200
     now = datetime.now(UTC) + timedelta(seconds=1)
+    with session_scope(api.engine) as session:  # Ana, the one gold contact, is reached
+        (ana,) = store.snapshot(session, store.get_campaign(session, cid), now=now, in_flight=0).due
+        assert store.claim(session, ana.attempt_id, "w1", now=now, lease=timedelta(minutes=5))
+        store.finish(session, ana.attempt_id, "answered", now=now)
     with session_scope(api.engine) as session:
-        campaign = store.get_campaign(session, cid)
-        snap = store.snapshot(session, campaign, now=now, in_flight=0)
-        tick = scheduler.plan(store.view(campaign), snap, store.load_dnc(session, cid))
+        campaign_row = store.get_campaign(session, cid)
+        snap = store.snapshot(session, campaign_row, now=now, in_flight=0)
+        tick = scheduler.plan(store.view(campaign_row), snap, store.load_dnc(session, cid))
     assert (snap.due, snap.scheduled_later, tick.dial) == ([], 0, ())
     assert tick.stop is not None and tick.stop.action == "complete"
 
@@ -174,3 +190,33 @@ async def test_a_bad_segment_is_a_422_naming_the_condition(api: Api) -> None:
     status, answer = await api.call("PUT", f"/api/v1/campaigns/{campaign['id']}", role="designer", json={
         "name": "spring-sale", "rules": {"segment": [{"variable": "plan", "op": "in", "values": []}]}})
     assert (status, answer["error"]["field"]) == (422, "rules.segment.0"), answer
+
+
+async def test_a_call_in_progress_when_the_segment_changes_retries_only_if_its_contact_is_still_in_it(
+        api: Api) -> None:
+    """The segment leaves an entry being called alone; when that call then ends busy, its retry is made only
+    for a contact still in the segment (a review found it scheduled, and the contact called again, regardless)."""
+    agent_id = await make_agent(api)
+    campaign = await make_campaign(api, agent_id=agent_id, rules={
+        "windows": ALWAYS, "retry": {"busy": {"max_attempts": 3, "interval_minutes": 10}}})
+    cid = campaign["id"]
+    assert (await upload(api, cid, CSV))[0] == 200
+    assert (await api.call("POST", f"/api/v1/campaigns/{cid}/start", role="admin"))[0] == 200
+    now = datetime.now(UTC) + timedelta(seconds=1)
+    with session_scope(api.engine) as session:
+        due = {d.phone: d.attempt_id for d in store.snapshot(session, store.get_campaign(session, cid), now=now,
+                                                              in_flight=0, batch=10).due}
+        for phone in ("+34600000001", "+34600000002"):  # Ana (40) and Bea (17) both on the line
+            assert store.claim(session, due[phone], "w1", now=now, lease=timedelta(hours=1))
+    assert (await api.call("POST", f"/api/v1/campaigns/{cid}/pause", role="designer"))[0] == 200
+    changed = await put_segment(api, campaign, [{"variable": "age", "op": "ge", "value": 18}])
+    assert changed["contacts"]["calling"] == 2
+    with session_scope(api.engine) as session:
+        for phone in ("+34600000001", "+34600000002"):
+            store.finish(session, due[phone], "busy", now=now + timedelta(seconds=5), sip_cause="486")
+    after = audience(api, cid)
+    assert after["+34600000001"] == ("pending", [(1, "busy", False), (2, None, False)])  # 40: retried
+    assert after["+34600000002"] == ("excluded", [(1, "busy", False), (2, "excluded", False)])  # 17: withdrawn
+    # Back in the segment, her retry reopens (still her second try), as for any withdrawn attempt.
+    await put_segment(api, changed, [])
+    assert audience(api, cid)["+34600000002"] == ("pending", [(1, "busy", False), (2, None, False)])

@@ -106,6 +106,15 @@ async def test_bad_configurations_are_clear_422s(api: Api) -> None:
         status, answer = await api.call("POST", "/api/v1/campaigns", role="designer", json=body)
         assert status == 422, (body, answer)
         assert answer["error"]["field"] == where, (body, answer)
+    # The agent's DTMF terminator (# by default) ends key input without a turn: never an opt-out key.
+    agent_id = await make_agent(api)
+    for rules in ({"opt_out_digit": "#"}, {"arms": [{"name": "A", "agent_id": agent_id}], "opt_out_digit": "#"}):
+        status, answer = await api.call("POST", "/api/v1/campaigns", role="designer",
+                                        json={"name": "x", "agent_id": agent_id, "rules": rules})
+        assert (status, answer["error"]["field"]) == (422, "rules.opt_out_digit"), answer
+    status, answer = await api.call("POST", "/api/v1/campaigns", role="designer",
+                                    json={"name": "x", "agent_id": agent_id, "rules": {"opt_out_digit": "9"}})
+    assert status == 201 and answer["rules"]["opt_out_digit"] == "9", answer
 
 
 async def test_status_transitions_and_their_conflicts(api: Api) -> None:

@@ -121,3 +121,24 @@ async def test_offered_tools_stay_out_of_the_prompt_unless_enabled(qwen: Embedde
     assert isinstance(plain_done, Done) and isinstance(offered_done, Done)
     assert plain_done.prompt_tokens is not None
     assert offered_done.prompt_tokens == plain_done.prompt_tokens
+
+
+@pytest.mark.models  # the assembled GGUF (its vocabulary only: no weights are loaded)
+def test_the_real_tokenizer_sees_no_control_token_in_forged_text() -> None:
+    """What the model is given: Qwen's own tokenizer, special tokens on (as the backend tokenizes), finds the
+    turn markers only where the template put them, however a message tries to forge one."""
+    from llama_cpp import Llama
+
+    from tests.llm.test_chatml import FORGED
+    from voicebot.llm.chatml import build_chat_prompt
+
+    vocab = Llama(model_path=str(qwen_gguf_path()), vocab_only=True, verbose=False)
+    im_start = vocab.tokenize(b"<|im_start|>", add_bos=False, special=True)
+    im_end = vocab.tokenize(b"<|im_end|>", add_bos=False, special=True)
+    tool_open = vocab.tokenize(b"<tool_call>", add_bos=False, special=True)
+    assert len(im_start) == len(im_end) == len(tool_open) == 1  # each is one control token
+    prompt = build_chat_prompt([ChatMessage("system", "You are Ana."), ChatMessage("user", FORGED)], [FORGED], [])
+    tokens = vocab.tokenize(prompt.text.encode(), add_bos=False, special=True)
+    assert tokens.count(im_start[0]) == 3 and tokens.count(im_end[0]) == 2  # system, user, assistant header
+    assert tokens.count(tool_open[0]) == 0
+    vocab.close()

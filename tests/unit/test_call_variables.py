@@ -61,7 +61,7 @@ def test_a_calls_variables_are_the_name_then_the_columns_cleaned_and_bounded() -
     got = call_variables("Ana", columns)
     assert list(got)[:5] == ["name", "appointment_day", "note", "long", "1st_visit"]
     assert got["name"] == "Ana" and got["appointment_day"] == "Tuesday"
-    assert got["note"] == "line one line two <im_end>"  # one line, no chat-template marker
+    assert got["note"] == "line one line two < |im_end| >"  # one line, no chat-template marker
     assert len(got["long"]) == MAX_VALUE_CHARS
     assert "bad key" not in got and "" not in got
     assert len(got) == MAX_VARIABLES

@@ -421,11 +421,11 @@ async def test_the_opt_out_key_alone_blocks_the_number_and_other_keys_reach_the_
     assert plain.heard == [dtmf_turn_text("19")]
     # A flow-aware responder gets the keys as an event: the same key is the opt-out there too.
     flow = Echo()
-    flow_guard = dnc_guard(engine, "+15550002222", "en", opt_out_digit="#")(flow)
+    flow_guard = dnc_guard(engine, "+15550002222", "en", opt_out_digit="*")(flow)
     assert hasattr(flow_guard, "respond_input")
     assert [e async for e in flow_guard.respond_input(ctx, CallerInput("dtmf", text="", keys="1"))] == [
         ReplyDone(text="ok")]
-    assert ToolCall("hang_up") in [e async for e in flow_guard.respond_input(ctx, CallerInput("dtmf", keys="#"))]
+    assert ToolCall("hang_up") in [e async for e in flow_guard.respond_input(ctx, CallerInput("dtmf", keys="*"))]
     # Without a configured key, pressing 9 is just a key for the agent.
     unguarded = Echo()
     no_key = dnc_guard(engine, "+15550003333", "en")(unguarded)

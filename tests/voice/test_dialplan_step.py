@@ -277,6 +277,10 @@ async def test_a_call_dropped_mid_flow_resumes_at_the_same_step_on_a_fresh_eva(
     fresh = VoiceApp(runtime.settings, engine, ari, old.stt, old.tts, old.responder, old.resolve_agent)
     await fresh.start()
     runtime.voice = fresh
+    if runtime.dialer is not None:  # the dialer dials through the voice app's ARI: the old one is closed now
+        await runtime.dialer.close()
+        runtime.dialer = runtime.new_dialer(engine)
+        await runtime.dialer.start()
     try:
         before_second = _last_call_id(engine)
         # "Welcome back. Please type your customer number ..." -- then the keys answer that step.

@@ -82,7 +82,7 @@ async def test_hostile_mail_and_markdown_while_a_call_speaks_keep_its_audio_pace
     assert status in ("ready", "failed")
     # Bot audio went out while the payloads were processed (the window's length depends on the machine: on a fast
     # one it was 0.5 s, so a frame count that stood for "long enough" failed there).
-    assert voiced_during > 0, "the call was not speaking while the payloads were processed"
+    assert voiced_during >= 5, f"the call was not speaking while the payloads were processed ({voiced_during} frames)"
     worst = max(max(stats.lateness_ms, default=0.0), stats.longest_stall_ms)
     print(f"\n{stats.sent} frames sent, worst lateness {worst:.1f} ms, {stats.skipped} skipped")
     # The bound: no gap of 100 ms in the caller's audio (a stall of 60 ms already makes the clock skip

@@ -462,7 +462,7 @@ class Dialer:
             campaign = session.get(Campaign, campaign_id)
             if campaign is None or campaign.status != "running":  # paused or cancelled a moment ago
                 return None
-            if not store.claim(session, dial.attempt_id, self.worker, now=now, lease=lease):
+            if not store.claim(session, dial.attempt_id, self.worker, now=now, lease=lease, entry_id=dial.entry_id):
                 return None  # another worker took it
             return replace(_plan_of(session, campaign, rules, dial.arm),
                            variables=_entry_variables(session, dial.entry_id))
@@ -498,9 +498,6 @@ class Dialer:
         except Exception:
             log.exception("campaign %s attempt %s failed", placing.campaign_id, placing.attempt_id)
             outcome = Verdict("answered", False, "") if placing.answered else Verdict("failed", False, "dialer error")
-        finally:
-            if self.responder_wrappers is not None and placing.channel_id:
-                self.responder_wrappers.pop(placing.channel_id, None)
         attempt_id, ended = placing.attempt_id, datetime.now(UTC)
 
         def record(session: Session) -> None:
@@ -588,6 +585,8 @@ class Dialer:
                 self.stasis_gates.pop(channel_id, None)
             if self.call_variables is not None:
                 self.call_variables.pop(channel_id, None)
+            if self.responder_wrappers is not None:  # each trunk tried has its own channel id
+                self.responder_wrappers.pop(channel_id, None)
 
     async def _answered(self, placing: _Placing, watch: _Watch, channel_id: str) -> Verdict:
         """The call was picked up: with detection, a machine is left the message (``voicemail``) and a person
@@ -708,10 +707,15 @@ def voicemail_sounds(settings: Any, tts: Any) -> VoicemailSound:
 
 def write_wav_atomically(path: Path, audio: Any) -> None:
     """``audio`` as ``path``, written to a temporary name beside it and renamed over it (readers see old or new)."""
+    import tempfile
+
     from voicebot.audio import write_wav
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    part = path.with_name(f".{path.name}.{os.getpid()}.part")
+    # A name of its own (two dialers, say an old one finishing and its replacement, may write one message).
+    handle, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    os.close(handle)
+    part = Path(name)
     try:
         write_wav(part, audio)
         os.chmod(part, 0o644)  # Asterisk runs as another user

@@ -23,6 +23,7 @@ from sqlmodel import Session, col, select
 from models import Contact, FlowRun
 from models.campaigns import Campaign, CampaignAttempt, CampaignEntry
 from voicebot.campaigns.rules import CampaignRules, Roi, load_rules
+from voicebot.campaigns.segments import EXCLUDED
 from voicebot.campaigns.stats import compare, rate, roi
 
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
@@ -109,7 +110,9 @@ def export_csv(session: Session, campaign: Campaign) -> str:
         select(CampaignAttempt, CampaignEntry, Contact.name)
         .join(CampaignEntry, col(CampaignEntry.id) == col(CampaignAttempt.entry_id))
         .join(Contact, col(Contact.id) == col(CampaignEntry.contact_id))
-        .where(col(CampaignAttempt.campaign_id) == campaign.id)
+        # Attempts a segment withdrew were never made: left out, as the analytics leave them out.
+        .where(col(CampaignAttempt.campaign_id) == campaign.id,
+               or_(col(CampaignAttempt.outcome).is_(None), col(CampaignAttempt.outcome) != EXCLUDED))
         .order_by(col(CampaignAttempt.id))).all()
     variables = sorted({key for _a, entry, _n in rows for key in entry.variables})
     out = io.StringIO()

@@ -151,7 +151,8 @@ class CampaignRules(Rules):
     """The number presented to contacts ('' lets the trunk decide)."""
     opt_out_digit: Annotated[str, StringConstraints(pattern=r"^[0-9*#]$")] | None = None
     """A key the callee presses to be put on the do-not-call list (the agent's greeting should say so: "press 9
-    to stop these calls"); the call then ends with a goodbye, as when they ask in words.  None: words only."""
+    to stop these calls"); the call then ends with a goodbye, as when they ask in words.  None: words only.  Never
+    the agent's DTMF terminator (``#`` by default), which ends key input without a turn (checked on save)."""
     voicemail: Voicemail | None = None
     """Detect answering machines: a machine is left the message and the attempt ends ``voicemail``; a person goes
     on to the agent.  Detection listens to the first seconds of every answered call before the agent speaks, so it

@@ -94,8 +94,14 @@ def _check(session: Session, data: dict[str, Any], campaign_id: int | None) -> N
                                                      for i, a in enumerate(rules.arms)]
     flows = [(data.get("flow_name"), "flow")] + [(a.flow, f"rules.arms.{i}.flow") for i, a in enumerate(rules.arms)]
     for agent_id, where in agents:
-        if agent_id is not None and session.get(Agent, agent_id) is None:
+        agent = session.get(Agent, agent_id) if agent_id is not None else None
+        if agent_id is not None and agent is None:
             raise InvalidInput(f"agent {agent_id} does not exist", field=where)
+        if agent is not None and rules.opt_out_digit and rules.opt_out_digit == (agent.dtmf_terminator or ""):
+            # The terminator alone ends key input without a turn: the callee would press it and never be put on the
+            # list.
+            raise InvalidInput(f"the opt-out key {rules.opt_out_digit} is agent {agent_id}'s DTMF terminator, "
+                               "which never reaches the call as a key: choose another", field="rules.opt_out_digit")
     for name, where in flows:
         if name is not None and session.exec(select(Flow.id).where(Flow.name == name)).first() is None:
             raise InvalidInput(f"there is no flow named {name!r}", field=where)
@@ -168,6 +174,13 @@ def change_status(session: Session, campaign_id: int, action: str, *, now: datet
                                .where(col(CampaignEntry.campaign_id) == campaign_id)).one()
         if not entries:
             raise Conflict("the campaign has no contacts; import some first", code="campaign_empty")
+        if action == "start" and not session.exec(
+                select(func.count()).select_from(CampaignEntry)
+                .where(col(CampaignEntry.campaign_id) == campaign_id, col(CampaignEntry.state) != EXCLUDED)).one():
+            # Started, it would complete at once ("every contact was attempted") with nobody called, and a
+            # completed campaign's segment can no longer be changed.
+            raise Conflict("every contact is outside the campaign's segment; change the segment first",
+                           code="campaign_empty", field="rules.segment")
         if campaign.end_at is not None and campaign.end_at <= now:
             raise Conflict("the campaign's end date has passed", code="campaign_ended", field="end_at")
     campaign.status = after
@@ -429,11 +442,16 @@ def snapshot(session: Session, campaign: Campaign, *, now: datetime, in_flight: 
                     channel_capacity=channel_capacity)
 
 
-def claim(session: Session, attempt_id: int, worker: str, *, now: datetime, lease: timedelta) -> bool:
-    """Take one due attempt for ``worker`` (a conditional UPDATE: of two workers, one wins); True if taken."""
+def claim(session: Session, attempt_id: int, worker: str, *, now: datetime, lease: timedelta,
+          entry_id: int | None = None) -> bool:
+    """Take one due attempt for ``worker`` (a conditional UPDATE: of two workers, one wins); True if taken.
+
+    A dialer passes the ``entry_id`` its snapshot saw with the attempt: SQLite may give an erased attempt's id to
+    a new row (another contact's), and the dialer dials the number of its snapshot, so the pair must still hold."""
     result = session.execute(
         update(CampaignAttempt)
         .where(col(CampaignAttempt.id) == attempt_id, col(CampaignAttempt.outcome).is_(None),
+               *([col(CampaignAttempt.entry_id) == entry_id] if entry_id is not None else []),
                or_(col(CampaignAttempt.claimed_by) == "", col(CampaignAttempt.lease_until) < now))
         .values(claimed_by=worker[:200], lease_until=now + lease, started_at=now))
     if _rowcount(result) != 1:
@@ -464,12 +482,26 @@ def finish(session: Session, attempt_id: int, outcome: str, *, now: datetime, si
     entry.state, entry.last_outcome, entry.updated_at = decided.entry_state, outcome, now
     entry.attempts = max(entry.attempts, attempt.number) if outcome != "dnc_skipped" else entry.attempts
     if decided.retry is not None:
-        session.add(CampaignAttempt(campaign_id=attempt.campaign_id, entry_id=entry.id or 0,
-                                    number=decided.retry.number, arm=attempt.arm, due_at=decided.retry.due_at,
-                                    created_at=now))
+        retry = CampaignAttempt(campaign_id=attempt.campaign_id, entry_id=entry.id or 0,
+                                number=decided.retry.number, arm=attempt.arm, due_at=decided.retry.due_at,
+                                created_at=now)
+        if not _in_segment(session, campaign, entry):
+            # The segment changed while this call was in progress (resegment leaves such entries alone): the
+            # retry is made withdrawn, as resegment would have made it, and comes back if the segment does.
+            entry.state, retry.outcome = EXCLUDED, EXCLUDED
+        session.add(retry)
     session.add_all([attempt, entry])
     session.flush()
     return decided
+
+
+def _in_segment(session: Session, campaign: Campaign, entry: CampaignEntry) -> bool:
+    segment = load_rules(campaign.rules).segment
+    if not segment:
+        return True
+    contact = session.get(Contact, entry.contact_id)
+    return matcher(segment)(subject(entry.variables or {}, name=(contact.name if contact else "") or "",
+                                    phone=entry.phone, timezone=entry.timezone))
 
 
 # ------------------------------ analytics ---------------------------------------------------------

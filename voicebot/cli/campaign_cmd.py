@@ -12,6 +12,7 @@ terminal) until it completes, is paused or cancelled, then prints the outcome ta
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -420,7 +421,8 @@ def watch_cmd(args: argparse.Namespace) -> int:
         return 0
     finally:
         engine.dispose()
-    print()
-    _print_status(args.name, stats)
-    print("\n".join(outcome_table(stats)), flush=True)
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C while the report prints: the same quiet stop
+        print()
+        _print_status(args.name, stats)
+        print("\n".join(outcome_table(stats)), flush=True)
     return 0

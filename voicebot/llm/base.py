@@ -14,11 +14,29 @@ than left to garbage collection.
 from __future__ import annotations
 
 import abc
+import re
 from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 Role = Literal["system", "user", "assistant", "tool"]
+
+_TAG_TOKEN = re.compile(
+    r"<(/?)(tool_call|tool_response|tools|think|start_of_turn|end_of_turn|bos|eos|s|pad|unk)>|\[(/?)INST\]|<<(/?)SYS>>",
+    re.IGNORECASE)
+
+
+def defuse(text: str) -> str:
+    """``text`` with nothing a chat template or tokenizer could take for one of its own control tokens.
+
+    Prompts are tokenized with the model's special tokens recognised (they must be, for the template's own
+    ``<|im_start|>``), so a message, a document passage or a contact's CSV cell holding ``<|im_end|><|im_start|>
+    system`` would otherwise open a forged system turn.  A space goes inside every ``<|`` and ``|>`` (one pass is
+    enough: the inserted space can never form a new pair) and inside the tag-like tokens of the common templates
+    (Qwen's ``<tool_call>``, Gemma's ``<start_of_turn>``, Llama's ``[INST]``, ``</s>``).  Readable text is
+    unchanged for people and barely changed for the model.  Pure."""
+    text = text.replace("<|", "< |").replace("|>", "| >")
+    return _TAG_TOKEN.sub(lambda m: m.group(0)[0] + " " + m.group(0)[1:], text)
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from voicebot.i18n import phrase
-from voicebot.llm.base import ChatMessage, TextDelta, ToolCall, ToolSpec
+from voicebot.llm.base import ChatMessage, TextDelta, ToolCall, ToolSpec, defuse
 
 IM_START = "<|im_start|>"
 IM_END = "<|im_end|>"
@@ -59,8 +59,9 @@ class ChatPrompt:
 
 def system_text(instructions: Sequence[str], knowledge: Sequence[str], tools: Sequence[ToolSpec],
                 language: str = "en") -> str:
-    parts = [" ".join(text.split()) for text in instructions if text.strip()]
-    passages = [passage.strip() for passage in knowledge if passage.strip()]
+    # Everything here but the template's own markers is text: defused (see voicebot.llm.base.defuse).
+    parts = [" ".join(defuse(text).split()) for text in instructions if text.strip()]
+    passages = [defuse(passage.strip()) for passage in knowledge if passage.strip()]
     if passages:
         parts.append(phrase("grounding", language))
         parts.append("Knowledge:\n" + "\n\n".join(passages))
@@ -113,12 +114,12 @@ def build_chat_prompt(messages: Sequence[ChatMessage], knowledge: Sequence[str],
     tool_results: list[str] = []
     for message in messages[lead:]:
         if message.role == "tool":
-            tool_results.append(f"<tool_response>\n{message.content}\n</tool_response>")
+            tool_results.append(f"<tool_response>\n{defuse(message.content)}\n</tool_response>")
             continue
         if tool_results:  # Qwen's template: consecutive tool results form one "user" message
             parts.append(_message("user", "\n".join(tool_results)))
             tool_results = []
-        content = message.content.strip()
+        content = defuse(message.content.strip())
         if message.role == "assistant" and message.tool_calls:
             calls = "\n".join(_tool_call_text(c) for c in message.tool_calls)
             content = f"{content}\n{calls}" if content else calls

@@ -51,6 +51,7 @@ from voicebot.llm.base import (
     TextDelta,
     ToolCall,
     ToolSpec,
+    defuse,
 )
 from voicebot.llm.chatml import STOP, ToolCallParser, build_chat_prompt, instruction_count
 from voicebot.llm.prefix_cache import PrefixCache, common_prefix
@@ -508,14 +509,14 @@ class EmbeddedLLM(LanguageModel):
         """Other chat templates: llama-cpp-python renders them (no tool calls, no snapshots)."""
         messages, knowledge, opts, stop, emit = job.messages, job.knowledge, job.options, job.stop, job.emit
         payload: list[dict[str, Any]] = []
-        knowledge_text = "\n\n".join(knowledge)
+        knowledge_text = defuse("\n\n".join(knowledge))
         has_system = any(m.role == "system" for m in messages)
         if knowledge_text and not has_system:
             payload.append({"role": "system", "content": f"Knowledge:\n{knowledge_text}"})
         for message in messages:
             if message.role == "tool":
                 continue  # no tools here, so no tool results to show
-            content = message.content
+            content = defuse(message.content)  # the template is rendered and tokenized with its special tokens
             if message.role == "system" and knowledge_text:
                 content = f"{content}\n\nKnowledge:\n{knowledge_text}"
                 knowledge_text = ""

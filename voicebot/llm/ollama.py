@@ -32,6 +32,7 @@ from voicebot.llm.base import (
     TextDelta,
     ToolCall,
     ToolSpec,
+    defuse,
 )
 from voicebot.llm.chatml import ContextNote, SystemNote
 
@@ -48,7 +49,9 @@ def knowledge_section(knowledge: Sequence[str]) -> str:
 
 
 def _message_payload(message: ChatMessage) -> dict[str, Any]:
-    payload: dict[str, Any] = {"role": message.role, "content": message.content}
+    # Ollama renders the model's template around the content and tokenizes the result: text is defused so that
+    # no message can close its turn and open a forged one (voicebot.llm.base.defuse).
+    payload: dict[str, Any] = {"role": message.role, "content": defuse(message.content)}
     if message.tool_calls:
         payload["tool_calls"] = [{"function": {"name": c.name, "arguments": dict(c.arguments)}}
                                  for c in message.tool_calls]
@@ -64,7 +67,7 @@ def build_chat_payload(messages: Sequence[ChatMessage], knowledge: Sequence[str]
     :class:`ContextNote` is kept: it is the same on every turn of the conversation (a call's contact details), so
     it changes nothing from one turn to the next."""
     payload = [_message_payload(m) for m in messages if not isinstance(m, SystemNote) or isinstance(m, ContextNote)]
-    section = knowledge_section(knowledge)
+    section = defuse(knowledge_section(knowledge))
     if section:
         for item in payload:
             if item["role"] == "system":

@@ -29,6 +29,7 @@ import re
 from collections.abc import Mapping
 
 from voicebot.flows.spec import CONTACT_PREFIX, fill
+from voicebot.llm.base import defuse
 
 MAX_VARIABLES = 20
 """Contact variables one call carries (the name first, then the import's columns in their order)."""
@@ -44,8 +45,9 @@ _SPACE_BEFORE_MARK = re.compile(r"\s+([,.!?;:])")
 
 def clean_value(value: object) -> str:
     """One value as a call uses it: text on one line (a newline in a CSV cell must not start a new line of the
-    LLM's transcript), without the ``<|``/``|>`` of chat-template markers, cut to :data:`MAX_VALUE_CHARS`."""
-    text = _CONTROL.sub(" ", str(value)).replace("<|", "<").replace("|>", ">")
+    LLM's transcript), with chat-template markers defused (:func:`voicebot.llm.base.defuse`; every backend defuses
+    what it renders again), cut to :data:`MAX_VALUE_CHARS`."""
+    text = defuse(_CONTROL.sub(" ", str(value)))
     return " ".join(text.split())[:MAX_VALUE_CHARS]
 
 
