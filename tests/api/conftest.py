@@ -3,6 +3,7 @@ database (SQLite; PostgreSQL where a test asks for ``api_db``), with one user an
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import socket
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -111,6 +112,28 @@ async def start_api(settings: Settings, engine: Engine, **kwargs: Any) -> Api:
         api.tokens[role] = body["access_token"]
         api.refresh[role] = body["refresh_token"]
     return api
+
+
+async def delete_trunks(api: Api) -> None:
+    """Delete every SIP trunk a test made through the API (so the next module's Asterisk has none of them)."""
+    _, trunks = await api.call("GET", "/api/v1/sip/trunks")
+    for trunk in trunks:
+        await api.call("DELETE", f"/api/v1/sip/trunks/{trunk['id']}")
+
+
+@contextlib.asynccontextmanager
+async def voice_admin_api(runtime: Any) -> AsyncIterator[Api]:
+    """The admin API on a voice runtime's database, placing calls through its ARI (as ``eva run`` wires it); the
+    trunks made through it are deleted at the end."""
+    from voicebot.callcontrol import AriCallControl
+
+    assert runtime.engine is not None and runtime.voice is not None
+    api = await start_api(runtime.settings, runtime.engine, call_control=AriCallControl(runtime.voice.ari))
+    try:
+        yield api
+    finally:
+        await delete_trunks(api)
+        await api.client.close()
 
 
 @pytest.fixture

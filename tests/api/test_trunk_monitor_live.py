@@ -17,7 +17,7 @@ from sqlalchemy.engine import Engine
 
 from admin_api.framework import SERVICES_KEY
 from models.db import make_engine, upgrade
-from tests.api.conftest import Api, start_api
+from tests.api.conftest import Api, delete_trunks, start_api
 from voicebot.asterisk.process import Asterisk
 from voicebot.config import Settings
 from voicebot.harness import free_udp_port, start_callee
@@ -38,9 +38,7 @@ async def monitored_api(asterisk: Asterisk, eva_settings: Settings, tmp_path: Pa
     try:
         yield api
     finally:
-        _, trunks = await api.call("GET", "/api/v1/sip/trunks")
-        for trunk in trunks:
-            await api.call("DELETE", f"/api/v1/sip/trunks/{trunk['id']}")
+        await delete_trunks(api)
         await api.client.close()
         engine.dispose()
 

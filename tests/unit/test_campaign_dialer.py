@@ -28,6 +28,7 @@ from voicebot.campaigns import store
 from voicebot.campaigns.dialer import Dialer, classify, parse_channel_id, sip_status
 from voicebot.campaigns.importer import parse_csv
 from voicebot.errors import AriError
+from voicebot.pipeline.responder import CallContext, CallerInput, ReplyDone
 
 
 # ------------------------------ pure ------------------------------------------------------------------
@@ -357,23 +358,34 @@ async def test_an_answered_attempt_links_the_voice_apps_call_row(engine: Engine)
         assert call is not None and call.channel_id.startswith(f"eva-camp-{campaign_id}-{row.id}-")
 
 
+class Echo:
+    """A plain responder that answers "ok" and keeps what reached it (the agent behind the opt-out guard)."""
+
+    def __init__(self) -> None:
+        self.heard: list[str] = []
+
+    async def respond(self, ctx: CallContext, text: str) -> Any:
+        self.heard.append(text)
+        yield ReplyDone(text="ok")
+
+    async def mark_interrupted(self, ctx: CallContext, message_id: int | None, spoken_text: str) -> None:
+        return None
+
+
+class InputEcho(Echo):
+    """The same, flow-aware: it also takes typed turns (keys as keys)."""
+
+    async def respond_input(self, ctx: CallContext, event: CallerInput) -> Any:
+        self.heard.append(f"{event.kind}:{event.keys or event.text}")
+        yield ReplyDone(text="ok")
+
+
 @pytest.mark.asyncio
 async def test_the_do_not_call_guard_blocks_the_number_says_goodbye_and_hangs_up(engine: Engine) -> None:
     from models.campaigns import DncEntry
     from voicebot.campaigns.oncall import dnc_guard
     from voicebot.i18n import phrase
-    from voicebot.pipeline.responder import CallContext, ReplyDone, TextDelta, ToolCall
-
-    class Echo:
-        def __init__(self) -> None:
-            self.heard: list[str] = []
-
-        async def respond(self, ctx: CallContext, text: str) -> Any:
-            self.heard.append(text)
-            yield ReplyDone(text="ok")
-
-        async def mark_interrupted(self, ctx: CallContext, message_id: int | None, spoken_text: str) -> None:
-            return None
+    from voicebot.pipeline.responder import TextDelta, ToolCall
 
     inner = Echo()
     guard = dnc_guard(engine, "+34600111222", "es")(inner)
@@ -394,22 +406,7 @@ async def test_the_opt_out_key_alone_blocks_the_number_and_other_keys_reach_the_
     from models.campaigns import DncEntry
     from voicebot.campaigns.oncall import dnc_guard
     from voicebot.pipeline.dtmf import dtmf_turn_text
-    from voicebot.pipeline.responder import CallContext, CallerInput, ReplyDone, ToolCall
-
-    class Echo:
-        def __init__(self) -> None:
-            self.heard: list[str] = []
-
-        async def respond(self, ctx: CallContext, text: str) -> Any:
-            self.heard.append(text)
-            yield ReplyDone(text="ok")
-
-        async def respond_input(self, ctx: CallContext, event: CallerInput) -> Any:
-            self.heard.append(f"{event.kind}:{event.keys or event.text}")
-            yield ReplyDone(text="ok")
-
-        async def mark_interrupted(self, ctx: CallContext, message_id: int | None, spoken_text: str) -> None:
-            return None
+    from voicebot.pipeline.responder import ToolCall
 
     ctx = CallContext(call_id=8, channel_id="c", caller="+15550001111", did="+15550001111", agent_id=1,
                       agent_name="a", greeting="", fallback="", language="en")
@@ -420,7 +417,7 @@ async def test_the_opt_out_key_alone_blocks_the_number_and_other_keys_reach_the_
     assert ToolCall("hang_up") in events
     assert plain.heard == [dtmf_turn_text("19")]
     # A flow-aware responder gets the keys as an event: the same key is the opt-out there too.
-    flow = Echo()
+    flow = InputEcho()
     flow_guard = dnc_guard(engine, "+15550002222", "en", opt_out_digit="*")(flow)
     assert hasattr(flow_guard, "respond_input")
     assert [e async for e in flow_guard.respond_input(ctx, CallerInput("dtmf", text="", keys="1"))] == [

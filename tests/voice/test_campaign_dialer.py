@@ -30,10 +30,9 @@ from sqlmodel import col, select
 from models import Call, CallTurn
 from models.campaigns import CampaignAttempt, CampaignEntry, DncEntry
 from models.db import session_scope
-from tests.api.conftest import Api, start_api
+from tests.api.conftest import Api, voice_admin_api
 from tests.voice.conftest import heard_phrase, load, transcribe_regions
 from voicebot.agent import store as agents
-from voicebot.callcontrol import AriCallControl
 from voicebot.campaigns import store
 from voicebot.campaigns.importer import parse_csv
 from voicebot.harness import free_udp_port, start_callee
@@ -53,23 +52,14 @@ OUTCOME_TABLE: list[tuple[str, str, int, str, str]] = []
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
 async def api(runtime: EvaRuntime) -> AsyncIterator[Api]:
     """The admin API on the voice runtime's database (trunks are created through it, as an admin would)."""
-    assert runtime.engine is not None and runtime.voice is not None
-    api = await start_api(runtime.settings, runtime.engine, call_control=AriCallControl(runtime.voice.ari))
     try:
-        yield api
+        async with voice_admin_api(runtime) as api:
+            yield api
     finally:
-        _, trunks = await api.call("GET", "/api/v1/sip/trunks")
-        for trunk in trunks:
-            await api.call("DELETE", f"/api/v1/sip/trunks/{trunk['id']}")
-        await api.client.close()
         if OUTCOME_TABLE:
             print("\ncampaign dialer outcomes (test, contact, attempt, outcome, cause):")
             for row in OUTCOME_TABLE:
                 print("  " + " | ".join(str(v) for v in row))
-
-
-
-
 
 
 async def callee(api: Api, name: str, ip: str, **script: Any) -> tuple[int, asyncio.Future[CallResult]]:

@@ -36,9 +36,8 @@ from sqlmodel import col, select
 from models import Call
 from models.campaigns import CampaignEntry
 from models.db import session_scope
-from tests.api.conftest import Api, start_api
+from tests.api.conftest import Api, voice_admin_api
 from tests.voice.test_campaign_dialer import ALWAYS, attempts, callee, incoming
-from voicebot.callcontrol import AriCallControl
 from voicebot.server import EvaRuntime
 
 pytestmark = [pytest.mark.asterisk, pytest.mark.slow, pytest.mark.asyncio(loop_scope="session")]
@@ -59,15 +58,8 @@ def told(i: int) -> str:
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
 async def api(runtime: EvaRuntime) -> AsyncIterator[Api]:
     """The admin API on the voice runtime's database."""
-    assert runtime.engine is not None and runtime.voice is not None
-    api = await start_api(runtime.settings, runtime.engine, call_control=AriCallControl(runtime.voice.ari))
-    try:
+    async with voice_admin_api(runtime) as api:
         yield api
-    finally:
-        _, trunks = await api.call("GET", "/api/v1/sip/trunks")
-        for trunk in trunks:
-            await api.call("DELETE", f"/api/v1/sip/trunks/{trunk['id']}")
-        await api.client.close()
 
 
 async def created(api: Api, path: str, body: dict[str, Any]) -> dict[str, Any]:

@@ -26,9 +26,8 @@ from sqlmodel import col, select
 
 from models.campaigns import Campaign, CampaignEntry
 from models.db import session_scope
-from tests.api.conftest import Api, start_api
+from tests.api.conftest import Api, voice_admin_api
 from tests.voice.test_campaign_dialer import attempts, callee, incoming, make_campaign, until
-from voicebot.callcontrol import AriCallControl
 from voicebot.campaigns.rules import WEEKDAYS
 from voicebot.server import EvaRuntime
 
@@ -41,15 +40,8 @@ BEFORE_MIN_S = 12
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
 async def api(runtime: EvaRuntime) -> AsyncIterator[Api]:
     """The admin API on the voice runtime's database (the trunk is created through it, as an admin would)."""
-    assert runtime.engine is not None and runtime.voice is not None
-    api = await start_api(runtime.settings, runtime.engine, call_control=AriCallControl(runtime.voice.ari))
-    try:
+    async with voice_admin_api(runtime) as api:
         yield api
-    finally:
-        _, trunks = await api.call("GET", "/api/v1/sip/trunks")
-        for trunk in trunks:
-            await api.call("DELETE", f"/api/v1/sip/trunks/{trunk['id']}")
-        await api.client.close()
 
 
 def hhmm(moment: datetime) -> str:

@@ -19,10 +19,9 @@ from sqlmodel import col, select
 
 from models import Call
 from models.db import session_scope
-from tests.api.conftest import Api, start_api
+from tests.api.conftest import Api, voice_admin_api
 from tests.voice.conftest import heard_phrase, load, transcribe
 from voicebot.agent import store
-from voicebot.callcontrol import AriCallControl
 from voicebot.harness import free_udp_port, start_callee
 from voicebot.server import EvaRuntime
 from voicebot.sipcaller import Action, CallScript
@@ -38,15 +37,8 @@ NUMBER = "+15551230001"
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
 async def api(runtime: EvaRuntime) -> AsyncIterator[Api]:
     """The admin API on the voice runtime's database, placing calls through ARI (as ``eva run`` wires it)."""
-    assert runtime.engine is not None and runtime.voice is not None
-    api = await start_api(runtime.settings, runtime.engine, call_control=AriCallControl(runtime.voice.ari))
-    try:
+    async with voice_admin_api(runtime) as api:
         yield api
-    finally:
-        _, trunks = await api.call("GET", "/api/v1/sip/trunks")
-        for trunk in trunks:
-            await api.call("DELETE", f"/api/v1/sip/trunks/{trunk['id']}")
-        await api.client.close()
 
 
 
