@@ -52,7 +52,7 @@ from admin_api.passwords import (
     rehash_password,
     verify_password,
 )
-from models import ApiKey, KnownLoginAddress, RefreshToken, RevokedAccessToken, User, utcnow
+from models import ApiKey, KnownLoginAddress, RefreshToken, RevokedAccessToken, User, as_utc, utcnow
 from models.db import session_scope
 from models.users import KEY_ONLY_ROLES, ROLE_RANK, rank_to_hold
 from voicebot.config import Settings
@@ -744,7 +744,7 @@ class AuthService:
                 row = session.exec(select(ApiKey).where(ApiKey.prefix == prefix)).first()
                 if row is None or row.revoked or not api_key_matches(key, row.key_hash):
                     return None
-                if row.expires_at is not None and _aware(row.expires_at) <= utcnow():
+                if row.expires_at is not None and as_utc(row.expires_at) <= utcnow():
                     return None
                 if row.owner_id is not None:
                     # A key never outranks the user who made it: demoting, deactivating or deleting that
@@ -765,9 +765,6 @@ class AuthService:
         return Principal("api_key", row.id, row.name, row.role)
 
 
-def _aware(moment: datetime) -> datetime:
-    # SQLite hands datetimes back without their zone; Eva stores UTC.
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 def _purge_expired(session: Any) -> None:

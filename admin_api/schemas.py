@@ -7,11 +7,12 @@ in the schema: leaving a field out keeps it, sending ``null`` is a 422.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
+from models.base import as_utc
 from voicebot.flows.spec import Step, StepId
 
 MAX_DB_INT = 2**63 - 1
@@ -43,12 +44,7 @@ LANGUAGE_TAG = r"^[A-Za-z]{2,3}([_-][A-Za-z0-9]{2,8})?$"
 """A BCP-47 language tag as agents use it: ``en``, ``es``, ``es-MX``, ``pt_BR``."""
 
 
-def _as_utc(value: datetime) -> datetime:
-    # SQLite hands datetimes back without their zone; Eva stores UTC, so say so on the way out.
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
-
-
-Timestamp = Annotated[datetime, AfterValidator(_as_utc)]
+Timestamp = Annotated[datetime, AfterValidator(as_utc)]
 """A datetime in a response: always with its UTC offset."""
 
 

@@ -20,7 +20,7 @@ fate is unknown is never sent a second time.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import and_, case, exists, func, or_, update
@@ -28,7 +28,7 @@ from sqlalchemy.engine import CursorResult
 from sqlalchemy.orm import aliased
 from sqlmodel import Session, col, select
 
-from models import Agent, Contact, Conversation, InboundMessage, Message, utcnow
+from models import Agent, Contact, Conversation, InboundMessage, Message, as_utc, utcnow
 from voicebot.agent.store import get_agent_by_name
 from voicebot.errors import NotFound, Unavailable
 
@@ -64,11 +64,6 @@ class ConversationRow:
     messages: int
     started_at: datetime
     updated_at: datetime
-
-
-def as_utc(value: datetime) -> datetime:
-    # SQLite returns datetimes without their zone; Eva stores UTC.
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
 
 
 def channel_agent(session: Session, name: str) -> Agent:

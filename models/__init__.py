@@ -7,7 +7,7 @@ Vectors are not here: they live in Chroma (see ``rag/``).
 from models.agents import Agent, Route
 from models.analysis import Category
 from models.audit import AuditEvent
-from models.base import utcnow
+from models.base import as_utc, utcnow
 from models.calls import Call, CallTurn
 from models.campaigns import Campaign, CampaignAttempt, CampaignEntry, DncEntry
 from models.channels import InboundMessage
@@ -46,5 +46,6 @@ __all__ = [
     "SipTrunk",
     "TrunkStateEvent",
     "User",
+    "as_utc",
     "utcnow",
 ]

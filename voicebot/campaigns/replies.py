@@ -28,7 +28,7 @@ from typing import TypeVar
 from sqlmodel import Session, col, select
 
 from channels import store as channel_store
-from models import Agent, Conversation, utcnow
+from models import Agent, Conversation, as_utc, utcnow
 from models.campaigns import CampaignAttempt, DncEntry
 from voicebot.campaigns.dnc import asks_not_to_be_contacted
 from voicebot.campaigns.phones import to_e164
@@ -63,7 +63,7 @@ def campaign_agent(session: Session, channel: str, contact_id: int, window: time
                           .order_by(col(Conversation.updated_at).desc(), col(Conversation.id).desc())).first()
     if latest is None or latest.id is None or latest.agent_id is None:
         return None
-    if channel_store.as_utc(latest.updated_at) < utcnow() - window:
+    if as_utc(latest.updated_at) < utcnow() - window:
         return None
     started_by_campaign = session.exec(select(CampaignAttempt.id)
                                        .where(CampaignAttempt.conversation_id == latest.id)).first()

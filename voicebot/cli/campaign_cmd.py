@@ -17,7 +17,7 @@ import json
 import sys
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -296,15 +296,11 @@ class Progress:
                 self.outcomes, self.reached_per_arm)
 
 
-def _aware(moment: datetime | None) -> datetime | None:
-    # SQLite hands back naive datetimes (stored as UTC); PostgreSQL aware ones.
-    return moment.replace(tzinfo=UTC) if moment is not None and moment.tzinfo is None else moment
-
-
 def look(session: Any, name: str, now: datetime) -> Progress:
     """The campaign's progress now, from the same counts as the analytics plus the calls in flight."""
     from sqlmodel import col, func, select
 
+    from models.base import as_utc
     from models.campaigns import CampaignAttempt
     from voicebot.campaigns import store
 
@@ -315,7 +311,8 @@ def look(session: Any, name: str, now: datetime) -> Progress:
                                                           col(CampaignAttempt.started_at).is_not(None)),
                func.min(CampaignAttempt.started_at))
         .where(col(CampaignAttempt.campaign_id) == campaign.id)).one()
-    started, finished, first = _aware(campaign.started_at), _aware(campaign.finished_at), _aware(first_dial)
+    started, finished, first = (as_utc(moment) if moment is not None else None
+                                for moment in (campaign.started_at, campaign.finished_at, first_dial))
     until = finished or now
     minutes = (until - first).total_seconds() / 60 if first is not None else 0.0
     states = stats["entries_by_state"]

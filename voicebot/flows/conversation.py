@@ -31,13 +31,12 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
-from models import Agent, Contact, Conversation, Flow, FlowRun, Message, utcnow
+from models import Agent, Contact, Conversation, Flow, FlowRun, Message, as_utc, utcnow
 from models.db import session_scope
 from voicebot.agent.core import SEARCH_KNOWLEDGE, AgentCore
 from voicebot.errors import NotFound
@@ -108,10 +107,6 @@ class _AgentAnswers:
     citations: list[dict[str, Any]] = field(default_factory=list)
 
 
-def _as_utc(value: datetime) -> datetime:
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value  # SQLite drops the zone
-
-
 def _situation(session: Session, conversation_id: int) -> _Situation:
     last = session.exec(select(Message).where(Message.conversation_id == conversation_id)
                         .order_by(col(Message.created_at).desc(), col(Message.id).desc())).first()
@@ -122,7 +117,7 @@ def _situation(session: Session, conversation_id: int) -> _Situation:
         return found
     found.run_id, found.flow_name = run.id, run.flow_name
     found.state = FlowState.from_json(dict(run.state))
-    found.stale = last is None or _as_utc(run.updated_at) > _as_utc(last.created_at)
+    found.stale = last is None or as_utc(run.updated_at) > as_utc(last.created_at)
     return found
 
 
