@@ -87,6 +87,9 @@ class EvaRuntime:
         self.voice: VoiceApp | None = None
         self.dialer: Any = None
         """The campaign dialer (``voicebot.campaigns.dialer.Dialer``); closed before the voice app it follows."""
+        self._voicemail_sound: Any = None
+        """One maker of campaign voicemail sounds for every dialer this process makes: its single flight then also
+        covers a dialer that replaced another while the old one still synthesizes."""
         self.closers: list[Any] = []
         self._api_runner: Any = None
         self.components: dict[str, Any] = {}
@@ -210,10 +213,11 @@ class EvaRuntime:
         from voicebot.campaigns.dialer import Dialer, voicemail_sounds
 
         assert self.voice is not None
+        if self._voicemail_sound is None:
+            self._voicemail_sound = voicemail_sounds(self.settings, self.components["tts"])
         return Dialer(engine, self.voice.ari, worker=self.voice.worker, listeners=self.voice.listeners,
                       responder_wrappers=self.voice.responder_wrappers, stasis_gates=self.voice.stasis_gates,
-                      call_variables=self.voice.call_variables,
-                      voicemail_sound=voicemail_sounds(self.settings, self.components["tts"]),
+                      call_variables=self.voice.call_variables, voicemail_sound=self._voicemail_sound,
                       channel_capacity=self.settings.channel_capacity or None)
 
     async def _start_channels(self, engine: Engine) -> None:

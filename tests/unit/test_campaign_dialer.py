@@ -401,6 +401,15 @@ async def test_the_do_not_call_guard_blocks_the_number_says_goodbye_and_hangs_up
         assert [(r.phone, r.source, r.campaign_id) for r in rows] == [("+34600111222", "phrase", None)]
 
 
+@pytest.mark.parametrize("keys", ["9", "*", "#", "0123456789*#", "A" * 64])
+def test_a_key_turns_keys_are_read_back_from_its_text(keys: str) -> None:
+    from voicebot.pipeline.dtmf import dtmf_turn_keys, dtmf_turn_text
+
+    assert dtmf_turn_keys(dtmf_turn_text(keys)) == keys
+    assert dtmf_turn_keys("Please stop calling me.") is None
+    assert dtmf_turn_keys(dtmf_turn_text(keys) + " and more") is None  # only a whole key turn
+
+
 @pytest.mark.asyncio
 async def test_the_opt_out_key_alone_blocks_the_number_and_other_keys_reach_the_agent(engine: Engine) -> None:
     from models.campaigns import DncEntry

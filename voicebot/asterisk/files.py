@@ -43,8 +43,8 @@ def _nofollow_dir(path: Path) -> int:
         raise AsteriskError(f"cannot open folder {path}: {exc.strerror}") from exc
 
 
-def write_atomic(path: Path, text: str, *, mode: int = FILE_MODE, gid: int | None = None) -> None:
-    """Replace ``path`` with ``text`` atomically without ever following a link.
+def write_atomic(path: Path, text: str | bytes, *, mode: int = FILE_MODE, gid: int | None = None) -> None:
+    """Replace ``path`` with ``text`` (or bytes) atomically without ever following a link.
 
     The temporary file is created exclusively (``O_EXCL | O_NOFOLLOW``) in the target's folder through a directory
     handle, its mode and group are set on the open descriptor (``fchmod``/``fchown``: no path is looked up again),
@@ -62,7 +62,7 @@ def write_atomic(path: Path, text: str, *, mode: int = FILE_MODE, gid: int | Non
             os.fchmod(fd, mode)  # the umask does not decide who can read it
             if gid is not None and os.geteuid() == 0:
                 os.fchown(fd, 0, gid)
-            data = text.encode("utf-8")
+            data = text.encode("utf-8") if isinstance(text, str) else text
             view = memoryview(data)
             while view:
                 written = os.write(fd, view)

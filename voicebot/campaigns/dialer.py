@@ -50,7 +50,6 @@ import asyncio
 import contextlib
 import hashlib
 import logging
-import os
 import re
 import uuid
 from collections.abc import Awaitable, Callable
@@ -682,8 +681,9 @@ def voicemail_sounds(settings: Any, tts: Any) -> VoicemailSound:
     """Synthesizes a campaign's voicemail message (8 kHz WAV in the instance's sounds folder, once per text and
     voice) and returns the name Asterisk's ``Playback()`` finds it by.
 
-    Calls of several campaigns with the same message ask at once: one synthesis per key (the others wait for it),
-    and the file appears whole (written aside, then renamed), so ``Playback()`` never reads a half-written WAV."""
+    Calls of several campaigns with the same message ask at once: one synthesis per key (the others wait for it;
+    a process makes one of these for all its dialers), and the file appears whole (written aside, then renamed),
+    so ``Playback()`` never reads a half-written WAV."""
     from voicebot.asterisk.render import instance_path
     from voicebot.tts.voices import resolve_voice
 
@@ -706,22 +706,17 @@ def voicemail_sounds(settings: Any, tts: Any) -> VoicemailSound:
 
 
 def write_wav_atomically(path: Path, audio: Any) -> None:
-    """``audio`` as ``path``, written to a temporary name beside it and renamed over it (readers see old or new)."""
-    import tempfile
+    """``audio`` as the WAV ``path`` in a folder Asterisk reads, whole or not at all (readers see old or new), with
+    the sounds folder's group and mode (:func:`voicebot.asterisk.files.write_atomic`)."""
+    import io
 
+    from voicebot.asterisk.files import FILE_MODE, write_atomic
     from voicebot.audio import write_wav
 
+    data = io.BytesIO()
+    write_wav(data, audio)
     path.parent.mkdir(parents=True, exist_ok=True)
-    # A name of its own (two dialers, say an old one finishing and its replacement, may write one message).
-    handle, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    os.close(handle)
-    part = Path(name)
-    try:
-        write_wav(part, audio)
-        os.chmod(part, 0o644)  # Asterisk runs as another user
-        os.replace(part, path)
-    finally:
-        part.unlink(missing_ok=True)
+    write_atomic(path, data.getvalue(), mode=FILE_MODE, gid=path.parent.stat().st_gid)
 
 
 # ------------------------------ blocking helpers (in a worker thread) -----------------------------------

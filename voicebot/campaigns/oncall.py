@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 
@@ -24,6 +23,7 @@ from voicebot.campaigns import store
 from voicebot.campaigns.dnc import asks_not_to_be_contacted
 from voicebot.errors import EvaError
 from voicebot.i18n import phrase
+from voicebot.pipeline.dtmf import dtmf_turn_keys
 from voicebot.pipeline.responder import (
     CallContext,
     CallerInput,
@@ -38,10 +38,6 @@ from voicebot.pipeline.responder import (
 log = logging.getLogger(__name__)
 
 GOODBYE_KEY = "campaign_call_opted_out"
-
-
-DTMF_TURN = re.compile(r"\(DTMF: ([0-9*#A-D]{1,64})\)$")
-"""How a plain (not flow-aware) responder's turn names the keys pressed (voicebot.pipeline.dtmf.dtmf_turn_text)."""
 
 
 def _block(engine: Engine, phone: str, call_id: int, source: str) -> bool:
@@ -80,8 +76,8 @@ class DncGuard:
 
     def respond(self, ctx: CallContext, text: str) -> AsyncIterator[ReplyEvent]:
         if not self.opted_out:
-            keys = DTMF_TURN.search(text)
-            if keys is not None and self._is_opt_out_key(keys.group(1)):
+            keys = dtmf_turn_keys(text)  # a plain responder hears keys as a turn's text
+            if keys is not None and self._is_opt_out_key(keys):
                 return self._opt_out(ctx, "dtmf")
             if keys is None and asks_not_to_be_contacted(text, ctx.language or self.language):
                 return self._opt_out(ctx)

@@ -278,12 +278,8 @@ def apply_import(session: Session, campaign_id: int, parsed: ParsedCsv, *, now: 
                     col(CampaignEntry.campaign_id) == campaign_id, col(CampaignEntry.contact_id).in_(chunk))).all():
                 if entry_id is not None:
                     entry_of[contact_id] = entry_id
-        if called:  # never an empty list: execute(insert, []) would insert one row of defaults
-            session.execute(insert(CampaignAttempt), [
-                {"campaign_id": campaign_id, "entry_id": entry_of[contact_of[row.phone]], "number": 1,
-                 "arm": arm_of[row.phone], "due_at": now, "claimed_by": "", "lease_until": None, "outcome": None,
-                 "sip_cause": "", "call_id": None, "started_at": None, "ended_at": None, "created_at": now}
-                for row in called])
+        _open_attempts(session, campaign_id, [(entry_of[contact_of[row.phone]], 1, arm_of[row.phone])
+                                              for row in called], now=now)
     arms = Counter(arm_of.values())
     zones = Counter(row.timezone_source for row in taken)
     log.info("campaign %s: imported %d of %d rows, %d outside the segment (%d invalid, %d duplicate, "
@@ -299,6 +295,17 @@ def apply_import(session: Session, campaign_id: int, parsed: ParsedCsv, *, now: 
         "invalid": _problems(parsed.invalid), "duplicates": _problems(parsed.duplicates),
         "dnc": _problems(blocked), "already_in_campaign": _problems(repeated),
     }
+
+
+def _open_attempts(session: Session, campaign_id: int, rows: list[tuple[int, int, str]], *, now: datetime) -> None:
+    """Insert one attempt due now per ``(entry id, attempt number, arm)``, in one statement (none for no rows:
+    ``execute(insert, [])`` would insert one row of defaults)."""
+    if rows:
+        session.execute(insert(CampaignAttempt), [
+            {"campaign_id": campaign_id, "entry_id": entry_id, "number": number, "arm": arm, "due_at": now,
+             "claimed_by": "", "lease_until": None, "outcome": None, "sip_cause": "", "call_id": None,
+             "started_at": None, "ended_at": None, "created_at": now}
+            for entry_id, number, arm in rows])
 
 
 def resegment(session: Session, campaign: Campaign, *, now: datetime) -> dict[str, int]:
@@ -362,13 +369,8 @@ def resegment(session: Session, campaign: Campaign, *, now: datetime) -> dict[st
             session.execute(update(CampaignAttempt).where(col(CampaignAttempt.id).in_(list(withdrawn.values())),
                                                           col(CampaignAttempt.outcome) == EXCLUDED)
                             .values(outcome=None).execution_options(synchronize_session=False))
-        fresh = [row for row in moved if row[0] not in withdrawn]
-        if fresh:
-            session.execute(insert(CampaignAttempt), [
-                {"campaign_id": campaign.id, "entry_id": entry_id, "number": attempts + 1, "arm": arm,
-                 "due_at": now, "claimed_by": "", "lease_until": None, "outcome": None, "sip_cause": "",
-                 "call_id": None, "started_at": None, "ended_at": None, "created_at": now}
-                for entry_id, attempts, arm in fresh])
+        _open_attempts(session, campaign.id, [(entry_id, attempts + 1, arm) for entry_id, attempts, arm in moved
+                                              if entry_id not in withdrawn], now=now)
         included += len(moved)
     session.flush()
     log.info("campaign %s: segment applied, %d entries excluded, %d included again", campaign.id, excluded,

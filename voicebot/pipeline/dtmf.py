@@ -10,6 +10,7 @@ from an ARI event and is treated as untrusted text.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 KEYS = frozenset("0123456789*#ABCD")
@@ -69,3 +70,12 @@ class DtmfCollector:
 def dtmf_turn_text(keys: str) -> str:
     """How a DTMF turn reads to the agent."""
     return f"The caller pressed the keys {' '.join(keys)} on the phone keypad. (DTMF: {keys})"
+
+
+_TURN_KEYS = re.compile(r"\(DTMF: ([0-9*#A-D]{1,64})\)$")
+
+
+def dtmf_turn_keys(text: str) -> str | None:
+    """The keys of a turn :func:`dtmf_turn_text` made, or None for a turn that is not one (the caller spoke)."""
+    found = _TURN_KEYS.search(text)
+    return found.group(1) if found is not None else None
