@@ -10,7 +10,7 @@ JOBS := $(shell n=$$(nproc 2>/dev/null || echo 1); m=$$(awk '/^MemAvailable:/ {p
 endif
 XDIST = $(if $(filter-out 0,$(strip $(JOBS))),-n $(strip $(JOBS)) --dist loadfile)
 
-.PHONY: setup run test lint unit fast bench clean-data
+.PHONY: setup browser run test lint unit fast bench clean-data
 
 setup:
 	@bash scripts/setup
@@ -22,7 +22,14 @@ lint: setup
 	@echo "== ruff"; $(VENV)/bin/ruff check .
 	@echo "== mypy"; $(VENV)/bin/mypy
 
-test: setup lint
+# The console's browser tests drive Debian's Chromium (a test tool's own browser download cannot be fetched here);
+# only the test command installs it, so `make run` stays free of a browser.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { echo "[setup] installing Debian's chromium for the console's browser tests"; \
+	  apt-get install -y -qq --no-install-recommends chromium >/dev/null || { apt-get update -qq && \
+	  apt-get install -y -qq --no-install-recommends chromium >/dev/null; }; }
+
+test: setup browser lint
 	@echo "== pytest ($(if $(XDIST),$(JOBS) workers,one process))"; $(PY) -m pytest $(XDIST) $(PYTEST_ARGS)
 
 # Tiers come from marks derived from the fixtures a test uses (tests/conftest.py): asterisk, models (LLM, embedder,

@@ -74,6 +74,7 @@ class CallDay:
             "answer_rate": round(self.answered / self.calls, 4) if self.calls else None,
             "transferred": self.transferred, "failed": self.failed, "barge_ins": self.barge_ins,
             "avg_duration_s": round(sum(self.durations) / len(self.durations), 2) if self.durations else None,
+            "voice_to_voice_avg_ms": _ms(sum(self.latencies) / len(self.latencies)) if self.latencies else None,
             "voice_to_voice_p50_ms": _ms(percentile(self.latencies, 0.5)),
             "voice_to_voice_p95_ms": _ms(percentile(self.latencies, 0.95)),
             "turns_timed": len(self.latencies),

@@ -34,6 +34,7 @@ from admin_api.trunks import TrunkService
 from voicebot.agent.store import AgentStore
 from voicebot.config import Settings
 from voicebot.errors import EvaError
+from voicebot.events import watch_messages
 from voicebot.flows.voice import prompt_checker
 
 if TYPE_CHECKING:
@@ -55,6 +56,7 @@ MAX_JSON_BODY = 2 * 1024 * 1024
 
 
 def routers(settings: Settings) -> list[ApiRouter]:
+    from admin_api.console import routes as console
     from admin_api.handlers import (
         agents,
         analysis,
@@ -93,6 +95,7 @@ def routers(settings: Settings) -> list[ApiRouter]:
         campaigns.router,
         campaigns.dnc_router,
         speech.router,
+        console.router,
     ]
     if settings.open_signup:
         mounted.append(auth.signup_router)
@@ -172,6 +175,7 @@ def create_app(
         services.trunks.on_change = monitor.kick
         services.owned.append(monitor)
 
+    watch_messages()  # the console's live events hear every stored message (idempotent)
     middlewares: list[Any] = [metrics_middleware]
     if settings.api_cors_origins.strip():
         middlewares.append(cors_middleware(settings.api_cors_origins))

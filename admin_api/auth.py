@@ -42,6 +42,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 
+from admin_api.console import session as session_cookies
 from admin_api.passwords import (
     PasswordWorker,
     api_key_matches,
@@ -700,7 +701,18 @@ class AuthService:
                 return await self._from_access_token(value)
         if api_key:
             return await self._from_api_key(api_key)
+        cookie = request.cookies.get(session_cookies.ACCESS_COOKIE, "")
+        if cookie:
+            # The console's session (admin_api.console.session): a header, when sent, always wins above, so an
+            # API client is never authenticated by a cookie its browser happens to hold.
+            principal = await self._from_access_token(cookie)
+            session_cookies.check_csrf(request, self._secret, principal.token_id)
+            return principal
         raise AuthError("authentication required", code="unauthorized")
+
+    def csrf_for(self, access_token: str) -> str:
+        """The console's CSRF token for a freshly issued access token."""
+        return session_cookies.csrf_token(self._secret, str(self._decode(access_token, "access")["jti"]))
 
     async def _from_access_token(self, token: str) -> Principal:
         claims = self._decode(token, "access")

@@ -45,7 +45,8 @@ MARK_BY_FIXTURE: dict[str, frozenset[str]] = {
                          "voice_note",
                          "runtime",  # the voice runtime loads Whisper and Piper
                          "own_asterisk"}),  # a private Asterisk whose prompts Piper synthesizes first
-    "servers": frozenset({"postgres_server", "postgres_url", "dovecot", "chroma_server"}),
+    "servers": frozenset({"postgres_server", "postgres_url", "dovecot", "chroma_server",
+                          "browser", "console"}),  # the console's tests start Chromium
     "db": frozenset({"engine", "sqlite_engine", "new_engine", "any_engine", "api", "api_db", "sqlite_db", "any_db",
                      "demo_engine", "demo_world", "demo_data", "kb", "make_agent", "voice_settings", "runtime",
                      "live_server", "live_api", "llm_api", "db", "database_url", "speech_api", "voice_world"}),

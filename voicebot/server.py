@@ -322,6 +322,26 @@ def serve() -> int:
     return 0
 
 
+def _first_run_token(settings: Settings, engine: Engine | None) -> str:
+    """While no admin exists: a new one-time token for the console's setup page (admin_api.console.session)."""
+    from sqlalchemy import func
+    from sqlmodel import col, select
+
+    from admin_api.console.session import issue_setup_token, spend_setup_token
+    from models import User
+    from models.db import session_scope
+
+    if engine is None:
+        return ""
+    with session_scope(engine) as session:
+        admins = session.exec(select(func.count()).select_from(User)
+                              .where(User.role == "admin", col(User.active).is_(True))).one()
+    if admins:
+        spend_setup_token(settings.data_dir)  # a token left from before the first admin must not linger
+        return ""
+    return issue_setup_token(settings.data_dir)
+
+
 async def _run(settings: Settings, asterisk: Any = None) -> None:
     from voicebot.asterisk.supervisor import AsteriskSupervisor
     from voicebot.backup import run_daily_backups
@@ -344,10 +364,15 @@ async def _run(settings: Settings, asterisk: Any = None) -> None:
             backups = asyncio.create_task(run_daily_backups(
                 settings.effective_database_url, settings.backup_dir, every_s=settings.backup_every_hours * 3600,
                 keep=settings.backup_keep), name="eva-daily-backup")
+        console = f"http://{settings.api_host}:{settings.api_port}/"
+        first_run = await asyncio.to_thread(_first_run_token, settings, runtime.engine)
+        if first_run:
+            console += f"#/setup?token={first_run}   (first run: create the admin there; the link works once)"
         print(f"""
 Eva is ready.
   Call the demo agent:   .venv/bin/eva call 100 --say "What are your opening hours?" --record reply.wav
   SIP (carrier trunk):   {settings.bind_host}:{settings.sip_port} (calls from {settings.local_carrier_ip})
+  Web console:           {console}
   Admin API:             http://{settings.api_host}:{settings.api_port}/api/v1  (docs: /api/v1/docs)
   Stop:                  Ctrl-C
 """, flush=True)

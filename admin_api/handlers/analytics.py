@@ -57,6 +57,9 @@ class CallDayOut(Output):
     failed: int
     barge_ins: int
     avg_duration_s: float | None
+    voice_to_voice_avg_ms: float | None
+    """Caller's speech end → first reply audio frame sent, the mean over the day's timed turns (with
+    ``turns_timed`` it pools exactly over days and agents)."""
     voice_to_voice_p50_ms: float | None
     """Caller's speech end → first reply audio frame sent, over the day's timed turns."""
     voice_to_voice_p95_ms: float | None

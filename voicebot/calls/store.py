@@ -12,6 +12,7 @@ from sqlmodel import col, select
 from models import Call, CallTurn, SipTrunk, utcnow
 from models.calls import CALLER_MAX
 from models.db import session_scope
+from voicebot.events import publish
 
 
 @dataclass
@@ -48,7 +49,9 @@ def create_call(engine: Engine, *, channel_id: str, caller: str, did: str, agent
         session.add(call)
         session.flush()
         assert call.id is not None
-        return call.id, generation
+        call_id = call.id
+    publish("call.started", call_id=call_id, agent_id=agent_id, direction=direction)  # after the commit
+    return call_id, generation
 
 
 def mark_answered(engine: Engine, call_id: int, recording_path: str = "") -> None:
@@ -57,6 +60,7 @@ def mark_answered(engine: Engine, call_id: int, recording_path: str = "") -> Non
         if call is not None:
             call.answered_at = utcnow()
             call.recording_path = recording_path
+    publish("call.answered", call_id=call_id)
 
 
 def add_turn(engine: Engine, call_id: int, turn: TurnRecord) -> int:
@@ -72,7 +76,9 @@ def add_turn(engine: Engine, call_id: int, turn: TurnRecord) -> int:
         session.add(row)
         session.flush()
         assert row.id is not None
-        return row.id
+        turn_id = row.id
+    publish("call.turn", call_id=call_id, turn_id=turn_id, index=turn.index, interrupted=turn.interrupted)
+    return turn_id
 
 
 def end_call(engine: Engine, call_id: int, *, outcome: str, cause: str = "") -> None:
@@ -87,6 +93,8 @@ def end_call(engine: Engine, call_id: int, *, outcome: str, cause: str = "") -> 
             call.outcome = outcome
         if cause and not call.hangup_cause:
             call.hangup_cause = cause
+        final = call.outcome
+    publish("call.ended", call_id=call_id, outcome=final)
 
 
 def end_call_by_channel(engine: Engine, channel_id: str, *, outcome: str, cause: str = "",

@@ -1,0 +1,5 @@
+import { h } from "../lib/dom.js";
+
+export async function render(main) {
+  main.append(h("section.page", h("h1", "Dashboard")));
+}

@@ -1,0 +1,117 @@
+"""Browser tests of the web console: Debian's Chromium, headless, driven by Playwright's async API against a real
+admin API (aiohttp on 127.0.0.1, a migrated SQLite database, one user per role).
+
+Every page a test opens records each request it makes; the ``console`` fixture fails the test if any went to
+another origin (the console promises to work offline: no CDN, no font service).  ``shot()`` saves a screenshot
+of each screen under ``var/test-artifacts/console/`` (kept after the run, for a person to look at).
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+from playwright.async_api import Browser, BrowserContext, Page, async_playwright
+from sqlalchemy.engine import Engine
+
+from tests.api.conftest import PASSWORD, Api, offline_settings, sqlite_engine, start_api
+
+__all__ = ["sqlite_engine"]  # the API tests' database fixture, used here too
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+ARTIFACTS = Path(__file__).resolve().parents[2] / "var" / "test-artifacts" / "console"
+# As the machine's own probe starts it: a closed network refuses Chromium's background connections, so none
+# are made; a fresh profile each time; no sandbox (root in CI).
+CHROMIUM_ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--disable-dev-shm-usage", "--autoplay-policy=no-user-gesture-required"]
+
+
+@dataclass
+class Console:
+    """A running admin API, a browser context on it, and what its pages requested."""
+
+    api: Api
+    context: BrowserContext
+    base: str
+    requests: list[str] = field(default_factory=list)
+    console_errors: list[str] = field(default_factory=list)
+
+    async def page(self) -> Page:
+        page = await self.context.new_page()
+        page.on("request", lambda request: self.requests.append(request.url))
+        page.on("console", lambda message: self.console_errors.append(message.text)
+                if message.type == "error" else None)
+        page.on("pageerror", lambda error: self.console_errors.append(f"page error: {error}"))
+        return page
+
+    async def sign_in(self, role: str = "admin", page: Page | None = None) -> Page:
+        """A page signed in as the user named ``role``, on the dashboard."""
+        page = page or await self.page()
+        await page.goto(f"{self.base}/#/login")
+        await page.get_by_label("User name").fill(role)
+        await page.get_by_label("Password").fill(PASSWORD)
+        await page.get_by_role("button", name="Sign in").click()
+        await page.wait_for_url(re.compile(r"#/dashboard"))
+        await page.get_by_role("heading", name="Dashboard").wait_for()
+        return page
+
+    def foreign_requests(self) -> list[str]:
+        origin = urlsplit(self.base).netloc
+        return [url for url in self.requests
+                if urlsplit(url).scheme not in ("data", "blob") and urlsplit(url).netloc != origin]
+
+
+async def shot(page: Page, name: str) -> Path:
+    """Save a full-page screenshot as a test artifact; returns its path."""
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    path = ARTIFACTS / f"{name}.png"
+    await page.screenshot(path=str(path), full_page=True)
+    return path
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    if not Path(CHROMIUM).exists():  # noqa: ASYNC240 (one stat of a local file, once per test)
+        pytest.fail(f"{CHROMIUM} is missing: `make test` installs Debian's chromium (apt-get install chromium)")
+    async with async_playwright() as playwright:
+        launched = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield launched
+        finally:
+            await launched.close()
+
+
+async def open_console(api: Api, browser: Browser, **context_args: Any) -> Console:
+    base = str(api.client.make_url("")).rstrip("/")
+    context = await browser.new_context(viewport={"width": 1280, "height": 900}, **context_args)
+    context.set_default_timeout(15_000)
+    return Console(api=api, context=context, base=base)
+
+
+async def close_console(console: Console) -> None:
+    await console.context.close()
+    assert console.foreign_requests() == [], f"requests to another origin: {console.foreign_requests()}"
+    # A screen that throws is a broken screen even if the test's clicks went through.
+    errors = [e for e in console.console_errors if "status of 401" not in e and "status of 4" not in e]
+    assert not [e for e in errors if e.startswith("page error")], errors
+
+
+@pytest.fixture
+async def console(tmp_path: Path, sqlite_engine: Engine, browser: Browser) -> AsyncIterator[Console]:
+    """The console of an API without Asterisk or models (screens that need them say so)."""
+    api = await start_api(offline_settings(tmp_path / "data"), sqlite_engine, offline_asterisk=True)
+    running = await open_console(api, browser)
+    try:
+        yield running
+    finally:
+        try:
+            await close_console(running)
+        finally:
+            await api.client.close()
