@@ -33,7 +33,7 @@ test: setup browser lint
 	@echo "== pytest ($(if $(XDIST),$(JOBS) workers,one process))"; $(PY) -m pytest $(XDIST) $(PYTEST_ARGS)
 
 # Tiers come from marks derived from the fixtures a test uses (tests/conftest.py): asterisk, models (LLM, embedder,
-# Whisper, Piper), servers (PostgreSQL, dovecot, Chroma), fuzz (hypothesis property tests).
+# Whisper, Piper), servers (PostgreSQL, dovecot, Chroma, Chromium), fuzz (hypothesis property tests).
 # unit: everything that needs neither Asterisk nor a model (servers and property tests included).
 unit: setup
 	@$(PY) -m pytest $(XDIST) -m "not asterisk and not models" $(PYTEST_ARGS)

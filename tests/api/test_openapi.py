@@ -46,7 +46,8 @@ EXAMPLES = 12
 EXCLUDED = ("/api/v1/agents/{agent_id}/test", "/api/v1/calls/outgoing", "/api/v1/email/chat",
             "/api/v1/chat/sessions/{session_id}/stream",
             "/api/v1/agents/{agent_id}/chat/stream", "/api/v1/agents/ollama/{agent_id}/chat/stream",
-            "/api/v1/calls/stt/transcribe", "/api/v1/calls/tts/generate")
+            "/api/v1/calls/stt/transcribe", "/api/v1/calls/tts/generate",
+            "/api/v1/console/events")  # streams until the client leaves (tests/api/test_console_session.py)
 
 
 class LiveServer(threading.Thread):

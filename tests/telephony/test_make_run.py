@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import sqlite3
@@ -191,6 +192,31 @@ def test_make_run_applies_a_designers_dialplan_and_says_why_asterisk_refuses_a_l
     # Neither refused file is left where Asterisk reads, nor loaded.
     assert not (etc / "zz-dup.conf").exists() and not (etc / "zz-next.conf").exists()
     assert "zz-dup" not in make_run.eva("asterisk", "cli", "dialplan show").stdout
+
+
+def test_make_run_serves_the_console_and_prints_its_one_time_setup_link(make_run: MakeRun) -> None:
+    """A new install: the banner's link opens the console's first-run page, whose token makes the first admin."""
+    banner = make_run.output.text()
+    found = re.search(r"Web console: +(http://127\.0\.0\.1:\d+/)#/setup\?token=([A-Za-z0-9_-]+)", banner)
+    assert found, banner[-3000:]
+    base, token = found.groups()
+    with urllib.request.urlopen(base, timeout=30) as response:
+        page = response.read().decode()
+        assert response.headers["Content-Security-Policy"].startswith("default-src 'self'")
+    assert '<script type="module" src="/console/app.js">' in page
+    request = urllib.request.Request(
+        f"{base}api/v1/console/setup", method="POST",
+        data=json.dumps({"token": token, "username": "owner", "password": "first admin password"}).encode(),
+        headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=60) as response:
+        assert json.loads(response.read())["user"]["role"] == "admin"
+        assert "eva_access=" in response.headers.get("Set-Cookie", "")
+    # Spent: the same link makes nobody else an admin.
+    try:
+        urllib.request.urlopen(request, timeout=60)
+        raise AssertionError("the setup token worked twice")
+    except urllib.error.HTTPError as error:
+        assert error.code in (403, 409)
 
 
 def test_make_run_answers_a_call_and_ctrl_c_stops_everything(make_run: MakeRun) -> None:

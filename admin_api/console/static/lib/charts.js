@@ -58,19 +58,20 @@ export function barChart(title, items, { format = fmtDefault, empty = "No data y
 }
 
 /**
- * Horizontal stacked bars: stackedBars("Stage timings", ["STT", "LLM", ...], [{label, values: [..], total}]).
+ * Horizontal stacked bars: stackedBars("Stage timings", ["STT", "LLM", ...], [{label, values: [..], cells}]).
  * `values` are the segments' lengths (null: not measured, drawn as nothing); the table shows `cells` when
- * given (e.g. cumulative times) or the values.
+ * given (e.g. cumulative times) or the values.  `labelWidth`: % of the width for the row labels.
  */
-export function stackedBars(title, names, rows, { format = fmtDefault, empty = "No data yet.", head = names } = {}) {
+export function stackedBars(title, names, rows,
+  { format = fmtDefault, empty = "No data yet.", head = names, labelWidth = LABEL_W } = {}) {
   if (!rows.length) return h("figure.chart.chart-empty", h("figcaption", title), h("p.empty", empty));
   const totals = rows.map((row) => row.values.reduce((sum, v) => sum + (v || 0), 0));
   const max = Math.max(...totals, 1);
-  const span = 100 - LABEL_W - VALUE_W;
+  const span = 100 - labelWidth - VALUE_W;
   const svg = h("svg.chart-svg", { width: "100%", height: rows.length * ROW + 4 },
     rows.map((row, r) => {
       const y = r * ROW + 2;
-      let x = LABEL_W;
+      let x = labelWidth;
       const segments = row.values.map((value, i) => {
         if (!value) return null;
         const width = (value / max) * span;

@@ -72,6 +72,7 @@ export function showErrors(form, error) {
 
 export function clearErrors(form) {
   for (const slot of form.querySelectorAll(".field-error, .form-error")) { slot.hidden = true; slot.textContent = ""; }
+  for (const bad of form.querySelectorAll("[aria-invalid]")) bad.removeAttribute("aria-invalid");
 }
 
 /** A short message at the bottom of the screen (read out by screen readers). */

@@ -35,7 +35,7 @@ export function chatPanel(agent) {
     message.value = "";
     log.querySelector(".empty")?.remove();
     log.append(h("div.bubble.user", h("span.who", "You"), h("p", text)));
-    const reply = bubble();
+    const reply = bubble(agent.name);
     log.append(reply.node);
     running = new AbortController();
     send.disabled = true;
@@ -77,11 +77,11 @@ export function chatPanel(agent) {
 }
 
 /** The agent's reply as it grows: its text, the tools it called, then its sources and timings. */
-function bubble() {
+function bubble(name) {
   const text = h("p.text");
   const tools = h("ul.tools");
   const meta = h("div.meta");
-  const node = h("div.bubble.agent", h("span.who", "Agent"), text, tools, meta);
+  const node = h("div.bubble.agent", h("span.who", name), text, tools, meta);
   return {
     node,
     add(piece) { text.textContent += piece; },

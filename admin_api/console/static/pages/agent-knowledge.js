@@ -84,7 +84,7 @@ export function knowledgePanel(agent, ctx) {
         update(doc);
         if (!UNFINISHED.has(doc.status)) {
           watching.delete(id);
-          if (doc.status === "ready") toast(`${doc.title || doc.filename} is indexed: ${doc.chunk_count} chunks.`, "ok");
+          if (doc.status === "ready") toast(`${doc.title || doc.filename} is indexed: ${chunks(doc.chunk_count)}.`, "ok");
           else toast(`${doc.title || doc.filename} could not be indexed: ${doc.error}`, "error");
         }
       } catch (error) {
@@ -157,7 +157,7 @@ function uploadForm(agent, uploaded) {
     try {
       const doc = await api("POST", "/knowledge/upload", data, { onProgress: (done) => { progress.value = done; } });
       progress.value = 1;
-      state.textContent = `${doc.filename} uploaded: indexing…`;
+      state.textContent = `${doc.filename} uploaded.`;
       form.reset();
       await uploaded(doc);
     } catch (error) {
@@ -176,8 +176,8 @@ function searchCard(agent) {
   const results = h("div.hits", { "aria-live": "polite" });
   const form = h("form.search", { novalidate: true, "aria-label": "Search the knowledge" },
     h("p.form-error", { role: "alert", hidden: true }),
-    h("div.inline", field("Question", query, "What a caller might ask: the chunks the agent would retrieve."),
-      h("button.primary", { type: "submit" }, "Search")));
+    h("div.inline", field("Question", query), h("button.primary", { type: "submit" }, "Search")),
+    h("p.hint", "What a caller might ask: the chunks the agent would retrieve, best first."));
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
     clearErrors(form);
@@ -199,6 +199,10 @@ function searchCard(agent) {
     }
   });
   return h("div.card", { "aria-labelledby": "search-title" }, h("h2#search-title", "Search"), form, results);
+}
+
+function chunks(count) {
+  return `${count} ${count === 1 ? "chunk" : "chunks"}`;
 }
 
 function size(bytes) {

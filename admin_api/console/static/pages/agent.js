@@ -207,7 +207,6 @@ function settingsForm(agent, { creating, designer, flows, models, ctx, saved }) 
       }
       Object.assign(agent, await patch(`/agents/${agent.id}`, body));
       clearErrors(form);
-      for (const bad of form.querySelectorAll("[aria-invalid]")) bad.removeAttribute("aria-invalid");
       saved();
       toast("Changes saved.", "ok");
     } catch (error) {
