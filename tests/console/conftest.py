@@ -8,6 +8,7 @@ of each screen under ``var/test-artifacts/console/`` (kept after the run, for a 
 
 from __future__ import annotations
 
+import contextlib
 import re
 import shutil
 from collections.abc import AsyncIterator
@@ -21,6 +22,7 @@ from playwright.async_api import Browser, BrowserContext, Page, async_playwright
 from sqlalchemy.engine import Engine
 
 from tests.api.conftest import PASSWORD, Api, offline_settings, sqlite_engine, start_api
+from voicebot.config import Settings
 
 __all__ = ["sqlite_engine"]  # the API tests' database fixture, used here too
 
@@ -68,6 +70,15 @@ class Console:
                 if urlsplit(url).scheme not in ("data", "blob") and urlsplit(url).netloc != origin]
 
 
+AUDIO_DURATION = """() => new Promise((resolve) => {
+    const audio = document.querySelector('audio');
+    if (audio.readyState >= 1) resolve(audio.duration);
+    audio.addEventListener('loadedmetadata', () => resolve(audio.duration));
+    audio.addEventListener('error', () => resolve(-1));
+})"""
+"""Evaluated in a page: the duration of its audio element once its metadata loaded (-1 if it failed to load)."""
+
+
 async def shot(page: Page, name: str) -> Path:
     """Save a full-page screenshot as a test artifact; returns its path."""
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
@@ -76,8 +87,9 @@ async def shot(page: Page, name: str) -> Path:
     return path
 
 
-@pytest.fixture
-async def browser() -> AsyncIterator[Browser]:
+@contextlib.asynccontextmanager
+async def chromium() -> AsyncIterator[Browser]:
+    """Debian's Chromium, headless, on the running loop."""
     if not Path(CHROMIUM).exists():  # noqa: ASYNC240 (one stat of a local file, once per test)
         pytest.fail(f"{CHROMIUM} is missing: `make test` installs Debian's chromium (apt-get install chromium)")
     async with async_playwright() as playwright:
@@ -88,9 +100,21 @@ async def browser() -> AsyncIterator[Browser]:
             await launched.close()
 
 
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    async with chromium() as launched:
+        yield launched
+
+
+PHONE = {"width": 390, "height": 844}
+"""A phone's viewport, for the narrow-screen checks."""
+
+
 async def open_console(api: Api, browser: Browser, **context_args: Any) -> Console:
+    """A fresh browser profile on ``api`` (1280 x 900 unless ``viewport=`` says otherwise)."""
     base = str(api.client.make_url("")).rstrip("/")
-    context = await browser.new_context(viewport={"width": 1280, "height": 900}, **context_args)
+    context_args.setdefault("viewport", {"width": 1280, "height": 900})
+    context = await browser.new_context(**context_args)
     context.set_default_timeout(15_000)
     return Console(api=api, context=context, base=base)
 
@@ -103,10 +127,10 @@ async def close_console(console: Console) -> None:
     assert not [e for e in errors if e.startswith("page error")], errors
 
 
-@pytest.fixture
-async def console(tmp_path: Path, sqlite_engine: Engine, browser: Browser) -> AsyncIterator[Console]:
-    """The console of an API without Asterisk or models (screens that need them say so)."""
-    api = await start_api(offline_settings(tmp_path / "data"), sqlite_engine, offline_asterisk=True)
+@contextlib.asynccontextmanager
+async def served_console(settings: Settings, engine: Engine, browser: Browser, **app: Any) -> AsyncIterator[Console]:
+    """An offline admin API (``app``: create_app's services, e.g. ``kb=``, ``llm=``) and a browser profile on it."""
+    api = await start_api(settings, engine, offline_asterisk=True, **app)
     running = await open_console(api, browser)
     try:
         yield running
@@ -115,3 +139,10 @@ async def console(tmp_path: Path, sqlite_engine: Engine, browser: Browser) -> As
             await close_console(running)
         finally:
             await api.client.close()
+
+
+@pytest.fixture
+async def console(tmp_path: Path, sqlite_engine: Engine, browser: Browser) -> AsyncIterator[Console]:
+    """The console of an API without Asterisk or models (screens that need them say so)."""
+    async with served_console(offline_settings(tmp_path / "data"), sqlite_engine, browser) as running:
+        yield running

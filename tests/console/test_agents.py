@@ -14,8 +14,8 @@ import pytest
 from playwright.async_api import Browser, Locator, Page, expect
 from sqlalchemy.engine import Engine
 
-from tests.api.conftest import offline_settings, start_api
-from tests.console.conftest import Console, close_console, open_console, shot
+from tests.api.conftest import offline_settings
+from tests.console.conftest import PHONE, Console, served_console, shot
 from tests.fakes.ollama_server import ChatScript, FakeOllama
 from voicebot.llm.ollama import OllamaLLM
 
@@ -130,7 +130,7 @@ async def test_designer_creates_edits_activates_and_deletes_an_agent(console: Co
     await expect(page.locator("tbody tr")).to_have_count(1)
     assert (await console.api.call("GET", f"/api/v1/agents/{other}", role="viewer"))[0] == 404
 
-    await page.set_viewport_size({"width": 390, "height": 844})
+    await page.set_viewport_size(PHONE)  # type: ignore[arg-type]
     await page.reload()
     await page.get_by_role("heading", name="Agents").wait_for()
     assert await page.evaluate("() => document.documentElement.scrollWidth") <= 390  # the table scrolls, not the page
@@ -185,16 +185,11 @@ async def chat_console(tmp_path: Path, sqlite_engine: Engine, browser: Browser,
     """The console of an API whose model is the fake Ollama server (through Eva's real Ollama backend)."""
     settings = offline_settings(tmp_path / "data")
     llm = OllamaLLM(settings, url=fake.url, model="llama3.2", timeout=5.0)
-    api = await start_api(settings, sqlite_engine, offline_asterisk=True, llm=llm)
-    running = await open_console(api, browser)
     try:
-        yield running
+        async with served_console(settings, sqlite_engine, browser, llm=llm) as running:
+            yield running
     finally:
-        try:
-            await close_console(running)
-        finally:
-            await api.client.close()
-            await llm.close()
+        await llm.close()
 
 
 async def test_the_test_chat_streams_the_reply_and_stop_cancels_it(chat_console: Console, fake: FakeOllama) -> None:

@@ -20,7 +20,7 @@ from admin_api.control import LiveCall, OriginateRequest
 from models import Call, Conversation, FlowRun, Message, utcnow
 from models.db import session_scope
 from tests.api.conftest import offline_settings, start_api
-from tests.console.conftest import Console, close_console, open_console, shot
+from tests.console.conftest import AUDIO_DURATION, PHONE, Console, close_console, open_console, shot
 from voicebot.audio import Audio, write_wav
 from voicebot.calls.store import TurnRecord, add_turn, create_call, end_call, mark_answered
 
@@ -133,7 +133,7 @@ async def test_dashboard_calls_and_call_detail_show_the_seeded_calls(console: Co
     await expect(page.locator('[data-stat="calls-week"] .value')).to_have_text("4")
     await expect(page.locator('[data-stat="calls-today"] .value')).to_have_text("4")
 
-    await page.set_viewport_size({"width": 390, "height": 844})
+    await page.set_viewport_size(PHONE)  # type: ignore[arg-type]
     await page.get_by_role("button", name="Menu").wait_for()
     await shot(page, "dashboard-phone")
     await page.set_viewport_size({"width": 1280, "height": 900})
@@ -181,12 +181,7 @@ async def test_dashboard_calls_and_call_detail_show_the_seeded_calls(console: Co
     await expect(chart.locator("g.bar")).to_have_count(2)  # the greeting has no timings
     cells = await chart.locator("table tbody tr").first.locator("td").all_inner_texts()
     assert cells == [f"{round(v)} ms" for v in STAGES.values()]
-    duration = await page.evaluate("""() => new Promise((resolve) => {
-        const audio = document.querySelector('audio');
-        if (audio.readyState >= 1) resolve(audio.duration);
-        audio.addEventListener('loadedmetadata', () => resolve(audio.duration));
-        audio.addEventListener('error', () => resolve(-1));
-    })""")
+    duration = await page.evaluate(AUDIO_DURATION)
     assert abs(duration - RECORDING_SECONDS) < 0.1, duration
     ticks = page.locator(".turn-track.placed .turn-tick")
     await expect(ticks).to_have_count(3)
@@ -203,7 +198,7 @@ async def test_dashboard_calls_and_call_detail_show_the_seeded_calls(console: Co
     assert "tts_unavailable" not in await page.locator(".facts").inner_text()
     assert "normal_clearing" in await page.locator(".facts").inner_text()
     await shot(page, "call-detail")
-    await page.set_viewport_size({"width": 390, "height": 844})
+    await page.set_viewport_size(PHONE)  # type: ignore[arg-type]
     await shot(page, "call-detail-phone")
     await page.set_viewport_size({"width": 1280, "height": 900})
 

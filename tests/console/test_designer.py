@@ -16,7 +16,7 @@ from sqlmodel import select
 from models import Contact
 from models.campaigns import Campaign, CampaignEntry
 from models.db import session_scope
-from tests.console.conftest import Console, close_console, open_console, shot
+from tests.console.conftest import PHONE, Console, close_console, open_console, shot
 
 FLOW: dict[str, Any] = {
     "name": "front-desk", "description": "The main number's menu", "start_step": "menu", "steps": [
@@ -242,11 +242,8 @@ async def test_designer_sees_designer_controls_only(console: Console, browser: B
 
 async def test_flow_editor_on_a_phone(console: Console, browser: Browser) -> None:
     flow = await make_flow(console)
-    phone = await open_console(console.api, browser)
+    phone = await open_console(console.api, browser, viewport=PHONE)
     try:
-        await phone.context.close()
-        phone.context = await browser.new_context(viewport={"width": 390, "height": 844})
-        phone.context.set_default_timeout(15_000)
         page = await phone.sign_in("designer")
         await page.goto(f"{phone.base}/#/flows/{flow['id']}")
         await expect(page.locator(".step-card")).to_have_count(3)

@@ -15,8 +15,8 @@ from sqlalchemy.engine import Engine
 
 from rag import KnowledgeBase
 from rag.embeddings import LocalEmbedder
-from tests.api.conftest import offline_settings, start_api
-from tests.console.conftest import Console, close_console, open_console, shot
+from tests.api.conftest import offline_settings
+from tests.console.conftest import Console, served_console, shot
 
 FACTS = ("# Opening hours\n\nThe Lisbon harbour office of Acme Shipping opens at seven in the morning and closes at "
          "half past four on weekdays. On Saturdays it is closed.\n\n# Parking\n\nVisitors park in the blue garage "
@@ -33,16 +33,11 @@ async def kb_console(tmp_path: Path, sqlite_engine: Engine, browser: Browser,
                      local_embedder: LocalEmbedder) -> AsyncIterator[Console]:
     settings = offline_settings(tmp_path / "data", max_upload_mb=1)
     kb = KnowledgeBase(settings, sqlite_engine, embedder=local_embedder)
-    api = await start_api(settings, sqlite_engine, offline_asterisk=True, kb=kb)
-    running = await open_console(api, browser)
     try:
-        yield running
+        async with served_console(settings, sqlite_engine, browser, kb=kb) as running:
+            yield running
     finally:
-        try:
-            await close_console(running)
-        finally:
-            await api.client.close()
-            await kb.close()
+        await kb.close()
 
 
 async def test_upload_a_document_and_find_it_by_search(kb_console: Console, tmp_path: Path) -> None:

@@ -16,7 +16,7 @@ from models import Contact, Conversation, Message
 from models.campaigns import CampaignAttempt, CampaignEntry
 from models.db import session_scope
 from models.trunks import TrunkStateEvent
-from tests.console.conftest import Console, close_console, open_console, shot
+from tests.console.conftest import PHONE, Console, close_console, open_console, shot
 
 
 def nav(page: Page, name: str) -> Locator:
@@ -268,11 +268,8 @@ async def test_campaign_list_and_analytics(console: Console, browser: Browser) -
     await expect(page.get_by_role("button", name="Pause")).to_have_count(0)
     await shot(page, "campaign-detail")
 
-    phone = await open_console(console.api, browser)
+    phone = await open_console(console.api, browser, viewport=PHONE)
     try:
-        await phone.context.close()
-        phone.context = await browser.new_context(viewport={"width": 390, "height": 844})
-        phone.context.set_default_timeout(15_000)
         small = await phone.sign_in("viewer")
         await small.goto(f"{phone.base}/#/campaigns/{campaign['id']}")
         await small.get_by_role("heading", name="A/B arms").wait_for()

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
-from playwright.async_api import Browser, async_playwright, expect
+from playwright.async_api import Browser, expect
 from sqlalchemy import func
 from sqlalchemy.engine import Engine
 from sqlmodel import col, select
@@ -25,7 +25,7 @@ from models import Call, CallTurn
 from models.db import session_scope
 from tests.api.conftest import voice_admin_api
 from tests.conftest import Caller
-from tests.console.conftest import CHROMIUM, CHROMIUM_ARGS, close_console, open_console, shot
+from tests.console.conftest import AUDIO_DURATION, chromium, close_console, open_console, shot
 from voicebot.server import EvaRuntime
 from voicebot.sipcaller import Action, place_call_async
 
@@ -38,12 +38,8 @@ STAGES = ("stt_done_ms", "llm_first_token_ms", "first_sentence_ready_ms", "tts_f
 @pytest_asyncio.fixture(loop_scope="session")
 async def browser() -> AsyncIterator[Browser]:
     """Chromium on the session's loop (the console fixtures' own browser runs on a test's loop)."""
-    async with async_playwright() as playwright:
-        launched = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            yield launched
-        finally:
-            await launched.close()
+    async with chromium() as launched:
+        yield launched
 
 
 def last_call_id(engine: Engine) -> int:
@@ -103,12 +99,7 @@ async def test_the_console_shows_a_real_call_plays_its_recording_and_charts_its_
             assert turn.bot_text.startswith("You said:")
 
             # The recording: loaded through the API with the session cookie, a real length, and it plays.
-            duration = await page.evaluate("""() => new Promise((resolve) => {
-                const audio = document.querySelector('audio');
-                if (audio.readyState >= 1) resolve(audio.duration);
-                audio.addEventListener('loadedmetadata', () => resolve(audio.duration));
-                audio.addEventListener('error', () => resolve(-1));
-            })""")
+            duration = await page.evaluate(AUDIO_DURATION)
             assert duration > 3, duration
             played = await page.evaluate("""() => new Promise((resolve) => {
                 const audio = document.querySelector('audio');
