@@ -22,12 +22,14 @@ QUEUE_SIZE = 256
 """Events one subscriber may have waiting; beyond it the oldest are dropped (the console refetches anyway)."""
 MAX_SUBSCRIBERS = 64
 """Open watchers at once: each holds a queue; a 65th is refused (the console says so) instead of growing memory."""
+MAX_PER_OWNER = 8
+"""Open watchers of one user or key: one viewer's script cannot take every place and lock the others out."""
 
 
 @dataclass(frozen=True)
 class Event:
     kind: str
-    """``call.started``, ``call.answered``, ``call.turn``, ``call.ended``, ``message.stored``, ``lagged``."""
+    """``call.started``, ``call.answered``, ``call.turn``, ``call.ended``, ``message.stored``."""
     data: dict[str, Any]
     at: float = field(default_factory=time.time)
 
@@ -36,9 +38,12 @@ class TooManyWatchers(Exception):
     """More than ``MAX_SUBSCRIBERS`` watchers at once."""
 
 
-class _Subscriber:
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+class Subscription:
+    """One watcher: its queue, and how many events it lost for falling behind (it is told, and refetches)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, owner: str) -> None:
         self.loop = loop
+        self.owner = owner
         self.queue: asyncio.Queue[Event] = asyncio.Queue(QUEUE_SIZE)
         self.dropped = 0
 
@@ -56,7 +61,7 @@ class EventHub:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._subscribers: list[_Subscriber] = []
+        self._subscribers: list[Subscription] = []
 
     def publish(self, kind: str, **data: Any) -> None:
         """Tell every watcher; callable from any thread, returns at once."""
@@ -75,15 +80,18 @@ class EventHub:
             return len(self._subscribers)
 
     @contextlib.asynccontextmanager
-    async def subscribe(self) -> AsyncIterator[asyncio.Queue[Event]]:
-        """A queue of the events published from now on, until the block ends."""
-        sub = _Subscriber(asyncio.get_running_loop())
+    async def subscribe(self, owner: str = "") -> AsyncIterator[Subscription]:
+        """The events published from now on (``.queue``), until the block ends.  ``owner`` (a user or key) may
+        hold at most ``MAX_PER_OWNER`` of the ``MAX_SUBSCRIBERS`` places."""
+        sub = Subscription(asyncio.get_running_loop(), owner)
         with self._lock:
             if len(self._subscribers) >= MAX_SUBSCRIBERS:
                 raise TooManyWatchers(f"{MAX_SUBSCRIBERS} watchers are already connected")
+            if owner and sum(1 for s in self._subscribers if s.owner == owner) >= MAX_PER_OWNER:
+                raise TooManyWatchers(f"you already watch {MAX_PER_OWNER} event streams: close one (a tab)")
             self._subscribers.append(sub)
         try:
-            yield sub.queue
+            yield sub
         finally:
             with self._lock:
                 self._subscribers.remove(sub)

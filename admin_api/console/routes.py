@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import random
 import secrets
 import time
 from pathlib import Path
@@ -23,12 +24,13 @@ from sqlalchemy import func
 from sqlmodel import col, select
 
 from admin_api import accounts
+from admin_api.auth import require_role
 from admin_api.console import session as cookies
 from admin_api.framework import ApiRouter, Ctx, json_dumps
 from admin_api.schemas import Input, LoginRequest, MeOut, Output
 from admin_api.sse import EventStream
 from models import User
-from voicebot.errors import AuthError, Conflict, Forbidden, RateLimited
+from voicebot.errors import AuthError, Conflict, EvaError, Forbidden, RateLimited
 from voicebot.events import HUB, TooManyWatchers
 
 log = logging.getLogger(__name__)
@@ -49,6 +51,8 @@ SECURITY_HEADERS = {
     # Revalidated on every load: an upgraded Eva never runs yesterday's script against today's API.
     "Cache-Control": "no-cache",
 }
+RECHECK_S = 15.0
+"""How often an open event stream re-checks its credentials (a signed-out or disabled user stops watching)."""
 STATIC_PATH = r"[A-Za-z0-9_\-]+(?:/[A-Za-z0-9_\-]+){0,3}\.(?:js|css|svg|html)"
 """A file below ``static/``: plain names, at most four folders deep, no dot segments (no way out of the folder)."""
 
@@ -107,7 +111,7 @@ async def console_refresh(ctx: Ctx) -> web.Response:
     return _session_response(ctx, pair.access_token, pair.refresh_token, user)
 
 
-@router.post("/console/logout", role="viewer", summary="Console sign-out: ends this session and clears its cookies")
+@router.post("/console/logout", role="pending", summary="Console sign-out: ends this session and clears its cookies")
 async def console_logout(ctx: Ctx) -> web.Response:
     refresh = ctx.request.cookies.get(cookies.REFRESH_COOKIE) or None
     try:
@@ -175,27 +179,48 @@ async def setup_first_admin(ctx: Ctx, body: SetupRequest) -> web.Response:
             response_media={"text/event-stream": {"type": "string"}},
             summary="Live events (SSE): calls starting, answered, each turn, ending; messages stored. Ids only")
 async def console_events(ctx: Ctx) -> web.StreamResponse:
-    subscription = HUB.subscribe()
+    principal = ctx.user
+    subscription = HUB.subscribe(owner=f"{principal.kind}:{principal.id}")
     try:
-        queue = await subscription.__aenter__()
+        watcher = await subscription.__aenter__()
     except TooManyWatchers as exc:
         raise RateLimited(str(exc), retry_after=10, code="too_many_watchers") from exc
-    principal = ctx.user
-    # The stream ends when the session it was opened with would have: the page renews and reconnects, so a
-    # signed-out or demoted user does not keep watching on an old connection.
-    ends_at = principal.token_expires_at or (time.time() + ctx.services.auth.access_ttl)
+    auth = ctx.services.auth
+    # The stream ends a little before the session it was opened with (a random part of a minute, so the tabs
+    # of one browser do not all renew at the same instant); the page renews and reconnects.
+    ttl = auth.access_ttl
+    ends_at = (principal.token_expires_at or (time.time() + ttl)) - random.uniform(0, min(60.0, ttl / 4))
+    loop = asyncio.get_running_loop()
+
+    async def still_allowed() -> bool:
+        """Signed out, disabled, demoted, key revoked: the same checks a new request gets."""
+        try:
+            require_role(await auth.authenticate(ctx.request), "viewer")
+        except EvaError:
+            return False
+        return True
 
     async def produce(send: Any) -> None:
         await send("ready", {"watchers": HUB.watchers})
+        recheck_at = loop.time() + RECHECK_S
+        told_dropped = 0
         while True:
-            left = ends_at - time.time()
-            if left <= 0:
+            if time.time() >= ends_at:
                 await send("expired", {})
                 return
+            if loop.time() >= recheck_at:
+                if not await still_allowed():
+                    await send("expired", {})
+                    return
+                recheck_at = loop.time() + RECHECK_S
+            wait = max(0.0, min(ends_at - time.time(), recheck_at - loop.time()))
             try:
-                event = await asyncio.wait_for(queue.get(), timeout=left)
+                event = await asyncio.wait_for(watcher.queue.get(), timeout=wait)
             except TimeoutError:
                 continue
+            if watcher.dropped > told_dropped:  # it fell behind: what it shows may miss something, refetch
+                await send("lagged", {"dropped": watcher.dropped - told_dropped})
+                told_dropped = watcher.dropped
             await send("eva", {"kind": event.kind, "at": event.at, **event.data})
 
     try:

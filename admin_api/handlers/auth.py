@@ -71,14 +71,14 @@ async def refresh(ctx: Ctx, body: RefreshRequest) -> TokenOut:
     )
 
 
-@router.get("/auth/me", role="viewer", summary="Who am I")
+@router.get("/auth/me", role="pending", summary="Who am I (any signed-in account, one still waiting for a role too)")
 async def me(ctx: Ctx) -> MeOut:
     user = ctx.user
     return MeOut.model_validate({"kind": user.kind, "id": user.id, "name": user.name, "role": user.role})
 
 
 @router.post(
-    "/auth/logout", role="viewer", summary="End this session (or every session with everywhere=true)"
+    "/auth/logout", role="pending", summary="End this session (or every session with everywhere=true)"
 )
 async def logout(ctx: Ctx, body: LogoutRequest) -> None:
     await ctx.services.auth.logout(ctx.user, body.refresh_token, everywhere=body.everywhere)
@@ -86,7 +86,7 @@ async def logout(ctx: Ctx, body: LogoutRequest) -> None:
 
 @router.post(
     "/auth/password",
-    role="viewer",
+    role="pending",
     errors=(401, 429),
     summary="Change my password (ends my other sessions; limited like logins)",
 )

@@ -15,6 +15,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from sqlalchemy.engine import Engine
 
 from admin_api.app import create_app
+from admin_api.console import routes as console_routes
 from admin_api.console import session as cookies
 from admin_api.sse import decode
 from models import Conversation, Message
@@ -238,12 +239,19 @@ async def test_events_stream_what_the_stores_commit(api: Api) -> None:
 
 async def test_events_need_a_session_and_are_bounded(api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
     assert (await api.client.get("/api/v1/console/events")).status == 401
-    monkeypatch.setattr(events, "MAX_SUBSCRIBERS", 1)
+    monkeypatch.setattr(events, "MAX_SUBSCRIBERS", 2)
+    monkeypatch.setattr(events, "MAX_PER_OWNER", 1)
     headers = {"X-API-Key": api.keys["viewer"]}
     async with api.client.get("/api/v1/console/events", headers=headers) as first:
         await read_events(first, 1)
+        # One watcher may not take every place: the same key's second stream is refused ...
         second = await api.client.get("/api/v1/console/events", headers=headers)
         assert (second.status, (await second.json())["error"]["code"]) == (429, "too_many_watchers")
+        # ... and someone else still gets in, up to the process's limit.
+        async with api.client.get("/api/v1/console/events", headers={"X-API-Key": api.keys["admin"]}) as other:
+            assert other.status == 200
+            third = await api.client.get("/api/v1/console/events", headers={"X-API-Key": api.keys["designer"]})
+            assert third.status == 429
     # The first watcher left: its place is free again.
     for _ in range(100):  # the server notices within its disconnect poll (0.2 s)
         if not events.HUB.watchers:
@@ -253,10 +261,35 @@ async def test_events_need_a_session_and_are_bounded(api: Api, monkeypatch: pyte
         assert again.status == 200
 
 
+async def test_a_stream_ends_soon_after_its_session_does(api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(console_routes, "RECHECK_S", 0.3)
+    client, csrf, _ = await cookie_login(api, "viewer")
+    async with client:
+        access = client.cookie_jar.filter_cookies(api.client.make_url("/"))["eva_access"].value
+        async with browser_like(api) as watcher, watcher.get(
+                "/api/v1/console/events", headers={"Cookie": f"eva_access={access}"}) as stream:
+            assert (await read_events(stream, 1))[0][0] == "ready"
+            assert (await client.post("/api/v1/console/logout", headers={"X-CSRF-Token": csrf})).status == 204
+            got = await read_events(stream, 1, timeout=5)
+            assert got[0][0] == "expired"
+            assert await stream.content.read() == b""  # and the server closed it
+
+
+async def test_a_watcher_that_fell_behind_is_told_so(api: Api) -> None:
+    async with api.client.get("/api/v1/console/events", headers={"X-API-Key": api.keys["viewer"]}) as stream:
+        await read_events(stream, 1)
+        for n in range(events.QUEUE_SIZE + 44):  # all offered before the stream's writer runs again
+            events.publish("call.turn", call_id=1, index=n)
+        got = await read_events(stream, 2)
+    assert got[0] == ("lagged", {"dropped": 44})
+    assert got[1][1]["index"] == 44  # the oldest were dropped, the rest follow in order
+
+
 def test_a_slow_watcher_loses_its_oldest_events_not_memory() -> None:
     async def scenario() -> list[int]:
         hub = events.EventHub()
-        async with hub.subscribe() as queue:
+        async with hub.subscribe() as watcher:
+            queue = watcher.queue
             for n in range(events.QUEUE_SIZE + 10):
                 hub.publish("call.turn", n=n)
             await asyncio.sleep(0)  # the offers run on this loop
@@ -275,7 +308,9 @@ def test_a_rolled_back_message_is_never_announced(sqlite_engine: Engine) -> None
     heard: list[Any] = []
 
     async def scenario() -> None:
-        async with events.HUB.subscribe() as queue:
+        async with events.HUB.subscribe() as watcher:
+            queue = watcher.queue
+
             def write() -> None:
                 with pytest.raises(RuntimeError), session_scope(sqlite_engine) as session:
                     conversation = Conversation(channel="chat")

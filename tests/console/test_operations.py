@@ -277,3 +277,20 @@ async def test_campaign_list_and_analytics(console: Console, browser: Browser) -
         await shot(small, "campaign-detail-390")
     finally:
         await close_console(phone)
+
+
+async def test_cancelling_a_trunk_edit_brings_back_the_add_forms_defaults(console: Console) -> None:
+    status, trunk = await console.api.call("POST", "/api/v1/sip/trunks", json={
+        "name": "edited", "host": "127.0.0.9", "port": 5080, "codecs": ["g722"], "enabled": False})
+    assert status == 201, trunk
+    page = await console.sign_in("admin")
+    await page.goto(f"{console.base}/#/telephony")
+    await page.get_by_role("button", name="Edit trunk edited").click()
+    form = page.get_by_role("form", name="Trunk")
+    await expect(form.get_by_label("Port", exact=True)).to_have_value("5080")
+    await expect(form.get_by_label("Codecs")).to_have_value("g722")
+    await form.get_by_role("button", name="Cancel").click()
+    await expect(form.get_by_label("Port", exact=True)).to_have_value("5060")
+    await expect(form.get_by_label("Codecs")).to_have_value("ulaw, alaw")
+    await expect(form.get_by_label("Enabled", exact=True)).to_be_checked()
+    await expect(form.get_by_label("Name", exact=True)).to_have_value("")

@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 from pathlib import Path
 
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
-from playwright.async_api import Browser
+from playwright.async_api import Browser, expect
 from sqlalchemy.engine import Engine
 from sqlmodel import select
 
+from admin_api import accounts
 from admin_api.app import create_app
 from models import User
 from models.db import session_scope
-from tests.api.conftest import Api, offline_settings
+from tests.api.conftest import FAST_ROUNDS, PASSWORD, Api, offline_settings
 from tests.console.conftest import Console, close_console, open_console, shot
 from voicebot.server import _first_run_token
 
@@ -142,3 +144,43 @@ async def test_first_run_page_creates_the_admin_with_the_printed_link(
     finally:
         await close_console(console)
         await client.close()
+
+
+async def test_tabs_without_web_locks_take_turns_to_renew(console: Console) -> None:
+    """Over plain HTTP on a LAN address the browser has no Web Locks: the localStorage lease must keep two tabs
+    from spending one refresh cookie (which the server takes for theft, ending the login)."""
+    await console.context.add_init_script("Object.defineProperty(navigator, 'locks', {value: undefined})")
+    first = await console.sign_in("viewer")
+    second = await console.page()
+    await second.goto(f"{console.base}/#/account")
+    await second.get_by_role("heading", name="Account").wait_for()
+    renew = """async () => {
+        const { renew } = await import('/console/lib/api.js');
+        try { await renew(); return 'ok'; } catch (e) { return e.code; }
+    }"""
+    for _ in range(3):
+        results = await asyncio.gather(first.evaluate(renew), second.evaluate(renew))
+        assert list(results) == ["ok", "ok"]
+        assert await first.evaluate("() => fetch('/api/v1/auth/me').then(r => r.status)") == 200
+    assert await first.evaluate("() => navigator.locks") is None
+
+
+async def test_an_account_waiting_for_a_role_sees_why_and_can_sign_out(console: Console) -> None:
+    with session_scope(console.api.engine) as session:
+        accounts.create_user(session, "newbie", PASSWORD, "pending", rounds=FAST_ROUNDS)
+    page = await console.sign_in_as("newbie")
+    await page.get_by_text("Your account is waiting for an admin to give it a role.").wait_for()
+    assert await page.locator("#nav a").all_inner_texts() == ["Account"]
+    await page.reload()  # the session survives a reload: /auth/me answers a pending account too
+    await page.get_by_text("Your account is waiting for an admin to give it a role.").wait_for()
+    await page.get_by_role("button", name="Sign out").click()
+    await page.get_by_role("heading", name="Sign in to Eva").wait_for()
+    assert await page.evaluate("() => fetch('/api/v1/auth/me').then(r => r.status)") == 401
+    # The admin sees who waits, and gives a role.
+    admin = await console.sign_in("admin")
+    await admin.goto(f"{console.base}/#/account")
+    role = admin.get_by_label("Role of newbie")
+    await expect(role).to_have_value("pending")
+    await admin.get_by_role("row", name="newbie").get_by_text("waiting for a role").wait_for()
+    await role.select_option("viewer")
+    await admin.get_by_text("newbie is now viewer.").wait_for()

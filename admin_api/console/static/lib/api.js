@@ -36,21 +36,49 @@ async function errorOf(response) {
 /** How many renewals this page has made (a caller that saw a 401 before the latest one needs none). */
 export function sessionGeneration() { return generation; }
 
-/** Renew the session once for everyone waiting (tabs share cookies; the Web Lock keeps two tabs from
- * spending the same refresh cookie, which the server would treat as theft and end the login). */
+/** Renew the session once for everyone waiting.  Tabs share the cookies, and a refresh cookie spent twice is
+ * taken for theft (the server ends the whole login), so tabs take turns: a Web Lock where the browser has one
+ * (HTTPS, localhost), else a short lease in localStorage (it holds a random id, never a token).  A tab that gets
+ * its turn after another tab renewed sees the new CSRF cookie and does not renew again. */
 export function renew() {
   if (!renewing) {
+    const before = csrf();
     const run = async () => {
+      if (csrf() !== before) return null; // renewed by another tab while this one waited
       const response = await fetch("/api/v1/console/refresh", {
         method: "POST", credentials: "same-origin", headers: { "X-CSRF-Token": csrf() },
       });
       if (!response.ok) throw await errorOf(response);
       return response.json();
     };
-    const locked = navigator.locks ? navigator.locks.request("eva-console-refresh", run) : run();
+    const locked = navigator.locks ? navigator.locks.request("eva-console-refresh", run) : leased(run);
     renewing = locked.then((session) => { generation += 1; return session; }).finally(() => { renewing = null; });
   }
   return renewing;
+}
+
+const LEASE = "eva-console-renewing";
+const sleep = (ms) => new Promise((resolve) => { setTimeout(resolve, ms); });
+
+function leaseHolder() {
+  try { return JSON.parse(localStorage.getItem(LEASE) || "null"); } catch { return null; }
+}
+
+/** Run `task` while holding the renewal lease (taken, then confirmed after a pause no other tab overwrote it). */
+async function leased(task) {
+  const me = `${Date.now()}-${Math.random().toString(36).slice(2)}`;
+  for (let tries = 0; tries < 50; tries += 1) {
+    const held = leaseHolder();
+    if (!held || held.until < Date.now()) {
+      try { localStorage.setItem(LEASE, JSON.stringify({ id: me, until: Date.now() + 5000 })); } catch { return task(); }
+      await sleep(40 + Math.random() * 40);
+      if (leaseHolder()?.id === me) {
+        try { return await task(); } finally { if (leaseHolder()?.id === me) localStorage.removeItem(LEASE); }
+      }
+    }
+    await sleep(100);
+  }
+  return task();
 }
 
 /**

@@ -24,8 +24,12 @@ export function h(spec, attrs = {}, ...children) {
     if (key.startsWith("on") && typeof value === "function") el.addEventListener(key.slice(2), value);
     else if (key === "dataset") Object.assign(el.dataset, value);
     else if (key === "class") el.classList.add(...String(value).split(/\s+/).filter(Boolean));
-    else if (key === "value" && "value" in el) el.value = value;
-    else if (key === "checked" || key === "selected" || key === "disabled") el[key] = Boolean(value);
+    else if (key === "value" && "value" in el) {
+      el.value = value;
+      if ("defaultValue" in el) el.defaultValue = value; // form.reset() returns to it, not to empty
+    } else if (key === "checked") { el.checked = Boolean(value); el.defaultChecked = Boolean(value); }
+    else if (key === "selected") { el.selected = Boolean(value); el.defaultSelected = Boolean(value); }
+    else if (key === "disabled") el.disabled = Boolean(value);
     else el.setAttribute(key, value === true ? "" : String(value));
   }
   append(el, children);

@@ -77,12 +77,16 @@ async function drawUsers(card, ctx) {
   replace(card, h("h2#users-title", "Users"), table([
     { label: "User", value: (u) => u.username },
     { label: "Role", value: (u) => {
-      const control = select("role", ROLES.map(([v]) => [v, v]), u.role);
+      // A pending account (open signup) waits for a role: it is shown as such, and any choice grants one.
+      const choices = ROLES.map(([v]) => [v, v]);
+      const control = select("role", u.role === "pending" ? [["pending", "pending: choose a role"], ...choices] : choices,
+        u.role);
       control.setAttribute("aria-label", `Role of ${u.username}`);
       control.addEventListener("change", () => change(u, { role: control.value }, `${u.username} is now ${control.value}.`));
       return control;
     } },
-    { label: "Status", value: (u) => h(`span.badge.${u.active ? "ok" : "bad"}`, u.active ? "active" : "disabled") },
+    { label: "Status", value: (u) => (u.role === "pending" ? h("span.badge.warn", "waiting for a role")
+      : h(`span.badge.${u.active ? "ok" : "bad"}`, u.active ? "active" : "disabled")) },
     { label: "Since", value: (u) => when(u.created_at) },
     { label: "Actions", value: (u) => u.id === ctx.me.id ? h("span.hint", "you") : h("div.inline",
       button(u.active ? "Disable" : "Enable", () => change(u, { active: !u.active },

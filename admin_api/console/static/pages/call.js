@@ -202,7 +202,7 @@ export async function render(main, ctx) {
     }
   }, 1000);
   const unsubscribe = onEvent((event) => {
-    if ((event.kind.startsWith("call.") && event.call_id === id)
+    if (event.kind === "resync" || (event.kind.startsWith("call.") && event.call_id === id)
         || (event.kind === "message.stored" && conversation && event.conversation_id === conversation)) reload();
   });
   return () => { stopped = true; unsubscribe(); if (audio) audio.stop(); };

@@ -134,6 +134,6 @@ export async function render(main, ctx) {
   };
   await load();
   const refresh = debounce(load, 1000);
-  const unsubscribe = onEvent((event) => { if (event.kind.startsWith("call.")) refresh(); });
+  const unsubscribe = onEvent((event) => { if (event.kind === "resync" || event.kind.startsWith("call.")) refresh(); });
   return () => { stopped = true; unsubscribe(); };
 }

@@ -53,8 +53,12 @@ export async function render(main, ctx) {
     replace(thread, page.items.length ? page.items.map((m) => message(m, who)) : h("li.empty", "No messages yet."));
   };
   await load();
-  const refresh = debounce(() => load().catch(() => null), 500);
-  return onEvent((event) => { if (event.kind === "message.stored" && event.conversation_id === id) refresh(); });
+  let stopped = false; // a refetch still pending when the user leaves must not run
+  const refresh = debounce(() => { if (!stopped) load().catch(() => null); }, 500);
+  const unsubscribe = onEvent((event) => {
+    if (event.kind === "resync" || (event.kind === "message.stored" && event.conversation_id === id)) refresh();
+  });
+  return () => { stopped = true; unsubscribe(); };
 }
 
 function fact(label, value) {

@@ -59,6 +59,8 @@ export async function render(main, ctx) {
         page * PAGE < result.total ? h("a", { href: to(page + 1) }, "Next") : null) : null);
   };
   await load();
-  const refresh = debounce(() => load().catch(() => null), 1000);
-  return onEvent((event) => { if (event.kind === "message.stored") refresh(); });
+  let stopped = false; // a refetch still pending when the user leaves must not run
+  const refresh = debounce(() => { if (!stopped) load().catch(() => null); }, 1000);
+  const unsubscribe = onEvent((event) => { if (event.kind === "resync" || event.kind === "message.stored") refresh(); });
+  return () => { stopped = true; unsubscribe(); };
 }

@@ -159,7 +159,7 @@ export async function render(main, ctx) {
   const refresh = debounce(loadAll, 1000);
   const liveRefresh = debounce(loadLive, 1000);
   const unsubscribe = onEvent((event) => {
-    if (event.kind.startsWith("call.")) { refresh(); liveRefresh(); }
+    if (event.kind === "resync" || event.kind.startsWith("call.")) { refresh(); liveRefresh(); }
     else if (event.kind === "message.stored") refresh();
   });
   return () => { stopped = true; unsubscribe(); };
