@@ -152,9 +152,10 @@ def build_openapi(
             "title": title,
             "version": version,
             "description": 'Eva\'s admin API. Errors are always {"error": {"code", "message", '
-            '"field"}}. Roles: viewer < designer < admin (x-eva-role names the least '
-            "role an operation needs); chat is an API-key role that reaches only the operations marked chat "
-            "(designers and admins reach them too).",
+            '"field"}}. Roles: pending < viewer < designer < admin (x-eva-role names the least '
+            "role an operation needs; pending is an account an admin has not given a role yet, which reaches only "
+            "who-am-I, its password and sign-out); chat is an API-key role that reaches only the operations marked "
+            "chat (designers and admins reach them too).",
         },
         "paths": paths,
         "components": {

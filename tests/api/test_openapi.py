@@ -198,7 +198,7 @@ def test_document_and_docs_page(live_server: LiveServer) -> None:
     for path, item in spec["paths"].items():
         for method, operation in item.items():
             assert operation["summary"], (method, path)
-            assert operation["x-eva-role"] in ("public", "viewer", "designer", "admin", "chat")
+            assert operation["x-eva-role"] in ("public", "pending", "viewer", "designer", "admin", "chat")
             if operation["x-eva-role"] != "public":
                 assert {"401", "403"} <= set(operation["responses"]), (method, path)
                 assert operation["security"] == [{"bearerAuth": []}, {"apiKey": []}]

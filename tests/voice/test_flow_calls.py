@@ -215,6 +215,8 @@ async def test_an_agents_trigger_phrase_runs_a_flow_and_the_agent_carries_on_aft
     assert run.variables.get("colour") == "blue"
     # The flow's words never reached the agent; after the flow the agent answered the next question.
     assert len(responder.heard) == 1, (responder.heard, heard, _story(turns)[-900:])
-    assert len(responder.heard) == 1 and "open tomorrow" in responder.heard[0].lower(), responder.heard
+    # "tomorrow" is the word Whisper keeps under load (it once heard "What can happen tomorrow?"); none of the
+    # flow's own phrases has it, so it still proves the agent got the question asked after the flow.
+    assert len(responder.heard) == 1 and "tomorrow" in responder.heard[0].lower(), responder.heard
     assert "you said" in heard, heard
     assert not result.remote_hangup, "the agent's call goes on after the flow"
