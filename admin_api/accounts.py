@@ -102,7 +102,8 @@ def create_user(
     return user
 
 
-def _active_admins(session: Session) -> int:
+def active_admins(session: Session) -> int:
+    """Active admin accounts (none: a fresh install, whose first admin the console's setup page may create)."""
     return int(
         session.exec(
             select(func.count()).select_from(User).where(User.role == "admin", col(User.active).is_(True))
@@ -133,7 +134,7 @@ def _guard_last_admin(
         update(User).where(col(User.role) == "admin", col(User.active).is_(True)).values(role=col(User.role))
     )
     session.refresh(user)
-    if user.role == "admin" and user.active and _active_admins(session) <= 1:
+    if user.role == "admin" and user.active and active_admins(session) <= 1:
         raise Conflict("this is the last active admin; create another admin first", field="role")
 
 

@@ -1,7 +1,8 @@
 """The process's live events: what calls and conversations do, as they do it, for whoever watches (the console).
 
-The stores publish after they commit (``voicebot.calls.store``, ``channels.store``), so a watcher hears exactly
-what the database now holds, from the same code path that wrote it: no polling of tables.  Publishing is
+The call store publishes after it commits (``voicebot.calls.store``), and every committed message row is announced
+by session hooks (``watch_messages``), so a watcher hears exactly what the database now holds, from the code path
+that wrote it: no polling of tables.  Publishing is
 thread-safe and never blocks (the stores run on worker threads): each subscriber has a bounded queue on its own
 event loop, and a subscriber that falls behind loses its oldest events and is told so (``lagged``), rather than
 making a call wait or memory grow.  Events carry ids and states, never caller data (numbers, words): a watcher

@@ -324,18 +324,14 @@ def serve() -> int:
 
 def _first_run_token(settings: Settings, engine: Engine | None) -> str:
     """While no admin exists: a new one-time token for the console's setup page (admin_api.console.session)."""
-    from sqlalchemy import func
-    from sqlmodel import col, select
-
+    from admin_api.accounts import active_admins
     from admin_api.console.session import issue_setup_token, spend_setup_token
-    from models import User
     from models.db import session_scope
 
     if engine is None:
         return ""
     with session_scope(engine) as session:
-        admins = session.exec(select(func.count()).select_from(User)
-                              .where(User.role == "admin", col(User.active).is_(True))).one()
+        admins = active_admins(session)
     if admins:
         spend_setup_token(settings.data_dir)  # a token left from before the first admin must not linger
         return ""

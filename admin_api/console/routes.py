@@ -20,13 +20,12 @@ from typing import Any
 
 from aiohttp import web
 from pydantic import Field
-from sqlalchemy import func
-from sqlmodel import col, select
 
 from admin_api import accounts
 from admin_api.auth import require_role
 from admin_api.console import session as cookies
 from admin_api.framework import ApiRouter, Ctx, json_dumps
+from admin_api.handlers.auth import identity
 from admin_api.schemas import Input, LoginRequest, MeOut, Output
 from admin_api.sse import EventStream
 from models import User
@@ -76,15 +75,10 @@ class SetupRequest(Input):
     password: str = Field(min_length=8, max_length=1024)
 
 
-def _me(user: User) -> MeOut:
-    assert user.id is not None
-    return MeOut(kind="user", id=user.id, name=user.username, role=user.role)  # type: ignore[arg-type]
-
-
 def _session_response(ctx: Ctx, access_token: str, refresh_token: str, user: User) -> web.Response:
     auth = ctx.services.auth
     csrf = auth.csrf_for(access_token)
-    body = ConsoleSession(user=_me(user), csrf_token=csrf, expires_in=auth.access_ttl)
+    body = ConsoleSession(user=MeOut.model_validate(identity(user)), csrf_token=csrf, expires_in=auth.access_ttl)
     response = web.json_response(body.model_dump(mode="json"), dumps=json_dumps)
     cookies.set_session_cookies(response, ctx.request, access_token=access_token, access_ttl=auth.access_ttl,
                                 refresh_token=refresh_token, refresh_ttl=auth.refresh_ttl, csrf=csrf)
@@ -125,14 +119,9 @@ async def console_logout(ctx: Ctx) -> web.Response:
 
 
 # ------------------------------------------------------------------ first run
-def _active_admins(session: Any) -> int:
-    return int(session.exec(select(func.count()).select_from(User)
-                            .where(User.role == "admin", col(User.active).is_(True))).one())
-
-
 @router.get("/console/setup", role=None, summary="Whether the first admin still has to be created")
 async def setup_state(ctx: Ctx) -> SetupState:
-    return SetupState(needed=await ctx.services.db(_active_admins) == 0)
+    return SetupState(needed=await ctx.services.db(accounts.active_admins) == 0)
 
 
 @router.post("/console/setup", role=None, errors=(403, 409),
@@ -140,7 +129,7 @@ async def setup_state(ctx: Ctx) -> SetupState:
 async def setup_first_admin(ctx: Ctx, body: SetupRequest) -> web.Response:
     cookies.check_origin(ctx.request)
     data_dir = ctx.services.settings.data_dir
-    if await ctx.services.db(_active_admins) > 0:
+    if await ctx.services.db(accounts.active_admins) > 0:
         raise Conflict("an admin exists already: sign in (admins add users under Account)", code="setup_done")
     accounts.check_username(body.username)
     accounts.check_password(body.password)
@@ -157,7 +146,7 @@ async def setup_first_admin(ctx: Ctx, body: SetupRequest) -> web.Response:
     password_hash = await ctx.services.auth.hash_new_password(body.password)
 
     def create(session: Any) -> User:
-        if _active_admins(session) > 0:
+        if accounts.active_admins(session) > 0:
             raise Conflict("an admin exists already: sign in", code="setup_done")
         return accounts.create_user(session, body.username, None, "admin", password_hash=password_hash)
 

@@ -33,7 +33,8 @@ signup_router = ApiRouter("auth")
 """Mounted only when ``settings.open_signup`` is on."""
 
 
-def _me(user: User) -> dict[str, Any]:
+def identity(user: User) -> dict[str, Any]:
+    """A signed-in user as ``MeOut`` describes them (the token answers and the console's session answer)."""
     return {"kind": "user", "id": user.id, "name": user.username, "role": user.role}
 
 
@@ -50,7 +51,7 @@ async def login(ctx: Ctx, body: LoginRequest) -> TokenOut:
         refresh_token=pair.refresh_token,
         expires_in=pair.expires_in,
         refresh_expires_in=pair.refresh_expires_in,
-        user=MeOut.model_validate(_me(user)),
+        user=MeOut.model_validate(identity(user)),
     )
 
 
@@ -67,7 +68,7 @@ async def refresh(ctx: Ctx, body: RefreshRequest) -> TokenOut:
         refresh_token=pair.refresh_token,
         expires_in=pair.expires_in,
         refresh_expires_in=pair.refresh_expires_in,
-        user=MeOut.model_validate(_me(user)),
+        user=MeOut.model_validate(identity(user)),
     )
 
 

@@ -294,3 +294,22 @@ async def test_cancelling_a_trunk_edit_brings_back_the_add_forms_defaults(consol
     await expect(form.get_by_label("Codecs")).to_have_value("ulaw, alaw")
     await expect(form.get_by_label("Enabled", exact=True)).to_be_checked()
     await expect(form.get_by_label("Name", exact=True)).to_have_value("")
+
+
+async def test_a_long_list_pages_through_the_address(console: Console) -> None:
+    with session_scope(console.api.engine) as session:
+        for n in range(27):  # 25 per page: two pages, the second with 2
+            session.add(Conversation(channel="chat", external_id=f"visitor-{n:02d}"))
+    page = await console.sign_in("viewer")
+    await nav(page, "Conversations").click()
+    pages = page.get_by_role("navigation", name="Pages")
+    await expect(pages).to_contain_text("Page 1 of 2")
+    await expect(page.locator("a.conversation-link")).to_have_count(25)
+    assert await pages.get_by_role("link", name="Previous").count() == 0
+    await pages.get_by_role("link", name="Next").click()
+    await page.wait_for_url(re.compile(r"#/conversations\?page=2"))
+    await expect(pages).to_contain_text("Page 2 of 2")
+    await expect(page.locator("a.conversation-link")).to_have_count(2)
+    assert await pages.get_by_role("link", name="Next").count() == 0
+    await pages.get_by_role("link", name="Previous").click()
+    await expect(page.locator("a.conversation-link")).to_have_count(25)

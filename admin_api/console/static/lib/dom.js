@@ -106,6 +106,23 @@ export function seconds(value) {
   return s >= 60 ? `${Math.floor(s / 60)} min ${s % 60} s` : `${s} s`;
 }
 
+/** "12.3 kB" from a byte count ("" when there is none). */
+export function bytes(count) {
+  if (typeof count !== "number") return "";
+  if (count < 1024) return `${count} B`;
+  return count < 1048576 ? `${(count / 1024).toFixed(1)} kB` : `${(count / 1048576).toFixed(1)} MB`;
+}
+
+/** Previous / "Page n of m" / Next links for a list paged in the address (`hrefOf(n)`: page n's link); nothing
+ * when everything fits on page 1. */
+export function pageLinks(page, total, perPage, hrefOf) {
+  if (total <= perPage && page <= 1) return null;
+  return h("nav.pager", { "aria-label": "Pages" },
+    page > 1 ? h("a.button", { href: hrefOf(page - 1), rel: "prev" }, "Previous") : null,
+    h("span.hint", `Page ${page} of ${Math.max(1, Math.ceil(total / perPage))}`),
+    page * perPage < total ? h("a.button", { href: hrefOf(page + 1), rel: "next" }, "Next") : null);
+}
+
 /** A table from rows: columns = [{label, value: row => node|string, class?}]. */
 export function table(columns, rows, { empty = "Nothing yet.", caption = "" } = {}) {
   if (!rows.length) return h("p.empty", empty);

@@ -3,7 +3,7 @@
 // and admins, as the API allows), and a search box showing the chunks the agent would retrieve, with scores.
 
 import { api, del, get, post } from "../lib/api.js";
-import { button, clearErrors, field, h, replace, showErrors, toast, when } from "../lib/dom.js";
+import { button, bytes, clearErrors, field, h, replace, showErrors, toast, when } from "../lib/dom.js";
 
 const POLL_MS = 1500;
 const PAGE = 50;
@@ -54,7 +54,7 @@ export function knowledgePanel(agent, ctx) {
       h("td", h("span.doc-title", doc.title || doc.filename), doc.title ? h("div.hint", doc.filename) : null),
       h("td.doc-status", statusOf(doc)),
       h("td.num.doc-chunks", String(doc.chunk_count)),
-      h("td.num", size(doc.size_bytes)),
+      h("td.num", bytes(doc.size_bytes)),
       h("td", when(doc.created_at)),
     ];
     if (designer) {
@@ -203,12 +203,6 @@ function searchCard(agent) {
 
 function chunks(count) {
   return `${count} ${count === 1 ? "chunk" : "chunks"}`;
-}
-
-function size(bytes) {
-  if (bytes < 1024) return `${bytes} B`;
-  if (bytes < 1024 * 1024) return `${(bytes / 1024).toFixed(1)} kB`;
-  return `${(bytes / 1024 / 1024).toFixed(1)} MB`;
 }
 
 function statusOf(doc) {

@@ -4,7 +4,7 @@
 // Also exports the small helpers the dashboard and the call page share (outcome badge, duration, agent names).
 
 import { get } from "../lib/api.js";
-import { field, h, replace, seconds, select, table, when } from "../lib/dom.js";
+import { field, h, pageLinks, replace, seconds, select, table, when } from "../lib/dom.js";
 import { debounce, onEvent } from "../lib/events.js";
 
 const PAGE_SIZE = 25;
@@ -83,18 +83,18 @@ function filterForm(ctx, names) {
   return form;
 }
 
-function pageLink(ctx, page, label, rel) {
+function pageHref(ctx, page) {
   const params = new URLSearchParams(ctx.query);
   if (page > 1) params.set("page", String(page)); else params.delete("page");
   const search = params.toString();
-  return h("a.button", { href: `#/calls${search ? `?${search}` : ""}`, rel }, label);
+  return `#/calls${search ? `?${search}` : ""}`;
 }
 
 export async function render(main, ctx) {
   const names = await agentNames();
   const summary = h("p.hint.calls-summary", { "aria-live": "polite" });
   const results = h("div.calls-results");
-  const pager = h("nav.pager", { "aria-label": "Pages" });
+  const pager = h("div.calls-pages");
   main.append(h("section.page.calls",
     h("div.page-head", h("h1", "Calls")),
     filterForm(ctx, names), summary, results, pager));
@@ -127,10 +127,7 @@ export async function render(main, ctx) {
       { label: "Recording", value: (c) => (c.has_recording ? "yes" : "—") },
     ], page.items, { empty: FILTERS.some((f) => ctx.query.get(f)) ? "No call matches these filters." : "No calls yet." }));
     const current = Math.floor(page.offset / PAGE_SIZE) + 1;
-    replace(pager,
-      current > 1 ? pageLink(ctx, current - 1, "Previous", "prev") : null,
-      page.total > PAGE_SIZE ? h("span", `Page ${current} of ${Math.ceil(page.total / PAGE_SIZE)}`) : null,
-      last < page.total ? pageLink(ctx, current + 1, "Next", "next") : null);
+    replace(pager, pageLinks(current, page.total, PAGE_SIZE, (n) => pageHref(ctx, n)));
   };
   await load();
   const refresh = debounce(load, 1000);

@@ -3,7 +3,7 @@
 // list); each is a link to its analytics and controls.
 
 import { get } from "../lib/api.js";
-import { h, select, table, when } from "../lib/dom.js";
+import { h, pageLinks, select, table, when } from "../lib/dom.js";
 
 const PAGE = 25;
 const STATUSES = [["", "every status"], ["draft", "draft"], ["running", "running"], ["paused", "paused"],
@@ -52,8 +52,5 @@ export async function render(main, ctx) {
       { label: "Started", value: (c) => when(c.started_at) },
       { label: "Created", value: (c) => when(c.created_at) },
     ], result.items, { empty: status ? `No ${status} campaigns.` : "No campaigns yet (create them with the API or eva campaign create)." }),
-    result.total > PAGE ? h("nav.pager", { "aria-label": "Pages" },
-      page > 1 ? h("a", { href: to(page - 1) }, "Previous") : null,
-      h("span.hint", `page ${page} of ${Math.ceil(result.total / PAGE)}`),
-      page * PAGE < result.total ? h("a", { href: to(page + 1) }, "Next") : null) : null));
+    pageLinks(page, result.total, PAGE, to)));
 }

@@ -4,7 +4,7 @@
 // attachments (a download link when Eva kept the file).  A message stored in this conversation re-reads the thread.
 
 import { get } from "../lib/api.js";
-import { h, replace, table, when } from "../lib/dom.js";
+import { bytes, h, replace, table, when } from "../lib/dom.js";
 import { debounce, onEvent } from "../lib/events.js";
 import { contactLabel, contactsOf } from "./conversations.js";
 
@@ -83,16 +83,10 @@ function message(m, who) {
       m.attachments.map((a, index) => h("li", a.path
         ? h("a", { href: `/api/v1/messages/${m.id}/attachments/${index}`, download: a.name || "" }, a.name || `file ${index + 1}`)
         : h("span", a.name || `file ${index + 1}`, h("span.hint", " (not kept)")),
-      h("span.hint", ` ${a.content_type || ""} ${size(a.size)}`)))) : null,
+      h("span.hint", ` ${a.content_type || ""} ${bytes(a.size)}`)))) : null,
     h("div.message-tags",
       delivery ? h(`span.badge.delivery${DELIVERY[delivery] ? `.${DELIVERY[delivery]}` : ""}`,
         delivery, m.timings.delivery_error ? ` (${m.timings.delivery_error})` : "") : null,
       m.sentiment ? h(`span.badge.sentiment${SENTIMENT[m.sentiment] ? `.${SENTIMENT[m.sentiment]}` : ""}`, m.sentiment) : null,
       m.category ? h("span.badge.category", m.category) : null));
-}
-
-function size(bytes) {
-  if (typeof bytes !== "number") return "";
-  if (bytes < 1024) return `${bytes} B`;
-  return bytes < 1048576 ? `${(bytes / 1024).toFixed(1)} kB` : `${(bytes / 1048576).toFixed(1)} MB`;
 }

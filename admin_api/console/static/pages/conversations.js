@@ -3,7 +3,7 @@
 // page (at most once a second), so a new conversation or reply shows up without reloading.
 
 import { get } from "../lib/api.js";
-import { h, replace, select, table, when } from "../lib/dom.js";
+import { h, pageLinks, replace, select, table, when } from "../lib/dom.js";
 import { debounce, onEvent } from "../lib/events.js";
 
 const PAGE = 25;
@@ -53,10 +53,7 @@ export async function render(main, ctx) {
         { label: "Started", value: (c) => when(c.started_at) },
         { label: "Last activity", value: (c) => when(c.updated_at) },
       ], result.items, { empty: channel ? "No conversations on this channel yet." : "No conversations yet." }),
-      result.total > PAGE ? h("nav.pager", { "aria-label": "Pages" },
-        page > 1 ? h("a", { href: to(page - 1) }, "Previous") : null,
-        h("span.hint", `page ${page} of ${Math.ceil(result.total / PAGE)}`),
-        page * PAGE < result.total ? h("a", { href: to(page + 1) }, "Next") : null) : null);
+      pageLinks(page, result.total, PAGE, to));
   };
   await load();
   let stopped = false; // a refetch still pending when the user leaves must not run
