@@ -68,11 +68,14 @@ async def test_a_spanish_caller_is_answered_in_spanish_from_the_spanish_document
     # "Alquilar una bicicleta cuesta 20 euros al día.": the fact, in Spanish, from the Spanish document.
     assert re.search(r"\b20\b|veinte", reply.text) and re.search(r"euros|día|cuesta", reply.text), \
         reply.text
-    # The caller heard the price sentence ("... cuesta veinte euros al día"): eSpeak's "veinte" itself comes back
-    # from Whisper base as "mente" or "en este" (bench/spanish_voice.py measures the round trip), so the number
-    # is checked in what was said (above), the sentence in what was heard: its end, "euros al día", which Whisper
-    # keeps when the cores are loaded ("cuesta veinte" came back as "cuéntame" in CI while every worker ran calls).
-    assert heard_phrase(heard, "euros al día", 0.7), heard
+    # The caller heard the price sentence ("Alquilar una bicicleta cuesta veinte euros al día"): eSpeak's "veinte"
+    # itself comes back from Whisper base as "mente" or "en este" (bench/spanish_voice.py measures the round trip),
+    # so the number is checked in what was said (above), the sentence in what was heard: its start or its end, as
+    # Whisper keeps one or the other when every core is busy with calls (CI heard "cuesta veinte" as "cuéntame", and
+    # once "... una bicicleta cuesta en el peor alquilla").  The start is matched at 0.8, three words long: the
+    # greeting's "de bicicletas sol" alone passes for "bicicleta cuesta" at 0.7.  The caller's own question is not
+    # in the caller's recording (it holds what the caller heard).
+    assert heard_phrase(heard, "una bicicleta cuesta", 0.8) or heard_phrase(heard, "euros al día", 0.7), heard
     # What the caller heard after the greeting is Spanish, not English, by Whisper's own language identification
     # (on eSpeak's robotic voice its first guess was once Latin: the check is Spanish against English).
     regions = voiced_regions(recording, min_gap_s=0.6)
