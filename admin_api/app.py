@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     from channels.email.service import EmailService
     from channels.whatsapp.service import WhatsAppService
     from rag import KnowledgeBase
+    from voicebot.calls.admission import Admission
     from voicebot.llm.base import LanguageModel
     from voicebot.stt.whisper import SpeechRouter
     from voicebot.tts.piper import PiperSpeaker
@@ -118,6 +119,7 @@ def create_app(
     stt: SpeechRouter | None = None,
     tts: PiperSpeaker | None = None,
     asterisk_supervisor: Any = None,
+    admission: Admission | None = None,
 ) -> web.Application:
     """The admin API application.
 
@@ -130,7 +132,7 @@ def create_app(
     ``stt``/``tts`` are the voice app's speech engines (the speech endpoints answer 503 without them).
     ``chat`` is the process's chat channel; without one, an app given an ``llm`` answers chat with its own agent
     core over ``llm`` and ``kb``.  ``asterisk_supervisor`` (when Eva manages Asterisk) tells the health endpoints
-    whether Asterisk is running.
+    whether Asterisk is running; ``admission`` (the voice app's call slots) their current load and capacity.
     """
     ami_client = None if offline_asterisk else (ami or AmiClient(settings))
     link = AsteriskLink(settings, ami_client)
@@ -165,6 +167,7 @@ def create_app(
         stt=stt,
         tts=tts,
         asterisk_process=asterisk_supervisor,
+        admission=admission,
     )
     if ami_client is not None and ami is None:
         services.owned.append(ami_client)

@@ -376,7 +376,7 @@ class StatsOut(Output):
 
 # ------------------------------ calls -------------------------------------------------------------
 CallOutcome = Literal["active", "completed", "caller_hangup", "transferred", "continued", "failed", "no_route",
-                      "max_duration", "shutdown"]
+                      "busy", "max_duration", "shutdown"]
 
 
 class CallQuery(Pagination):
@@ -733,11 +733,22 @@ class HealthCheck(Output):
     detail: str = ""
 
 
+class CallLoad(Output):
+    active: int
+    """Calls holding a slot now."""
+    capacity: int
+    """Calls this worker admits at once (``EVA_MAX_CALLS``); inbound callers beyond it hear the busy prompt."""
+    refused: int
+    """Inbound callers turned away since start because every slot was taken."""
+
+
 class HealthOut(Output):
     status: Literal["ok", "degraded", "down"]
     version: str
     uptime_s: float
     checks: list[HealthCheck]
+    calls: CallLoad | None = None
+    """This worker's call load (only when it runs the voice app)."""
 
 
 class LivenessOut(Output):

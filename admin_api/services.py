@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from channels.email.service import EmailService
     from channels.whatsapp.service import WhatsAppService
     from rag import KnowledgeBase
+    from voicebot.calls.admission import Admission
     from voicebot.llm.base import LanguageModel
     from voicebot.stt.whisper import SpeechRouter
     from voicebot.tts.piper import PiperSpeaker
@@ -58,6 +59,8 @@ class Services:
     tts: PiperSpeaker | None = None
     asterisk_process: Any = None
     """The local Asterisk's supervisor (``snapshot()`` → state, restarts) when ``eva run`` manages Asterisk."""
+    admission: Admission | None = None
+    """The voice app's call slots (load and capacity), when this process runs the voice app."""
     trunk_monitor: TrunkMonitor | None = None
     """Follows the trunks' state through AMI (None when the API runs without Asterisk)."""
     started: float = field(default_factory=time.monotonic)

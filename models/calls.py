@@ -35,7 +35,8 @@ class Call(SQLModel, table=True):
     ended_at: datetime | None = None
     outcome: str = Field(default="active", index=True, max_length=32)
     """active | completed | caller_hangup | transferred | continued (handed back to the dialplan) | failed |
-    no_route | max_duration (cut at ``max_call_seconds``) | shutdown (Eva stopped during the call)"""
+    no_route | busy (every slot taken: the caller heard the busy prompt, see ``voicebot/calls/admission.py``) |
+    max_duration (cut at ``max_call_seconds``) | shutdown (Eva stopped during the call)"""
     hangup_cause: str = Field(default="", max_length=64)
     recording_path: str = Field(default="", max_length=1024)
     worker: str = Field(default="", max_length=128)

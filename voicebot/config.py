@@ -87,6 +87,10 @@ class Settings:
     """Calls this system carries at once (trunk channels, CPU): campaigns keep their ``reserve_inbound`` of them
     free for callers.  0: unknown, and the reserve is not applied."""
 
+    max_calls: int = 0
+    """Voice calls this worker carries at once; an inbound caller beyond it hears the busy prompt and is hung up,
+    so the calls in progress keep their latency.  0: two per CPU core (see ``voicebot/calls/admission.py``)."""
+
     # --- media transport (ExternalMedia RTP between Asterisk and Eva) ---
     media_host: str = "127.0.0.1"
     media_port_start: int = 20000

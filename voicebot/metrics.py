@@ -288,6 +288,9 @@ REGISTRY = Registry()
 
 # --- calls (voice loop) -----------------------------------------------------------------------------------
 CALLS_ACTIVE = REGISTRY.gauge("eva_calls_active", "Calls in progress on this worker.")
+CALLS_CAPACITY = REGISTRY.gauge(
+    "eva_calls_capacity", "Calls this worker admits at once (EVA_MAX_CALLS); inbound callers beyond it hear the busy "
+    "prompt (counted in eva_calls_total with outcome busy).")
 CALLS_TOTAL = REGISTRY.counter(
     "eva_calls_total", "Calls finished, by direction, outcome and agent.", ("direction", "outcome", "agent")
 )

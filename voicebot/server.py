@@ -218,7 +218,12 @@ class EvaRuntime:
         return Dialer(engine, self.voice.ari, worker=self.voice.worker, listeners=self.voice.listeners,
                       responder_wrappers=self.voice.responder_wrappers, stasis_gates=self.voice.stasis_gates,
                       call_variables=self.voice.call_variables, voicemail_sound=self._voicemail_sound,
-                      channel_capacity=self.settings.channel_capacity or None)
+                      channel_capacity=self.settings.channel_capacity or None,
+                      call_slots=self._free_call_slots)
+
+    def _free_call_slots(self) -> int:
+        """The voice app's free call slots now (the dialer rings only into them)."""
+        return self.voice.admission.free if self.voice is not None else 0
 
     async def _start_channels(self, engine: Engine) -> None:
         """WhatsApp and e-mail (channels/): the IMAP poller runs when EVA_IMAP_HOST is set."""
@@ -272,7 +277,8 @@ class EvaRuntime:
                          whatsapp=channels.whatsapp if channels else None, email=channels.email if channels else None,
                          chat=channels.chat if channels else None,
                          stt=self.components.get("stt"), tts=self.components.get("tts"),
-                         asterisk_supervisor=self.components.get("asterisk_supervisor"))
+                         asterisk_supervisor=self.components.get("asterisk_supervisor"),
+                         admission=self.voice.admission)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, self.settings.api_host, self.settings.api_port)

@@ -144,6 +144,7 @@ def _models_run(settings: Settings) -> None:
 PROMPTS = {
     "eva-selftest": SELFTEST_TEXT,
     "eva-no-route": "Sorry, this number is not in service. Goodbye.",
+    "eva-busy": "Sorry, all our lines are busy right now. Please call again in a few minutes. Goodbye.",
     "eva-operator": "You have reached the operator test line. A colleague would answer here.",
 }
 

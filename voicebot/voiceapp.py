@@ -24,6 +24,10 @@ A channel can enter Stasis more than once: a transfer to a number Eva answers br
 its own session (a new call row, generation + 1), keyed by (channel id, Stasis generation), so the first
 session's row and outcome are never touched by the second.
 
+The worker admits calls up to its capacity (:mod:`voicebot.calls.admission`, ``EVA_MAX_CALLS``): an inbound caller
+beyond it is answered, hears :data:`BUSY_PROMPT` and is hung up (outcome ``busy``), so the calls in progress keep
+their latency.
+
 Eva keeps no call state that the database and Asterisk could not rebuild, so several workers can share one
 Asterisk (each ARI app name is a worker) and a restarted worker closes calls it left open.
 """
@@ -54,6 +58,7 @@ from voicebot.ari.handback import AGENT_VARIABLE, FLOW_VARIABLE, dialplan_variab
 from voicebot.ari.origin import ORIGIN_VARIABLE
 from voicebot.asterisk.render import instance_path
 from voicebot.calls import store as calls
+from voicebot.calls.admission import Admission, default_capacity
 from voicebot.config import Settings
 from voicebot.errors import AriError, EvaError, MediaError, TransferRefused
 from voicebot.flows.runner import FlowRunner
@@ -61,7 +66,7 @@ from voicebot.flows.voice import FlowResponder
 from voicebot.i18n import base_language, phrase
 from voicebot.media.ports import PortAllocator
 from voicebot.media.transport import RtpTransport
-from voicebot.metrics import CALLS_ACTIVE, CALLS_TOTAL, agent_label
+from voicebot.metrics import CALLS_ACTIVE, CALLS_CAPACITY, CALLS_TOTAL, agent_label
 from voicebot.pipeline.responder import CallContext, Responder
 from voicebot.pipeline.session import CallSession, SessionConfig, Stt, Tts
 from voicebot.pipeline.turns import TurnConfig
@@ -72,6 +77,8 @@ log = logging.getLogger(__name__)
 
 NO_ROUTE_PROMPT = "eva-no-route"
 NO_ROUTE_TEXT = "Sorry, this number is not in service. Goodbye."
+BUSY_PROMPT = "eva-busy"
+"""Played to an inbound caller when every call slot is taken (see :mod:`voicebot.calls.admission`)."""
 MAX_TRANSFERS = 4
 """Transfers one channel may make into numbers Eva answers (a loop between agents ends here)."""
 PROMPT_MAX_S = 15.0
@@ -195,6 +202,9 @@ class VoiceApp:
         """Channel id → called instead of starting a call on the channel's next Stasis entry (once): the dialer
         sends an answered campaign call through answering-machine detection first."""
         self.worker = f"{socket.gethostname()}:{settings.ari_app}"
+        self.admission = Admission(settings.max_calls or default_capacity())
+        """The worker's call slots: an inbound caller beyond them hears :data:`BUSY_PROMPT`."""
+        CALLS_CAPACITY.set(self.admission.capacity)
         self.transfer_context = "eva-inbound"
         self.session_config = SessionConfig(
             turn=TurnConfig(min_speech_ms=settings.barge_in_ms, end_silence_ms=settings.end_of_turn_ms),
@@ -289,15 +299,25 @@ class VoiceApp:
 
     # ------------------------------------------------------------------ one call
     async def _handle_call(self, live: LiveCall, event: AriEvent) -> None:
-        CALLS_ACTIVE.inc()
         args = event.stasis_args()
         outcome = "failed"
         direction = "inbound"
         transport: RtpTransport | None = None
+        counted = False
         try:
             assert event.channel is not None
-            identity = call_identity(args, event.channel, originated=await self._originated_by_eva(live, args))
+            originated = await self._originated_by_eva(live, args)
+            identity = call_identity(args, event.channel, originated=originated)
             direction, live.caller, live.did = identity.direction, identity.caller, identity.did
+            # A channel coming back from a transfer into another Eva number was admitted already (its earlier
+            # session may still be tearing down and holding that slot).
+            returning = any(key[0] == live.channel_id and key != live.key for key in self.calls)
+            if not self.admission.admit(live.key, placed_by_eva=originated or returning):
+                outcome = "busy"
+                await self._refuse_busy(live, identity)
+                return
+            CALLS_ACTIVE.inc()
+            counted = True
             flow, agent_name = await self._dialplan_request(live, identity)
             agent = await asyncio.to_thread(self.resolve_agent, agent_name, live.did)
             verified = identity.direction == "outbound" or await asyncio.to_thread(
@@ -373,9 +393,25 @@ class VoiceApp:
         except Exception:
             log.exception("call %s failed", live.call_id)
         finally:
-            CALLS_ACTIVE.dec()
+            self.admission.release(live.key)
+            if counted:
+                CALLS_ACTIVE.dec()
             CALLS_TOTAL.inc(direction=direction, outcome=outcome, agent=agent_label(live.agent_name))
             await asyncio.shield(self._teardown(live, transport, outcome))
+
+    async def _refuse_busy(self, live: LiveCall, identity: CallIdentity) -> None:
+        """Every slot is taken: record the call (outcome ``busy``), answer, play the busy prompt, hang up.  Nothing
+        here waits on a model, so the caller hears the prompt within a second however loaded the worker is."""
+        snap = self.admission.snapshot()
+        log.warning("call refused: all %d call slot(s) are taken (%d refused since start)", snap["capacity"],
+                    snap["refused"])
+        agent = await asyncio.to_thread(self.resolve_agent, "", live.did)
+        live.call_id, live.generation = await asyncio.to_thread(
+            calls.create_call, self.engine, channel_id=live.channel_id, caller=live.caller, did=live.did,
+            agent_id=agent["id"] if agent else None, direction=identity.direction, worker=self.worker)
+        live.agent_name = str(agent["name"]) if agent else ""
+        await self.ari.answer(live.channel_id)
+        await self._play_and_hangup(live, BUSY_PROMPT)
 
     def _call_responder(self, live: LiveCall, agent: dict[str, Any]) -> Responder:
         """The agent's responder, or a flow runner around it when the route runs a flow or the agent starts

@@ -26,7 +26,7 @@ from sqlalchemy import func, text
 from sqlmodel import col, select
 
 from admin_api.framework import ApiRouter, Ctx
-from admin_api.schemas import HealthCheck, HealthOut, LivenessOut
+from admin_api.schemas import CallLoad, HealthCheck, HealthOut, LivenessOut
 from models import KnowledgeDocument
 from models.db import session_scope
 from voicebot import metrics
@@ -256,11 +256,15 @@ async def health(ctx: Ctx) -> HealthOut:
         status = "ok"
     # Anonymous monitoring gets each dependency's status and latency, not what runs there or why it failed.
     shown = list(checks) if signed_in else [c.model_copy(update={"detail": ""}) for c in checks]
+    admission = services.admission
     return HealthOut(
         status=status,
         version=VERSION,
         uptime_s=round(time.monotonic() - services.started, 1),
         checks=shown,
+        # A load balancer or the dialplan may steer calls by it, so it is shown to anonymous monitoring too.
+        calls=CallLoad(active=admission.active, capacity=admission.capacity, refused=admission.refused)
+        if admission is not None else None,
     )
 
 

@@ -128,7 +128,8 @@ async def voice_admin_api(runtime: Any) -> AsyncIterator[Api]:
     from voicebot.callcontrol import AriCallControl
 
     assert runtime.engine is not None and runtime.voice is not None
-    api = await start_api(runtime.settings, runtime.engine, call_control=AriCallControl(runtime.voice.ari))
+    api = await start_api(runtime.settings, runtime.engine, call_control=AriCallControl(runtime.voice.ari),
+                          admission=runtime.voice.admission)
     try:
         yield api
     finally:

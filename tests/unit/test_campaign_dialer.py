@@ -582,3 +582,40 @@ async def test_campaigns_asking_for_the_same_voicemail_at_once_share_one_whole_f
     assert [p.name for p in settings.sounds_dir.iterdir()] == [wav.name]  # no part file left behind
     wav.unlink()  # an instance folder re-rendered: the next call makes it again
     assert await sound("Please call us back.", "en", "") == first and wav.exists() and len(spoken) == 2
+
+
+@pytest.mark.asyncio
+async def test_campaign_calls_ring_only_into_free_call_slots_of_the_worker(engine: Engine) -> None:
+    from voicebot.calls.admission import Admission
+
+    ari = FakeAri()
+    slots = Admission(3)
+    assert slots.admit("an inbound caller")  # talking to an agent: two slots are left for campaigns
+    most = 0
+
+    def voice_app(event: AriEvent) -> None:  # what the voice app does with a campaign call's channel
+        nonlocal most
+        if event.channel is None:
+            return
+        if event.type == "StasisStart":
+            assert slots.admit(event.channel.id, placed_by_eva=True)
+        elif event.type == "ChannelDestroyed":
+            slots.release(event.channel.id)
+        most = max(most, slots.active)
+
+    ari.listeners.append(voice_app)
+    first = [f"+1555000010{i}" for i in range(4)]
+    second = [f"+1555000011{i}" for i in range(4)]
+    ari.behaviour = {n: ("answer", 0.3) for n in first + second}
+    # Two campaigns at once, each allowed four calls: together they must still fit the two free slots.
+    ids = [campaign_with(engine, numbers, pacing={"max_concurrent": 4, "max_per_minute": 600})
+           for numbers in (first, second)]
+    dialer = dialer_for(engine, ari, call_slots=lambda: slots.free)
+    await dialer.start()
+    try:
+        await until(lambda: all(a.outcome is not None for c in ids for a in attempts(engine, c)), within=20)
+    finally:
+        await dialer.close()
+    assert len(ari.dialled) == 8 and all(a.outcome == "answered" for c in ids for a in attempts(engine, c))
+    assert ari.peak == 2, ari.peak  # never a third campaign call, ringing or answered
+    assert most == 3 and slots.refused == 0  # the worker carried its capacity, never more

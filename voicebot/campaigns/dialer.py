@@ -227,10 +227,13 @@ class Dialer:
                  call_variables: dict[str, dict[str, str]] | None = None,
                  stasis_gates: dict[str, Callable[[], None]] | None = None,
                  voicemail_sound: VoicemailSound | None = None, channel_capacity: int | None = None,
-                 poll_s: float = POLL_S, batch: int = 50) -> None:
+                 call_slots: Callable[[], int] | None = None, poll_s: float = POLL_S, batch: int = 50) -> None:
         """``listeners`` is the voice app's list of event listeners (the dialer adds itself); ``responder_wrappers``
         its per-channel responder wrappers (the do-not-call guard on answered campaign calls); ``call_variables``
-        its per-channel contact variables (what the greeting, the flow and the agent know of the callee)."""
+        its per-channel contact variables (what the greeting, the flow and the agent know of the callee);
+        ``call_slots`` the voice app's free call slots now (:mod:`voicebot.calls.admission`): a call is rung only
+        into a slot no ringing call of this dialer has taken, so an answered campaign call is never turned away and
+        never makes the worker carry more calls than it can."""
         self.engine = engine
         self.ari = ari
         self.worker = f"{worker}:dialer:{uuid.uuid4().hex[:8]}"
@@ -242,6 +245,9 @@ class Dialer:
         self.voicemail_sound = voicemail_sound
         self._gate_tasks: set[asyncio.Task[None]] = set()
         self.channel_capacity = channel_capacity
+        self.call_slots = call_slots
+        self._claiming = 0
+        """Attempts between the slot check and their entry in ``_placing`` (a claim awaits the database)."""
         self.poll_s = poll_s
         self.batch = batch
         self._task: asyncio.Task[None] | None = None
@@ -447,11 +453,26 @@ class Dialer:
 
             await self._db(apply)
             return bool(mine), None
-        for dial in tick.dial:
+        for index, dial in enumerate(tick.dial):
             if self._stopping.is_set():
                 break
+            left = self.slots_left()
+            if left is not None and left <= 0:
+                # Not claimed: they stay pending for the next look (a call ending wakes none of ours, so the
+                # next look is at the poll interval at the latest).
+                log.info("campaign %s: every call slot of this worker is taken; %d call(s) wait", campaign_id,
+                         len(tick.dial) - index)
+                return True, None
             await self._claim_and_place(campaign_id, rules, dial)
         return True, tick.wake_at
+
+    def slots_left(self) -> int | None:
+        """Call slots a new campaign call may still ring into (None: no limit): the voice app's free slots less
+        this dialer's calls that ring (or are being claimed) and so hold none yet."""
+        if self.call_slots is None:
+            return None
+        ringing = sum(1 for placing in self._placing.values() if not placing.answered)
+        return self.call_slots() - ringing - self._claiming
 
     async def _claim_and_place(self, campaign_id: int, rules: CampaignRules, dial: Dial) -> None:
         now = datetime.now(UTC)
@@ -466,11 +487,15 @@ class Dialer:
             return replace(_plan_of(session, campaign, rules, dial.arm),
                            variables=_entry_variables(session, dial.entry_id))
 
-        placed = await self._db(take)
-        if placed is None:
-            return
-        placing = _Placing(campaign_id, dial.attempt_id, dial.entry_id)
-        self._placing[dial.attempt_id] = placing
+        self._claiming += 1
+        try:
+            placed = await self._db(take)
+            if placed is None:
+                return
+            placing = _Placing(campaign_id, dial.attempt_id, dial.entry_id)
+            self._placing[dial.attempt_id] = placing
+        finally:
+            self._claiming -= 1
         placing.task = asyncio.create_task(self._place(placing, placed, dial.phone),
                                            name=f"campaign-{campaign_id}-attempt-{dial.attempt_id}")
 

@@ -9,9 +9,9 @@ import { debounce, onEvent } from "../lib/events.js";
 
 const PAGE_SIZE = 25;
 export const OUTCOMES = ["active", "completed", "caller_hangup", "transferred", "continued", "failed", "no_route",
-  "max_duration", "shutdown"];
+  "busy", "max_duration", "shutdown"];
 const GOOD = new Set(["completed", "caller_hangup", "transferred", "continued"]);
-const BAD = new Set(["failed", "no_route", "shutdown"]);
+const BAD = new Set(["failed", "no_route", "busy", "shutdown"]);
 
 /** The outcome as a coloured badge ("active" while the call is up). */
 export function outcomeBadge(outcome) {
