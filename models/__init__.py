@@ -17,6 +17,7 @@ from models.flows import Flow, FlowRun
 from models.knowledge import KnowledgeChunk, KnowledgeDocument
 from models.trunks import SipTrunk, TrunkStateEvent
 from models.users import ApiKey, KnownLoginAddress, RefreshToken, RevokedAccessToken, User
+from models.workers import WorkerBeat
 
 __all__ = [
     "Agent",
@@ -46,6 +47,7 @@ __all__ = [
     "SipTrunk",
     "TrunkStateEvent",
     "User",
+    "WorkerBeat",
     "as_utc",
     "utcnow",
 ]

@@ -8,12 +8,15 @@ that reads the environment, so tests build a ``Settings`` directly with the valu
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 from voicebot.errors import ConfigError
 
+_APP_NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,40}$")
+"""An ARI application name: it is written into the dialplan (a comma or a parenthesis would split it)."""
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 """The checkout (or site-packages) that holds the ``voicebot`` package."""
 
@@ -58,6 +61,12 @@ class Settings:
     rtp_port_start: int = 10000
     rtp_port_end: int = 10999
     ari_app: str = "eva"
+    """This worker's ARI application name: one process per name, unique among the workers sharing a database
+    (see ``ari_apps``)."""
+    ari_apps: str = ""
+    """Every Eva worker sharing this Asterisk, as their comma-separated ARI application names (this worker's
+    among them).  Calls go to one of them at random and on to the next when a worker is down; a worker closes
+    the calls a dead peer left behind.  Empty: this worker alone (``ari_app``)."""
     ari_user: str = "eva"
     ari_password: str = ""
     ami_user: str = "eva"
@@ -280,6 +289,19 @@ class Settings:
     @property
     def effective_database_url(self) -> str:
         return self.database_url or f"sqlite:///{self.data_dir / 'eva.db'}"
+
+    @property
+    def worker_apps(self) -> tuple[str, ...]:
+        """The ARI applications of every worker sharing this Asterisk (``ari_apps``), this worker's included."""
+        names = tuple(dict.fromkeys(n.strip() for n in self.ari_apps.split(",") if n.strip())) or (self.ari_app,)
+        for name in (self.ari_app, *names):
+            if not _APP_NAME_RE.match(name):
+                raise ConfigError(f"ARI application name {name!r}: use 1-40 letters, digits, '-' or '_'",
+                                  field="ari_apps")
+        if self.ari_app not in names:
+            raise ConfigError(f"EVA_ARI_APPS must list this worker's own EVA_ARI_APP ({self.ari_app!r})",
+                              field="ari_apps")
+        return names
 
     @property
     def ari_url(self) -> str:

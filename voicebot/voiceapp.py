@@ -59,6 +59,7 @@ from voicebot.ari.origin import ORIGIN_VARIABLE
 from voicebot.asterisk.render import instance_path
 from voicebot.calls import store as calls
 from voicebot.calls.admission import Admission, default_capacity
+from voicebot.calls.peers import PeerWatch, left_behind
 from voicebot.config import Settings
 from voicebot.errors import AriError, EvaError, MediaError, TransferRefused
 from voicebot.flows.runner import FlowRunner
@@ -154,6 +155,9 @@ class _AriCallControl:
         return await self.app.transfer_destination(self.live, target)
 
     async def transfer(self, target: str) -> None:
+        # A channel variable EVA_APPS shadows the dialplan's global: if the target is a number Eva answers, the
+        # call comes back to this worker, which holds its slot (and, for a campaign call, its guard and variables).
+        await self.app.ari.set_variable(self.live.channel_id, "EVA_APPS", self.app.ari.app)
         await self.app.ari.continue_in_dialplan(self.live.channel_id, self.app.transfer_context, target)
 
     async def hangup(self) -> None:
@@ -205,6 +209,9 @@ class VoiceApp:
         self.admission = Admission(settings.max_calls or default_capacity())
         """The worker's call slots: an inbound caller beyond them hears :data:`BUSY_PROMPT`."""
         CALLS_CAPACITY.set(self.admission.capacity)
+        self.peers = PeerWatch(ari, engine, [app for app in settings.worker_apps if app != ari.app],
+                               worker=self.worker)
+        """Closes the calls of dead workers sharing this Asterisk (``EVA_ARI_APPS``; idle with one worker)."""
         self.transfer_context = "eva-inbound"
         self.session_config = SessionConfig(
             turn=TurnConfig(min_speech_ms=settings.barge_in_ms, end_silence_ms=settings.end_of_turn_ms),
@@ -215,8 +222,29 @@ class VoiceApp:
         closed = await asyncio.to_thread(calls.close_orphans, self.engine, self.worker)
         if closed:
             log.warning("closed %d call(s) left open by a previous run of this worker", closed)
+        # Channels and bridges still in this application from a previous run (killed mid-call): nobody controls
+        # them, and their callers hear silence.  Listed before the events connect, so no new call can be among
+        # them (a call to an application nobody is connected to fails at once in the dialplan).  One process per
+        # EVA_ARI_APP: a second one started under the same name would end the first one's calls here.
+        try:
+            leftover = left_behind(await self.ari.channels(), await self.ari.request("GET", "bridges") or [],
+                                   self.ari.app)
+        except AriError as exc:
+            log.warning("could not list Asterisk's channels at start: %s", exc.message)
+            leftover = ([], [])
+        await self.peers.beat_now()  # alive before the first call, so no peer takes this worker for dead
         self.ari.start(self.on_event, on_connect=self.resync)
         await self.ari.wait_connected(timeout=30)
+        for channel_id in leftover[0]:
+            with contextlib.suppress(AriError):
+                await self.ari.hangup(channel_id)
+        for bridge_id in leftover[1]:
+            with contextlib.suppress(AriError):
+                await self.ari.destroy_bridge(bridge_id)
+        if leftover[0] or leftover[1]:
+            log.warning("a previous run of this worker left %d channel(s) and %d bridge(s) in Stasis; ended",
+                        len(leftover[0]), len(leftover[1]))
+        self.peers.start()
 
     async def resync(self) -> None:
         """After a (re)connection: calls whose channel Asterisk no longer has (it restarted, or we missed the
@@ -235,6 +263,7 @@ class VoiceApp:
 
     async def close(self) -> None:
         """Hang up and clean every live call, then close ARI.  Idempotent."""
+        await self.peers.close()
         for live in list(self.calls.values()):
             if live.session is not None:
                 live.session.end("shutdown")
@@ -386,7 +415,7 @@ class VoiceApp:
             if outcome == "completed" and live.session.ending in ("caller_hangup", "max_duration", "shutdown"):
                 outcome = str(live.session.ending)  # who or what ended it, not a plain "completed"
         except asyncio.CancelledError:
-            outcome = "caller_hangup"
+            outcome = "busy" if outcome == "busy" else "caller_hangup"  # a refused caller who hung up first
             raise
         except EvaError as exc:
             log.error("call %s failed: [%s] %s", live.call_id, exc.code, exc.message)

@@ -76,6 +76,19 @@ def claim(session: Session, key: Key, owner: str, lease: timedelta, *, subject: 
     return "done" if status in FINAL else "busy"
 
 
+def renew(session: Session, key: Key, owner: str, lease: timedelta, *, now: datetime | None = None) -> bool:
+    """Whether ``owner`` still holds its claim, extended to ``now + lease`` when it does.  Asked right before a
+    reply is sent: a claim whose lease ran out while the reply was being made may have been taken over by another
+    worker, which then answers (sending too would answer twice)."""
+    now = now or utcnow()
+    renewed = session.execute(
+        update(EmailReceipt)
+        .where(col(EmailReceipt.sender) == key.sender[:320], col(EmailReceipt.message_id) == key.message_id[:255],
+               col(EmailReceipt.claimed_by) == owner, col(EmailReceipt.status) == "claimed")
+        .values(lease_until=now + lease, updated_at=now))
+    return _rowcount(renewed) == 1
+
+
 def settle(session: Session, key: Key, owner: str, status: str, reason: str = "") -> None:
     """Record what became of a message this worker claimed (answered, waiting) and let the claim go."""
     session.execute(

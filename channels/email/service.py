@@ -481,6 +481,11 @@ class EmailService:
         reply = build_reply(mail, with_signature(reply_text, agent.email_signature),
                             sender=own_display(self.settings, self._address_of(agent)),
                             html=reply_html(reply_text, agent.email_signature))
+        lease = self.claim_lease
+        if not await self._db(lambda s: receipts.renew(s, key, owner, lease)):
+            # The claim ran out while the reply was made, and another worker took the mail over: it answers.
+            log.warning("e-mail reply not sent: another worker took the mail over when this one's claim ran out")
+            return Handled("busy", "claim_taken_over")
         await asyncio.to_thread(self.sender.send, reply)
 
         def sent(session: Session) -> None:

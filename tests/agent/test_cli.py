@@ -32,7 +32,7 @@ def test_db_upgrade_and_status(data_dir: Path, capsys: pytest.CaptureFixture[str
     assert main(["db", "status"]) == 1  # empty database: needs an upgrade
     assert "needs `eva db upgrade`" in capsys.readouterr().out
     assert main(["db", "upgrade"]) == 0
-    assert "upgraded from empty to 0005" in capsys.readouterr().out  # the newest revision, by name
+    assert "upgraded from empty to 0006" in capsys.readouterr().out  # the newest revision, by name
     assert main(["db", "upgrade"]) == 0
     assert "up to date" in capsys.readouterr().out
     assert main(["db", "status"]) == 0

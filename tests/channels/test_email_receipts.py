@@ -48,3 +48,20 @@ def test_one_worker_claims_and_the_others_wait_until_it_settles_or_its_lease_end
         assert receipts.usage(session, ada_again, hour).spent == 0  # waiting mail is not counted
     assert claim(any_db, other, "c") == "claimed"  # ... and is claimed again by the next poll
     assert claim(any_db, other, "d") == "busy"
+
+
+def test_a_worker_whose_claim_was_taken_over_learns_it_before_sending(any_db: Engine) -> None:
+    key = receipts.Key("ada@example.org", "<slow@example.org>")
+    start = utcnow()
+    assert claim(any_db, key, "slow", now=start) == "claimed"
+    with session_scope(any_db) as session:
+        assert receipts.renew(session, key, "slow", LEASE, now=start + timedelta(minutes=20))  # still its own
+    # Its reply took longer than the renewed lease: another worker takes the mail over ...
+    later = start + timedelta(minutes=20) + LEASE + timedelta(seconds=1)
+    assert claim(any_db, key, "fast", now=later) == "claimed"
+    with session_scope(any_db) as session:
+        # ... so the slow one must not send, and the new holder may.
+        assert not receipts.renew(session, key, "slow", LEASE, now=later)
+        assert receipts.renew(session, key, "fast", LEASE, now=later)
+        receipts.settle(session, key, "fast", "answered")
+        assert not receipts.renew(session, key, "fast", LEASE)  # settled: nobody holds it any more

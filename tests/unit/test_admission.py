@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from voicebot.calls.admission import CALLS_PER_CORE, Admission, default_capacity
+from voicebot.calls.admission import CALLS_PER_CORE, Admission, default_capacity, usable_cores
 from voicebot.config import Settings
 from voicebot.errors import ConfigError
 
@@ -54,3 +56,13 @@ def test_the_default_capacity_follows_the_cores_and_a_bad_setting_is_a_clear_err
     assert Settings.load({"EVA_MAX_CALLS": "6"}).max_calls == 6
     with pytest.raises(ConfigError):
         Settings.load({"EVA_MAX_CALLS": "many"})
+
+
+def test_a_cgroup_cpu_quota_caps_the_cores(tmp_path: Path) -> None:
+    cpu_max = tmp_path / "cpu.max"
+    cpu_max.write_text("150000 100000\n")  # 1.5 CPUs: two cores' worth of calls at most
+    assert usable_cores(cpu_max) == min(2, usable_cores(tmp_path / "missing"))
+    cpu_max.write_text("max 100000\n")  # no quota
+    assert usable_cores(cpu_max) == usable_cores(tmp_path / "missing") >= 1
+    cpu_max.write_text("garbage")
+    assert usable_cores(cpu_max) >= 1

@@ -66,3 +66,17 @@ def test_the_endpoint_is_read_from_the_channel_name() -> None:
     assert caller.channel is not None and caller.channel.endpoint == "carrier"
     media = next(e for e in starts if e.channel and e.channel.is_media_channel)
     assert media.channel is not None and media.channel.endpoint == ""
+
+
+def test_a_channel_inside_the_workers_gosub_is_shown_with_the_number_it_dialled() -> None:
+    from voicebot.ari.events import ChannelInfo
+
+    inside = ChannelInfo.parse({"id": "c1", "name": "PJSIP/carrier-00000001", "dialplan": {
+        "context": "eva-stasis", "exten": "s", "priority": 8, "app_name": "Stasis", "app_data": "eva-2,did=100"}})
+    assert inside.exten == "100"
+    still_choosing = ChannelInfo.parse({"id": "c2", "dialplan": {"context": "eva-stasis", "exten": "s",
+                                                                 "app_name": "Set", "app_data": "x"}})
+    assert still_choosing.exten == "s"
+    elsewhere = ChannelInfo.parse({"id": "c3", "dialplan": {"context": "eva-inbound", "exten": "200",
+                                                            "app_name": "Stasis", "app_data": "eva,did=999"}})
+    assert elsewhere.exten == "200"  # only Eva's own Gosub is read this way

@@ -478,6 +478,9 @@ async def test_answering_machine_detection_leaves_the_message_or_hands_a_person_
         verdict_of[kwargs["channel_id"]] = numbers[number]
         assert kwargs["variables"]["EVA_VOICEMAIL"] == "vm-sound"
         assert "direction=outbound" in kwargs["variables"]["EVA_CAMPAIGN_ARGS"]
+        # The person comes back into Stasis of the worker that placed the call (not the dialplan's global app,
+        # which names one worker when several share an Asterisk).
+        assert kwargs["variables"]["EVA_APP"] == ari.app
         return await original(endpoint, **kwargs)
 
     ari.emit = emit  # type: ignore[method-assign]

@@ -10,6 +10,10 @@ MAX_STASIS_ARGS = 16
 MAX_STASIS_ARG_CHARS = 256
 """Characters of one Stasis argument looked at."""
 
+STASIS_GOSUB = "eva-stasis"
+"""The dialplan context that hands calls to one of Eva's workers (``asterisk/config/extensions.conf``)."""
+
+
 @dataclass(frozen=True)
 class ChannelInfo:
     id: str
@@ -24,9 +28,16 @@ class ChannelInfo:
     def parse(cls, data: dict[str, Any]) -> ChannelInfo:
         caller = data.get("caller") or {}
         dialplan = data.get("dialplan") or {}
+        exten, context = str(dialplan.get("exten", "")), str(dialplan.get("context", ""))
+        if context == STASIS_GOSUB and str(dialplan.get("app_name", "")).lower() == "stasis":
+            # Inside Gosub(eva-stasis,s,1(did=...)) the extension is "s": the number is the Stasis did= argument.
+            for argument in str(dialplan.get("app_data", "")).split(",")[1:]:
+                if argument.startswith("did="):
+                    exten = argument.removeprefix("did=")
+                    break
         return cls(id=str(data.get("id", "")), name=str(data.get("name", "")), state=str(data.get("state", "")),
                    caller_number=str(caller.get("number", "")), caller_name=str(caller.get("name", "")),
-                   exten=str(dialplan.get("exten", "")), context=str(dialplan.get("context", "")))
+                   exten=exten, context=context)
 
     @property
     def endpoint(self) -> str:

@@ -3,7 +3,7 @@
 **Asking** (which flow or agent runs).  A designer writes::
 
     exten => 201,1,Set(EVA_FLOW=main-menu)        ; or Set(EVA_AGENT=front-desk)
-     same => n,Stasis(${EVA_APP},did=201)
+     same => n,Gosub(eva-stasis,s,1(did=201))
      same => n,GotoIf($["${EVA_RESULT}" = "continue"]?menu-done,1)
 
 The choice travels in the channel variables ``EVA_FLOW`` / ``EVA_AGENT``, *not* in ``Stasis()`` arguments.

@@ -41,6 +41,7 @@ def template_values(settings: Settings) -> dict[str, str]:
         "rtp_port_start": str(settings.rtp_port_start),
         "rtp_port_end": str(settings.rtp_port_end),
         "ari_app": settings.ari_app,
+        "ari_apps": ",".join(settings.worker_apps),
         "ari_user": settings.ari_user,
         "ari_password": settings.ari_password,
         "ami_user": settings.ami_user,

@@ -15,8 +15,10 @@ race).  Slots are keyed (by the call's session key), so releasing twice or relea
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Hashable
+from pathlib import Path
 
 from voicebot.errors import ConfigError
 
@@ -27,14 +29,25 @@ replies queue at the LLM; at 4 calls the slowest reply took 4.8 s (2.8 × a sing
 7.3 s.  Two per core keeps the slowest reply under 5 s."""
 
 
+def usable_cores(cgroup_cpu_max: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:
+    """The cores this process may use: its CPU affinity, capped by a cgroup v2 CPU quota (a container limited to
+    2 CPUs on a 32-core host has 2, not 32)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not on Linux
+        cores = os.cpu_count() or 1
+    try:
+        quota, _, period = cgroup_cpu_max.read_text(encoding="ascii").partition(" ")
+        if quota.strip() != "max" and int(period) > 0:
+            cores = min(cores, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):  # no cgroup v2 quota here
+        pass
+    return max(1, cores)
+
+
 def default_capacity(cpus: int | None = None) -> int:
     """The capacity when ``EVA_MAX_CALLS`` is not set: :data:`CALLS_PER_CORE` per core this process may use."""
-    if cpus is None:
-        try:
-            cpus = len(os.sched_getaffinity(0))
-        except (AttributeError, OSError):  # not on Linux
-            cpus = os.cpu_count() or 1
-    return max(1, cpus) * CALLS_PER_CORE
+    return max(1, usable_cores() if cpus is None else cpus) * CALLS_PER_CORE
 
 
 class Admission:

@@ -7,9 +7,9 @@ from datetime import datetime
 
 from sqlalchemy import func
 from sqlalchemy.engine import Engine
-from sqlmodel import col, select
+from sqlmodel import Session, col, select
 
-from models import Call, CallTurn, SipTrunk, utcnow
+from models import Call, CallTurn, SipTrunk, WorkerBeat, as_utc, utcnow
 from models.calls import CALLER_MAX
 from models.db import session_scope
 from voicebot.events import publish
@@ -120,6 +120,44 @@ def caller_id_verified(engine: Engine, endpoint: str) -> bool:
     with session_scope(engine) as session:
         trunk = session.exec(select(SipTrunk).where(SipTrunk.name == name)).first()
         return bool(trunk is not None and trunk.enabled and trunk.verified_caller_id)
+
+
+def database_now(session: Session) -> datetime:
+    """The database server's clock (UTC): what every worker's heartbeat is written and judged by, so the hosts'
+    own clocks need not agree."""
+    value = session.execute(select(func.current_timestamp())).scalar_one()
+    if isinstance(value, str):  # SQLite: 'YYYY-MM-DD HH:MM:SS' in UTC
+        value = datetime.fromisoformat(value)
+    return as_utc(value)
+
+
+def beat(engine: Engine, app: str, worker: str) -> tuple[datetime, dict[str, tuple[str, datetime]]]:
+    """Record that worker ``app`` (``host:app``) is alive now; returns the database's time and every worker's
+    last beat (app → (worker, when)), both by the database's clock."""
+    with session_scope(engine) as session:
+        now = database_now(session)
+        row = session.get(WorkerBeat, app)
+        if row is None:
+            session.add(WorkerBeat(app=app, worker=worker, seen_at=now))
+        else:
+            row.worker, row.seen_at = worker, now
+        session.flush()
+        return now, {b.app: (b.worker, as_utc(b.seen_at)) for b in session.exec(select(WorkerBeat)).all()}
+
+
+def close_lost_calls(engine: Engine, worker: str) -> int:
+    """The open calls of a dead peer (``host:app``, as its heartbeat names it) are closed as failed, cause
+    ``worker_lost`` (see :mod:`voicebot.calls.peers`)."""
+    with session_scope(engine) as session:
+        rows = session.exec(select(Call).where(Call.worker == worker, Call.ended_at == None)).all()  # noqa: E711
+        for call in rows:
+            call.ended_at = utcnow()
+            call.outcome = "failed"
+            call.hangup_cause = call.hangup_cause or "worker_lost"
+        ids = [int(call.id or 0) for call in rows]
+    for call_id in ids:
+        publish("call.ended", call_id=call_id, outcome="failed")
+    return len(ids)
 
 
 def close_orphans(engine: Engine, worker: str) -> int:

@@ -571,7 +571,10 @@ class Dialer:
                     except EvaError as exc:
                         log.error("campaign %s: the voicemail message could not be synthesized: %s",
                                   placing.campaign_id, exc.message)
-                variables.update({"EVA_CAMPAIGN_ARGS": args, "EVA_VOICEMAIL": sound})
+                # EVA_APP as a channel variable shadows the dialplan's global: after detection the person comes
+                # back into this worker's application, whose dialer follows the call (another worker sharing the
+                # Asterisk would answer it without the contact's variables or the do-not-call guard).
+                variables.update({"EVA_CAMPAIGN_ARGS": args, "EVA_VOICEMAIL": sound, "EVA_APP": self.ari.app})
 
                 def detect(channel_id: str = channel_id) -> None:
                     task = asyncio.create_task(self._detect(channel_id), name=f"campaign-amd-{channel_id}")
