@@ -37,9 +37,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.latency import QUESTIONS, STAGES, LoopbackCapture, _write_json
+from bench.latency import STAGES, LoopbackCapture, _write_json, prepare
 from bench.stats import summary
-from voicebot.audio import read_wav, voiced_regions, write_wav
+from voicebot.audio import read_wav, voiced_regions
 
 STAGGER_S = 0.6
 """Seconds between two callers' first dial (a burst of INVITEs in the same millisecond is not a real load)."""
@@ -174,30 +174,17 @@ def _stage_medians(engine: Any, after_id: int) -> dict[str, float]:
 
 
 async def run(counts: list[int], out: Path, beyond: bool) -> dict[str, Any]:
-    from models.db import make_engine, upgrade
-    from voicebot.agent.demo import seed_demo_knowledge, seed_demo_rows
     from voicebot.asterisk.process import Asterisk
     from voicebot.calls.admission import Admission
     from voicebot.harness import isolated_settings
     from voicebot.server import EvaRuntime
-    from voicebot.setup import _prompt_run
-    from voicebot.tts.piper import PiperTts
 
     workdir = Path(tempfile.mkdtemp(prefix="eva-capacity-"))
     # Admission off for the sweep (a capacity far above any N): the sweep is what sets the default.
     settings = isolated_settings(workdir / "data").with_(llm="embedded", record_calls=False, max_calls=1000)
     print(f"[capacity] preparing an isolated Eva in {workdir} ...", flush=True)
-    _prompt_run(settings)
-    engine = make_engine(settings.effective_database_url)
-    upgrade(engine)
-    await seed_demo_knowledge(settings, engine, await asyncio.to_thread(seed_demo_rows, engine))
-    tts = PiperTts()
-    questions = []
-    for i, text in enumerate(QUESTIONS):
-        path = workdir / f"q{i}.wav"
-        audio = tts.synthesize_blocking(text, 16000)
-        write_wav(path, audio)
-        questions.append(Question(path, voiced_regions(audio)[-1][1]))
+    engine, prompts = await prepare(settings, workdir)
+    questions = [Question(path, speech_end) for path, speech_end in prompts]
     asterisk = Asterisk(settings)
     asterisk.start()
     runtime = EvaRuntime(settings, with_api=False)

@@ -32,6 +32,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -103,14 +104,11 @@ async def run(calls: int, out: Path, end_of_turn_ms: int | None = None, model: s
     from sqlmodel import select
 
     from models import CallTurn, Message
-    from models.db import make_engine, session_scope, upgrade
-    from voicebot.agent.demo import seed_demo_knowledge, seed_demo_rows
+    from models.db import session_scope
     from voicebot.asterisk.process import Asterisk
     from voicebot.harness import free_udp_port, isolated_settings
     from voicebot.server import EvaRuntime
-    from voicebot.setup import _prompt_run
     from voicebot.sipcaller import Action, CallScript, place_call_async
-    from voicebot.tts.piper import PiperTts
 
     workdir = Path(tempfile.mkdtemp(prefix="eva-bench-"))
     settings = isolated_settings(workdir / "data").with_(llm="embedded", record_calls=False)
@@ -119,17 +117,7 @@ async def run(calls: int, out: Path, end_of_turn_ms: int | None = None, model: s
     if end_of_turn_ms is not None:
         settings = settings.with_(end_of_turn_ms=end_of_turn_ms)
     print(f"[bench] preparing an isolated Eva in {workdir} ...", flush=True)
-    _prompt_run(settings)
-    engine = make_engine(settings.effective_database_url)
-    upgrade(engine)
-    await seed_demo_knowledge(settings, engine, await asyncio.to_thread(seed_demo_rows, engine))
-    tts = PiperTts()
-    prompts = []
-    for i, text in enumerate(QUESTIONS):
-        path = workdir / f"q{i}.wav"
-        audio = tts.synthesize_blocking(text, 16000)
-        write_wav(path, audio)
-        prompts.append((path, voiced_regions(audio)[-1][1]))
+    engine, prompts = await prepare(settings, workdir)
     asterisk = Asterisk(settings)
     asterisk.start()
     runtime = EvaRuntime(settings, with_api=False)
@@ -182,6 +170,28 @@ async def run(calls: int, out: Path, end_of_turn_ms: int | None = None, model: s
     }
     await asyncio.to_thread(_write_json, out, report)
     return report
+
+
+async def prepare(settings: Any, workdir: Path) -> tuple[Any, list[tuple[Path, float]]]:
+    """An isolated Eva's data (prompts, schema, the demo agent and its knowledge) and the questions as WAV files
+    with where each one's speech ends: (engine, [(path, seconds)])."""
+    from models.db import make_engine, upgrade
+    from voicebot.agent.demo import seed_demo_knowledge, seed_demo_rows
+    from voicebot.setup import _prompt_run
+    from voicebot.tts.piper import PiperTts
+
+    _prompt_run(settings)
+    engine = make_engine(settings.effective_database_url)
+    upgrade(engine)
+    await seed_demo_knowledge(settings, engine, await asyncio.to_thread(seed_demo_rows, engine))
+    tts = PiperTts()
+    prompts = []
+    for i, text in enumerate(QUESTIONS):
+        path = workdir / f"q{i}.wav"
+        audio = tts.synthesize_blocking(text, 16000)
+        write_wav(path, audio)
+        prompts.append((path, voiced_regions(audio)[-1][1]))
+    return engine, prompts
 
 
 def _write_json(out: Path, report: dict[str, object]) -> None:

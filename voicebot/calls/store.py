@@ -148,12 +148,17 @@ def beat(engine: Engine, app: str, worker: str) -> tuple[datetime, dict[str, tup
 def close_lost_calls(engine: Engine, worker: str) -> int:
     """The open calls of a dead peer (``host:app``, as its heartbeat names it) are closed as failed, cause
     ``worker_lost`` (see :mod:`voicebot.calls.peers`)."""
+    return _close_open_calls(engine, worker, "worker_lost")
+
+
+def _close_open_calls(engine: Engine, worker: str, cause: str) -> int:
+    """Every call row ``worker`` left open is closed as failed with ``cause`` (and announced)."""
     with session_scope(engine) as session:
         rows = session.exec(select(Call).where(Call.worker == worker, Call.ended_at == None)).all()  # noqa: E711
         for call in rows:
             call.ended_at = utcnow()
             call.outcome = "failed"
-            call.hangup_cause = call.hangup_cause or "worker_lost"
+            call.hangup_cause = call.hangup_cause or cause
         ids = [int(call.id or 0) for call in rows]
     for call_id in ids:
         publish("call.ended", call_id=call_id, outcome="failed")
@@ -162,10 +167,4 @@ def close_lost_calls(engine: Engine, worker: str) -> int:
 
 def close_orphans(engine: Engine, worker: str) -> int:
     """Calls this worker left 'active' (crash, kill -9) are closed as failed on start: nothing stays open."""
-    with session_scope(engine) as session:
-        rows = session.exec(select(Call).where(Call.worker == worker, Call.ended_at == None)).all()  # noqa: E711
-        for call in rows:
-            call.ended_at = utcnow()
-            call.outcome = "failed"
-            call.hangup_cause = call.hangup_cause or "eva_restart"
-        return len(rows)
+    return _close_open_calls(engine, worker, "eva_restart")
