@@ -18,8 +18,8 @@ class WorkerBeat(SQLModel, table=True):
     __tablename__ = "worker_beats"
 
     app: str = Field(primary_key=True, max_length=40)
-    """The worker's ARI application name (unique among the workers of an Asterisk)."""
+    """The worker's ARI application name (unique among the workers sharing this database)."""
     worker: str = Field(default="", max_length=300)
     """``host:app``, as on the call rows it writes."""
     seen_at: datetime = Field(default_factory=utcnow)
-    """When it last said it was alive (its own clock: the hosts' clocks must agree to a few seconds)."""
+    """When it last said it was alive, by the database's clock (so the hosts' clocks need not agree)."""

@@ -59,7 +59,7 @@ from voicebot.ari.origin import ORIGIN_VARIABLE
 from voicebot.asterisk.render import instance_path
 from voicebot.calls import store as calls
 from voicebot.calls.admission import Admission, default_capacity
-from voicebot.calls.peers import PeerWatch, left_behind
+from voicebot.calls.peers import PeerWatch, end_left, find_left
 from voicebot.config import Settings
 from voicebot.errors import AriError, EvaError, MediaError, TransferRefused
 from voicebot.flows.runner import FlowRunner
@@ -227,20 +227,14 @@ class VoiceApp:
         # them (a call to an application nobody is connected to fails at once in the dialplan).  One process per
         # EVA_ARI_APP: a second one started under the same name would end the first one's calls here.
         try:
-            leftover = left_behind(await self.ari.channels(), await self.ari.request("GET", "bridges") or [],
-                                   self.ari.app)
+            leftover = await find_left(self.ari, self.ari.app)
         except AriError as exc:
             log.warning("could not list Asterisk's channels at start: %s", exc.message)
             leftover = ([], [])
         await self.peers.beat_now()  # alive before the first call, so no peer takes this worker for dead
         self.ari.start(self.on_event, on_connect=self.resync)
         await self.ari.wait_connected(timeout=30)
-        for channel_id in leftover[0]:
-            with contextlib.suppress(AriError):
-                await self.ari.hangup(channel_id)
-        for bridge_id in leftover[1]:
-            with contextlib.suppress(AriError):
-                await self.ari.destroy_bridge(bridge_id)
+        await end_left(self.ari, leftover)
         if leftover[0] or leftover[1]:
             log.warning("a previous run of this worker left %d channel(s) and %d bridge(s) in Stasis; ended",
                         len(leftover[0]), len(leftover[1]))
@@ -431,9 +425,8 @@ class VoiceApp:
     async def _refuse_busy(self, live: LiveCall, identity: CallIdentity) -> None:
         """Every slot is taken: record the call (outcome ``busy``), answer, play the busy prompt, hang up.  Nothing
         here waits on a model, so the caller hears the prompt within a second however loaded the worker is."""
-        snap = self.admission.snapshot()
-        log.warning("call refused: all %d call slot(s) are taken (%d refused since start)", snap["capacity"],
-                    snap["refused"])
+        log.warning("call refused: all %d call slot(s) are taken (%d refused since start)", self.admission.capacity,
+                    self.admission.refused)
         agent = await asyncio.to_thread(self.resolve_agent, "", live.did)
         live.call_id, live.generation = await asyncio.to_thread(
             calls.create_call, self.engine, channel_id=live.channel_id, caller=live.caller, did=live.did,

@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 
-from voicebot.calls.peers import PeerTracker, left_behind, stasis_app
+from voicebot.ari.events import stasis_location
+from voicebot.calls.peers import PeerTracker, left_behind
 from voicebot.config import Settings
 from voicebot.errors import ConfigError
 
@@ -63,8 +64,8 @@ def test_what_a_dead_worker_left_is_its_channels_in_stasis_and_the_bridges_it_cr
     ]
     bridges = [{"id": "b1", "creator": "w2"}, {"id": "b2", "creator": "eva"}, {"id": "b3"}]
     assert left_behind(channels, bridges, "w2") == (["caller-1", "media-1"], ["b1"])
-    assert stasis_app(_channel("x", "stasis", " w2 ,did=1")) == "w2"
-    assert stasis_app(_channel("x", "Dial", "w2")) == ""
+    assert stasis_location(_channel("x", "stasis", " w2 ,did=1")) == ("w2", ["did=1"])
+    assert stasis_location(_channel("x", "Dial", "w2")) == ("", [])
 
 
 def test_the_workers_of_an_asterisk_are_named_safely_and_include_this_one() -> None:

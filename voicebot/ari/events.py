@@ -14,6 +14,16 @@ STASIS_GOSUB = "eva-stasis"
 """The dialplan context that hands calls to one of Eva's workers (``asterisk/config/extensions.conf``)."""
 
 
+def stasis_location(channel: dict[str, Any]) -> tuple[str, list[str]]:
+    """(ARI application, Stasis arguments) of a channel in ``Stasis()``, from the dialplan location in its JSON;
+    ('', []) when it is not in Stasis."""
+    dialplan = channel.get("dialplan") or {}
+    if str(dialplan.get("app_name", "")).lower() != "stasis":
+        return "", []
+    app, *arguments = str(dialplan.get("app_data", "")).split(",")
+    return app.strip(), arguments
+
+
 @dataclass(frozen=True)
 class ChannelInfo:
     id: str
@@ -29,12 +39,9 @@ class ChannelInfo:
         caller = data.get("caller") or {}
         dialplan = data.get("dialplan") or {}
         exten, context = str(dialplan.get("exten", "")), str(dialplan.get("context", ""))
-        if context == STASIS_GOSUB and str(dialplan.get("app_name", "")).lower() == "stasis":
+        if context == STASIS_GOSUB:
             # Inside Gosub(eva-stasis,s,1(did=...)) the extension is "s": the number is the Stasis did= argument.
-            for argument in str(dialplan.get("app_data", "")).split(",")[1:]:
-                if argument.startswith("did="):
-                    exten = argument.removeprefix("did=")
-                    break
+            exten = next((a.removeprefix("did=") for a in stasis_location(data)[1] if a.startswith("did=")), exten)
         return cls(id=str(data.get("id", "")), name=str(data.get("name", "")), state=str(data.get("state", "")),
                    caller_number=str(caller.get("number", "")), caller_name=str(caller.get("name", "")),
                    exten=exten, context=context)

@@ -28,6 +28,7 @@ from typing import Any
 from sqlalchemy.engine import Engine
 
 from voicebot.ari import AriClient
+from voicebot.ari.events import stasis_location
 from voicebot.calls import store as calls
 from voicebot.errors import AriError, EvaError
 
@@ -70,20 +71,28 @@ class PeerTracker:
             self._closed[peer] = beats[peer]
 
 
-def stasis_app(channel: dict[str, Any]) -> str:
-    """The ARI application a channel is in ('' when it is not in Stasis), from its dialplan location."""
-    dialplan = channel.get("dialplan") or {}
-    if str(dialplan.get("app_name", "")).lower() != "stasis":
-        return ""
-    return str(dialplan.get("app_data", "")).split(",", 1)[0].strip()
-
-
 def left_behind(channels: Sequence[dict[str, Any]], bridges: Sequence[dict[str, Any]],
-                dead: str) -> tuple[list[str], list[str]]:
-    """Pure: (channel ids, bridge ids) the dead application left: its channels in Stasis and its bridges."""
-    channel_ids = [str(c.get("id", "")) for c in channels if stasis_app(c) == dead and c.get("id")]
-    bridge_ids = [str(b.get("id", "")) for b in bridges if str(b.get("creator", "")) == dead and b.get("id")]
+                app: str) -> tuple[list[str], list[str]]:
+    """Pure: (channel ids, bridge ids) application ``app`` holds: its channels in Stasis and its bridges."""
+    channel_ids = [str(c.get("id", "")) for c in channels if stasis_location(c)[0] == app and c.get("id")]
+    bridge_ids = [str(b.get("id", "")) for b in bridges if str(b.get("creator", "")) == app and b.get("id")]
     return channel_ids, bridge_ids
+
+
+async def find_left(ari: AriClient, app: str) -> tuple[list[str], list[str]]:
+    """What application ``app`` holds in Asterisk now (see :func:`left_behind`)."""
+    return left_behind(await ari.channels(), await ari.request("GET", "bridges") or [], app)
+
+
+async def end_left(ari: AriClient, left: tuple[list[str], list[str]]) -> None:
+    """Hang up the channels and destroy the bridges :func:`find_left` found (those already gone are skipped)."""
+    channel_ids, bridge_ids = left
+    for channel_id in channel_ids:
+        with contextlib.suppress(AriError):
+            await ari.hangup(channel_id)
+    for bridge_id in bridge_ids:
+        with contextlib.suppress(AriError):
+            await ari.destroy_bridge(bridge_id)
 
 
 class PeerWatch:
@@ -154,15 +163,8 @@ class PeerWatch:
         return dead
 
     async def _close_peer(self, peer: str, worker: str) -> None:
-        channels = await self.ari.request("GET", "channels") or []
-        bridges = await self.ari.request("GET", "bridges") or []
-        channel_ids, bridge_ids = left_behind(channels, bridges, peer)
-        for channel_id in channel_ids:
-            with contextlib.suppress(AriError):  # already gone
-                await self.ari.request("DELETE", f"channels/{channel_id}", ok_missing=True)
-        for bridge_id in bridge_ids:
-            with contextlib.suppress(AriError):
-                await self.ari.request("DELETE", f"bridges/{bridge_id}", ok_missing=True)
+        channel_ids, bridge_ids = left = await find_left(self.ari, peer)
+        await end_left(self.ari, left)
         closed = await asyncio.to_thread(calls.close_lost_calls, self.engine, worker)
         self.closed_calls += closed
         log.warning("worker %r is gone: hung up %d channel(s), destroyed %d bridge(s), closed %d call(s)", peer,
