@@ -168,6 +168,16 @@ def transcribe_regions(whisper: WhisperStt, audio: Audio) -> str:
                     for start, end in voiced_regions(audio, min_gap_s=0.6))
 
 
+async def until(check: Callable[[], Any], what: str, timeout: float = 15.0) -> Any:
+    """Poll a state (no fixed sleep): the first truthy value of ``check()``."""
+    for _ in range(int(timeout / 0.05)):
+        value = check()
+        if value:
+            return value
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
 def heard_phrase(heard: str, phrase: str, min_ratio: float = 0.8) -> bool:
     """Whether ``phrase`` was heard, allowing for Whisper's spelling of what it hears.
 

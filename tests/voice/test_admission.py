@@ -14,7 +14,7 @@ from models import Call
 from models.db import session_scope
 from tests.api.conftest import voice_admin_api
 from tests.conftest import Caller
-from tests.voice.conftest import ScriptedResponder, load, transcribe
+from tests.voice.conftest import ScriptedResponder, load, transcribe, until
 from voicebot.audio import voiced_regions
 from voicebot.calls.admission import Admission
 from voicebot.server import EvaRuntime
@@ -36,14 +36,6 @@ def one_slot(runtime: EvaRuntime) -> Iterator[Admission]:
         runtime.voice.admission = original
 
 
-async def _until(check: Callable[[], bool], what: str, timeout: float = 15.0) -> None:
-    for _ in range(int(timeout / 0.05)):
-        if check():
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 async def test_a_caller_beyond_capacity_hears_the_busy_prompt_and_the_call_in_progress_goes_on(
         runtime: EvaRuntime, caller: Caller, responder: ScriptedResponder, say: Callable[[str], Path],
         whisper: WhisperStt, one_slot: Admission) -> None:
@@ -51,7 +43,7 @@ async def test_a_caller_beyond_capacity_hears_the_busy_prompt_and_the_call_in_pr
     first = asyncio.ensure_future(place_call_async(caller.script(
         "100", Action("play", at=6.0, path=str(say("Is anybody there?"))), Action("hangup", when_quiet=2.5),
         timeout=25)))
-    await _until(lambda: one_slot.active == 1, "the first call to take the slot")
+    await until(lambda: one_slot.active == 1, "the first call to take the slot")
     async with voice_admin_api(runtime) as api:
         status, health = await api.call("GET", "/api/v1/health", role=None)  # anonymous monitoring sees the load
         assert status == 200 and health["calls"] == {"active": 1, "capacity": 1, "refused": 0}, health
@@ -76,5 +68,5 @@ async def test_a_caller_beyond_capacity_hears_the_busy_prompt_and_the_call_in_pr
     assert outcomes == ["busy", "caller_hangup"], outcomes
     busy = next(row for row in rows if row.outcome == "busy")
     assert busy.ended_at is not None and busy.agent_id is not None  # counted against the agent that was called
-    await _until(lambda: one_slot.active == 0, "the slot to be given back")
+    await until(lambda: one_slot.active == 0, "the slot to be given back")
     assert one_slot.snapshot() == {"active": 0, "capacity": 1, "admitted": 1, "refused": 1}

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
@@ -25,7 +25,7 @@ from sqlmodel import col, select
 from models import Call
 from models.db import session_scope
 from tests.conftest import Caller
-from tests.voice.conftest import load, transcribe
+from tests.voice.conftest import load, transcribe, until
 from voicebot.ari import AriClient
 from voicebot.asterisk.process import Asterisk
 from voicebot.calls import store as calls
@@ -58,18 +58,8 @@ def _call(runtime: EvaRuntime, call_id: int) -> Call:
         return call
 
 
-async def _until(check: Callable[[], Any], what: str, timeout: float = 15.0) -> Any:
-    """Poll a state (no fixed sleep): the first truthy value of ``check()``."""
-    for _ in range(int(timeout / 0.05)):
-        value = check()
-        if value:
-            return value
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 async def _settled(voice: VoiceApp) -> None:
-    await _until(lambda: not voice.calls, "every call torn down")
+    await until(lambda: not voice.calls, "every call torn down")
 
 
 # ---------------------------------------------------------------------------------------------- the main worker
@@ -248,7 +238,7 @@ class SecondWorker:
 
     async def live_call(self, app: VoiceApp) -> int:
         """The call id of the call the app is running (once its session is up)."""
-        return int(await _until(lambda: next((c.call_id for c in app.calls.values() if c.session is not None),
+        return int(await until(lambda: next((c.call_id for c in app.calls.values() if c.session is not None),
                                              0), "a live call on the second worker"))
 
 
@@ -291,7 +281,7 @@ async def test_a_call_hung_up_while_ari_was_disconnected_is_closed_on_reconnect(
     call_id = await second_worker.live_call(app)
     (live,) = [c for c in app.calls.values() if c.call_id == call_id]
     second_worker.proxy.cut()
-    await _until(lambda: not app.ari.connected, "the second worker to notice the lost connection")
+    await until(lambda: not app.ari.connected, "the second worker to notice the lost connection")
     # The caller goes away while the worker cannot hear about it (hung up through the main worker's ARI).
     await runtime.voice.ari.hangup(live.channel_id)
     result = await call
