@@ -171,7 +171,8 @@ def test_designers_may_pick_a_flow_only_by_a_literal_name() -> None:
     assert set_problem("EVA_FLOW=dialplan-menu") is None
     assert set_problem("EVA_AGENT=front-desk") is None
     for refused in ("EVA_FLOW=${EXTEN}", "EVA_AGENT=${CALLERID(name)}", "EVA_FLOW=a,b", "__EVA_FLOW=x",
-                    "EVA_RESULT=continue", "EVA_VAR_choice=sales", "EVA_APP=other"):
+                    "EVA_RESULT=continue", "EVA_VAR_choice=sales", "EVA_APP=other",
+                    "EVA_APPS=other", "__EVA_APPS=eva"):  # which worker takes the call is Eva's own choice
         assert set_problem(refused), refused
     # The one computed condition a designer may write is on what Eva handed back ...
     assert jump_targets("gotoif", '$["${EVA_VAR_choice}" = "hours"]?hours,s,1') == ["hours", "hours"]
