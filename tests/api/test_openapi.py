@@ -144,6 +144,9 @@ def test_openapi_document_holds_against_the_live_server(live_server: LiveServer)
     operations = 0
     spec = requests.get(f"{live_server.url}/api/v1/openapi.json", timeout=10).json()
     served_before = _served(live_server)
+    # A templated path filled with another operation's literal segment (GET /calls/{call_id} with call_id "live")
+    # is that other operation: OpenAPI matches concrete paths before templated ones, and so does the server.
+    concrete = {path for path in spec["paths"] if "{" not in path}
     for result in api_schema.get_all_operations():
         if not isinstance(result, Ok):
             failures.append(f"the document has an invalid operation: {result.err()}")
@@ -160,6 +163,8 @@ def test_openapi_document_holds_against_the_live_server(live_server: LiveServer)
             @settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
                       suppress_health_check=list(HealthCheck), phases=[Phase.explicit, Phase.generate])
             def check(case: schemathesis.Case[Any]) -> None:
+                if case.formatted_path in concrete and case.formatted_path != case.path:
+                    return
                 case.call_and_validate(base_url=live_server.url, headers=headers,
                                        excluded_checks=[positive_data_acceptance])
 
