@@ -20,7 +20,11 @@ ratios, not times, compare across these noisy machines.  ``--beyond`` then sets 
 dials N + 2: the two extra callers must hear the busy prompt within a second and the N admitted calls must
 still meet the targets.
 
-Usage: ``.venv/bin/python bench/capacity.py [--calls 1,2,4,6,8] [--beyond] [--json bench/results/capacity.json]``
+``--compare`` dials every N twice, interleaved: with the embedded model's speculative decoding and first-sentence
+priority off (how Eva ran before them), then on; both tables are printed, each with its own single-call ratios.
+
+Usage: ``.venv/bin/python bench/capacity.py [--calls 1,2,4,6,8] [--beyond] [--compare]
+[--json bench/results/capacity.json]``
 """
 
 from __future__ import annotations
@@ -173,7 +177,32 @@ def _stage_medians(engine: Any, after_id: int) -> dict[str, float]:
                                                    if getattr(t, name) is not None])["p50"] for name in STAGES}
 
 
-async def run(counts: list[int], out: Path, beyond: bool) -> dict[str, Any]:
+VARIANTS = {"before": False, "after": True}
+"""``--compare``: each N is dialled twice, with the embedded model's speculative decoding and first-sentence
+priority off ("before" them) and on ("after"), interleaved so both see the same machine."""
+
+
+def _variant(runtime: Any, on: bool) -> None:
+    llm = runtime.components.get("llm")
+    if hasattr(llm, "first_sentences_first"):
+        llm.speculative = on
+        llm.first_sentences_first = on
+
+
+def _grade(rounds: list[dict[str, Any]]) -> float:
+    """Ratios against this variant's own single-call p50; returns that p50."""
+    single = next((r["voice_to_voice_ms"]["p50"] for r in rounds if r["calls"] == 1), float("nan"))
+    for r in rounds:
+        r["p95_over_single_p50"] = round(r["voice_to_voice_ms"]["p95"] / single, 2)
+        r["target_ratio"] = target_ratio(r["calls"])
+        r["meets_targets"] = bool(
+            r["turns_answered"] == r["turns_asked"] == 2 * r["calls"]
+            and r["p95_over_single_p50"] <= r["target_ratio"]
+            and r["pacing_jitter_ms"]["p99"] <= JITTER_TARGET_MS)
+    return float(single)
+
+
+async def run(counts: list[int], out: Path, beyond: bool, compare: bool = False) -> dict[str, Any]:
     from voicebot.asterisk.process import Asterisk
     from voicebot.calls.admission import Admission
     from voicebot.harness import isolated_settings
@@ -197,25 +226,24 @@ async def run(counts: list[int], out: Path, beyond: bool) -> dict[str, Any]:
         with LoopbackCapture(media, rtp) as capture:
             print("[capacity] warm-up call ...", flush=True)
             await _round(1, settings, workdir, questions, capture, runtime, "warmup")
+            before: list[dict[str, Any]] = []
             for n in counts:
-                print(f"[capacity] {n} simultaneous call(s) ...", flush=True)
-                result = await _round(n, settings, workdir, questions, capture, runtime, "sweep")
-                rounds.append(result)
-                v2v = result["voice_to_voice_ms"]
-                print(f"[capacity]   answered {result['turns_answered']}/{result['turns_asked']} turns, "
-                      f"voice-to-voice p50 {v2v['p50']:.0f} p95 {v2v['p95']:.0f} max {v2v['max']:.0f} ms, "
-                      f"jitter p99 {result['pacing_jitter_ms']['p99']:.2f} ms", flush=True)
-            single = next((r["voice_to_voice_ms"]["p50"] for r in rounds if r["calls"] == 1), float("nan"))
-            for r in rounds:
-                r["p95_over_single_p50"] = round(r["voice_to_voice_ms"]["p95"] / single, 2)
-                r["target_ratio"] = target_ratio(r["calls"])
-                r["meets_targets"] = bool(
-                    r["turns_answered"] == r["turns_asked"] == 2 * r["calls"]
-                    and r["p95_over_single_p50"] <= r["target_ratio"]
-                    and r["pacing_jitter_ms"]["p99"] <= JITTER_TARGET_MS)
+                for name in ("before", "after") if compare else ("after",):
+                    _variant(runtime, VARIANTS[name])
+                    print(f"[capacity] {n} simultaneous call(s){f' ({name})' if compare else ''} ...", flush=True)
+                    result = await _round(n, settings, workdir, questions, capture, runtime, "sweep")
+                    (rounds if name == "after" else before).append(result)
+                    v2v = result["voice_to_voice_ms"]
+                    print(f"[capacity]   answered {result['turns_answered']}/{result['turns_asked']} turns, "
+                          f"voice-to-voice p50 {v2v['p50']:.0f} p95 {v2v['p95']:.0f} max {v2v['max']:.0f} ms, "
+                          f"jitter p99 {result['pacing_jitter_ms']['p99']:.2f} ms", flush=True)
+            _variant(runtime, True)
+            single = _grade(rounds)
             passing = [r["calls"] for r in rounds if r["meets_targets"]]
             best = max(passing) if passing else 0
             report = {"single_call_p50_ms": single, "largest_n_meeting_targets": best, "rounds": rounds}
+            if before:
+                report["before"] = {"single_call_p50_ms": _grade(before), "rounds": before}
             if beyond and best:
                 assert runtime.voice is not None
                 runtime.voice.admission = Admission(best)
@@ -237,6 +265,14 @@ async def run(counts: list[int], out: Path, beyond: bool) -> dict[str, Any]:
 
 
 def print_table(report: dict[str, Any]) -> None:
+    if "before" in report:
+        print("\n=== before: speculative decoding and first-sentence priority off")
+        _print_rounds({**report["before"], "largest_n_meeting_targets": "-"})
+        print("\n=== after")
+    _print_rounds(report)
+
+
+def _print_rounds(report: dict[str, Any]) -> None:
     print(f"\nSingle-call p50: {report['single_call_p50_ms']:.0f} ms   (targets: p95 ≤ 1.3× up to 4 calls, ≤ 2.5× up "
           f"to 8; jitter p99 ≤ {JITTER_TARGET_MS:.0f} ms)")
     print("calls  answered   v2v p50   p95    max   p95/1-call  jitter p99  cpu/call  MB/call  meets")
@@ -263,10 +299,12 @@ def main() -> int:
     parser.add_argument("--calls", default="1,2,4,6,8", help="comma-separated numbers of simultaneous calls")
     parser.add_argument("--beyond", action="store_true",
                         help="then dial capacity + 2 with EVA_MAX_CALLS at the largest passing N")
+    parser.add_argument("--compare", action="store_true",
+                        help="dial each N twice: speculative decoding and first-sentence priority off, then on")
     parser.add_argument("--json", type=Path, default=Path(__file__).parent / "results" / "capacity.json")
     args = parser.parse_args()
     counts = sorted({int(c) for c in args.calls.split(",")} | {1})
-    report = asyncio.run(run(counts, args.json, args.beyond))
+    report = asyncio.run(run(counts, args.json, args.beyond, args.compare))
     print_table(report)
     print(f"JSON: {args.json}")
     return 0

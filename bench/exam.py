@@ -43,6 +43,8 @@ ACTIONS = (
     ("hang_up", ("Thanks, that's all. Goodbye!",), ""),
     ("hang_up", ("OK, thank you, bye.",), ""),
     ("hang_up", ("How much is a check-up?", "Great, thanks. Goodbye."), ""),
+    ("transfer", ("Could you connect me with the receptionist?",), ""),
+    ("hang_up", ("No, that is everything. Bye bye.",), ""),
 )
 
 
@@ -59,7 +61,7 @@ def graded(item: Item, reply: str) -> tuple[bool, bool]:
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     from sqlmodel import col, select
 
-    from models import Call
+    from models import Call, CallTurn
     from models.db import make_engine, session_scope, upgrade
     from rag import KnowledgeBase
     from voicebot.agent import store
@@ -144,18 +146,38 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         # Warm-up: the first call of each agent evaluates (and pins) its prompt prefix.
         for business in BUSINESSES:
             await call(business.did, ("Hello.",), "", f"warm-{business.key}")
+        def transcript(after: int) -> list[list[str]]:
+            """What Eva understood and said on the call after Call row ``after`` (to tell the model's mistakes
+            from the speech recogniser's; only the recording is graded)."""
+            with session_scope(engine) as session:
+                row = session.exec(select(Call).where(col(Call.id) > after).order_by(col(Call.id))).first()
+                if row is None:
+                    return []
+                turns = session.exec(select(CallTurn).where(col(CallTurn.call_id) == row.id)
+                                     .order_by(col(CallTurn.index))).all()
+                return [[t.user_text, t.bot_text] for t in turns if t.user_text]
+
+        def last_call() -> int:
+            with session_scope(engine) as session:
+                last = session.exec(select(Call).order_by(col(Call.id).desc())).first()
+                return last.id if last and last.id else 0
+
         for n, item in enumerate(items):
+            before = last_call()
             reply, _ = await call(dids[item.business], item.turns, "", f"{item.kind}{n}")
+            await asyncio.sleep(0.5)  # the last turn's row is written as the call ends
             ok, offered = graded(item, reply)
+            said = transcript(before)
             results.append({"kind": item.kind, "business": item.business, "turns": list(item.turns),
-                            "heard": reply, "passed": ok, "offered_person": offered})
+                            "heard": reply, "passed": ok, "offered_person": offered, "eva": said})
             print(f"[exam] {'PASS' if ok else 'FAIL'} {item.kind:<7} {item.business:<8} "
                   f"{item.turns[-1]!r} -> {reply!r}", flush=True)
+            if not ok:
+                for heard, answer in said:
+                    print(f"[exam]        Eva heard {heard!r}, said {answer!r}", flush=True)
         if "actions" in sections:
             for n, (action, turns, dtmf) in enumerate(ACTIONS):
-                with session_scope(engine) as session:
-                    last = session.exec(select(Call).order_by(col(Call.id).desc())).first()
-                    before = last.id if last and last.id else 0
+                before = last_call()
                 reply, result = await call(dids["vet"], turns, dtmf, f"action{n}")
                 await asyncio.sleep(1.0)  # let Eva record the call's end
                 with session_scope(engine) as session:

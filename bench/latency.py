@@ -12,8 +12,8 @@ what it hears.  Reported:
 * prompt tokens the embedded model evaluated per turn (p50, p95), from the reply messages' timings.
 
 ``--models default,gemma`` runs the whole benchmark once per model in the same process and prints the tables
-side by side (``default`` is the installed Qwen2.5 0.5B Instruct, ``gemma`` the Gemma 3 270M baseline, or a
-GGUF path).
+side by side (``default`` is the installed Qwen2.5 0.5B Instruct, ``default-plain`` the same without speculative
+decoding, ``gemma`` the Gemma 3 270M baseline, or a GGUF path).
 
 Usage: ``.venv/bin/python bench/latency.py [--calls 10] [--models default,gemma] [--json bench/results/latency.json]``
 """
@@ -100,7 +100,8 @@ class LoopbackCapture:
         return deviations
 
 
-async def run(calls: int, out: Path, end_of_turn_ms: int | None = None, model: str = "") -> dict[str, object]:
+async def run(calls: int, out: Path, end_of_turn_ms: int | None = None, model: str = "",
+              speculative: bool = True) -> dict[str, object]:
     from sqlmodel import select
 
     from models import CallTurn, Message
@@ -111,7 +112,8 @@ async def run(calls: int, out: Path, end_of_turn_ms: int | None = None, model: s
     from voicebot.sipcaller import Action, CallScript, place_call_async
 
     workdir = Path(tempfile.mkdtemp(prefix="eva-bench-"))
-    settings = isolated_settings(workdir / "data").with_(llm="embedded", record_calls=False)
+    settings = isolated_settings(workdir / "data").with_(llm="embedded", record_calls=False,
+                                                         llm_speculative=speculative)
     if model:
         settings = settings.with_(llm_model_path=model)
     if end_of_turn_ms is not None:
@@ -165,7 +167,8 @@ async def run(calls: int, out: Path, end_of_turn_ms: int | None = None, model: s
         "prompt_tokens_evaluated": summary(evaluated),
         "model": Path(settings.llm_model_path).name,
         "settings": {"end_of_turn_ms": settings.end_of_turn_ms, "barge_in_ms": settings.barge_in_ms,
-                     "media_format": settings.media_format, "llm": settings.llm, "cpus": os.cpu_count()},
+                     "media_format": settings.media_format, "llm": settings.llm, "cpus": os.cpu_count(),
+                     "llm_speculative": settings.llm_speculative},
         "per_call": results,
     }
     await asyncio.to_thread(_write_json, out, report)
@@ -229,7 +232,8 @@ def main() -> int:
     parser.add_argument("--end-of-turn-ms", type=int, default=None, help="override EVA_END_OF_TURN_MS")
     parser.add_argument("--json", type=Path, default=Path(__file__).parent / "results" / "latency.json")
     parser.add_argument("--models", default="default",
-                        help="comma-separated: default (Qwen), gemma (baseline) or GGUF paths; one run each")
+                        help="comma-separated: default (Qwen), default-plain (Qwen without speculative decoding), "
+                             "gemma (baseline) or GGUF paths; one run each")
     args = parser.parse_args()
     from voicebot.config import Settings
     from voicebot.llm.embedded import GEMMA_GGUF_NAME, default_gguf_path
@@ -237,12 +241,18 @@ def main() -> int:
     installed = Settings.load()
     reports = []
     for name in args.models.split(","):
-        model = {"default": str(default_gguf_path(installed)),
+        model = {"default": str(default_gguf_path(installed)), "default-plain": str(default_gguf_path(installed)),
                  "gemma": str(installed.models_dir / GEMMA_GGUF_NAME)}.get(name, name)
-        out = args.json if name == "default" else args.json.with_name(f"{args.json.stem}-{Path(model).stem}.json")
-        reports.append((out, asyncio.run(run(args.calls, out, args.end_of_turn_ms, str(Path(model).resolve())))))
+        speculative = name != "default-plain"
+        stem = Path(model).stem + ("" if speculative else "-plain")
+        out = args.json if name == "default" else args.json.with_name(f"{args.json.stem}-{stem}.json")
+        reports.append((out, asyncio.run(run(args.calls, out, args.end_of_turn_ms, str(Path(model).resolve()),
+                                             speculative))))
     for out, report in reports:
-        print(f"\n=== model {report['model']}")
+        options = report["settings"]
+        assert isinstance(options, dict)
+        plain = "" if options.get("llm_speculative", True) else " (speculative decoding off)"
+        print(f"\n=== model {report['model']}{plain}")
         print_table(report)
         print(f"JSON: {out}")
     return 0

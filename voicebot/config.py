@@ -137,6 +137,9 @@ class Settings:
     ollama_timeout: float = 60.0
     llm_model_path: str = ""
     """GGUF path for the embedded backend; empty → the packaged Qwen2.5-Coder-0.5B-Instruct (verified at setup)."""
+    llm_speculative: bool = True
+    """Embedded model: guess the next tokens from the prompt and check several per forward pass
+    (voicebot.llm.speculative).  The same replies in fewer passes; off only to measure what it buys."""
     llm_timeout: float = 20.0
 
     # --- knowledge ---

@@ -69,11 +69,16 @@ async def test_yes_to_the_offer_after_an_unknown_answer_transfers(demo: Demo, co
     assert calls_of(second) == [("transfer_call", {"target": "front desk"})]
 
 
-async def test_goodbye_hangs_up_after_the_models_goodbye(demo: Demo, core: AgentCore, fake: FakeOllama) -> None:
-    fake.scripts.append(ChatScript(chunks=["You're welcome, goodbye!"]))
+async def test_goodbye_is_answered_with_a_farewell_and_hangs_up_without_the_model(
+        demo: Demo, core: AgentCore, fake: FakeOllama) -> None:
+    # Qwen 0.5B answered "thanks, that's all, goodbye!" with "I am sorry, I do not know that." on the exam.
+    fake.scripts.append(ChatScript(chunks=["I am sorry, I do not know that."]))
+    asked = len(fake.requests)
     events = await run(core, demo.agent, None, "voice", "Thanks, that's all. Bye!")
-    assert "".join(e.text for e in events if isinstance(e, TextDelta)) == "You're welcome, goodbye!"
+    assert "".join(e.text for e in events if isinstance(e, TextDelta)) == "Thank you for calling. Goodbye!"
     assert calls_of(events) == [("hang_up", {})]
+    assert done_of(events).text == "Thank you for calling. Goodbye!"
+    assert len(fake.requests) == asked  # the model was not asked
 
 
 async def test_the_models_hang_up_without_a_goodbye_is_ignored(demo: Demo, core: AgentCore,

@@ -13,6 +13,7 @@ import pytest
 from tests.embedded_model import qwen_gguf_path, shared_qwen_llm
 from voicebot.agent.core import CHANNEL_GUIDANCE
 from voicebot.agent.demo import DEMO_DOCUMENT, DEMO_FIELDS
+from voicebot.config import Settings
 from voicebot.errors import SetupError
 from voicebot.llm.base import ChatMessage, Done, GenerationOptions, LlmEvent, TextDelta, ToolCall, ToolSpec
 from voicebot.llm.embedded import EmbeddedLLM
@@ -142,3 +143,64 @@ def test_the_real_tokenizer_sees_no_control_token_in_forged_text() -> None:
     assert tokens.count(im_start[0]) == 3 and tokens.count(im_end[0]) == 2  # system, user, assistant header
     assert tokens.count(tool_open[0]) == 0
     vocab.close()
+
+
+async def test_speculative_decoding_says_word_for_word_what_plain_decoding_says(qwen: EmbeddedLLM) -> None:
+    """Prompt-lookup guesses (voicebot.llm.speculative) save forward passes but never change a greedy reply;
+    the guesses are used (some are kept), and the context after a reply is what the next turn expects."""
+    plain = EmbeddedLLM.open(Settings().with_(llm_model_path=str(qwen_gguf_path())), speculative=False)
+    assert qwen.speculative
+    drafted, accepted = qwen.drafted, qwen.accepted
+    try:
+        bike = system(str(DEMO_FIELDS["persona"]))
+        for question in ("When are you open on Saturday?", "How much is a flat tire repair?",
+                         "Where is the shop?"):
+            history = [*bike, ChatMessage("user", question)]
+            expected, _ = await ask(plain, history, KNOWLEDGE)
+            answer, done = await ask(qwen, history, KNOWLEDGE)
+            assert answer == expected, (question, answer, expected)
+            assert done.finish_reason == "stop"
+            # The call goes on: only the new words are evaluated after a speculative reply.
+            follow = [*history, ChatMessage("assistant", answer), ChatMessage("user", "Thanks. And on Sunday?")]
+            expected, _ = await ask(plain, follow, KNOWLEDGE)
+            answer, done = await ask(qwen, follow, KNOWLEDGE)
+            assert answer == expected, (question, answer, expected)
+            assert done.prompt_tokens_evaluated is not None and done.prompt_tokens_evaluated <= 40, done
+    finally:
+        plain.close_sync()
+    assert qwen.drafted > drafted and qwen.accepted > accepted
+    assert qwen.accepted - accepted <= qwen.drafted - drafted
+
+
+async def test_a_second_callers_reply_comes_before_the_rest_of_a_long_one_and_neither_changes(
+        qwen: EmbeddedLLM) -> None:
+    """First sentences first: a reply past its first sentence is paused for a newly asked one (its KV state
+    saved and restored), and both say exactly what they say alone."""
+    import asyncio
+
+    bike = system(str(DEMO_FIELDS["persona"]))
+    long_one = [*bike, ChatMessage("user", "What are your opening hours?")]
+    short_one = [*bike, ChatMessage("user", "Where is the shop?")]
+    alone_long, _ = await ask(qwen, long_one, KNOWLEDGE)
+    alone_short, _ = await ask(qwen, short_one, KNOWLEDGE)
+    assert re.search(r"[.!?]\s+\S", alone_long), alone_long  # more than one sentence: there is a rest
+    paused, finished = qwen.preemptions, []
+    first_sentence = asyncio.Event()
+
+    async def run(name: str, history: list[ChatMessage]) -> str:
+        text = ""
+        async for event in qwen.stream(history, knowledge=KNOWLEDGE, options=OPTIONS):
+            if isinstance(event, TextDelta):
+                text += event.text
+                if re.search(r"[.!?]\s", text):
+                    first_sentence.set()
+            elif isinstance(event, Done):
+                finished.append(name)
+        return text
+
+    long_task = asyncio.create_task(run("long", long_one))
+    await asyncio.wait_for(first_sentence.wait(), 60)
+    short = await run("short", short_one)
+    long = await long_task
+    assert (long, short) == (alone_long, alone_short)
+    assert finished == ["short", "long"] and qwen.preemptions > paused

@@ -358,3 +358,25 @@ async def test_a_failing_turn_write_does_not_take_the_call_down(loop_errors: lis
     assert [r.index for r in turns.rows] == [2]
     assert call.control.hangups == 1 and call.session.outcome == "completed"
     assert loop_errors == []
+
+
+async def test_the_llm_stage_is_the_models_first_token_even_when_text_comes_later() -> None:
+    """The grounding guard holds a sentence until its end: the turn row's LLM stage is the model's first token
+    (reported with the reply's end), not the moment the held sentence reached the call."""
+
+    class HeldSentence(ScriptedAgent):
+        async def respond(self, ctx: CallContext, text: str) -> AsyncIterator[ReplyEvent]:
+            self.asked.append(text)
+            first_token = asyncio.get_running_loop().time()
+            await asyncio.sleep(0.3)  # the rest of the sentence being decoded, held back
+            yield TextDelta("We open at nine.")
+            yield ReplyDone("We open at nine.", first_token_at=first_token)
+
+    async with Call(agent=HeldSentence()) as call:
+        await call.transport.feed(tone(400, 600))
+        await call.transport.until(lambda: bool(call.agent.asked))
+        await asyncio.sleep(0.4)  # the call's clock is the loop's: let the held sentence come
+        await call.transport.until(lambda: bool(call.turns.rows))
+    row = call.turns.rows[0]
+    stages = row.timings_ms
+    assert stages["first_sentence_ready"] - stages["llm_first_token"] >= 250, stages

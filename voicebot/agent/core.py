@@ -48,7 +48,14 @@ from models import Agent, Contact, Conversation, Message, utcnow
 from models.db import session_scope
 from rag.types import SearchHit
 from voicebot.agent.decisions import Decision, GroundingGuard, decide, offer_after_unknown
-from voicebot.agent.followups import closed_day_line, prompt_turns
+from voicebot.agent.followups import (
+    answer_line,
+    asked_day_lines,
+    closed_day_line,
+    prompt_turns,
+    topic_words,
+    unheard_of,
+)
 from voicebot.config import Settings
 from voicebot.errors import EvaError, InvalidInput, LlmError, NotFound
 from voicebot.i18n import base_language, phrase
@@ -530,8 +537,9 @@ class AgentCore:
                         offered: list[ToolSpec], started: float,
                         note: str = "") -> AsyncGenerator[TextDelta | ToolCall, None]:
         """The decision layer (voicebot.agent.decisions) around the LLM: a caller who asks for a person is
-        transferred without asking the model; after a goodbye the call is hung up; ``hang_up`` from the
-        model counts only after a goodbye; an "I don't know" gets an offer to put the caller through."""
+        transferred without asking the model; a goodbye is answered with a fixed farewell and the call is hung
+        up; ``hang_up`` from the model is ignored (it guesses); an "I don't know" gets an offer to put the
+        caller through."""
         names = {t.name for t in offered}
         decision: Decision | None = None
         if TRANSFER_CALL.name in names or HANG_UP.name in names:
@@ -550,6 +558,17 @@ class AgentCore:
             turn.tool_calls.append(call)
             yield call
             return
+        if decision is not None and decision.action == "hang_up":
+            # The caller said goodbye: a fixed farewell, then the hang-up.  Asked to answer "thanks, that's all,
+            # goodbye!", Qwen 0.5B said "I am sorry, I do not know that." twice on the exam.
+            say = phrase("goodbye", agent.language)
+            turn.timings["llm_first_token_ms"] = _ms_since(started)
+            turn.pieces.append(say)
+            yield TextDelta(say)
+            call = ToolCall(HANG_UP.name, {}, id="decision")
+            turn.tool_calls.append(call)
+            yield call
+            return
         # When the model has the agent's whole knowledge (pinned), a spoken sentence naming a number found
         # nowhere in it or in the conversation is invented: it is stopped (held sentence by sentence; the
         # voice loop speaks whole sentences anyway).  With searched chunks only, absence proves nothing.
@@ -557,15 +576,19 @@ class AgentCore:
         english = base_language(agent.language) == "en"
         # The contact note counts as said: "your appointment on the 14th" names a number the caller's list gave.
         said = [text, *(m.content for m in turn.opened.memory), *([note] if note else [])]
+        topic = topic_words(text, turn.opened.memory) if english else frozenset()
         guard = GroundingGuard(knowledge, said,
                                closed_line=closed_day_line(text, turn.opened.memory, knowledge) if english else "",
+                               known_line=answer_line(text, turn.opened.memory, knowledge) if english else "",
+                               topic=topic, unheard=unheard_of(topic, knowledge),
+                               day=asked_day_lines(text, turn.opened.memory, knowledge) if english else ("", ""),
                                unknown_reply=phrase("unknown", agent.language), language=agent.language) \
             if knowledge and pinned and channel == "voice" else None
         async with contextlib.aclosing(self._generate_llm(agent, turn, channel=channel, text=text,
                                                           knowledge=knowledge, offered=offered,
                                                           started=started, note=note)) as events:
             async for event in events:
-                if isinstance(event, ToolCall) and event.name == HANG_UP.name and decision is None:
+                if isinstance(event, ToolCall) and event.name == HANG_UP.name:
                     log.info("agent %s: ignoring the model's hang_up (the caller did not say goodbye)", agent.id)
                     turn.tool_calls.remove(event)
                     continue
@@ -581,11 +604,6 @@ class AgentCore:
                 log.info("agent %s: a reply the knowledge contradicts was stopped (%s)", agent.id, guard.reason)
                 turn.timings["grounding_guard"] = guard.reason
             turn.pieces = [guard.spoken]  # what the caller hears is what is stored
-        if decision is not None and decision.action == "hang_up" \
-                and not any(c.name == HANG_UP.name for c in turn.tool_calls):
-            call = ToolCall(HANG_UP.name, {}, id="decision")
-            turn.tool_calls.append(call)
-            yield call
         offer = offer_after_unknown(turn.text, agent.transfer_targets if TRANSFER_CALL.name in names else {},
                                     phrase("offer_transfer", agent.language))
         if offer and not turn.tool_calls:

@@ -23,6 +23,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from voicebot.agent.followups import mentions, names_other_day
 from voicebot.llm.base import ChatMessage
 
 Action = Literal["transfer", "hang_up"]
@@ -173,6 +174,10 @@ def _numbers(text: str, language: str = "en") -> set[str]:
     return found
 
 
+_CLAIMS_YES = re.compile(r"^\W*(?:yes|yeah|sure|of course|certainly|absolutely|we do|we have|we can|we sell|"
+                         r"we offer)\b", re.IGNORECASE)
+_SAYS_CLOSED = re.compile(r"\bclosed\b", re.IGNORECASE)
+_SAYS_OPEN = re.compile(r"\bopen\b", re.IGNORECASE)
 _CLAIMS_OPEN = re.compile(r"\b(?:yes|open)\b", re.IGNORECASE)
 _DENIES = re.compile(r"\b(?:no|not|never)\b|n't\b", re.IGNORECASE)
 _MENTIONS_CLOSED = re.compile(r"\bclosed?\b", re.IGNORECASE)
@@ -183,10 +188,17 @@ class GroundingGuard:
     (a price, a time, a count) found nowhere in the knowledge or the conversation: a small model invents
     prices ("a baguette costs 10 dollars") for what the knowledge does not list.  The sentence and all after
     it are replaced by :data:`UNKNOWN_REPLY`.  The voice loop speaks whole sentences anyway, so holding a
-    sentence until its end costs the caller nothing."""
+    sentence until its end costs the caller nothing.
+
+    The first sentence is also checked against what the knowledge says about the question (English agents; the
+    lines come from ``voicebot.agent.followups``): a closed day said to be open, another day than the one asked
+    about, an "I do not know" where a line answers it, or an answer about something else than what was asked.
+    Such a sentence is replaced by the knowledge's own line, and the rest of the reply is dropped: a line of the
+    agent's knowledge is never an invented fact."""
 
     def __init__(self, knowledge: Sequence[str], conversation: Sequence[str], *, closed_line: str = "",
-                 unknown_reply: str = "", language: str = "en") -> None:
+                 known_line: str = "", topic: frozenset[str] = frozenset(), unheard: bool = False,
+                 day: tuple[str, str] = ("", ""), unknown_reply: str = "", language: str = "en") -> None:
         self.language = language
         self.allowed = set().union(*(_numbers(t, language) for t in (*knowledge, *conversation)))
         self.unknown_reply = unknown_reply or UNKNOWN_REPLY
@@ -195,10 +207,26 @@ class GroundingGuard:
         """The knowledge's line saying the day the caller asked about is closed ("On Monday we are closed."), or
         "": a first sentence saying it is open is replaced by "No." and that line (Qwen 0.5B answered "Yes, we
         are open on Monday" with that line in its prompt, twice in a row on the exam)."""
+        self.known_line = known_line
+        """The one knowledge line holding every content word of the question (``followups.answer_line``), or
+        "": a first sentence saying "I do not know", or one about something else than the question's ``topic``
+        words, is replaced by it (the answer is in the model's prompt; asked "how much does one cost?" after "do
+        you sell croissants?", Qwen 0.5B priced the sourdough loaf)."""
+        self.topic = topic
+        self.unheard = unheard
+        """The knowledge never names what the question is about (``followups.unheard_of``): a first sentence
+        saying "yes" or naming a number is invented (Qwen 0.5B priced a baguette the bakery does not list at a
+        croissant's 3 dollars, a number the number check alone lets through)."""
+        self.day = day
+        """(the weekday the question asks about, the knowledge's lines for it) or ("", ""): a first sentence
+        speaking of other days only, saying "I do not know", or saying it is closed when the lines say it is
+        open, is replaced by those lines (asked "when do you close on Saturday?", Qwen 0.5B answered "We are
+        closed on Sunday.", and once "On Saturday we are closed for emergencies...")."""
         self.pending = ""
         self.tripped = False
         self.reason = ""
-        """Why it tripped: "number" (a number found nowhere) or "closed_day"."""
+        """Why it tripped: "number" (a number found nowhere), "closed_day", "other_day", "known_line" or
+        "unknown_topic"."""
         self.spoken = ""
         """Everything let through (and the replacement), in order."""
 
@@ -215,6 +243,22 @@ class GroundingGuard:
             if self.tripped:
                 self.spoken += sentence
                 return [sentence]
+        if self.day[1] and not self.spoken and (
+                names_other_day(sentence, self.day[0]) or _DONT_KNOW.search(sentence)
+                or (_SAYS_CLOSED.search(sentence) and not _SAYS_OPEN.search(sentence)
+                    and _SAYS_OPEN.search(self.day[1]))):
+            self.tripped, self.reason = True, "other_day"
+            self.spoken += self.day[1]
+            return [self.day[1]]
+        if self.known_line and not self.spoken and (
+                _DONT_KNOW.search(sentence) or (self.topic and not mentions(sentence, self.topic))):
+            self.tripped, self.reason = True, "known_line"
+            self.spoken += self.known_line
+            return [self.known_line]
+        if self.unheard and not self.spoken and (_CLAIMS_YES.search(sentence) or _numbers(sentence, self.language)):
+            self.tripped, self.reason = True, "unknown_topic"
+            self.spoken += self.unknown_reply
+            return [self.unknown_reply]
         if _numbers(sentence, self.language) - self.allowed:
             self.tripped, self.reason = True, "number"
             sentence = self.unknown_reply if not self.spoken or self.spoken.endswith((" ", "\n")) \

@@ -241,6 +241,20 @@ def _covered(sentence: str) -> set[str]:
     return days
 
 
+def asked_day_lines(question: str, history: Sequence[ChatMessage], knowledge: Sequence[str]) -> tuple[str, str]:
+    """(the one weekday the resolved question asks about, the knowledge's lines for it joined), or ("", "")."""
+    resolved = resolve_followup(question, history)
+    day = _asked_day(resolved)
+    lines = day_lines(resolved, knowledge) if day else []
+    return (day, " ".join(lines)) if day and lines else ("", "")
+
+
+def names_other_day(sentence: str, day: str) -> bool:
+    """The sentence speaks of weekdays (ranges and "weekend" count), and ``day`` is not among them."""
+    covered = _covered(sentence)
+    return bool(covered) and day not in covered
+
+
 _OPEN_HOURS = re.compile(r"\bopen\b", re.IGNORECASE)
 _CLOSED = re.compile(r"\bclosed\b", re.IGNORECASE)
 
@@ -252,3 +266,85 @@ def closed_day_line(question: str, history: Sequence[ChatMessage], knowledge: Se
     if lines and all(_CLOSED.search(line) and not _OPEN_HOURS.search(line) for line in lines):
         return lines[0]
     return ""
+
+
+# Words that say nothing about *what* is asked: question words, pronouns, auxiliaries, the politeness of a call.
+_FILLER_WORDS = """
+a about also am an and any anything are as at be been but by can could did do does doing for from get give go
+far had has have he her here hi hello his how i if in is it its just know let like many may me might much my need no
+not
+of ok okay on one or our please say she should so some tell than thank thanks that the their them then there
+these they this those to too up us very want was we well were what when where which who whom why will with would
+yes you your yours
+"""
+_FILLER = frozenset(_FILLER_WORDS.split())
+_CONTENT_WORD = re.compile(r"[a-z]+")
+
+
+def _stem(word: str) -> str:
+    """Plural to singular and past to present, roughly: "horses" and "horse" are the same word for a match."""
+    if len(word) > 4 and word.endswith("ies"):
+        return word[:-3] + "y"
+    if len(word) > 3 and word.endswith("s") and not word.endswith("ss"):
+        return word[:-1]
+    if len(word) > 5 and word.endswith("ed"):  # "must be ordered" answers "when must I order it?"
+        return word[:-2]
+    return word
+
+
+_HYPHENATED = re.compile(r"[a-z]+(?:-[a-z]+)+")
+
+
+def _content(text: str) -> set[str]:
+    """The content words, stemmed.  A hyphenated word counts joined and as its parts: speech recognition
+    writes "check-up" as "checkup" or "check up"."""
+    lowered = text.lower()
+    words = {_stem(w) for w in _CONTENT_WORD.findall(lowered) if w not in _FILLER}
+    words.update(_stem(w.replace("-", "")) for w in _HYPHENATED.findall(lowered))
+    return words
+
+
+_GENERIC = frozenset({"cost", "price", "pay", "charge", "dollar", "euro", "pound", "open", "close", "closed",
+                      "hour", "time", "day", "minute", "early", "late", "ahead", "long", "often"})
+"""Words a question shares with many answers ("how much does X cost?"): they do not say what it is about."""
+
+
+def topic_words(question: str, history: Sequence[ChatMessage]) -> frozenset[str]:
+    """What the (resolved) question is about: its content words less the generic ones ({"croissant"} for "how
+    much does one cost?" after "do you sell croissants?")."""
+    return frozenset(_content(resolve_followup(question, history)[:MAX_CHARS]) - _GENERIC)
+
+
+def mentions(sentence: str, words: frozenset[str]) -> bool:
+    return bool(words & _content(sentence))
+
+
+def unheard_of(topic: frozenset[str], knowledge: Sequence[str]) -> bool:
+    """The question is about something the knowledge never names: none of its topic words is in it ("how
+    much is a baguette?" to a bakery whose knowledge lists loaves, croissants and cakes)."""
+    return bool(topic) and not any(topic & _content(document[:20_000]) for document in knowledge)
+
+
+def answer_line(question: str, history: Sequence[ChatMessage], knowledge: Sequence[str]) -> str:
+    """The one knowledge sentence that holds every content word of the (resolved) question, or "".
+
+    Qwen 0.5B answered "I do not know" to "Do you treat horses?" with "We do not treat horses or farm animals;
+    we refer them to Hill Farm Vets." in its prompt.  When a single line names everything the caller asked
+    about, that line is an answer the knowledge gives, word for word; with no such line, or several, nothing is
+    claimed (a question the knowledge cannot answer keeps its "I do not know")."""
+    resolved = resolve_followup(question, history)
+    if len(resolved) > MAX_CHARS:
+        return ""
+    wanted = _content(resolved)
+    if not wanted:
+        return ""
+    found: list[str] = []
+    for document in knowledge:
+        for piece in re.split(r"(?<=[.!?])\s+|\n+", document[:20_000]):
+            sentence = piece.strip()
+            if (sentence and not sentence.startswith("#") and len(sentence) <= MAX_CHARS
+                    and wanted <= _content(sentence) and sentence not in found):
+                found.append(sentence)
+                if len(found) > 1:
+                    return ""
+    return found[0] if found else ""

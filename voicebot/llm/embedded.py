@@ -26,6 +26,7 @@ first so llama.cpp reuses its evaluated prefix across requests.  No tool calls t
 from __future__ import annotations
 
 import asyncio
+import codecs
 import contextlib
 import json
 import logging
@@ -33,11 +34,14 @@ import os
 import re
 import threading
 import time
+from collections import deque
 from collections.abc import AsyncGenerator, Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from voicebot.config import Settings
 from voicebot.errors import LlmError, LlmModelMissing, LlmUnavailable
@@ -54,8 +58,9 @@ from voicebot.llm.base import (
     defuse,
 )
 from voicebot.llm.chatml import STOP, ToolCallParser, build_chat_prompt, instruction_count
-from voicebot.llm.prefix_cache import PrefixCache, common_prefix
+from voicebot.llm.prefix_cache import PrefixCache, common_prefix, restore_sequence, snapshot_sequence
 from voicebot.llm.qwen_gguf import GGUF_NAME
+from voicebot.llm.speculative import MAX_DRAFT, PromptLookup, Sampling, sample, verify
 from voicebot.metrics import LLM_PROMPT_EVAL_SECONDS, LLM_PROMPT_TOKENS_EVALUATED
 
 log = logging.getLogger(__name__)
@@ -172,6 +177,20 @@ class _Job:
     emit: Callable[[LlmEvent | BaseException], None]
 
 
+@dataclass
+class _Running:
+    """A generation the scheduler holds: its steps and, while paused, its saved KV state."""
+
+    job: _Job
+    steps: Iterator[bool]
+    saved: tuple[tuple[int, ...], bytes] | None = None
+
+
+_SENTENCE_DONE_RE = re.compile(r"[.!?](?:\s|$)|\n")
+_FIRST_SENTENCE_CHARS = 160
+"""A first sentence longer than this counts as said: the voice loop has long started speaking it."""
+
+
 @dataclass(frozen=True)
 class _Prompt:
     persona: str
@@ -187,12 +206,27 @@ class EmbeddedLLM(LanguageModel):
     supports_tools = False
 
     def __init__(self, model_path: Path, *, n_ctx: int = 4096, n_threads: int | None = None,
-                 tools_in_prompt: bool = False) -> None:
+                 tools_in_prompt: bool = False, speculative: bool = True, seed: int | None = None) -> None:
         self.model_path = Path(model_path)
         # Off by default: with tool signatures in its prompt Qwen2.5 0.5B answered worse (it claimed a bike
         # shop repairs cars) and never called a tool when it should; the agent's decision layer
         # (voicebot.agent.decisions) transfers and hangs up instead.  On, calls are parsed from its text.
         self.tools_in_prompt = tools_in_prompt
+        # Prompt-lookup speculative decoding for chat replies (voicebot.llm.speculative): the same replies in
+        # fewer forward passes.  ``drafted``/``accepted`` count guessed tokens and those the model kept.
+        self.speculative = speculative
+        self.drafted = 0
+        self.accepted = 0
+        self._rng = np.random.default_rng(seed)
+        self._stop_ids: frozenset[int] = frozenset()
+        self._lock = threading.Lock()
+        self._pending: deque[_Job] = deque()
+        self._scheduling = False
+        self.preemptions = 0
+        """Replies paused so another caller's first sentence could come first."""
+        self.first_sentences_first = True
+        """Pause a reply past its first sentence for a newly asked one (see :meth:`_schedule`); off only to
+        measure what it buys (``bench/capacity.py --compare``)."""
         self.n_ctx = n_ctx
         # Voice calls run STT, LLM and TTS one after another, so the LLM may use the cores it finds; beyond
         # four threads a 270M model gains nothing.
@@ -233,6 +267,7 @@ class EmbeddedLLM(LanguageModel):
         if not path.is_file():
             raise LlmModelMissing(f"GGUF model not found at {path}: run `eva setup` or set "
                                   "EVA_LLM_MODEL_PATH", field="llm_model_path")
+        kwargs.setdefault("speculative", settings.llm_speculative)
         return cls(path, **kwargs)
 
     def _load(self) -> None:
@@ -247,6 +282,13 @@ class EmbeddedLLM(LanguageModel):
         self._chat_template = bool(template and template.strip())
         # Chat models get our ChatML rendering, which offers tools and parses Qwen-style calls.
         self._chatml = "<|im_start|>" in template
+        # The tokens that end a reply: the end-of-generation token and ChatML's ends, when they are single tokens.
+        ends = {int(self._llama.token_eos())}
+        for marker in STOP:
+            ids = self._llama.tokenize(marker.encode("utf-8"), add_bos=False, special=True)
+            if len(ids) == 1:
+                ends.add(int(ids[0]))
+        self._stop_ids = frozenset(ends)
         self.supports_tools = self._chatml and self.tools_in_prompt
         # The agent core sends a stable knowledge block to a model that caches prompt prefixes.
         self.caches_prefix = self._chatml
@@ -308,8 +350,8 @@ class EmbeddedLLM(LanguageModel):
         job = _Job(list(messages), list(knowledge), list(tools) if self.supports_tools else [], opts, stop,
                    emit)
         self.in_flight += 1
-        loop.run_in_executor(self._executor, self._generate, job)
         try:
+            self._submit(job)
             while True:
                 item = await queue.get()
                 if isinstance(item, LlmError):
@@ -324,22 +366,90 @@ class EmbeddedLLM(LanguageModel):
             stop.set()
             self.in_flight -= 1
 
-    def _generate(self, job: _Job) -> None:
+    # ------------------------------------------------------------------ scheduling on the worker thread
+    def _submit(self, job: _Job) -> None:
+        """Queue ``job``; the worker thread runs the scheduler while any job is queued or running."""
+        with self._lock:
+            self._pending.append(job)
+            if self._scheduling:
+                return
+            self._scheduling = True
         try:
-            if job.stop.is_set():  # cancelled while waiting for the worker thread
-                return
-            llama = self._llama
-            if llama is None:
-                job.emit(LlmUnavailable("the embedded model was closed"))
-                return
-            if self._chatml:
-                self._generate_chat(llama, job)
-            elif self._chat_template:
-                self._generate_template(llama, job)
-            else:
-                self._generate_transcript(llama, job)
-        except Exception as exc:  # any failure is reported to the consumer, never lost in the executor
-            job.emit(exc)
+            self._executor.submit(self._schedule)
+        except RuntimeError as exc:  # the executor is shut down: the model was closed
+            with self._lock:
+                self._scheduling = False
+                self._pending.clear()
+            raise LlmUnavailable("the embedded model is not loaded") from exc
+
+    def _schedule(self) -> None:
+        """Run the queued generations, **first sentences first**.
+
+        One context, one generation at a time (on two cores that is also the fastest), but a reply is not run
+        to its end while another caller waits for their first words: a speculative chat reply past its first
+        sentence is paused at the next forward pass when a new request is queued (its KV state saved, ≈12 KiB
+        per token, a few ms), the newcomer runs, and paused replies resume, oldest first, when nothing new
+        waits.  A caller hears the paused reply's first sentence meanwhile, which lasts longer than the rest
+        takes to generate.  Other generations (grammar-bound analysis, other templates) run through."""
+        current: _Running | None = None
+        paused: deque[_Running] = deque()
+        while True:
+            if current is None:
+                with self._lock:
+                    job = self._pending.popleft() if self._pending else None
+                    if job is None and not paused:
+                        self._scheduling = False
+                        return
+                if job is not None:
+                    current = _Running(job, self._steps(job))
+                else:
+                    current = paused.popleft()
+                    if current.job.stop.is_set():  # its consumer went away while it waited
+                        current = None
+                        continue
+                    self._resume(current)
+            try:
+                may_pause = next(current.steps)
+            except StopIteration:
+                current = None
+                continue
+            except Exception as exc:  # any failure is reported to the consumer, never lost in the executor
+                current.job.emit(exc)
+                current = None
+                continue
+            if may_pause and self.first_sentences_first and self._pending and self._park(current):
+                paused.append(current)
+                self.preemptions += 1
+                current = None
+
+    def _park(self, running: _Running) -> bool:
+        llama = self._llama
+        if llama is None:
+            return False
+        running.saved = snapshot_sequence(llama)
+        return running.saved is not None
+
+    def _resume(self, running: _Running) -> None:
+        llama = self._llama
+        if llama is not None and running.saved is not None:
+            restore_sequence(llama, *running.saved)
+            running.saved = None
+
+    def _steps(self, job: _Job) -> Iterator[bool]:
+        """One generation as steps for :meth:`_schedule`: each ``next`` does some work and says whether the
+        generation may be paused there."""
+        if job.stop.is_set():  # cancelled while queued
+            return
+        llama = self._llama
+        if llama is None:
+            job.emit(LlmUnavailable("the embedded model was closed"))
+            return
+        if self._chatml:
+            yield from self._generate_chat(llama, job)
+        elif self._chat_template:
+            self._generate_template(llama, job)
+        else:
+            self._generate_transcript(llama, job)
 
     def _generate_transcript(self, llama: Any, job: _Job) -> None:
         from llama_cpp import StoppingCriteriaList
@@ -419,9 +529,10 @@ class EmbeddedLLM(LanguageModel):
             self._grammars[key] = grammar
         return grammar
 
-    def _generate_chat(self, llama: Any, job: _Job) -> None:
+    def _generate_chat(self, llama: Any, job: _Job) -> Iterator[bool]:
         """Chat-template models (the default Qwen): our own ChatML rendering, KV snapshots so only new
-        tokens are evaluated, and Qwen's textual tool calls parsed into :class:`ToolCall` events."""
+        tokens are evaluated, and Qwen's textual tool calls parsed into :class:`ToolCall` events.  Yields after
+        each forward pass whether the reply may be paused there (speculative decoding, first sentence out)."""
         from llama_cpp import StoppingCriteriaList
 
         opts, stop, emit = job.options, job.stop, job.emit
@@ -453,23 +564,33 @@ class EmbeddedLLM(LanguageModel):
             counted["tokens"] = len(input_ids)
             return stop.is_set()
 
-        chunks: Iterator[dict[str, Any]] = llama.create_completion(
-            tokens, max_tokens=opts.max_tokens, temperature=opts.temperature, stream=True,
-            stop=[*STOP, *opts.stop], stopping_criteria=StoppingCriteriaList([stopping]),
-            grammar=self._grammar(opts.json_schema))
+        pieces: Iterator[tuple[str, str | None]]
+        resumable = self.speculative and opts.json_schema is None and not opts.stop
+        if resumable:
+            pieces = self._decode_speculative(llama, tokens, opts, stop, counted)
+        else:
+            chunks: Iterator[dict[str, Any]] = llama.create_completion(
+                tokens, max_tokens=opts.max_tokens, temperature=opts.temperature, stream=True,
+                stop=[*STOP, *opts.stop], stopping_criteria=StoppingCriteriaList([stopping]),
+                grammar=self._grammar(opts.json_schema))
+            pieces = ((c["choices"][0].get("text") or "", c["choices"][0].get("finish_reason")) for c in chunks)
         parser = ToolCallParser() if job.tools and opts.json_schema is None else None
         finish: str | None = None
         called = False
-        for chunk in chunks:
+        first_out, first = False, ""
+        for text, ended in pieces:
             if stop.is_set():
                 return
-            choice = chunk["choices"][0]
-            text: str = choice.get("text") or ""
             if text:
                 for event in parser.push(text) if parser else [TextDelta(text)]:
                     called = called or isinstance(event, ToolCall)
                     emit(event)
-            finish = choice.get("finish_reason") or finish
+                if not first_out:
+                    first += text
+                    first_out = bool(_SENTENCE_DONE_RE.search(first)) or len(first) >= _FIRST_SENTENCE_CHARS
+            finish = ended or finish
+            # Past its first sentence, a reply may wait while another caller's first words are generated.
+            yield resumable and first_out
         if stop.is_set():
             return
         for event in parser.finish() if parser else []:
@@ -487,6 +608,73 @@ class EmbeddedLLM(LanguageModel):
         # replies: a message's analysis has no next turn, and its snapshot would evict a call's).
         if opts.json_schema is None:
             self._cache.save(llama)
+
+    def _decode_speculative(self, llama: Any, tokens: list[int], opts: GenerationOptions, stop: threading.Event,
+                            counted: dict[str, float]) -> Iterator[tuple[str, str | None]]:
+        """Generate after ``tokens`` with prompt-lookup speculative decoding (``voicebot.llm.speculative``):
+        yields (text, finish reason or None).  Keeps ``llama.input_ids``/``n_tokens`` and the KV cache exactly
+        in step with the tokens kept, so the prefix cache and the next turn's prefix match see a normal context."""
+        import llama_cpp
+
+        ctx = llama._ctx
+        n_vocab = int(llama.n_vocab())
+        sampling = Sampling(temperature=max(0.0, float(opts.temperature)))
+        rng = self._rng
+
+        def row(i: int) -> Any:
+            pointer = llama_cpp.llama_get_logits_ith(ctx.ctx, i)
+            return np.ctypeslib.as_array(pointer, shape=(n_vocab,)).copy()
+
+        # The prompt: what the context does not hold, and at least the last token (for its logits).
+        held = min(common_prefix(llama.input_ids[:int(llama.n_tokens)], tokens), len(tokens) - 1)
+        llama.n_tokens = held
+        llama.eval(tokens[held:])
+        pending = [sample(row(-1), sampling, rng)]
+        counted["first"] = time.monotonic()
+        lookup = PromptLookup(tokens)
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        generated = 0
+        while True:
+            for token in pending:
+                if token in self._stop_ids:
+                    counted["tokens"] = len(tokens) + generated  # the end token counts, as llama.cpp's
+                    yield decoder.decode(b"", final=True), "stop"
+                    return
+                generated += 1
+                lookup.extend((token,))
+                yield decoder.decode(llama.detokenize([token])), None
+                if generated >= opts.max_tokens:
+                    counted["tokens"] = len(tokens) + generated - 1
+                    yield decoder.decode(b"", final=True), "length"
+                    return
+            if stop.is_set():
+                return
+            last = pending[-1]  # drawn, not yet evaluated
+            n_past = int(llama.n_tokens)
+            room = self.n_ctx - n_past - 2
+            if room < 0:
+                counted["tokens"] = len(tokens) + generated - 1
+                yield decoder.decode(b"", final=True), "length"
+                return
+            draft = lookup.draft(min(MAX_DRAFT, opts.max_tokens - generated, room))
+            batch = [last, *draft]
+            llama._batch.set_batch(batch, n_past=n_past, logits_all=True)
+            ctx.decode(llama._batch)
+            llama.input_ids[n_past:n_past + len(batch)] = batch
+            out = verify([row(i) for i in range(len(batch))], draft, sampling, rng)
+            kept = len(out) - 1  # guesses accepted: their KV entries stay
+            for j, token in enumerate(out):
+                if token in self._stop_ids:  # nothing after the end is kept, nor the end itself
+                    out, kept = out[:j + 1], min(kept, j)
+                    break
+            llama.n_tokens = n_past + 1 + kept
+            ctx.kv_cache_seq_rm(-1, llama.n_tokens, -1)
+            # The logits left in the context are a guess's, not the last kept token's: llama-cpp-python must
+            # evaluate again before it samples from this context (as after a snapshot restore).
+            llama._requires_eval = True
+            self.drafted += len(draft)
+            self.accepted += kept
+            pending = out
 
     def _prepare_context(self, llama: Any, tokens: list[int], prefix_tokens: list[int]) -> int:
         """Bring the context as close to ``tokens`` as the cache allows; returns the tokens evaluated here

@@ -42,6 +42,38 @@ def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     return n
 
 
+def snapshot_sequence(llama: Any) -> tuple[tuple[int, ...], bytes] | None:
+    """(the tokens the context holds, sequence 0's KV state for them), or None when empty or refused."""
+    import llama_cpp
+
+    n = int(llama.n_tokens)
+    if n == 0:
+        return None
+    ctx = llama._ctx.ctx
+    size = int(llama_cpp.llama_state_seq_get_size(ctx, 0))
+    buffer = (ctypes.c_uint8 * size)()
+    written = int(llama_cpp.llama_state_seq_get_data(ctx, buffer, size, 0))
+    if written <= 0 or written > size:
+        log.warning("could not snapshot the KV state (%d of %d bytes)", written, size)
+        return None
+    return tuple(int(t) for t in llama.input_ids[:n]), bytes(buffer)[:written]
+
+
+def restore_sequence(llama: Any, tokens: Sequence[int], data: bytes) -> None:
+    """Make the context hold exactly ``tokens`` (KV state ``data``), ready to evaluate more."""
+    import llama_cpp
+
+    llama._ctx.kv_cache_clear()
+    buffer = (ctypes.c_uint8 * len(data)).from_buffer_copy(data)
+    if int(llama_cpp.llama_state_seq_set_data(llama._ctx.ctx, buffer, len(data), 0)) == 0:
+        llama.reset()
+        raise RuntimeError("llama.cpp refused a KV-state snapshot")
+    n = len(tokens)
+    llama.input_ids[:n] = tokens
+    llama.n_tokens = n
+    llama._requires_eval = True  # the logits of the last token are not part of the snapshot
+
+
 class PrefixCache:
     """Snapshots for one ``llama_cpp.Llama`` instance (see the module docstring)."""
 
@@ -70,7 +102,6 @@ class PrefixCache:
 
     def save(self, llama: Any, *, pinned: bool = False) -> Snapshot | None:
         """Snapshot the context's current sequence (``llama.input_ids[:n_tokens]``)."""
-        import llama_cpp
 
         n = int(llama.n_tokens)
         if n == 0:
@@ -82,14 +113,10 @@ class PrefixCache:
             if pinned and not existing.pinned:
                 self._snapshots[tokens] = Snapshot(tokens, existing.data, True)
             return existing
-        ctx = llama._ctx.ctx
-        size = int(llama_cpp.llama_state_seq_get_size(ctx, 0))
-        buffer = (ctypes.c_uint8 * size)()
-        written = int(llama_cpp.llama_state_seq_get_data(ctx, buffer, size, 0))
-        if written <= 0 or written > size:
-            log.warning("could not snapshot the KV state (%d of %d bytes)", written, size)
+        taken = snapshot_sequence(llama)
+        if taken is None:
             return None
-        snapshot = Snapshot(tokens, bytes(buffer)[:written], pinned)
+        snapshot = Snapshot(tokens, taken[1], pinned)
         # An unpinned snapshot that is a prefix of this one is covered by it.
         for key in [k for k, s in self._snapshots.items()
                     if not s.pinned and len(k) < len(tokens) and tokens[:len(k)] == k]:
@@ -100,17 +127,7 @@ class PrefixCache:
 
     def restore(self, llama: Any, snapshot: Snapshot) -> None:
         """Make the context hold exactly ``snapshot``'s tokens (its KV state), ready to evaluate more."""
-        import llama_cpp
-
-        llama._ctx.kv_cache_clear()
-        data = (ctypes.c_uint8 * len(snapshot.data)).from_buffer_copy(snapshot.data)
-        if int(llama_cpp.llama_state_seq_set_data(llama._ctx.ctx, data, len(snapshot.data), 0)) == 0:
-            llama.reset()
-            raise RuntimeError("llama.cpp refused a KV-state snapshot")
-        n = len(snapshot.tokens)
-        llama.input_ids[:n] = snapshot.tokens
-        llama.n_tokens = n
-        llama._requires_eval = True  # the logits of the last token are not part of the snapshot
+        restore_sequence(llama, snapshot.tokens, snapshot.data)
         self._snapshots.move_to_end(snapshot.tokens)
         self.restores += 1
 

@@ -65,6 +65,7 @@ class AgentResponder:
             # The call row points at its conversation: the call is then found from the contact (history,
             # erasure) and its transcript beside the messages.
             await asyncio.to_thread(self._link, ctx.call_id, conversation_id)
+        started = asyncio.get_running_loop().time()
         async with contextlib.aclosing(self.core.reply(agent, contact, "voice", text, conversation_id=conversation_id,
                                                        context=ctx.variables)) as events:
             async for event in events:
@@ -78,7 +79,8 @@ class AgentResponder:
                     yield ReplyDone(text=event.text, message_id=event.assistant_message_id,
                                     citations=tuple(c.to_dict() for c in event.citations),
                                     prompt_tokens_evaluated=event.timings.get("prompt_tokens_evaluated"),
-                                    prompt_eval_ms=event.timings.get("prompt_eval_ms"))
+                                    prompt_eval_ms=event.timings.get("prompt_eval_ms"),
+                                    first_token_at=_at(started, event.timings.get("llm_first_token_ms")))
 
     async def mark_interrupted(self, ctx: CallContext, message_id: int | None, spoken_text: str) -> None:
         if message_id is not None:
@@ -87,3 +89,8 @@ class AgentResponder:
     def forget(self, call_id: int) -> None:
         """The call ended: drop its conversation id (it stays in the database)."""
         self._conversations.pop(call_id, None)
+
+
+def _at(started: float, ms: object) -> float | None:
+    """Loop time ``ms`` milliseconds after ``started`` (the core times from when its reply began)."""
+    return started + float(ms) / 1000.0 if isinstance(ms, int | float) else None

@@ -39,6 +39,9 @@ class ReplyDone:
     prompt_tokens_evaluated: int | None = None
     """Prompt tokens the LLM evaluated for this reply (None when the backend cannot tell)."""
     prompt_eval_ms: float | None = None
+    first_token_at: float | None = None
+    """Event-loop time of the model's first token, when text reached the call later than that (the grounding
+    guard holds a sentence until its end): the stage timings report the model's own first token."""
     variables: dict[str, str] | None = None
     """A flow's variables after this reply (stored on the turn row); None when no flow ran."""
 

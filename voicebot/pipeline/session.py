@@ -452,6 +452,10 @@ class CallSession:
                     elif isinstance(event, ToolCall):
                         turn.tools.append(event)
                     elif isinstance(event, ReplyDone):
+                        if event.first_token_at is not None:
+                            # The model's first token came before the first text (held by the grounding guard).
+                            marked = turn.marks.get("llm_first_token", event.first_token_at)
+                            turn.marks["llm_first_token"] = min(marked, event.first_token_at)
                         turn.message_id = event.message_id
                         turn.prompt_tokens_evaluated = event.prompt_tokens_evaluated
                         turn.prompt_eval_ms = event.prompt_eval_ms
