@@ -282,13 +282,16 @@ _CONTENT_WORD = re.compile(r"[a-z]+")
 
 
 def _stem(word: str) -> str:
-    """Plural to singular and past to present, roughly: "horses" and "horse" are the same word for a match."""
+    """Plural to singular and past to present, roughly: "horses" and "horse", "baked" and "bake" are the same
+    word for a match (both sides are stemmed alike, so a crude stem is enough)."""
     if len(word) > 4 and word.endswith("ies"):
         return word[:-3] + "y"
     if len(word) > 3 and word.endswith("s") and not word.endswith("ss"):
         return word[:-1]
-    if len(word) > 5 and word.endswith("ed"):  # "must be ordered" answers "when must I order it?"
+    if len(word) > 4 and word.endswith("ed"):  # "must be ordered" answers "when must I order it?"
         return word[:-2]
+    if len(word) > 3 and word.endswith("e"):  # "baked" and "bake" both become "bak"
+        return word[:-1]
     return word
 
 
@@ -304,8 +307,9 @@ def _content(text: str) -> set[str]:
     return words
 
 
-_GENERIC = frozenset({"cost", "price", "pay", "charge", "dollar", "euro", "pound", "open", "close", "closed",
-                      "hour", "time", "day", "minute", "early", "late", "ahead", "long", "often"})
+_GENERIC = frozenset(_stem(w) for w in ("cost", "price", "pay", "charge", "dollar", "euro", "pound", "open", "close",
+                                        "closed", "hour", "time", "day", "minute", "early", "late", "ahead", "long",
+                                        "often"))
 """Words a question shares with many answers ("how much does X cost?"): they do not say what it is about."""
 
 
