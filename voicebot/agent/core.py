@@ -580,7 +580,7 @@ class AgentCore:
         guard = GroundingGuard(knowledge, said,
                                closed_line=closed_day_line(text, turn.opened.memory, knowledge) if english else "",
                                known_line=answer_line(text, turn.opened.memory, knowledge) if english else "",
-                               topic=topic, unheard=unheard_of(topic, knowledge),
+                               topic=topic, unheard=unheard_of(text, turn.opened.memory, knowledge),
                                day=asked_day_lines(text, turn.opened.memory, knowledge) if english else ("", ""),
                                unknown_reply=phrase("unknown", agent.language), language=agent.language) \
             if knowledge and pinned and channel == "voice" else None

@@ -162,7 +162,10 @@ _SPANISH_NUMBER_WORDS = {"dos": "2", "tres": "3", "cuatro": "4", "cinco": "5", "
                          "mediodía": "12", "medianoche": "12"}
 _DIGITS = re.compile(r"\d+")
 _WORD = re.compile(r"[a-zñáéíóú]+")
-_SENTENCE_END = re.compile(r"[.!?](?:\s|$)")
+# A sentence ends at its mark *and the space after it*, which goes with it: the voice loop speaks a sentence only
+# once whitespace follows its mark, so a space kept back here would hold the sentence too.  The last sentence
+# is let through by finish().
+_SENTENCE_END = re.compile(r"[.!?]\s+")
 UNKNOWN_REPLY = "I am sorry, I do not know that."
 
 

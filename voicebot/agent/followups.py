@@ -282,15 +282,26 @@ _CONTENT_WORD = re.compile(r"[a-z]+")
 
 
 def _stem(word: str) -> str:
-    """Plural to singular and past to present, roughly: "horses" and "horse", "baked" and "bake" are the same
-    word for a match (both sides are stemmed alike, so a crude stem is enough)."""
-    if len(word) > 4 and word.endswith("ies"):
+    """Plural to singular and past to present, roughly: "horses" and "horse", "baked" and "bake", "cakes" and
+    "cake" get the same stem.  Both sides of a match are stemmed alike, so a crude stem is enough; the endings
+    come off until none is left, so a stem stems to itself."""
+    while True:
+        stem = _unsuffix(word)
+        if stem == word:
+            return word
+        word = stem
+
+
+def _unsuffix(word: str) -> str:
+    if len(word) <= 3:
+        return word
+    if word.endswith("ies"):
         return word[:-3] + "y"
-    if len(word) > 3 and word.endswith("s") and not word.endswith("ss"):
+    if word.endswith("s") and not word.endswith("ss"):
         return word[:-1]
     if len(word) > 4 and word.endswith("ed"):  # "must be ordered" answers "when must I order it?"
         return word[:-2]
-    if len(word) > 3 and word.endswith("e"):  # "baked" and "bake" both become "bak"
+    if word[-1] in "eyi":  # "cookie"/"cookies", "berry"/"berries", "bake"/"baked"
         return word[:-1]
     return word
 
@@ -307,9 +318,10 @@ def _content(text: str) -> set[str]:
     return words
 
 
-_GENERIC = frozenset(_stem(w) for w in ("cost", "price", "pay", "charge", "dollar", "euro", "pound", "open", "close",
-                                        "closed", "hour", "time", "day", "minute", "early", "late", "ahead", "long",
-                                        "often"))
+_GENERIC = frozenset(_stem(w) for w in (
+    "cost", "price", "pay", "charge", "dollar", "euro", "pound", "open", "close", "closed", "hour", "time", "day",
+    "minute", "early", "late", "ahead", "long", "often", "today", "tomorrow", "tonight", "now", "morning",
+    "afternoon", "evening", "weekend", "locate", "located", "find", "where"))
 """Words a question shares with many answers ("how much does X cost?"): they do not say what it is about."""
 
 
@@ -319,14 +331,31 @@ def topic_words(question: str, history: Sequence[ChatMessage]) -> frozenset[str]
     return frozenset(_content(resolve_followup(question, history)[:MAX_CHARS]) - _GENERIC)
 
 
+_ASKS_NUMBER = re.compile(r"\bhow (?:much|many|long|early|late)\b|\bwhat time\b|\bprice\b", re.IGNORECASE)
+_HAS_NUMBER = re.compile(r"\d|\b(?:one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|fifteen|twenty|"
+                         r"thirty|forty|fifty|hundred|noon|midnight)\b", re.IGNORECASE)
+
+
 def mentions(sentence: str, words: frozenset[str]) -> bool:
-    return bool(words & _content(sentence))
+    """The sentence names one of ``words``; a sentence without content words ("Yes!") counts as naming them
+    (it says nothing else instead)."""
+    said = _content(sentence)
+    return not said or bool(words & said)
 
 
-def unheard_of(topic: frozenset[str], knowledge: Sequence[str]) -> bool:
-    """The question is about something the knowledge never names: none of its topic words is in it ("how
-    much is a baguette?" to a bakery whose knowledge lists loaves, croissants and cakes)."""
-    return bool(topic) and not any(topic & _content(document[:20_000]) for document in knowledge)
+def unheard_of(question: str, history: Sequence[ChatMessage], knowledge: Sequence[str]) -> bool:
+    """The question asks about a thing ("do you sell X?", "how much is X?") the knowledge does not name: some
+    word of X is nowhere in it ("how much is a baguette?", "a wedding cake?" to a bakery whose knowledge lists
+    loaves, croissants and birthday cakes).  Questions of other shapes (hours, days, where) are never unheard
+    of: their words are too often missing from an answer the knowledge does give."""
+    found = _thing(resolve_followup(question, history)[:MAX_CHARS])
+    if found is None:
+        return False
+    wanted = _content(found[0]) - _GENERIC
+    named: set[str] = set()
+    for document in knowledge:
+        named |= _content(document[:20_000])
+    return bool(wanted) and not wanted <= named
 
 
 def answer_line(question: str, history: Sequence[ChatMessage], knowledge: Sequence[str]) -> str:
@@ -342,11 +371,15 @@ def answer_line(question: str, history: Sequence[ChatMessage], knowledge: Sequen
     wanted = _content(resolved)
     if not wanted:
         return ""
+    # A price or a time is asked: only a line with a number answers it ("birthday cakes must be ordered ahead"
+    # does not say what one costs).
+    needs_number = bool(_ASKS_NUMBER.search(resolved))
     found: list[str] = []
     for document in knowledge:
         for piece in re.split(r"(?<=[.!?])\s+|\n+", document[:20_000]):
             sentence = piece.strip()
             if (sentence and not sentence.startswith("#") and len(sentence) <= MAX_CHARS
+                    and (not needs_number or _HAS_NUMBER.search(sentence))
                     and wanted <= _content(sentence) and sentence not in found):
                 found.append(sentence)
                 if len(found) > 1:

@@ -184,9 +184,15 @@ class _Running:
     job: _Job
     steps: Iterator[bool]
     saved: tuple[tuple[int, ...], bytes] | None = None
+    since: float = 0.0
+    """When it last got the context (for the time slices of replies past their first sentence)."""
 
 
-_SENTENCE_DONE_RE = re.compile(r"[.!?](?:\s|$)|\n")
+_SLICE_S = 0.4
+"""Replies past their first sentence take turns this long each: a paused one is never starved by a busy line."""
+# The first sentence is out once text follows its mark: the voice loop (and the grounding guard) let a sentence
+# go only when the whitespace after it has come, and "9." may still become "9.50".
+_SENTENCE_DONE_RE = re.compile(r"\S[.!?]+\s+\S|\S\s*\n\s*\S")
 _FIRST_SENTENCE_CHARS = 160
 """A first sentence longer than this counts as said: the voice loop has long started speaking it."""
 
@@ -282,8 +288,13 @@ class EmbeddedLLM(LanguageModel):
         self._chat_template = bool(template and template.strip())
         # Chat models get our ChatML rendering, which offers tools and parses Qwen-style calls.
         self._chatml = "<|im_start|>" in template
-        # The tokens that end a reply: the end-of-generation token and ChatML's ends, when they are single tokens.
-        ends = {int(self._llama.token_eos())}
+        # The tokens that end a reply: every end-of-generation token llama.cpp knows (for Qwen2.5-Coder also the
+        # fill-in-the-middle separators that create_completion stops at), and ChatML's ends.
+        import llama_cpp
+
+        vocab = self._llama._model.vocab
+        ends = {t for t in range(int(self._llama.n_vocab())) if llama_cpp.llama_vocab_is_eog(vocab, t)}
+        ends.add(int(self._llama.token_eos()))
         for marker in STOP:
             ids = self._llama.tokenize(marker.encode("utf-8"), add_bos=False, special=True)
             if len(ids) == 1:
@@ -393,47 +404,77 @@ class EmbeddedLLM(LanguageModel):
         takes to generate.  Other generations (grammar-bound analysis, other templates) run through."""
         current: _Running | None = None
         paused: deque[_Running] = deque()
-        while True:
-            if current is None:
-                with self._lock:
-                    job = self._pending.popleft() if self._pending else None
-                    if job is None and not paused:
-                        self._scheduling = False
-                        return
-                if job is not None:
-                    current = _Running(job, self._steps(job))
-                else:
-                    current = paused.popleft()
-                    if current.job.stop.is_set():  # its consumer went away while it waited
-                        current = None
-                        continue
+        try:
+            while True:
+                if current is None:
+                    with self._lock:
+                        job = self._pending.popleft() if self._pending else None
+                        if job is None and not paused:
+                            self._scheduling = False
+                            return
+                    if job is not None:
+                        current = _Running(job, self._steps(job))
+                    else:
+                        current = paused.popleft()
+                        if current.job.stop.is_set():  # its consumer went away while it waited
+                            current = None
+                            continue
+                    current.since = time.monotonic()
+                try:
                     self._resume(current)
-            try:
-                may_pause = next(current.steps)
-            except StopIteration:
-                current = None
-                continue
-            except Exception as exc:  # any failure is reported to the consumer, never lost in the executor
-                current.job.emit(exc)
-                current = None
-                continue
-            if may_pause and self.first_sentences_first and self._pending and self._park(current):
-                paused.append(current)
-                self.preemptions += 1
-                current = None
+                    may_pause = next(current.steps)
+                    # A newly asked reply goes first; replies past their first sentence take turns, a slice each.
+                    switch = may_pause and self.first_sentences_first and (
+                        self._waiting() or (bool(paused) and time.monotonic() - current.since >= _SLICE_S))
+                    if switch:
+                        self._park(current)
+                except StopIteration:
+                    current = None
+                    continue
+                except Exception as exc:  # any failure is reported to the consumer, never lost in the executor
+                    current.job.emit(exc)
+                    current = None
+                    continue
+                if switch:
+                    paused.append(current)
+                    self.preemptions += 1
+                    current = None
+        except BaseException as exc:  # never leave queued callers waiting on a scheduler that is gone
+            failure = LlmUnavailable(f"the embedded model's scheduler stopped: {type(exc).__name__}")
+            with self._lock:
+                orphans = [*self._pending, *(r.job for r in paused), *([current.job] if current else [])]
+                self._pending.clear()
+                self._scheduling = False
+            for job in orphans:
+                job.emit(failure)
+            raise
 
-    def _park(self, running: _Running) -> bool:
+    def _waiting(self) -> bool:
+        """A request is queued whose caller still waits (a cancelled one does not count: it will be dropped)."""
+        with self._lock:
+            while self._pending and self._pending[0].stop.is_set():
+                self._pending.popleft()
+            return any(not job.stop.is_set() for job in self._pending)
+
+    def _park(self, running: _Running) -> None:
+        """Save the running reply's KV state so another may use the context (raises when llama.cpp cannot)."""
         llama = self._llama
         if llama is None:
-            return False
-        running.saved = snapshot_sequence(llama)
-        return running.saved is not None
+            raise LlmUnavailable("the embedded model was closed")
+        saved = snapshot_sequence(llama)
+        if saved is None:
+            raise LlmError("could not save a paused reply's state")
+        running.saved = saved
 
     def _resume(self, running: _Running) -> None:
+        """Give a paused reply its KV state back (a no-op for one that was not paused)."""
+        if running.saved is None:
+            return
         llama = self._llama
-        if llama is not None and running.saved is not None:
-            restore_sequence(llama, *running.saved)
-            running.saved = None
+        if llama is None:
+            raise LlmUnavailable("the embedded model was closed")
+        saved, running.saved = running.saved, None
+        restore_sequence(llama, *saved)
 
     def _steps(self, job: _Job) -> Iterator[bool]:
         """One generation as steps for :meth:`_schedule`: each ``next`` does some work and says whether the
@@ -589,8 +630,9 @@ class EmbeddedLLM(LanguageModel):
                     first += text
                     first_out = bool(_SENTENCE_DONE_RE.search(first)) or len(first) >= _FIRST_SENTENCE_CHARS
             finish = ended or finish
-            # Past its first sentence, a reply may wait while another caller's first words are generated.
-            yield resumable and first_out
+            # Past its first sentence, a reply may wait while another caller's first words are generated (never
+            # at its last piece: the voice loop speaks the last sentence when the reply is done).
+            yield resumable and first_out and ended is None
         if stop.is_set():
             return
         for event in parser.finish() if parser else []:

@@ -87,19 +87,22 @@ class Sampling:
 
 def distribution(logits: npt.NDArray[np.float32], sampling: Sampling) -> tuple[npt.NDArray[np.int64],
                                                                                npt.NDArray[np.float64]]:
-    """(candidate token ids, their probabilities) after temperature, top-k, top-p and min-p."""
+    """(candidate token ids, their probabilities): llama.cpp's chain as llama-cpp-python builds it, top-k, then
+    top-p and min-p on the unscaled probabilities, then the temperature on what is left."""
     k = max(1, min(sampling.top_k, logits.shape[0]))
     ids = np.argpartition(logits, -k)[-k:]
     order = np.argsort(logits[ids])[::-1]
     ids = ids[order]
-    scaled = logits[ids].astype(np.float64) / max(sampling.temperature, 1e-6)
-    probs = np.exp(scaled - scaled[0])
+    raw = logits[ids].astype(np.float64)
+    probs = np.exp(raw - raw[0])
     probs /= probs.sum()
     # top-p: the smallest head whose mass reaches top_p (at least one token).
     keep = int(np.searchsorted(np.cumsum(probs), sampling.top_p) + 1)
     # min-p: drop tokens less likely than min_p times the most likely one.
     keep = min(keep, int(np.count_nonzero(probs >= sampling.min_p * probs[0])) or 1)
-    ids, probs = ids[:keep], probs[:keep]
+    ids, raw = ids[:keep], raw[:keep]
+    scaled = raw / max(sampling.temperature, 1e-6)
+    probs = np.exp(scaled - scaled[0])
     return ids, probs / probs.sum()
 
 
