@@ -254,19 +254,20 @@ On Sunday we are closed.
     ("Monday to Friday we close at 7 pm. Anything else?", "On Saturday we are open from 9 am to 1 pm."),
     ("I am sorry, I do not know that.", "On Saturday we are open from 9 am to 1 pm."),  # the lines are there
     ("On Saturday we are closed for emergencies.", "On Saturday we are open from 9 am to 1 pm."),  # heard too
+    ("On Saturday we are open from 7 am to noon.", "On Saturday we are open from 9 am to 1 pm."),  # wrong hours
     ("On Saturday we close at 1 pm.", "On Saturday we close at 1 pm."),  # right: untouched
     ("We close at 1 pm.", "We close at 1 pm."),  # no day named: untouched
     ("At the weekend we close at 1 pm.", "At the weekend we close at 1 pm."),  # the weekend holds Saturday
 ])
 def test_a_first_sentence_about_another_day_is_replaced_by_the_asked_days_lines(reply: str, said: str) -> None:
     from voicebot.agent.decisions import GroundingGuard
-    from voicebot.agent.followups import asked_day_lines
+    from voicebot.agent.followups import asked_day_lines, asks_hours
 
     history = [ChatMessage("user", "When do you open on Saturday?"),
                ChatMessage("assistant", "On Saturday we open at 9 am.")]
     day = asked_day_lines("And when do you close that day?", history, [VET_HOURS])
     assert day == ("saturday", "On Saturday we are open from 9 am to 1 pm.")
-    guard = GroundingGuard([VET_HOURS], [], day=day)
+    guard = GroundingGuard([VET_HOURS], [], day=day, hours=asks_hours("And when do you close that day?", history))
     assert "".join([*guard.push(reply), *guard.finish()]) == said
     assert guard.tripped == (said != reply)
 

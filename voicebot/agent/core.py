@@ -51,6 +51,7 @@ from voicebot.agent.decisions import Decision, GroundingGuard, decide, offer_aft
 from voicebot.agent.followups import (
     answer_line,
     asked_day_lines,
+    asks_hours,
     closed_day_line,
     prompt_turns,
     topic_words,
@@ -582,6 +583,7 @@ class AgentCore:
                                known_line=answer_line(text, turn.opened.memory, knowledge) if english else "",
                                topic=topic, unheard=unheard_of(text, turn.opened.memory, knowledge),
                                day=asked_day_lines(text, turn.opened.memory, knowledge) if english else ("", ""),
+                               hours=english and asks_hours(text, turn.opened.memory),
                                unknown_reply=phrase("unknown", agent.language), language=agent.language) \
             if knowledge and pinned and channel == "voice" else None
         async with contextlib.aclosing(self._generate_llm(agent, turn, channel=channel, text=text,

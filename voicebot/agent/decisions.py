@@ -201,7 +201,8 @@ class GroundingGuard:
 
     def __init__(self, knowledge: Sequence[str], conversation: Sequence[str], *, closed_line: str = "",
                  known_line: str = "", topic: frozenset[str] = frozenset(), unheard: bool = False,
-                 day: tuple[str, str] = ("", ""), unknown_reply: str = "", language: str = "en") -> None:
+                 day: tuple[str, str] = ("", ""), hours: bool = False, unknown_reply: str = "",
+                 language: str = "en") -> None:
         self.language = language
         self.allowed = set().union(*(_numbers(t, language) for t in (*knowledge, *conversation)))
         self.unknown_reply = unknown_reply or UNKNOWN_REPLY
@@ -225,6 +226,9 @@ class GroundingGuard:
         speaking of other days only, saying "I do not know", or saying it is closed when the lines say it is
         open, is replaced by those lines (asked "when do you close on Saturday?", Qwen 0.5B answered "We are
         closed on Sunday.", and once "On Saturday we are closed for emergencies...")."""
+        self.hours = hours
+        """The question asks when the day opens or closes: a first sentence giving times the day's lines do not
+        have is replaced by them (asked when the bakery opens on Friday, Qwen 0.5B gave Sunday's hours)."""
         self.pending = ""
         self.tripped = False
         self.reason = ""
@@ -249,7 +253,8 @@ class GroundingGuard:
         if self.day[1] and not self.spoken and (
                 names_other_day(sentence, self.day[0]) or _DONT_KNOW.search(sentence)
                 or (_SAYS_CLOSED.search(sentence) and not _SAYS_OPEN.search(sentence)
-                    and _SAYS_OPEN.search(self.day[1]))):
+                    and _SAYS_OPEN.search(self.day[1]))
+                or (self.hours and _numbers(sentence, self.language) - _numbers(self.day[1], self.language))):
             self.tripped, self.reason = True, "other_day"
             self.spoken += self.day[1]
             return [self.day[1]]

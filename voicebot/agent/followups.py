@@ -249,6 +249,11 @@ def asked_day_lines(question: str, history: Sequence[ChatMessage], knowledge: Se
     return (day, " ".join(lines)) if day and lines else ("", "")
 
 
+def asks_hours(question: str, history: Sequence[ChatMessage]) -> bool:
+    """The (resolved) question asks when something opens or closes ("what time do you open on that day?")."""
+    return bool(_TIME_QUESTION.search(resolve_followup(question, history)[:MAX_CHARS]))
+
+
 def names_other_day(sentence: str, day: str) -> bool:
     """The sentence speaks of weekdays (ranges and "weekend" count), and ``day`` is not among them."""
     covered = _covered(sentence)
