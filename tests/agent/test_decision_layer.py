@@ -88,3 +88,6 @@ async def test_the_models_hang_up_without_a_goodbye_is_ignored(demo: Demo, core:
     events = await run(core, demo.agent, None, "voice", "What about my bill?")
     assert calls_of(events) == []
     assert done_of(events).tool_calls == ()
+    # A call's model is offered the tools the voice loop executes (and the knowledge search), nothing else.
+    offered = {t["function"]["name"] for t in fake.bodies("/api/chat")[-1].get("tools", [])}
+    assert {"hang_up", "transfer_call"} <= offered <= {"hang_up", "transfer_call", "search_knowledge"}
