@@ -399,9 +399,9 @@ class EmbeddedLLM(LanguageModel):
         One context, one generation at a time (on two cores that is also the fastest), but a reply is not run
         to its end while another caller waits for their first words: a speculative chat reply past its first
         sentence is paused at the next forward pass when a new request is queued (its KV state saved, ≈12 KiB
-        per token, a few ms), the newcomer runs, and paused replies resume, oldest first, when nothing new
-        waits.  A caller hears the paused reply's first sentence meanwhile, which lasts longer than the rest
-        takes to generate.  Other generations (grammar-bound analysis, other templates) run through."""
+        per token, a few ms) and the newcomer runs; replies past their first sentence take turns of
+        ``_SLICE_S`` each, oldest paused first, so none starves.  A caller hears the paused reply's first
+        sentence meanwhile.  Other generations (grammar-bound analysis, other templates) run through."""
         current: _Running | None = None
         paused: deque[_Running] = deque()
         try:
