@@ -20,10 +20,13 @@ ratios, not times, compare across these noisy machines.  ``--beyond`` then sets 
 dials N + 2: the two extra callers must hear the busy prompt within a second and the N admitted calls must
 still meet the targets.
 
-``--compare`` dials every N twice, interleaved: with the embedded model's speculative decoding and first-sentence
-priority off (how Eva ran before them), then on; both tables are printed, each with its own single-call ratios.
+``--compare [decoding|priority|tts|threads]`` dials every N twice, interleaved: with one change off (how Eva ran
+before it), then on; both tables are printed, each with its own single-call ratios.  ``decoding``: the embedded
+model's speculative decoding and first-sentence priority; ``priority``: the model threads below the media clock
+(``voicebot/media/priority.py``); ``tts``: Piper's earliest-playout-deadline-first order; ``threads``: each model's
+threads sized to share the cores; ``sharing``: those three together.
 
-Usage: ``.venv/bin/python bench/capacity.py [--calls 1,2,4,6,8] [--beyond] [--compare]
+Usage: ``.venv/bin/python bench/capacity.py [--calls 1,2,4,6,8] [--beyond] [--compare CHANGE]
 [--json bench/results/capacity.json]``
 """
 
@@ -178,11 +181,65 @@ def _stage_medians(engine: Any, after_id: int) -> dict[str, float]:
 
 
 VARIANTS = {"before": False, "after": True}
-"""``--compare``: each N is dialled twice, with the embedded model's speculative decoding and first-sentence
-priority off ("before" them) and on ("after"), interleaved so both see the same machine."""
+"""``--compare``: each N is dialled twice, with the change compared off ("before" it) and on ("after"),
+interleaved so both see the same machine."""
+CHANGES = ("decoding", "priority", "tts", "threads", "sharing")
+"""What ``--compare`` turns off for "before": ``decoding`` — the embedded model's speculative decoding and
+first-sentence priority; ``priority`` — the model threads' lower priority, the short GIL switch interval and the
+one-thread BLAS (``voicebot.media.priority``); ``tts`` — Piper's earliest-playout-deadline-first order (first
+come, first served instead); ``threads`` — the models' threads sized to share the cores (before: Whisper, Piper and
+the LLM each with a thread per core, up to 4); ``sharing`` — priority, tts and threads together."""
+_MODEL_THREADS: set[int] = set()
+_ALTERNATES: dict[str, Any] = {}
+"""``--compare threads``: the models as they were ("before") and as they are, swapped in between rounds."""
 
 
-def _variant(runtime: Any, on: bool) -> None:
+def _swap_threads(runtime: Any, on: bool) -> None:
+    import onnxruntime
+
+    from voicebot.calls.admission import usable_cores
+    from voicebot.media import priority
+    from voicebot.stt.whisper import WhisperStt
+
+    stt, tts = runtime.components["stt"], runtime.components["tts"]
+    voice = tts.voice("")
+    if not _ALTERNATES:
+        settings = runtime.settings
+        path = next(iter(voice._sessions.values()))._model_path
+        _ALTERNATES.update(
+            whisper_after=stt.english, sessions_after=voice._sessions,
+            whisper_before=WhisperStt(settings.stt_model, settings.stt_compute_type,
+                                      threads=min(4, usable_cores())),
+            sessions_before={0: onnxruntime.InferenceSession(path, sess_options=onnxruntime.SessionOptions(),
+                                                             providers=["CPUExecutionProvider"])})
+    stt.english = _ALTERNATES["whisper_after" if on else "whisper_before"]
+    # Piper picks a session per sentence from these; "before" has one, ONNX Runtime's default (a spinning thread
+    # per core).
+    voice._sessions = _ALTERNATES["sessions_after" if on else "sessions_before"]
+    voice._voice.session = next(iter(voice._sessions.values()))
+    # The LLM takes its threads on its own thread before its next forward pass (EmbeddedLLM._fit_threads).
+    priority.configure_threads(0, 0 if on else min(4, usable_cores()))
+
+
+def _variant(runtime: Any, on: bool, change: str = "decoding") -> None:
+    if change == "sharing":
+        for part in ("threads", "priority", "tts"):  # threads first: the models it swaps in get reniced too
+            _variant(runtime, on, part)
+        return
+    if change == "priority":
+        from voicebot.media import priority
+
+        if not _MODEL_THREADS:  # the threads the models made at the lowered priority (all exist after warm-up)
+            _MODEL_THREADS.update(t for t, n in priority.thread_nice().items() if n == priority.model_nice())
+        priority.renice(_MODEL_THREADS, priority.model_nice() if on else 0)
+        priority.share(on)
+        return
+    if change == "tts":
+        runtime.components["tts"].deadline_first = on
+        return
+    if change == "threads":
+        _swap_threads(runtime, on)
+        return
     llm = runtime.components.get("llm")
     if hasattr(llm, "first_sentences_first"):
         llm.speculative = on
@@ -202,7 +259,7 @@ def _grade(rounds: list[dict[str, Any]]) -> float:
     return float(single)
 
 
-async def run(counts: list[int], out: Path, beyond: bool, compare: bool = False) -> dict[str, Any]:
+async def run(counts: list[int], out: Path, beyond: bool, compare: str = "") -> dict[str, Any]:
     from voicebot.asterisk.process import Asterisk
     from voicebot.calls.admission import Admission
     from voicebot.harness import isolated_settings
@@ -229,7 +286,7 @@ async def run(counts: list[int], out: Path, beyond: bool, compare: bool = False)
             before: list[dict[str, Any]] = []
             for n in counts:
                 for name in ("before", "after") if compare else ("after",):
-                    _variant(runtime, VARIANTS[name])
+                    _variant(runtime, VARIANTS[name], compare or "decoding")
                     print(f"[capacity] {n} simultaneous call(s){f' ({name})' if compare else ''} ...", flush=True)
                     result = await _round(n, settings, workdir, questions, capture, runtime, "sweep")
                     (rounds if name == "after" else before).append(result)
@@ -237,13 +294,14 @@ async def run(counts: list[int], out: Path, beyond: bool, compare: bool = False)
                     print(f"[capacity]   answered {result['turns_answered']}/{result['turns_asked']} turns, "
                           f"voice-to-voice p50 {v2v['p50']:.0f} p95 {v2v['p95']:.0f} max {v2v['max']:.0f} ms, "
                           f"jitter p99 {result['pacing_jitter_ms']['p99']:.2f} ms", flush=True)
-            _variant(runtime, True)
+            _variant(runtime, True, compare or "decoding")
             single = _grade(rounds)
             passing = [r["calls"] for r in rounds if r["meets_targets"]]
             best = max(passing) if passing else 0
             report = {"single_call_p50_ms": single, "largest_n_meeting_targets": best, "rounds": rounds}
             if before:
-                report["before"] = {"single_call_p50_ms": _grade(before), "rounds": before}
+                report["before"] = {"single_call_p50_ms": _grade(before), "rounds": before,
+                                    "change": compare or "decoding"}
             if beyond and best:
                 assert runtime.voice is not None
                 runtime.voice.admission = Admission(best)
@@ -266,7 +324,13 @@ async def run(counts: list[int], out: Path, beyond: bool, compare: bool = False)
 
 def print_table(report: dict[str, Any]) -> None:
     if "before" in report:
-        print("\n=== before: speculative decoding and first-sentence priority off")
+        change = report["before"].get("change", "decoding")
+        off = {"decoding": "speculative decoding and first-sentence priority",
+               "priority": "model threads at the loop's priority, 5 ms GIL switch interval, NumPy's BLAS pool",
+               "tts": "speech synthesized first come, first served",
+               "threads": "Whisper, Piper and the LLM each with a thread per core",
+               "sharing": "none of priority, deadline-first synthesis and shared-machine threads"}[change]
+        print(f"\n=== before: {off}")
         _print_rounds({**report["before"], "largest_n_meeting_targets": "-"})
         print("\n=== after")
     _print_rounds(report)
@@ -299,8 +363,11 @@ def main() -> int:
     parser.add_argument("--calls", default="1,2,4,6,8", help="comma-separated numbers of simultaneous calls")
     parser.add_argument("--beyond", action="store_true",
                         help="then dial capacity + 2 with EVA_MAX_CALLS at the largest passing N")
-    parser.add_argument("--compare", action="store_true",
-                        help="dial each N twice: speculative decoding and first-sentence priority off, then on")
+    parser.add_argument("--compare", nargs="?", const="decoding", default="", choices=CHANGES,
+                        help="dial each N twice, the change off then on: decoding (speculative decoding and "
+                             "first-sentence priority, the default), priority (model threads below the media "
+                             "clock), tts (synthesis by playout deadline), threads (model threads sized to "
+                             "share the cores) or sharing (those three)")
     parser.add_argument("--json", type=Path, default=Path(__file__).parent / "results" / "capacity.json")
     args = parser.parse_args()
     counts = sorted({int(c) for c in args.calls.split(",")} | {1})

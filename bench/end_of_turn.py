@@ -80,7 +80,7 @@ def pauses(audio: Audio, frame_ms: int = 10, quiet_dbfs: float = -40.0) -> list[
 
 class SmartTurn:
     def __init__(self, path: Path) -> None:
-        import onnxruntime as ort  # type: ignore[import-untyped]
+        import onnxruntime as ort
         from transformers import WhisperFeatureExtractor
 
         options = ort.SessionOptions()

@@ -17,22 +17,20 @@ L2-normalised, which makes Chroma's cosine distance and our reported similarity 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import hashlib
-import itertools
 import logging
 import math
 import os
-import queue
 import threading
 from abc import ABC, abstractmethod
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from voicebot.config import Settings
 from voicebot.errors import ConfigError, EmbeddingError
+from voicebot.media.priority import OrderedWorker
 
 log = logging.getLogger(__name__)
 
@@ -126,36 +124,12 @@ DOCUMENT_JOB = 16
 """Document texts per model job: what a query may have to wait for (one job already running)."""
 
 
-class ModelWorker:
-    """One thread that runs model jobs by lane (queries before documents), in order within a lane."""
+class ModelWorker(OrderedWorker):
+    """One thread that runs model jobs by lane (queries before documents), in order within a lane; below the
+    calls' media clocks (torch's pool is created from this thread and inherits its priority)."""
 
     def __init__(self, name: str = "eva-embed") -> None:
-        self._queue: queue.PriorityQueue[tuple[int, int, Callable[[], Any], concurrent.futures.Future[Any]]]
-        self._queue = queue.PriorityQueue()
-        self._order = itertools.count()
-        self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
-        self._thread.start()
-
-    def submit(self, lane: int, func: Callable[..., Any], /, *args: Any) -> concurrent.futures.Future[Any]:
-        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
-        self._queue.put((lane, next(self._order), lambda: func(*args), future))
-        return future
-
-    async def run(self, lane: int, func: Callable[..., Any], /, *args: Any) -> Any:
-        # A cancelled caller cancels its job if it has not started yet.
-        return await asyncio.wrap_future(self.submit(lane, func, *args))
-
-    def _serve(self) -> None:
-        while True:
-            _lane, _order, job, future = self._queue.get()
-            if not future.set_running_or_notify_cancel():
-                continue
-            try:
-                result = job()
-            except BaseException as exc:  # delivered to the awaiting caller
-                future.set_exception(exc)
-            else:
-                future.set_result(result)
+        super().__init__(name)
 
 
 def model_worker() -> ModelWorker:

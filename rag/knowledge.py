@@ -53,6 +53,7 @@ from rag.store import StoreError, VectorRecord, VectorStore, chunk_metadata
 from rag.types import KnowledgeStats, SearchHit
 from voicebot.config import Settings
 from voicebot.errors import Conflict, DocumentError, EvaError, InvalidInput, KnowledgeError, NotFound
+from voicebot.media.priority import background_thread
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +89,9 @@ class KnowledgeBase:
         self._chroma_reader = ThreadPoolExecutor(max_workers=4, thread_name_prefix="eva-kb-chroma-read")
         self._limits = SandboxLimits.from_settings(settings)
         # One thread: Chroma writes (and their compensations) run strictly in submission order.
-        self._chroma_writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="eva-kb-chroma")
+        # Indexing is background work: below the calls' media clocks (voicebot.media.priority).
+        self._chroma_writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="eva-kb-chroma",
+                                                 initializer=background_thread)
         self._tasks: dict[int, asyncio.Task[None]] = {}
         self._semaphore = asyncio.Semaphore(PROCESSING_CONCURRENCY)
         self._closed = False

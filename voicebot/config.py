@@ -100,6 +100,16 @@ class Settings:
     """Voice calls this worker carries at once; an inbound caller beyond it hears the busy prompt and is hung up,
     so the calls in progress keep their latency.  0: two per CPU core (see ``voicebot/calls/admission.py``)."""
 
+    model_nice: int = 10
+    """Nice value of the model threads (Whisper, llama.cpp, Piper, embedder): every call's media clock runs
+    before them on a busy machine (``voicebot/media/priority.py``).  0 leaves them at the process's priority."""
+
+    speech_threads: int = 0
+    """Threads Whisper and Piper each use; 0: a third of the cores, at least one (two thread teams spinning on the
+    same cores halve both: ``voicebot/media/priority.py``)."""
+    llm_threads: int = 0
+    """Threads of the embedded LLM; 0: all cores (up to 4) while it works alone, half while a speech model works."""
+
     # --- media transport (ExternalMedia RTP between Asterisk and Eva) ---
     media_host: str = "127.0.0.1"
     media_port_start: int = 20000

@@ -20,6 +20,7 @@ from sqlalchemy.engine import Engine
 
 from voicebot.ari import AriClient
 from voicebot.config import Settings
+from voicebot.media import priority
 from voicebot.pipeline.responder import Responder
 from voicebot.secrets import ensure_secrets
 from voicebot.voiceapp import VoiceApp
@@ -101,6 +102,8 @@ class EvaRuntime:
 
         settings = self.settings
         started = time.monotonic()
+        priority.configure(settings.model_nice)  # before any model thread exists: they inherit it
+        priority.configure_threads(settings.speech_threads, settings.llm_threads)
         self.engine = engine = make_engine(settings.effective_database_url)
         await asyncio.to_thread(upgrade, engine)
         english = await asyncio.to_thread(WhisperStt, settings.stt_model, settings.stt_compute_type)

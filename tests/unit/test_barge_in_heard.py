@@ -67,7 +67,7 @@ class Transport:
 
 
 class WordTts:
-    async def speak(self, text: str, rate: int, voice: str) -> Audio:
+    async def speak(self, text: str, rate: int, voice: str, deadline: float | None = None) -> Audio:
         return Audio(np.full(FRAME * WORD_FRAMES * len(text.split()), 1000, dtype=np.int16), rate)
 
 

@@ -568,7 +568,7 @@ async def test_campaigns_asking_for_the_same_voicemail_at_once_share_one_whole_f
     release = asyncio.Event()
 
     class SlowTts:
-        async def speak(self, text: str, rate: int, voice: str) -> Audio:
+        async def speak(self, text: str, rate: int, voice: str, deadline: float | None = None) -> Audio:
             spoken.append(text)
             await release.wait()
             return Audio(np.full(rate, 1000, dtype=np.int16), rate)

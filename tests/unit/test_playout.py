@@ -4,6 +4,7 @@ only for the share of it that was played)."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from voicebot.pipeline.frames import Sentence
 from voicebot.pipeline.playout import Playout
@@ -99,3 +100,11 @@ def test_a_fully_played_turn_is_heard_whole_and_equal_sentences_are_kept_apart()
     assert p.heard() == ["Sorry?", "Sorry?"]
     p.new_turn(None)
     assert p.heard() == [] and p.started == []
+
+
+def test_queued_seconds_is_the_audio_still_to_play() -> None:
+    p = Playout(frame_samples=160)
+    assert p.queued_s == 0.0
+    p.enqueue(np.zeros(160 * 10, dtype=np.int16))
+    p.pop(0.0)
+    assert p.queued_s == pytest.approx(9 * 0.020)

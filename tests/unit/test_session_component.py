@@ -127,9 +127,11 @@ class ListTts:
 
     def __init__(self) -> None:
         self.said: list[str] = []
+        self.deadlines: list[float | None] = []
 
-    async def speak(self, text: str, rate: int, voice: str) -> Audio:
+    async def speak(self, text: str, rate: int, voice: str, deadline: float | None = None) -> Audio:
         self.said.append(text)
+        self.deadlines.append(deadline)
         return Audio(np.full(rate // 10 * max(1, len(text.split())), 1000, dtype=np.int16), rate)
 
 
@@ -380,3 +382,18 @@ async def test_the_llm_stage_is_the_models_first_token_even_when_text_comes_late
     row = call.turns.rows[0]
     stages = row.timings_ms
     assert stages["first_sentence_ready"] - stages["llm_first_token"] >= 250, stages
+
+
+async def test_each_sentence_is_synthesized_with_the_time_its_audio_will_be_needed() -> None:
+    """The speaker orders synthesis by playout deadline across calls: a reply's second sentence is needed only
+    when its first has played (7 words: 0.7 s of ListTts audio), its first one now."""
+    reply = Reply([TextDelta("We open at nine in the morning. "), TextDelta("We close at six."),
+                   ReplyDone("We open at nine in the morning. We close at six.")])
+    async with Call(agent=ScriptedAgent([reply])) as call:
+        await call.transport.feed(tone(400, 600))
+        await call.transport.until(lambda: len(call.tts.said) >= 2)
+        now = asyncio.get_running_loop().time()
+    first, second = call.tts.deadlines[:2]
+    assert first is not None and second is not None
+    assert now - 1.0 < first <= now
+    assert 0.6 <= second - first <= 0.75, (first, second)

@@ -180,7 +180,9 @@ async def test_a_do_not_call_phrase_on_a_call_blocks_later_attempts(
     number = "+15557020001"
     trunk_id, heard = await callee(
         api, "camp-dnc", "127.0.0.32", timeout=30, record_path=str(tmp_path / "dnc.wav"),
-        actions=(Action("play", path=str(say("Please stop calling me.")), when_quiet=1.5),))
+        # Two opt-out phrases: Whisper once heard "Please stop hauling me."; either one heard right is enough.
+        actions=(Action("play", path=str(say("Please stop calling me. Remove me from your list.")),
+                        when_quiet=1.5),))
     later = make_campaign(engine, "dialer-dnc-later", [number], start=False, trunk_ids=[trunk_id])
     campaign_id = make_campaign(engine, "dialer-dnc", [number], trunk_ids=[trunk_id])
     await until(lambda: all(a.outcome is not None for a, _ in attempts(engine, campaign_id)), 40,

@@ -209,7 +209,8 @@ async def test_an_agents_trigger_phrase_runs_a_flow_and_the_agent_carries_on_aft
     assert result.connected, result
     heard = transcribe_regions(whisper, load(result.record_path)).lower()
     _call, turns, run = _last_call(runtime)
-    assert "red or blue" in heard and heard.count("blue") >= 2, (heard, _story(turns))
+    # Whisper sometimes drops the "or" ("which color red blue?"): the prompt's colours in order are enough.
+    assert re.search(r"red\W+(?:or\W+)?blue", heard) and heard.count("blue") >= 2, (heard, _story(turns))
     assert any(t.spoken_text == "You chose blue." for t in turns), _story(turns)
     assert run is not None and run.flow_name == "quiz" and run.result == "chosen", run
     assert run.variables.get("colour") == "blue"

@@ -33,7 +33,7 @@ def spanish_whisper(runtime: EvaRuntime) -> WhisperStt:
 def _language_odds(whisper: WhisperStt, audio: Audio) -> dict[str, float]:
     """Whisper's own language identification of ``audio`` (no language forced): language -> probability."""
     samples = resample(audio, 16000).samples.astype(np.float32) / 32768.0
-    _segments, info = whisper._model.transcribe(samples, language=None, beam_size=1, without_timestamps=True)
+    _segments, info = whisper._any_model().transcribe(samples, language=None, beam_size=1, without_timestamps=True)
     return dict(info.all_language_probs or [])
 
 

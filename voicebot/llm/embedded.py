@@ -30,7 +30,6 @@ import codecs
 import contextlib
 import json
 import logging
-import os
 import re
 import threading
 import time
@@ -61,6 +60,7 @@ from voicebot.llm.chatml import STOP, ToolCallParser, build_chat_prompt, instruc
 from voicebot.llm.prefix_cache import PrefixCache, common_prefix, restore_sequence, snapshot_sequence
 from voicebot.llm.qwen_gguf import GGUF_NAME
 from voicebot.llm.speculative import MAX_DRAFT, PromptLookup, Sampling, sample, verify
+from voicebot.media.priority import background_thread, llm_threads, working
 from voicebot.metrics import LLM_PROMPT_EVAL_SECONDS, LLM_PROMPT_TOKENS_EVALUATED
 
 log = logging.getLogger(__name__)
@@ -234,10 +234,16 @@ class EmbeddedLLM(LanguageModel):
         """Pause a reply past its first sentence for a newly asked one (see :meth:`_schedule`); off only to
         measure what it buys (``bench/capacity.py --compare``)."""
         self.n_ctx = n_ctx
-        # Voice calls run STT, LLM and TTS one after another, so the LLM may use the cores it finds; beyond
-        # four threads a 270M model gains nothing.
-        self.n_threads = n_threads or max(1, min(os.cpu_count() or 1, 4))
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="eva-llm")
+        # Beyond four threads these small models gain nothing.  Unless fixed here, the threads follow the machine's
+        # load before every forward pass: all cores while the LLM works alone, half while Whisper or Piper works
+        # (voicebot.media.priority.llm_threads: two spinning thread teams on two cores halve both).
+        self.adaptive_threads = n_threads is None
+        self.n_threads = n_threads or llm_threads()
+        self._threads_now = self.n_threads
+        # The model loads on this thread, so llama.cpp's own threads inherit its lower priority
+        # (voicebot.media.priority): the calls' media clocks run first.
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="eva-llm",
+                                            initializer=background_thread)
         self._llama: Any = None
         self._chat_template = False
         self._grammars: dict[str, Any] = {}
@@ -340,6 +346,15 @@ class EmbeddedLLM(LanguageModel):
             self._llama.close()
             self._llama = None
 
+    def _fit_threads(self, llama: Any) -> None:
+        """Before a forward pass: the threads the machine's load calls for (see ``__init__``)."""
+        if not self.adaptive_threads:
+            return
+        wanted = llm_threads()
+        if wanted != self._threads_now:
+            llama._ctx.set_n_threads(wanted, wanted)
+            self._threads_now = wanted
+
     # ------------------------------------------------------------------ generation
     async def stream(self, messages: Sequence[ChatMessage], *, tools: Sequence[ToolSpec] = (),
                      knowledge: Sequence[str] = (),
@@ -405,40 +420,43 @@ class EmbeddedLLM(LanguageModel):
         current: _Running | None = None
         paused: deque[_Running] = deque()
         try:
-            while True:
-                if current is None:
-                    with self._lock:
-                        job = self._pending.popleft() if self._pending else None
-                        if job is None and not paused:
-                            self._scheduling = False
-                            return
-                    if job is not None:
-                        current = _Running(job, self._steps(job))
-                    else:
-                        current = paused.popleft()
-                        if current.job.stop.is_set():  # its consumer went away while it waited
-                            current = None
-                            continue
-                    current.since = time.monotonic()
-                try:
-                    self._resume(current)
-                    may_pause = next(current.steps)
-                    # A newly asked reply goes first; replies past their first sentence take turns, a slice each.
-                    switch = may_pause and self.first_sentences_first and (
-                        self._waiting() or (bool(paused) and time.monotonic() - current.since >= _SLICE_S))
+            # Whisper and Piper take their share of the cores while the LLM works (voicebot.media.priority).
+            with working("llm"):
+                while True:
+                    if current is None:
+                        with self._lock:
+                            job = self._pending.popleft() if self._pending else None
+                            if job is None and not paused:
+                                self._scheduling = False
+                                return
+                        if job is not None:
+                            current = _Running(job, self._steps(job))
+                        else:
+                            current = paused.popleft()
+                            if current.job.stop.is_set():  # its consumer went away while it waited
+                                current = None
+                                continue
+                        current.since = time.monotonic()
+                    try:
+                        self._resume(current)
+                        may_pause = next(current.steps)
+                        # A newly asked reply goes first; replies past their first sentence take turns, a slice
+                        # each.
+                        switch = may_pause and self.first_sentences_first and (
+                            self._waiting() or (bool(paused) and time.monotonic() - current.since >= _SLICE_S))
+                        if switch:
+                            self._park(current)
+                    except StopIteration:
+                        current = None
+                        continue
+                    except Exception as exc:  # any failure reaches the consumer, never lost in the executor
+                        current.job.emit(exc)
+                        current = None
+                        continue
                     if switch:
-                        self._park(current)
-                except StopIteration:
-                    current = None
-                    continue
-                except Exception as exc:  # any failure is reported to the consumer, never lost in the executor
-                    current.job.emit(exc)
-                    current = None
-                    continue
-                if switch:
-                    paused.append(current)
-                    self.preemptions += 1
-                    current = None
+                        paused.append(current)
+                        self.preemptions += 1
+                        current = None
         except BaseException as exc:  # never leave queued callers waiting on a scheduler that is gone
             failure = LlmUnavailable(f"the embedded model's scheduler stopped: {type(exc).__name__}")
             with self._lock:
@@ -505,6 +523,7 @@ class EmbeddedLLM(LanguageModel):
             counted["tokens"] = len(input_ids)
             return stop.is_set()
 
+        self._fit_threads(llama)
         chunks: Iterator[dict[str, Any]] = llama.create_completion(
             prompt_tokens, max_tokens=opts.max_tokens, temperature=0.0, stream=True,
             stop=[*TRANSCRIPT_STOP, *opts.stop], stopping_criteria=StoppingCriteriaList([stopping]),
@@ -610,6 +629,7 @@ class EmbeddedLLM(LanguageModel):
         if resumable:
             pieces = self._decode_speculative(llama, tokens, opts, stop, counted)
         else:
+            self._fit_threads(llama)  # llama-cpp-python's own loop: the load as it starts
             chunks: Iterator[dict[str, Any]] = llama.create_completion(
                 tokens, max_tokens=opts.max_tokens, temperature=opts.temperature, stream=True,
                 stop=[*STOP, *opts.stop], stopping_criteria=StoppingCriteriaList([stopping]),
@@ -670,6 +690,7 @@ class EmbeddedLLM(LanguageModel):
         # The prompt: what the context does not hold, and at least the last token (for its logits).
         held = min(common_prefix(llama.input_ids[:int(llama.n_tokens)], tokens), len(tokens) - 1)
         llama.n_tokens = held
+        self._fit_threads(llama)
         llama.eval(tokens[held:])
         pending = [sample(row(-1), sampling, rng)]
         counted["first"] = time.monotonic()
@@ -701,6 +722,7 @@ class EmbeddedLLM(LanguageModel):
             draft = lookup.draft(min(MAX_DRAFT, opts.max_tokens - generated, room))
             batch = [last, *draft]
             llama._batch.set_batch(batch, n_past=n_past, logits_all=True)
+            self._fit_threads(llama)
             ctx.decode(llama._batch)
             llama.input_ids[n_past:n_past + len(batch)] = batch
             out = verify([row(i) for i in range(len(batch))], draft, sampling, rng)
@@ -731,6 +753,7 @@ class EmbeddedLLM(LanguageModel):
         # A new agent prefix: evaluate it on its own and pin it, so every later call of this agent starts
         # from it whatever ran in between.
         llama.n_tokens = held
+        self._fit_threads(llama)
         llama.eval(prefix_tokens[held:])
         self._cache.save(llama, pinned=True)
         return len(prefix_tokens) - held
@@ -751,6 +774,7 @@ class EmbeddedLLM(LanguageModel):
                 content = f"{content}\n\nKnowledge:\n{knowledge_text}"
                 knowledge_text = ""
             payload.append({"role": message.role, "content": content})
+        self._fit_threads(llama)
         chunks: Iterator[dict[str, Any]] = llama.create_chat_completion(
             messages=payload, max_tokens=opts.max_tokens, temperature=opts.temperature, stream=True,
             stop=list(opts.stop) or None, grammar=self._grammar(opts.json_schema))

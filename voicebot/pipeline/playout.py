@@ -39,8 +39,9 @@ class _Progress:
 
 
 class Playout:
-    def __init__(self, frame_samples: int) -> None:
+    def __init__(self, frame_samples: int, frame_ms: int = 20) -> None:
         self.frame_samples = frame_samples
+        self.frame_ms = frame_ms
         self._frames: deque[tuple[Pcm, _Progress | None]] = deque()
         self._queued: dict[int, _Progress] = {}
         """Progress of the sentences in the queue, by ``id(sentence)`` (sentences compare by value)."""
@@ -92,6 +93,12 @@ class Playout:
     @property
     def busy(self) -> bool:
         return bool(self._frames)
+
+    @property
+    def queued_s(self) -> float:
+        """Seconds of audio still to play: when a sentence enqueued now would start."""
+        return len(self._frames) * self.frame_ms / 1000.0
+
 
     @property
     def started(self) -> list[Sentence]:

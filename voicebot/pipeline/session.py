@@ -66,7 +66,9 @@ class Stt(Protocol):
 
 
 class Tts(Protocol):
-    async def speak(self, text: str, rate: int, voice: str) -> Audio: ...
+    async def speak(self, text: str, rate: int, voice: str, deadline: float | None = None) -> Audio:
+        """``deadline``: when the audio is needed, on the loop's clock (None: now)."""
+        ...
 
 
 class CallControl(Protocol):
@@ -555,7 +557,10 @@ class CallSession:
         if prompt is not None:  # a recorded prompt: played as it is, at the call's rate
             audio = prompt if prompt.rate == self.rate else await asyncio.to_thread(resample, prompt, self.rate)
         else:
-            audio = await self.tts.speak(sentence.text, self.rate, self.ctx.voice)
+            # Needed when the audio queued before it has played: the speaker serves the earliest deadline first,
+            # so another caller's first sentence does not wait behind this reply's later ones.
+            deadline = asyncio.get_running_loop().time() + self.playout.queued_s
+            audio = await self.tts.speak(sentence.text, self.rate, self.ctx.voice, deadline)
         turn.mark("tts_first_audio", asyncio.get_running_loop().time())
         self.playout.enqueue(audio.samples, sentence)
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ import numpy as np
 
 from voicebot.audio import Audio, Pcm, resample
 from voicebot.errors import SttError
+from voicebot.media.priority import background_thread, speech_thread_choices, speech_threads_now, working
 
 log = logging.getLogger(__name__)
 
@@ -93,25 +93,49 @@ class WhisperStt:
         path = model_path or str(default_model_path())
         if not Path(path).exists():
             raise SttError(f"Whisper model not found: {path}", code="stt_model_missing")
-        threads = threads or max(1, min(4, os.cpu_count() or 1))
+        # Sized to share the cores (voicebot.media.priority): unless ``threads`` fixes it, one instance with every
+        # core for when Whisper works alone and one with its share for when another model works too; each job
+        # picks.  Loaded on the worker thread that runs them: CTranslate2's workers and their OpenMP teams are
+        # created now, from this thread, and inherit its lower priority.
+        choices = (threads,) if threads else speech_thread_choices()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="whisper",
+                                            initializer=background_thread)
         try:
-            self._model: Any = WhisperModel(path, device="cpu", compute_type=compute_type, cpu_threads=threads)
+            self._models: dict[int, Any] = {n: self._executor.submit(
+                WhisperModel, path, device="cpu", compute_type=compute_type, cpu_threads=n).result()
+                for n in choices}
         except Exception as exc:
+            self._executor.shutdown(wait=False)
             raise SttError(f"cannot load Whisper model {path}: {exc}", code="stt_model_invalid") from exc
+        self._fixed = bool(threads)
         self.language = language
-        self.multilingual = bool(getattr(self._model.model, "is_multilingual", False))
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="whisper")
+        self.multilingual = bool(getattr(self._any_model().model, "is_multilingual", False))
         self._in_flight = 0
         self.path = path
         self._recent: list[tuple[float, float]] = []
         """(audio seconds, processing seconds) of the last transcriptions, for the real-time factor."""
+
+    def _any_model(self) -> Any:
+        return next(iter(self._models.values()))
+
+    def _model_now(self) -> Any:
+        """The instance for this job: every core while no other model works, else Whisper's share."""
+        if self._fixed or len(self._models) == 1:
+            return self._any_model()
+        return self._models.get(speech_threads_now("stt")) or self._any_model()
+
+    @property
+    def threads(self) -> tuple[int, ...]:
+        """The thread counts of the loaded instances."""
+        return tuple(self._models)
 
     def transcribe_blocking(self, samples: Pcm, rate: int, language: str = "") -> SttResult:
         import time
 
         started = time.monotonic()
         try:
-            return self._transcribe_blocking(samples, rate, language)
+            with working("stt"):
+                return self._transcribe_blocking(samples, rate, language)
         finally:
             self._note(len(samples) / rate, time.monotonic() - started)
 
@@ -129,7 +153,7 @@ class WhisperStt:
             # caller says at most a few tokens per second, so a longer output is a loop, not speech.
             extra = {"no_repeat_ngram_size": 3, "max_new_tokens": int(10 * len(audio) / self.RATE) + 12}
         try:
-            segments, info = self._model.transcribe(
+            segments, info = self._model_now().transcribe(
                 audio, language=forced, beam_size=1, best_of=1, temperature=0.0,
                 condition_on_previous_text=False, without_timestamps=True, vad_filter=False, **extra)
             parts = list(segments)
@@ -140,13 +164,17 @@ class WhisperStt:
         return SttResult(text=_clean(text), language=str(info.language), no_speech_prob=float(no_speech))
 
     def _segments_blocking(self, audio: Pcm, language: str) -> tuple[list[SttSegment], str]:
+        with working("stt"):
+            return self._segments_of(audio, language)
+
+    def _segments_of(self, audio: Pcm, language: str) -> tuple[list[SttSegment], str]:
         # An English-only model always hears English; the multilingual one is told the language when Whisper
         # knows it, and identifies it itself for '' or a tag it has no code for.
         code = whisper_language(language) if language else ""
         forced: str | None = "en" if not self.multilingual else (code if code in _known_languages() else None)
         floats = audio.astype(np.float32) / 32768.0
         try:
-            segments, info = self._model.transcribe(
+            segments, info = self._model_now().transcribe(
                 floats, language=forced, beam_size=1, best_of=1, temperature=0.0,
                 condition_on_previous_text=False, vad_filter=False, no_repeat_ngram_size=3)
             parts = [SttSegment(float(p.start), float(p.end), p.text.strip(), float(np.exp(p.avg_logprob)),

