@@ -210,8 +210,9 @@ def _swap_threads(runtime: Any, on: bool) -> None:
             whisper_after=stt.english, sessions_after=voice._sessions,
             whisper_before=WhisperStt(settings.stt_model, settings.stt_compute_type,
                                       threads=min(4, usable_cores())),
-            sessions_before={0: onnxruntime.InferenceSession(path, sess_options=onnxruntime.SessionOptions(),
-                                                             providers=["CPUExecutionProvider"])})
+            # Made on Piper's worker, as its own sessions are: its pool then has the same (lowered) priority.
+            sessions_before={0: tts._worker.submit(0.0, lambda: onnxruntime.InferenceSession(
+                path, sess_options=onnxruntime.SessionOptions(), providers=["CPUExecutionProvider"])).result()})
     stt.english = _ALTERNATES["whisper_after" if on else "whisper_before"]
     # Piper picks a session per sentence from these; "before" has one, ONNX Runtime's default (a spinning thread
     # per core).
@@ -231,7 +232,12 @@ def _variant(runtime: Any, on: bool, change: str = "decoding") -> None:
 
         if not _MODEL_THREADS:  # the threads the models made at the lowered priority (all exist after warm-up)
             _MODEL_THREADS.update(t for t, n in priority.thread_nice().items() if n == priority.model_nice())
-        priority.renice(_MODEL_THREADS, priority.model_nice() if on else 0)
+        wanted = priority.model_nice() if on else 0
+        priority.renice(_MODEL_THREADS, wanted)
+        nice = priority.thread_nice()
+        if not _MODEL_THREADS or any(nice.get(t, wanted) != wanted for t in _MODEL_THREADS):
+            # Raising a thread's priority back needs root (CAP_SYS_NICE); without it "before" would not be before.
+            raise SystemExit("--compare priority needs Linux and the right to raise thread priorities (root)")
         priority.share(on)
         return
     if change == "tts":

@@ -30,7 +30,7 @@ from typing import Any
 
 from voicebot.config import Settings
 from voicebot.errors import ConfigError, EmbeddingError
-from voicebot.media.priority import OrderedWorker
+from voicebot.media.priority import OrderedWorker, working
 
 log = logging.getLogger(__name__)
 
@@ -196,8 +196,9 @@ class LocalEmbedder(Embedder):
         if single_thread:
             torch.set_num_threads(1)
         try:
-            array = model.encode(texts, batch_size=self.batch_size, normalize_embeddings=True,
-                                 convert_to_numpy=True, show_progress_bar=False)
+            with working("embed"):  # the other models take their share of the cores meanwhile
+                array = model.encode(texts, batch_size=self.batch_size, normalize_embeddings=True,
+                                     convert_to_numpy=True, show_progress_bar=False)
         finally:
             if single_thread:
                 torch.set_num_threads(threads)

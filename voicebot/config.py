@@ -105,8 +105,9 @@ class Settings:
     before them on a busy machine (``voicebot/media/priority.py``).  0 leaves them at the process's priority."""
 
     speech_threads: int = 0
-    """Threads Whisper and Piper each use; 0: a third of the cores, at least one (two thread teams spinning on the
-    same cores halve both: ``voicebot/media/priority.py``)."""
+    """Threads Whisper and Piper each use; 0: every core (up to 4) while the model works alone, a third of them
+    while another model works (two thread teams spinning on the same cores halve both:
+    ``voicebot/media/priority.py``)."""
     llm_threads: int = 0
     """Threads of the embedded LLM; 0: all cores (up to 4) while it works alone, half while a speech model works."""
 

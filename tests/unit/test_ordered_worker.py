@@ -39,9 +39,14 @@ async def test_a_failing_job_reaches_its_caller_and_the_worker_goes_on() -> None
 
 async def test_close_cancels_what_has_not_started_and_refuses_new_jobs() -> None:
     worker = OrderedWorker("test-ordered")
-    gate = threading.Event()
-    running = worker.submit(0.0, gate.wait, 5)
-    await asyncio.sleep(0.05)
+    gate, started = threading.Event(), threading.Event()
+
+    def hold() -> bool:
+        started.set()
+        return gate.wait(5)
+
+    running = worker.submit(0.0, hold)
+    assert await asyncio.to_thread(started.wait, 5)  # the worker is inside the first job
     waiting = worker.submit(1.0, lambda: "never")
     worker.close()
     worker.close()  # idempotent

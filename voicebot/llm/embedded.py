@@ -237,7 +237,7 @@ class EmbeddedLLM(LanguageModel):
         # Beyond four threads these small models gain nothing.  Unless fixed here, the threads follow the machine's
         # load before every forward pass: all cores while the LLM works alone, half while Whisper or Piper works
         # (voicebot.media.priority.llm_threads: two spinning thread teams on two cores halve both).
-        self.adaptive_threads = n_threads is None
+        self.adaptive_threads = not n_threads
         self.n_threads = n_threads or llm_threads()
         self._threads_now = self.n_threads
         # The model loads on this thread, so llama.cpp's own threads inherit its lower priority
@@ -809,7 +809,8 @@ class EmbeddedLLM(LanguageModel):
             if llama is None:
                 return 0
             tokens: list[int] = llama.tokenize(prompt.prefix.encode("utf-8"), add_bos=False, special=True)
-            return self._prepare_context(llama, tokens, tokens)
+            with working("llm"):
+                return self._prepare_context(llama, tokens, tokens)
 
         return await asyncio.get_running_loop().run_in_executor(self._executor, run)
 

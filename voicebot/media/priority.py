@@ -152,14 +152,16 @@ class OrderedWorker:
         self._queue = queue.PriorityQueue()
         self._order = itertools.count()
         self._closed = False
+        self._closing = threading.Lock()  # a job is queued before the stop mark or refused, never lost after it
         self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
         self._thread.start()
 
     def submit(self, key: float, func: Callable[..., Any], /, *args: Any) -> Future[Any]:
-        if self._closed:
-            raise RuntimeError("the worker is closed")
         future: Future[Any] = Future()
-        self._queue.put((key, next(self._order), lambda: func(*args), future))
+        with self._closing:
+            if self._closed:
+                raise RuntimeError("the worker is closed")
+            self._queue.put((key, next(self._order), lambda: func(*args), future))
         return future
 
     async def run(self, key: float, func: Callable[..., Any], /, *args: Any) -> Any:
@@ -172,17 +174,18 @@ class OrderedWorker:
 
     def close(self) -> None:
         """Cancel the jobs not started and end the thread after the one running.  Idempotent."""
-        if self._closed:
-            return
-        self._closed = True
-        while True:
-            try:
-                _key, _order, _job, future = self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if future is not None:
-                future.cancel()
-        self._queue.put((_STOP, next(self._order), None, None))
+        with self._closing:
+            if self._closed:
+                return
+            self._closed = True
+            while True:
+                try:
+                    _key, _order, _job, future = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if future is not None:
+                    future.cancel()
+            self._queue.put((_STOP, next(self._order), None, None))
 
     def _serve(self) -> None:
         background_thread()
@@ -208,11 +211,12 @@ _working_lock = threading.Lock()
 def configure_threads(speech_threads: int = 0, llm_threads: int = 0) -> None:
     """Fix the threads of the speech models (Whisper, Piper) and of the LLM; 0 derives them from the cores (see
     the module docstring).  Called at startup, before the models load."""
-    for name, value in (("speech_threads", speech_threads), ("llm_threads", llm_threads)):
+    counts = {"speech_threads": speech_threads, "llm_threads": llm_threads}
+    for name, value in counts.items():  # all checked before any applies
         if not 0 <= value <= 64:
             raise ConfigError(f"EVA_{name.upper()} must be 0-64 (0: derived from the cores), not {value}",
                               field=name)
-        _state[name] = value
+    _state.update(counts)
 
 
 @functools.cache
@@ -224,11 +228,12 @@ def _cores() -> int:
 
 def speech_threads(alone: bool = False) -> int:
     """Intra-op threads for Whisper and Piper: ``EVA_SPEECH_THREADS``; else, while no other model works
-    (``alone``), all cores up to 4, and a third of them (at least 1) otherwise."""
+    (``alone``), all cores up to 4, and a third of them otherwise (at least 1, never more than alone)."""
     fixed = int(_state["speech_threads"])
     if fixed:
         return fixed
-    return min(_cores(), 4) if alone else max(1, _cores() // 3)
+    most = min(_cores(), 4)
+    return most if alone else min(most, max(1, _cores() // 3))
 
 
 def speech_thread_choices() -> tuple[int, ...]:
@@ -252,9 +257,10 @@ def llm_threads() -> int:
 
 
 def others_working(kind: str) -> bool:
-    """Whether a model other than ``kind`` is working now (see :func:`working`)."""
+    """Whether another model works now besides the caller, itself marked ``kind`` (see :func:`working`): a model of
+    another kind, or a second one of the same kind (the English and the multilingual Whisper run side by side)."""
     with _working_lock:
-        return any(count for name, count in _working.items() if name != kind)
+        return _working.get(kind, 0) > 1 or any(count for name, count in _working.items() if name != kind)
 
 
 @contextlib.contextmanager

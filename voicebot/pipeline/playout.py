@@ -99,7 +99,6 @@ class Playout:
         """Seconds of audio still to play: when a sentence enqueued now would start."""
         return len(self._frames) * self.frame_ms / 1000.0
 
-
     @property
     def started(self) -> list[Sentence]:
         """Sentences of the current turn of which at least one frame went out."""

@@ -7,6 +7,7 @@ agent gets is decided by voicebot.tts.voices.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import threading
@@ -110,6 +111,10 @@ def load_voice(key: str) -> Voice:
     return PiperTts(key)
 
 
+MAX_AHEAD_S = 60.0
+"""A deadline further ahead than this counts as this far: a wrong clock must not starve a sentence."""
+
+
 class PiperSpeaker:
     """The pipeline's TTS stage: one loaded voice per voice path, synthesis on a dedicated worker thread."""
 
@@ -150,11 +155,11 @@ class PiperSpeaker:
         return audio
 
     async def speak(self, text: str, rate: int, voice: str = "", deadline: float | None = None) -> Audio:
-        """Synthesize ``text``.  ``deadline`` (``time.monotonic()`` clock, as the event loop's) is when its audio
-        is needed — for a sentence queued behind others of the same reply, when those will have played; none
-        means now.  The earliest deadline is synthesized first."""
-        now = time.monotonic()
-        key = deadline if deadline is not None and self.deadline_first else now
+        """Synthesize ``text``.  ``deadline`` (on the event loop's clock) is when its audio is needed — for a
+        sentence queued behind others of the same reply, when those will have played; none means now.  The
+        earliest deadline is synthesized first."""
+        now = asyncio.get_running_loop().time()  # the clock deadlines are given in
+        key = min(deadline, now + MAX_AHEAD_S) if deadline is not None and self.deadline_first else now
         self._in_flight += 1
         try:
             audio: Audio = await self._worker.run(key, self.speak_blocking, text, rate, voice)
