@@ -20,7 +20,7 @@ ratios, not times, compare across these noisy machines.  ``--beyond`` then sets 
 dials N + 2: the two extra callers must hear the busy prompt within a second and the N admitted calls must
 still meet the targets.
 
-``--compare [decoding|priority|tts|threads]`` dials every N twice, interleaved: with one change off (how Eva ran
+``--compare [decoding|priority|tts|threads|sharing]`` dials every N twice, interleaved: with one change off (how Eva ran
 before it), then on; both tables are printed, each with its own single-call ratios.  ``decoding``: the embedded
 model's speculative decoding and first-sentence priority; ``priority``: the model threads below the media clock
 (``voicebot/media/priority.py``); ``tts``: Piper's earliest-playout-deadline-first order; ``threads``: each model's

@@ -43,14 +43,16 @@ import os
 import queue
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from voicebot.errors import ConfigError
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 DEFAULT_NICE = 10
 SWITCH_INTERVAL_S = 0.001
@@ -168,10 +170,6 @@ class OrderedWorker:
         # A cancelled caller cancels its job if it has not started yet.
         return await asyncio.wrap_future(self.submit(key, func, *args))
 
-    @property
-    def queued(self) -> int:
-        return self._queue.qsize()
-
     def close(self) -> None:
         """Cancel the jobs not started and end the thread after the one running.  Idempotent."""
         with self._closing:
@@ -242,8 +240,15 @@ def speech_thread_choices() -> tuple[int, ...]:
 
 
 def speech_threads_now(kind: str) -> int:
-    """The instance a speech model of ``kind`` should run this job on (:func:`speech_threads`)."""
+    """The thread count a speech model of ``kind`` should run this job with (:func:`speech_threads`)."""
     return speech_threads(alone=not others_working(kind))
+
+
+def instance_now(kind: str, instances: Mapping[int, T]) -> T:
+    """Of a speech model's instances by thread count (loaded for :func:`speech_thread_choices`), the one for this
+    job; the first when there is one, or none for the count (the counts were fixed after loading)."""
+    first = next(iter(instances.values()))
+    return first if len(instances) == 1 else instances.get(speech_threads_now(kind), first)
 
 
 def llm_threads() -> int:

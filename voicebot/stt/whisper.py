@@ -20,7 +20,7 @@ import numpy as np
 
 from voicebot.audio import Audio, Pcm, resample
 from voicebot.errors import SttError
-from voicebot.media.priority import background_thread, speech_thread_choices, speech_threads_now, working
+from voicebot.media.priority import background_thread, instance_now, speech_thread_choices, working
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +107,6 @@ class WhisperStt:
         except Exception as exc:
             self._executor.shutdown(wait=False)
             raise SttError(f"cannot load Whisper model {path}: {exc}", code="stt_model_invalid") from exc
-        self._fixed = bool(threads)
         self.language = language
         self.multilingual = bool(getattr(self._any_model().model, "is_multilingual", False))
         self._in_flight = 0
@@ -120,9 +119,7 @@ class WhisperStt:
 
     def _model_now(self) -> Any:
         """The instance for this job: every core while no other model works, else Whisper's share."""
-        if self._fixed or len(self._models) == 1:
-            return self._any_model()
-        return self._models.get(speech_threads_now("stt")) or self._any_model()
+        return instance_now("stt", self._models)
 
     @property
     def threads(self) -> tuple[int, ...]:

@@ -20,7 +20,7 @@ import numpy as np
 from voicebot.audio import Audio, resample, write_wav
 from voicebot.config import Settings
 from voicebot.errors import TtsError
-from voicebot.media.priority import OrderedWorker, speech_thread_choices, speech_threads_now, working
+from voicebot.media.priority import OrderedWorker, instance_now, speech_thread_choices, working
 
 log = logging.getLogger(__name__)
 
@@ -76,9 +76,7 @@ class PiperTts:
     def iter_blocking(self, text: str, rate: int | None = None) -> list[Audio]:
         out: list[Audio] = []
         with self._lock:
-            if len(self._sessions) > 1:
-                threads = speech_threads_now("tts")
-                self._voice.session = self._sessions.get(threads, self._voice.session)
+            self._voice.session = instance_now("tts", self._sessions)
             try:
                 chunks = list(self._voice.synthesize(text))
             except Exception as exc:
